@@ -1,0 +1,172 @@
+"""``sendwise data ...`` and ``sendwise features ...`` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table as RichTable
+
+from features.build import build_features, to_timestamp
+from features.demo import DemoShop, generate_demo
+from features.importers.movielens import import_movielens
+from features.importers.online_retail import import_online_retail
+from features.importers.report import ImportReport
+from features.io import ValidationReport, load_data_dir, write_parquet
+from features.snapshot import write_snapshot
+from features.tables import Tables
+from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
+from sendwise.console import console, progress_bar, reports_user_errors
+
+data_app = typer.Typer(help="Validate, import and generate contract data.", no_args_is_help=True)
+import_app = typer.Typer(help="Convert public datasets to the data contract.", no_args_is_help=True)
+data_app.add_typer(import_app, name="import")
+features_app = typer.Typer(help="Point-in-time customer features, training sets, snapshots.", no_args_is_help=True)
+
+DataDir = Annotated[Path, typer.Option("--data", help="Directory of contract tables (orders required).")]
+RejectsDir = Annotated[
+    Path | None, typer.Option("--rejects", help="Where rejected rows go (default: DATA/_rejects).")
+]
+
+
+def print_validation(report: ValidationReport) -> None:
+    table = RichTable(title="Validation", title_justify="left")
+    for col in ("table", "file", "read", "loaded", "rejected", "reasons"):
+        table.add_column(col, justify="right" if col in ("read", "loaded", "rejected") else "left")
+    for t in report.tables:
+        reasons = "; ".join(f"{n:,} {r}" for r, n in list(t.reasons.items())[:4])
+        table.add_row(t.table, Path(t.source).name, f"{t.read:,}", f"{t.loaded:,}", f"{t.rejected:,}", reasons)
+    console.print(table)
+    if report.rejects_dir:
+        console.print(f"Rejected rows, with reasons: [bold]{report.rejects_dir}[/]")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+def print_import(report: ImportReport) -> None:
+    table = RichTable(title=f"Import of {Path(report.source).name}", title_justify="left")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("read", f"{report.read:,}")
+    table.add_row("loaded", f"{report.loaded:,}")
+    table.add_row("rejected", f"{report.rejected:,}")
+    for reason, n in report.reasons.items():
+        table.add_row(f"  {reason}", f"{n:,}")
+    for name, n in report.tables.items():
+        table.add_row(f"{name}.parquet written", f"{n:,}")
+    console.print(table)
+    if report.rejects_file:
+        console.print(f"Rejected rows, with reasons: [bold]{report.rejects_file}[/]")
+
+
+def load(data: Path, rejects: Path | None = None, quiet: bool = False) -> Tables:
+    tables, report = load_data_dir(data, rejects)
+    if not quiet or report.rejected or report.warnings:
+        print_validation(report)
+    return tables
+
+
+@data_app.command("validate")
+@reports_user_errors
+def validate(data_dir: Annotated[Path, typer.Argument(help="Directory of contract tables.")],
+             rejects: RejectsDir = None) -> None:
+    """Check a data directory against the contract and print what was loaded and rejected."""
+    load(data_dir, rejects)
+
+
+@import_app.command("online-retail")
+@reports_user_errors
+def import_uci(src: Annotated[Path, typer.Argument(help="UCI Online Retail CSV (.csv or .csv.gz).")],
+               out: Annotated[Path, typer.Option("--out", help="Output directory.")]) -> None:
+    """UCI Online Retail to orders, products and customers; fee codes and bad rows to rejects."""
+    print_import(import_online_retail(src, out))
+
+
+@import_app.command("movielens")
+@reports_user_errors
+def import_ml(src: Annotated[Path, typer.Argument(help="MovieLens ratings.csv (.csv or .csv.gz).")],
+              out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+              min_rating: Annotated[float, typer.Option(help="Ratings at or above this are also orders.")] = 4.0,
+              ) -> None:
+    """MovieLens ratings to interactions: every rating a view, good ratings also orders."""
+    print_import(import_movielens(src, out, min_rating))
+
+
+@data_app.command("generate")
+@reports_user_errors
+def generate(out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+             customers: Annotated[int, typer.Option(help="Number of customers.")] = 10_000,
+             seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
+             products: Annotated[int, typer.Option(help="Catalog size.")] = 1_000,
+             start: Annotated[str, typer.Option(help="First day of the simulated history.")] = DemoShop.start,
+             end: Annotated[str, typer.Option(help="Day after the last of the history.")] = DemoShop.end,
+             ) -> None:
+    """Write a synthetic shop with planted behaviour (see features/demo.py) to OUT."""
+    shop = DemoShop(customers=customers, seed=seed, products=products, start=start, end=end)
+    with progress_bar() as bar:
+        task = bar.add_task("simulating customers", total=customers)
+        counts = generate_demo(shop, out, progress=lambda done: bar.update(task, completed=done))
+    console.print(", ".join(f"{name}: {n:,} rows" for name, n in counts.items()) + f" written to {out}")
+
+
+@features_app.command("build")
+@reports_user_errors
+def build(data: DataDir,
+          as_of: Annotated[str, typer.Option("--as-of", help="Features see only rows strictly before this.")],
+          out: Annotated[Path, typer.Option("--out", help="Output .parquet file.")],
+          rejects: RejectsDir = None) -> None:
+    """One row of point-in-time features per customer known before AS_OF."""
+    tables = load(data, rejects, quiet=True)
+    when = to_timestamp(as_of)
+    first, last = tables.time_range()
+    if first is None or when <= first:
+        raise ValueError(f"--as-of {as_of} is not after the first row of the data ({first}); no customer is known yet.")
+    features = build_features(tables, when)
+    write_parquet(features, out)
+    console.print(f"{len(features):,} customers x {features.shape[1]} columns at {when} written to {out}")
+
+
+@features_app.command("training-set")
+@reports_user_errors
+def training_set(
+    data: DataDir,
+    out: Annotated[Path, typer.Option("--out", help="Output .parquet file.")],
+    target: Annotated[Target, typer.Option(help="Label to attach.")] = Target.CHURNED,
+    horizon: Annotated[int | None, typer.Option(help="Label window in days (churned 90, purchased 30).")] = None,
+    as_of: Annotated[list[str] | None, typer.Option("--as-of", help="An as_of date; repeat for several.")] = None,
+    last: Annotated[str | None, typer.Option(help="Latest monthly as_of (default: latest fully observed).")] = None,
+    periods: Annotated[int, typer.Option(help="How many monthly as_of dates.")] = 12,
+    rejects: RejectsDir = None,
+) -> None:
+    """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon)."""
+    tables = load(data, rejects, quiet=True)
+    horizon_days = horizon if horizon is not None else DEFAULT_HORIZON_DAYS[target]
+    dates = as_of or monthly_as_of_dates(tables, horizon_days, periods, last)
+    with progress_bar() as bar:
+        task = bar.add_task("as_of dates", total=len(dates))
+        result = build_training_set(tables, dates, target, horizon_days,
+                                    progress=lambda _: bar.advance(task))
+    write_parquet(result.frame, out)
+    for skipped in result.skipped:
+        console.print(f"[yellow]skipped[/] as_of {skipped}: its {horizon_days}-day label window is not fully observed")
+    summary = result.frame.groupby("as_of")[target.value].agg(["size", "mean"])
+    table = RichTable(title=f"{target.value} within {horizon_days} days", title_justify="left")
+    for col in ("as_of", "rows", f"{target.value} rate"):
+        table.add_column(col, justify="right")
+    for when, row in summary.iterrows():
+        table.add_row(str(when.date()), f"{int(row['size']):,}", f"{row['mean']:.1%}")
+    console.print(table)
+    console.print(f"{len(result.frame):,} rows written to {out}")
+
+
+@features_app.command("snapshot")
+@reports_user_errors
+def snapshot(data: DataDir,
+             out: Annotated[Path, typer.Option("--out", help="Snapshot .parquet file (replaced atomically).")],
+             as_of: Annotated[str | None, typer.Option("--as-of", help="Default: just after the last row.")] = None,
+             rejects: RejectsDir = None) -> None:
+    """Latest features of every customer, for serving."""
+    tables = load(data, rejects, quiet=True)
+    features, when = write_snapshot(tables, out, as_of)
+    console.print(f"snapshot of {len(features):,} customers at {when} written to {out}")

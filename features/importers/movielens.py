@@ -1,0 +1,82 @@
+"""MovieLens ratings (userId, movieId, rating, timestamp) to interactions in the data contract.
+
+Every rating becomes a ``product_view`` event (the user watched the movie); a rating of at least
+``min_rating`` also becomes a one-item order line at price 0 (a strong positive, as a purchase is).
+Ratings that are not in 0.5-5, without user or movie, with an unparseable time, or exact duplicates
+are rejected with the reason. For recommender benchmarks only: MovieLens may not ship in a product.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from features import schema as s
+from features.importers.report import ImportReport, write_import
+from features.io import read_raw
+from features.tables import Tables, create_empty, new_connection
+from features.validate import DUPLICATE_REASON, ROW_ID, ContractError
+
+SOURCE_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+
+
+def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4.0) -> ImportReport:
+    src = Path(src)
+    if not src.is_file():
+        raise ContractError(f"{src}: no such file. Expected a MovieLens ratings.csv (optionally .gz).")
+    if not 0.5 <= min_rating <= 5:
+        raise ContractError(f"min_rating must be in [0.5, 5]; got {min_rating}.")
+    con = new_connection()
+    read_raw(con, src, "_source")
+    found = [c for c in con.table("_source").columns if c != ROW_ID]
+    missing = [c for c in SOURCE_COLUMNS if c not in found]
+    if missing:
+        raise ContractError(
+            f"{src}: not a MovieLens ratings file; missing column(s) {', '.join(missing)}. "
+            f"Expected: {', '.join(SOURCE_COLUMNS)}."
+        )
+    con.execute(
+        f"""CREATE TEMP TABLE ratings AS
+            SELECT {ROW_ID}, NULLIF(trim(userId), '') AS user_id, NULLIF(trim(movieId), '') AS movie_id,
+                   TRY_CAST(rating AS DOUBLE) AS rating,
+                   to_timestamp(TRY_CAST("timestamp" AS BIGINT))::TIMESTAMP AS rated_at,
+                   CASE WHEN NULLIF(trim(userId), '') IS NULL THEN 'missing userId'
+                        WHEN NULLIF(trim(movieId), '') IS NULL THEN 'missing movieId'
+                        WHEN TRY_CAST(rating AS DOUBLE) IS NULL THEN 'unparseable rating (expected a number)'
+                        WHEN NOT TRY_CAST(rating AS DOUBLE) BETWEEN 0.5 AND 5 THEN 'rating outside 0.5-5'
+                        WHEN TRY_CAST("timestamp" AS BIGINT) IS NULL
+                          THEN 'unparseable timestamp (expected unix seconds)'
+                        WHEN row_number() OVER (PARTITION BY userId, movieId, rating, "timestamp"
+                                                ORDER BY {ROW_ID}) > 1 THEN '{DUPLICATE_REASON}'
+                   END AS reason
+            FROM _source"""
+    )
+    con.execute(
+        f"""CREATE TABLE events AS
+            SELECT user_id AS {s.CUSTOMER_ID}, '{s.EventType.PRODUCT_VIEW.value}' AS {s.EVENT_TYPE},
+                   movie_id AS {s.PRODUCT_ID}, rated_at AS {s.OCCURRED_AT}
+            FROM ratings WHERE reason IS NULL ORDER BY {ROW_ID}"""
+    )
+    con.execute(
+        f"""CREATE TABLE orders AS
+            SELECT 'ml' || {ROW_ID} AS {s.ORDER_ID}, user_id AS {s.CUSTOMER_ID}, movie_id AS {s.PRODUCT_ID},
+                   1.0 AS {s.QUANTITY}, 0.0 AS {s.UNIT_PRICE}, rated_at AS {s.ORDERED_AT}
+            FROM ratings WHERE reason IS NULL AND rating >= $min_rating ORDER BY {ROW_ID}""",
+        {"min_rating": min_rating},
+    )
+    con.execute(
+        f"""CREATE TABLE customers AS
+            SELECT DISTINCT {s.CUSTOMER_ID}, CAST(NULL AS TIMESTAMP) AS {s.SIGNUP_AT},
+                   CAST(NULL AS VARCHAR) AS {s.COUNTRY}, CAST(NULL AS BOOLEAN) AS {s.EMAIL_CONSENT}
+            FROM events ORDER BY 1"""
+    )
+    create_empty(con, s.SPECS[s.Table.PRODUCTS])
+    con.execute(
+        f"INSERT INTO products ({s.PRODUCT_ID}) SELECT DISTINCT {s.PRODUCT_ID} FROM events ORDER BY 1"
+    )
+    con.execute(
+        f"""CREATE TABLE ratings_rejects AS
+            SELECT r.{ROW_ID} AS {s.SOURCE_ROW}, r.reason, src.* EXCLUDE ({ROW_ID})
+            FROM ratings r JOIN _source src ON r.{ROW_ID} = src.{ROW_ID}
+            WHERE r.reason IS NOT NULL ORDER BY 1"""
+    )
+    return write_import(Tables(con), str(src), "ratings_rejects", out_dir)

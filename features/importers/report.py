@@ -1,0 +1,43 @@
+"""What an importer reports, and how it writes its output directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from features.io import REJECTS_DIRNAME, atomic_write, write_tables
+from features.tables import Tables
+
+
+@dataclass
+class ImportReport:
+    source: str
+    read: int
+    loaded: int  # source rows that became contract rows
+    rejected: int
+    reasons: dict[str, int]
+    tables: dict[str, int]  # rows written per contract table
+    out_dir: Path
+    rejects_file: Path | None
+
+
+def write_import(tables: Tables, source: str, rejects_table: str, out_dir: Path | str,
+                 read_table: str = "_source") -> ImportReport:
+    """Write ``tables`` as parquet, and ``rejects_table`` (original columns plus ``source_row`` and
+    ``reason``) as ``_rejects/<source file stem>.csv``.
+
+    ``read_table`` holds one row per source row, so ``read == loaded + rejected``.
+    """
+    out_dir = Path(out_dir)
+    counts = {t.value: n for t, n in write_tables(tables, out_dir).items()}
+    con = tables.con
+    reasons = dict(con.execute(
+        f"SELECT reason, count(*) FROM {rejects_table} GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+    read = con.execute(f"SELECT count(*) FROM {read_table}").fetchall()[0][0]
+    rejected = sum(reasons.values())
+    rejects_file = None
+    if rejected:
+        rejects_file = out_dir / REJECTS_DIRNAME / f"{Path(source).name.split('.')[0]}.csv"
+        atomic_write(rejects_file, lambda tmp: con.execute(
+            f"COPY {rejects_table} TO '{tmp}' (HEADER, DELIMITER ',')").fetchall())
+    return ImportReport(source, read, read - rejected, rejected, reasons, counts, out_dir, rejects_file)

@@ -1,0 +1,194 @@
+"""The data contract: table names, column names, canonical types and row rules.
+
+This is the one place that spells out column names. Other modules import the constants below
+instead of writing ``"customer_id"`` themselves.
+
+Timestamps are stored as naive UTC. An input timestamp without a zone is taken to be UTC; one with
+an offset is converted to UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+# Column names -----------------------------------------------------------------------------------
+ORDER_ID = "order_id"
+CUSTOMER_ID = "customer_id"
+PRODUCT_ID = "product_id"
+QUANTITY = "quantity"
+UNIT_PRICE = "unit_price"
+ORDERED_AT = "ordered_at"
+SIGNUP_AT = "signup_at"
+COUNTRY = "country"
+EMAIL_CONSENT = "email_consent"
+EVENT_TYPE = "event_type"
+OCCURRED_AT = "occurred_at"
+NAME = "name"
+CATEGORY = "category"
+PRICE = "price"
+IMAGE_URL = "image_url"
+URL = "url"
+IN_STOCK = "in_stock"
+AS_OF = "as_of"
+
+# Bookkeeping columns added to rejects files.
+SOURCE_ROW = "source_row"
+REJECT_REASON = "reason"
+
+
+class EventType(StrEnum):
+    """Event types accepted in the ``events`` table."""
+
+    PRODUCT_VIEW = "product_view"
+    ADD_TO_CART = "add_to_cart"
+    CHECKOUT_START = "checkout_start"
+    EMAIL_SENT = "email_sent"
+    EMAIL_OPEN = "email_open"
+    EMAIL_CLICK = "email_click"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+class Table(StrEnum):
+    ORDERS = "orders"
+    CUSTOMERS = "customers"
+    EVENTS = "events"
+    PRODUCTS = "products"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One contract column: its canonical DuckDB type and whether the file must have it."""
+
+    name: str
+    sql_type: str  # VARCHAR, DOUBLE, BIGINT, TIMESTAMP or BOOLEAN
+    required: bool = True  # the column must be present in the file
+    nullable: bool = False  # a row may leave it empty
+
+    @property
+    def expected(self) -> str:
+        """Human words for the type, used in error messages."""
+        return {
+            "VARCHAR": "text",
+            "DOUBLE": "a number",
+            "BIGINT": "a whole number",
+            "TIMESTAMP": "a date or timestamp such as 2024-03-01 or 2024-03-01T09:30:00Z",
+            "BOOLEAN": "true/false (or 1/0, yes/no)",
+        }[self.sql_type]
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A rule every row must pass; ``failing_sql`` is true for a row that breaks it.
+
+    It is evaluated on the typed columns (named as in the contract) plus, for each column,
+    ``<name>__bad``: true where the input held a value that did not parse as the column's type.
+    """
+
+    reason: str
+    failing_sql: str
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    table: Table
+    columns: tuple[Column, ...]
+    rules: tuple[RowRule, ...] = field(default=())
+    reject_exact_duplicates: bool = True
+    unique_key: str | None = None  # later rows repeating this key are rejected
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+def _missing(col: str) -> RowRule:
+    return RowRule(f"missing {col}", f"{col} IS NULL")
+
+
+def _unparseable(col: Column) -> RowRule:
+    return RowRule(
+        f"unparseable {col.name} (expected {col.expected})",
+        f"{col.name}__bad",
+    )
+
+
+_ORDER_COLUMNS = (
+    Column(ORDER_ID, "VARCHAR"),
+    Column(CUSTOMER_ID, "VARCHAR"),
+    Column(PRODUCT_ID, "VARCHAR"),
+    Column(QUANTITY, "DOUBLE"),
+    Column(UNIT_PRICE, "DOUBLE"),
+    Column(ORDERED_AT, "TIMESTAMP"),
+)
+_CUSTOMER_COLUMNS = (
+    Column(CUSTOMER_ID, "VARCHAR"),
+    Column(SIGNUP_AT, "TIMESTAMP", required=False, nullable=True),
+    Column(COUNTRY, "VARCHAR", required=False, nullable=True),
+    Column(EMAIL_CONSENT, "BOOLEAN", required=False, nullable=True),
+)
+_EVENT_COLUMNS = (
+    Column(CUSTOMER_ID, "VARCHAR"),
+    Column(EVENT_TYPE, "VARCHAR"),
+    Column(PRODUCT_ID, "VARCHAR", required=False, nullable=True),
+    Column(OCCURRED_AT, "TIMESTAMP"),
+)
+_PRODUCT_COLUMNS = (
+    Column(PRODUCT_ID, "VARCHAR"),
+    Column(NAME, "VARCHAR", required=False, nullable=True),
+    Column(CATEGORY, "VARCHAR", required=False, nullable=True),
+    Column(PRICE, "DOUBLE", required=False, nullable=True),
+    Column(IMAGE_URL, "VARCHAR", required=False, nullable=True),
+    Column(URL, "VARCHAR", required=False, nullable=True),
+    Column(IN_STOCK, "BOOLEAN", required=False, nullable=True),
+)
+
+
+def _standard_rules(columns: tuple[Column, ...]) -> tuple[RowRule, ...]:
+    """Unparseable values first (they explain a NULL), then missing required values."""
+    parse = [_unparseable(c) for c in columns if c.sql_type != "VARCHAR"]
+    missing = [_missing(c.name) for c in columns if not c.nullable]
+    return tuple(parse + missing)
+
+
+_EVENT_TYPES_SQL = ", ".join(f"'{e.value}'" for e in EventType)
+
+SPECS: dict[Table, TableSpec] = {
+    Table.ORDERS: TableSpec(
+        Table.ORDERS,
+        _ORDER_COLUMNS,
+        _standard_rules(_ORDER_COLUMNS)
+        + (
+            RowRule("negative unit_price", f"{UNIT_PRICE} < 0"),
+            RowRule("zero quantity", f"{QUANTITY} = 0"),
+        ),
+    ),
+    Table.CUSTOMERS: TableSpec(
+        Table.CUSTOMERS,
+        _CUSTOMER_COLUMNS,
+        _standard_rules(_CUSTOMER_COLUMNS),
+        unique_key=CUSTOMER_ID,
+    ),
+    Table.EVENTS: TableSpec(
+        Table.EVENTS,
+        _EVENT_COLUMNS,
+        _standard_rules(_EVENT_COLUMNS)
+        + (
+            RowRule(
+                f"unknown event_type (expected one of {', '.join(e.value for e in EventType)})",
+                f"{EVENT_TYPE} NOT IN ({_EVENT_TYPES_SQL})",
+            ),
+        ),
+    ),
+    Table.PRODUCTS: TableSpec(
+        Table.PRODUCTS,
+        _PRODUCT_COLUMNS,
+        _standard_rules(_PRODUCT_COLUMNS) + (RowRule("negative price", f"{PRICE} < 0"),),
+        unique_key=PRODUCT_ID,
+    ),
+}
+
+DUPLICATE_REASON = "exact duplicate of an earlier row"

@@ -1,0 +1,91 @@
+"""Validated contract tables held in one DuckDB connection, in canonical column types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+
+from features.schema import OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
+
+
+def new_connection() -> duckdb.DuckDBPyConnection:
+    """A private in-memory DuckDB connection that reads naive timestamps as UTC."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def canonical_select(spec: TableSpec, source: str, present: set[str]) -> str:
+    """SQL that casts ``source``'s contract columns to canonical types, NULL for absent ones."""
+    parts = []
+    for col in spec.columns:
+        if col.name not in present:
+            parts.append(f"CAST(NULL AS {col.sql_type}) AS {col.name}")
+        elif col.sql_type == "TIMESTAMP":
+            parts.append(f"CAST(CAST({col.name} AS TIMESTAMPTZ) AS TIMESTAMP) AS {col.name}")
+        else:
+            parts.append(f"CAST({col.name} AS {col.sql_type}) AS {col.name}")
+    extras = [f'"{c}"' for c in present if c not in spec.column_names]
+    return f"SELECT {', '.join(parts + extras)} FROM {source}"
+
+
+def create_empty(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> None:
+    """Create ``spec``'s table with no rows, for a table the user did not supply."""
+    cols = ", ".join(f"CAST(NULL AS {c.sql_type}) AS {c.name}" for c in spec.columns)
+    con.execute(f"CREATE TABLE {spec.table.value} AS SELECT {cols} LIMIT 0")
+
+
+class Tables:
+    """The four contract tables (``orders``, ``customers``, ``events``, ``products``).
+
+    Every table exists in ``con``; a table the user did not supply is empty. Build one with
+    :func:`features.io.load_data_dir` (validates files) or :meth:`from_frames` (trusted frames,
+    used by tests and generators).
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    @classmethod
+    def from_frames(
+        cls,
+        orders: pd.DataFrame,
+        customers: pd.DataFrame | None = None,
+        events: pd.DataFrame | None = None,
+        products: pd.DataFrame | None = None,
+    ) -> Tables:
+        """Load already-clean frames, casting them to the canonical types."""
+        con = new_connection()
+        frames: Mapping[Table, pd.DataFrame | None] = {
+            Table.ORDERS: orders,
+            Table.CUSTOMERS: customers,
+            Table.EVENTS: events,
+            Table.PRODUCTS: products,
+        }
+        for table, frame in frames.items():
+            spec = SPECS[table]
+            if frame is None:
+                create_empty(con, spec)
+                continue
+            con.register(f"_frame_{table.value}", frame)
+            sql = canonical_select(spec, f"_frame_{table.value}", set(map(str, frame.columns)))
+            con.execute(f"CREATE TABLE {table.value} AS {sql}")
+            con.unregister(f"_frame_{table.value}")
+        return cls(con)
+
+    def frame(self, table: Table | str) -> pd.DataFrame:
+        return self.con.table(Table(table).value).df()
+
+    def count(self, table: Table | str) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {Table(table).value}").fetchall()[0][0]
+
+    def time_range(self) -> tuple[datetime | None, datetime | None]:
+        """First and last timestamp over orders and events (None, None when both are empty)."""
+        return self.con.execute(
+            f"""SELECT min(t), max(t) FROM (
+                  SELECT {ORDERED_AT} AS t FROM {Table.ORDERS.value}
+                  UNION ALL SELECT {OCCURRED_AT} FROM {Table.EVENTS.value})"""
+        ).fetchall()[0]

@@ -1,0 +1,113 @@
+"""Labelled, point-in-time training sets: features at several as_of dates stacked, each labelled
+from the window ``[as_of, as_of + horizon)``.
+
+* ``churned``: no order in the window; only customers with at least one order before as_of.
+* ``purchased``: at least one order in the window; every known customer.
+
+An as_of is used only when its whole label window lies inside the data (ends at or before the
+last timestamp seen); the rest are returned as ``skipped``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import pandas as pd
+
+from features.build import build_features, to_timestamp
+from features.config import FeatureConfig
+from features.schema import AS_OF, CUSTOMER_ID, ORDERED_AT, QUANTITY
+from features.tables import Tables
+from features.validate import ContractError
+
+
+class Target(StrEnum):
+    CHURNED = "churned"
+    PURCHASED = "purchased"
+
+
+DEFAULT_HORIZON_DAYS = {Target.CHURNED: 90, Target.PURCHASED: 30}
+
+
+@dataclass
+class TrainingSet:
+    frame: pd.DataFrame  # features + the target column
+    target: Target
+    horizon_days: int
+    as_of_dates: list[datetime]
+    skipped: list[datetime]
+
+
+def data_end(tables: Tables) -> datetime:
+    """The last timestamp in orders and events."""
+    end = tables.time_range()[1]
+    if end is None:
+        raise ContractError("the data has no orders or events; nothing to build features from.")
+    return end
+
+
+def monthly_as_of_dates(tables: Tables, horizon_days: int, periods: int = 12, last: object | None = None,
+                        min_history_days: int = 60) -> list[datetime]:
+    """Up to ``periods`` as_of dates a month apart, ending at ``last`` (default: the latest midnight
+    whose label window is fully observed), none earlier than ``min_history_days`` into the data."""
+    start, end = tables.time_range()
+    if end is None:
+        raise ContractError("the data has no orders or events; nothing to build features from.")
+    if last is None:
+        last = pd.Timestamp(end - timedelta(days=horizon_days)).floor("D")
+    last = pd.Timestamp(to_timestamp(last))
+    earliest = pd.Timestamp(start) + pd.Timedelta(days=min_history_days)
+    dates = [last - pd.DateOffset(months=i) for i in range(periods)]
+    return sorted(d.to_pydatetime() for d in dates if d >= earliest)
+
+
+def _labelled_customers(tables: Tables, as_of: datetime, horizon_days: int) -> set[str]:
+    rows = tables.con.execute(
+        f"""SELECT DISTINCT {CUSTOMER_ID} FROM orders
+            WHERE {QUANTITY} > 0 AND {ORDERED_AT} >= $as_of AND {ORDERED_AT} < $as_of + to_days($h)""",
+        {"as_of": as_of, "h": horizon_days},
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def build_training_set(
+    tables: Tables,
+    as_of_dates: Sequence[object],
+    target: Target | str,
+    horizon_days: int | None = None,
+    config: FeatureConfig | None = None,
+    progress: Callable[[datetime], None] | None = None,
+) -> TrainingSet:
+    """Stack features at each fully observed as_of with the ``target`` label."""
+    target = Target(target)
+    horizon = horizon_days if horizon_days is not None else DEFAULT_HORIZON_DAYS[target]
+    if horizon <= 0:
+        raise ValueError(f"horizon_days must be positive; got {horizon}")
+    end = data_end(tables)
+    dates = sorted({to_timestamp(d) for d in as_of_dates})
+    used = [d for d in dates if d + timedelta(days=horizon) <= end]
+    skipped = [d for d in dates if d not in used]
+    if not used:
+        raise ContractError(
+            f"no as_of date has a fully observed {horizon}-day label window: the data ends {end}, "
+            f"so the latest usable as_of is {end - timedelta(days=horizon)}; got {', '.join(map(str, dates))}."
+        )
+    frames = []
+    for as_of in used:
+        features = build_features(tables, as_of, config)
+        buyers = _labelled_customers(tables, as_of, horizon)
+        bought = features[CUSTOMER_ID].isin(buyers)
+        if target is Target.CHURNED:
+            features = features[features["orders_count"] > 0].copy()
+            features[target.value] = ~bought[features.index]
+        else:
+            features[target.value] = bought
+        frames.append(features)
+        if progress:
+            progress(as_of)
+    frame = pd.concat(frames, ignore_index=True).sort_values([AS_OF, CUSTOMER_ID], ignore_index=True)
+    frame[target.value] = frame[target.value].astype(bool)
+    return TrainingSet(frame, target, horizon, used, skipped)

@@ -1,0 +1,179 @@
+"""Check raw tables against the contract: typed clean rows in, every bad row out with a reason.
+
+A wrong or missing column, or a column whose values mostly fail to parse, is a
+:class:`ContractError` that names the file, the column, an example value and what was expected.
+Individual bad rows are not errors: they land in a ``<table>_rejects`` table with their reason, and
+``loaded + rejected == read`` always holds.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import duckdb
+
+from features.schema import (
+    DUPLICATE_REASON,
+    REJECT_REASON,
+    SOURCE_ROW,
+    Column,
+    TableSpec,
+)
+from features.tables import canonical_select
+
+ROW_ID = "_row"  # 1-based position of the row in its source, added by the reader
+# A column is the wrong type (an error) rather than holding a few bad rows (rejects) when at least
+# this share of its non-empty values fail to parse.
+TYPE_ERROR_SHARE = 0.5
+
+
+class ContractError(ValueError):
+    """The input does not follow the data contract (a file, column or type is wrong)."""
+
+
+@dataclass
+class TableReport:
+    table: str
+    source: str
+    read: int
+    loaded: int
+    rejected: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _typed_expr(col: Column, source_type: str) -> str:
+    """Cast the input column to the contract type; NULL where it does not parse."""
+    raw = f'"{col.name}"'
+    if col.sql_type == "VARCHAR":
+        return f"NULLIF(trim(CAST({raw} AS VARCHAR)), '')"
+    if col.sql_type == source_type:
+        return f"(CASE WHEN isfinite({raw}) THEN {raw} END)" if source_type == "DOUBLE" else raw
+    if col.sql_type == "TIMESTAMP":
+        return f"CAST(TRY_CAST({raw} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    if col.sql_type == "DOUBLE":
+        return f"(CASE WHEN isfinite(TRY_CAST({raw} AS DOUBLE)) THEN TRY_CAST({raw} AS DOUBLE) END)"
+    if col.sql_type == "BOOLEAN":
+        return f"TRY_CAST(lower(trim(CAST({raw} AS VARCHAR))) AS BOOLEAN)"
+    raise AssertionError(col.sql_type)
+
+
+def _present_expr(col: Column, source_type: str) -> str:
+    """True where the input holds a value (not NULL, not blank text)."""
+    if source_type == "VARCHAR":
+        return f"NULLIF(trim(\"{col.name}\"), '') IS NOT NULL"
+    return f"\"{col.name}\" IS NOT NULL"
+
+
+def check_columns(spec: TableSpec, found: list[str], source: str) -> None:
+    """Raise a ContractError naming the first required column that ``found`` lacks."""
+    for col in spec.columns:
+        if col.required and col.name not in found:
+            close = difflib.get_close_matches(col.name, found, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ContractError(
+                f"{source}: missing required column '{col.name}' ({col.expected}). "
+                f"Columns found: {', '.join(found)}.{hint}"
+            )
+
+
+def _check_types(con: duckdb.DuckDBPyConnection, typed: str, raw: str, source: str,
+                 parsed: list[Column]) -> None:
+    for col in parsed:
+        total, failed = con.execute(
+            f"SELECT count(*) FILTER (WHERE {col.name}__given), count(*) FILTER (WHERE {col.name}__bad) "
+            f"FROM {typed}"
+        ).fetchall()[0]
+        if failed and failed >= TYPE_ERROR_SHARE * total:
+            example = con.execute(
+                f"""SELECT CAST(r."{col.name}" AS VARCHAR) FROM {raw} r
+                    SEMI JOIN (SELECT {ROW_ID} FROM {typed} WHERE {col.name}__bad LIMIT 1) b
+                    ON r.{ROW_ID} = b.{ROW_ID}"""
+            ).fetchall()[0][0]
+            raise ContractError(
+                f"{source}: column '{col.name}' should hold {col.expected}, but {failed:,} of "
+                f"{total:,} values are not, for example {example!r}."
+            )
+
+
+def validate_raw(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, raw: str, source: str
+) -> TableReport:
+    """Validate relation ``raw`` (with a ``_row`` column) into tables ``<t>`` and ``<t>_rejects``.
+
+    ``<t>`` holds the clean rows in canonical types; ``<t>_rejects`` holds the rejected rows as
+    text, with ``source_row`` and ``reason``.
+    """
+    name = spec.table.value
+    rel = con.table(raw)
+    source_types = {c: str(t) for c, t in zip(rel.columns, rel.types, strict=True) if c != ROW_ID}
+    found = list(source_types)
+    check_columns(spec, found, source)
+    present = [c for c in spec.columns if c.name in found]
+    absent = [c for c in spec.columns if c.name not in found]
+    extras = [c for c in found if c not in spec.column_names]
+    parsed = [c for c in present if c.sql_type != "VARCHAR"]
+
+    typed = f"_typed_{name}"
+    select = [ROW_ID]
+    select += [f"{_typed_expr(c, source_types[c.name])} AS {c.name}" for c in present]
+    select += [f"CAST(NULL AS {c.sql_type}) AS {c.name}" for c in absent]
+    select += [f"{_present_expr(c, source_types[c.name])} AS {c.name}__given" for c in parsed]
+    select += [f'"{c}"' for c in extras]
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {typed} AS SELECT {', '.join(select)} FROM {raw}")
+    bad_flags = [f"{c.name}__given AND {c.name} IS NULL AS {c.name}__bad" for c in parsed]
+    bad_flags += [f"false AS {c.name}__bad" for c in spec.columns if c not in parsed]
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {typed}_flags AS SELECT *, {', '.join(bad_flags)} FROM {typed}")
+    _check_types(con, f"{typed}_flags", raw, source, parsed)
+
+    rule_case = " ".join(f"WHEN {r.failing_sql} THEN '{r.reason}'" for r in spec.rules)
+    all_cols = ", ".join(spec.column_names + [f'"{c}"' for c in extras])
+    rejected = f"_rejected_{name}"
+    # Rows breaking a rule, then exact duplicates (every column equal) of an earlier passing row.
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {rejected} AS
+            SELECT {ROW_ID}, CASE {rule_case} END AS {REJECT_REASON} FROM {typed}_flags
+            WHERE CASE {rule_case} END IS NOT NULL"""
+    )
+    con.execute(
+        f"""INSERT INTO {rejected}
+            WITH passing AS (SELECT * FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID})),
+            groups AS (SELECT {all_cols}, min({ROW_ID}) AS first_row FROM passing
+                       GROUP BY ALL HAVING count(*) > 1)
+            SELECT p.{ROW_ID}, '{DUPLICATE_REASON}' FROM passing p
+            JOIN groups g ON {" AND ".join(f"p.{c} IS NOT DISTINCT FROM g.{c}" for c in spec.column_names + [f'"{e}"' for e in extras])}
+            WHERE p.{ROW_ID} <> g.first_row"""
+    )
+    if spec.unique_key:
+        key = spec.unique_key
+        con.execute(
+            f"""INSERT INTO {rejected}
+                SELECT {ROW_ID}, 'duplicate {key} (first in row ' || first_row || ')' FROM (
+                  SELECT {ROW_ID}, min({ROW_ID}) OVER (PARTITION BY {key}) AS first_row
+                  FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID}))
+                WHERE {ROW_ID} <> first_row"""
+        )
+
+    con.execute(f"DROP TABLE IF EXISTS {name}")
+    clean_source = f"(SELECT * FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID}))"
+    con.execute(
+        f"CREATE TABLE {name} AS "
+        + canonical_select(spec, clean_source, set(spec.column_names) | set(extras))
+    )
+    raw_cols = [f'CAST(r."{c}" AS VARCHAR) AS "{c}"' for c in found]
+    con.execute(
+        f"""CREATE OR REPLACE TABLE {name}_rejects AS
+            SELECT j.{ROW_ID} AS {SOURCE_ROW}, j.{REJECT_REASON}, {', '.join(raw_cols)}
+            FROM {rejected} j JOIN {raw} r ON j.{ROW_ID} = r.{ROW_ID} ORDER BY j.{ROW_ID}"""
+    )
+    read = con.execute(f"SELECT count(*) FROM {raw}").fetchall()[0][0]
+    loaded = con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+    reasons = dict(
+        con.execute(
+            f"SELECT {REJECT_REASON}, count(*) FROM {rejected} GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+    )
+    con.execute(f"DROP VIEW {typed}_flags; DROP TABLE {typed}; DROP TABLE {rejected}")
+    rejected_count = sum(reasons.values())
+    assert loaded + rejected_count == read, f"{source}: {loaded} + {rejected_count} != {read}"
+    return TableReport(name, source, read, loaded, rejected_count, reasons)

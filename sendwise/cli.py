@@ -1,0 +1,28 @@
+"""The ``sendwise`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from features.cli import data_app, features_app
+from sendwise.demo import run_demo
+
+app = typer.Typer(help="sendwise: ML for marketing email, self-hosted.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+
+@app.command("demo")
+def demo(workdir: Annotated[Path, typer.Option(help="Where the demo writes its files.")] = Path("demo"),
+         customers: Annotated[int, typer.Option(help="Customers in the generated shop.")] = 10_000,
+         seed: Annotated[int, typer.Option(help="Random seed.")] = 0) -> None:
+    """Run the main job end to end on a generated demo shop."""
+    run_demo(workdir, customers, seed)
+
+
+if __name__ == "__main__":
+    app()
