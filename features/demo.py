@@ -74,8 +74,8 @@ def _timestamps(shop: DemoShop, days: np.ndarray) -> pa.Array:
 def _seasonality(days: np.ndarray, start: pd.Timestamp) -> np.ndarray:
     """Relative visit intensity in (0, 1]: a December peak and busier weekends."""
     t = start + pd.to_timedelta(days, unit="D")
-    doy = np.asarray(t.dayofyear, dtype=float)
-    weekend = np.asarray(t.dayofweek >= 5)
+    doy = np.asarray(t.day_of_year, dtype=float)
+    weekend = np.asarray(t.day_of_week >= 5)
     yearly = 1 + 0.35 * np.cos(2 * np.pi * (doy - 350) / 365.25)
     return yearly * np.where(weekend, 1.2, 1.0) / (1.35 * 1.2)
 
@@ -134,7 +134,7 @@ def _simulate_chunk(shop: DemoShop, first: int, n: int, rng: np.random.Generator
     })
 
     # Emails: fortnightly campaigns, Tuesdays 09:00, from signup until unsubscribe.
-    first_campaign = (1 - start.dayofweek) % 7 + 9 / 24
+    first_campaign = (1 - start.day_of_week) % 7 + 9 / 24
     campaigns = np.arange(first_campaign, horizon, 14.0)
     j0 = np.searchsorted(campaigns, signup)
     eligible = np.where(consent, len(campaigns) - j0, 0)

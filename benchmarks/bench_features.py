@@ -1,0 +1,424 @@
+"""Benchmark of the point-in-time customer feature build: sendwise (DuckDB) against a naive pandas twin.
+
+    python benchmarks/bench_features.py            # full run, writes benchmarks/results/features.json
+    python benchmarks/bench_features.py --quick    # smoke run, writes benchmarks/results/features_quick.json
+
+Input data (the imported Online Retail set, generated shops) is prepared once, untimed, under
+``benchmarks/.work/``. Every measurement then runs in its own child process (this script re-invoked
+with ``--child``), so that the peak RSS reported is that of one implementation on one case. A child
+that runs past its time limit or memory guard is killed and recorded as "did not finish".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from features._reference import reference_features
+from features.build import build_features
+from features.demo import DemoShop, generate_demo
+from features.importers.online_retail import import_online_retail
+from features.io import load_data_dir
+from features.schema import Table
+from features.tables import new_connection
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / ".work"
+RESULTS = HERE / "results"
+ONLINE_RETAIL_CSV = HERE.parent.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
+
+OURS = "sendwise duckdb"
+NAIVE = "naive pandas"
+REPEATS = 3  # timed runs per child; the median is reported
+REPEAT_BUDGET_S = 30.0  # a child whose first run takes longer than this runs only once
+CHILD_TIMEOUT_S = 600.0
+MEMORY_GUARD_FRACTION = 0.75  # a child above this share of the machine's memory is killed
+GENERATED_AS_OF = "2025-10-01"
+ONLINE_RETAIL_AS_OF = [
+    (pd.Timestamp("2011-12-09") - pd.DateOffset(months=i)).strftime("%Y-%m-%d") for i in range(12)
+]
+MB = 1024 * 1024
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input data set and the as_of dates to build features at, with sendwise's targets."""
+
+    name: str
+    description: str
+    prepare: Callable[[], Path]
+    as_of: list[str]
+    target_total_s: float | None = None
+    target_peak_rss_mb: float | None = None
+
+    def target_text(self) -> str:
+        parts = []
+        if self.target_total_s is not None:
+            parts.append(f"< {self.target_total_s:g} s")
+        if self.target_peak_rss_mb is not None:
+            parts.append(f"< {self.target_peak_rss_mb / 1024:g} GB")
+        return ", ".join(parts) or "-"
+
+
+# -- data preparation (parent, untimed) -------------------------------------------------------------
+
+
+def prepared(name: str, write: Callable[[Path], object]) -> Path:
+    """``WORK/name``, written by ``write`` into a partial folder first unless it already exists."""
+    target = WORK / name
+    if not target.exists():
+        partial = WORK / f"{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        console.log(f"preparing {target} (once, untimed)")
+        write(partial)
+        partial.rename(target)
+    return target
+
+
+def online_retail() -> Path:
+    """The UCI Online Retail CSV imported to a contract directory."""
+    return prepared("online_retail", lambda out: import_online_retail(ONLINE_RETAIL_CSV, out))
+
+
+def demo(customers: int) -> Callable[[], Path]:
+    """A preparer of the generated shop with ``customers`` customers (seed 0)."""
+    def prepare() -> Path:
+        name = f"demo_{customers // 1000}k" if customers < 1_000_000 else f"demo_{customers // 1_000_000}m"
+        return prepared(name, lambda out: generate_demo(DemoShop(customers=customers, seed=0), out))
+
+    return prepare
+
+
+def table_rows(data_dir: Path) -> dict[str, int]:
+    """Row count of each contract table file in ``data_dir``, from parquet metadata."""
+    return {t.value: pq.ParquetFile(data_dir / f"{t.value}.parquet").metadata.num_rows
+            for t in Table if (data_dir / f"{t.value}.parquet").exists()}
+
+
+def generated(name: str, customers: int, **targets: float) -> Case:
+    """A generated shop of ``customers`` (seed 0), features at one as_of."""
+    return Case(name, f"generated shop, {customers:,} customers (seed 0), one as_of", demo(customers),
+                [GENERATED_AS_OF], **targets)
+
+
+def cases(quick: bool) -> list[Case]:
+    retail = Case("online_retail_12_as_of", "UCI Online Retail (imported), features at 12 monthly as_of",
+                  online_retail, ONLINE_RETAIL_AS_OF, target_total_s=5.0)
+    if quick:
+        return [retail, generated("generated_20k_one_as_of", 20_000)]
+    return [
+        retail,
+        generated("generated_100k_one_as_of", 100_000),
+        generated("generated_1m_one_as_of", 1_000_000, target_total_s=60.0, target_peak_rss_mb=8 * 1024),
+    ]
+
+
+# -- children: one implementation on one case ---------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def repeat(run: Callable[[], float]) -> None:
+    """Call ``run`` (which returns its timed seconds) REPEATS times, once if the first is over budget."""
+    if run() <= REPEAT_BUDGET_S:
+        for _ in range(REPEATS - 1):
+            run()
+
+
+def emit(kind: str, payload: dict[str, Any]) -> None:
+    """One JSON line on stdout for the parent (children print nothing else there)."""
+    print(json.dumps({"kind": kind, **payload}), flush=True)
+
+
+def child_ours(data_dir: Path, as_of: Sequence[str]) -> None:
+    """Time load_data_dir, then build_features at every as_of; each run starts from a fresh load."""
+    loads: list[float] = []
+    builds: list[float] = []
+    rows = 0
+
+    def run() -> float:
+        nonlocal rows
+        start = time.perf_counter()
+        tables, _ = load_data_dir(data_dir)
+        loaded = time.perf_counter()
+        rows = sum(len(build_features(tables, d)) for d in as_of)
+        built = time.perf_counter()
+        tables.con.close()
+        loads.append(loaded - start)
+        builds.append(built - loaded)
+        return built - start
+
+    repeat(run)
+    totals = [a + b for a, b in zip(loads, builds, strict=True)]
+    emit("result", {"load_s": loads, "features_s": builds, "total_s": totals, "rows": rows,
+                    "peak_rss_mb": peak_rss_mb()})
+
+
+def child_naive(data_dir: Path, as_of: Sequence[str]) -> None:
+    """Time the pandas reference on the validated tables, then check it agrees with build_features.
+
+    Its load (once) is load_data_dir plus the conversion of the tables to pandas frames.
+    """
+    start = time.perf_counter()
+    tables, _ = load_data_dir(data_dir)
+    frames = {t.value: tables.frame(t) for t in Table}
+    load_s = time.perf_counter() - start
+    tables.con.close()
+    builds: list[float] = []
+    outputs: list[pd.DataFrame] = []
+
+    def run() -> float:
+        start = time.perf_counter()
+        outputs[:] = [reference_features(**frames, as_of=d) for d in as_of]
+        builds.append(time.perf_counter() - start)
+        return builds[-1]
+
+    repeat(run)
+    emit("result", {"load_s": [load_s], "features_s": builds, "total_s": [load_s + b for b in builds],
+                    "rows": sum(len(o) for o in outputs), "peak_rss_mb": peak_rss_mb()})
+    del frames
+    tables, _ = load_data_dir(data_dir)
+    differing = {d: differing_columns(build_features(tables, d), ref)
+                 for d, ref in zip(as_of, outputs, strict=True)}
+    emit("agreement", {"as_of_compared": len(as_of),
+                       "differing_columns": {d: cols for d, cols in differing.items() if cols}})
+
+
+def differing_columns(ours: pd.DataFrame, ref: pd.DataFrame) -> list[str]:
+    """Columns where the two builds differ: nulls in other places, or values beyond float tolerance."""
+    if list(ours.columns) != list(ref.columns) or len(ours) != len(ref):
+        return ["<column names or row count>"]
+    differ = []
+    for col in ours.columns:
+        a, b = ours[col], ref[col]
+        missing = a.isna().to_numpy()
+        if not np.array_equal(missing, b.isna().to_numpy()):
+            differ.append(col)
+            continue
+        a, b = a[~missing], b[~missing]
+        if pd.api.types.is_numeric_dtype(a) and not pd.api.types.is_bool_dtype(a):
+            same = np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-6, atol=1e-9)
+        else:
+            same = bool((a.to_numpy() == b.to_numpy()).all())
+        if not same:
+            differ.append(col)
+    return differ
+
+
+# -- parent: run children, guard them, collect --------------------------------------------------------
+
+
+def run_child(impl: str, data_dir: Path, as_of: Sequence[str], memory_guard_mb: float) -> dict[str, Any]:
+    """Run one child, killing it past CHILD_TIMEOUT_S or ``memory_guard_mb``; its parsed report."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", impl, "--data", str(data_dir),
+           "--as-of", ",".join(as_of)]
+    console.log(f"{impl}: {data_dir.name}, {len(as_of)} as_of")
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    watched = psutil.Process(proc.pid)
+    sampled_peak_mb, killed_for = 0.0, None
+    while proc.poll() is None:
+        try:
+            sampled_peak_mb = max(sampled_peak_mb, watched.memory_info().rss / MB)
+        except psutil.NoSuchProcess:
+            break
+        if time.monotonic() - start > CHILD_TIMEOUT_S:
+            killed_for = f"did not finish within {CHILD_TIMEOUT_S:g} s"
+        elif sampled_peak_mb > memory_guard_mb:
+            killed_for = f"exceeded the {memory_guard_mb / 1024:.1f} GB memory guard"
+        if killed_for:
+            proc.kill()
+            break
+        time.sleep(0.1)
+    stdout, _ = proc.communicate()
+    elapsed = time.monotonic() - start
+    reports = {r.pop("kind"): r for r in (json.loads(line) for line in stdout.splitlines()
+                                          if line.startswith('{"kind"'))}
+    result = reports.get("result")
+    if result is None:
+        why = killed_for or f"exited with status {proc.returncode}"
+        return {"finished": False, "why": why, "wall_s": round(elapsed, 1),
+                "sampled_peak_rss_mb": round(sampled_peak_mb, 1)}
+    for key in ("load_s", "features_s", "total_s"):
+        runs = [round(x, 3) for x in result[key]]
+        result[key] = {"median": round(statistics.median(result[key]), 3), "runs": runs}
+    result.update(finished=True, wall_s=round(elapsed, 1), peak_rss_mb=round(result["peak_rss_mb"], 1))
+    if "agreement" in reports:
+        result["agreement"] = reports["agreement"]
+    elif impl == NAIVE:
+        result["agreement"] = {"not_checked": killed_for or f"exited with status {proc.returncode}"}
+    return result
+
+
+def judge(case: Case, ours: dict[str, Any]) -> dict[str, bool]:
+    """Each of the case's targets: met or not (a run that did not finish meets none)."""
+    met = {}
+    if case.target_total_s is not None:
+        met["total_s"] = ours["finished"] and ours["total_s"]["median"] < case.target_total_s
+    if case.target_peak_rss_mb is not None:
+        met["peak_rss_mb"] = ours["finished"] and ours["peak_rss_mb"] < case.target_peak_rss_mb
+    return met
+
+
+def run_case(case: Case, memory_guard_mb: float) -> dict[str, Any]:
+    """Both implementations on ``case``; the JSON record of the case."""
+    data_dir = case.prepare()
+    ours = run_child(OURS, data_dir, case.as_of, memory_guard_mb)
+    naive = run_child(NAIVE, data_dir, case.as_of, memory_guard_mb)
+    met = judge(case, ours)
+    record: dict[str, Any] = {
+        "case": case.name,
+        "description": case.description,
+        "data": {"dir": str(data_dir.relative_to(HERE.parent)), "table_rows": table_rows(data_dir)},
+        "as_of": case.as_of,
+        "targets": {"total_s": case.target_total_s, "peak_rss_mb": case.target_peak_rss_mb},
+        "results": {OURS: ours, NAIVE: naive},
+        "met": met,
+        "passed": all(met.values()),
+    }
+    if ours["finished"] and naive["finished"]:
+        record["speedup"] = {k: round(naive[k]["median"] / ours[k]["median"], 2)
+                             for k in ("features_s", "total_s")}
+    return record
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """The machine, library versions and commit the numbers were taken on."""
+    with new_connection() as con:
+        threads, memory_limit = con.execute(
+            "SELECT current_setting('threads'), current_setting('memory_limit')").fetchone()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                 platform.processor())
+    commit, status = (subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True).stdout.strip()
+                      for cmd in (["rev-parse", "HEAD"], ["status", "--porcelain"]))
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "memory_total_mb": round(psutil.virtual_memory().total / MB),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "duckdb_threads": threads,
+        "duckdb_memory_limit": memory_limit,
+        "pandas": pd.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pyarrow.__version__,
+        "git_commit": commit + (" (uncommitted changes)" if status else ""),
+    }
+
+
+def render(records: list[dict[str, Any]], case_list: list[Case]) -> RichTable:
+    """The results table: one row per case and implementation."""
+    table = RichTable(title="Point-in-time customer features", title_justify="left")
+    columns = ("case", "implementation", "rows (customers × as_of)", "load s", "features s",
+               "median total s", "peak RSS MB", "target", "met?")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("case", "implementation", "target") else "right")
+    for record, case in zip(records, case_list, strict=True):
+        for impl in (OURS, NAIVE):
+            r = record["results"][impl]
+            ours = impl == OURS
+            first = (case.name if ours else "", impl)
+            verdict = ("yes" if record["passed"] else "[red]NO[/]") if record["met"] else "-"
+            last = (case.target_text(), verdict) if ours else ("-", "-")
+            if r["finished"]:
+                measured = (f"{r['rows']:,} ({len(case.as_of)} as_of)", f"{r['load_s']['median']:.2f}",
+                            f"{r['features_s']['median']:.2f}", f"{r['total_s']['median']:.2f}",
+                            f"{r['peak_rss_mb']:,.0f}")
+            else:  # the sampled peak when it was killed
+                measured = ("-", "-", "-", r["why"], f"{r['sampled_peak_rss_mb']:,.0f}+")
+            table.add_row(*first, *measured, *last)
+    return table
+
+
+def print_notes(records: list[dict[str, Any]]) -> None:
+    """Speed-ups, and whether the two builds agree, per case."""
+    for record in records:
+        if "speedup" in record:
+            s = record["speedup"]
+            console.print(f"{record['case']}: sendwise is {s['total_s']:.1f}x faster in total, "
+                          f"{s['features_s']:.1f}x on the feature build alone")
+        agreement = record["results"][NAIVE].get("agreement", {})
+        if agreement.get("differing_columns"):
+            differ = agreement["differing_columns"]
+            console.print(f"[yellow]{record['case']}: the two builds differ:[/] {differ}")
+        elif "not_checked" in agreement:
+            console.print(f"{record['case']}: agreement not checked ({agreement['not_checked']})")
+        elif agreement:
+            console.print(f"{record['case']}: both builds agree at all {agreement['as_of_compared']} as_of")
+
+
+def main_parent(quick: bool) -> int:
+    WORK.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    memory_guard_mb = MEMORY_GUARD_FRACTION * info["memory_total_mb"]
+    case_list = cases(quick)
+    records = [run_case(case, memory_guard_mb) for case in case_list]
+    console.print(render(records, case_list))
+    print_notes(records)
+    out = RESULTS / ("features_quick.json" if quick else "features.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "point-in-time customer features",
+        "mode": "quick" if quick else "full",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        "settings": {"repeats": REPEATS, "repeat_budget_s": REPEAT_BUDGET_S,
+                     "child_timeout_s": CHILD_TIMEOUT_S, "memory_guard_mb": round(memory_guard_mb)},
+        "cases": records,
+        "passed": all(r["passed"] for r in records),
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"results: {out}")
+    return 0 if report["passed"] else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="20,000 generated customers instead of 100k and 1M")
+    parser.add_argument("--child", choices=(OURS, NAIVE), help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--as-of", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        (child_ours if args.child == OURS else child_naive)(args.data, args.as_of.split(","))
+        return 0
+    return main_parent(args.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny literal tables, a small generated shop, the real public data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+from features.demo import DemoShop, generate_demo  # noqa: E402
+from features.io import load_data_dir  # noqa: E402
+from features.tables import Tables  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ONLINE_RETAIL = SHARED_DATA / "online-retail" / "online_retail.csv.gz"
+MOVIELENS = SHARED_DATA / "movielens-latest-small" / "ml-latest-small_ratings.csv.gz"
+
+
+def ts(value: str) -> pd.Timestamp:
+    return pd.Timestamp(value)
+
+
+@pytest.fixture
+def tiny_frames() -> dict[str, pd.DataFrame]:
+    """Three customers over January 2024; expected features are worked out by hand in the tests.
+
+    a: order o1 (2 x p1 @10 + 1 x p2 @5 = 25) on Jan 1, o2 (1 x p1 @10) on Jan 11, returns one p1
+       on Jan 15; gets an email on Jan 25, opens it on Jan 26.
+    b: order o3 (3 x p2 @5 = 15) on Jan 20; adds p2 to cart on Jan 29 and does not buy.
+    c: never orders; signed up Jan 30, views p1 and adds it to cart on Jan 31 12:00.
+    d: signs up Feb 10, after the as_of used in the tests (Feb 1).
+    """
+    orders = pd.DataFrame({
+        "order_id": ["o1", "o1", "o2", "o3", "r1"],
+        "customer_id": ["a", "a", "a", "b", "a"],
+        "product_id": ["p1", "p2", "p1", "p2", "p1"],
+        "quantity": [2.0, 1.0, 1.0, 3.0, -1.0],
+        "unit_price": [10.0, 5.0, 10.0, 5.0, 10.0],
+        "ordered_at": [ts("2024-01-01"), ts("2024-01-01"), ts("2024-01-11"), ts("2024-01-20"), ts("2024-01-15")],
+    })
+    customers = pd.DataFrame({
+        "customer_id": ["a", "b", "c", "d"],
+        "signup_at": [ts("2023-12-01"), pd.NaT, ts("2024-01-30"), ts("2024-02-10")],
+        "country": ["United Kingdom", "Germany", "France", "France"],
+        "email_consent": [True, False, True, True],
+    })
+    events = pd.DataFrame({
+        "customer_id": ["a", "a", "b", "c", "c"],
+        "event_type": ["email_sent", "email_open", "add_to_cart", "product_view", "add_to_cart"],
+        "product_id": [None, None, "p2", "p1", "p1"],
+        "occurred_at": [ts("2024-01-25"), ts("2024-01-26"), ts("2024-01-29"), ts("2024-01-31 11:00"),
+                        ts("2024-01-31 12:00")],
+    })
+    products = pd.DataFrame({
+        "product_id": ["p1", "p2"], "name": ["Mug", "Bag"], "category": ["kitchen", "bags"],
+        "price": [10.0, 5.0], "image_url": ["https://x/1.png", None], "url": ["https://x/p1", "https://x/p2"],
+        "in_stock": [True, True],
+    })
+    return {"orders": orders, "customers": customers, "events": events, "products": products}
+
+
+@pytest.fixture
+def tiny_tables(tiny_frames: dict[str, pd.DataFrame]) -> Tables:
+    return Tables.from_frames(**tiny_frames)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated shop of 400 customers (seed 7)."""
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo(DemoShop(customers=400, seed=7, products=60), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_tables(demo_dir: Path) -> Tables:
+    tables, _ = load_data_dir(demo_dir, demo_dir / "_rejects")
+    return tables
+
+
+@pytest.fixture(scope="session")
+def online_retail_path() -> Path:
+    if not ONLINE_RETAIL.exists():
+        pytest.skip(f"real Online Retail file not present at {ONLINE_RETAIL}")
+    return ONLINE_RETAIL
+
+
+@pytest.fixture(scope="session")
+def movielens_path() -> Path:
+    if not MOVIELENS.exists():
+        pytest.skip(f"MovieLens file not present at {MOVIELENS}")
+    return MOVIELENS
