@@ -1,0 +1,61 @@
+"""The demo generator: valid, deterministic, and with the behaviour it documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.build import build_features
+from features.demo import DemoShop, generate_demo
+from features.io import load_data_dir
+from features.tables import Tables
+
+
+def test_generated_data_passes_the_contract_untouched(demo_dir: Path) -> None:
+    _, report = load_data_dir(demo_dir, demo_dir / "_rejects")
+    assert report.rejected == 0 and report.warnings == []
+    assert {t.table for t in report.tables} == {"orders", "customers", "events", "products"}
+
+
+def test_same_seed_same_data_other_seed_other_data(tmp_path: Path) -> None:
+    generate_demo(DemoShop(customers=120, seed=3, products=30), tmp_path / "a")
+    generate_demo(DemoShop(customers=120, seed=3, products=30), tmp_path / "b")
+    generate_demo(DemoShop(customers=120, seed=4, products=30), tmp_path / "c")
+    for table in ("orders", "customers", "events", "products"):
+        a, b = (pd.read_parquet(tmp_path / d / f"{table}.parquet") for d in "ab")
+        pd.testing.assert_frame_equal(a, b)
+    assert not pd.read_parquet(tmp_path / "a/events.parquet").equals(pd.read_parquet(tmp_path / "c/events.parquet"))
+
+
+def test_chunking_does_not_change_the_first_chunk(tmp_path: Path) -> None:
+    generate_demo(DemoShop(customers=100, seed=1, products=30, chunk_size=100), tmp_path / "one")
+    generate_demo(DemoShop(customers=150, seed=1, products=30, chunk_size=100), tmp_path / "two")
+    one, two = (pd.read_parquet(tmp_path / d / "customers.parquet") for d in ("one", "two"))
+    pd.testing.assert_frame_equal(one, two.iloc[:100])
+
+
+def test_planted_behaviour_is_visible(demo_tables: Tables) -> None:
+    events = demo_tables.frame("events")
+    kinds = events["event_type"].value_counts()
+    assert kinds["product_view"] > kinds["add_to_cart"] > kinds["checkout_start"]
+    assert kinds["email_sent"] > kinds["email_open"] > kinds["email_click"] > 0
+    assert kinds["unsubscribe"] > 0
+    orders = demo_tables.frame("orders")
+    assert (orders["quantity"] < 0).any()  # returns
+    customers = demo_tables.frame("customers")
+    no_consent = set(customers.loc[~customers["email_consent"], "customer_id"])
+    assert no_consent and not (set(events.loc[events["event_type"] == "email_sent", "customer_id"]) & no_consent)
+    features = build_features(demo_tables, "2025-09-01")
+    # people who open email buy more: opens in the last 90 days go with more orders in the last 90 days
+    openers = features["email_opens_90d"] > 0
+    assert features.loc[openers, "orders_90d"].mean() > features.loc[~openers, "orders_90d"].mean()
+    # December peak: more orders in December than in the preceding September
+    month = orders.loc[orders["quantity"] > 0, "ordered_at"].dt.to_period("M").value_counts()
+    assert month[pd.Period("2024-12")] > month[pd.Period("2024-09")]
+
+
+def test_bad_sizes_are_rejected_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="customers must be at least 1; got 0"):
+        DemoShop(customers=0)
