@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 
 import duckdb
 import pandas as pd
 
-from features.schema import OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
+from features.schema import OCCURRED_AT, ORDERED_AT, SIGNUP_AT, SPECS, Table, TableSpec
 
 
 def new_connection() -> duckdb.DuckDBPyConnection:
@@ -75,6 +76,30 @@ class Tables:
             con.execute(f"CREATE TABLE {table.value} AS {sql}")
             con.unregister(f"_frame_{table.value}")
         return cls(con)
+
+    def before(self, cutoff: datetime) -> Tables:
+        """A copy holding only rows strictly before ``cutoff`` (customers: signed up before it or
+        without a signup date; products are kept whole)."""
+        con = new_connection()
+        time_column = {Table.ORDERS: ORDERED_AT, Table.EVENTS: OCCURRED_AT, Table.CUSTOMERS: SIGNUP_AT}
+        for table in Table:
+            sql = f"SELECT * FROM {table.value}"
+            if table in time_column:
+                col = time_column[table]
+                sql += f" WHERE {col} < $cutoff" + (f" OR {col} IS NULL" if table is Table.CUSTOMERS else "")
+            params = {"cutoff": cutoff} if table in time_column else {}
+            con.register(f"_{table.value}", self.con.sql(sql, params=params).to_arrow_table())
+            con.execute(f"CREATE TABLE {table.value} AS SELECT * FROM _{table.value}")
+            con.unregister(f"_{table.value}")
+        return Tables(con)
+
+    def fingerprint(self) -> str:
+        """A short hash of every table's content, to tell which data a model was trained on."""
+        parts = []
+        for table in Table:
+            n, h = self.con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {table.value} t").fetchall()[0]
+            parts.append(f"{table.value}:{n}:{h}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def frame(self, table: Table | str) -> pd.DataFrame:
         return self.con.table(Table(table).value).df()

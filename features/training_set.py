@@ -50,14 +50,14 @@ def data_end(tables: Tables) -> datetime:
 
 
 def monthly_as_of_dates(tables: Tables, horizon_days: int, periods: int = 12, last: object | None = None,
-                        min_history_days: int = 60) -> list[datetime]:
+                        min_history_days: int = 60, observed_until: datetime | None = None) -> list[datetime]:
     """Up to ``periods`` as_of dates a month apart, ending at ``last`` (default: the latest midnight
     whose label window is fully observed), none earlier than ``min_history_days`` into the data."""
     start, end = tables.time_range()
     if end is None:
         raise ContractError("the data has no orders or events; nothing to build features from.")
     if last is None:
-        last = pd.Timestamp(end - timedelta(days=horizon_days)).floor("D")
+        last = pd.Timestamp((observed_until or end) - timedelta(days=horizon_days)).floor("D")
     last = pd.Timestamp(to_timestamp(last))
     earliest = pd.Timestamp(start) + pd.Timedelta(days=min_history_days)
     dates = [last - pd.DateOffset(months=i) for i in range(periods)]
@@ -80,19 +80,24 @@ def build_training_set(
     horizon_days: int | None = None,
     config: FeatureConfig | None = None,
     progress: Callable[[datetime], None] | None = None,
+    observed_until: datetime | None = None,
 ) -> TrainingSet:
-    """Stack features at each fully observed as_of with the ``target`` label."""
+    """Stack features at each fully observed as_of with the ``target`` label.
+
+    ``observed_until``: the moment up to which the data is complete (default: its last timestamp;
+    for data cut at a date, that date).
+    """
     target = Target(target)
     horizon = horizon_days if horizon_days is not None else DEFAULT_HORIZON_DAYS[target]
     if horizon <= 0:
         raise ValueError(f"horizon_days must be positive; got {horizon}")
-    end = data_end(tables)
+    end = observed_until or data_end(tables)
     dates = sorted({to_timestamp(d) for d in as_of_dates})
     used = [d for d in dates if d + timedelta(days=horizon) <= end]
     skipped = [d for d in dates if d not in used]
     if not used:
         raise ContractError(
-            f"no as_of date has a fully observed {horizon}-day label window: the data ends {end}, "
+            f"no as_of date has a fully observed {horizon}-day label window: the data is complete until {end}, "
             f"so the latest usable as_of is {end - timedelta(days=horizon)}; got {', '.join(map(str, dates))}."
         )
     frames = []

@@ -1,0 +1,53 @@
+"""MLflow set-up: a SQLite store under ./mlruns (MLFLOW_TRACKING_URI overrides), run provenance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+DEFAULT_ROOT = Path("mlruns")
+
+
+def configure_tracking(root: Path | str | None = None) -> str:
+    """Point MLflow at ``MLFLOW_TRACKING_URI``, else at ``sqlite:///<root>/mlflow.db``; returns the URI.
+
+    The file store (plain ``./mlruns`` folders) raises in MLflow 3.17, hence SQLite.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        root = Path(root or DEFAULT_ROOT).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment_id(name: str, root: Path | str | None = None) -> str:
+    """The id of experiment ``name``, created with artifacts under ``<root>/artifacts`` if new."""
+    client = MlflowClient()
+    existing = client.get_experiment_by_name(name)
+    if existing:
+        return existing.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (Path(root or DEFAULT_ROOT).resolve() / "artifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    """The commit of the code that is running, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).resolve().parent, check=True)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,226 @@
+"""Train a churn or purchase-propensity classifier on stacked point-in-time training sets.
+
+Time protocol for ``train_classifier(tables, target, as_of=DATE)``:
+
+* the model only ever sees ``tables.before(DATE)``: no row at or after DATE is read for fitting;
+* fitting as_of dates are monthly and their label windows close at or before the holdout as_of;
+  the latest is the calibration fold, the one before it the validation fold (early stopping and
+  Optuna), the rest the training fold;
+* the holdout is the as_of DATE itself, labelled from ``[DATE, DATE + horizon)`` when the data
+  covers that window (the protocol of the quality figures); otherwise it is the latest monthly
+  as_of whose window closes by DATE, and the folds move one month earlier.
+
+The model, two baselines (recency rule; logistic regression on log RFM) and their metrics on the
+holdout are logged to MLflow with plots, and the model is registered as the challenger.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from features.build import build_features, to_timestamp
+from features.schema import AS_OF
+from features.tables import Tables
+from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, data_end, monthly_as_of_dates
+from features.validate import ContractError
+from training import plots
+from training.baselines import LogRFMLogistic, recency_rule
+from training.calibration import fit_calibrator
+from training.design import design_matrix, feature_columns
+from training.metrics import classification_metrics
+from training.model import ModelBundle
+from training.registry import log_and_register
+from training.tracking import configure_tracking, experiment_id, git_commit
+from training.tuning import BASE_PARAMS, dmatrix, fit_booster, tune
+
+MODEL_NAMES = {Target.CHURNED: "churn", Target.PURCHASED: "propensity"}
+MIN_CLASS_ROWS = {"train": 50, "valid": 20, "calibration": 20, "holdout": 20}
+
+
+class NotEnoughDataError(ContractError):
+    """Too few rows or positives to train or evaluate."""
+
+
+@dataclass
+class Folds:
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    calibration: pd.DataFrame
+    holdout: pd.DataFrame
+    holdout_as_of: datetime
+    fit_dates: list[datetime] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    name: str
+    version: str
+    run_id: str
+    bundle: ModelBundle
+    metrics: dict[str, float]  # holdout metrics of the model
+    baselines: dict[str, dict[str, float]]  # holdout metrics per baseline
+    holdout_as_of: datetime
+    holdout_rows: int
+
+
+def _check_rows(name: str, frame: pd.DataFrame, label: str) -> None:
+    positives = int(frame[label].sum())
+    negatives = len(frame) - positives
+    need = MIN_CLASS_ROWS[name]
+    if positives < need or negatives < need:
+        raise NotEnoughDataError(
+            f"not enough data in the {name} fold: {len(frame):,} rows with {positives:,} positive and "
+            f"{negatives:,} negative '{label}' labels; at least {need} of each are needed. Use data with more "
+            f"customers or history, or an earlier --as-of."
+        )
+
+
+def holdout_frame(tables: Tables, target: Target, as_of: datetime, horizon: int,
+                  observed_until: datetime | None = None) -> pd.DataFrame:
+    """Features at ``as_of`` from rows before it, labelled from the full ``tables``."""
+    labelled = build_training_set(tables, [as_of], target, horizon, observed_until=observed_until).frame
+    features = build_features(tables.before(as_of), as_of)
+    return features.merge(labelled[["customer_id", target.value]], on="customer_id", how="inner")
+
+
+def make_folds(tables: Tables, target: Target, as_of: datetime, horizon: int, periods: int) -> Folds:
+    start, end = tables.time_range()
+    if start is None or not start < as_of <= end + timedelta(microseconds=1):
+        raise ContractError(f"--as-of {as_of} is outside the data, which runs from {start} to {end}.")
+    cut = tables.before(as_of)
+    if end >= as_of + timedelta(days=horizon):
+        holdout_as_of = as_of
+        holdout = holdout_frame(tables, target, as_of, horizon)
+    else:
+        latest = monthly_as_of_dates(cut, horizon, periods=1, observed_until=as_of)
+        if not latest:
+            raise NotEnoughDataError(f"the data before {as_of} is too short for a {horizon}-day label window.")
+        holdout_as_of = latest[-1]
+        holdout = holdout_frame(cut, target, holdout_as_of, horizon, observed_until=as_of)
+    last_fit = pd.Timestamp(holdout_as_of - timedelta(days=horizon)).floor("D")
+    dates = monthly_as_of_dates(cut, horizon, periods=periods, last=last_fit)
+    if len(dates) < 3:
+        raise NotEnoughDataError(
+            f"need at least 3 monthly as_of dates whose {horizon}-day label windows close by {holdout_as_of} "
+            f"(training, validation, calibration); the data before {as_of} gives {len(dates)}."
+        )
+    stacked = build_training_set(cut, dates, target, horizon, observed_until=as_of).frame
+    by_date = stacked.groupby(AS_OF)
+    frames = {pd.Timestamp(d): f for d, f in by_date}
+    calibration = frames[pd.Timestamp(dates[-1])]
+    valid = frames[pd.Timestamp(dates[-2])]
+    train = pd.concat([frames[pd.Timestamp(d)] for d in dates[:-2]], ignore_index=True)
+    folds = Folds(train, valid, calibration, holdout, holdout_as_of, dates)
+    for name in ("train", "valid", "calibration", "holdout"):
+        _check_rows(name, getattr(folds, name), target.value)
+    return folds
+
+
+def _log_plots(y: np.ndarray, scores: dict[str, np.ndarray], calibrated: dict[str, np.ndarray],
+               bundle: ModelBundle, holdout: pd.DataFrame) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        paths = [
+            plots.roc_plot(y, scores, d / "roc.png"),
+            plots.pr_plot(y, scores, d / "precision_recall.png"),
+            plots.calibration_plot(y, calibrated, d / "calibration.png"),
+            plots.gains_plot(y, scores, d / "cumulative_gains.png"),
+            plots.importance_plot(bundle.columns, bundle.contributions(holdout, exact=True),
+                                  d / "feature_importance.png"),
+        ]
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path="plots")
+
+
+def train_classifier(
+    tables: Tables,
+    target: Target | str,
+    as_of: object,
+    horizon_days: int | None = None,
+    trials: int = 0,
+    periods: int = 12,
+    random_state: int = 0,
+    mlruns: Path | str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fit, tune (``trials`` > 0), calibrate, evaluate against baselines, log and register."""
+    target = Target(target)
+    horizon = horizon_days if horizon_days is not None else DEFAULT_HORIZON_DAYS[target]
+    date = to_timestamp(as_of)
+    say = progress or (lambda _: None)
+    say("building training sets")
+    folds = make_folds(tables, target, date, horizon, periods)
+    label = target.value
+    columns = feature_columns(folds.train)
+    x = {n: design_matrix(getattr(folds, n), columns).to_numpy(np.float32)
+         for n in ("train", "valid", "calibration", "holdout")}
+    y = {n: getattr(folds, n)[label].to_numpy(int) for n in ("train", "valid", "calibration", "holdout")}
+    d_train, d_valid = dmatrix(x["train"], y["train"], columns), dmatrix(x["valid"], y["valid"], columns)
+
+    configure_tracking(mlruns)
+    name = MODEL_NAMES[target]
+    mlflow.set_experiment(experiment_id=experiment_id(f"sendwise-{name}", mlruns))
+    with mlflow.start_run(run_name=f"{name}-{date:%Y-%m-%d}") as run:
+        params = BASE_PARAMS | {"seed": random_state}
+        if trials > 0:
+            def log_trial(trial, trial_params, loss):
+                with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+                    mlflow.log_params({k: v for k, v in trial_params.items() if k in trial.params})
+                    mlflow.set_tag("state", "pruned" if loss is None else "complete")
+                    if loss is not None:
+                        mlflow.log_metric("valid_log_loss", loss)
+                say(f"trial {trial.number + 1}/{trials}")
+            params = tune(d_train, d_valid, trials, random_state, log_trial)
+        say("fitting")
+        booster = fit_booster(params, d_train, d_valid)
+        raw_calibration = booster.inplace_predict(x["calibration"])
+        calibrator, calibration_losses = fit_calibrator(raw_calibration, y["calibration"], random_state)
+        bundle = ModelBundle(label, horizon, columns, booster, calibrator,
+                             {"trained_as_of": date.isoformat(), "holdout_as_of": folds.holdout_as_of.isoformat()})
+
+        say("evaluating")
+        raw_holdout = booster.inplace_predict(x["holdout"])
+        p_holdout = calibrator.apply(raw_holdout)
+        fitted = pd.concat([folds.train, folds.valid, folds.calibration], ignore_index=True)
+        logistic = LogRFMLogistic().fit(fitted, fitted[label].to_numpy(int))
+        baseline_scores = {
+            "recency_rule": recency_rule(folds.holdout, churn=target is Target.CHURNED),
+            "logistic_log_rfm": logistic.predict_proba(folds.holdout),
+        }
+        metrics = classification_metrics(y["holdout"], p_holdout)
+        baselines = {k: classification_metrics(y["holdout"], v) for k, v in baseline_scores.items()}
+        bundle.meta["holdout_metrics"] = metrics
+
+        mlflow.log_params({
+            "target": label, "horizon_days": horizon, "as_of": date.isoformat(),
+            "holdout_as_of": folds.holdout_as_of.isoformat(), "trials": trials, "random_state": random_state,
+            "fit_as_of_dates": ",".join(f"{d:%Y-%m-%d}" for d in folds.fit_dates),
+            "rows_train": len(folds.train), "rows_valid": len(folds.valid),
+            "rows_calibration": len(folds.calibration), "rows_holdout": len(folds.holdout),
+            "calibration": calibrator.method, "best_round": booster.num_boosted_rounds(),
+            **{f"xgb_{k}": v for k, v in params.items()},
+        })
+        mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": tables.before(date).fingerprint(),
+                         "holdout_as_of": folds.holdout_as_of.isoformat(), "target": label})
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+        for base, values in baselines.items():
+            mlflow.log_metrics({f"baseline_{base}_{k}": v for k, v in values.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"calibration_oof_log_loss_{k}": v for k, v in calibration_losses.items()})
+        mlflow.log_metric("valid_log_loss", float(booster.eval(d_valid).split(":")[-1]))
+        mlflow.log_text(json.dumps(columns, indent=1), "features.json")
+        _log_plots(y["holdout"], {"model": p_holdout, **baseline_scores},
+                   {"model (calibrated)": p_holdout, "model (raw)": raw_holdout}, bundle, folds.holdout)
+        say("registering")
+        version = log_and_register(bundle, name, folds.holdout.head(100), p_holdout[:100])
+        bundle.meta["version"] = version
+    return TrainResult(name, version, run.info.run_id, bundle, metrics, baselines, folds.holdout_as_of,
+                       len(folds.holdout))
