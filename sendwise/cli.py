@@ -8,12 +8,16 @@ from typing import Annotated
 import typer
 
 from features.cli import data_app, features_app
+from training.cli import models_app, score, train_app
 from sendwise.demo import run_demo
 
 app = typer.Typer(help="sendwise: ML for marketing email, self-hosted.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(train_app, name="train")
+app.add_typer(models_app, name="models")
+app.command("score")(score)
 
 
 @app.command("demo")

@@ -19,7 +19,7 @@ errors = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-USER_ERRORS = (ContractError, ValidationError, ValueError, FileNotFoundError)
+USER_ERRORS = (ContractError, ValidationError, ValueError, FileNotFoundError, LookupError)
 
 
 def reports_user_errors(command: Callable[P, R]) -> Callable[P, R]:

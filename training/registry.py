@@ -86,7 +86,8 @@ class VersionRow:
 def list_versions(name: str) -> list[VersionRow]:
     client = MlflowClient()
     rows = []
-    for mv in client.search_model_versions(f"name = '{name}'"):
+    for found in client.search_model_versions(f"name = '{name}'"):
+        mv = client.get_model_version(name, found.version)  # search results omit aliases
         run = client.get_run(mv.run_id)
         rows.append(VersionRow(str(mv.version), list(mv.aliases), mv.run_id, mv.creation_timestamp,
                                dict(run.data.metrics), dict(run.data.tags)))

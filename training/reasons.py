@@ -1,0 +1,86 @@
+"""Reason codes: a model's largest contributions to one customer's score, in words."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+_WINDOW = re.compile(r"^(?P<base>[a-z_]+?)_(?P<days>\d+)d$")
+
+_PHRASES: dict[str, Callable[[float], str]] = {
+    "recency_days": lambda v: f"no order for {v:.0f} days",
+    "days_since_first_order": lambda v: f"first order {v:.0f} days ago",
+    "tenure_days": lambda v: f"customer for {v:.0f} days",
+    "orders_count": lambda v: f"{v:.0f} order{'s' if v != 1 else ''} in total",
+    "revenue": lambda v: f"spent {v:,.2f} in total",
+    "avg_order_value": lambda v: f"average order {v:,.2f}",
+    "items_per_order": lambda v: f"{v:.1f} items per order",
+    "distinct_products": lambda v: f"bought {v:.0f} different product{'s' if v != 1 else ''}",
+    "avg_unit_price": lambda v: f"average item price {v:,.2f}",
+    "ipi_mean_days": lambda v: f"usually orders every {v:.0f} days",
+    "ipi_std_days": lambda v: f"order rhythm varies by {v:.0f} days",
+    "overdue_days": lambda v: f"{v:.0f} days past the usual next order" if v > 0 else f"next order due in {-v:.0f} days",
+    "overdue_ratio": lambda v: f"{v:.1f}x the usual gap since the last order",
+    "returns_count": lambda v: f"{v:.0f} returns",
+    "returned_value": lambda v: f"returned {v:,.2f}",
+    "return_rate": lambda v: f"returned {v:.0%} of spend",
+    "top_category_share": lambda v: f"{v:.0%} of spend in one category",
+    "categories_count": lambda v: f"bought from {v:.0f} categories",
+    "days_since_last_open": lambda v: f"last opened an email {v:.0f} days ago",
+    "days_since_last_click": lambda v: f"last clicked an email {v:.0f} days ago",
+    "unsubscribed": lambda v: "unsubscribed from email" if v else "subscribed to email",
+    "email_consent": lambda v: "gave email consent" if v else "no email consent",
+    "cart_abandoned_1d": lambda v: "abandoned a cart in the last day" if v else "no cart abandoned in the last day",
+    "cart_abandoned_7d": lambda v: "abandoned a cart this week" if v else "no cart abandoned this week",
+    "abandoned_cart_value": lambda v: f"abandoned cart worth {v:,.2f}",
+    "intent_score": lambda v: f"shopping intent score {v:.0f}",
+    "rfm_recency": lambda v: f"recency score {v:.0f} of 5",
+    "rfm_frequency": lambda v: f"frequency score {v:.0f} of 5",
+    "rfm_monetary": lambda v: f"spend score {v:.0f} of 5",
+}
+_WINDOW_PHRASES: dict[str, Callable[[float, str], str]] = {
+    "orders": lambda v, d: f"{v:.0f} orders in the last {d} days",
+    "revenue": lambda v, d: f"spent {v:,.2f} in the last {d} days",
+    "emails_sent": lambda v, d: f"{v:.0f} emails sent in the last {d} days",
+    "email_opens": lambda v, d: f"{v:.0f} email opens in the last {d} days",
+    "email_clicks": lambda v, d: f"{v:.0f} email clicks in the last {d} days",
+    "open_rate": lambda v, d: f"opened {v:.0%} of emails in the last {d} days",
+    "click_rate": lambda v, d: f"clicked {v:.0%} of emails in the last {d} days",
+    "views": lambda v, d: f"{v:.0f} product views in the last {d} days",
+    "cart_adds": lambda v, d: f"{v:.0f} cart adds in the last {d} days",
+    "checkouts": lambda v, d: f"{v:.0f} checkouts started in the last {d} days",
+}
+
+
+def describe(column: str, value: float) -> str:
+    """One feature value in words, e.g. ``describe("recency_days", 142) == "no order for 142 days"``."""
+    if "=" in column:
+        name, level = column.split("=", 1)
+        label = name.replace("_", " ").replace("rfm segment", "RFM segment")
+        return f"{label} {level}" if value else f"not {label} {level}"
+    if value is None or np.isnan(float(value)):
+        return {"recency_days": "never ordered", "days_since_last_open": "never opened an email",
+                "days_since_last_click": "never clicked an email"}.get(column, f"no {column.replace('_', ' ')}")
+    if column in _PHRASES:
+        return _PHRASES[column](float(value))
+    match = _WINDOW.match(column)
+    if match and match["base"] in _WINDOW_PHRASES:
+        return _WINDOW_PHRASES[match["base"]](float(value), match["days"])
+    return f"{column.replace('_', ' ')} = {value:g}"
+
+
+def top_reasons(contributions: np.ndarray, matrix: np.ndarray, columns: list[str], k: int = 3) -> list[list[str]]:
+    """For each row, the ``k`` features that raise the score most (positive contributions only)."""
+    contrib = contributions[:, : len(columns)]
+    order = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+    reasons = []
+    for row, idx in enumerate(order):
+        reasons.append([describe(columns[j], matrix[row, j]) for j in idx if contrib[row, j] > 0])
+    return reasons
+
+
+def reasons_frame(reasons: list[list[str]], k: int = 3) -> pd.DataFrame:
+    return pd.DataFrame({f"reason_{i + 1}": [r[i] if len(r) > i else None for r in reasons] for i in range(k)})

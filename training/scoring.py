@@ -1,0 +1,66 @@
+"""Batch scoring of every known customer with the champion churn and propensity models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from features.build import build_features, to_timestamp
+from features.schema import CUSTOMER_ID
+from features.tables import Tables
+from features.validate import ContractError
+from training.model import ModelBundle
+from training.reasons import reasons_frame, top_reasons
+
+# churn_risk bands by churn probability: [0, 0.3) low, [0.3, 0.6) medium, [0.6, 1] high;
+# none for prospects (no order yet, so churn does not apply)
+RISK_CUTS = (0.3, 0.6)
+RISK_LABELS = ("low", "medium", "high")
+CHUNK = 200_000
+
+
+def risk_band(p: np.ndarray) -> np.ndarray:
+    return np.array(RISK_LABELS, dtype=object)[np.searchsorted(RISK_CUTS, p, side="right")]
+
+
+def score_features(features: pd.DataFrame, churn: ModelBundle, propensity: ModelBundle,
+                   progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """Scores for a feature frame; processed in chunks so that a million rows stay small."""
+    parts = []
+    for start in range(0, len(features), CHUNK):
+        chunk = features.iloc[start: start + CHUNK]
+        buyer = (chunk["orders_count"] > 0).to_numpy()
+        # churn is defined for customers with an order; prospects get no churn score, and their
+        # reasons come from the propensity model
+        churn_p = np.where(buyer, churn.predict_proba(chunk), np.nan)
+        reasons = top_reasons(churn.contributions(chunk), churn.matrix(chunk), churn.columns)
+        if not buyer.all():
+            prospect_reasons = top_reasons(propensity.contributions(chunk), propensity.matrix(chunk),
+                                           propensity.columns)
+            reasons = [r if b else pr for r, pr, b in zip(reasons, prospect_reasons, buyer, strict=True)]
+        part = pd.DataFrame({
+            CUSTOMER_ID: chunk[CUSTOMER_ID].to_numpy(),
+            "churn_probability": churn_p,
+            "purchase_probability": propensity.predict_proba(chunk),
+            "churn_risk": np.where(buyer, risk_band(np.nan_to_num(churn_p)), None),
+            "rfm_segment": chunk["rfm_segment"].to_numpy(),
+            "lifecycle_stage": chunk["lifecycle_stage"].to_numpy(),
+        })
+        parts.append(pd.concat([part, reasons_frame(reasons)], axis=1))
+        if progress:
+            progress(min(start + CHUNK, len(features)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def score_customers(tables: Tables, as_of: object, churn: ModelBundle, propensity: ModelBundle,
+                    progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, datetime]:
+    """Score every customer known before ``as_of`` from rows strictly before it."""
+    when = to_timestamp(as_of)
+    start, end = tables.time_range()
+    if start is None or when <= start:
+        raise ContractError(f"--as-of {when} is not after the first row of the data ({start}).")
+    features = build_features(tables.before(when), when)
+    return score_features(features, churn, propensity, progress), when
