@@ -164,7 +164,7 @@ def reference_features(
     buyers = out[out["orders_count"] > 0]
     r = _score(buyers["recency_days"], descending=True)
     f = _score(buyers["orders_count"], descending=False)
-    m = _score(buyers["revenue"], descending=False)
+    m = _score(buyers["revenue"].round(6), descending=False)  # sums in another order differ in the last bit
     out["rfm_recency"] = r.reindex(out.index)
     out["rfm_frequency"] = f.reindex(out.index)
     out["rfm_monetary"] = m.reindex(out.index)

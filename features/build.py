@@ -205,7 +205,7 @@ rfm AS (
   SELECT {CUSTOMER_ID},
     {score_sql("recency_days", descending=True)} AS rfm_recency,
     {score_sql("orders_count", descending=False)} AS rfm_frequency,
-    {score_sql("revenue", descending=False)} AS rfm_monetary
+    {score_sql("round(revenue, 6)", descending=False)} AS rfm_monetary
   FROM base WHERE orders_count > 0)
 SELECT w.*, rfm.rfm_recency, rfm.rfm_frequency, rfm.rfm_monetary,
   {segment_sql("rfm.rfm_recency", "CAST(ceil((rfm.rfm_frequency + rfm.rfm_monetary) / 2.0) AS INTEGER)", "w.orders_count")} AS rfm_segment,

@@ -7,7 +7,8 @@ revenue first), tied customers sharing the lowest rank, and ``n`` the number of 
 
     score = min(5, 1 + floor(5 * pr))
 
-Ties therefore always share a score. ``FM = ceil((F + M) / 2)``. Segments are the first row of
+Ties therefore always share a score (revenue is rounded to 6 decimals first, so that sums taken
+in a different order tie too). ``FM = ceil((F + M) / 2)``. Segments are the first row of
 :data:`SEGMENT_RULES` that matches; customers without an order have no scores and no segment.
 """
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -12,10 +15,20 @@ import pandas as pd
 from features.schema import OCCURRED_AT, ORDERED_AT, SIGNUP_AT, SPECS, Table, TableSpec
 
 
+DEFAULT_MEMORY_LIMIT = "4GB"
+
+
 def new_connection() -> duckdb.DuckDBPyConnection:
-    """A private in-memory DuckDB connection that reads naive timestamps as UTC."""
+    """A private in-memory DuckDB connection that reads naive timestamps as UTC.
+
+    Memory is capped at ``SENDWISE_DUCKDB_MEMORY_LIMIT`` (default 4GB); larger work spills to a
+    temporary directory instead of growing.
+    """
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{os.environ.get('SENDWISE_DUCKDB_MEMORY_LIMIT', DEFAULT_MEMORY_LIMIT)}'")
+    spill = Path(tempfile.gettempdir()) / "sendwise-duckdb"
+    con.execute(f"SET temp_directory = '{spill}'")
     return con
 
 

@@ -114,7 +114,7 @@ def validate_raw(
     extras = [c for c in found if c not in spec.column_names]
     parsed = [c for c in present if c.sql_type != "VARCHAR"]
 
-    typed = f"_typed_{name}"
+    typed = f"_typed_{name}"  # holds the clean rows at the end, behind view ``name``
     select = [ROW_ID]
     select += [f"{_typed_expr(c, source_types[c.name])} AS {c.name}" for c in present]
     select += [f"CAST(NULL AS {c.sql_type}) AS {c.name}" for c in absent]
@@ -135,14 +135,19 @@ def validate_raw(
             SELECT {ROW_ID}, CASE {rule_case} END AS {REJECT_REASON} FROM {typed}_flags
             WHERE CASE {rule_case} END IS NOT NULL"""
     )
+    # Exact duplicates: group a 64-bit hash of each passing row first (cheap), then compare the
+    # columns themselves only for rows whose hash repeats.
+    cols = spec.column_names + [f'"{e}"' for e in extras]
     con.execute(
         f"""INSERT INTO {rejected}
             WITH passing AS (SELECT * FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID})),
-            groups AS (SELECT {all_cols}, min({ROW_ID}) AS first_row FROM passing
-                       GROUP BY ALL HAVING count(*) > 1)
-            SELECT p.{ROW_ID}, '{DUPLICATE_REASON}' FROM passing p
-            JOIN groups g ON {" AND ".join(f"p.{c} IS NOT DISTINCT FROM g.{c}" for c in spec.column_names + [f'"{e}"' for e in extras])}
-            WHERE p.{ROW_ID} <> g.first_row"""
+            hashed AS (SELECT {ROW_ID}, hash({", ".join(cols)}) AS h FROM passing),
+            repeated AS (SELECT h FROM hashed GROUP BY h HAVING count(*) > 1),
+            candidates AS (SELECT p.* FROM passing p SEMI JOIN (
+                             SELECT {ROW_ID} FROM hashed SEMI JOIN repeated USING (h)) c USING ({ROW_ID})),
+            ranked AS (SELECT {ROW_ID}, row_number() OVER (PARTITION BY {", ".join(cols)} ORDER BY {ROW_ID}) AS n
+                       FROM candidates)
+            SELECT {ROW_ID}, '{DUPLICATE_REASON}' FROM ranked WHERE n > 1"""
     )
     if spec.unique_key:
         key = spec.unique_key
@@ -154,11 +159,13 @@ def validate_raw(
                 WHERE {ROW_ID} <> first_row"""
         )
 
+    # The clean table is a view over the typed rows, rejected rows deleted: no second copy.
+    con.execute(f"DELETE FROM {typed} WHERE {ROW_ID} IN (SELECT {ROW_ID} FROM {rejected})")
     con.execute(f"DROP TABLE IF EXISTS {name}")
-    clean_source = f"(SELECT * FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID}))"
+    con.execute(f"DROP VIEW IF EXISTS {name}")
     con.execute(
-        f"CREATE TABLE {name} AS "
-        + canonical_select(spec, clean_source, set(spec.column_names) | set(extras))
+        f"CREATE TEMP VIEW {name} AS "
+        + canonical_select(spec, typed, set(spec.column_names) | set(extras))
     )
     raw_cols = [f'CAST(r."{c}" AS VARCHAR) AS "{c}"' for c in found]
     con.execute(
@@ -173,7 +180,7 @@ def validate_raw(
             f"SELECT {REJECT_REASON}, count(*) FROM {rejected} GROUP BY 1 ORDER BY 2 DESC, 1"
         ).fetchall()
     )
-    con.execute(f"DROP VIEW {typed}_flags; DROP TABLE {typed}; DROP TABLE {rejected}")
+    con.execute(f"DROP VIEW {typed}_flags; DROP TABLE {rejected}")
     rejected_count = sum(reasons.values())
     assert loaded + rejected_count == read, f"{source}: {loaded} + {rejected_count} != {read}"
     return TableReport(name, source, read, loaded, rejected_count, reasons)
