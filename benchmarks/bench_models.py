@@ -80,7 +80,7 @@ def scoring_time(customers: int, mlruns: Path) -> dict:
     if not (big / "orders.parquet").exists():
         generate_demo(DemoShop(customers=customers, seed=0), big)
     tables, _ = load_data_dir(big)
-    features = build_features(tables, "2025-10-01")
+    features = build_features(tables, DemoShop.end)  # after the last row: every customer is known
     del tables
     matrix = churn.matrix(features)
     bare, bare_runs, _ = timed(lambda: (churn.booster.inplace_predict(matrix),

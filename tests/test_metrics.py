@@ -65,5 +65,5 @@ def test_top_reasons_keep_only_features_that_raise_the_score() -> None:
     columns = ["recency_days", "orders_count", "revenue"]
     contributions = np.array([[0.9, -0.2, 0.1, 0.0], [-0.5, -0.1, -0.3, 0.0]])
     matrix = np.array([[200.0, 1.0, 30.0], [3.0, 9.0, 900.0]])
-    assert top_reasons(contributions, matrix, columns) == [
-        ["no order for 200 days", "spent 30.00 in total"], []]
+    assert top_reasons(contributions, matrix, columns).tolist() == [
+        ["no order for 200 days", "spent 30.00 in total", None], [None, None, None]]

@@ -28,18 +28,21 @@ class ModelBundle:
     def matrix(self, features: pd.DataFrame) -> np.ndarray:
         return design_matrix(features, self.columns).to_numpy(np.float32)
 
-    def raw_proba(self, features: pd.DataFrame) -> np.ndarray:
-        return self.booster.inplace_predict(self.matrix(features))
+    def raw_proba(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+        return self.booster.inplace_predict(self.matrix(features) if matrix is None else matrix)
 
-    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
-        """Calibrated probability of the target within the horizon."""
-        return self.calibrator.apply(self.raw_proba(features))
+    def predict_proba(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated probability of the target within the horizon (``matrix``: a precomputed
+        :meth:`matrix` of ``features``)."""
+        return self.calibrator.apply(self.raw_proba(features, matrix))
 
-    def contributions(self, features: pd.DataFrame, exact: bool = False) -> np.ndarray:
+    def contributions(self, features: pd.DataFrame, exact: bool = False,
+                      matrix: np.ndarray | None = None) -> np.ndarray:
         """Per-feature contributions to the log-odds (last column: bias). ``exact`` uses TreeSHAP;
         the default (Saabas approximation) is many times faster and ranks the same top reasons in
         most rows."""
-        dmatrix = xgb.DMatrix(self.matrix(features), feature_names=self.columns, missing=np.nan)
+        x = self.matrix(features) if matrix is None else matrix
+        dmatrix = xgb.DMatrix(x, feature_names=self.columns, missing=np.nan)
         return self.booster.predict(dmatrix, pred_contribs=True, approx_contribs=not exact)
 
     def descriptor(self) -> dict:

@@ -72,15 +72,25 @@ def describe(column: str, value: float) -> str:
     return f"{column.replace('_', ' ')} = {value:g}"
 
 
-def top_reasons(contributions: np.ndarray, matrix: np.ndarray, columns: list[str], k: int = 3) -> list[list[str]]:
-    """For each row, the ``k`` features that raise the score most (positive contributions only)."""
+def top_reasons(contributions: np.ndarray, matrix: np.ndarray, columns: list[str], k: int = 3) -> np.ndarray:
+    """For each row, the ``k`` features that raise the score most, strongest first, in words; an
+    (n, k) object array with None where fewer than ``k`` features raise the score."""
     contrib = contributions[:, : len(columns)]
     order = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
-    reasons = []
-    for row, idx in enumerate(order):
-        reasons.append([describe(columns[j], matrix[row, j]) for j in idx if contrib[row, j] > 0])
-    return reasons
+    rows = np.arange(len(contrib))
+    texts = np.full((len(contrib), k), None, dtype=object)
+    for slot in range(order.shape[1]):
+        feature = order[:, slot]
+        raises = contrib[rows, feature] > 0
+        for j in np.unique(feature[raises]):
+            picked = np.flatnonzero(raises & (feature == j))
+            # describe each distinct value once; rows that share it share the text
+            values, inverse = np.unique(np.round(matrix[picked, j].astype(float), 4), return_inverse=True)
+            phrases = np.array([describe(columns[j], v) for v in values], dtype=object)
+            texts[picked, slot] = phrases[inverse.ravel()]
+    return texts
 
 
-def reasons_frame(reasons: list[list[str]], k: int = 3) -> pd.DataFrame:
-    return pd.DataFrame({f"reason_{i + 1}": [r[i] if len(r) > i else None for r in reasons] for i in range(k)})
+def reasons_frame(reasons: np.ndarray) -> pd.DataFrame:
+    """Columns ``reason_1`` .. ``reason_k`` from :func:`top_reasons`'s array."""
+    return pd.DataFrame({f"reason_{i + 1}": reasons[:, i] for i in range(reasons.shape[1])})

@@ -20,6 +20,7 @@ from training.reasons import reasons_frame, top_reasons
 RISK_CUTS = (0.3, 0.6)
 RISK_LABELS = ("low", "medium", "high")
 CHUNK = 200_000
+REASONS = 3
 
 
 def risk_band(p: np.ndarray) -> np.ndarray:
@@ -33,18 +34,18 @@ def score_features(features: pd.DataFrame, churn: ModelBundle, propensity: Model
     for start in range(0, len(features), CHUNK):
         chunk = features.iloc[start: start + CHUNK]
         buyer = (chunk["orders_count"] > 0).to_numpy()
+        x_churn, x_prop = churn.matrix(chunk), propensity.matrix(chunk)
         # churn is defined for customers with an order; prospects get no churn score, and their
         # reasons come from the propensity model
-        churn_p = np.where(buyer, churn.predict_proba(chunk), np.nan)
-        reasons = top_reasons(churn.contributions(chunk), churn.matrix(chunk), churn.columns)
-        if not buyer.all():
-            prospect_reasons = top_reasons(propensity.contributions(chunk), propensity.matrix(chunk),
-                                           propensity.columns)
-            reasons = [r if b else pr for r, pr, b in zip(reasons, prospect_reasons, buyer, strict=True)]
+        churn_p = np.where(buyer, churn.predict_proba(chunk, x_churn), np.nan)
+        reasons = np.full((len(chunk), REASONS), None, dtype=object)
+        for model, x, rows in ((churn, x_churn, np.flatnonzero(buyer)), (propensity, x_prop, np.flatnonzero(~buyer))):
+            if len(rows):
+                reasons[rows] = top_reasons(model.contributions(chunk, matrix=x[rows]), x[rows], model.columns, REASONS)
         part = pd.DataFrame({
             CUSTOMER_ID: chunk[CUSTOMER_ID].to_numpy(),
             "churn_probability": churn_p,
-            "purchase_probability": propensity.predict_proba(chunk),
+            "purchase_probability": propensity.predict_proba(chunk, x_prop),
             "churn_risk": np.where(buyer, risk_band(np.nan_to_num(churn_p)), None),
             "rfm_segment": chunk["rfm_segment"].to_numpy(),
             "lifecycle_stage": chunk["lifecycle_stage"].to_numpy(),
