@@ -39,7 +39,7 @@ from rich.table import Table as RichTable
 from features._reference import reference_features
 from features.build import build_features
 from features.demo import DemoShop, generate_demo
-from features.importers.online_retail import import_online_retail
+from features.importers.uci_retail import import_online_retail
 from features.io import load_data_dir
 from features.schema import SPECS, Table
 from features.tables import create_empty, new_connection

@@ -29,7 +29,7 @@ from rich.table import Table  # noqa: E402
 
 from features.build import build_features  # noqa: E402
 from features.demo import DemoShop, generate_demo  # noqa: E402
-from features.importers.online_retail import import_online_retail  # noqa: E402
+from features.importers.uci_retail import import_online_retail  # noqa: E402
 from features.io import load_data_dir  # noqa: E402
 from training.scoring import score_features  # noqa: E402
 from training.train import train_classifier  # noqa: E402

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from features.importers.movielens import import_movielens
-from features.importers.online_retail import import_online_retail
+from features.importers.uci_retail import import_online_retail
 from features.io import load_data_dir
 from features.validate import ContractError
 
