@@ -80,7 +80,8 @@ def _seasonality(days: np.ndarray, start: pd.Timestamp) -> np.ndarray:
     return yearly * np.where(weekend, 1.2, 1.0) / (1.35 * 1.2)
 
 
-def _catalog(shop: DemoShop, rng: np.random.Generator) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+def _catalog(shop: DemoShop, rng: np.random.Generator) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The product table, the cumulative popularity used to draw products, and the prices."""
     n = shop.products
     category = np.sort(rng.integers(0, len(CATEGORIES), n))
     category[: len(CATEGORIES)] = np.arange(len(CATEGORIES))  # every category has a product
@@ -105,7 +106,7 @@ def _catalog(shop: DemoShop, rng: np.random.Generator) -> tuple[pa.Table, np.nda
         s.URL: pc.binary_join_element_wise("https://shop.example/p/", pid, ""),
         s.IN_STOCK: pa.array(rng.random(n) < 0.95),
     })
-    return table, cum, price, category
+    return table, cum, price
 
 
 def _simulate_chunk(shop: DemoShop, first: int, n: int, rng: np.random.Generator, cum: np.ndarray,
@@ -243,7 +244,7 @@ def generate_demo(shop: DemoShop, out_dir: Path | str,
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(shop.seed)
     catalog_seed, chunk_seed = seeds.spawn(2)
-    catalog, cum, price, _ = _catalog(shop, np.random.default_rng(catalog_seed))
+    catalog, cum, price = _catalog(shop, np.random.default_rng(catalog_seed))
     counts = {s.Table.PRODUCTS.value: catalog.num_rows}
     atomic_write(out_dir / "products.parquet", lambda tmp: pq.write_table(catalog, tmp))
 

@@ -26,10 +26,6 @@ class ValidationReport:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def read(self) -> int:
-        return sum(t.read for t in self.tables)
-
-    @property
     def rejected(self) -> int:
         return sum(t.rejected for t in self.tables)
 
