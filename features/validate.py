@@ -127,7 +127,6 @@ def validate_raw(
     _check_types(con, f"{typed}_flags", raw, source, parsed)
 
     rule_case = " ".join(f"WHEN {r.failing_sql} THEN '{r.reason}'" for r in spec.rules)
-    all_cols = ", ".join(spec.column_names + [f'"{c}"' for c in extras])
     rejected = f"_rejected_{name}"
     # Rows breaking a rule, then exact duplicates (every column equal) of an earlier passing row.
     con.execute(

@@ -30,7 +30,7 @@ import pandas as pd
 from features.build import build_features, to_timestamp
 from features.schema import AS_OF
 from features.tables import Tables
-from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, data_end, monthly_as_of_dates
+from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
 from features.validate import ContractError
 from training import plots
 from training.baselines import LogRFMLogistic, recency_rule

@@ -11,29 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from features import schema as s
-from features.importers.report import ImportReport, write_import
-from features.io import read_raw
-from features.tables import Tables, create_empty, new_connection
+from features.importers.report import ImportReport, open_source, write_import
+from features.tables import Tables, create_empty
 from features.validate import DUPLICATE_REASON, ROW_ID, ContractError
 
 SOURCE_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 
 
 def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4.0) -> ImportReport:
-    src = Path(src)
-    if not src.is_file():
-        raise ContractError(f"{src}: no such file. Expected a MovieLens ratings.csv (optionally .gz).")
     if not 0.5 <= min_rating <= 5:
         raise ContractError(f"min_rating must be in [0.5, 5]; got {min_rating}.")
-    con = new_connection()
-    read_raw(con, src, "_source")
-    found = [c for c in con.table("_source").columns if c != ROW_ID]
-    missing = [c for c in SOURCE_COLUMNS if c not in found]
-    if missing:
-        raise ContractError(
-            f"{src}: not a MovieLens ratings file; missing column(s) {', '.join(missing)}. "
-            f"Expected: {', '.join(SOURCE_COLUMNS)}."
-        )
+    src = Path(src)
+    con = open_source(src, SOURCE_COLUMNS, "a MovieLens ratings file")
     con.execute(
         f"""CREATE TEMP TABLE ratings AS
             SELECT {ROW_ID}, NULLIF(trim(userId), '') AS user_id, NULLIF(trim(movieId), '') AS movie_id,

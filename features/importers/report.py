@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.io import REJECTS_DIRNAME, atomic_write, write_tables
-from features.tables import Tables
+import duckdb
+
+from features.io import REJECTS_DIRNAME, atomic_write, read_raw, write_tables
+from features.tables import Tables, new_connection
+from features.validate import ROW_ID, ContractError
+
+SOURCE_VIEW = "_source"
 
 
 @dataclass
@@ -21,8 +26,24 @@ class ImportReport:
     rejects_file: Path | None
 
 
+def open_source(src: Path, columns: tuple[str, ...], layout: str) -> duckdb.DuckDBPyConnection:
+    """A connection with ``src`` read as text into table ``_source`` (plus ``_row``); a missing file
+    or column is a ContractError naming ``layout`` and the expected columns."""
+    if not src.is_file():
+        raise ContractError(f"{src}: no such file. Expected {layout} as CSV (optionally .gz).")
+    con = new_connection()
+    read_raw(con, src, SOURCE_VIEW)
+    found = [c for c in con.table(SOURCE_VIEW).columns if c != ROW_ID]
+    missing = [c for c in columns if c not in found]
+    if missing:
+        raise ContractError(
+            f"{src}: not {layout}; missing column(s) {', '.join(missing)}. Expected: {', '.join(columns)}."
+        )
+    return con
+
+
 def write_import(tables: Tables, source: str, rejects_table: str, out_dir: Path | str,
-                 read_table: str = "_source") -> ImportReport:
+                 read_table: str = SOURCE_VIEW) -> ImportReport:
     """Write ``tables`` as parquet, and ``rejects_table`` (original columns plus ``source_row`` and
     ``reason``) as ``_rejects/<source file stem>.csv``.
 

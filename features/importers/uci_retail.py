@@ -16,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from features import schema as s
-from features.importers.report import ImportReport, write_import
-from features.io import read_raw
-from features.tables import Tables, create_empty, new_connection
-from features.validate import ROW_ID, ContractError, validate_raw
+from features.importers.report import ImportReport, open_source, write_import
+from features.tables import Tables, create_empty
+from features.validate import ROW_ID, validate_raw
 
 SOURCE_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
 NON_PRODUCT_CODES = {
@@ -48,17 +47,7 @@ def _non_product_reason_sql() -> str:
 def import_online_retail(src: Path | str, out_dir: Path | str) -> ImportReport:
     """Convert the UCI file at ``src`` into contract tables in ``out_dir`` (rejects in ``_rejects``)."""
     src = Path(src)
-    if not src.is_file():
-        raise ContractError(f"{src}: no such file. Expected the UCI Online Retail CSV (optionally .gz).")
-    con = new_connection()
-    read_raw(con, src, "_source")
-    found = [c for c in con.table("_source").columns if c != ROW_ID]
-    missing = [c for c in SOURCE_COLUMNS if c not in found]
-    if missing:
-        raise ContractError(
-            f"{src}: not the UCI Online Retail layout; missing column(s) {', '.join(missing)}. "
-            f"Expected: {', '.join(SOURCE_COLUMNS)}."
-        )
+    con = open_source(src, SOURCE_COLUMNS, "the UCI Online Retail layout")
     con.execute(f"CREATE TEMP TABLE uci_flagged AS SELECT *, {_non_product_reason_sql()} AS non_product FROM _source")
     con.execute(
         f"""CREATE TEMP VIEW uci_orders AS SELECT {ROW_ID},
