@@ -39,7 +39,11 @@ def log_and_register(bundle: ModelBundle, name: str, example_features, example_p
             signature=infer_signature(x, example_proba),
             extra_files=[str(descriptor)], pip_requirements=PIP_REQUIREMENTS,
         )
-    version = str(info.registered_model_version)
+    return assign_aliases(name, str(info.registered_model_version))
+
+
+def assign_aliases(name: str, version: str) -> str:
+    """Make ``version`` the challenger, and the champion when ``name`` has none; returns it."""
     client = MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, version)
     if alias_version(name, CHAMPION) is None:

@@ -1,0 +1,162 @@
+"""The customer x product interaction matrix that the recommenders learn from.
+
+``build_interactions(tables, as_of, config)`` reads only rows strictly before ``as_of``. Each
+purchase (a product in an order), add-to-cart and product view adds its configured weight,
+optionally halved every ``half_life_days`` before the as_of; a return (negative quantity) takes its
+purchase weight away. Pairs whose total is not positive are dropped. Confidence weightings (BM25,
+TF-IDF) are applied by the model, with :func:`apply_weighting`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from implicit.nearest_neighbours import bm25_weight, tfidf_weight
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.schema import (
+    CUSTOMER_ID,
+    EVENT_TYPE,
+    OCCURRED_AT,
+    ORDER_ID,
+    ORDERED_AT,
+    PRODUCT_ID,
+    QUANTITY,
+    EventType,
+    Table,
+)
+from features.tables import Tables
+
+Weighting = Literal["plain", "bm25", "tfidf"]
+WEIGHT = "weight"
+
+
+class InteractionConfig(BaseModel):
+    """Points per signal, time decay and returns handling of the interaction matrix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    purchase: float = Field(10.0, ge=0)
+    add_to_cart: float = Field(5.0, ge=0)
+    product_view: float = Field(3.0, ge=0)
+    half_life_days: float | None = Field(None, gt=0)  # None: no time decay
+    subtract_returns: bool = True
+
+
+@dataclass
+class Interactions:
+    """``matrix[i, j]``: weight of customer ``customer_ids[i]`` on product ``product_ids[j]``."""
+
+    matrix: sp.csr_matrix  # float32, customers x products
+    customer_ids: pd.Index
+    product_ids: pd.Index
+    as_of: datetime
+
+    def rows(self, customer_ids: object) -> np.ndarray:
+        """Row of each customer id, -1 for a customer with no interactions."""
+        return self.customer_ids.get_indexer(pd.Index(customer_ids))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+
+def _signals_sql(config: InteractionConfig) -> str:
+    decay = "1.0" if config.half_life_days is None else (
+        f"pow(0.5, (epoch_us($as_of) - epoch_us(t)) / 86400000000.0 / {float(config.half_life_days)})")
+    returns = "" if config.subtract_returns else f"AND {QUANTITY} > 0"
+    return f"""
+        WITH lines AS (
+            SELECT {CUSTOMER_ID}, {PRODUCT_ID}, min({ORDERED_AT}) AS t,
+                   CASE WHEN sum({QUANTITY}) > 0 THEN $purchase ELSE -$purchase END AS w
+            FROM {Table.ORDERS.value}
+            WHERE {ORDERED_AT} < $as_of AND {QUANTITY} <> 0 {returns}
+            GROUP BY {ORDER_ID}, {CUSTOMER_ID}, {PRODUCT_ID}
+        ), browsing AS (
+            SELECT {CUSTOMER_ID}, {PRODUCT_ID}, {OCCURRED_AT} AS t,
+                   CASE {EVENT_TYPE} WHEN '{EventType.ADD_TO_CART.value}' THEN $add_to_cart
+                                     ELSE $product_view END AS w
+            FROM {Table.EVENTS.value}
+            WHERE {OCCURRED_AT} < $as_of AND {PRODUCT_ID} IS NOT NULL
+              AND {EVENT_TYPE} IN ('{EventType.ADD_TO_CART.value}', '{EventType.PRODUCT_VIEW.value}')
+        )
+        SELECT {CUSTOMER_ID}, {PRODUCT_ID}, sum(w * {decay}) AS {WEIGHT}
+        FROM (SELECT * FROM lines UNION ALL SELECT * FROM browsing)
+        GROUP BY ALL HAVING sum(w * {decay}) > 1e-9
+    """
+
+
+def catalog_ids(tables: Tables) -> pd.Index:
+    """Product ids of the catalog and of every ordered or browsed product, sorted."""
+    rows = tables.con.sql(
+        f"""SELECT {PRODUCT_ID} FROM {Table.PRODUCTS.value}
+            UNION SELECT {PRODUCT_ID} FROM {Table.ORDERS.value}
+            UNION SELECT {PRODUCT_ID} FROM {Table.EVENTS.value} WHERE {PRODUCT_ID} IS NOT NULL"""
+    ).fetchall()
+    return pd.Index(sorted(r[0] for r in rows), name=PRODUCT_ID)
+
+
+def build_interactions(tables: Tables, as_of: datetime, config: InteractionConfig | None = None,
+                       product_ids: pd.Index | None = None) -> Interactions:
+    """The interaction matrix at ``as_of``: rows are customers with a positive total, columns are
+    ``product_ids`` (default: :func:`catalog_ids`; products outside it are ignored)."""
+    config = config or InteractionConfig()
+    params = {"as_of": as_of, "purchase": config.purchase, "add_to_cart": config.add_to_cart,
+              "product_view": config.product_view}
+    pairs = tables.con.sql(_signals_sql(config), params=params).df()
+    products = catalog_ids(tables) if product_ids is None else pd.Index(product_ids, name=PRODUCT_ID)
+    cols = products.get_indexer(pairs[PRODUCT_ID])
+    pairs = pairs[cols >= 0]
+    cols = cols[cols >= 0]
+    customers = pd.Index(np.sort(pairs[CUSTOMER_ID].unique()), name=CUSTOMER_ID)
+    rows = customers.get_indexer(pairs[CUSTOMER_ID])
+    matrix = sp.csr_matrix((pairs[WEIGHT].to_numpy(np.float32), (rows, cols)),
+                           shape=(len(customers), len(products)), dtype=np.float32)
+    return Interactions(matrix, customers, products, as_of)
+
+
+def apply_weighting(matrix: sp.csr_matrix, weighting: Weighting, k1: float = 100.0, b: float = 0.8) -> sp.csr_matrix:
+    """Confidence weighting of a customers x products matrix: ``plain`` (as is), ``bm25`` or
+    ``tfidf`` (implicit's functions, which weight each product column by its rarity)."""
+    if weighting == "plain":
+        return matrix
+    if weighting == "bm25":
+        return bm25_weight(matrix, K1=k1, B=b).tocsr().astype(np.float32)
+    if weighting == "tfidf":
+        return tfidf_weight(matrix).tocsr().astype(np.float32)
+    raise ValueError(f"weighting must be one of plain, bm25, tfidf; got {weighting!r}")
+
+
+def purchases(tables: Tables, start: datetime | None, end: datetime) -> pd.DataFrame:
+    """Distinct (customer_id, product_id) bought in ``[start, end)`` with the last purchase time."""
+    since = f"AND {ORDERED_AT} >= $start" if start is not None else ""
+    params = {"end": end} | ({"start": start} if start is not None else {})
+    return tables.con.sql(
+        f"""SELECT {CUSTOMER_ID}, {PRODUCT_ID}, max({ORDERED_AT}) AS {ORDERED_AT}
+            FROM {Table.ORDERS.value}
+            WHERE {ORDERED_AT} < $end {since} AND {QUANTITY} > 0
+            GROUP BY ALL""", params=params).df()
+
+
+def pairs_matrix(pairs: pd.DataFrame, customer_ids: pd.Index, product_ids: pd.Index) -> sp.csr_matrix:
+    """0/1 matrix (customers x products) of ``pairs``; pairs outside either index are ignored."""
+    rows = customer_ids.get_indexer(pairs[CUSTOMER_ID])
+    cols = product_ids.get_indexer(pairs[PRODUCT_ID])
+    keep = (rows >= 0) & (cols >= 0)
+    data = np.ones(int(keep.sum()), np.float32)
+    out = sp.csr_matrix((data, (rows[keep], cols[keep])), shape=(len(customer_ids), len(product_ids)))
+    out.sum_duplicates()
+    out.data[:] = 1.0
+    return out
+
+
+def select_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows ``rows`` of ``matrix`` in that order, an empty row where ``rows`` is -1."""
+    rows = np.asarray(rows)
+    picked = matrix[np.maximum(rows, 0)] if matrix.shape[0] else sp.csr_matrix((len(rows), matrix.shape[1]))
+    return (sp.diags((rows >= 0).astype(np.float32)) @ picked).tocsr()

@@ -1,0 +1,104 @@
+"""The time-based evaluation protocol of the recommenders.
+
+``evaluate(tables, as_of, models)``: every model is fitted on rows before ``as_of``; the truth is
+the products each customer bought in ``[as_of, until)`` (``until`` defaults to the end of the data).
+The test customers bought something before ``as_of`` and something in the window. Two variants:
+
+* ``new items``: truth = products the customer had not bought before ``as_of``; recommendations
+  exclude products the customer bought before ``as_of``;
+* ``all items``: truth = every product bought in the window (repurchases count); nothing excluded.
+
+Metrics: :mod:`training.recommenders.metrics` at ``k`` plus catalog coverage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from features.interactions import InteractionConfig, build_interactions, pairs_matrix, purchases, select_rows
+from features.schema import CUSTOMER_ID, PRODUCT_ID
+from features.tables import Tables
+from training.recommenders.batch import top_k_frame
+from training.recommenders.metrics import catalog_coverage, ranking_metrics
+from training.recommenders.models import Recommender
+
+NEW_ITEMS, ALL_ITEMS = "new items", "all items"
+
+
+class NoTestCustomersError(LookupError):
+    """The evaluation window has no customer with history before it."""
+
+
+@dataclass
+class Holdout:
+    """Truth pairs per variant and what was bought before ``as_of``."""
+
+    as_of: datetime
+    until: datetime
+    before: pd.DataFrame  # (customer_id, product_id) bought before as_of
+    truth: dict[str, pd.DataFrame]  # variant -> (customer_id, product_id) in the window
+
+    @property
+    def customers(self) -> pd.Index:
+        return pd.Index(sorted(set(self.truth[ALL_ITEMS][CUSTOMER_ID])), name=CUSTOMER_ID)
+
+
+def holdout(tables: Tables, as_of: datetime, until: datetime | None = None) -> Holdout:
+    end = until or tables.time_range()[1]
+    if end is None or end <= as_of:
+        raise NoTestCustomersError(f"the data has no order at or after {as_of:%Y-%m-%d} to evaluate on.")
+    if until is None:  # the window is closed: include the last order
+        end = pd.Timestamp(end) + pd.Timedelta(microseconds=1)
+    before = purchases(tables, None, as_of)[[CUSTOMER_ID, PRODUCT_ID]]
+    window = purchases(tables, as_of, end)[[CUSTOMER_ID, PRODUCT_ID]]
+    window = window[window[CUSTOMER_ID].isin(before[CUSTOMER_ID])]
+    seen = window.merge(before.assign(_seen=True), on=[CUSTOMER_ID, PRODUCT_ID], how="left")["_seen"].notna()
+    truth = {ALL_ITEMS: window, NEW_ITEMS: window[~seen.to_numpy()]}
+    if truth[NEW_ITEMS].empty:
+        raise NoTestCustomersError(
+            f"no customer with orders before {as_of:%Y-%m-%d} bought a new product between then and {end}; "
+            "pick an earlier --as-of.")
+    return Holdout(as_of, end, before, truth)
+
+
+def recommend_for_test(model: Recommender, tables: Tables, test: Holdout, k: int, variant: str,
+                       base_config: InteractionConfig | None = None) -> pd.DataFrame:
+    """The fitted ``model``'s top ``k`` for the test customers of ``variant``."""
+    customers = pd.Index(sorted(set(test.truth[variant][CUSTOMER_ID])))
+    interactions = build_interactions(tables, test.as_of, model.interaction_config(base_config),
+                                      product_ids=model.product_ids_)
+    rows = model.rows_for(customers, interactions)
+    user_items = select_rows(interactions.matrix, interactions.rows(customers))
+    exclude = pairs_matrix(test.before, customers, model.product_ids_) if variant == NEW_ITEMS else None
+    return top_k_frame(model, customers, rows, user_items, k, exclude)
+
+
+def score(model: Recommender, tables: Tables, test: Holdout, k: int,
+          base_config: InteractionConfig | None = None) -> list[dict]:
+    """Metric rows (one per variant) of a model already fitted before ``test.as_of``."""
+    out = []
+    for variant in (NEW_ITEMS, ALL_ITEMS):
+        recs = recommend_for_test(model, tables, test, k, variant, base_config)
+        truth = test.truth[variant]
+        out.append({"variant": variant, "customers": truth[CUSTOMER_ID].nunique(),
+                    **ranking_metrics(recs, truth, k),
+                    "coverage": catalog_coverage(recs, len(model.product_ids_), k)})
+    return out
+
+
+def evaluate(tables: Tables, as_of: datetime, models: dict[str, Recommender], k: int = 10,
+             until: datetime | None = None, base_config: InteractionConfig | None = None,
+             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Fit every model before ``as_of`` and score it on the window after: one row per model and variant."""
+    test = holdout(tables, as_of, until)
+    rows = []
+    for name, model in models.items():
+        if progress:
+            progress(name)
+        model.fit_tables(tables, as_of, base_config)
+        rows += [{"model": name, **r} for r in score(model, tables, test, k, base_config)]
+    return pd.DataFrame(rows)

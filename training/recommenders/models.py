@@ -1,0 +1,291 @@
+"""Recommender models behind one factory: implicit ALS and BPR, item-item neighbours, popularity and
+recently-popular baselines.
+
+Every model follows one contract (scikit-learn style: the constructor only stores parameters,
+``fit`` returns ``self``, fitted state ends in ``_``):
+
+* ``fit(interactions)`` learns from an :class:`~features.interactions.Interactions` matrix;
+* ``top_k(rows, user_items, k, exclude, blocked)`` returns the ``k`` best product columns and scores
+  for the given customer rows, never a product in ``exclude`` (a 0/1 matrix, one row per customer)
+  or ``blocked`` (product columns nobody may get); -1 pads a row with fewer candidates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from implicit.cpu.topk import topk
+from threadpoolctl import threadpool_limits
+
+from features.interactions import InteractionConfig, Interactions, apply_weighting, build_interactions, select_rows
+from features.schema import CUSTOMER_ID, PRODUCT_ID
+from features.tables import Tables
+
+MODEL_FILE = "recommender.json"
+ARRAYS_FILE = "recommender.npz"
+SCORE_CHUNK = 2048  # customers scored at once by models without factors
+
+
+class Recommender:
+    """Base class; see the module docstring for the contract."""
+
+    kind: ClassVar[str]
+    source: ClassVar[str] = "model"  # what the ``source`` column says for its recommendations
+    defaults: ClassVar[dict] = {}
+
+    def __init__(self, **params: object) -> None:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) for the {self.kind} recommender: {sorted(unknown)}; "
+                             f"expected some of {sorted(self.defaults)}")
+        self.params = self.defaults | params
+        self.customer_ids_: pd.Index | None = None
+        self.product_ids_: pd.Index | None = None
+
+    def interaction_config(self, base: InteractionConfig | None = None) -> InteractionConfig:
+        """``base`` with this model's ``half_life_days`` (when it has one)."""
+        base = base or InteractionConfig()
+        if "half_life_days" not in self.params:
+            return base
+        return base.model_copy(update={"half_life_days": self.params["half_life_days"]})
+
+    def fit_tables(self, tables: Tables, as_of, base: InteractionConfig | None = None) -> Recommender:
+        """Fit on the interactions before ``as_of`` built with :meth:`interaction_config`."""
+        return self.fit(build_interactions(tables, as_of, self.interaction_config(base)))
+
+    def fit(self, interactions: Interactions) -> Recommender:
+        self.customer_ids_, self.product_ids_ = interactions.customer_ids, interactions.product_ids
+        self._fit(interactions.matrix)
+        return self
+
+    def _fit(self, matrix: sp.csr_matrix) -> None:
+        raise NotImplementedError
+
+    def rows_for(self, customer_ids: pd.Index, interactions: Interactions) -> np.ndarray:
+        """Each customer's row for :meth:`top_k` (-1: unknown to the model): by default the row of
+        the current ``interactions``, which these models score directly."""
+        return interactions.rows(customer_ids)
+
+    def history(self, rows: np.ndarray) -> sp.csr_matrix:
+        """The training interactions of model rows ``rows`` (kept only by models that score from
+        them; others return empty rows)."""
+        return sp.csr_matrix((len(rows), len(self.product_ids_)), dtype=np.float32)
+
+    def _vectors(self, rows: np.ndarray, user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray] | None:
+        """(query, item) factor matrices whose dot products are the scores, or None."""
+        return None
+
+    def _dense_scores(self, rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        raise NotImplementedError
+
+    def top_k(self, rows: np.ndarray, user_items: sp.csr_matrix, k: int, exclude: sp.csr_matrix | None = None,
+              blocked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` product columns (and scores) per row of ``rows``; -1 / -inf pad."""
+        if self.product_ids_ is None:
+            raise RuntimeError(f"the {self.kind} recommender is not fitted; call fit() first")
+        rows = np.asarray(rows)
+        k = min(k, len(self.product_ids_))
+        vectors = self._vectors(rows, user_items)
+        if vectors is not None:
+            query, items = vectors
+            return topk(items, np.ascontiguousarray(query, dtype=np.float32), k,
+                        filter_query_items=exclude, filter_items=_as_ids(blocked))
+        ids = np.full((len(rows), k), -1, np.int64)
+        scores = np.full((len(rows), k), -np.inf, np.float32)
+        for start in range(0, len(rows), SCORE_CHUNK):
+            stop = min(start + SCORE_CHUNK, len(rows))
+            block = self._dense_scores(rows[start:stop], user_items[start:stop]).astype(np.float32)
+            if exclude is not None:
+                block[exclude[start:stop].nonzero()] = -np.inf
+            if blocked is not None and len(blocked):
+                block[:, _as_ids(blocked)] = -np.inf
+            best = np.argpartition(-block, k - 1, axis=1)[:, :k]
+            best_scores = np.take_along_axis(block, best, 1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")
+            ids[start:stop] = np.take_along_axis(best, order, 1)
+            scores[start:stop] = np.take_along_axis(best_scores, order, 1)
+        ids[~np.isfinite(scores)] = -1
+        return ids, scores
+
+    # persistence ------------------------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def save(self, directory: Path | str) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(directory / ARRAYS_FILE, customer_ids=self.customer_ids_.to_numpy(str),
+                 product_ids=self.product_ids_.to_numpy(str), **self._arrays())
+        path = directory / MODEL_FILE
+        path.write_text(json.dumps({"kind": self.kind, "params": self.params}, indent=1))
+        return path
+
+
+def _as_ids(blocked: np.ndarray | None) -> np.ndarray | None:
+    if blocked is None or len(blocked) == 0:
+        return None
+    return np.asarray(blocked, dtype=np.int32)
+
+
+def _csr_arrays(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
+    return {f"{prefix}_data": matrix.data, f"{prefix}_indices": matrix.indices, f"{prefix}_indptr": matrix.indptr,
+            f"{prefix}_shape": np.array(matrix.shape)}
+
+
+def _csr_from(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
+    return sp.csr_matrix((arrays[f"{prefix}_data"], arrays[f"{prefix}_indices"], arrays[f"{prefix}_indptr"]),
+                         shape=tuple(arrays[f"{prefix}_shape"]))
+
+
+class _Factors(Recommender):
+    """A matrix-factorisation model of implicit: scores are user . item factor dot products."""
+
+    def _implicit_model(self):
+        raise NotImplementedError
+
+    def _fit(self, matrix: sp.csr_matrix) -> None:
+        weighted = apply_weighting(matrix, self.params["weighting"])
+        with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads fight them
+            model = self._implicit_model()
+            model.fit(weighted, show_progress=False)
+        self.user_factors_ = np.asarray(model.user_factors, np.float32)
+        self.item_factors_ = np.asarray(model.item_factors, np.float32)
+
+    def rows_for(self, customer_ids, interactions):
+        """The customer's row of the fitted user factors."""
+        return self.customer_ids_.get_indexer(customer_ids)
+
+    def _vectors(self, rows, user_items):
+        return self.user_factors_[rows], self.item_factors_
+
+    def _arrays(self):
+        return {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
+
+    def _restore(self, arrays):
+        self.user_factors_, self.item_factors_ = arrays["user_factors"], arrays["item_factors"]
+
+
+class ALSRecommender(_Factors):
+    kind = "als"
+    defaults: ClassVar[dict] = {"factors": 100, "regularization": 0.01, "alpha": 1.0, "iterations": 15,
+                                "weighting": "plain", "half_life_days": None, "random_state": 0}
+
+    def _implicit_model(self):
+        from implicit.cpu.als import AlternatingLeastSquares
+        p = self.params
+        return AlternatingLeastSquares(factors=int(p["factors"]), regularization=float(p["regularization"]),
+                                       alpha=float(p["alpha"]), iterations=int(p["iterations"]),
+                                       random_state=p["random_state"])
+
+
+class BPRRecommender(_Factors):
+    kind = "bpr"
+    defaults: ClassVar[dict] = {"factors": 100, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100,
+                                "weighting": "plain", "half_life_days": None, "random_state": 0}
+
+    def _implicit_model(self):
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+        p = self.params
+        return BayesianPersonalizedRanking(factors=int(p["factors"]), learning_rate=float(p["learning_rate"]),
+                                           regularization=float(p["regularization"]),
+                                           iterations=int(p["iterations"]), random_state=p["random_state"])
+
+
+class ItemKNNRecommender(Recommender):
+    """Item-item nearest neighbours: a customer's score for a product sums the similarities of the
+    products they interacted with (cosine, BM25 or TF-IDF similarity, ``neighbours`` per product)."""
+
+    kind = "itemknn"
+    source = "similar-to"
+    defaults: ClassVar[dict] = {"neighbours": 20, "similarity": "cosine", "weighting": "plain",
+                                "half_life_days": None}
+
+    def _fit(self, matrix: sp.csr_matrix) -> None:
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, TFIDFRecommender
+        kinds = {"cosine": CosineRecommender, "bm25": BM25Recommender, "tfidf": TFIDFRecommender}
+        if self.params["similarity"] not in kinds:
+            raise ValueError(f"similarity must be one of {sorted(kinds)}; got {self.params['similarity']!r}")
+        model = kinds[self.params["similarity"]](K=int(self.params["neighbours"]))
+        weighted = apply_weighting(matrix, self.params["weighting"]).astype(np.float64)  # implicit needs doubles
+        model.fit(weighted, show_progress=False)
+        self.similarity_ = model.similarity.tocsr().astype(np.float32)
+        self.user_items_ = matrix
+
+    def history(self, rows):
+        return select_rows(self.user_items_, rows)
+
+    def _dense_scores(self, rows, user_items):
+        return (user_items.astype(np.float32) @ self.similarity_).toarray()
+
+    def _arrays(self):
+        s = self.similarity_
+        return {**_csr_arrays("sim", self.similarity_), **_csr_arrays("hist", self.user_items_)}
+
+    def _restore(self, arrays):
+        self.similarity_ = _csr_from("sim", arrays)
+        self.user_items_ = _csr_from("hist", arrays)
+
+
+class PopularRecommender(Recommender):
+    """Baseline: the products with the most distinct customers, the same list for everyone."""
+
+    kind = "popular"
+    source = "popular"
+
+    def _fit(self, matrix: sp.csr_matrix) -> None:
+        self.item_scores_ = np.asarray((matrix > 0).sum(axis=0), np.float32).ravel()
+
+    def _vectors(self, rows, user_items):
+        return np.ones((len(rows), 1), np.float32), self.item_scores_[:, None].copy()
+
+    def _arrays(self):
+        return {"item_scores": self.item_scores_}
+
+    def _restore(self, arrays):
+        self.item_scores_ = arrays["item_scores"]
+
+
+class TrendingRecommender(PopularRecommender):
+    """Baseline: recently popular products: summed interaction weights with a short half-life, so
+    interest fades with its age."""
+
+    kind = "trending"
+    defaults: ClassVar[dict] = {"half_life_days": 14.0}
+
+    def _fit(self, matrix: sp.csr_matrix) -> None:
+        self.item_scores_ = np.asarray(matrix.sum(axis=0), np.float32).ravel()
+
+
+MODELS: dict[str, type[Recommender]] = {
+    cls.kind: cls for cls in (ALSRecommender, BPRRecommender, ItemKNNRecommender, PopularRecommender,
+                              TrendingRecommender)
+}
+TUNABLE = ("als", "bpr", "itemknn")
+
+
+def make_recommender(kind: str, **params: object) -> Recommender:
+    """The recommender called ``kind`` (als, bpr, itemknn, popular, trending) with ``params``."""
+    if kind not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
+    return MODELS[kind](**params)
+
+
+def load_recommender(directory: Path | str) -> Recommender:
+    directory = Path(directory)
+    spec = json.loads((directory / MODEL_FILE).read_text())
+    model = make_recommender(spec["kind"], **spec["params"])
+    with np.load(directory / ARRAYS_FILE, allow_pickle=False) as arrays:
+        loaded = {k: arrays[k] for k in arrays.files}
+    model.customer_ids_ = pd.Index(loaded.pop("customer_ids"), name=CUSTOMER_ID)
+    model.product_ids_ = pd.Index(loaded.pop("product_ids"), name=PRODUCT_ID)
+    model._restore(loaded)
+    return model
+

@@ -1,0 +1,66 @@
+"""The recommender in the MLflow registry: log a fitted model as a pyfunc, load a version back."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import infer_signature
+
+from features.schema import CUSTOMER_ID
+from training.recommenders.batch import top_k_frame
+from training.recommenders.models import MODEL_FILE, Recommender, load_recommender
+from training.registry import CHAMPION, MissingModelError, alias_version, assign_aliases
+
+REGISTERED_NAME = "recommender"
+PIP_REQUIREMENTS = ["implicit==0.7.3", "threadpoolctl", "scipy", "numpy", "pandas"]
+ARTIFACT_KEY = "recommender"
+
+
+class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+    """``predict`` takes a frame with ``customer_id`` and returns each known customer's top 10
+    (no business rules: those need the shop's data, see ``sendwise recommend``)."""
+
+    def load_context(self, context) -> None:
+        self.model = load_recommender(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return predict_known(self.model, model_input)
+
+
+def predict_known(model: Recommender, customers: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    ids = pd.Index(customers[CUSTOMER_ID].astype(str))
+    rows = model.customer_ids_.get_indexer(ids)
+    return top_k_frame(model, ids, rows, model.history(rows), k)
+
+
+def log_and_register(model: Recommender, example_customers: pd.DataFrame) -> str:
+    """Log ``model`` in the active run, register it as ``recommender``; returns the new version
+    (challenger; champion too when there is none)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp)
+        output = predict_known(model, example_customers)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=RecommenderPyfunc(), artifacts={ARTIFACT_KEY: tmp},
+            registered_model_name=REGISTERED_NAME, signature=infer_signature(example_customers, output),
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+    return assign_aliases(REGISTERED_NAME, str(info.registered_model_version))
+
+
+def load_version(version: str) -> Recommender:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{REGISTERED_NAME}/{version}",
+                                                         dst_path=tmp))
+        return load_recommender(next(local.rglob(MODEL_FILE)).parent)
+
+
+def load_alias(alias: str = CHAMPION, hint: str = "") -> tuple[Recommender, str]:
+    """The recommender carrying ``alias`` and its version."""
+    version = alias_version(REGISTERED_NAME, alias)
+    if version is None:
+        raise MissingModelError(f"no '{REGISTERED_NAME}' model has the alias '{alias}'. {hint}".strip())
+    return load_version(version), version

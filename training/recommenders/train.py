@@ -1,0 +1,169 @@
+"""Train, tune, evaluate, log and register a recommender.
+
+Time protocol of ``train_recommender(tables, as_of=DATE)``: nothing at or after DATE is read for
+fitting or tuning. The holdout window starts at DATE when the data goes on after it (to the end of
+the data), otherwise it is the last ``window_days`` before DATE. Optuna tunes on the window of the
+same length just before the holdout, with models fitted on the rows before that window. The model
+registered is refitted on every row before DATE; the metrics logged are those of the same
+parameters fitted on the rows before the holdout, next to the popular and trending baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import mlflow
+import optuna
+import pandas as pd
+
+from features.build import to_timestamp
+from features.interactions import InteractionConfig
+from features.schema import CUSTOMER_ID
+from features.tables import Tables
+from features.validate import ContractError
+from training.recommenders import evaluation
+from training.recommenders.evaluation import NEW_ITEMS, Holdout, holdout
+from training.recommenders.models import TUNABLE, Recommender, make_recommender
+from training.recommenders.store import log_and_register
+from training.tracking import configure_tracking, experiment_id, git_commit
+
+DEFAULT_WINDOW_DAYS = 90
+HALF_LIVES = (None, 30.0, 90.0, 180.0, 365.0)
+
+
+def suggest_params(trial: optuna.Trial, kind: str) -> dict:
+    """The search space of each tunable model (time decay included)."""
+    half_life = trial.suggest_categorical("half_life_days", HALF_LIVES)
+    if kind == "als":
+        return {"factors": trial.suggest_int("factors", 16, 256, log=True),
+                "regularization": trial.suggest_float("regularization", 1e-3, 10.0, log=True),
+                "alpha": trial.suggest_float("alpha", 0.01, 50.0, log=True),
+                "iterations": trial.suggest_int("iterations", 5, 50),
+                "weighting": trial.suggest_categorical("weighting", ["plain", "bm25", "tfidf"]),
+                "half_life_days": half_life}
+    if kind == "bpr":
+        return {"factors": trial.suggest_int("factors", 16, 256, log=True),
+                "learning_rate": trial.suggest_float("learning_rate", 1e-3, 0.1, log=True),
+                "regularization": trial.suggest_float("regularization", 1e-4, 1.0, log=True),
+                "iterations": trial.suggest_int("iterations", 20, 300, log=True),
+                "weighting": trial.suggest_categorical("weighting", ["plain", "bm25", "tfidf"]),
+                "half_life_days": half_life}
+    if kind == "itemknn":
+        return {"neighbours": trial.suggest_int("neighbours", 5, 500, log=True),
+                "similarity": trial.suggest_categorical("similarity", ["cosine", "bm25", "tfidf"]),
+                "half_life_days": half_life}
+    raise ValueError(f"only {', '.join(TUNABLE)} can be tuned; got {kind!r}")
+
+
+@dataclass
+class RecommenderTrainResult:
+    kind: str
+    version: str
+    run_id: str
+    model: Recommender
+    params: dict
+    holdout: Holdout
+    table: pd.DataFrame  # one row per (model, variant) on the holdout, baselines included
+
+
+def _windows(tables: Tables, date: datetime, window_days: int) -> tuple[datetime, datetime | None, datetime]:
+    """(holdout start, holdout end or None for the end of the data, tuning fold start)."""
+    start, end = tables.time_range()
+    if start is None or not start < date <= end + timedelta(microseconds=1):
+        raise ContractError(f"--as-of {date} is outside the data, which runs from {start} to {end}.")
+    if end >= date:
+        holdout_start, until = date, None
+    else:
+        holdout_start, until = date - timedelta(days=window_days), date
+    tune_start = holdout_start - timedelta(days=window_days)
+    if tune_start <= start:
+        raise ContractError(
+            f"the data before {date:%Y-%m-%d} is too short: tuning and evaluation need two {window_days}-day "
+            f"windows after some history, and the data starts {start:%Y-%m-%d}.")
+    return holdout_start, until, tune_start
+
+
+def tune(tables: Tables, kind: str, fold: Holdout, trials: int, k: int, base_config: InteractionConfig | None,
+         random_state: int, on_trial: Callable[[optuna.Trial, dict, float], None] | None = None) -> dict:
+    """Optuna TPE search for the highest new-items NDCG@k on ``fold``; returns the best parameters."""
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_params(trial, kind) | ({"random_state": random_state} if kind != "itemknn" else {})
+        model = make_recommender(kind, **params).fit_tables(tables, fold.as_of, base_config)
+        row = evaluation.score(model, tables, fold, k, base_config)[0]
+        if on_trial:
+            on_trial(trial, params, row["ndcg"])
+        return row["ndcg"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=random_state))
+    study.optimize(objective, n_trials=trials)
+    best = dict(study.best_params)
+    return best | ({"random_state": random_state} if kind != "itemknn" else {})
+
+
+def _metrics(rows: list[dict], prefix: str, k: int) -> dict[str, float]:
+    out = {}
+    for row in rows:
+        variant = "" if row["variant"] == NEW_ITEMS else "all_items_"
+        for name in ("precision", "recall", "ndcg", "map", "hit_rate", "coverage"):
+            out[f"{prefix}{variant}{name}_at_{k}"] = row[name]
+    return out
+
+
+def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: int = 0, k: int = 10,
+                      window_days: int = DEFAULT_WINDOW_DAYS, params: dict | None = None,
+                      base_config: InteractionConfig | None = None, random_state: int = 0,
+                      mlruns=None, progress: Callable[[str], None] | None = None) -> RecommenderTrainResult:
+    """Tune (``trials`` > 0), fit, evaluate against baselines, log to MLflow and register."""
+    if kind not in TUNABLE:
+        raise ValueError(f"--model must be one of {', '.join(TUNABLE)}; got {kind!r}")
+    date = to_timestamp(as_of)
+    say = progress or (lambda _: None)
+    holdout_start, until, tune_start = _windows(tables, date, window_days)
+    cut = tables.before(date)
+    test = holdout(tables if until is None else cut, holdout_start, until)
+    chosen = make_recommender(kind, **(params or {})).params
+
+    configure_tracking(mlruns)
+    mlflow.set_experiment(experiment_id=experiment_id("sendwise-recommender", mlruns))
+    with mlflow.start_run(run_name=f"{kind}-{date:%Y-%m-%d}") as run:
+        if trials > 0:
+            fold = holdout(cut, tune_start, holdout_start)
+
+            def log_trial(trial, trial_params, ndcg):
+                with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+                    mlflow.log_params(trial_params)
+                    mlflow.log_metric(f"tuning_ndcg_at_{k}", ndcg)
+                say(f"trial {trial.number + 1}/{trials}: NDCG@{k} {ndcg:.4f}")
+
+            chosen = make_recommender(kind, **tune(cut, kind, fold, trials, k, base_config, random_state,
+                                                   log_trial)).params
+        say("evaluating on the holdout")
+        rows = []
+        for name, model in {kind: make_recommender(kind, **chosen), "popular": make_recommender("popular"),
+                            "trending": make_recommender("trending")}.items():
+            model.fit_tables(cut, holdout_start, base_config)
+            rows += [{"model": name, **r} for r in evaluation.score(model, cut if until else tables, test, k, base_config)]
+        table = pd.DataFrame(rows)
+        say("fitting on every row before the as_of")
+        final = make_recommender(kind, **chosen).fit_tables(cut, date, base_config)
+
+        mlflow.log_params({"model": kind, "as_of": date.isoformat(), "holdout_start": holdout_start.isoformat(),
+                           "holdout_end": test.until.isoformat(), "tuning_start": tune_start.isoformat(),
+                           "trials": trials, "k": k, **{f"rec_{p}": v for p, v in chosen.items()},
+                           **{f"interactions_{p}": v for p, v in (base_config or InteractionConfig()).model_dump().items()},
+                           "customers": len(final.customer_ids_), "products": len(final.product_ids_)})
+        mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": cut.fingerprint(),
+                         "holdout_as_of": holdout_start.isoformat(), "model_kind": kind})
+        by_model = {name: group.to_dict("records") for name, group in table.groupby("model")}
+        mlflow.log_metrics(_metrics(by_model[kind], "holdout_", k))
+        for base in ("popular", "trending"):
+            mlflow.log_metrics(_metrics(by_model[base], f"baseline_{base}_", k))
+        mlflow.log_table(table, "holdout_metrics.json")
+        say("registering")
+        example = pd.DataFrame({CUSTOMER_ID: final.customer_ids_[:5].astype(str)})
+        version = log_and_register(final, example)
+    return RecommenderTrainResult(kind, version, run.info.run_id, final, chosen, test, table)
+
