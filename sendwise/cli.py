@@ -9,6 +9,7 @@ import typer
 
 from features.cli import data_app, features_app
 from training.cli import models_app, score, train_app
+from training.recommenders.cli import evaluate_app, recommend, train_recommender_command
 from sendwise.demo import run_demo
 
 app = typer.Typer(help="sendwise: ML for marketing email, self-hosted.", no_args_is_help=True,
@@ -17,7 +18,10 @@ app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
+train_app.command("recommender")(train_recommender_command)
+app.add_typer(evaluate_app, name="evaluate")
 app.command("score")(score)
+app.command("recommend")(recommend)
 
 
 @app.command("demo")

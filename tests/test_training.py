@@ -92,8 +92,8 @@ def test_promotion_needs_the_margin_and_force_overrides(trained: dict, demo_tabl
     assert alias_version("churn", CHALLENGER) == "2"
     decision = promote("churn", margin=1.0)  # nothing gains a full point of AUC
     assert not decision.promoted and alias_version("churn", CHAMPION) == "1"
-    assert decision.champion_auc == pytest.approx(trained["churned"].metrics["roc_auc"])
-    assert decision.challenger_auc == pytest.approx(second.metrics["roc_auc"])
+    assert decision.champion_value == pytest.approx(trained["churned"].metrics["roc_auc"])
+    assert decision.challenger_value == pytest.approx(second.metrics["roc_auc"])
     small = promote("churn", margin=1e-6)
     assert small.promoted == (second.metrics["roc_auc"] >= trained["churned"].metrics["roc_auc"] + 1e-6)
     loose = promote("churn", margin=-1.0)  # accept anything within a full point
@@ -106,7 +106,7 @@ def test_promotion_needs_the_margin_and_force_overrides(trained: dict, demo_tabl
 def test_promotion_on_a_fresh_holdout(trained: dict, demo_tables: Tables) -> None:
     decision = promote("propensity", margin=0.0, tables=demo_tables, as_of=AS_OF)
     assert "fresh holdout" in decision.holdout
-    assert decision.champion_auc == pytest.approx(trained["purchased"].metrics["roc_auc"])
+    assert decision.champion_value == pytest.approx(trained["purchased"].metrics["roc_auc"])
 
 
 def test_clear_errors(demo_tables: Tables, mlruns: Path, tiny_tables: Tables) -> None:

@@ -13,7 +13,7 @@ from features.cli import DataDir, RejectsDir, load
 from features.io import write_parquet
 from features.training_set import Target
 from sendwise.console import console, progress_bar, reports_user_errors
-from training.promotion import DEFAULT_MARGIN, promote
+from training.promotion import DEFAULT_MARGIN, HEADLINE, promote
 from training.registry import CHAMPION, list_versions, load_bundle
 from training.scoring import score_customers
 from training.tracking import configure_tracking
@@ -25,6 +25,10 @@ models_app = typer.Typer(help="The model registry: list versions, promote challe
 AsOf = Annotated[str, typer.Option("--as-of", help="Train on rows before this date; evaluate at it.")]
 Trials = Annotated[int, typer.Option(help="Optuna trials (0: default parameters).")]
 Periods = Annotated[int, typer.Option(help="Monthly as_of dates to stack at most.")]
+# model name -> (headline holdout metric, logged baseline metric shown next to it)
+HEADLINE_COLUMNS = {"churn": ("roc_auc", "baseline_logistic_log_rfm_roc_auc"),
+                    "propensity": ("roc_auc", "baseline_logistic_log_rfm_roc_auc"),
+                    "recommender": ("ndcg_at_10", "baseline_popular_ndcg_at_10")}
 TRAIN_HINT = "Train one first: `sendwise train churn --data DIR --as-of DATE` (and `train propensity`)."
 
 
@@ -76,24 +80,26 @@ def list_models(names: Annotated[list[str] | None, typer.Argument(help="Model na
     """Versions, aliases and headline holdout metrics."""
     configure_tracking()
     table = RichTable(title="Registered models", title_justify="left")
-    for col in ("model", "version", "aliases", "created", "holdout", "ROC-AUC", "PR-AUC", "log-loss", "baseline LR"):
+    for col in ("model", "version", "aliases", "created", "holdout", "metric", "holdout value", "baseline",
+                "baseline value"):
         table.add_column(col)
-    for name in names or ["churn", "propensity"]:
+    for name in names or list(HEADLINE_COLUMNS):
+        metric, baseline = HEADLINE_COLUMNS.get(name, HEADLINE_COLUMNS["churn"])
         for row in list_versions(name):
             m = row.metrics
             table.add_row(name, row.version, ", ".join(sorted(row.aliases)),
                           f"{datetime.fromtimestamp(row.created / 1000):%Y-%m-%d %H:%M}",
-                          row.tags.get("holdout_as_of", "")[:10],
-                          *(f"{m[k]:.4f}" if k in m else "-" for k in (
-                              "holdout_roc_auc", "holdout_pr_auc", "holdout_log_loss",
-                              "baseline_logistic_log_rfm_roc_auc")))
+                          row.tags.get("holdout_as_of", "")[:10], metric,
+                          f"{m[f'holdout_{metric}']:.4f}" if f"holdout_{metric}" in m else "-",
+                          baseline.split("_", 1)[1].rsplit(f"_{metric}", 1)[0],
+                          f"{m[baseline]:.4f}" if baseline in m else "-")
     console.print(table)
 
 
 @models_app.command("promote")
 @reports_user_errors
-def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn or propensity.")],
-                  margin: Annotated[float, typer.Option(help="ROC-AUC gain required.")] = DEFAULT_MARGIN,
+def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn, propensity or recommender.")],
+                  margin: Annotated[float, typer.Option(help="Gain required (ROC-AUC; NDCG@10 for the recommender).")] = DEFAULT_MARGIN,
                   force: Annotated[bool, typer.Option(help="Promote whatever the comparison says.")] = False,
                   data: Annotated[Path | None, typer.Option(help="Evaluate both on a fresh holdout from this data.")] = None,
                   as_of: Annotated[str | None, typer.Option("--as-of", help="Date of the fresh holdout.")] = None,
@@ -103,8 +109,9 @@ def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn or
     tables = load(data, quiet=True) if data else None
     decision = promote(name, margin, force, tables, as_of)
     console.print(f"holdout: {decision.holdout}")
-    console.print(f"champion v{decision.champion_version}: ROC-AUC {decision.champion_auc:.4f}; "
-                  f"challenger v{decision.challenger_version}: ROC-AUC {decision.challenger_auc:.4f}")
+    metric = HEADLINE.get(name, "roc_auc")
+    console.print(f"champion v{decision.champion_version}: {metric} {decision.champion_value:.4f}; "
+                  f"challenger v{decision.challenger_version}: {metric} {decision.challenger_value:.4f}")
     verdict = "[green]promoted[/]" if decision.promoted else "[yellow]not promoted[/]"
     console.print(f"{verdict}: {decision.reason}" + (" (forced)" if decision.forced and decision.promoted else ""))
 
