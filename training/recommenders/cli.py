@@ -14,7 +14,7 @@ from features.cli import DataDir, RejectsDir, load
 from features.io import write_parquet
 from features.schema import CUSTOMER_ID
 from sendwise.console import console, progress_bar, reports_user_errors
-from training.recommenders.batch import recommend_all
+from training.recommenders.batch import check_k, recommend_all
 from training.recommenders.evaluation import evaluate
 from training.recommenders.metrics import METRICS, SOURCE
 from training.recommenders.models import MODELS, TUNABLE, make_recommender
@@ -106,6 +106,7 @@ def recommend(
     """Top-k products for every known customer with the champion and the business rules."""
     if out.suffix not in (".csv", ".parquet"):
         raise ValueError(f"--out must end in .csv or .parquet; got {out.name}")
+    check_k(k)
     rules = BusinessRules(exclude_purchased=not include_purchased, repurchase_after_days=repurchase_after,
                           exclude_out_of_stock=not include_out_of_stock, require_image=require_image,
                           categories=tuple(category or ()), exclude_categories=tuple(exclude_category or ()),

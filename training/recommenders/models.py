@@ -28,7 +28,8 @@ from features.tables import Tables
 
 MODEL_FILE = "recommender.json"
 ARRAYS_FILE = "recommender.npz"
-SCORE_CHUNK = 2048  # customers scored at once by models without factors
+SCORE_CHUNK = 2048
+FILTERED_SCORE = np.finfo(np.float32).min  # customers scored at once by models without factors
 
 
 class Recommender:
@@ -93,8 +94,12 @@ class Recommender:
         vectors = self._vectors(rows, user_items)
         if vectors is not None:
             query, items = vectors
-            return topk(items, np.ascontiguousarray(query, dtype=np.float32), k,
-                        filter_query_items=exclude, filter_items=_as_ids(blocked))
+            ids, scores = topk(items, np.ascontiguousarray(query, dtype=np.float32), k,
+                               filter_query_items=exclude, filter_items=_as_ids(blocked))
+            filtered = scores <= FILTERED_SCORE  # implicit pads with filtered items at -FLT_MAX
+            ids, scores = ids.astype(np.int64), scores.astype(np.float32)
+            ids[filtered], scores[filtered] = -1, -np.inf
+            return ids, scores
         ids = np.full((len(rows), k), -1, np.int64)
         scores = np.full((len(rows), k), -np.inf, np.float32)
         for start in range(0, len(rows), SCORE_CHUNK):
