@@ -14,6 +14,7 @@ from features.tables import Tables
 from training.recommenders.batch import check_k, recommend_all
 from training.recommenders.evaluation import ALL_ITEMS, NEW_ITEMS, evaluate, holdout
 from training.recommenders.metrics import catalog_coverage, per_customer, ranking_metrics
+from training.recommenders import models
 from training.recommenders.models import MODELS, load_recommender, make_recommender
 from training.recommenders.rules import BusinessRules
 
@@ -55,6 +56,16 @@ class TestEveryModelHonoursTheContract:
             assert not set(got) & set(data.matrix[i].indices), "recommended a product the customer bought"
             assert not set(got) & {0, 1}, "recommended a blocked product"
             assert np.all(np.diff(scores[i][ids[i] >= 0]) <= 1e-6)
+
+    def test_bulk_and_per_customer_exclusion_agree(self, fitted, monkeypatch: pytest.MonkeyPatch) -> None:
+        model, data = fitted
+        rows = np.arange(data.shape[0])
+        bulk_ids, bulk_scores = model.top_k(rows, data.matrix, 5, exclude=data.matrix)
+        monkeypatch.setattr(models, "EXCLUDE_SLACK", 2)  # every customer (10 exclusions) goes one by one
+        ids, scores = model.top_k(rows, data.matrix, 5, exclude=data.matrix)
+        np.testing.assert_allclose(scores, bulk_scores, rtol=1e-5)  # ties may swap ids, never scores
+        for i in rows:
+            assert not set(ids[i]) & set(data.matrix[i].indices)
 
     def test_runs_out_of_candidates_with_padding(self, fitted) -> None:
         model, data = fitted

@@ -74,3 +74,18 @@ def importance_plot(columns: list[str], contributions: np.ndarray, path: Path, t
     ax.barh([columns[i] for i in order], mean_abs[order])
     ax.set(xlabel="mean |contribution| to log-odds", title="Feature importance (holdout)")
     return _save(fig, path)
+
+
+def ranking_plot(table, path: Path, k: int = 10) -> Path:
+    """Bars of NDCG@k, recall@k and hit rate@k per recommender model, one panel per variant."""
+    variants = list(dict.fromkeys(table["variant"]))
+    fig, axes = plt.subplots(1, len(variants), figsize=(5 * len(variants), 4), squeeze=False)
+    for ax, variant in zip(axes[0], variants, strict=True):
+        rows = table[table["variant"] == variant].sort_values("ndcg")
+        y = np.arange(len(rows))
+        for offset, metric in zip((-0.27, 0.0, 0.27), ("ndcg", "recall", "hit_rate"), strict=True):
+            ax.barh(y + offset, rows[metric], height=0.25, label=f"{metric}@{k}")
+        ax.set_yticks(y, rows["model"])
+        ax.set(title=f"{variant} (holdout)", xlabel="score")
+        ax.legend(loc="lower right")
+    return _save(fig, path)

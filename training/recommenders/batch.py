@@ -141,9 +141,8 @@ def recommend_all(tables: Tables, as_of: datetime, model: Recommender, k: int = 
     blocked = blocked_products(products, rules)
     excluded = excluded_purchases(tables, as_of, rules)
     interactions = build_interactions(tables, as_of, model.interaction_config(base_config),
-                                      product_ids=model.product_ids_)
+                                      product_ids=model.product_ids_) if model.scores_from_history else None
     model_rows = model.rows_for(ids, interactions)
-    interaction_rows = interactions.rows(ids)
     exclude = pairs_matrix(excluded, ids, model.product_ids_)
     lists = fallback_lists(tables, as_of, model.product_ids_[blocked], 2 * k + 20)
     categories = products[CATEGORY]
@@ -151,7 +150,8 @@ def recommend_all(tables: Tables, as_of: datetime, model: Recommender, k: int = 
     out = []
     for start in range(0, len(ids), CHUNK):
         chunk = slice(start, min(start + CHUNK, len(ids)))
-        user_items = select_rows(interactions.matrix, interaction_rows[chunk])
+        user_items = (select_rows(interactions.matrix, interactions.rows(ids[chunk])) if interactions is not None
+                      else sp.csr_matrix((chunk.stop - chunk.start, len(model.product_ids_)), dtype=np.float32))
         recs = top_k_frame(model, ids[chunk], model_rows[chunk], user_items, fetch, exclude[chunk], blocked)
         recs = _cap_per_category(recs, categories, rules.max_per_category)
         counts = recs.groupby(CUSTOMER_ID).size().reindex(ids[chunk], fill_value=0)

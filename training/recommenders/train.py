@@ -10,9 +10,11 @@ parameters fitted on the rows before the holdout, next to the popular and trendi
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -23,6 +25,7 @@ from features.interactions import InteractionConfig
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.validate import ContractError
+from training import plots
 from training.recommenders import evaluation
 from training.recommenders.evaluation import NEW_ITEMS, Holdout, holdout
 from training.recommenders.models import TUNABLE, Recommender, make_recommender
@@ -162,6 +165,8 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
         for base in ("popular", "trending"):
             mlflow.log_metrics(_metrics(by_model[base], f"baseline_{base}_", k))
         mlflow.log_table(table, "holdout_metrics.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(plots.ranking_plot(table, Path(tmp) / "ranking.png", k)), artifact_path="plots")
         say("registering")
         example = pd.DataFrame({CUSTOMER_ID: final.customer_ids_[:5].astype(str)})
         version = log_and_register(final, example)
