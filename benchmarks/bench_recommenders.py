@@ -31,7 +31,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
@@ -66,21 +65,20 @@ def prepared(name: str, make) -> Path:
     return path
 
 
-def quality(name: str, data: Path, as_of: str, trials: int, window_days: int) -> list[dict]:
+def quality(name: str, data: Path, as_of: str, trials: int, window_days: int, mlruns: Path) -> list[dict]:
     tables, _ = load_data_dir(data, None)
     date = datetime.fromisoformat(as_of)
     table = evaluate(tables, date, {kind: make_recommender(kind) for kind in MODELS})
     table["model"] = table["model"].map(lambda m: m if m in ("popular", "trending") else f"{m} (defaults)")
     rows = table.to_dict("records")
-    with tempfile.TemporaryDirectory() as mlruns:
-        for kind in ("als", "itemknn"):
-            start = time.perf_counter()
-            result = train_recommender(tables, as_of, kind, trials=trials, window_days=window_days, mlruns=mlruns)
-            tuned = result.table[result.table["model"] == kind].to_dict("records")
-            for row in tuned:
-                row.update(model=f"{kind} (tuned, {trials} trials)", params=result.params,
-                           seconds=round(time.perf_counter() - start, 1))
-            rows += tuned
+    for kind in ("als", "itemknn"):
+        start = time.perf_counter()
+        result = train_recommender(tables, as_of, kind, trials=trials, window_days=window_days, mlruns=mlruns)
+        tuned = result.table[result.table["model"] == kind].to_dict("records")
+        for row in tuned:
+            row.update(model=f"{kind} (tuned, {trials} trials)", params=result.params,
+                       seconds=round(time.perf_counter() - start, 1))
+        rows += tuned
     for row in rows:
         row["dataset"], row["as_of"] = name, as_of
     return rows
@@ -147,12 +145,13 @@ def main() -> None:
                      "when": datetime.now(UTC).isoformat(timespec="seconds")}
     if args.only in (None, "quality"):
         rows = []
+        mlruns = Path(tempfile.mkdtemp(prefix="sendwise-bench-mlruns-"))  # one store for the whole run
         if ONLINE_RETAIL.exists():
             data = prepared("online_retail", lambda out: import_online_retail(ONLINE_RETAIL, out))
-            rows += quality("Online Retail", data, "2011-09-09", args.trials, 90)
+            rows += quality("Online Retail", data, "2011-09-09", args.trials, 90, mlruns)
         if MOVIELENS.exists():
             data = prepared("movielens", lambda out: import_movielens(MOVIELENS, out))
-            rows += quality("MovieLens latest-small", data, "2017-01-01", args.trials, 365)
+            rows += quality("MovieLens latest-small", data, "2017-01-01", args.trials, 365, mlruns)
         print_quality(rows)
         results["quality"] = rows
     if args.only in (None, "speed"):

@@ -22,7 +22,13 @@ import scipy.sparse as sp
 from implicit.cpu.topk import topk
 from threadpoolctl import threadpool_limits
 
-from features.interactions import InteractionConfig, Interactions, apply_weighting, build_interactions, select_rows
+from features.interactions import (
+    InteractionConfig,
+    Interactions,
+    apply_weighting,
+    build_interactions,
+    select_rows,
+)
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 from features.tables import Tables
 
@@ -271,7 +277,6 @@ class ItemKNNRecommender(Recommender):
         return (user_items.astype(np.float32) @ self.similarity_).toarray()
 
     def _arrays(self):
-        s = self.similarity_
         return {**_csr_arrays("sim", self.similarity_), **_csr_arrays("hist", self.user_items_)}
 
     def _restore(self, arrays):
