@@ -30,7 +30,7 @@ from features.schema import (
 from features.tables import Tables
 from training.recommenders.metrics import RANK, SCORE, SOURCE
 from training.recommenders.models import Recommender
-from training.recommenders.rules import BusinessRules, blocked_products, catalog, excluded_purchases
+from training.recommenders.rules import BusinessRules, blocked_products, catalog
 
 FALLBACK_DAYS = 90
 MIN_COUNTRY_BUYERS = 30
@@ -83,22 +83,6 @@ def _most_bought(recent: pd.DataFrame, length: int) -> pd.DataFrame:
     return counts.head(length).reset_index(drop=True)
 
 
-def fallback_lists(tables: Tables, as_of: datetime, blocked_ids: pd.Index, length: int) -> dict[str | None, pd.DataFrame]:
-    """Most-bought products (``product_id``, ``score`` = distinct buyers) per country, and over all
-    countries under the key None; blocked products left out."""
-    recent = purchases(tables, as_of - timedelta(days=FALLBACK_DAYS), as_of)
-    if recent.empty:  # a quiet spell: use all history
-        recent = purchases(tables, None, as_of)
-    recent = recent[~recent[PRODUCT_ID].isin(blocked_ids)]
-    countries = tables.frame(Table.CUSTOMERS)[[CUSTOMER_ID, COUNTRY]].drop_duplicates(CUSTOMER_ID)
-    recent = recent.merge(countries, on=CUSTOMER_ID, how="left")
-    lists: dict[str | None, pd.DataFrame] = {None: _most_bought(recent, length)}
-    buyers = recent.groupby(COUNTRY)[CUSTOMER_ID].nunique()
-    for country in buyers[buyers >= MIN_COUNTRY_BUYERS].index:
-        lists[country] = _most_bought(recent[recent[COUNTRY] == country], length)
-    return lists
-
-
 def _fallback_candidates(customers: pd.DataFrame, lists: dict[str | None, pd.DataFrame]) -> pd.DataFrame:
     """Each customer's country list (or the all-countries list) as candidate rows."""
     key = customers[COUNTRY].where(customers[COUNTRY].isin([c for c in lists if c is not None]), None)
@@ -129,36 +113,75 @@ def _anti_join(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     return marked[marked["_drop"].isna()].drop(columns="_drop")
 
 
-def recommend_all(tables: Tables, as_of: datetime, model: Recommender, k: int = 10,
-                  rules: BusinessRules | None = None, base_config: InteractionConfig | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """``customer_id, rank, product_id, score, source`` for every customer known before ``as_of``,
-    reading only rows before ``as_of``."""
-    k, rules = check_k(k), rules or BusinessRules()
-    customers = known_customers(tables, as_of)
-    ids = pd.Index(customers[CUSTOMER_ID])
-    products = catalog(tables, model.product_ids_)
-    blocked = blocked_products(products, rules)
-    excluded = excluded_purchases(tables, as_of, rules)
-    interactions = build_interactions(tables, as_of, model.interaction_config(base_config),
-                                      product_ids=model.product_ids_) if model.scores_from_history else None
-    model_rows = model.rows_for(ids, interactions)
-    exclude = pairs_matrix(excluded, ids, model.product_ids_)
-    lists = fallback_lists(tables, as_of, model.product_ids_[blocked], 2 * k + 20)
-    categories = products[CATEGORY]
-    fetch = k * 3 if rules.max_per_category else k
-    out = []
-    for start in range(0, len(ids), CHUNK):
-        chunk = slice(start, min(start + CHUNK, len(ids)))
-        user_items = (select_rows(interactions.matrix, interactions.rows(ids[chunk])) if interactions is not None
-                      else sp.csr_matrix((chunk.stop - chunk.start, len(model.product_ids_)), dtype=np.float32))
-        recs = top_k_frame(model, ids[chunk], model_rows[chunk], user_items, fetch, exclude[chunk], blocked)
+class RecommendationContext:
+    """Everything recommending at one as_of needs, prepared once: known customers and countries,
+    catalog, purchases, fallback lists and (for models that score from history) interactions.
+    ``sendwise recommend`` uses one for all customers; the service keeps one for its lifetime."""
+
+    def __init__(self, tables: Tables, as_of: datetime, model: Recommender,
+                 base_config: InteractionConfig | None = None) -> None:
+        self.model, self.as_of = model, as_of
+        self.customers = known_customers(tables, as_of).set_index(CUSTOMER_ID)
+        self.products = catalog(tables, model.product_ids_)
+        bought = purchases(tables, None, as_of).sort_values(CUSTOMER_ID, kind="stable", ignore_index=True)
+        self._bought, self._bought_ids = bought, bought[CUSTOMER_ID].to_numpy()
+        since = as_of - timedelta(days=FALLBACK_DAYS)
+        recent = bought[bought[ORDERED_AT] >= since]
+        if recent.empty:  # a quiet spell: use all history
+            recent = bought
+        self._recent = recent.merge(self.customers[[COUNTRY]], left_on=CUSTOMER_ID, right_index=True, how="left")
+        self.interactions = build_interactions(tables, as_of, model.interaction_config(base_config),
+                                               product_ids=model.product_ids_) if model.scores_from_history else None
+        self._lists: dict[tuple, dict[str | None, pd.DataFrame]] = {}
+
+    def excluded(self, customer_ids: pd.Index, rules: BusinessRules) -> pd.DataFrame:
+        """(customer_id, product_id) pairs the purchase rules exclude for these customers."""
+        if not rules.exclude_purchased:
+            return self._bought.iloc[:0]
+        if len(customer_ids) > 1000:
+            pairs = self._bought[self._bought[CUSTOMER_ID].isin(customer_ids)]
+        else:  # a few customers (a service request): slice the sorted purchases
+            lo = np.searchsorted(self._bought_ids, customer_ids.to_numpy(), "left")
+            hi = np.searchsorted(self._bought_ids, customer_ids.to_numpy(), "right")
+            pairs = self._bought.iloc[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)] or [[]]).astype(int)]
+        if rules.repurchase_after_days is not None:
+            pairs = pairs[pairs[ORDERED_AT] >= self.as_of - timedelta(days=rules.repurchase_after_days)]
+        return pairs
+
+    def fallback_lists(self, blocked: np.ndarray, length: int) -> dict[str | None, pd.DataFrame]:
+        """Most-bought products (``product_id``, ``score`` = distinct buyers) per country, and over
+        all countries under the key None; blocked products left out."""
+        key = (blocked.tobytes(), length)
+        if key not in self._lists:
+            recent = self._recent[~self._recent[PRODUCT_ID].isin(self.model.product_ids_[blocked])]
+            lists: dict[str | None, pd.DataFrame] = {None: _most_bought(recent, length)}
+            buyers = recent.groupby(COUNTRY)[CUSTOMER_ID].nunique()
+            for country in buyers[buyers >= MIN_COUNTRY_BUYERS].index:
+                lists[country] = _most_bought(recent[recent[COUNTRY] == country], length)
+            self._lists = {key: lists}  # one rule set at a time is cached
+        return self._lists[key]
+
+    def recommend(self, customer_ids: pd.Index, k: int, rules: BusinessRules) -> pd.DataFrame:
+        """Top ``k`` for ``customer_ids`` (customers it does not know get the fallback)."""
+        model, ids = self.model, pd.Index(customer_ids)
+        blocked = blocked_products(self.products, rules)
+        excluded = self.excluded(ids, rules)
+        exclude = pairs_matrix(excluded, ids, model.product_ids_)
+        lists = self.fallback_lists(blocked, 2 * k + 20)
+        categories = self.products[CATEGORY]
+        if self.interactions is not None:
+            user_items = select_rows(self.interactions.matrix, self.interactions.rows(ids))
+        else:
+            user_items = sp.csr_matrix((len(ids), len(model.product_ids_)), dtype=np.float32)
+        fetch = k * 3 if rules.max_per_category else k
+        recs = top_k_frame(model, ids, model.rows_for(ids, self.interactions), user_items, fetch, exclude, blocked)
         recs = _cap_per_category(recs, categories, rules.max_per_category)
-        counts = recs.groupby(CUSTOMER_ID).size().reindex(ids[chunk], fill_value=0)
+        counts = recs.groupby(CUSTOMER_ID).size().reindex(ids, fill_value=0)
         if rules.max_per_category or (counts < k).any():
             short = counts.index[counts < k]
             keep, fill = recs[~recs[CUSTOMER_ID].isin(short)], recs[recs[CUSTOMER_ID].isin(short)]
-            candidates = _fallback_candidates(customers.iloc[chunk][customers[CUSTOMER_ID].iloc[chunk].isin(short)], lists)
+            countries = self.customers[COUNTRY].reindex(short)
+            candidates = _fallback_candidates(pd.DataFrame({CUSTOMER_ID: short, COUNTRY: countries.to_numpy()}), lists)
             candidates = _anti_join(candidates, excluded[excluded[CUSTOMER_ID].isin(short)])
             stream = pd.concat([fill, candidates], ignore_index=True)
             stream["_order"] = np.arange(len(stream))
@@ -167,10 +190,23 @@ def recommend_all(tables: Tables, as_of: datetime, model: Recommender, k: int = 
             recs = pd.concat([keep, stream], ignore_index=True)
             recs[RANK] = recs.groupby(CUSTOMER_ID, sort=False).cumcount() + 1
             recs = recs[recs[RANK] <= k]
-        out.append(recs[OUTPUT_COLUMNS])
+        recs = recs[OUTPUT_COLUMNS].reset_index(drop=True)
+        recs[RANK] = recs[RANK].astype("int64")
+        recs[SCORE] = recs[SCORE].astype("float32")
+        return recs
+
+
+def recommend_all(tables: Tables, as_of: datetime, model: Recommender, k: int = 10,
+                  rules: BusinessRules | None = None, base_config: InteractionConfig | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """``customer_id, rank, product_id, score, source`` for every customer known before ``as_of``,
+    reading only rows before ``as_of``."""
+    k, rules = check_k(k), rules or BusinessRules()
+    context = RecommendationContext(tables, as_of, model, base_config)
+    ids = context.customers.index
+    out = []
+    for start in range(0, len(ids), CHUNK):
+        out.append(context.recommend(ids[start:start + CHUNK], k, rules))
         if progress:
-            progress(chunk.stop, len(ids))
-    result = pd.concat(out, ignore_index=True)
-    result[RANK] = result[RANK].astype("int64")
-    result[SCORE] = result[SCORE].astype("float32")
-    return result
+            progress(min(start + CHUNK, len(ids)), len(ids))
+    return pd.concat(out, ignore_index=True)

@@ -9,13 +9,10 @@ price bound is set). Purchase rules exclude per customer: what they already boug
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.interactions import purchases
 from features.schema import CATEGORY, IMAGE_URL, IN_STOCK, PRICE, PRODUCT_ID, Table
 from features.tables import Tables
 
@@ -67,11 +64,3 @@ def blocked_products(products: pd.DataFrame, rules: BusinessRules) -> np.ndarray
     if rules.max_price is not None:
         blocked |= ~(price <= rules.max_price).to_numpy(bool, na_value=False)
     return np.flatnonzero(blocked)
-
-
-def excluded_purchases(tables: Tables, as_of: datetime, rules: BusinessRules) -> pd.DataFrame:
-    """(customer_id, product_id) pairs that must not be recommended at ``as_of``."""
-    if not rules.exclude_purchased:
-        return purchases(tables, as_of, as_of)  # an empty window: nothing excluded
-    start = None if rules.repurchase_after_days is None else as_of - timedelta(days=rules.repurchase_after_days)
-    return purchases(tables, start, as_of)
