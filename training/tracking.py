@@ -10,6 +10,12 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 DEFAULT_ROOT = Path("mlruns")
+_set_by_us: set[str] = set()  # MLflow copies the URI we set into MLFLOW_TRACKING_URI; that is not the user's
+
+
+def _user_uri() -> str | None:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return None if uri in _set_by_us else uri
 
 
 def configure_tracking(root: Path | str | None = None) -> str:
@@ -19,11 +25,12 @@ def configure_tracking(root: Path | str | None = None) -> str:
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = _user_uri()
     if not uri:
         root = Path(root or DEFAULT_ROOT).resolve()
         root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{root / 'mlflow.db'}"
+        _set_by_us.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -36,7 +43,7 @@ def experiment_id(name: str, root: Path | str | None = None) -> str:
     if existing:
         return existing.experiment_id
     location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+    if mlflow.get_tracking_uri().startswith("sqlite:///") and not _user_uri():
         location = (Path(root or DEFAULT_ROOT).resolve() / "artifacts").as_uri()
     return client.create_experiment(name, artifact_location=location)
 

@@ -85,10 +85,11 @@ def _most_bought(recent: pd.DataFrame, length: int) -> pd.DataFrame:
 
 def _fallback_candidates(customers: pd.DataFrame, lists: dict[str | None, pd.DataFrame]) -> pd.DataFrame:
     """Each customer's country list (or the all-countries list) as candidate rows."""
-    key = customers[COUNTRY].where(customers[COUNTRY].isin([c for c in lists if c is not None]), None)
+    country = customers[COUNTRY].astype(object)
+    key = country.where(country.isin([c for c in lists if c is not None]), None)
     parts = []
-    for country, group in customers.groupby(key.fillna("\0"), sort=False):
-        ranked = lists[None if country == "\0" else country]
+    for name, group in customers.groupby(key, dropna=False, sort=False):
+        ranked = lists[None if pd.isna(name) else name]
         parts.append(pd.DataFrame({
             CUSTOMER_ID: np.repeat(group[CUSTOMER_ID].to_numpy(), len(ranked)),
             PRODUCT_ID: np.tile(ranked[PRODUCT_ID].to_numpy(), len(group)),

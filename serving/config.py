@@ -1,0 +1,58 @@
+"""Settings of the send-time service, read from environment variables (``sendwise serve`` sets them).
+
+| variable | meaning | default |
+|---|---|---|
+| ``SENDWISE_DATA`` | directory of contract tables (catalog and customers) | required |
+| ``SENDWISE_SNAPSHOT`` | feature snapshot (parquet); built from the data when absent | none |
+| ``SENDWISE_MLRUNS`` | MLflow store root (``MLFLOW_TRACKING_URI`` overrides) | ``mlruns`` |
+| ``SENDWISE_CHURN_ALIAS``, ``SENDWISE_PROPENSITY_ALIAS``, ``SENDWISE_RECOMMENDER_ALIAS`` | registry aliases | ``champion`` |
+| ``SENDWISE_EXPOSURE_LOG`` | append-only exposure log | ``exposures/exposures.jsonl`` |
+| ``SENDWISE_API_KEY`` | when set, requests need header ``x-api-key`` with this value | none |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    data: Path
+    snapshot: Path | None = None
+    mlruns: Path = Path("mlruns")
+    churn_alias: str = "champion"
+    propensity_alias: str = "champion"
+    recommender_alias: str = "champion"
+    exposure_log: Path = Path("exposures/exposures.jsonl")
+    api_key: str | None = None
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        data = os.environ.get("SENDWISE_DATA")
+        if not data:
+            raise RuntimeError("SENDWISE_DATA is not set: start the service with `sendwise serve --data DIR`.")
+        env = {
+            "snapshot": os.environ.get("SENDWISE_SNAPSHOT") or None,
+            "mlruns": os.environ.get("SENDWISE_MLRUNS"),
+            "churn_alias": os.environ.get("SENDWISE_CHURN_ALIAS"),
+            "propensity_alias": os.environ.get("SENDWISE_PROPENSITY_ALIAS"),
+            "recommender_alias": os.environ.get("SENDWISE_RECOMMENDER_ALIAS"),
+            "exposure_log": os.environ.get("SENDWISE_EXPOSURE_LOG"),
+            "api_key": os.environ.get("SENDWISE_API_KEY") or None,
+        }
+        return cls(data=Path(data), **{k: v for k, v in env.items() if v is not None})
+
+    def to_env(self) -> dict[str, str]:
+        env = {"SENDWISE_DATA": str(self.data.resolve()), "SENDWISE_MLRUNS": str(self.mlruns.resolve()),
+               "SENDWISE_CHURN_ALIAS": self.churn_alias, "SENDWISE_PROPENSITY_ALIAS": self.propensity_alias,
+               "SENDWISE_RECOMMENDER_ALIAS": self.recommender_alias,
+               "SENDWISE_EXPOSURE_LOG": str(self.exposure_log.resolve())}
+        if self.snapshot:
+            env["SENDWISE_SNAPSHOT"] = str(self.snapshot.resolve())
+        if self.api_key:
+            env["SENDWISE_API_KEY"] = self.api_key
+        return env

@@ -1,0 +1,93 @@
+"""Request and response models of the service (pydantic; examples appear in the OpenAPI document)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from training.recommenders.batch import MAX_K
+from training.recommenders.rules import BusinessRules
+
+MAX_BATCH = 10_000
+CustomerId = Field(..., min_length=1, max_length=200, examples=["17850"])
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = CustomerId
+
+
+class ScoreBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, examples=[["17850", "13047"]])
+
+
+class Score(BaseModel):
+    customer_id: str
+    known: bool = Field(description="false: no history before the snapshot; a cold-start answer")
+    churn_probability: float | None = Field(None, description="within the churn model's horizon; none for prospects")
+    purchase_probability: float | None = None
+    churn_risk: str | None = Field(None, description="low < 0.3 <= medium < 0.6 <= high")
+    rfm_segment: str | None = None
+    lifecycle_stage: str | None = None
+    reasons: list[str] = Field(default_factory=list, examples=[["no order for 142 days"]])
+    model_versions: dict[str, str]
+
+
+class RuleOptions(BaseModel):
+    """Business rules a request may set (the defaults: purchased and out-of-stock products excluded)."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_purchased: bool = False
+    repurchase_after_days: int | None = Field(None, gt=0)
+    require_image: bool = False
+    categories: list[str] = Field(default_factory=list)
+    exclude_categories: list[str] = Field(default_factory=list)
+    min_price: float | None = Field(None, ge=0)
+    max_price: float | None = Field(None, ge=0)
+    max_per_category: int | None = Field(None, ge=1)
+
+    def rules(self) -> BusinessRules:
+        return BusinessRules(exclude_purchased=not self.include_purchased,
+                             repurchase_after_days=self.repurchase_after_days, require_image=self.require_image,
+                             categories=tuple(self.categories), exclude_categories=tuple(self.exclude_categories),
+                             min_price=self.min_price, max_price=self.max_price,
+                             max_per_category=self.max_per_category)
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = CustomerId
+    k: int = Field(10, ge=1, le=MAX_K)
+    rules: RuleOptions = Field(default_factory=RuleOptions)
+
+
+class RecommendBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, examples=[["17850", "13047"]])
+    k: int = Field(10, ge=1, le=MAX_K)
+    rules: RuleOptions = Field(default_factory=RuleOptions)
+
+
+class Item(BaseModel):
+    rank: int
+    product_id: str
+    score: float
+    source: str = Field(description="model, similar-to or popular")
+    name: str | None = None
+    category: str | None = None
+    price: float | None = None
+    image_url: str | None = None
+
+
+class Recommendations(BaseModel):
+    customer_id: str
+    known: bool
+    items: list[Item]
+    model_version: str
+
+
+class ModelInfo(BaseModel):
+    snapshot_as_of: str
+    customers: int
+    products: int
+    models: dict[str, dict]

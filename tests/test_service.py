@@ -1,0 +1,188 @@
+"""The send-time service in-process (full HTTP stack, no port) and as a real `bentoml serve` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from features.tables import Tables
+from features.training_set import Target
+from serving.config import ServeConfig
+from serving.exposures import ExposureLog, read_exposures
+from serving.state import NotReadyError, load_state
+from training.recommenders.train import train_recommender
+from training.tracking import configure_tracking
+from training.train import train_classifier
+
+AS_OF = "2025-10-01"
+
+
+@pytest.fixture(scope="module")
+def served_env(demo_dir: Path, demo_tables: Tables, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Champion churn, propensity and recommender trained on the demo shop; the service's settings."""
+    root = tmp_path_factory.mktemp("serve")
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    configure_tracking(root / "mlruns")
+    for target in Target:
+        train_classifier(demo_tables, target, AS_OF, mlruns=root / "mlruns")
+    train_recommender(demo_tables, AS_OF, "als", mlruns=root / "mlruns")
+    env = {"SENDWISE_DATA": str(demo_dir), "SENDWISE_MLRUNS": str(root / "mlruns"),
+           "SENDWISE_EXPOSURE_LOG": str(root / "exposures.jsonl")}
+    yield env
+    mp.undo()
+
+
+API_KEY = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def client(served_env: dict[str, str]):
+    """One app per process (BentoML registers its metrics globally), with an API key configured."""
+    mp = pytest.MonkeyPatch()
+    for key, value in served_env.items():
+        mp.setenv(key, value)
+    mp.setenv("SENDWISE_API_KEY", API_KEY)
+    from serving.service import Sendwise
+
+    with TestClient(Sendwise.to_asgi(), headers={"x-api-key": API_KEY}) as test_client:
+        yield test_client
+    mp.undo()
+
+
+
+
+def test_score_known_unknown_and_batch(client: TestClient, demo_tables: Tables) -> None:
+    buyer = demo_tables.con.sql("SELECT customer_id FROM orders ORDER BY customer_id LIMIT 1").fetchall()[0][0]
+    got = client.post("/score", json={"customer_id": buyer})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["known"] is True and 0 <= body["purchase_probability"] <= 1
+    assert body["churn_risk"] in ("low", "medium", "high") and len(body["reasons"]) == 3
+    assert set(body["model_versions"]) == {"churn", "propensity"}
+    unknown = client.post("/score", json={"customer_id": "nobody-123"}).json()
+    assert unknown["known"] is False and unknown["churn_probability"] is None
+    batch = client.post("/score_batch", json={"customer_ids": [buyer, "nobody-123"]}).json()
+    assert [b["known"] for b in batch] == [True, False]
+
+
+def test_recommend_applies_rules_and_logs_exposures(client: TestClient, served_env: dict, demo_tables: Tables) -> None:
+    buyer = demo_tables.con.sql("SELECT customer_id FROM orders ORDER BY customer_id LIMIT 1").fetchall()[0][0]
+    before = len(read_exposures(served_env["SENDWISE_EXPOSURE_LOG"]))
+    got = client.post("/recommend", json={"customer_id": buyer, "k": 5, "rules": {"max_per_category": 1}})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["known"] is True and len(body["items"]) == 5 and [i["rank"] for i in body["items"]] == [1, 2, 3, 4, 5]
+    categories = [i["category"] for i in body["items"]]
+    assert len(set(categories)) == len(categories)
+    bought = {r[0] for r in demo_tables.con.sql(
+        f"SELECT product_id FROM orders WHERE customer_id = '{buyer}' AND quantity > 0").fetchall()}
+    assert not bought & {i["product_id"] for i in body["items"]}
+    cold = client.post("/recommend", json={"customer_id": "nobody-123", "k": 3}).json()
+    assert cold["known"] is False and {i["source"] for i in cold["items"]} == {"popular"} and len(cold["items"]) == 3
+    batch = client.post("/recommend_batch", json={"customer_ids": [buyer, "nobody-123"], "k": 2}).json()
+    assert [len(b["items"]) for b in batch] == [2, 2]
+    logged = read_exposures(served_env["SENDWISE_EXPOSURE_LOG"])
+    assert len(logged) == before + 4 and logged[-1]["customer_id"] == "nobody-123"
+    assert set(logged[-1]) == {"request_id", "time", "customer_id", "action", "products", "variant", "probability",
+                               "model_versions"}
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/recommend", {"customer_id": "C1", "k": 500}, "k"),
+    ("/recommend", {"customer_id": ""}, "customer_id"),
+    ("/recommend", {"customer_id": "C1", "rules": {"min_price": -1}}, "min_price"),
+    ("/recommend", {"customer_id": "C1", "rules": {"min_price": 9, "max_price": 1}}, "min_price"),
+    ("/score", {"customer": "C1"}, "customer_id"),
+    ("/score_batch", {"customer_ids": ["x"] * 10_001}, "customer_ids"),
+])
+def test_bad_input_is_a_4xx_naming_the_field(client: TestClient, path: str, body: dict, field: str) -> None:
+    got = client.post(path, json=body)
+    assert 400 <= got.status_code < 500 and field in got.text, got.text
+
+
+def test_model_info_and_health(client: TestClient) -> None:
+    info = client.post("/model_info").json()
+    assert set(info["models"]) == {"churn", "propensity", "recommender"} and info["customers"] > 0
+    assert client.get("/readyz").status_code == 200
+    paths = client.get("/docs.json").json()["paths"]
+    assert {"/score", "/score_batch", "/recommend", "/recommend_batch", "/model_info"} <= set(paths)
+
+
+def test_api_key_and_body_size(client: TestClient) -> None:
+    assert client.post("/score", json={"customer_id": "C1"}, headers={"x-api-key": "wrong"}).status_code == 401
+    assert client.get("/readyz", headers={"x-api-key": ""}).status_code == 200
+    huge = b'{"customer_ids": [' + b'"x",' * 600_000 + b'"x"]}'
+    got = client.post("/score_batch", content=huge, headers={"content-type": "application/json"})
+    assert got.status_code == 413
+
+
+def test_missing_champion_or_snapshot_refuses_to_start(tmp_path: Path, demo_dir: Path, served_env: dict,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(NotReadyError, match=r"no 'churn' model has the alias 'champion'.*sendwise train churn"):
+        load_state(ServeConfig(data=demo_dir, mlruns=tmp_path / "empty"))
+    with pytest.raises(NotReadyError, match=r"snapshot .* does not exist.*sendwise features snapshot"):
+        load_state(ServeConfig(data=demo_dir, mlruns=Path(served_env["SENDWISE_MLRUNS"]),
+                               snapshot=tmp_path / "missing.parquet"))
+
+
+def test_exposure_log_keeps_acknowledged_records_when_killed(tmp_path: Path) -> None:
+    """A writer killed with SIGKILL loses no record it acknowledged; a torn tail is skipped."""
+    path, acks = tmp_path / "log.jsonl", tmp_path / "acks"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+            "from serving.exposures import ExposureLog\n"
+            f"log = ExposureLog({str(path)!r}); acks = open({str(acks)!r}, 'a', buffering=1)\n"
+            "i = 0\n"
+            "while True:\n"
+            "    log.append([{'customer_id': str(i), 'pad': 'x' * 500}]); acks.write(f'{i}\\n'); i += 1\n")
+    writer = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(1.0)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    acknowledged = {int(x) for x in acks.read_text().split()}
+    with open(path, "ab") as f:
+        f.write(b'{"customer_id": "torn')  # what a write cut midway leaves
+    logged = {int(r["customer_id"]) for r in read_exposures(path)}
+    assert len(acknowledged) > 10 and acknowledged <= logged
+    ExposureLog(path).append([{"customer_id": "after"}])  # appending after a torn tail still works
+    assert read_exposures(path)[-1]["customer_id"] == "after"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_bentoml_serve_process(served_env: dict) -> None:
+    port = _free_port()
+    env = os.environ | served_env | {"BENTOML_DO_NOT_TRACK": "true", "SENDWISE_API_KEY": ""}
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise",
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            time.sleep(0.5)
+        got = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"customer_id": "nobody", "k": 3}, timeout=10)
+        assert got.status_code == 200 and got.json()["known"] is False
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
