@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 
 from features.cli import data_app, features_app
+from sendwise.demo import run_demo
+from serving.cli import serve
 from training.cli import models_app, score, train_app
 from training.recommenders.cli import evaluate_app, recommend, train_recommender_command
-from sendwise.demo import run_demo
 
 app = typer.Typer(help="sendwise: ML for marketing email, self-hosted.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -22,6 +23,7 @@ train_app.command("recommender")(train_recommender_command)
 app.add_typer(evaluate_app, name="evaluate")
 app.command("score")(score)
 app.command("recommend")(recommend)
+app.command("serve")(serve)
 
 
 @app.command("demo")

@@ -1,0 +1,58 @@
+"""``sendwise serve``: checks that the service can start, then runs ``bentoml serve``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from features.cli import DataDir
+from sendwise.console import console, reports_user_errors
+from serving.config import ServeConfig
+from serving.state import NotReadyError
+from training.recommenders.store import REGISTERED_NAME
+from training.registry import alias_version
+from training.tracking import configure_tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def preflight(config: ServeConfig) -> None:
+    """Fail fast, naming what is missing and the command that creates it."""
+    if not config.data.is_dir():
+        raise NotReadyError(f"data directory {config.data} does not exist.")
+    if config.snapshot is not None and not config.snapshot.exists():
+        raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
+                            f"`sendwise features snapshot --data {config.data} --out {config.snapshot}`.")
+    configure_tracking(config.mlruns)
+    for name, alias in (("churn", config.churn_alias), ("propensity", config.propensity_alias),
+                        (REGISTERED_NAME, config.recommender_alias)):
+        if alias_version(name, alias) is None:
+            raise NotReadyError(f"no '{name}' model has the alias '{alias}' in {config.mlruns}. Create it with "
+                                f"`sendwise train {name} --data DIR --as-of DATE`.")
+
+
+@reports_user_errors
+def serve(
+    data: DataDir,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    snapshot: Annotated[Path | None, typer.Option(help="Feature snapshot (default: built from --data).")] = None,
+    mlruns: Annotated[Path, typer.Option(help="MLflow store root (MLFLOW_TRACKING_URI overrides).")] = Path("mlruns"),
+    exposure_log: Annotated[Path, typer.Option(help="Append-only exposure log.")] = Path("exposures/exposures.jsonl"),
+) -> None:
+    """Start the send-time service (BentoML) with the champion models."""
+    config = ServeConfig(data=data, snapshot=snapshot, mlruns=mlruns, exposure_log=exposure_log,
+                         api_key=os.environ.get("SENDWISE_API_KEY") or None)
+    try:
+        preflight(config)
+    except NotReadyError as exc:
+        raise LookupError(str(exc)) from exc
+    console.print(f"serving on http://{host}:{port} (OpenAPI: /docs.json); models from {mlruns}")
+    env = os.environ | config.to_env() | {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(command, cwd=ROOT, env=env))
