@@ -13,6 +13,7 @@ import typer
 from features.cli import DataDir
 from sendwise.console import console, reports_user_errors
 from serving.config import ServeConfig
+from serving.policy import Policy
 from serving.state import NotReadyError
 from training.recommenders.store import REGISTERED_NAME
 from training.registry import alias_version
@@ -25,6 +26,7 @@ def preflight(config: ServeConfig) -> None:
     """Fail fast, naming what is missing and the command that creates it."""
     if not config.data.is_dir():
         raise NotReadyError(f"data directory {config.data} does not exist.")
+    Policy.load(config.policy) if config.policy else Policy.load()  # a bad policy file fails here
     if config.snapshot is not None and not config.snapshot.exists():
         raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
                             f"`sendwise features snapshot --data {config.data} --out {config.snapshot}`.")
@@ -44,10 +46,12 @@ def serve(
     snapshot: Annotated[Path | None, typer.Option(help="Feature snapshot (default: built from --data).")] = None,
     mlruns: Annotated[Path, typer.Option(help="MLflow store root (MLFLOW_TRACKING_URI overrides).")] = Path("mlruns"),
     exposure_log: Annotated[Path, typer.Option(help="Append-only exposure log.")] = Path("exposures/exposures.jsonl"),
+    policy: Annotated[Path | None, typer.Option(help="Next-best-action policy YAML (default: serving/policy.yaml).")] = None,
+    currency: Annotated[str, typer.Option(help="ISO code of the catalog's prices.")] = "GBP",
 ) -> None:
     """Start the send-time service (BentoML) with the champion models."""
     config = ServeConfig(data=data, snapshot=snapshot, mlruns=mlruns, exposure_log=exposure_log,
-                         api_key=os.environ.get("SENDWISE_API_KEY") or None)
+                         api_key=os.environ.get("SENDWISE_API_KEY") or None, policy=policy, currency=currency)
     try:
         preflight(config)
     except NotReadyError as exc:

@@ -8,6 +8,8 @@
 | ``SENDWISE_CHURN_ALIAS``, ``SENDWISE_PROPENSITY_ALIAS``, ``SENDWISE_RECOMMENDER_ALIAS`` | registry aliases | ``champion`` |
 | ``SENDWISE_EXPOSURE_LOG`` | append-only exposure log | ``exposures/exposures.jsonl`` |
 | ``SENDWISE_API_KEY`` | when set, requests need header ``x-api-key`` with this value | none |
+| ``SENDWISE_POLICY`` | next-best-action policy YAML | ``serving/policy.yaml`` |
+| ``SENDWISE_CURRENCY`` | currency of catalog prices (ISO code) | ``GBP`` |
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class ServeConfig(BaseModel):
     recommender_alias: str = "champion"
     exposure_log: Path = Path("exposures/exposures.jsonl")
     api_key: str | None = None
+    policy: Path | None = None
+    currency: str = "GBP"
 
     @classmethod
     def from_env(cls) -> ServeConfig:
@@ -43,6 +47,8 @@ class ServeConfig(BaseModel):
             "recommender_alias": os.environ.get("SENDWISE_RECOMMENDER_ALIAS"),
             "exposure_log": os.environ.get("SENDWISE_EXPOSURE_LOG"),
             "api_key": os.environ.get("SENDWISE_API_KEY") or None,
+            "policy": os.environ.get("SENDWISE_POLICY") or None,
+            "currency": os.environ.get("SENDWISE_CURRENCY") or None,
         }
         return cls(data=Path(data), **{k: v for k, v in env.items() if v is not None})
 
@@ -55,4 +61,7 @@ class ServeConfig(BaseModel):
             env["SENDWISE_SNAPSHOT"] = str(self.snapshot.resolve())
         if self.api_key:
             env["SENDWISE_API_KEY"] = self.api_key
+        if self.policy:
+            env["SENDWISE_POLICY"] = str(self.policy.resolve())
+        env["SENDWISE_CURRENCY"] = self.currency
         return env

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.product_block import ProductBlock
 from training.recommenders.batch import MAX_K
 from training.recommenders.rules import BusinessRules
 
@@ -91,3 +92,54 @@ class ModelInfo(BaseModel):
     customers: int
     products: int
     models: dict[str, dict]
+
+
+Campaign = Field("sendwise", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$", examples=["spring_sale"])
+
+
+class ProductBlockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = CustomerId
+    k: int = Field(4, ge=1, le=MAX_K)
+    campaign: str = Campaign
+    heading: str | None = Field(None, max_length=200)
+    rules: RuleOptions = Field(default_factory=RuleOptions)
+
+
+class ProductBlockBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH)
+    k: int = Field(4, ge=1, le=MAX_K)
+    campaign: str = Campaign
+    heading: str | None = Field(None, max_length=200)
+    rules: RuleOptions = Field(default_factory=RuleOptions)
+
+
+class NextBestActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = CustomerId
+    k: int = Field(4, ge=1, le=MAX_K, description="products in the product block")
+    campaign: str = Campaign
+
+
+class NextBestActionBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH)
+    k: int = Field(4, ge=1, le=MAX_K)
+    campaign: str = Campaign
+
+
+class NextBestAction(BaseModel):
+    customer_id: str
+    known: bool
+    request_id: str
+    action: str = Field(examples=["winback"])
+    offer: str
+    content_blocks: list[str]
+    product_block: ProductBlock | None
+    reasons: list[str] = Field(description="the policy conditions that chose the action")
+    score_reasons: list[str] = Field(description="the churn / propensity model's reason codes")
+    model_versions: dict[str, str]
+    variant: str | None = Field(None, description="experiment variant (none until an experiment runs)")
+    probability: float
+    explored: bool

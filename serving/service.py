@@ -7,6 +7,7 @@ loaded in ``__init__`` (see :mod:`serving.state`), never at import.
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from datetime import UTC, datetime
 
@@ -15,12 +16,19 @@ import pandas as pd
 from bentoml.exceptions import InvalidArgument
 from starlette.responses import JSONResponse
 
-from features.schema import CATEGORY, CUSTOMER_ID, IMAGE_URL, NAME, PRICE, PRODUCT_ID
+from features.schema import CATEGORY, CUSTOMER_ID, IMAGE_URL, NAME, PRICE, PRODUCT_ID, URL
 from serving.config import ServeConfig
 from serving.exposures import ExposureLog
+from serving.policy import Decision, Policy, decide
+from serving.product_block import BlockItem, ProductBlock, format_price, render_html, with_utm
 from serving.schemas import (
     Item,
     ModelInfo,
+    NextBestAction,
+    NextBestActionBatchRequest,
+    NextBestActionRequest,
+    ProductBlockBatchRequest,
+    ProductBlockRequest,
     Recommendations,
     RecommendBatchRequest,
     RecommendRequest,
@@ -31,6 +39,7 @@ from serving.schemas import (
 )
 from serving.state import load_state
 from training.recommenders.metrics import RANK, SCORE, SOURCE
+from training.recommenders.rules import BusinessRules
 
 MAX_BODY_BYTES = 2_000_000  # a 10,000-customer batch is about 200 kB
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/")
@@ -62,6 +71,9 @@ class Sendwise:
         config = ServeConfig.from_env()
         self.state = load_state(config)
         self.exposures = ExposureLog(config.exposure_log)
+        self.policy = Policy.load(config.policy) if config.policy else Policy.load()
+        self.currency = config.currency
+        self.rng = random.Random()
 
     # scores -----------------------------------------------------------------------------------
     def _score(self, customer_id: str) -> Score:
@@ -83,7 +95,7 @@ class Sendwise:
         return [self._score(c) for c in request.customer_ids]
 
     # recommendations ---------------------------------------------------------------------------
-    def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions) -> list[Recommendations]:
+    def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True) -> list[Recommendations]:
         try:
             rules = options.rules()
         except ValueError as exc:
@@ -104,15 +116,19 @@ class Sendwise:
                 for r in group.to_dict("records")]
             out.append(Recommendations(customer_id=cid, known=cid in known, items=items,
                                        model_version=self.state.recommender_version))
-        self._log(out)
+        if log:
+            self._log([(r.customer_id, "recommend", [i.product_id for i in r.items], 1.0) for r in out],
+                      {"recommender": self.state.recommender_version})
         return out
 
-    def _log(self, results: list[Recommendations]) -> None:
+    def _log(self, decisions: list[tuple[str, str, list[str], float]], versions: dict[str, str]) -> str:
+        """Append one exposure per (customer, action, products, probability); returns the request id."""
         now, request_id = datetime.now(UTC).isoformat(), uuid.uuid4().hex
         self.exposures.append([
-            {"request_id": request_id, "time": now, "customer_id": r.customer_id, "action": "recommend",
-             "products": [i.product_id for i in r.items], "variant": None, "probability": 1.0,
-             "model_versions": {"recommender": r.model_version}} for r in results])
+            {"request_id": request_id, "time": now, "customer_id": cid, "action": action, "products": products,
+             "variant": None, "probability": probability, "model_versions": versions}
+            for cid, action, products, probability in decisions])
+        return request_id
 
     @bentoml.api(route="/recommend")
     def recommend(self, request: RecommendRequest, /) -> Recommendations:
@@ -123,6 +139,91 @@ class Sendwise:
     def recommend_batch(self, request: RecommendBatchRequest, /) -> list[Recommendations]:
         """The same for up to 10,000 customers (campaign precompute)."""
         return self._recommend(list(dict.fromkeys(request.customer_ids)), request.k, request.rules)
+
+    # product blocks and next best action ---------------------------------------------------------
+    def _because(self, recs: list[Recommendations]) -> dict[tuple[str, str], str]:
+        """(customer, product) -> "Because you bought X" for model picks, X the customer's bought
+        product most similar to the pick under the model."""
+        model, context = self.state.recommender, self.state.recommendations
+        bought = context.excluded(pd.Index([r.customer_id for r in recs if r.known]), BusinessRules())
+        by_customer = bought.groupby(CUSTOMER_ID)[PRODUCT_ID].apply(list).to_dict()
+        names = context.products[NAME]
+        out = {}
+        for r in recs:
+            picks = [i.product_id for i in r.items if i.source != "popular"]
+            history = by_customer.get(r.customer_id, [])
+            if not picks or not history:
+                continue
+            best = model.most_similar(model.product_ids_.get_indexer(picks), model.product_ids_.get_indexer(history))
+            if best is None:
+                continue
+            for pick, b in zip(picks, best, strict=True):
+                name = names.get(history[b])
+                out[(r.customer_id, pick)] = f"Because you bought {name if isinstance(name, str) else history[b]}"
+        return out
+
+    def _blocks(self, recs: list[Recommendations], campaign: str, heading: str | None) -> list[ProductBlock]:
+        because, urls = self._because(recs), self.state.recommendations.products[URL]
+        blocks = []
+        for r in recs:
+            items = [BlockItem(product_id=i.product_id, name=i.name or i.product_id,
+                               price=format_price(i.price, self.currency), image_url=i.image_url,
+                               link=with_utm(urls.get(i.product_id), campaign),
+                               reason=because.get((r.customer_id, i.product_id),
+                                                  "Popular right now" if i.source == "popular" else "Picked for you"))
+                     for i in r.items]
+            title = heading or ("Picked for you" if r.known else "Popular right now")
+            blocks.append(ProductBlock(customer_id=r.customer_id, known=r.known, heading=title, items=items,
+                                       html=render_html(title, items), model_version=r.model_version))
+        return blocks
+
+    def _product_blocks(self, customer_ids: list[str], k: int, options: RuleOptions, campaign: str,
+                        heading: str | None) -> list[ProductBlock]:
+        blocks = self._blocks(self._recommend(customer_ids, k, options, log=False), campaign, heading)
+        self._log([(b.customer_id, "product_block", [i.product_id for i in b.items], 1.0) for b in blocks],
+                  {"recommender": self.state.recommender_version})
+        return blocks
+
+    @bentoml.api(route="/product_block")
+    def product_block(self, request: ProductBlockRequest, /) -> ProductBlock:
+        """Everything an email needs to show recommended products, with an email-safe HTML fragment."""
+        return self._product_blocks([request.customer_id], request.k, request.rules, request.campaign,
+                                    request.heading)[0]
+
+    @bentoml.api(route="/product_block_batch")
+    def product_block_batch(self, request: ProductBlockBatchRequest, /) -> list[ProductBlock]:
+        """The same for up to 10,000 customers."""
+        return self._product_blocks(list(dict.fromkeys(request.customer_ids)), request.k, request.rules,
+                                    request.campaign, request.heading)
+
+    def _next_best_actions(self, customer_ids: list[str], k: int, campaign: str) -> list[NextBestAction]:
+        decisions: list[Decision] = [decide(self.policy, self.state.signals.get(c, {}), self.rng) for c in customer_ids]
+        wanted = [c for c, d in zip(customer_ids, decisions, strict=True) if "product_block" in d.content_blocks]
+        blocks = {b.customer_id: b for b in self._blocks(self._recommend(wanted, k, RuleOptions(), log=False),
+                                                         campaign, None)} if wanted else {}
+        versions = self.state.versions
+        request_id = self._log([(c, d.action, [i.product_id for i in blocks[c].items] if c in blocks else [],
+                                 d.probability) for c, d in zip(customer_ids, decisions, strict=True)], versions)
+        return [NextBestAction(customer_id=c, known=c in self.state.scores, request_id=request_id,
+                               product_block=blocks.get(c), model_versions=versions, variant=None,
+                               score_reasons=(self.state.scores.get(c) or {}).get("reasons", []), **d.model_dump())
+                for c, d in zip(customer_ids, decisions, strict=True)]
+
+    @bentoml.api(route="/next_best_action")
+    def next_best_action(self, request: NextBestActionRequest, /) -> NextBestAction:
+        """The action the policy (serving/policy.yaml) picks, with offer, content blocks, product
+        block, reasons, model versions and the probability of the pick."""
+        return self._next_best_actions([request.customer_id], request.k, request.campaign)[0]
+
+    @bentoml.api(route="/next_best_action_batch")
+    def next_best_action_batch(self, request: NextBestActionBatchRequest, /) -> list[NextBestAction]:
+        """The same for up to 10,000 customers (campaign precompute)."""
+        return self._next_best_actions(list(dict.fromkeys(request.customer_ids)), request.k, request.campaign)
+
+    @bentoml.api(route="/ping")
+    def ping(self) -> dict:
+        """A trivial endpoint: the latency floor of this service, for benchmarks."""
+        return {"ok": True}
 
     @bentoml.api(route="/model_info")
     def model_info(self) -> ModelInfo:

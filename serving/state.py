@@ -25,6 +25,9 @@ from training.scoring import REASONS, score_features
 from training.tracking import configure_tracking
 
 SCORE_FIELDS = ("churn_probability", "purchase_probability", "churn_risk", "rfm_segment", "lifecycle_stage")
+# Snapshot features the next-best-action policy may use as signals (with the score fields).
+SIGNAL_FEATURES = ("email_consent", "unsubscribed", "emails_sent_7d", "cart_abandoned_1d", "views_1d",
+                   "recency_days", "orders_count", "country")
 
 
 class NotReadyError(RuntimeError):
@@ -35,6 +38,7 @@ class NotReadyError(RuntimeError):
 class ServingState:
     as_of: datetime
     scores: dict[str, dict]  # customer_id -> score fields and reasons
+    signals: dict[str, dict]  # customer_id -> policy signals (score fields and SIGNAL_FEATURES)
     churn: ModelBundle
     propensity: ModelBundle
     recommender: Recommender
@@ -56,6 +60,16 @@ def _score_table(features: pd.DataFrame, churn: ModelBundle, propensity: ModelBu
         record = dict(zip(SCORE_FIELDS, row, strict=True))
         record["reasons"] = [r for r in why if isinstance(r, str)]
         out[cid] = record
+    return out
+
+
+def _signals(features: pd.DataFrame, scores: dict[str, dict]) -> dict[str, dict]:
+    table = features[[CUSTOMER_ID, *SIGNAL_FEATURES]]
+    table = table.astype(object).where(table.notna(), None)
+    out = {}
+    for row in table.to_dict("records"):
+        cid = row.pop(CUSTOMER_ID)
+        out[cid] = row | {k: scores[cid][k] for k in SCORE_FIELDS}
     return out
 
 
@@ -81,5 +95,6 @@ def load_state(config: ServeConfig) -> ServingState:
     else:
         as_of = snapshot_as_of(tables)
         features = build_features(tables, as_of)
-    return ServingState(as_of, _score_table(features, churn, propensity), churn, propensity, recommender,
+    scores = _score_table(features, churn, propensity)
+    return ServingState(as_of, scores, _signals(features, scores), churn, propensity, recommender,
                         recommender_version, RecommendationContext(tables, as_of, recommender))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -186,3 +188,57 @@ def test_real_bentoml_serve_process(served_env: dict) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_next_best_action_suppresses_without_consent_and_explains(client: TestClient, served_env: dict) -> None:
+    suppressed = client.post("/next_best_action", json={"customer_id": "C108"}).json()
+    assert suppressed["action"] == "suppress" and suppressed["product_block"] is None
+    assert suppressed["reasons"] == ["email_consent == False"]
+    got = client.post("/next_best_action", json={"customer_id": "C1", "campaign": "spring"})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["action"] != "suppress" and body["probability"] == 1.0 and body["reasons"]
+    assert set(body["model_versions"]) == {"churn", "propensity", "recommender"}
+    assert "utm_campaign=spring" in body["product_block"]["items"][0]["link"]
+    batch = client.post("/next_best_action_batch", json={"customer_ids": ["C108", "C1", "nobody"]}).json()
+    assert [b["action"] for b in batch][:2] == ["suppress", body["action"]] and batch[2]["known"] is False
+    logged = read_exposures(served_env["SENDWISE_EXPOSURE_LOG"])[-3:]
+    assert [r["action"] for r in logged] == [b["action"] for b in batch]
+    assert len({r["request_id"] for r in logged}) == 1
+
+
+def test_product_block_is_email_safe(client: TestClient) -> None:
+    got = client.post("/product_block", json={"customer_id": "C1", "k": 3, "campaign": "spring"})
+    assert got.status_code == 200, got.text
+    block = got.json()
+    assert len(block["items"]) == 3 and block["heading"] == "Picked for you"
+    assert all(i["price"].startswith("£") for i in block["items"])
+    assert any(i["reason"].startswith("Because you bought ") for i in block["items"])
+    html = block["html"]
+    assert html.startswith("<table") and "<script" not in html and "{" not in html and "}" not in html
+    assert html.count('alt="') == sum(1 for i in block["items"] if i["image_url"])
+    cold = client.post("/product_block", json={"customer_id": "nobody"}).json()
+    assert cold["heading"] == "Popular right now" and {i["reason"] for i in cold["items"]} == {"Popular right now"}
+
+
+def test_product_block_renders_in_liquid_and_handlebars(client: TestClient) -> None:
+    from liquid import Template
+
+    block = client.post("/product_block", json={"customer_id": "C1", "k": 3}).json()
+    data = {"FirstName": "Ada", "block": block["html"], "recommendations": block["items"]}
+    liquid = Template("Hi {{ FirstName }},\n{{ block }}\n{% for r in recommendations %}{{ r.name }}|{% endfor %}")
+    out = liquid.render(**data)
+    assert out.startswith("Hi Ada,") and block["html"] in out
+    assert out.endswith("".join(f"{i['name']}|" for i in block["items"]))
+
+    node = shutil.which("node")
+    modules = Path(__file__).resolve().parents[1] / ".ci" / "node" / "node_modules"
+    if node is None or not (modules / "handlebars").exists():
+        pytest.skip("node or the handlebars package is absent (.ci/run installs it with npm)")
+    script = ("const H = require('handlebars'); const d = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "process.stdout.write(H.compile('Hi {{FirstName}},\\n{{{block}}}\\n"
+              "{{#each recommendations}}{{name}}|{{/each}}')(d));")
+    done = subprocess.run([node, "-e", script], input=json.dumps(data), capture_output=True, text=True,
+                          env=os.environ | {"NODE_PATH": str(modules)}, timeout=60, check=True)
+    assert done.stdout.startswith("Hi Ada,") and block["html"] in done.stdout
+    assert done.stdout.endswith("".join(f"{i['name']}|" for i in block["items"]))

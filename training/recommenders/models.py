@@ -80,6 +80,11 @@ class Recommender:
         the current ``interactions``, which these models score directly."""
         return interactions.rows(customer_ids)
 
+    def most_similar(self, items: np.ndarray, candidates: np.ndarray) -> np.ndarray | None:
+        """For each product column in ``items``, the position in ``candidates`` of the most similar
+        product, or None when the model has no notion of product similarity."""
+        return None
+
     def history(self, rows: np.ndarray) -> sp.csr_matrix:
         """The training interactions of model rows ``rows`` (kept only by models that score from
         them; others return empty rows)."""
@@ -209,6 +214,11 @@ class _Factors(Recommender):
         self.user_factors_ = np.asarray(model.user_factors, np.float32)
         self.item_factors_ = np.asarray(model.item_factors, np.float32)
 
+    def most_similar(self, items, candidates):
+        """Cosine similarity of the item factors."""
+        f = self.item_factors_ / np.maximum(np.linalg.norm(self.item_factors_, axis=1, keepdims=True), 1e-12)
+        return np.argmax(f[items] @ f[candidates].T, axis=1)
+
     def rows_for(self, customer_ids, interactions):
         """The customer's row of the fitted user factors."""
         return self.customer_ids_.get_indexer(customer_ids)
@@ -272,6 +282,9 @@ class ItemKNNRecommender(Recommender):
 
     def history(self, rows):
         return select_rows(self.user_items_, rows)
+
+    def most_similar(self, items, candidates):
+        return np.asarray(self.similarity_[items][:, candidates].todense()).argmax(axis=1)
 
     def _dense_scores(self, rows, user_items):
         return (user_items.astype(np.float32) @ self.similarity_).toarray()

@@ -1,0 +1,95 @@
+"""Next-best-action policy: declarative rules over customer signals, loaded from YAML.
+
+See ``serving/policy.yaml`` for the default and the rule language. Suppression (no consent,
+unsubscribed, frequency cap) is checked first and can never be explored away.
+"""
+
+from __future__ import annotations
+
+import operator
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
+OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+       ">=": operator.ge, "in": lambda a, b: a in b}
+SUPPRESS = "suppress"
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    signal: str
+    op: Literal["==", "!=", "<", "<=", ">", ">=", "in"]
+    value: Any
+
+    def holds(self, signals: dict) -> bool:
+        got = signals.get(self.signal)
+        if got is None:
+            return False
+        try:
+            return bool(OPS[self.op](got, self.value))
+        except TypeError:
+            return False
+
+    def describe(self) -> str:
+        return f"{self.signal} {self.op} {self.value}"
+
+
+class ActionRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    action: str
+    when: tuple[Condition, ...] = ()
+    offer: str = "none"
+    content_blocks: tuple[str, ...] = ()
+
+    def holds(self, signals: dict) -> bool:
+        return all(c.holds(signals) for c in self.when)
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    suppress_when: tuple[Condition, ...] = ()
+    actions: tuple[ActionRule, ...] = Field(..., min_length=1)
+    exploration_epsilon: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _has_default(self) -> Policy:
+        if self.actions[-1].when:
+            raise ValueError("the last action must have no conditions: it is the default")
+        if any(a.action == SUPPRESS for a in self.actions):
+            raise ValueError("'suppress' is reserved for suppress_when")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | str = DEFAULT_POLICY) -> Policy:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+class Decision(BaseModel):
+    action: str
+    offer: str
+    content_blocks: list[str]
+    reasons: list[str]
+    probability: float = Field(description="probability that the policy picks this action for this customer")
+    explored: bool
+
+
+def decide(policy: Policy, signals: dict, rng: random.Random) -> Decision:
+    """The action for one customer's ``signals``."""
+    suppressed = [c.describe() for c in policy.suppress_when if c.holds(signals)]
+    if suppressed:
+        return Decision(action=SUPPRESS, offer="none", content_blocks=[], reasons=suppressed,
+                        probability=1.0, explored=False)
+    eligible = [a for a in policy.actions if a.holds(signals)]
+    greedy, others = eligible[0], eligible[1:]
+    eps = policy.exploration_epsilon if others else 0.0
+    explored = eps > 0 and rng.random() < eps
+    chosen = rng.choice(others) if explored else greedy
+    probability = eps / len(others) if explored else 1.0 - eps
+    reasons = [c.describe() for c in chosen.when] or ["default action"]
+    return Decision(action=chosen.action, offer=chosen.offer, content_blocks=list(chosen.content_blocks),
+                    reasons=reasons, probability=probability, explored=explored)

@@ -1,0 +1,70 @@
+"""The product block of an email: items with formatted prices, UTM links, a reason each, and an
+email-safe HTML fragment (tables, inline CSS, alt text, a grey box when an image is missing).
+
+The fragment never contains ``{`` or ``}`` (escaped as HTML entities), so it can be pasted into a
+Liquid or Handlebars template without being read as template syntax.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import jinja2
+from markupsafe import Markup, escape
+from pydantic import BaseModel
+
+CURRENCY_SYMBOLS = {"GBP": "£", "EUR": "€", "USD": "$", "JPY": "¥"}
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+class BlockItem(BaseModel):
+    product_id: str
+    name: str
+    price: str | None
+    image_url: str | None
+    link: str
+    reason: str
+
+
+class ProductBlock(BaseModel):
+    customer_id: str
+    known: bool
+    heading: str
+    items: list[BlockItem]
+    html: str
+    model_version: str
+
+
+def format_price(value: float | None, currency: str) -> str | None:
+    if value is None:
+        return None
+    symbol = CURRENCY_SYMBOLS.get(currency.upper())
+    return f"{symbol}{value:,.2f}" if symbol else f"{value:,.2f} {currency.upper()}"
+
+
+def with_utm(url: str | None, campaign: str, content: str = "product_block") -> str:
+    """``url`` with utm_source / medium / campaign / content set (existing query kept)."""
+    if not url:
+        return "#"
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query)) | {"utm_source": "sendwise", "utm_medium": "email",
+                                            "utm_campaign": campaign, "utm_content": content}
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _email_safe(value: object) -> Markup:
+    """HTML-escape, and escape braces so no template language reads the fragment as its own."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(str(escape("" if value is None else value)).replace("{", "&#123;").replace("}", "&#125;"))
+
+
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, finalize=_email_safe,
+                          trim_blocks=True, lstrip_blocks=True)
+
+
+def render_html(heading: str, items: list[BlockItem]) -> str:
+    if not items:
+        return ""
+    return _ENV.get_template("product_block.html.j2").render(heading=heading, items=[i.model_dump() for i in items])
