@@ -8,6 +8,7 @@
 | ``SENDWISE_CHURN_ALIAS``, ``SENDWISE_PROPENSITY_ALIAS``, ``SENDWISE_RECOMMENDER_ALIAS`` | registry aliases | ``champion`` |
 | ``SENDWISE_EXPOSURE_LOG`` | append-only exposure log | ``exposures/exposures.jsonl`` |
 | ``SENDWISE_API_KEY`` | when set, requests need header ``x-api-key`` with this value | none |
+| ``SENDWISE_EXPOSURE_FSYNC`` | ``true``: force each exposure write to disk (survives a power cut) | ``false`` |
 | ``SENDWISE_POLICY`` | next-best-action policy YAML | ``serving/policy.yaml`` |
 | ``SENDWISE_CURRENCY`` | currency of catalog prices (ISO code) | ``GBP`` |
 """
@@ -30,6 +31,7 @@ class ServeConfig(BaseModel):
     propensity_alias: str = "champion"
     recommender_alias: str = "champion"
     exposure_log: Path = Path("exposures/exposures.jsonl")
+    exposure_fsync: bool = False
     api_key: str | None = None
     policy: Path | None = None
     currency: str = "GBP"
@@ -46,6 +48,7 @@ class ServeConfig(BaseModel):
             "propensity_alias": os.environ.get("SENDWISE_PROPENSITY_ALIAS"),
             "recommender_alias": os.environ.get("SENDWISE_RECOMMENDER_ALIAS"),
             "exposure_log": os.environ.get("SENDWISE_EXPOSURE_LOG"),
+            "exposure_fsync": os.environ.get("SENDWISE_EXPOSURE_FSYNC") or None,
             "api_key": os.environ.get("SENDWISE_API_KEY") or None,
             "policy": os.environ.get("SENDWISE_POLICY") or None,
             "currency": os.environ.get("SENDWISE_CURRENCY") or None,
@@ -56,7 +59,8 @@ class ServeConfig(BaseModel):
         env = {"SENDWISE_DATA": str(self.data.resolve()), "SENDWISE_MLRUNS": str(self.mlruns.resolve()),
                "SENDWISE_CHURN_ALIAS": self.churn_alias, "SENDWISE_PROPENSITY_ALIAS": self.propensity_alias,
                "SENDWISE_RECOMMENDER_ALIAS": self.recommender_alias,
-               "SENDWISE_EXPOSURE_LOG": str(self.exposure_log.resolve())}
+               "SENDWISE_EXPOSURE_LOG": str(self.exposure_log.resolve()),
+               "SENDWISE_EXPOSURE_FSYNC": str(self.exposure_fsync).lower()}
         if self.snapshot:
             env["SENDWISE_SNAPSHOT"] = str(self.snapshot.resolve())
         if self.api_key:

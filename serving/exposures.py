@@ -1,7 +1,9 @@
 """The exposure log: one JSON line per decision, appended durably.
 
-Each record is written with a single ``write`` on a file opened with ``O_APPEND`` and flushed to disk
-(``fsync``) before the request is answered, so an acknowledged record survives a killed process.
+Each request's records are written with one ``write`` on a file opened with ``O_APPEND`` before the
+request is answered: the kernel holds them, so an acknowledged record survives the process being
+killed. With ``fsync=True`` (``SENDWISE_EXPOSURE_FSYNC=true``) each write is also forced to disk, which
+survives a power cut too and costs a disk flush per request.
 A process killed mid-write can leave at most one torn last line; :func:`read_exposures` skips it
 (a line that does not end in a newline or does not parse). Records hold the customer id and no
 other personal data.
@@ -18,8 +20,8 @@ from pathlib import Path
 class ExposureLog:
     """Append-only JSON-lines file shared by the requests of one worker."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str, fsync: bool = False) -> None:
+        self.path, self.fsync = Path(path), fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._lock = threading.Lock()
@@ -28,7 +30,7 @@ class ExposureLog:
             os.fsync(self._fd)
 
     def append(self, records: list[dict]) -> None:
-        """Write ``records`` and fsync; returns only when they are on disk."""
+        """Write ``records`` (and fsync when asked); returns when the kernel has them."""
         if not records:
             return
         data = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records).encode()
@@ -36,7 +38,8 @@ class ExposureLog:
             written = os.write(self._fd, data)
             while written < len(data):  # a short write: finish it before anything else is appended
                 written += os.write(self._fd, data[written:])
-            os.fsync(self._fd)
+            if self.fsync:
+                os.fsync(self._fd)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -12,13 +12,15 @@ import uuid
 from datetime import UTC, datetime
 
 import bentoml
+import numpy as np
 import pandas as pd
 from bentoml.exceptions import InvalidArgument
 from starlette.responses import JSONResponse
 
-from features.schema import CATEGORY, CUSTOMER_ID, IMAGE_URL, NAME, PRICE, PRODUCT_ID, URL
+from features.schema import CATEGORY, IMAGE_URL, NAME, PRICE, URL
 from serving.config import ServeConfig
 from serving.exposures import ExposureLog
+from serving.lookup import PRECOMPUTED_K
 from serving.policy import Decision, Policy, decide
 from serving.product_block import BlockItem, ProductBlock, format_price, render_html, with_utm
 from serving.schemas import (
@@ -38,9 +40,8 @@ from serving.schemas import (
     ScoreRequest,
 )
 from serving.state import load_state
-from training.recommenders.metrics import RANK, SCORE, SOURCE
-from training.recommenders.rules import BusinessRules
 
+DEFAULT_RULES = RuleOptions()
 MAX_BODY_BYTES = 2_000_000  # a 10,000-customer batch is about 200 kB
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/")
 
@@ -70,7 +71,7 @@ class Sendwise:
     def __init__(self) -> None:
         config = ServeConfig.from_env()
         self.state = load_state(config)
-        self.exposures = ExposureLog(config.exposure_log)
+        self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
         self.policy = Policy.load(config.policy) if config.policy else Policy.load()
         self.currency = config.currency
         self.rng = random.Random()
@@ -96,25 +97,24 @@ class Sendwise:
 
     # recommendations ---------------------------------------------------------------------------
     def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True) -> list[Recommendations]:
-        try:
-            rules = options.rules()
-        except ValueError as exc:
-            raise InvalidArgument(f"rules: {exc}") from exc
-        recs = self.state.recommendations.recommend(pd.Index(customer_ids), k, rules)
-        products = self.state.recommendations.products
-        details = products.reindex(recs[PRODUCT_ID].to_numpy())
-        recs = recs.assign(**{c: details[c].to_numpy() for c in (NAME, CATEGORY, PRICE, IMAGE_URL)})
-        recs = recs.astype(object).where(recs.notna(), None)
-        known = set(self.state.scores)
-        by_customer = {cid: group for cid, group in recs.groupby(CUSTOMER_ID, sort=False)}
+        """Precomputed lists for the default rules (k <= 20), the full rule engine otherwise."""
+        lookup = self.state.lookup
+        if options == DEFAULT_RULES and k <= PRECOMPUTED_K:
+            picks = {cid: lookup.default_picks(cid, k) for cid in customer_ids}
+        else:
+            try:
+                rules = options.rules()
+            except ValueError as exc:
+                raise InvalidArgument(f"rules: {exc}") from exc
+            picks = lookup.frame_picks(self.state.recommendations.recommend(pd.Index(customer_ids), k, rules))
+        catalog, product_ids = lookup.catalog, lookup.product_ids
         out = []
         for cid in customer_ids:
-            group = by_customer.get(cid)
-            items = [] if group is None else [
-                Item(rank=r[RANK], product_id=r[PRODUCT_ID], score=float(r[SCORE]), source=r[SOURCE], name=r[NAME],
-                     category=r[CATEGORY], price=None if r[PRICE] is None else float(r[PRICE]), image_url=r[IMAGE_URL])
-                for r in group.to_dict("records")]
-            out.append(Recommendations(customer_id=cid, known=cid in known, items=items,
+            items = [Item(rank=rank, product_id=product_ids[p.product], score=p.score, source=p.source,
+                          name=catalog[NAME][p.product], category=catalog[CATEGORY][p.product],
+                          price=catalog[PRICE][p.product], image_url=catalog[IMAGE_URL][p.product])
+                     for rank, p in enumerate(picks.get(cid, []), start=1)]
+            out.append(Recommendations(customer_id=cid, known=cid in self.state.scores, items=items,
                                        model_version=self.state.recommender_version))
         if log:
             self._log([(r.customer_id, "recommend", [i.product_id for i in r.items], 1.0) for r in out],
@@ -141,35 +141,30 @@ class Sendwise:
         return self._recommend(list(dict.fromkeys(request.customer_ids)), request.k, request.rules)
 
     # product blocks and next best action ---------------------------------------------------------
-    def _because(self, recs: list[Recommendations]) -> dict[tuple[str, str], str]:
-        """(customer, product) -> "Because you bought X" for model picks, X the customer's bought
-        product most similar to the pick under the model."""
-        model, context = self.state.recommender, self.state.recommendations
-        bought = context.excluded(pd.Index([r.customer_id for r in recs if r.known]), BusinessRules())
-        by_customer = bought.groupby(CUSTOMER_ID)[PRODUCT_ID].apply(list).to_dict()
-        names = context.products[NAME]
-        out = {}
-        for r in recs:
-            picks = [i.product_id for i in r.items if i.source != "popular"]
-            history = by_customer.get(r.customer_id, [])
-            if not picks or not history:
-                continue
-            best = model.most_similar(model.product_ids_.get_indexer(picks), model.product_ids_.get_indexer(history))
-            if best is None:
-                continue
-            for pick, b in zip(picks, best, strict=True):
-                name = names.get(history[b])
-                out[(r.customer_id, pick)] = f"Because you bought {name if isinstance(name, str) else history[b]}"
-        return out
+    def _because(self, recs: Recommendations) -> dict[str, str]:
+        """product -> "Because you bought X" for the model's picks, X the customer's bought product
+        most similar to the pick under the model."""
+        lookup, model = self.state.lookup, self.state.recommender
+        picks = [i.product_id for i in recs.items if i.source != "popular"]
+        history = lookup.bought(recs.customer_id) if recs.known and picks else []
+        if not len(history):
+            return {}
+        best = model.most_similar(np.array([lookup.column[p] for p in picks]), history)
+        if best is None:
+            return {}
+        names = lookup.catalog[NAME]
+        return {pick: f"Because you bought {names[history[b]] or lookup.product_ids[history[b]]}"
+                for pick, b in zip(picks, best, strict=True)}
 
     def _blocks(self, recs: list[Recommendations], campaign: str, heading: str | None) -> list[ProductBlock]:
-        because, urls = self._because(recs), self.state.recommendations.products[URL]
+        lookup = self.state.lookup
         blocks = []
         for r in recs:
+            because = self._because(r)
             items = [BlockItem(product_id=i.product_id, name=i.name or i.product_id,
                                price=format_price(i.price, self.currency), image_url=i.image_url,
-                               link=with_utm(urls.get(i.product_id), campaign),
-                               reason=because.get((r.customer_id, i.product_id),
+                               link=with_utm(lookup.catalog[URL][lookup.column[i.product_id]], campaign),
+                               reason=because.get(i.product_id,
                                                   "Popular right now" if i.source == "popular" else "Picked for you"))
                      for i in r.items]
             title = heading or ("Picked for you" if r.known else "Popular right now")

@@ -16,6 +16,7 @@ from features.io import load_data_dir
 from features.schema import CUSTOMER_ID
 from features.snapshot import read_snapshot, snapshot_as_of
 from serving.config import ServeConfig
+from serving.lookup import Lookup
 from training.model import ModelBundle
 from training.recommenders.batch import RecommendationContext
 from training.recommenders.models import Recommender
@@ -44,6 +45,7 @@ class ServingState:
     recommender: Recommender
     recommender_version: str
     recommendations: RecommendationContext
+    lookup: Lookup
 
     @property
     def versions(self) -> dict[str, str]:
@@ -96,5 +98,6 @@ def load_state(config: ServeConfig) -> ServingState:
         as_of = snapshot_as_of(tables)
         features = build_features(tables, as_of)
     scores = _score_table(features, churn, propensity)
+    context = RecommendationContext(tables, as_of, recommender)
     return ServingState(as_of, scores, _signals(features, scores), churn, propensity, recommender,
-                        recommender_version, RecommendationContext(tables, as_of, recommender))
+                        recommender_version, context, Lookup(context))

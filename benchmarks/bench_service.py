@@ -1,0 +1,174 @@
+"""Latency and throughput of the real server (``bentoml serve`` on 127.0.0.1) on a generated shop.
+
+    python benchmarks/bench_service.py            # 10,000 customers, 2,000 sequential requests per endpoint
+    python benchmarks/bench_service.py --quick    # 2,000 customers, 300 requests
+
+Per endpoint: sequential p50 / p99, throughput with 8 concurrent clients for a fixed time, all next
+to the service's trivial ``/ping`` in the same run; a 1,000-customer ``/next_best_action_batch``;
+RSS of the server processes. Writes benchmarks/results/service.json (service_quick.json) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from features.demo import DemoShop, generate_demo  # noqa: E402
+from features.io import load_data_dir  # noqa: E402
+from features.training_set import Target  # noqa: E402
+from training.recommenders.train import train_recommender  # noqa: E402
+from training.train import train_classifier  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / ".work"
+TARGETS = {"next_best_action_p50_ms": 3.0, "next_best_action_p99_ms": 8.0, "concurrent_vs_trivial": 0.70,
+           "batch_1000_ms": 200.0}
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def sequential(url: str, bodies: list[dict]) -> dict:
+    times = []
+    with httpx.Client(timeout=30) as client:
+        for body in bodies[:20]:  # warm-up
+            client.post(url, json=body)
+        for body in bodies:
+            start = time.perf_counter()
+            response = client.post(url, json=body)
+            times.append((time.perf_counter() - start) * 1000)
+            response.raise_for_status()
+    return {"requests": len(times), "p50_ms": round(statistics.median(times), 2),
+            "p99_ms": round(percentile(times, 99), 2)}
+
+
+def concurrent(url: str, bodies: list[dict], clients: int, seconds: float) -> dict:
+    done, errors, stop = [0] * clients, [0] * clients, time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        rng = random.Random(i)
+        with httpx.Client(timeout=30) as client:
+            while time.perf_counter() < stop:
+                if client.post(url, json=rng.choice(bodies)).status_code == 200:
+                    done[i] += 1
+                else:
+                    errors[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"clients": clients, "seconds": seconds, "requests_per_s": round(sum(done) / seconds, 1),
+            "errors": sum(errors)}
+
+
+def prepare(customers: int) -> tuple[Path, Path]:
+    data = WORK / f"demo_{customers}"
+    if not (data / "orders.parquet").exists():
+        generate_demo(DemoShop(customers=customers, seed=0), data)
+    mlruns = Path(tempfile.mkdtemp(prefix="sendwise-bench-serve-"))
+    tables, _ = load_data_dir(data, None)
+    for target in Target:
+        train_classifier(tables, target, "2025-10-01", mlruns=mlruns)
+    train_recommender(tables, "2025-10-01", "als", mlruns=mlruns)
+    return data, mlruns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    customers, n, seconds = (2_000, 300, 5.0) if args.quick else (10_000, 2_000, 15.0)
+    data, mlruns = prepare(customers)
+    port = free_port()
+    env = os.environ | {"SENDWISE_DATA": str(data), "SENDWISE_MLRUNS": str(mlruns),
+                        "SENDWISE_EXPOSURE_LOG": str(mlruns / "exposures.jsonl")}
+    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host",
+                               "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.perf_counter() - started > 600:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.5)
+        startup_s = time.perf_counter() - started
+        tables, _ = load_data_dir(data, None)
+        ids = [r[0] for r in tables.con.sql("SELECT DISTINCT customer_id FROM orders").fetchall()]
+        rng = random.Random(0)
+        bodies = [{"customer_id": rng.choice(ids)} for _ in range(n)]
+        endpoints = {"ping": ([{}] * n), "next_best_action": bodies, "product_block": bodies, "score": bodies}
+        results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                         "when": datetime.now(UTC).isoformat(timespec="seconds"), "customers": customers,
+                         "startup_s": round(startup_s, 1), "targets": TARGETS, "endpoints": {}}
+        for name, payload in endpoints.items():
+            results["endpoints"][name] = {"sequential": sequential(f"{base}/{name}", payload),
+                                          "concurrent_8": concurrent(f"{base}/{name}", payload, 8, seconds)}
+        batch_times = []
+        with httpx.Client(timeout=60) as client:
+            for _ in range(11):
+                body = {"customer_ids": rng.sample(ids, 1_000)}
+                start = time.perf_counter()
+                client.post(f"{base}/next_best_action_batch", json=body).raise_for_status()
+                batch_times.append((time.perf_counter() - start) * 1000)
+        results["next_best_action_batch_1000_ms"] = round(statistics.median(batch_times[1:]), 1)
+        procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+        results["rss_mb"] = {f"{p.pid}": round(p.memory_info().rss / 2**20) for p in procs}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    ping = results["endpoints"]["ping"]["concurrent_8"]["requests_per_s"]
+    table = Table(title=f"Service on 127.0.0.1, {customers:,} customers, 2 cores", title_justify="left")
+    for col in ("endpoint", "p50 ms", "p99 ms", "req/s at 8 clients", "vs /ping"):
+        table.add_column(col, justify="left" if col == "endpoint" else "right")
+    for name, r in results["endpoints"].items():
+        rate = r["concurrent_8"]["requests_per_s"]
+        table.add_row(f"/{name}", f"{r['sequential']['p50_ms']}", f"{r['sequential']['p99_ms']}", f"{rate}",
+                      f"{rate / ping:.0%}")
+    console.print(table)
+    console.print(f"/next_best_action_batch of 1,000: {results['next_best_action_batch_1000_ms']} ms (median of 10); "
+                  f"RSS MB per process: {results['rss_mb']}; startup {results['startup_s']} s")
+    out = ROOT / "benchmarks" / "results" / ("service_quick.json" if args.quick else "service.json")
+    out.write_text(json.dumps(results, indent=1))
+    console.print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
