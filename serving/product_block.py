@@ -7,6 +7,7 @@ Liquid or Handlebars template without being read as template syntax.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -43,6 +44,7 @@ def format_price(value: float | None, currency: str) -> str | None:
     return f"{symbol}{value:,.2f}" if symbol else f"{value:,.2f} {currency.upper()}"
 
 
+@functools.lru_cache(maxsize=100_000)
 def with_utm(url: str | None, campaign: str, content: str = "product_block") -> str:
     """``url`` with utm_source / medium / campaign / content set (existing query kept)."""
     if not url:
@@ -64,7 +66,16 @@ _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=
                           trim_blocks=True, lstrip_blocks=True)
 
 
+@functools.lru_cache(maxsize=100_000)
+def _cell(width: int, link: str, image_url: str | None, name: str, price: str | None, reason: str) -> Markup:
+    """One product's cell; cached, since the same products recur across a campaign's customers."""
+    item = {"link": link, "image_url": image_url, "name": name, "price": price, "reason": reason}
+    return Markup(_ENV.get_template("product_cell.html.j2").render(width=width, item=item))
+
+
 def render_html(heading: str, items: list[BlockItem]) -> str:
     if not items:
         return ""
-    return _ENV.get_template("product_block.html.j2").render(heading=heading, items=[i.model_dump() for i in items])
+    width = 100 // len(items)
+    cells = [_cell(width, i.link, i.image_url, i.name, i.price, i.reason) for i in items]
+    return _ENV.get_template("product_block.html.j2").render(heading=heading, cells=cells)

@@ -216,7 +216,10 @@ class _Factors(Recommender):
 
     def most_similar(self, items, candidates):
         """Cosine similarity of the item factors."""
-        f = self.item_factors_ / np.maximum(np.linalg.norm(self.item_factors_, axis=1, keepdims=True), 1e-12)
+        if getattr(self, "_unit_items", None) is None:
+            norms = np.linalg.norm(self.item_factors_, axis=1, keepdims=True)
+            self._unit_items = self.item_factors_ / np.maximum(norms, 1e-12)
+        f = self._unit_items
         return np.argmax(f[items] @ f[candidates].T, axis=1)
 
     def rows_for(self, customer_ids, interactions):
