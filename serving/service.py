@@ -97,7 +97,10 @@ class Sendwise:
 
     # recommendations ---------------------------------------------------------------------------
     def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True) -> list[Recommendations]:
-        """Precomputed lists for the default rules (k <= 20), the full rule engine otherwise."""
+        """Precomputed lists for the default rules (k <= 20), the full rule engine otherwise.
+
+        Responses are built with ``model_construct``: every field comes from typed arrays of our own,
+        and validating thousands of nested objects per batch would double its latency."""
         lookup = self.state.lookup
         if options == DEFAULT_RULES and k <= PRECOMPUTED_K:
             picks = {cid: lookup.default_picks(cid, k) for cid in customer_ids}
@@ -110,11 +113,11 @@ class Sendwise:
         catalog, product_ids = lookup.catalog, lookup.product_ids
         out = []
         for cid in customer_ids:
-            items = [Item(rank=rank, product_id=product_ids[p.product], score=p.score, source=p.source,
+            items = [Item.model_construct(rank=rank, product_id=product_ids[p.product], score=p.score, source=p.source,
                           name=catalog[NAME][p.product], category=catalog[CATEGORY][p.product],
                           price=catalog[PRICE][p.product], image_url=catalog[IMAGE_URL][p.product])
                      for rank, p in enumerate(picks.get(cid, []), start=1)]
-            out.append(Recommendations(customer_id=cid, known=cid in self.state.scores, items=items,
+            out.append(Recommendations.model_construct(customer_id=cid, known=cid in self.state.scores, items=items,
                                        model_version=self.state.recommender_version))
         if log:
             self._log([(r.customer_id, "recommend", [i.product_id for i in r.items], 1.0) for r in out],
@@ -161,14 +164,14 @@ class Sendwise:
         blocks = []
         for r in recs:
             because = self._because(r)
-            items = [BlockItem(product_id=i.product_id, name=i.name or i.product_id,
+            items = [BlockItem.model_construct(product_id=i.product_id, name=i.name or i.product_id,
                                price=format_price(i.price, self.currency), image_url=i.image_url,
                                link=with_utm(lookup.catalog[URL][lookup.column[i.product_id]], campaign),
                                reason=because.get(i.product_id,
                                                   "Popular right now" if i.source == "popular" else "Picked for you"))
                      for i in r.items]
             title = heading or ("Picked for you" if r.known else "Popular right now")
-            blocks.append(ProductBlock(customer_id=r.customer_id, known=r.known, heading=title, items=items,
+            blocks.append(ProductBlock.model_construct(customer_id=r.customer_id, known=r.known, heading=title, items=items,
                                        html=render_html(title, items), model_version=r.model_version))
         return blocks
 
@@ -199,7 +202,7 @@ class Sendwise:
         versions = self.state.versions
         request_id = self._log([(c, d.action, [i.product_id for i in blocks[c].items] if c in blocks else [],
                                  d.probability) for c, d in zip(customer_ids, decisions, strict=True)], versions)
-        return [NextBestAction(customer_id=c, known=c in self.state.scores, request_id=request_id,
+        return [NextBestAction.model_construct(customer_id=c, known=c in self.state.scores, request_id=request_id,
                                product_block=blocks.get(c), model_versions=versions, variant=None,
                                score_reasons=(self.state.scores.get(c) or {}).get("reasons", []), **d.model_dump())
                 for c, d in zip(customer_ids, decisions, strict=True)]
