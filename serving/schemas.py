@@ -143,3 +143,20 @@ class NextBestAction(BaseModel):
     variant: str | None = Field(None, description="experiment variant (none until an experiment runs)")
     probability: float
     explored: bool
+
+
+class ScoreBatch(BaseModel):
+    """Batch responses wrap the list: one JSON object, serialised in one pass."""
+    results: list[Score]
+
+
+class RecommendationsBatch(BaseModel):
+    results: list[Recommendations]
+
+
+class ProductBlockBatch(BaseModel):
+    results: list[ProductBlock]
+
+
+class NextBestActionBatch(BaseModel):
+    results: list[NextBestAction]

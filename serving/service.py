@@ -6,6 +6,8 @@ loaded in ``__init__`` (see :mod:`serving.state`), never at import.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import random
 import uuid
@@ -27,15 +29,19 @@ from serving.schemas import (
     Item,
     ModelInfo,
     NextBestAction,
+    NextBestActionBatch,
     NextBestActionBatchRequest,
     NextBestActionRequest,
+    ProductBlockBatch,
     ProductBlockBatchRequest,
     ProductBlockRequest,
     Recommendations,
+    RecommendationsBatch,
     RecommendBatchRequest,
     RecommendRequest,
     RuleOptions,
     Score,
+    ScoreBatch,
     ScoreBatchRequest,
     ScoreRequest,
 )
@@ -75,10 +81,14 @@ class Sendwise:
         self.policy = Policy.load(config.policy) if config.policy else Policy.load()
         self.currency = config.currency
         self.rng = random.Random()
+        # Everything loaded so far lives as long as the process: move it out of the collector's
+        # sight, or each full collection rescans it (100+ ms pauses in a batch request).
+        gc.freeze()
+        atexit.register(gc.unfreeze)  # let it be freed normally at exit
 
     # scores -----------------------------------------------------------------------------------
     def _score(self, customer_id: str) -> Score:
-        record = self.state.scores.get(customer_id)
+        record = self.state.customers.scores(customer_id)
         versions = {k: v for k, v in self.state.versions.items() if k != "recommender"}
         if record is None:
             return Score(customer_id=customer_id, known=False, lifecycle_stage="prospect",
@@ -91,9 +101,9 @@ class Sendwise:
         return self._score(request.customer_id)
 
     @bentoml.api(route="/score_batch")
-    def score_batch(self, request: ScoreBatchRequest, /) -> list[Score]:
-        """The same for up to 10,000 customers."""
-        return [self._score(c) for c in request.customer_ids]
+    def score_batch(self, request: ScoreBatchRequest, /) -> ScoreBatch:
+        """The same for up to 10,000 customers, as ``{"results": [...]}``."""
+        return ScoreBatch.model_construct(results=[self._score(c) for c in request.customer_ids])
 
     # recommendations ---------------------------------------------------------------------------
     def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True) -> list[Recommendations]:
@@ -117,7 +127,7 @@ class Sendwise:
                           name=catalog[NAME][p.product], category=catalog[CATEGORY][p.product],
                           price=catalog[PRICE][p.product], image_url=catalog[IMAGE_URL][p.product])
                      for rank, p in enumerate(picks.get(cid, []), start=1)]
-            out.append(Recommendations.model_construct(customer_id=cid, known=cid in self.state.scores, items=items,
+            out.append(Recommendations.model_construct(customer_id=cid, known=cid in self.state.customers, items=items,
                                        model_version=self.state.recommender_version))
         if log:
             self._log([(r.customer_id, "recommend", [i.product_id for i in r.items], 1.0) for r in out],
@@ -139,9 +149,10 @@ class Sendwise:
         return self._recommend([request.customer_id], request.k, request.rules)[0]
 
     @bentoml.api(route="/recommend_batch")
-    def recommend_batch(self, request: RecommendBatchRequest, /) -> list[Recommendations]:
-        """The same for up to 10,000 customers (campaign precompute)."""
-        return self._recommend(list(dict.fromkeys(request.customer_ids)), request.k, request.rules)
+    def recommend_batch(self, request: RecommendBatchRequest, /) -> RecommendationsBatch:
+        """The same for up to 10,000 customers (campaign precompute), as ``{"results": [...]}``."""
+        return RecommendationsBatch.model_construct(
+            results=self._recommend(list(dict.fromkeys(request.customer_ids)), request.k, request.rules))
 
     # product blocks and next best action ---------------------------------------------------------
     def _because(self, recs: Recommendations) -> dict[str, str]:
@@ -189,22 +200,22 @@ class Sendwise:
                                     request.heading)[0]
 
     @bentoml.api(route="/product_block_batch")
-    def product_block_batch(self, request: ProductBlockBatchRequest, /) -> list[ProductBlock]:
-        """The same for up to 10,000 customers."""
-        return self._product_blocks(list(dict.fromkeys(request.customer_ids)), request.k, request.rules,
-                                    request.campaign, request.heading)
+    def product_block_batch(self, request: ProductBlockBatchRequest, /) -> ProductBlockBatch:
+        """The same for up to 10,000 customers, as ``{"results": [...]}``."""
+        return ProductBlockBatch.model_construct(results=self._product_blocks(
+            list(dict.fromkeys(request.customer_ids)), request.k, request.rules, request.campaign, request.heading))
 
     def _next_best_actions(self, customer_ids: list[str], k: int, campaign: str) -> list[NextBestAction]:
-        decisions: list[Decision] = [decide(self.policy, self.state.signals.get(c, {}), self.rng) for c in customer_ids]
+        decisions: list[Decision] = [decide(self.policy, self.state.customers.signals(c), self.rng) for c in customer_ids]
         wanted = [c for c, d in zip(customer_ids, decisions, strict=True) if "product_block" in d.content_blocks]
         blocks = {b.customer_id: b for b in self._blocks(self._recommend(wanted, k, RuleOptions(), log=False),
                                                          campaign, None)} if wanted else {}
         versions = self.state.versions
         request_id = self._log([(c, d.action, [i.product_id for i in blocks[c].items] if c in blocks else [],
                                  d.probability) for c, d in zip(customer_ids, decisions, strict=True)], versions)
-        return [NextBestAction.model_construct(customer_id=c, known=c in self.state.scores, request_id=request_id,
+        return [NextBestAction.model_construct(customer_id=c, known=c in self.state.customers, request_id=request_id,
                                product_block=blocks.get(c), model_versions=versions, variant=None,
-                               score_reasons=(self.state.scores.get(c) or {}).get("reasons", []), **d.model_dump())
+                               score_reasons=(self.state.customers.scores(c) or {}).get("reasons", []), **d.model_dump())
                 for c, d in zip(customer_ids, decisions, strict=True)]
 
     @bentoml.api(route="/next_best_action")
@@ -214,9 +225,10 @@ class Sendwise:
         return self._next_best_actions([request.customer_id], request.k, request.campaign)[0]
 
     @bentoml.api(route="/next_best_action_batch")
-    def next_best_action_batch(self, request: NextBestActionBatchRequest, /) -> list[NextBestAction]:
-        """The same for up to 10,000 customers (campaign precompute)."""
-        return self._next_best_actions(list(dict.fromkeys(request.customer_ids)), request.k, request.campaign)
+    def next_best_action_batch(self, request: NextBestActionBatchRequest, /) -> NextBestActionBatch:
+        """The same for up to 10,000 customers (campaign precompute), as ``{"results": [...]}``."""
+        return NextBestActionBatch.model_construct(results=self._next_best_actions(
+            list(dict.fromkeys(request.customer_ids)), request.k, request.campaign))
 
     @bentoml.api(route="/ping")
     def ping(self) -> dict:
@@ -232,7 +244,7 @@ class Sendwise:
             models[name] = {"version": str(meta.get("version")), "trained_as_of": meta.get("trained_as_of"),
                             "holdout_roc_auc": (meta.get("holdout_metrics") or {}).get("roc_auc")}
         models["recommender"] = {"version": self.state.recommender_version, "kind": self.state.recommender.kind}
-        return ModelInfo(snapshot_as_of=self.state.as_of.isoformat(), customers=len(self.state.scores),
+        return ModelInfo(snapshot_as_of=self.state.as_of.isoformat(), customers=len(self.state.customers),
                          products=len(self.state.recommendations.products), models=models)
 
 

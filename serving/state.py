@@ -35,11 +35,42 @@ class NotReadyError(RuntimeError):
     """Something the service needs is missing; the message names it and the command that makes it."""
 
 
+class CustomerTable:
+    """Scores, reasons and policy signals of every customer in the snapshot, held column-wise
+    (arrays, one row per customer) so that a million customers stay cheap for the garbage collector."""
+
+    def __init__(self, features: pd.DataFrame, churn: ModelBundle, propensity: ModelBundle) -> None:
+        scores = score_features(features, churn, propensity)
+        self.row = {cid: i for i, cid in enumerate(scores[CUSTOMER_ID])}
+        combined = scores[list(SCORE_FIELDS)].join(features[list(SIGNAL_FEATURES)].reset_index(drop=True))
+        self.columns = {c: combined[c].astype(object).where(combined[c].notna(), None).to_numpy()
+                        for c in combined.columns}
+        self.reasons = scores[[f"reason_{i + 1}" for i in range(REASONS)]].to_numpy(object)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __contains__(self, customer_id: str) -> bool:
+        return customer_id in self.row
+
+    def scores(self, customer_id: str) -> dict | None:
+        """Score fields and reasons, or None for a customer not in the snapshot."""
+        row = self.row.get(customer_id)
+        if row is None:
+            return None
+        return {c: self.columns[c][row] for c in SCORE_FIELDS} | {
+            "reasons": [r for r in self.reasons[row] if isinstance(r, str)]}
+
+    def signals(self, customer_id: str) -> dict:
+        """Policy signals (score fields and SIGNAL_FEATURES); empty for an unknown customer."""
+        row = self.row.get(customer_id)
+        return {} if row is None else {c: v[row] for c, v in self.columns.items()}
+
+
 @dataclass
 class ServingState:
     as_of: datetime
-    scores: dict[str, dict]  # customer_id -> score fields and reasons
-    signals: dict[str, dict]  # customer_id -> policy signals (score fields and SIGNAL_FEATURES)
+    customers: CustomerTable
     churn: ModelBundle
     propensity: ModelBundle
     recommender: Recommender
@@ -51,28 +82,6 @@ class ServingState:
     def versions(self) -> dict[str, str]:
         return {"churn": str(self.churn.meta["version"]), "propensity": str(self.propensity.meta["version"]),
                 "recommender": self.recommender_version}
-
-
-def _score_table(features: pd.DataFrame, churn: ModelBundle, propensity: ModelBundle) -> dict[str, dict]:
-    scores = score_features(features, churn, propensity)
-    reasons = scores[[f"reason_{i + 1}" for i in range(REASONS)]].to_numpy()
-    fields = scores[list(SCORE_FIELDS)].astype(object).where(scores[list(SCORE_FIELDS)].notna(), None)
-    out = {}
-    for cid, row, why in zip(scores[CUSTOMER_ID], fields.itertuples(index=False), reasons, strict=True):
-        record = dict(zip(SCORE_FIELDS, row, strict=True))
-        record["reasons"] = [r for r in why if isinstance(r, str)]
-        out[cid] = record
-    return out
-
-
-def _signals(features: pd.DataFrame, scores: dict[str, dict]) -> dict[str, dict]:
-    table = features[[CUSTOMER_ID, *SIGNAL_FEATURES]]
-    table = table.astype(object).where(table.notna(), None)
-    out = {}
-    for row in table.to_dict("records"):
-        cid = row.pop(CUSTOMER_ID)
-        out[cid] = row | {k: scores[cid][k] for k in SCORE_FIELDS}
-    return out
 
 
 def load_state(config: ServeConfig) -> ServingState:
@@ -97,7 +106,6 @@ def load_state(config: ServeConfig) -> ServingState:
     else:
         as_of = snapshot_as_of(tables)
         features = build_features(tables, as_of)
-    scores = _score_table(features, churn, propensity)
     context = RecommendationContext(tables, as_of, recommender)
-    return ServingState(as_of, scores, _signals(features, scores), churn, propensity, recommender,
+    return ServingState(as_of, CustomerTable(features, churn, propensity), churn, propensity, recommender,
                         recommender_version, context, Lookup(context))

@@ -73,7 +73,7 @@ def test_score_known_unknown_and_batch(client: TestClient, demo_tables: Tables) 
     assert set(body["model_versions"]) == {"churn", "propensity"}
     unknown = client.post("/score", json={"customer_id": "nobody-123"}).json()
     assert unknown["known"] is False and unknown["churn_probability"] is None
-    batch = client.post("/score_batch", json={"customer_ids": [buyer, "nobody-123"]}).json()
+    batch = client.post("/score_batch", json={"customer_ids": [buyer, "nobody-123"]}).json()["results"]
     assert [b["known"] for b in batch] == [True, False]
 
 
@@ -91,7 +91,7 @@ def test_recommend_applies_rules_and_logs_exposures(client: TestClient, served_e
     assert not bought & {i["product_id"] for i in body["items"]}
     cold = client.post("/recommend", json={"customer_id": "nobody-123", "k": 3}).json()
     assert cold["known"] is False and {i["source"] for i in cold["items"]} == {"popular"} and len(cold["items"]) == 3
-    batch = client.post("/recommend_batch", json={"customer_ids": [buyer, "nobody-123"], "k": 2}).json()
+    batch = client.post("/recommend_batch", json={"customer_ids": [buyer, "nobody-123"], "k": 2}).json()["results"]
     assert [len(b["items"]) for b in batch] == [2, 2]
     logged = read_exposures(served_env["SENDWISE_EXPOSURE_LOG"])
     assert len(logged) == before + 4 and logged[-1]["customer_id"] == "nobody-123"
@@ -200,7 +200,7 @@ def test_next_best_action_suppresses_without_consent_and_explains(client: TestCl
     assert body["action"] != "suppress" and body["probability"] == 1.0 and body["reasons"]
     assert set(body["model_versions"]) == {"churn", "propensity", "recommender"}
     assert "utm_campaign=spring" in body["product_block"]["items"][0]["link"]
-    batch = client.post("/next_best_action_batch", json={"customer_ids": ["C108", "C1", "nobody"]}).json()
+    batch = client.post("/next_best_action_batch", json={"customer_ids": ["C108", "C1", "nobody"]}).json()["results"]
     assert [b["action"] for b in batch][:2] == ["suppress", body["action"]] and batch[2]["known"] is False
     logged = read_exposures(served_env["SENDWISE_EXPOSURE_LOG"])[-3:]
     assert [r["action"] for r in logged] == [b["action"] for b in batch]
