@@ -73,9 +73,21 @@ def _cell(width: int, link: str, image_url: str | None, name: str, price: str | 
     return Markup(_ENV.get_template("product_cell.html.j2").render(width=width, item=item))
 
 
+_CELLS = "\x00cells\x00"  # stands for the cells while the frame is rendered
+
+
+@functools.lru_cache(maxsize=1_000)
+def _frame(heading: str, columns: int) -> tuple[str, str, str]:
+    """The block's table around its cells, rendered once per heading and width: (head, between, tail)."""
+    marker, heading = Markup(_CELLS), heading.replace("\x00", "")  # no heading can fake the marker
+    html = _ENV.get_template("product_block.html.j2").render(heading=heading, cells=[marker] * columns)
+    head, *between, tail = html.split(_CELLS)
+    return head, between[0] if between else "", tail
+
+
 def render_html(heading: str, items: list[BlockItem]) -> str:
     if not items:
         return ""
     width = 100 // len(items)
-    cells = [_cell(width, i.link, i.image_url, i.name, i.price, i.reason) for i in items]
-    return _ENV.get_template("product_block.html.j2").render(heading=heading, cells=cells)
+    head, between, tail = _frame(heading, len(items))
+    return head + between.join(_cell(width, i.link, i.image_url, i.name, i.price, i.reason) for i in items) + tail
