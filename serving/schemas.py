@@ -39,13 +39,13 @@ class RuleOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     include_purchased: bool = False
-    repurchase_after_days: int | None = Field(None, gt=0)
+    repurchase_after_days: int | None = Field(None, ge=1, le=3650)
     require_image: bool = False
     categories: list[str] = Field(default_factory=list)
     exclude_categories: list[str] = Field(default_factory=list)
     min_price: float | None = Field(None, ge=0)
     max_price: float | None = Field(None, ge=0)
-    max_per_category: int | None = Field(None, ge=1)
+    max_per_category: int | None = Field(None, ge=1, le=100)
 
     def rules(self) -> BusinessRules:
         return BusinessRules(exclude_purchased=not self.include_purchased,

@@ -23,7 +23,7 @@ class BusinessRules(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     exclude_purchased: bool = True
-    repurchase_after_days: int | None = Field(None, gt=0)  # None: never show a bought product again
+    repurchase_after_days: int | None = Field(None, ge=1, le=3650)  # None: never show a bought product again
     exclude_out_of_stock: bool = True
     require_image: bool = False
     categories: tuple[str, ...] = ()  # only these categories (empty: any)
