@@ -259,7 +259,7 @@ def test_openapi_fuzz_never_5xx(client: TestClient) -> None:
         @settings(max_examples=25, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
-        def call(case) -> None:
+        def call(case, operation=operation) -> None:
             kwargs = case.as_transport_kwargs(base_url="http://testserver")
             response = client.request(kwargs["method"], kwargs["url"], headers=kwargs.get("headers"),
                                       json=kwargs.get("json"), params=kwargs.get("params"))
