@@ -219,6 +219,10 @@ def test_product_block_is_email_safe(client: TestClient) -> None:
     assert html.count('alt="') == sum(1 for i in block["items"] if i["image_url"])
     cold = client.post("/product_block", json={"customer_id": "nobody"}).json()
     assert cold["heading"] == "Popular right now" and {i["reason"] for i in cold["items"]} == {"Popular right now"}
+    batch = client.post("/product_block_batch", json={"customer_ids": ["C1", "nobody"], "k": 3, "campaign": "spring",
+                                                      "heading": "For you"}).json()["results"]
+    assert [b["heading"] for b in batch] == ["For you", "For you"] and batch[0]["html"] == block["html"].replace(
+        "Picked for you", "For you")
 
 
 def test_product_block_renders_in_liquid_and_handlebars(client: TestClient) -> None:
