@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from experiments.cli import experiments_app
 from features.cli import data_app, features_app
 from sendwise.demo import run_demo
 from serving.cli import serve
@@ -21,6 +22,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 train_app.command("recommender")(train_recommender_command)
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(experiments_app, name="experiments")
 app.command("score")(score)
 app.command("recommend")(recommend)
 app.command("serve")(serve)

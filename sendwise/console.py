@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -13,8 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from features.validate import ContractError
 
-console = Console()
-errors = Console(stderr=True)
+# Piped or captured output has no terminal width; rich would wrap tables at 80 columns.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(width=_WIDTH)
+errors = Console(stderr=True, width=_WIDTH)
 
 P = ParamSpec("P")
 R = TypeVar("R")

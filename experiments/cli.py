@@ -1,0 +1,175 @@
+"""``sendwise experiments ...``: validate, assign, simulate, analyze, power."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.table import Table as RichTable
+
+from experiments import power as power_calc
+from experiments.analysis import analyze
+from experiments.assignment import assign_many
+from experiments.attribution import EXPERIMENT, VARIANT, attribute, experiment_exposures, recipients
+from experiments.config import DEFAULT_CONFIG, load_experiments
+from experiments.plots import power_curve_plot
+from experiments.report import print_readout, write_report
+from experiments.sequential import DEFAULT_TUNING
+from experiments.simulate import PlantedEffect, simulate_experiment
+from features.cli import DataDir, load
+from features.io import write_parquet
+from features.schema import CUSTOMER_ID
+from sendwise.console import console, reports_user_errors
+from serving.exposures import read_exposures
+
+experiments_app = typer.Typer(help="A/B experiments: define, assign, analyze, plan.", no_args_is_help=True)
+
+Config = Annotated[Path, typer.Option("--config", help="Experiments YAML file.")]
+Name = Annotated[str, typer.Argument(help="Experiment name (as in the experiments file).")]
+DEFAULT_EXPOSURES = Path("exposures/exposures.jsonl")
+
+
+@experiments_app.command("validate")
+@reports_user_errors
+def validate(config: Config = DEFAULT_CONFIG) -> None:
+    """Check the experiments file (weights, names, dates, overlaps) and list its experiments."""
+    experiments = load_experiments(config)
+    table = RichTable(title=f"{config}: {len(experiments.experiments)} experiments")
+    for col in ("name", "start", "end", "variants (weight)", "primary metric", "guardrails"):
+        table.add_column(col)
+    for e in experiments.experiments:
+        table.add_row(e.name, f"{e.start:%Y-%m-%d %H:%M}", f"{e.end:%Y-%m-%d %H:%M}",
+                      ", ".join(f"{v.name} ({v.weight:g})" for v in e.variants), e.primary_metric.value,
+                      ", ".join(m.value for m in e.guardrail_metrics))
+    console.print(table)
+
+
+def _read_customer_ids(path: Path) -> list[str]:
+    if not path.exists():
+        raise FileNotFoundError(f"customers file {path} does not exist")
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif path.suffix in (".csv", ".gz"):
+        frame = pd.read_csv(path, dtype=str)
+    else:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if CUSTOMER_ID not in frame:
+        raise ValueError(f"{path}: no '{CUSTOMER_ID}' column (columns: {', '.join(map(str, frame.columns))})")
+    return frame[CUSTOMER_ID].dropna().astype(str).tolist()
+
+
+@experiments_app.command("assign")
+@reports_user_errors
+def assign_command(name: Name,
+                   customers: Annotated[Path, typer.Option(help="CSV/Parquet with customer_id, or one id per line.")],
+                   out: Annotated[Path | None, typer.Option(help="Write customer_id, experiment, variant (.csv/.parquet).")] = None,
+                   config: Config = DEFAULT_CONFIG) -> None:
+    """Assign customers to the experiment's variants (the same hashing as the service)."""
+    experiment = load_experiments(config).get(name)
+    ids = _read_customer_ids(customers)
+    variants = assign_many(experiment, ids)
+    if out is not None:
+        frame = pd.DataFrame({CUSTOMER_ID: ids, EXPERIMENT: name, VARIANT: variants})
+        write_parquet(frame, out) if out.suffix == ".parquet" else frame.to_csv(out, index=False)
+    counts = Counter(variants)
+    table = RichTable(title=f"{name}: {len(ids):,} customers")
+    for col in ("variant", "weight", "customers", "share"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for v in experiment.variants:
+        table.add_row(v.name, f"{v.weight:g}", f"{counts[v.name]:,}", f"{counts[v.name] / max(1, len(ids)):.2%}")
+    console.print(table)
+    if out is not None:
+        console.print(f"written to {out}")
+
+
+def _parse_effects(specs: list[str]) -> dict[str, PlantedEffect]:
+    fields = set(PlantedEffect.__dataclass_fields__)
+    effects: dict[str, dict[str, float]] = {}
+    for spec in specs:
+        try:
+            variant, rest = spec.split(":", 1)
+            field, value = rest.split("=", 1)
+            amount = float(value)
+        except ValueError as exc:
+            raise ValueError(f"--effect '{spec}': expected VARIANT:FIELD=RELATIVE_CHANGE, e.g. b:conversion_rate=0.1") from exc
+        if field not in fields:
+            raise ValueError(f"--effect '{spec}': field must be one of {sorted(fields)}; got '{field}'")
+        effects.setdefault(variant, {})[field] = amount
+    return {v: PlantedEffect(**f) for v, f in effects.items()}
+
+
+@experiments_app.command("simulate")
+@reports_user_errors
+def simulate_command(name: Name,
+                     out: Annotated[Path, typer.Option(help="Directory for the generated shop tables.")],
+                     customers: Annotated[int, typer.Option(help="Customers, one send each.")] = 50_000,
+                     effect: Annotated[list[str] | None, typer.Option(
+                         help="Planted effect VARIANT:FIELD=RELATIVE_CHANGE (repeatable), e.g. b:conversion_rate=0.1.")] = None,
+                     exposures: Annotated[Path | None, typer.Option(help="Exposure log to write.")] = None,
+                     seed: int = 0, config: Config = DEFAULT_CONFIG) -> None:
+    """Generate a shop and an exposure log for the experiment, with planted effects (for trying the analysis)."""
+    experiment = load_experiments(config).get(name)
+    effects = _parse_effects(effect or [])
+    unknown = set(effects) - {v.name for v in experiment.variants}
+    if unknown:
+        raise ValueError(f"--effect names variants the experiment does not have: {sorted(unknown)}")
+    simulated = simulate_experiment(experiment, customers, effects, seed=seed)
+    log = exposures or out / "exposures.jsonl"
+    simulated.write(out, log)
+    console.print(f"{customers:,} customers with planted effects {effects or 'none (A/A)'}: tables in {out}, exposures in {log}")
+
+
+@experiments_app.command("analyze")
+@reports_user_errors
+def analyze_command(name: Name, data: DataDir,
+                    exposures: Annotated[Path, typer.Option(help="The service's exposure log.")] = DEFAULT_EXPOSURES,
+                    report: Annotated[Path | None, typer.Option(help="HTML report (default: reports/NAME.html).")] = None,
+                    sequential: Annotated[bool, typer.Option(help="Always-valid intervals and p-values (safe to peek).")] = False,
+                    tuning: Annotated[float, typer.Option(help="Sequential: sample size where the intervals are tightest.")] = DEFAULT_TUNING,
+                    mlflow_run: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the read-out to MLflow.")] = True,
+                    config: Config = DEFAULT_CONFIG) -> None:
+    """Attribute outcomes to the experiment's exposures and compare the variants."""
+    experiment = load_experiments(config).get(name)
+    if not exposures.exists():
+        raise FileNotFoundError(f"exposure log {exposures} does not exist; pass --exposures FILE")
+    who = recipients(experiment_exposures(read_exposures(exposures), experiment), experiment)
+    tables = load(data, quiet=True)
+    end = tables.time_range()[1]
+    outcomes = attribute(who.frame, tables, experiment.attribution_window_days, experiment.pre_period_days)
+    readout = analyze(outcomes, experiment, who, use_sequential=sequential, sequential_tuning=tuning)
+    if end is not None:
+        open_windows = int((outcomes["exposed_at"] + pd.Timedelta(days=experiment.attribution_window_days) > end).sum())
+        if open_windows:
+            readout.warnings.append(f"{open_windows:,} recipients' attribution windows run past the end of the data "
+                                    f"({end:%Y-%m-%d %H:%M}); their outcomes may still come in")
+    print_readout(readout, console)
+    html = report or Path("reports") / f"{name}.html"
+    run_id = write_report(readout, outcomes, html, log_to_mlflow=mlflow_run)
+    console.print(f"report: {html}" + (f"; MLflow run {run_id}" if run_id else ""))
+
+
+@experiments_app.command("power")
+@reports_user_errors
+def power_command(baseline: Annotated[float, typer.Option(help="Control rate, e.g. 0.04 for 4 % conversion.")],
+                  mde: Annotated[float, typer.Option(help="Minimum detectable effect (relative unless --absolute).")],
+                  absolute: Annotated[bool, typer.Option(help="MDE in rate points, not relative.")] = False,
+                  alpha: float = 0.05, power: float = 0.8, variants: Annotated[int, typer.Option(help="Variants incl. control.")] = 2,
+                  plot: Annotated[Path | None, typer.Option(help="PNG of sample size against MDE.")] = None) -> None:
+    """Recipients needed per variant to detect an effect with the two-proportion z-test."""
+    n = power_calc.sample_size_proportions(baseline, mde, relative=not absolute, alpha=alpha, power=power)
+    target = power_calc.treatment_rate(baseline, mde, relative=not absolute)
+    console.print(f"baseline {baseline:.4%} -> {target:.4%} ({'absolute' if absolute else 'relative'} effect {mde:g}), "
+                  f"alpha {alpha}, power {power:.0%}: [bold]{n:,} recipients per variant[/], {n * variants:,} in all "
+                  f"for {variants} variants")
+    if variants > 2:
+        console.print("(with more than one treatment, Holm's correction needs somewhat more: use alpha / (variants - 1) "
+                      "for a conservative plan)")
+    if plot is not None:
+        relative = np.linspace(0.02, 0.5, 49)  # the curve is drawn over relative effects
+        sizes = [power_calc.sample_size_proportions(baseline, r, True, alpha, power) for r in relative]
+        power_curve_plot(baseline, relative, sizes, plot)
+        console.print(f"plot: {plot}")
