@@ -91,7 +91,7 @@ class Readout:
         return verdict + (f"; guardrail breached: {', '.join(breached)}" if breached else "")
 
 
-def _sequential(comparison: Comparison, n_total: int, alpha: float, tuning: float) -> Comparison:
+def always_valid(comparison: Comparison, n_total: int, alpha: float, tuning: float) -> Comparison:
     """The fixed-sample intervals and p-value replaced by always-valid ones; estimates kept."""
     abs_var, rel_var = comparison.absolute_se ** 2, comparison.relative_se ** 2
     rel_ci = (sequential.interval(comparison.relative_lift, rel_var, n_total, alpha, tuning)
@@ -163,8 +163,8 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, recipients: Recipien
                 comparison = welch_ttest(adjusted[control], adjusted[t], alpha, (samples[control].mean, samples[t].mean))
             unadjusted = welch_ttest(samples[control], samples[t], alpha) if adjusted is not samples else None
             if use_sequential:
-                comparison = _sequential(comparison, n_total, alpha, sequential_tuning)
-                unadjusted = _sequential(unadjusted, n_total, alpha, sequential_tuning) if unadjusted else None
+                comparison = always_valid(comparison, n_total, alpha, sequential_tuning)
+                unadjusted = always_valid(unadjusted, n_total, alpha, sequential_tuning) if unadjusted else None
             posterior = (bayes.beta_binomial(samples[control], samples[t], metric.higher_is_better, seed) if metric.is_rate
                          else bayes.gaussian(adjusted[control], adjusted[t], metric.higher_is_better,
                                              (samples[control].mean, samples[t].mean)))
