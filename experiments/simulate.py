@@ -3,7 +3,8 @@
 Each customer has a latent activity (gamma, mean 1) that drives both their orders in the 90 days
 before exposure and their chance to convert after it, so pre-exposure revenue is a useful CUPED
 covariate, as in a real shop. Variants are assigned with the real hashing; each variant's planted
-effects multiply the base rates.
+effects multiply the base rates. :func:`simulate_responses` alone adds responses to the exposures of
+a real run (e.g. the service's log over the demo shop).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.assignment import assign_many
-from experiments.attribution import ACTION, EXPERIMENT, TIME, VARIANT
+from experiments.attribution import ACTION, EXPERIMENT, EXPOSED_AT, TIME, VARIANT
 from experiments.config import Experiment
 from features.io import write_parquet
 from features.schema import (
@@ -78,57 +79,78 @@ def _times(start: datetime, seconds: np.ndarray) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(pd.Timestamp(start) + pd.to_timedelta(np.round(seconds), unit="s"))
 
 
-def simulate_experiment(experiment: Experiment, customers: int, effects: dict[str, PlantedEffect] | None = None,
-                        base: BaseRates | None = None, seed: int = 0) -> SimulatedExperiment:
-    """One send per customer, exposed during the first half of the experiment; outcomes over the
-    attribution window. ``effects`` maps variant name to its planted effect (default: none, an A/A)."""
+def simulate_responses(exposed: pd.DataFrame, experiment: Experiment, effects: dict[str, PlantedEffect] | None = None,
+                       base: BaseRates | None = None, activity: np.ndarray | None = None,
+                       seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Orders and events that recipients produce after exposure, with each variant's planted effect.
+
+    ``exposed``: one row per recipient with customer_id, variant, exposed_at. ``activity``: each
+    recipient's latent activity (default 1), which scales their chance to convert."""
     rng = np.random.default_rng(seed)
     base = base or BaseRates()
     effects = {v.name: (effects or {}).get(v.name, PlantedEffect()) for v in experiment.variants}
-    ids = np.array([f"c{i:07d}" for i in range(customers)])
-    variants = np.array(assign_many(experiment, ids))
+    n = len(exposed)
+    ids = exposed[CUSTOMER_ID].to_numpy()
+    at = pd.DatetimeIndex(exposed[EXPOSED_AT])
+    variants = exposed[VARIANT].to_numpy()
     effect = {name: np.array([getattr(effects[v], name) for v in variants]) for name in PlantedEffect.__annotations__}
-    span = (experiment.end - experiment.start).total_seconds() / 2
-    exposed = _times(experiment.start, rng.uniform(0, span, customers))
-    activity = rng.gamma(0.5, 2.0, customers)
+    activity = np.ones(n) if activity is None else activity
     window = experiment.attribution_window_days * 86_400.0
-
-    sigma = 0.8  # log-normal order values with mean base.order_value
-    def order_values(n: int, scale: np.ndarray | float = 1.0) -> np.ndarray:
-        return np.round(base.order_value * scale * rng.lognormal(-sigma ** 2 / 2, sigma, n), 2)
-
-    # before exposure: Poisson orders in the 90 days before
-    pre_counts = rng.poisson(activity * base.pre_orders_per_90d)
-    pre_owner = np.repeat(np.arange(customers), pre_counts)
-    pre_at = exposed[pre_owner] - pd.to_timedelta(rng.uniform(1, 90 * 86_400, len(pre_owner)), unit="s")
-    # after exposure: conversion, its order value, opens, clicks, unsubscribes
-    converted = rng.random(customers) < np.minimum(1, base.conversion_rate * activity * (1 + effect["conversion_rate"]))
-    opened = rng.random(customers) < np.minimum(1, base.open_rate * (1 + effect["open_rate"]))
-    clicked = opened & (rng.random(customers) < np.minimum(1, base.click_given_open * (1 + effect["click_rate"])))
-    unsubscribed = rng.random(customers) < np.minimum(1, base.unsubscribe_rate * (1 + effect["unsubscribe_rate"]))
-    post_owner = np.flatnonzero(converted)
-    post_at = exposed[post_owner] + pd.to_timedelta(rng.uniform(60, window - 60, len(post_owner)), unit="s")
-
-    owners = np.concatenate([pre_owner, post_owner])
+    converted = rng.random(n) < np.minimum(1, base.conversion_rate * activity * (1 + effect["conversion_rate"]))
+    opened = rng.random(n) < np.minimum(1, base.open_rate * (1 + effect["open_rate"]))
+    clicked = opened & (rng.random(n) < np.minimum(1, base.click_given_open * (1 + effect["click_rate"])))
+    unsubscribed = rng.random(n) < np.minimum(1, base.unsubscribe_rate * (1 + effect["unsubscribe_rate"]))
+    buyers = np.flatnonzero(converted)
     orders = pd.DataFrame({
-        ORDER_ID: [f"o{i:08d}" for i in range(len(owners))],
-        CUSTOMER_ID: ids[owners],
-        PRODUCT_ID: "p1",
-        QUANTITY: 1.0,
-        UNIT_PRICE: np.concatenate([order_values(len(pre_owner)),
-                                    order_values(len(post_owner), 1 + effect["order_value"][post_owner])]),
-        ORDERED_AT: np.concatenate([pre_at.to_numpy(), post_at.to_numpy()]),
+        ORDER_ID: [f"sim-{seed}-{i:08d}" for i in range(len(buyers))],
+        CUSTOMER_ID: ids[buyers], PRODUCT_ID: "p1", QUANTITY: 1.0,
+        UNIT_PRICE: _order_values(rng, base, len(buyers), 1 + effect["order_value"][buyers]),
+        ORDERED_AT: at[buyers] + pd.to_timedelta(rng.uniform(60, window - 60, len(buyers)), unit="s"),
     })
-    event_frames = [pd.DataFrame({CUSTOMER_ID: ids, EVENT_TYPE: EventType.EMAIL_SENT.value, OCCURRED_AT: exposed})]
+    event_frames = [pd.DataFrame({CUSTOMER_ID: ids, EVENT_TYPE: EventType.EMAIL_SENT.value, OCCURRED_AT: at})]
     for kind, mask, delay in ((EventType.EMAIL_OPEN, opened, 3_600.0), (EventType.EMAIL_CLICK, clicked, 7_200.0),
                               (EventType.UNSUBSCRIBE, unsubscribed, 10_800.0)):
         event_frames.append(pd.DataFrame({CUSTOMER_ID: ids[mask], EVENT_TYPE: kind.value,
-                                          OCCURRED_AT: exposed[mask] + pd.to_timedelta(delay, unit="s")}))
+                                          OCCURRED_AT: at[mask] + pd.to_timedelta(delay, unit="s")}))
     events = pd.concat(event_frames, ignore_index=True)
     events[PRODUCT_ID] = None
-    customers_frame = pd.DataFrame({CUSTOMER_ID: ids, SIGNUP_AT: exposed - timedelta(days=365), EMAIL_CONSENT: True})
-    iso = exposed.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    return orders, events
+
+
+SIGMA = 0.8  # spread of the log-normal order values
+
+
+def _order_values(rng: np.random.Generator, base: BaseRates, n: int, scale: np.ndarray | float = 1.0) -> np.ndarray:
+    """Log-normal order values with mean ``base.order_value * scale``."""
+    return np.round(base.order_value * scale * rng.lognormal(-SIGMA ** 2 / 2, SIGMA, n), 2)
+
+
+def simulate_experiment(experiment: Experiment, customers: int, effects: dict[str, PlantedEffect] | None = None,
+                        base: BaseRates | None = None, seed: int = 0) -> SimulatedExperiment:
+    """One send per customer, exposed during the first half of the experiment, with their orders
+    in the 90 days before and their responses after (:func:`simulate_responses`). ``effects`` maps
+    variant name to its planted effect (default: none, an A/A test)."""
+    rng = np.random.default_rng(seed)
+    base = base or BaseRates()
+    ids = np.array([f"c{i:07d}" for i in range(customers)])
+    variants = np.array(assign_many(experiment, ids))
+    span = (experiment.end - experiment.start).total_seconds() / 2
+    exposed_at = _times(experiment.start, rng.uniform(0, span, customers))
+    activity = rng.gamma(0.5, 2.0, customers)
+    pre_counts = rng.poisson(activity * base.pre_orders_per_90d)
+    pre_owner = np.repeat(np.arange(customers), pre_counts)
+    pre_orders = pd.DataFrame({
+        ORDER_ID: [f"pre-{i:08d}" for i in range(len(pre_owner))], CUSTOMER_ID: ids[pre_owner], PRODUCT_ID: "p1",
+        QUANTITY: 1.0, UNIT_PRICE: _order_values(rng, base, len(pre_owner)),
+        ORDERED_AT: exposed_at[pre_owner] - pd.to_timedelta(rng.uniform(1, 90 * 86_400, len(pre_owner)), unit="s"),
+    })
+    exposed = pd.DataFrame({CUSTOMER_ID: ids, VARIANT: variants, EXPOSED_AT: exposed_at})
+    post_orders, events = simulate_responses(exposed, experiment, effects, base, activity, seed + 1)
+    customers_frame = pd.DataFrame({CUSTOMER_ID: ids, SIGNUP_AT: exposed_at - timedelta(days=365), EMAIL_CONSENT: True})
+    iso = exposed_at.strftime("%Y-%m-%dT%H:%M:%S+00:00")
     exposures = [{"request_id": f"sim{i}", TIME: t, CUSTOMER_ID: c, ACTION: "newsletter", EXPERIMENT: experiment.name,
                   VARIANT: v, "probability": 1.0, "products": [], "model_versions": {}}
                  for i, (t, c, v) in enumerate(zip(iso, ids, variants, strict=True))]
-    return SimulatedExperiment(exposures, orders, events, customers_frame, effects)
+    return SimulatedExperiment(exposures, pd.concat([pre_orders, post_orders], ignore_index=True), events,
+                               customers_frame, {v.name: (effects or {}).get(v.name, PlantedEffect())
+                                                 for v in experiment.variants})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from experiments.config import load_experiments
 from features.cli import DataDir
 from sendwise.console import console, reports_user_errors
 from serving.config import ServeConfig
@@ -31,11 +33,21 @@ def preflight(config: ServeConfig) -> None:
         raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
                             f"`sendwise features snapshot --data {config.data} --out {config.snapshot}`.")
     configure_tracking(config.mlruns)
-    for name, alias in (("churn", config.churn_alias), ("propensity", config.propensity_alias),
-                        (REGISTERED_NAME, config.recommender_alias)):
+    needed = [("churn", config.churn_alias, "the service"), ("propensity", config.propensity_alias, "the service"),
+              (REGISTERED_NAME, config.recommender_alias, "the service")]
+    if config.experiments is not None:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        for experiment in load_experiments(config.experiments).experiments:  # a bad file fails here
+            if experiment.end > now:
+                for v in experiment.variants:
+                    who = f"experiment '{experiment.name}', variant '{v.name}'"
+                    if v.policy is not None:
+                        Policy.load(v.policy)  # a bad variant policy fails here too
+                    needed += [(name, alias, who) for name, alias in v.model_aliases.items()]
+    for name, alias, who in needed:
         if alias_version(name, alias) is None:
-            raise NotReadyError(f"no '{name}' model has the alias '{alias}' in {config.mlruns}. Create it with "
-                                f"`sendwise train {name} --data DIR --as-of DATE`.")
+            raise NotReadyError(f"{who} needs a '{name}' model with the alias '{alias}', and {config.mlruns} has none. "
+                                f"Create it with `sendwise train {name} --data DIR --as-of DATE`.")
 
 
 @reports_user_errors
@@ -48,10 +60,13 @@ def serve(
     exposure_log: Annotated[Path, typer.Option(help="Append-only exposure log.")] = Path("exposures/exposures.jsonl"),
     policy: Annotated[Path | None, typer.Option(help="Next-best-action policy YAML (default: serving/policy.yaml).")] = None,
     currency: Annotated[str, typer.Option(help="ISO code of the catalog's prices.")] = "GBP",
+    experiments: Annotated[Path | None, typer.Option(
+        help="Experiments YAML: /next_best_action serves the running experiment's variants.")] = None,
 ) -> None:
     """Start the send-time service (BentoML) with the champion models."""
     config = ServeConfig(data=data, snapshot=snapshot, mlruns=mlruns, exposure_log=exposure_log,
-                         api_key=os.environ.get("SENDWISE_API_KEY") or None, policy=policy, currency=currency)
+                         api_key=os.environ.get("SENDWISE_API_KEY") or None, policy=policy, currency=currency,
+                         experiments=experiments)
     try:
         preflight(config)
     except NotReadyError as exc:

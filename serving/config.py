@@ -11,6 +11,7 @@
 | ``SENDWISE_EXPOSURE_FSYNC`` | ``true``: force each exposure write to disk (survives a power cut) | ``false`` |
 | ``SENDWISE_POLICY`` | next-best-action policy YAML | ``serving/policy.yaml`` |
 | ``SENDWISE_CURRENCY`` | currency of catalog prices (ISO code) | ``GBP`` |
+| ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`experiments.config`); variants of the running one | none |
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class ServeConfig(BaseModel):
     api_key: str | None = None
     policy: Path | None = None
     currency: str = "GBP"
+    experiments: Path | None = None
 
     @classmethod
     def from_env(cls) -> ServeConfig:
@@ -52,6 +54,7 @@ class ServeConfig(BaseModel):
             "api_key": os.environ.get("SENDWISE_API_KEY") or None,
             "policy": os.environ.get("SENDWISE_POLICY") or None,
             "currency": os.environ.get("SENDWISE_CURRENCY") or None,
+            "experiments": os.environ.get("SENDWISE_EXPERIMENTS") or None,
         }
         return cls(data=Path(data), **{k: v for k, v in env.items() if v is not None})
 
@@ -67,5 +70,7 @@ class ServeConfig(BaseModel):
             env["SENDWISE_API_KEY"] = self.api_key
         if self.policy:
             env["SENDWISE_POLICY"] = str(self.policy.resolve())
+        if self.experiments:
+            env["SENDWISE_EXPERIMENTS"] = str(self.experiments.resolve())
         env["SENDWISE_CURRENCY"] = self.currency
         return env

@@ -92,6 +92,7 @@ class ModelInfo(BaseModel):
     customers: int
     products: int
     models: dict[str, dict]
+    experiment: str | None = Field(None, description="the experiment running now, if any")
 
 
 Campaign = Field("sendwise", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$", examples=["spring_sale"])
@@ -140,7 +141,9 @@ class NextBestAction(BaseModel):
     reasons: list[str] = Field(description="the policy conditions that chose the action")
     score_reasons: list[str] = Field(description="the churn / propensity model's reason codes")
     model_versions: dict[str, str]
-    variant: str | None = Field(None, description="experiment variant (none until an experiment runs)")
+    experiment: str | None = Field(None, description="the running experiment, if any")
+    variant: str | None = Field(None, description="the customer's variant of that experiment")
+    subject_line: str | None = Field(None, description="the variant's subject line, when it sets one")
     probability: float
     explored: bool
 

@@ -20,10 +20,11 @@ from bentoml.exceptions import InvalidArgument
 from starlette.responses import JSONResponse
 
 from features.schema import CATEGORY, IMAGE_URL, NAME, PRICE, URL
+from experiments.config import ExperimentSet, load_experiments
 from serving.config import ServeConfig
 from serving.exposures import ExposureLog
 from serving.lookup import PRECOMPUTED_K
-from serving.policy import Decision, Policy, decide
+from serving.policy import SUPPRESS, Policy, decide
 from serving.product_block import BlockItem, ProductBlock, format_price, render_html, with_utm
 from serving.schemas import (
     Item,
@@ -45,7 +46,8 @@ from serving.schemas import (
     ScoreBatchRequest,
     ScoreRequest,
 )
-from serving.state import load_state
+from serving.state import ServingState
+from serving.variants import Arm, VariantRouter
 
 DEFAULT_RULES = RuleOptions()
 MAX_BODY_BYTES = 2_000_000  # a 10,000-customer batch is about 200 kB
@@ -76,9 +78,11 @@ class GuardMiddleware:
 class Sendwise:
     def __init__(self) -> None:
         config = ServeConfig.from_env()
-        self.state = load_state(config)
-        self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
         self.policy = Policy.load(config.policy) if config.policy else Policy.load()
+        experiments = load_experiments(config.experiments) if config.experiments else ExperimentSet()
+        self.router = VariantRouter.load(config, experiments, self.policy, datetime.now(UTC).replace(tzinfo=None))
+        self.state: ServingState = self.router.default.state
+        self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
         self.currency = config.currency
         self.rng = random.Random()
         # Everything loaded so far lives as long as the process: move it out of the collector's
@@ -106,12 +110,14 @@ class Sendwise:
         return ScoreBatch.model_construct(results=[self._score(c) for c in request.customer_ids])
 
     # recommendations ---------------------------------------------------------------------------
-    def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True) -> list[Recommendations]:
+    def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True,
+                   state: ServingState | None = None) -> list[Recommendations]:
         """Precomputed lists for the default rules (k <= 20), the full rule engine otherwise.
 
         Responses are built with ``model_construct``: every field comes from typed arrays of our own,
         and validating thousands of nested objects per batch would double its latency."""
-        lookup = self.state.lookup
+        state = state or self.state
+        lookup = state.lookup
         if options == DEFAULT_RULES and k <= PRECOMPUTED_K:
             picks = {cid: lookup.default_picks(cid, k) for cid in customer_ids}
         else:
@@ -119,7 +125,7 @@ class Sendwise:
                 rules = options.rules()
             except ValueError as exc:
                 raise InvalidArgument(f"rules: {exc}") from exc
-            picks = lookup.frame_picks(self.state.recommendations.recommend(pd.Index(customer_ids), k, rules))
+            picks = lookup.frame_picks(state.recommendations.recommend(pd.Index(customer_ids), k, rules))
         catalog, product_ids = lookup.catalog, lookup.product_ids
         out = []
         for cid in customer_ids:
@@ -127,21 +133,19 @@ class Sendwise:
                           name=catalog[NAME][p.product], category=catalog[CATEGORY][p.product],
                           price=catalog[PRICE][p.product], image_url=catalog[IMAGE_URL][p.product])
                      for rank, p in enumerate(picks.get(cid, []), start=1)]
-            out.append(Recommendations.model_construct(customer_id=cid, known=cid in self.state.customers, items=items,
-                                       model_version=self.state.recommender_version))
+            out.append(Recommendations.model_construct(customer_id=cid, known=cid in state.customers, items=items,
+                                       model_version=state.recommender_version))
         if log:
-            self._log([(r.customer_id, "recommend", [i.product_id for i in r.items], 1.0) for r in out],
-                      {"recommender": self.state.recommender_version})
+            versions = {"recommender": state.recommender_version}
+            self._log([_exposure(r.customer_id, "recommend", [i.product_id for i in r.items], 1.0, versions)
+                       for r in out])
         return out
 
-    def _log(self, decisions: list[tuple[str, str, list[str], float]], versions: dict[str, str]) -> str:
-        """Append one exposure per (customer, action, products, probability); returns the request id."""
-        now, request_id = datetime.now(UTC).isoformat(), uuid.uuid4().hex
-        self.exposures.append([
-            {"request_id": request_id, "time": now, "customer_id": cid, "action": action, "products": products,
-             "variant": None, "probability": probability, "model_versions": versions}
-            for cid, action, products, probability in decisions])
-        return request_id
+    def _log(self, exposures: list[dict]) -> str:
+        """Append the exposures (see :func:`_exposure`) with one request id and time; returns the id."""
+        stamp = {"request_id": uuid.uuid4().hex, "time": datetime.now(UTC).isoformat()}
+        self.exposures.append([stamp | e for e in exposures])
+        return stamp["request_id"]
 
     @bentoml.api(route="/recommend")
     def recommend(self, request: RecommendRequest, /) -> Recommendations:
@@ -155,10 +159,10 @@ class Sendwise:
             results=self._recommend(list(dict.fromkeys(request.customer_ids)), request.k, request.rules))
 
     # product blocks and next best action ---------------------------------------------------------
-    def _because(self, recs: Recommendations) -> dict[str, str]:
+    def _because(self, recs: Recommendations, state: ServingState) -> dict[str, str]:
         """product -> "Because you bought X" for the model's picks, X the customer's bought product
         most similar to the pick under the model."""
-        lookup, model = self.state.lookup, self.state.recommender
+        lookup, model = state.lookup, state.recommender
         picks = [i.product_id for i in recs.items if i.source != "popular"]
         history = lookup.bought(recs.customer_id) if recs.known and picks else []
         if not len(history):
@@ -170,11 +174,13 @@ class Sendwise:
         return {pick: f"Because you bought {names[history[b]] or lookup.product_ids[history[b]]}"
                 for pick, b in zip(picks, best, strict=True)}
 
-    def _blocks(self, recs: list[Recommendations], campaign: str, heading: str | None) -> list[ProductBlock]:
-        lookup = self.state.lookup
+    def _blocks(self, recs: list[Recommendations], campaign: str, heading: str | None,
+                state: ServingState | None = None) -> list[ProductBlock]:
+        state = state or self.state
+        lookup = state.lookup
         blocks = []
         for r in recs:
-            because = self._because(r)
+            because = self._because(r, state)
             items = [BlockItem.model_construct(product_id=i.product_id, name=i.name or i.product_id,
                                price=format_price(i.price, self.currency), image_url=i.image_url,
                                link=with_utm(lookup.catalog[URL][lookup.column[i.product_id]], campaign),
@@ -189,8 +195,9 @@ class Sendwise:
     def _product_blocks(self, customer_ids: list[str], k: int, options: RuleOptions, campaign: str,
                         heading: str | None) -> list[ProductBlock]:
         blocks = self._blocks(self._recommend(customer_ids, k, options, log=False), campaign, heading)
-        self._log([(b.customer_id, "product_block", [i.product_id for i in b.items], 1.0) for b in blocks],
-                  {"recommender": self.state.recommender_version})
+        versions = {"recommender": self.state.recommender_version}
+        self._log([_exposure(b.customer_id, "product_block", [i.product_id for i in b.items], 1.0, versions)
+                   for b in blocks])
         return blocks
 
     @bentoml.api(route="/product_block")
@@ -206,17 +213,41 @@ class Sendwise:
             list(dict.fromkeys(request.customer_ids)), request.k, request.rules, request.campaign, request.heading))
 
     def _next_best_actions(self, customer_ids: list[str], k: int, campaign: str) -> list[NextBestAction]:
-        decisions: list[Decision] = [decide(self.policy, self.state.customers.signals(c), self.rng) for c in customer_ids]
+        """Decide per customer with their arm's policy and models (the running experiment's variant,
+        else the defaults); one exposure record per customer, logged before answering."""
+        arms = self.router.route(customer_ids, datetime.now(UTC).replace(tzinfo=None))
+        groups: dict[int, tuple[Arm, list[int]]] = {}
+        for i, arm in enumerate(arms):
+            groups.setdefault(id(arm), (arm, []))[1].append(i)
+        answers: list[NextBestAction | None] = [None] * len(customer_ids)
+        exposures: list[dict | None] = [None] * len(customer_ids)
+        for arm, rows in groups.values():
+            self._decide(arm, [customer_ids[i] for i in rows], k, campaign, rows, answers, exposures)
+        request_id = self._log(exposures)
+        for answer in answers:
+            answer.request_id = request_id
+        return answers
+
+    def _decide(self, arm: Arm, customer_ids: list[str], k: int, campaign: str, rows: list[int],
+                answers: list, exposures: list) -> None:
+        state = arm.state
+        decisions = [decide(arm.policy, state.customers.signals(c), self.rng) for c in customer_ids]
         wanted = [c for c, d in zip(customer_ids, decisions, strict=True) if "product_block" in d.content_blocks]
-        blocks = {b.customer_id: b for b in self._blocks(self._recommend(wanted, k, RuleOptions(), log=False),
-                                                         campaign, None)} if wanted else {}
-        versions = self.state.versions
-        request_id = self._log([(c, d.action, [i.product_id for i in blocks[c].items] if c in blocks else [],
-                                 d.probability) for c, d in zip(customer_ids, decisions, strict=True)], versions)
-        return [NextBestAction.model_construct(customer_id=c, known=c in self.state.customers, request_id=request_id,
-                               product_block=blocks.get(c), model_versions=versions, variant=None,
-                               score_reasons=(self.state.customers.scores(c) or {}).get("reasons", []), **d.model_dump())
-                for c, d in zip(customer_ids, decisions, strict=True)]
+        blocks = {b.customer_id: b for b in self._blocks(self._recommend(wanted, k, RuleOptions(), log=False, state=state),
+                                                         campaign, None, state)} if wanted else {}
+        versions = state.versions
+        for row, c, d in zip(rows, customer_ids, decisions, strict=True):
+            block = blocks.get(c)
+            fields = d.model_dump()
+            if arm.content_block and d.action != SUPPRESS:
+                fields["content_blocks"] = [arm.content_block, *fields["content_blocks"]]
+            exposures[row] = _exposure(c, d.action, [i.product_id for i in block.items] if block else [], d.probability,
+                                       versions, arm.experiment, arm.variant)
+            answers[row] = NextBestAction.model_construct(
+                customer_id=c, known=c in state.customers, request_id="", product_block=block, model_versions=versions,
+                experiment=arm.experiment, variant=arm.variant,
+                subject_line=arm.subject_line if d.action != SUPPRESS else None,
+                score_reasons=(state.customers.scores(c) or {}).get("reasons", []), **fields)
 
     @bentoml.api(route="/next_best_action")
     def next_best_action(self, request: NextBestActionRequest, /) -> NextBestAction:
@@ -244,8 +275,17 @@ class Sendwise:
             models[name] = {"version": str(meta.get("version")), "trained_as_of": meta.get("trained_as_of"),
                             "holdout_roc_auc": (meta.get("holdout_metrics") or {}).get("roc_auc")}
         models["recommender"] = {"version": self.state.recommender_version, "kind": self.state.recommender.kind}
+        running = self.router.experiments.running(datetime.now(UTC).replace(tzinfo=None))
         return ModelInfo(snapshot_as_of=self.state.as_of.isoformat(), customers=len(self.state.customers),
-                         products=len(self.state.recommendations.products), models=models)
+                         products=len(self.state.recommendations.products), models=models,
+                         experiment=running.name if running else None)
+
+
+def _exposure(customer_id: str, action: str, products: list[str], probability: float, versions: dict[str, str],
+              experiment: str | None = None, variant: str | None = None) -> dict:
+    """One exposure record: the customer id and the decision, no other personal data."""
+    return {"customer_id": customer_id, "action": action, "products": products, "experiment": experiment,
+            "variant": variant, "probability": probability, "model_versions": versions}
 
 
 Sendwise.add_asgi_middleware(GuardMiddleware)

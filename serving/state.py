@@ -84,16 +84,31 @@ class ServingState:
                 "recommender": self.recommender_version}
 
 
+Aliases = tuple[str, str, str]  # churn, propensity, recommender
+
+
+def config_aliases(config: ServeConfig) -> Aliases:
+    return config.churn_alias, config.propensity_alias, config.recommender_alias
+
+
 def load_state(config: ServeConfig) -> ServingState:
     """Load everything or raise :class:`NotReadyError` naming what is missing."""
+    return load_states(config)[config_aliases(config)]
+
+
+def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] = ()) -> dict[Aliases, ServingState]:
+    """One state per alias set: the configured aliases and each of ``extra`` (e.g. an experiment
+    variant serving the challenger). Data and snapshot are read once and shared."""
     if not config.data.is_dir():
         raise NotReadyError(f"data directory {config.data} does not exist; pass --data DIR with the shop's tables.")
     configure_tracking(config.mlruns)
     hint = "Create it with `sendwise train {} --data DIR --as-of DATE`."
+    wanted = list(dict.fromkeys([config_aliases(config), *extra]))
     try:
-        churn = load_bundle("churn", config.churn_alias, hint.format("churn"))
-        propensity = load_bundle("propensity", config.propensity_alias, hint.format("propensity"))
-        recommender, recommender_version = load_alias(config.recommender_alias, hint.format("recommender"))
+        models = {aliases: (load_bundle("churn", aliases[0], hint.format("churn")),
+                            load_bundle("propensity", aliases[1], hint.format("propensity")),
+                            *load_alias(aliases[2], hint.format("recommender")))
+                  for aliases in wanted}
     except LookupError as exc:
         raise NotReadyError(str(exc)) from exc
     tables, _ = load_data_dir(config.data, None)
@@ -106,6 +121,9 @@ def load_state(config: ServeConfig) -> ServingState:
     else:
         as_of = snapshot_as_of(tables)
         features = build_features(tables, as_of)
-    context = RecommendationContext(tables, as_of, recommender)
-    return ServingState(as_of, CustomerTable(features, churn, propensity), churn, propensity, recommender,
-                        recommender_version, context, Lookup(context))
+    states = {}
+    for aliases, (churn, propensity, recommender, recommender_version) in models.items():
+        context = RecommendationContext(tables, as_of, recommender)
+        states[aliases] = ServingState(as_of, CustomerTable(features, churn, propensity), churn, propensity,
+                                       recommender, recommender_version, context, Lookup(context))
+    return states

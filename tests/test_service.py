@@ -95,8 +95,8 @@ def test_recommend_applies_rules_and_logs_exposures(client: TestClient, served_e
     assert [len(b["items"]) for b in batch] == [2, 2]
     logged = read_exposures(served_env["SENDWISE_EXPOSURE_LOG"])
     assert len(logged) == before + 4 and logged[-1]["customer_id"] == "nobody-123"
-    assert set(logged[-1]) == {"request_id", "time", "customer_id", "action", "products", "variant", "probability",
-                               "model_versions"}
+    assert set(logged[-1]) == {"request_id", "time", "customer_id", "action", "products", "experiment", "variant",
+                               "probability", "model_versions"}
 
 
 @pytest.mark.parametrize(("path", "body", "field"), [
