@@ -24,6 +24,7 @@ time (a customer would be in both and their effects could not be told apart).
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -135,7 +136,7 @@ class ExperimentSet(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"experiment names must be unique; got {names}")
         ordered = sorted(self.experiments, key=lambda e: e.start)
-        for a, b in zip(ordered, ordered[1:], strict=False):
+        for a, b in pairwise(ordered):
             if b.start < a.end:
                 raise ValueError(
                     f"experiments '{a.name}' ({a.start:%Y-%m-%d %H:%M} to {a.end:%Y-%m-%d %H:%M}) and '{b.name}' "

@@ -19,8 +19,8 @@ import pandas as pd
 from bentoml.exceptions import InvalidArgument
 from starlette.responses import JSONResponse
 
-from features.schema import CATEGORY, IMAGE_URL, NAME, PRICE, URL
 from experiments.config import ExperimentSet, load_experiments
+from features.schema import CATEGORY, IMAGE_URL, NAME, PRICE, URL
 from serving.config import ServeConfig
 from serving.exposures import ExposureLog
 from serving.lookup import PRECOMPUTED_K
