@@ -95,7 +95,9 @@ def test_promotion_needs_the_margin_and_force_overrides(trained: dict, demo_tabl
     assert decision.champion_value == pytest.approx(trained["churned"].metrics["roc_auc"])
     assert decision.challenger_value == pytest.approx(second.metrics["roc_auc"])
     small = promote("churn", margin=1e-6)
-    assert small.promoted == (second.metrics["roc_auc"] >= trained["churned"].metrics["roc_auc"] + 1e-6)
+    gain = second.metrics["roc_auc"] - trained["churned"].metrics["roc_auc"]
+    assert small.comparison.difference == pytest.approx(gain)
+    assert small.promoted == (gain >= 1e-6 and small.comparison.interval[0] > 0)  # by the margin, and significant
     loose = promote("churn", margin=-1.0)  # accept anything within a full point
     assert loose.promoted and alias_version("churn", CHAMPION) == "2"
     MlflowClient().set_registered_model_alias("churn", CHAMPION, "1")

@@ -104,7 +104,9 @@ def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn, p
                   data: Annotated[Path | None, typer.Option(help="Evaluate both on a fresh holdout from this data.")] = None,
                   as_of: Annotated[str | None, typer.Option("--as-of", help="Date of the fresh holdout.")] = None,
                   ) -> None:
-    """Move `champion` to the challenger only if it beats the champion on the same holdout."""
+    """Move `champion` to the challenger only if it beats the champion on the same holdout, by the
+    margin and with a paired-bootstrap interval of the difference above zero (above the margin when
+    the margin is negative)."""
     configure_tracking()
     tables = load(data, quiet=True) if data else None
     decision = promote(name, margin, force, tables, as_of)
@@ -112,6 +114,9 @@ def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn, p
     metric = HEADLINE.get(name, "roc_auc")
     console.print(f"champion v{decision.champion_version}: {metric} {decision.champion_value:.4f}; "
                   f"challenger v{decision.challenger_version}: {metric} {decision.challenger_value:.4f}")
+    c = decision.comparison
+    console.print(f"difference {c.difference:+.4f}, 95% paired-bootstrap interval [{c.interval[0]:+.4f}, "
+                  f"{c.interval[1]:+.4f}] ({c.resamples:,} resamples of {c.rows:,} customers)")
     verdict = "[green]promoted[/]" if decision.promoted else "[yellow]not promoted[/]"
     console.print(f"{verdict}: {decision.reason}" + (" (forced)" if decision.forced and decision.promoted else ""))
 

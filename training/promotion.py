@@ -1,4 +1,14 @@
-"""Champion / challenger: promote the challenger only when it beats the champion on one holdout."""
+"""Champion / challenger: promote the challenger only when it beats the champion on one holdout.
+
+Both versions are scored on the same holdout rows and compared with a paired bootstrap
+(:mod:`experiments.bootstrap`): ROC-AUC for churn and propensity, mean NDCG@10 over customers for the
+recommender. The challenger is promoted when
+
+* its headline metric is higher by at least ``margin`` (checked with ``mlflow.validate_evaluation_results``
+  for a positive margin), and
+* the 95 % interval of the difference lies above ``min(margin, 0)``: above zero for a positive
+  margin (significantly better), above ``margin`` for a negative one (not worse by more than it).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +20,11 @@ from mlflow.models.evaluation import EvaluationResult
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.tracking import MlflowClient
 
+from experiments.bootstrap import PairedDifference, paired_auc, paired_mean
+from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import Target
-from training.metrics import classification_metrics
+from training.holdout_scores import load_holdout_scores
 from training.registry import CHALLENGER, CHAMPION, MissingModelError, alias_version, load_version
 from training.tracking import experiment_id
 from training.train import holdout_frame
@@ -34,16 +46,49 @@ class PromotionDecision:
     promoted: bool
     forced: bool
     reason: str
+    comparison: PairedDifference  # the paired bootstrap
 
 
-def _logged_holdout(name: str, version: str) -> tuple[float, str, str]:
+def _holdout_tags(name: str, version: str) -> tuple[str, str]:
     client = MlflowClient()
-    run = client.get_run(client.get_model_version(name, version).run_id)
-    key = f"holdout_{HEADLINE.get(name, 'roc_auc')}"
-    value = run.data.metrics.get(key)
-    if value is None:
-        raise MissingModelError(f"{name} version {version} has no logged {key}")
-    return value, run.data.tags.get("holdout_as_of", ""), run.data.tags.get("data_fingerprint", "")
+    tags = client.get_run(client.get_model_version(name, version).run_id).data.tags
+    return tags.get("holdout_as_of", ""), tags.get("data_fingerprint", "")
+
+
+def _logged_comparison(name: str, champion: str, challenger: str, metric: str) -> tuple[PairedDifference, str]:
+    """Paired bootstrap on the per-customer holdout scores both runs logged."""
+    tags = {v: _holdout_tags(name, v) for v in (champion, challenger)}
+    if tags[champion] != tags[challenger]:
+        (champ_date, champ_data), (chall_date, chall_data) = tags[champion], tags[challenger]
+        raise MissingModelError(
+            f"champion v{champion} and challenger v{challenger} were evaluated on different holdouts "
+            f"({champ_date} vs {chall_date}, data {champ_data} vs {chall_data}); "
+            + ("retrain both on one --as-of and data." if name == "recommender"
+               else "pass --data and --as-of to evaluate both on one holdout."))
+    scores = {v: load_holdout_scores(name, v) for v in (champion, challenger)}
+    missing = [v for v, frame in scores.items() if frame is None]
+    if missing:
+        raise MissingModelError(f"{name} version(s) {', '.join(missing)} logged no per-customer holdout scores "
+                                "(trained before they were kept); retrain, or for churn and propensity pass "
+                                "--data and --as-of.")
+    joined = scores[champion].merge(scores[challenger], on=CUSTOMER_ID, suffixes=("_champion", "_challenger"))
+    if name == "recommender":
+        comparison = paired_mean(joined[f"{metric}_champion"], joined[f"{metric}_challenger"], metric)
+    else:
+        comparison = paired_auc(joined["label_champion"].to_numpy(int), joined["probability_champion"].to_numpy(),
+                                joined["probability_challenger"].to_numpy())
+    date, data = tags[challenger]
+    return comparison, f"logged holdout at {date} (data {data}, {len(joined):,} customers)"
+
+
+def _fresh_comparison(name: str, champion: str, challenger: str, tables: Tables,
+                      as_of: object) -> tuple[PairedDifference, str]:
+    champ_bundle, chall_bundle = load_version(name, champion), load_version(name, challenger)
+    target = Target(chall_bundle.target)
+    holdout = holdout_frame(tables, target, as_of, chall_bundle.horizon_days)
+    y = holdout[target.value].to_numpy(int)
+    comparison = paired_auc(y, champ_bundle.predict_proba(holdout), chall_bundle.predict_proba(holdout))
+    return comparison, f"fresh holdout at {as_of} ({len(holdout):,} customers)"
 
 
 def _beats(challenger: float, champion: float, margin: float, metric: str = "roc_auc") -> tuple[bool, str]:
@@ -60,13 +105,24 @@ def _beats(challenger: float, champion: float, margin: float, metric: str = "roc
     return True, f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} by at least {margin}"
 
 
+def _significant(comparison: PairedDifference, margin: float) -> tuple[bool, str]:
+    floor = min(margin, 0.0)
+    low, high = comparison.interval
+    interval = f"95% interval of the difference [{low:+.4f}, {high:+.4f}]"
+    if low > floor:
+        return True, f"{interval} lies above {floor:+g}"
+    return False, f"{interval} does not lie above {floor:+g}" + (
+        ": the gain may be noise" if floor == 0 else f": it may be worse by more than {-floor:g}")
+
+
 def promote(name: str, margin: float = DEFAULT_MARGIN, force: bool = False,
             tables: Tables | None = None, as_of: object | None = None) -> PromotionDecision:
     """Move ``champion`` to the challenger if it beats the champion's holdout headline metric
-    (:data:`HEADLINE`: ROC-AUC, or NDCG@10 for the recommender) by ``margin``.
+    (:data:`HEADLINE`) by ``margin`` and the paired bootstrap interval agrees (see the module).
 
-    Both are compared on the same holdout: their logged holdout metrics when they were evaluated on
-    the same data and holdout date, else a fresh holdout at ``as_of`` built from ``tables``.
+    Both are compared on the same holdout: the per-customer scores their runs logged when they were
+    evaluated on the same data and holdout date, else (churn, propensity) a fresh holdout at
+    ``as_of`` built from ``tables``.
     """
     champion, challenger = alias_version(name, CHAMPION), alias_version(name, CHALLENGER)
     if champion is None or challenger is None:
@@ -76,30 +132,20 @@ def promote(name: str, margin: float = DEFAULT_MARGIN, force: bool = False,
     metric = HEADLINE.get(name, "roc_auc")
     if tables is not None and as_of is not None and name == "recommender":
         raise ValueError("a fresh holdout is not supported for the recommender: both versions are compared on "
-                         "their logged holdout metrics; leave out --data and --as-of.")
+                         "their logged holdout scores; leave out --data and --as-of.")
     if tables is not None and as_of is not None:
-        champ_bundle, chall_bundle = load_version(name, champion), load_version(name, challenger)
-        target = Target(chall_bundle.target)
-        holdout = holdout_frame(tables, target, as_of, chall_bundle.horizon_days)
-        y = holdout[target.value].to_numpy(int)
-        champion_value = classification_metrics(y, champ_bundle.predict_proba(holdout))["roc_auc"]
-        challenger_value = classification_metrics(y, chall_bundle.predict_proba(holdout))["roc_auc"]
-        holdout_desc = f"fresh holdout at {as_of} ({len(holdout):,} customers)"
+        comparison, holdout_desc = _fresh_comparison(name, champion, challenger, tables, as_of)
     else:
-        champion_value, champ_date, champ_data = _logged_holdout(name, champion)
-        challenger_value, chall_date, chall_data = _logged_holdout(name, challenger)
-        if (champ_date, champ_data) != (chall_date, chall_data):
-            raise MissingModelError(
-                f"champion v{champion} and challenger v{challenger} were evaluated on different holdouts "
-                f"({champ_date} vs {chall_date}, data {champ_data} vs {chall_data}); pass --data and --as-of "
-                "to evaluate both on one holdout.")
-        holdout_desc = f"logged holdout at {chall_date} (data {chall_data})"
+        comparison, holdout_desc = _logged_comparison(name, champion, challenger, metric)
+    champion_value, challenger_value = comparison.champion, comparison.challenger
     if champion == challenger:
         promoted, reason = False, "the challenger is already the champion"
     else:
-        promoted, reason = _beats(challenger_value, champion_value, margin, metric)
+        beats, reason = _beats(challenger_value, champion_value, margin, metric)
+        significant, why = _significant(comparison, margin)
+        promoted, reason = beats and significant, f"{reason}; {why}"
     decision = PromotionDecision(name, champion, challenger, champion_value, challenger_value, margin, holdout_desc,
-                                 promoted or (force and champion != challenger), force, reason)
+                                 promoted or (force and champion != challenger), force, reason, comparison)
     if decision.promoted:
         MlflowClient().set_registered_model_alias(name, CHAMPION, challenger)
     mlflow.set_experiment(experiment_id=experiment_id("sendwise-promotions"))
@@ -107,8 +153,7 @@ def promote(name: str, margin: float = DEFAULT_MARGIN, force: bool = False,
         mlflow.log_params({"model": name, "champion_version": champion, "challenger_version": challenger,
                            "margin": margin, "forced": force, "holdout": holdout_desc[:250]})
         mlflow.log_metrics({f"champion_{metric}": champion_value, f"challenger_{metric}": challenger_value,
-                            "promoted": float(decision.promoted)})
+                            "difference": comparison.difference, "difference_low": comparison.interval[0],
+                            "difference_high": comparison.interval[1], "promoted": float(decision.promoted)})
         mlflow.set_tag("reason", reason[:5000])
     return decision
-
-

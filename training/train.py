@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_features, to_timestamp
-from features.schema import AS_OF
+from features.schema import AS_OF, CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
 from features.validate import ContractError
@@ -36,6 +36,7 @@ from training import plots
 from training.baselines import LogRFMLogistic, recency_rule
 from training.calibration import fit_calibrator
 from training.design import design_matrix, feature_columns
+from training.holdout_scores import log_holdout_scores
 from training.metrics import classification_metrics
 from training.model import ModelBundle
 from training.registry import log_and_register
@@ -219,6 +220,8 @@ def train_classifier(
         mlflow.log_text(json.dumps(columns, indent=1), "features.json")
         _log_plots(y["holdout"], {"model": p_holdout, **baseline_scores},
                    {"model (calibrated)": p_holdout, "model (raw)": raw_holdout}, bundle, folds.holdout)
+        log_holdout_scores(pd.DataFrame({CUSTOMER_ID: folds.holdout[CUSTOMER_ID].to_numpy(), "label": y["holdout"],
+                                         "probability": p_holdout}))
         say("registering")
         version = log_and_register(bundle, name, folds.holdout.head(100), p_holdout[:100])
         bundle.meta["version"] = version

@@ -23,7 +23,7 @@ from features.interactions import InteractionConfig, build_interactions, pairs_m
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 from features.tables import Tables
 from training.recommenders.batch import top_k_frame
-from training.recommenders.metrics import catalog_coverage, ranking_metrics
+from training.recommenders.metrics import catalog_coverage, per_customer, ranking_metrics
 from training.recommenders.models import Recommender
 
 NEW_ITEMS, ALL_ITEMS = "new items", "all items"
@@ -88,6 +88,13 @@ def score(model: Recommender, tables: Tables, test: Holdout, k: int,
                     **ranking_metrics(recs, truth, k),
                     "coverage": catalog_coverage(recs, len(model.product_ids_), k)})
     return out
+
+
+def per_customer_metrics(model: Recommender, tables: Tables, test: Holdout, k: int,
+                         base_config: InteractionConfig | None = None) -> pd.DataFrame:
+    """Every metric per test customer (new-items variant) of a model fitted before ``test.as_of``."""
+    recs = recommend_for_test(model, tables, test, k, NEW_ITEMS, base_config)
+    return per_customer(recs, test.truth[NEW_ITEMS], k)
 
 
 def evaluate(tables: Tables, as_of: datetime, models: dict[str, Recommender], k: int = 10,

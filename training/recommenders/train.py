@@ -26,6 +26,7 @@ from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.validate import ContractError
 from training import plots
+from training.holdout_scores import log_holdout_scores
 from training.recommenders import evaluation
 from training.recommenders.evaluation import NEW_ITEMS, Holdout, holdout
 from training.recommenders.models import TUNABLE, Recommender, make_recommender
@@ -145,11 +146,13 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
                                                    log_trial)).params
         say("evaluating on the holdout")
         rows = []
-        for name, model in {kind: make_recommender(kind, **chosen), "popular": make_recommender("popular"),
-                            "trending": make_recommender("trending")}.items():
+        models = {kind: make_recommender(kind, **chosen), "popular": make_recommender("popular"),
+                  "trending": make_recommender("trending")}
+        for name, model in models.items():
             model.fit_tables(cut, holdout_start, base_config)
             rows += [{"model": name, **r} for r in evaluation.score(model, cut if until else tables, test, k, base_config)]
         table = pd.DataFrame(rows)
+        per_customer = evaluation.per_customer_metrics(models[kind], cut if until else tables, test, k, base_config)
         say("fitting on every row before the as_of")
         final = make_recommender(kind, **chosen).fit_tables(cut, date, base_config)
 
@@ -165,6 +168,8 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
         for base in ("popular", "trending"):
             mlflow.log_metrics(_metrics(by_model[base], f"baseline_{base}_", k))
         mlflow.log_table(table, "holdout_metrics.json")
+        log_holdout_scores(pd.DataFrame({CUSTOMER_ID: per_customer.index.astype(str),
+                                         f"ndcg_at_{k}": per_customer["ndcg"].to_numpy()}))
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plots.ranking_plot(table, Path(tmp) / "ranking.png", k)), artifact_path="plots")
         say("registering")
