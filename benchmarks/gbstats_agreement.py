@@ -63,7 +63,7 @@ def gbstats_python() -> Path:
 
 
 def _aggregate(values: np.ndarray, covariate: np.ndarray | None = None) -> dict:
-    out = {"n": int(len(values)), "sum": float(values.sum()), "sum_squares": float((values ** 2).sum())}
+    out = {"n": len(values), "sum": float(values.sum()), "sum_squares": float((values ** 2).sum())}
     if covariate is not None:
         out |= {"pre_sum": float(covariate.sum()), "pre_sum_squares": float((covariate ** 2).sum()),
                 "sum_product": float((values * covariate).sum())}
