@@ -36,7 +36,6 @@ ACTION = "action"
 TIME = "time"
 EXPOSED_AT = "exposed_at"
 SUPPRESS = "suppress"
-OUTCOMES = ("opened", "clicked", "unsubscribed", "converted", "orders", "revenue", "pre_revenue")
 
 
 @dataclass
