@@ -74,6 +74,8 @@ def test_promotion_rule_superiority_and_non_inferiority() -> None:
     assert _significant(_difference(-0.004, 0.01), -0.005)[0]  # not worse by more than 0.005
     ok, why = _significant(_difference(-0.02, 0.01), -0.005)
     assert not ok and "worse by more than 0.005" in why
+    ok, why = _significant(_difference(-0.02, -0.007), 0.005)
+    assert not ok and "the challenger is worse" in why
 
 
 def test_bad_input_is_named() -> None:

@@ -111,6 +111,8 @@ def _significant(comparison: PairedDifference, margin: float) -> tuple[bool, str
     interval = f"95% interval of the difference [{low:+.4f}, {high:+.4f}]"
     if low > floor:
         return True, f"{interval} lies above {floor:+g}"
+    if high < 0:
+        return False, f"{interval}: the challenger is worse"
     return False, f"{interval} does not lie above {floor:+g}" + (
         ": the gain may be noise" if floor == 0 else f": it may be worse by more than {-floor:g}")
 
