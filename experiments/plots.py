@@ -18,13 +18,7 @@ from experiments.analysis import OUTCOME_OF, Readout  # noqa: E402
 from experiments.attribution import EXPOSED_AT, VARIANT  # noqa: E402
 from experiments.config import Metric  # noqa: E402
 from experiments.stats import Sample, two_proportion_ztest, welch_ttest  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+from training.plots import save_figure  # noqa: E402  (Agg backend, tight layout, closes the figure)
 
 
 def rates_plot(readout: Readout, outcomes: pd.DataFrame, path: Path) -> Path:
@@ -43,7 +37,7 @@ def rates_plot(readout: Readout, outcomes: pd.DataFrame, path: Path) -> Path:
         ax.bar(names, means, yerr=errors, capsize=4, color=["#888888"] + ["#2a7ab0"] * (len(names) - 1))
         ax.set_title(metric.value.replace("_", " "), fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def lift_plot(readout: Readout, path: Path) -> Path:
@@ -61,7 +55,7 @@ def lift_plot(readout: Readout, path: Path) -> Path:
     ax.invert_yaxis()
     interval = "always-valid" if readout.sequential else f"{1 - alpha:.0%}"
     ax.set(xlabel=f"relative lift vs control, % ({interval} interval)", title="Lift by metric")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def lift_over_time_plot(readout: Readout, outcomes: pd.DataFrame, path: Path) -> Path:
@@ -97,7 +91,7 @@ def lift_over_time_plot(readout: Readout, outcomes: pd.DataFrame, path: Path) ->
     ax.set(title=f"{metric.value}: lift by exposure date", ylabel="absolute lift")
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def power_curve_plot(baseline: float, mdes: np.ndarray, sizes: list[int], path: Path) -> Path:
@@ -107,4 +101,4 @@ def power_curve_plot(baseline: float, mdes: np.ndarray, sizes: list[int], path: 
     ax.set(xscale="linear", yscale="log", xlabel="minimum detectable effect, relative %",
            ylabel="recipients per variant", title=f"Sample size at baseline {baseline:.2%}")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

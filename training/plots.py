@@ -13,7 +13,7 @@ from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -28,7 +28,7 @@ def roc_plot(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (holdout)")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pr_plot(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
@@ -39,7 +39,7 @@ def pr_plot(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
     ax.axhline(np.mean(y), color="k", ls=":", lw=1, label="base rate")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (holdout)")
     ax.legend(loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def calibration_plot(y: np.ndarray, probabilities: dict[str, np.ndarray], path: Path) -> Path:
@@ -50,7 +50,7 @@ def calibration_plot(y: np.ndarray, probabilities: dict[str, np.ndarray], path: 
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect")
     ax.set(xlabel="predicted probability", ylabel="observed rate", title="Calibration (holdout)")
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def gains_plot(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
@@ -63,7 +63,7 @@ def gains_plot(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path
     ax.set(xlabel="share of customers targeted", ylabel="share of positives captured",
            title="Cumulative gains (holdout)")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def importance_plot(columns: list[str], contributions: np.ndarray, path: Path, top: int = 20) -> Path:
@@ -73,7 +73,7 @@ def importance_plot(columns: list[str], contributions: np.ndarray, path: Path, t
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
     ax.barh([columns[i] for i in order], mean_abs[order])
     ax.set(xlabel="mean |contribution| to log-odds", title="Feature importance (holdout)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ranking_plot(table, path: Path, k: int = 10) -> Path:
@@ -88,4 +88,4 @@ def ranking_plot(table, path: Path, k: int = 10) -> Path:
         ax.set_yticks(y, rows["model"])
         ax.set(title=f"{variant} (holdout)", xlabel="score")
         ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
