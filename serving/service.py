@@ -219,35 +219,37 @@ class Sendwise:
         groups: dict[int, tuple[Arm, list[int]]] = {}
         for i, arm in enumerate(arms):
             groups.setdefault(id(arm), (arm, []))[1].append(i)
-        answers: list[NextBestAction | None] = [None] * len(customer_ids)
-        exposures: list[dict | None] = [None] * len(customer_ids)
+        decided: dict[int, tuple[NextBestAction, dict]] = {}
         for arm, rows in groups.values():
-            self._decide(arm, [customer_ids[i] for i in rows], k, campaign, rows, answers, exposures)
-        request_id = self._log(exposures)
+            decided.update(zip(rows, self._decide(arm, [customer_ids[i] for i in rows], k, campaign), strict=True))
+        answers, exposures = zip(*(decided[i] for i in range(len(customer_ids))), strict=True)
+        request_id = self._log(list(exposures))
         for answer in answers:
             answer.request_id = request_id
-        return answers
+        return list(answers)
 
-    def _decide(self, arm: Arm, customer_ids: list[str], k: int, campaign: str, rows: list[int],
-                answers: list, exposures: list) -> None:
+    def _decide(self, arm: Arm, customer_ids: list[str], k: int, campaign: str) -> list[tuple[NextBestAction, dict]]:
+        """(answer, exposure record) per customer of one arm."""
         state = arm.state
         decisions = [decide(arm.policy, state.customers.signals(c), self.rng) for c in customer_ids]
         wanted = [c for c, d in zip(customer_ids, decisions, strict=True) if "product_block" in d.content_blocks]
         blocks = {b.customer_id: b for b in self._blocks(self._recommend(wanted, k, RuleOptions(), log=False, state=state),
                                                          campaign, None, state)} if wanted else {}
         versions = state.versions
-        for row, c, d in zip(rows, customer_ids, decisions, strict=True):
+        out = []
+        for c, d in zip(customer_ids, decisions, strict=True):
             block = blocks.get(c)
             fields = d.model_dump()
             if arm.content_block and d.action != SUPPRESS:
                 fields["content_blocks"] = [arm.content_block, *fields["content_blocks"]]
-            exposures[row] = _exposure(c, d.action, [i.product_id for i in block.items] if block else [], d.probability,
-                                       versions, arm.experiment, arm.variant)
-            answers[row] = NextBestAction.model_construct(
+            answer = NextBestAction.model_construct(
                 customer_id=c, known=c in state.customers, request_id="", product_block=block, model_versions=versions,
                 experiment=arm.experiment, variant=arm.variant,
                 subject_line=arm.subject_line if d.action != SUPPRESS else None,
                 score_reasons=(state.customers.scores(c) or {}).get("reasons", []), **fields)
+            out.append((answer, _exposure(c, d.action, [i.product_id for i in block.items] if block else [],
+                                          d.probability, versions, arm.experiment, arm.variant)))
+        return out
 
     @bentoml.api(route="/next_best_action")
     def next_best_action(self, request: NextBestActionRequest, /) -> NextBestAction:
