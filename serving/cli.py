@@ -14,28 +14,21 @@ from features.cli import DataDir
 from sendwise.console import console, reports_user_errors
 from serving.config import ServeConfig
 from serving.policy import Policy
-from serving.state import NotReadyError
-from training.recommenders.store import REGISTERED_NAME
-from training.registry import alias_version
-from training.tracking import configure_tracking
+from serving.state import NotReadyError, load_champions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def preflight(config: ServeConfig) -> None:
-    """Fail fast, naming what is missing and the command that creates it."""
+    """Fail fast, naming what is missing or broken and the command that fixes it (the champions are
+    loaded once here: a crash-looping server worker would only repeat the error)."""
     if not config.data.is_dir():
         raise NotReadyError(f"data directory {config.data} does not exist.")
     Policy.load(config.policy) if config.policy else Policy.load()  # a bad policy file fails here
     if config.snapshot is not None and not config.snapshot.exists():
         raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
                             f"`sendwise features snapshot --data {config.data} --out {config.snapshot}`.")
-    configure_tracking(config.mlruns)
-    for name, alias in (("churn", config.churn_alias), ("propensity", config.propensity_alias),
-                        (REGISTERED_NAME, config.recommender_alias)):
-        if alias_version(name, alias) is None:
-            raise NotReadyError(f"no '{name}' model has the alias '{alias}' in {config.mlruns}. Create it with "
-                                f"`sendwise train {name} --data DIR --as-of DATE`.")
+    load_champions(config)  # a missing alias, or an artifact that is missing or corrupt, fails here
 
 
 @reports_user_errors

@@ -6,9 +6,11 @@ recommendations are computed per request from the recommender's factors and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import mlflow
 import pandas as pd
 
 from features.build import build_features
@@ -20,8 +22,9 @@ from serving.lookup import Lookup
 from training.model import ModelBundle
 from training.recommenders.batch import RecommendationContext
 from training.recommenders.models import Recommender
-from training.recommenders.store import load_alias
-from training.registry import load_bundle
+from training.recommenders.store import REGISTERED_NAME
+from training.recommenders.store import load_version as load_recommender_version
+from training.registry import alias_version, load_version
 from training.scoring import REASONS, score_features
 from training.tracking import configure_tracking
 
@@ -84,18 +87,50 @@ class ServingState:
                 "recommender": self.recommender_version}
 
 
+@dataclass
+class Champions:
+    churn: ModelBundle
+    propensity: ModelBundle
+    recommender: Recommender
+    recommender_version: str
+
+
+def _load(name: str, alias: str, load: Callable[[str], object]) -> tuple[object, str]:
+    """``load(version)`` of the version of ``name`` carrying ``alias``, and that version; or
+    :class:`NotReadyError` naming the model, the version and what to do when it is missing or does
+    not load."""
+    version = alias_version(name, alias)
+    if version is None:
+        raise NotReadyError(f"no '{name}' model has the alias '{alias}' in {mlflow.get_tracking_uri()}. Create it with "
+                            f"`sendwise train {name} --data DIR --as-of DATE`.")
+    try:
+        return load(version), version
+    except Exception as exc:  # noqa: BLE001 - whatever a missing or corrupt artifact raises, say which
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise NotReadyError(
+            f"the '{name}' model version {version} (alias '{alias}') could not be loaded: its artifact "
+            f"(models:/{name}/{version}) is missing or corrupt ({type(exc).__name__}: {detail}). Point the "
+            f"alias at a good version (`sendwise models promote {name} --force` promotes the challenger) "
+            f"or retrain (`sendwise train {name} --data DIR --as-of DATE`).") from exc
+
+
+def load_champions(config: ServeConfig) -> Champions:
+    """The models the service needs, or :class:`NotReadyError` naming the one that is missing or
+    broken (``sendwise serve`` calls this before starting the server)."""
+    configure_tracking(config.mlruns)
+    churn, _ = _load("churn", config.churn_alias, lambda v: load_version("churn", v))
+    propensity, _ = _load("propensity", config.propensity_alias, lambda v: load_version("propensity", v))
+    recommender, version = _load(REGISTERED_NAME, config.recommender_alias, load_recommender_version)
+    return Champions(churn, propensity, recommender, version)
+
+
 def load_state(config: ServeConfig) -> ServingState:
     """Load everything or raise :class:`NotReadyError` naming what is missing."""
     if not config.data.is_dir():
         raise NotReadyError(f"data directory {config.data} does not exist; pass --data DIR with the shop's tables.")
-    configure_tracking(config.mlruns)
-    hint = "Create it with `sendwise train {} --data DIR --as-of DATE`."
-    try:
-        churn = load_bundle("churn", config.churn_alias, hint.format("churn"))
-        propensity = load_bundle("propensity", config.propensity_alias, hint.format("propensity"))
-        recommender, recommender_version = load_alias(config.recommender_alias, hint.format("recommender"))
-    except LookupError as exc:
-        raise NotReadyError(str(exc)) from exc
+    champions = load_champions(config)
+    churn, propensity = champions.churn, champions.propensity
+    recommender, recommender_version = champions.recommender, champions.recommender_version
     tables, _ = load_data_dir(config.data, None)
     if config.snapshot is not None:
         if not config.snapshot.exists():

@@ -15,10 +15,15 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 from features.demo import DemoShop, generate_demo  # noqa: E402
 from features.io import load_data_dir  # noqa: E402
 from features.tables import Tables  # noqa: E402
+from features.training_set import Target  # noqa: E402
+from training.recommenders.train import train_recommender  # noqa: E402
+from training.tracking import configure_tracking  # noqa: E402
+from training.train import train_classifier  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ONLINE_RETAIL = SHARED_DATA / "online-retail" / "online_retail.csv.gz"
 MOVIELENS = SHARED_DATA / "movielens-latest-small" / "ml-latest-small_ratings.csv.gz"
+SERVE_AS_OF = "2025-10-01"
 
 
 def ts(value: str) -> pd.Timestamp:
@@ -95,3 +100,24 @@ def movielens_path() -> Path:
     if not MOVIELENS.exists():
         pytest.skip(f"MovieLens file not present at {MOVIELENS}")
     return MOVIELENS
+
+
+def train_champions(tables: Tables, mlruns: Path) -> None:
+    """Churn, propensity and an ALS recommender trained before SERVE_AS_OF, each the champion."""
+    configure_tracking(mlruns)
+    for target in Target:
+        train_classifier(tables, target, SERVE_AS_OF, mlruns=mlruns)
+    train_recommender(tables, SERVE_AS_OF, "als", mlruns=mlruns)
+
+
+@pytest.fixture(scope="session")
+def served_env(demo_dir: Path, demo_tables: Tables, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Champion churn, propensity and recommender trained on the demo shop; the service's settings."""
+    root = tmp_path_factory.mktemp("serve")
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train_champions(demo_tables, root / "mlruns")
+    env = {"SENDWISE_DATA": str(demo_dir), "SENDWISE_MLRUNS": str(root / "mlruns"),
+           "SENDWISE_EXPOSURE_LOG": str(root / "exposures.jsonl")}
+    yield env
+    mp.undo()

@@ -17,31 +17,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from features.tables import Tables
-from features.training_set import Target
 from serving.config import ServeConfig
 from serving.exposures import ExposureLog, read_exposures
 from serving.state import NotReadyError, load_state
-from training.recommenders.train import train_recommender
-from training.tracking import configure_tracking
-from training.train import train_classifier
-
-AS_OF = "2025-10-01"
-
-
-@pytest.fixture(scope="module")
-def served_env(demo_dir: Path, demo_tables: Tables, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Champion churn, propensity and recommender trained on the demo shop; the service's settings."""
-    root = tmp_path_factory.mktemp("serve")
-    mp = pytest.MonkeyPatch()
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    configure_tracking(root / "mlruns")
-    for target in Target:
-        train_classifier(demo_tables, target, AS_OF, mlruns=root / "mlruns")
-    train_recommender(demo_tables, AS_OF, "als", mlruns=root / "mlruns")
-    env = {"SENDWISE_DATA": str(demo_dir), "SENDWISE_MLRUNS": str(root / "mlruns"),
-           "SENDWISE_EXPOSURE_LOG": str(root / "exposures.jsonl")}
-    yield env
-    mp.undo()
 
 
 API_KEY = "s3cret"
