@@ -115,11 +115,15 @@ def skip_forgotten(con: duckdb.DuckDBPyConnection, raw: str, tombstones: Tombsto
     many rows were left out."""
     condition = tombstones.forgotten_sql(con, column)
     n = con.execute(f"SELECT count(*) FROM {raw} WHERE {condition}").fetchall()[0][0]
-    if n:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_kept AS SELECT * FROM {raw} WHERE NOT ({condition})")
-        con.execute(f"DROP VIEW IF EXISTS {raw}")
-        con.execute(f"DROP TABLE IF EXISTS {raw}")
+    if not n:
+        return 0
+    is_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [raw]).fetchall()[0][0]
+    if is_view:  # a parquet file read in place: keep the rows that stay in a table of that name
+        con.execute(f"CREATE TEMP TABLE {raw}_kept AS SELECT * FROM {raw} WHERE NOT ({condition})")
+        con.execute(f"DROP VIEW {raw}")
         con.execute(f"ALTER TABLE {raw}_kept RENAME TO {raw}")
+    else:
+        con.execute(f"DELETE FROM {raw} WHERE {condition}")
     return n
 
 

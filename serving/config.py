@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 
 class ServeConfig(BaseModel):
@@ -32,7 +32,7 @@ class ServeConfig(BaseModel):
     recommender_alias: str = "champion"
     exposure_log: Path = Path("exposures/exposures.jsonl")
     exposure_fsync: bool = False
-    api_key: str | None = None
+    api_key: SecretStr | None = None  # hidden in repr and dumps
     policy: Path | None = None
     currency: str = "GBP"
 
@@ -64,7 +64,7 @@ class ServeConfig(BaseModel):
         if self.snapshot:
             env["SENDWISE_SNAPSHOT"] = str(self.snapshot.resolve())
         if self.api_key:
-            env["SENDWISE_API_KEY"] = self.api_key
+            env["SENDWISE_API_KEY"] = self.api_key.get_secret_value()
         if self.policy:
             env["SENDWISE_POLICY"] = str(self.policy.resolve())
         env["SENDWISE_CURRENCY"] = self.currency
