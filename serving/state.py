@@ -105,7 +105,7 @@ def _load(name: str, alias: str, load: Callable[[str], object]) -> tuple[object,
                             f"`sendwise train {name} --data DIR --as-of DATE`.")
     try:
         return load(version), version
-    except Exception as exc:  # noqa: BLE001 - whatever a missing or corrupt artifact raises, say which
+    except Exception as exc:  # whatever a missing or corrupt artifact raises, say which
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise NotReadyError(
             f"the '{name}' model version {version} (alias '{alias}') could not be loaded: its artifact "

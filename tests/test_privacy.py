@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import SERVE_AS_OF, train_champions
 from typer.testing import CliRunner
 
-from conftest import SERVE_AS_OF, train_champions
 from features.importers.uci_retail import import_online_retail
 from features.io import load_data_dir, write_parquet
 from features.snapshot import write_snapshot
@@ -60,8 +60,8 @@ def shop(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Shop:
     customers, orders, events = frames["customers"], frames["orders"], frames["events"]
     unsubscribed = set(events.loc[events["event_type"] == "unsubscribe", "customer_id"])
     buyers = orders.loc[orders["ordered_at"] < pd.Timestamp(SERVE_AS_OF)].groupby("customer_id").size()
-    chosen = sorted(c for c in customers.loc[customers["email_consent"], "customer_id"]
-                    if c not in unsubscribed and buyers.get(c, 0) >= 3)[0]
+    chosen = min(c for c in customers.loc[customers["email_consent"], "customer_id"]
+                 if c not in unsubscribed and buyers.get(c, 0) >= 3)
     for name in ("orders", "customers", "events"):
         frames[name]["customer_id"] = frames[name]["customer_id"].replace(chosen, VICTIM)
     customers["email"] = customers["customer_id"].str.lower() + "@mail.example"
