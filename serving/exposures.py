@@ -20,11 +20,11 @@ import fcntl
 import json
 import os
 import secrets
+import tempfile
 import threading
 from collections.abc import Collection
 from pathlib import Path
 
-from features.io import atomic_write
 from features.schema import CUSTOMER_ID
 
 
@@ -111,16 +111,19 @@ def read_exposures(path: Path | str) -> list[dict]:
 def pseudonymise_customers(path: Path | str, customer_ids: Collection[str]) -> int:
     """Replace ``customer_ids`` in the log by random pseudonyms (one per customer, kept nowhere), so
     that counts per action, variant and model stay right and nothing links back to the customer;
-    lines that do not parse (torn tails) are dropped. Returns how many records changed."""
+    lines that do not parse (torn tails) are dropped. Returns how many records changed.
+
+    The bulk of the log is rewritten while writers go on appending; the exclusive lock is held only
+    to rewrite what they appended meanwhile and to rename (a few milliseconds of paused appends)."""
     path = Path(path)
     if not path.exists():
         return 0
     wanted = set(customer_ids)
     pseudonyms = {c: f"forgotten-{secrets.token_hex(8)}" for c in wanted}
-    with open(path, "rb") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when closed, after the rename
-        lines, changed = [], 0
-        for line in f.read().split(b"\n"):
+
+    def rewrite(lines: bytes) -> tuple[bytes, int]:
+        out, changed = [], 0
+        for line in lines.split(b"\n"):
             try:
                 record = json.loads(line)
             except ValueError:  # a torn tail, or an empty line
@@ -128,7 +131,32 @@ def pseudonymise_customers(path: Path | str, customer_ids: Collection[str]) -> i
             if isinstance(record, dict) and record.get(CUSTOMER_ID) in wanted:
                 record[CUSTOMER_ID] = pseudonyms[record[CUSTOMER_ID]]
                 line, changed = json.dumps(record, separators=(",", ":")).encode(), changed + 1
-            lines.append(line + b"\n")
-        if changed:
-            atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"".join(lines)))
+            out.append(line + b"\n")
+        return b"".join(out), changed
+
+    with open(path, "rb") as f:
+        head = f.read()
+        cut = head.rfind(b"\n") + 1  # complete lines only; the rest is read again under the lock
+        body, changed = rewrite(head[:cut])
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, os.fstat(f.fileno()).st_mode & 0o777)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+                fcntl.flock(f, fcntl.LOCK_EX)  # released when ``f`` closes, after the rename
+                f.seek(cut)
+                tail, tail_changed = rewrite(f.read())
+                changed += tail_changed
+                if not changed:
+                    Path(tmp).unlink()
+                    return 0
+                out.write(tail)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return changed

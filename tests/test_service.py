@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from starlette.testclient import TestClient
 
@@ -147,8 +148,8 @@ def _free_port() -> int:
 
 def test_real_server_bounds_bodies_and_killed_under_load_loses_no_acknowledged_exposure(
         served_env: dict, demo_tables: Tables, tmp_path: Path) -> None:
-    """The real `bentoml serve`: answers, refuses a streamed oversized body, then is SIGKILLed (supervisor
-    and worker) under load from 4 clients: every request it answered 200 has its exposure record, and
+    """The real `bentoml serve`: answers, refuses a streamed oversized body, then is SIGKILLed (worker
+    and supervisor) under load from 4 clients: every request it answered 200 has its exposure record, and
     neither its logs nor the exposure log hold the API key."""
     key, port, log = "sk-fault-test-3c2b1a", _free_port(), tmp_path / "exposures.jsonl"
     env = os.environ | served_env | {"BENTOML_DO_NOT_TRACK": "true", "SENDWISE_API_KEY": key,
@@ -156,8 +157,7 @@ def test_real_server_bounds_bodies_and_killed_under_load_loses_no_acknowledged_e
     root = Path(__file__).resolve().parents[1]
     with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
         server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host",
-                                   "127.0.0.1", "--port", str(port)], cwd=root, env=env, stdout=out, stderr=err,
-                                  start_new_session=True)  # the child keeps its own copies of the files
+                                   "127.0.0.1", "--port", str(port)], cwd=root, env=env, stdout=out, stderr=err)
     base, acked, refused, stop = f"http://127.0.0.1:{port}", [], [], threading.Event()
     ids = [r[0] for r in demo_tables.con.sql("SELECT customer_id FROM customers").fetchall()]
     try:
@@ -195,15 +195,21 @@ def test_real_server_bounds_bodies_and_killed_under_load_loses_no_acknowledged_e
         for t in threads:
             t.start()
         time.sleep(2.0)
-        os.killpg(server.pid, signal.SIGKILL)  # supervisor and worker, mid-request
+        workers = psutil.Process(server.pid).children(recursive=True)  # in sessions of their own
+        assert workers
+        for process in [*workers, psutil.Process(server.pid)]:  # the worker first, mid-request
+            process.send_signal(signal.SIGKILL)
         server.wait()
+        psutil.wait_procs(workers, timeout=30)
         stop.set()
         for t in threads:
             t.join(timeout=30)
     finally:
         stop.set()
         if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
+            for process in psutil.Process(server.pid).children(recursive=True):
+                process.kill()
+            server.kill()
             server.wait()
     logged = {r["request_id"] for r in read_exposures(log)}
     assert len(acked) > 50 and set(acked) <= logged
