@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -52,4 +51,8 @@ def serve(
     console.print(f"serving on http://{host}:{port} (OpenAPI: /docs.json); models from {mlruns}")
     env = os.environ | config.to_env() | {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(command, cwd=ROOT, env=env))
+    sys.stdout.flush()
+    os.chdir(ROOT)
+    # bentoml takes this process's place, so that a signal sent to `sendwise serve` (a process manager
+    # stopping it) reaches the server's supervisor instead of leaving it running without a parent
+    os.execve(sys.executable, command, env)
