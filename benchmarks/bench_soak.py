@@ -4,6 +4,7 @@ halfway through.
 
     python benchmarks/bench_soak.py                          # 10 minutes at 100 requests/s, 10,000 customers
     python benchmarks/bench_soak.py --duration 60 --quick    # 1 minute, 2,000 customers
+    python benchmarks/bench_soak.py --duration 120 --mix single   # only single next-best-actions (and malformed)
 
 The load is open-loop: request i is due at ``start + i / rate`` whatever happened before, and its
 latency counts from that moment (a stalled server cannot hide behind a waiting client); the time
@@ -48,8 +49,12 @@ from serving.exposures import read_exposures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "soak-" + os.urandom(8).hex()
-MIX = (("next_best_action", 0.45), ("product_block", 0.15), ("score", 0.15), ("recommend_rules", 0.05),
-       ("next_best_action_batch_100", 0.05), ("score_unknown", 0.05), ("malformed", 0.10))
+MIXES = {
+    "full": (("next_best_action", 0.45), ("product_block", 0.15), ("score", 0.15), ("recommend_rules", 0.05),
+             ("next_best_action_batch_100", 0.05), ("score_unknown", 0.05), ("malformed", 0.10)),
+    # without the requests that take 15-20 ms each (batches of 100, rules on the dynamic path)
+    "single": (("next_best_action", 0.90), ("malformed", 0.10)),
+}
 MAX_IN_FLIGHT = 64
 console = Console()
 
@@ -119,12 +124,12 @@ def machine_sample(pid: int) -> dict[str, float]:
             "load_1m": os.getloadavg()[0]}
 
 
-async def run_load(base: str, ids: list[str], rate: float, duration: float, window: float, server_pid: int,
-                   forget: dict) -> tuple[list[Outcome], list[str], list[dict]]:
+async def run_load(base: str, ids: list[str], mix: tuple, rate: float, duration: float, window: float,
+                   server_pid: int, forget: dict) -> tuple[list[Outcome], list[str], list[dict]]:
     """Send the load; returns every outcome, the request ids of the answered next-best-actions and
     machine samples (see :func:`machine_sample`) every ``window`` seconds."""
     rng = random.Random(0)
-    kinds, weights = zip(*MIX, strict=True)
+    kinds, weights = zip(*mix, strict=True)
     outcomes: list[Outcome] = []
     acked: list[str] = []
     rss: list[dict] = [{"t": 0.0, **machine_sample(server_pid)}]
@@ -222,6 +227,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="seconds per row of the table")
     parser.add_argument("--forget-at", type=float, default=0.5,
                         help="run `sendwise privacy forget` on 5 customers at this share of the run (0: never)")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="full",
+                        help="full: every kind of request; single: single next-best-actions and malformed ones")
     parser.add_argument("--quick", action="store_true", help="2,000 customers; results to soak_quick.json")
     args = parser.parse_args()
     customers = 2_000 if args.quick else 10_000
@@ -259,8 +266,8 @@ def main() -> None:
         with httpx.Client(base_url=base, timeout=30, headers={"x-api-key": API_KEY}) as http:
             for c in ids[:200]:  # warm-up
                 http.post("/next_best_action", json={"customer_id": c}).raise_for_status()
-        outcomes, acked, rss = asyncio.run(run_load(base, ids, args.rate, args.duration, args.window, server.pid,
-                                                    forget))
+        outcomes, acked, rss = asyncio.run(run_load(base, ids, MIXES[args.mix], args.rate, args.duration,
+                                                    args.window, server.pid, forget))
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -272,22 +279,22 @@ def main() -> None:
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "customers": customers,
-        "duration_s": args.duration, "rate_per_s": args.rate, "mix": dict(MIX),
+        "duration_s": args.duration, "rate_per_s": args.rate, "mix": dict(MIXES[args.mix]),
         "achieved_rate_per_s": round(len(outcomes) / args.duration, 1),
         "requests": len(outcomes), "errors": sum(not o.ok for o in outcomes),
-        "errors_by_kind": {k: sum(1 for o in outcomes if o.kind == k and not o.ok) for k, _ in MIX},
+        "errors_by_kind": {k: sum(1 for o in outcomes if o.kind == k and not o.ok) for k, _ in MIXES[args.mix]},
         "malformed": {"sent": len(malformed), "answered_4xx": sum(o.ok for o in malformed),
                       "answered_5xx": sum(o.status >= 500 for o in malformed)},
         "p50_ms": round(statistics.median(served), 2), "p99_ms": round(percentile(served, 99), 2),
         "by_kind": {k: {"requests": len(lat), "p50_ms": round(statistics.median(lat), 2),
                         "p99_ms": round(percentile(lat, 99), 2)}
-                    for k, _ in MIX if (lat := [o.latency_ms for o in outcomes if o.kind == k])},
+                    for k, _ in MIXES[args.mix] if (lat := [o.latency_ms for o in outcomes if o.kind == k])},
         "rss_mb": {"start": {k: rss[0][k] for k in ("supervisor_mb", "worker_mb")},
                    "end": {k: rss[-1][k] for k in ("supervisor_mb", "worker_mb")}}, "windows": rows,
         "exposures": {"acknowledged": len(acked), "missing_from_log": len(set(acked) - logged)},
         "forget": {k: v for k, v in forget.items() if k != "command"}, "api_key_in_logs": leaked,
     }
-    table = Table(title=f"Soak: {args.rate:g} req/s for {args.duration:g} s, {customers:,} customers, 2 cores",
+    table = Table(title=f"Soak ({args.mix} mix): {args.rate:g} req/s for {args.duration:g} s, {customers:,} customers",
                   title_justify="left")
     for col in ("from s", "requests", "errors", "p50 ms", "p99 ms", "max ms", "p99 ms from send", "worker RSS MB",
                 "worker CPU", "client CPU", "load 1m"):
@@ -303,7 +310,8 @@ def main() -> None:
                   f"{forget.get('started_s')} s took {forget.get('took_s')} s (exit {forget.get('returncode')}), "
                   f"forgotten answered unknown after: {forget.get('answered_unknown_after')}; "
                   f"API key in logs: {leaked}")
-    out = ROOT / "benchmarks" / "results" / ("soak_quick.json" if args.quick else "soak.json")
+    name = "soak" + ("" if args.mix == "full" else f"_{args.mix}") + ("_quick" if args.quick else "")
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.write_text(json.dumps(results, indent=1))
     console.print(f"written to {out.relative_to(ROOT)}")
     shutil.rmtree(work, ignore_errors=True)
