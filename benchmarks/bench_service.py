@@ -2,10 +2,12 @@
 
     python benchmarks/bench_service.py            # 10,000 customers, 2,000 sequential requests per endpoint
     python benchmarks/bench_service.py --quick    # 2,000 customers, 300 requests
+    python benchmarks/bench_service.py --forgotten 100   # the same with 100 customers forgotten (tombstones)
 
 Per endpoint: sequential p50 / p99, throughput with 8 concurrent clients for a fixed time, all next
 to the service's trivial ``/ping`` in the same run; a 1,000-customer ``/next_best_action_batch``;
-RSS of the server processes. Writes benchmarks/results/service.json (service_quick.json) and prints a table.
+RSS of the server processes. Writes benchmarks/results/service.json (service_quick.json;
+service_forgotten.json with --forgotten) and prints a table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -35,7 +38,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from features.demo import DemoShop, generate_demo  # noqa: E402
-from features.io import load_data_dir  # noqa: E402
+from features.io import load_data_dir, write_tombstones  # noqa: E402
+from features.tombstones import Tombstones  # noqa: E402
 from features.training_set import Target  # noqa: E402
 from training.recommenders.train import train_recommender  # noqa: E402
 from training.train import train_classifier  # noqa: E402
@@ -108,9 +112,18 @@ def prepare(customers: int) -> tuple[Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--forgotten", type=int, default=0,
+                        help="tombstones for this many customers (the service checks every request against them)")
     args = parser.parse_args()
     customers, n, seconds = (2_000, 300, 5.0) if args.quick else (10_000, 2_000, 15.0)
     data, mlruns = prepare(customers)
+    if args.forgotten:  # a copy of the shop with tombstones (their rows stay: only the check is measured)
+        copy = mlruns / "data"
+        shutil.copytree(data, copy)
+        tables, _ = load_data_dir(copy, None)
+        ids = [r[0] for r in tables.con.sql("SELECT DISTINCT customer_id FROM orders ORDER BY 1").fetchall()]
+        write_tombstones(copy, Tombstones().adding(random.Random(1).sample(ids, args.forgotten)))
+        data = copy
     port = free_port()
     env = os.environ | {"SENDWISE_DATA": str(data), "SENDWISE_MLRUNS": str(mlruns),
                         "SENDWISE_EXPOSURE_LOG": str(mlruns / "exposures.jsonl")}
@@ -137,7 +150,8 @@ def main() -> None:
         endpoints = {"ping": ([{}] * n), "next_best_action": bodies, "product_block": bodies, "score": bodies}
         results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                          "when": datetime.now(UTC).isoformat(timespec="seconds"), "customers": customers,
-                         "startup_s": round(startup_s, 1), "targets": TARGETS, "endpoints": {}}
+                         "startup_s": round(startup_s, 1), "targets": TARGETS, "forgotten": args.forgotten,
+                         "endpoints": {}}
         for name, payload in endpoints.items():
             results["endpoints"][name] = {"sequential": sequential(f"{base}/{name}", payload),
                                           "concurrent_8": concurrent(f"{base}/{name}", payload, 8, seconds)}
@@ -155,7 +169,8 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
     ping = results["endpoints"]["ping"]["concurrent_8"]["requests_per_s"]
-    table = Table(title=f"Service on 127.0.0.1, {customers:,} customers, 2 cores", title_justify="left")
+    title = f"Service on 127.0.0.1, {customers:,} customers" + (f", {args.forgotten} forgotten" if args.forgotten else "")
+    table = Table(title=f"{title}, 2 cores", title_justify="left")
     for col in ("endpoint", "p50 ms", "p99 ms", "req/s at 8 clients", "vs /ping"):
         table.add_column(col, justify="left" if col == "endpoint" else "right")
     for name, r in results["endpoints"].items():
@@ -165,7 +180,8 @@ def main() -> None:
     console.print(table)
     console.print(f"/next_best_action_batch of 1,000: {results['next_best_action_batch_1000_ms']} ms (median of 10); "
                   f"RSS MB per process: {results['rss_mb']}; startup {results['startup_s']} s")
-    out = ROOT / "benchmarks" / "results" / ("service_quick.json" if args.quick else "service.json")
+    name = "service_quick" if args.quick else "service"
+    out = ROOT / "benchmarks" / "results" / (f"{name}_forgotten.json" if args.forgotten else f"{name}.json")
     out.write_text(json.dumps(results, indent=1))
     console.print(f"written to {out.relative_to(ROOT)}")
 

@@ -53,6 +53,8 @@ def print_import(report: ImportReport) -> None:
     table.add_row("rejected", f"{report.rejected:,}")
     for reason, n in report.reasons.items():
         table.add_row(f"  {reason}", f"{n:,}")
+    if report.forgotten:
+        table.add_row("left out: forgotten customers", f"{report.forgotten:,}")
     for name, n in report.tables.items():
         table.add_row(f"{name}.parquet written", f"{n:,}")
     console.print(table)

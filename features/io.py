@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -11,12 +12,14 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from features.schema import SPECS, Table
+from features.schema import CUSTOMER_ID, SPECS, Table
 from features.tables import Tables, create_empty, new_connection
+from features.tombstones import Tombstones
 from features.validate import ROW_ID, ContractError, TableReport, validate_raw
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
 REJECTS_DIRNAME = "_rejects"
+TOMBSTONES_FILE = Path("_privacy") / "tombstones.json"
 
 
 @dataclass
@@ -24,6 +27,7 @@ class ValidationReport:
     tables: list[TableReport]
     rejects_dir: Path | None
     warnings: list[str] = field(default_factory=list)
+    forgotten: dict[str, int] = field(default_factory=dict)  # rows of forgotten customers skipped, per table
 
     @property
     def rejected(self) -> int:
@@ -76,23 +80,69 @@ def load_data_dir(
 
     Rejected rows are written to ``rejects_dir`` (default ``<data_dir>/_rejects``) as
     ``<table>.csv`` with ``source_row`` and ``reason``; tables without rejects write no file.
+    Rows of customers with a tombstone in the directory (``sendwise privacy forget``) are skipped
+    before validation, counted in ``forgotten`` and written nowhere.
     """
     data_dir = Path(data_dir)
     files = find_table_files(data_dir)
+    tombstones = read_tombstones(data_dir)
     con = new_connection()
-    reports = []
+    reports, forgotten = [], {}
     for table in Table:
         if table in files:
-            read_raw(con, files[table], f"_raw_{table.value}")
+            raw = f"_raw_{table.value}"
+            read_raw(con, files[table], raw)
+            if tombstones and CUSTOMER_ID in con.table(raw).columns:
+                forgotten[table.value] = skip_forgotten(con, raw, tombstones)
             try:
-                reports.append(validate_raw(con, SPECS[table], f"_raw_{table.value}", str(files[table])))
+                reports.append(validate_raw(con, SPECS[table], raw, str(files[table])))
             except duckdb.Error as exc:  # e.g. a CSV DuckDB cannot parse at all
                 raise ContractError(f"{files[table]}: could not be read as a table: {exc}") from exc
         else:
             create_empty(con, SPECS[table])
     tables = Tables(con)
     written = write_rejects(tables, reports, Path(rejects_dir) if rejects_dir else data_dir / REJECTS_DIRNAME)
-    return tables, ValidationReport(reports, written, cross_table_warnings(tables, files))
+    warnings = cross_table_warnings(tables, files)
+    if sum(forgotten.values()):
+        warnings.append(f"{sum(forgotten.values()):,} row(s) of forgotten customers skipped "
+                        f"({data_dir / TOMBSTONES_FILE})")
+    return tables, ValidationReport(reports, written, warnings, forgotten)
+
+
+def skip_forgotten(con: duckdb.DuckDBPyConnection, raw: str, tombstones: Tombstones,
+                   column: str = CUSTOMER_ID) -> int:
+    """Replace relation ``raw`` by its rows whose ``column`` is not a forgotten customer; returns how
+    many rows were left out."""
+    condition = tombstones.forgotten_sql(con, column)
+    n = con.execute(f"SELECT count(*) FROM {raw} WHERE {condition}").fetchall()[0][0]
+    if not n:
+        return 0
+    is_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [raw]).fetchall()[0][0]
+    if is_view:  # a parquet file read in place: keep the rows that stay in a table of that name
+        con.execute(f"CREATE TEMP TABLE {raw}_kept AS SELECT * FROM {raw} WHERE NOT ({condition})")
+        con.execute(f"DROP VIEW {raw}")
+        con.execute(f"ALTER TABLE {raw}_kept RENAME TO {raw}")
+    else:
+        con.execute(f"DELETE FROM {raw} WHERE {condition}")
+    return n
+
+
+def read_tombstones(data_dir: Path | str) -> Tombstones:
+    """The tombstones of ``data_dir`` (empty, with a fresh salt, when there are none)."""
+    path = Path(data_dir) / TOMBSTONES_FILE
+    if not path.exists():
+        return Tombstones()
+    try:
+        return Tombstones.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValueError, AttributeError) as exc:
+        raise ContractError(f"{path}: not a tombstones file ({exc}). It is written by `sendwise privacy forget`; "
+                            "restore it from a backup rather than deleting it, or forgotten customers come back.") from exc
+
+
+def write_tombstones(data_dir: Path | str, tombstones: Tombstones) -> Path:
+    path = Path(data_dir) / TOMBSTONES_FILE
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(tombstones.to_dict(), indent=1)))
+    return path
 
 
 def write_rejects(tables: Tables, reports: list[TableReport], rejects_dir: Path) -> Path | None:

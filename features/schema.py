@@ -31,6 +31,7 @@ IMAGE_URL = "image_url"
 URL = "url"
 IN_STOCK = "in_stock"
 AS_OF = "as_of"
+UNSUBSCRIBED = "unsubscribed"  # feature: an unsubscribe event before as_of (read by the consent gate)
 
 # Bookkeeping columns added to rejects files.
 SOURCE_ROW = "source_row"

@@ -10,6 +10,7 @@ import typer
 from experiments.cli import experiments_app
 from features.cli import data_app, features_app
 from sendwise.demo import run_demo
+from sendwise.privacy.cli import privacy_app
 from serving.cli import serve
 from training.cli import models_app, score, train_app
 from training.recommenders.cli import evaluate_app, recommend, train_recommender_command
@@ -26,6 +27,7 @@ app.add_typer(experiments_app, name="experiments")
 app.command("score")(score)
 app.command("recommend")(recommend)
 app.command("serve")(serve)
+app.add_typer(privacy_app, name="privacy")
 
 
 @app.command("demo")

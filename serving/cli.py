@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,38 +15,33 @@ from features.cli import DataDir
 from sendwise.console import console, reports_user_errors
 from serving.config import ServeConfig
 from serving.policy import Policy
-from serving.state import NotReadyError
-from training.recommenders.store import REGISTERED_NAME
-from training.registry import alias_version
-from training.tracking import configure_tracking
+from serving.state import NotReadyError, load_champions
+from serving.variants import variant_aliases
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def preflight(config: ServeConfig) -> None:
-    """Fail fast, naming what is missing and the command that creates it."""
+    """Fail fast, naming what is missing or broken and the command that fixes it (the champions are
+    loaded once here: a crash-looping server worker would only repeat the error)."""
     if not config.data.is_dir():
         raise NotReadyError(f"data directory {config.data} does not exist.")
     Policy.load(config.policy) if config.policy else Policy.load()  # a bad policy file fails here
     if config.snapshot is not None and not config.snapshot.exists():
         raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
                             f"`sendwise features snapshot --data {config.data} --out {config.snapshot}`.")
-    configure_tracking(config.mlruns)
-    needed = [("churn", config.churn_alias, "the service"), ("propensity", config.propensity_alias, "the service"),
-              (REGISTERED_NAME, config.recommender_alias, "the service")]
+    load_champions(config)  # a missing alias, or an artifact that is missing or corrupt, fails here
     if config.experiments is not None:
         now = datetime.now(UTC).replace(tzinfo=None)
         for experiment in load_experiments(config.experiments).experiments:  # a bad file fails here
-            if experiment.end > now:
-                for v in experiment.variants:
-                    who = f"experiment '{experiment.name}', variant '{v.name}'"
+            for v in (v for v in experiment.variants if experiment.end > now):
+                try:
                     if v.policy is not None:
-                        Policy.load(v.policy)  # a bad variant policy fails here too
-                    needed += [(name, alias, who) for name, alias in v.model_aliases.items()]
-    for name, alias, who in needed:
-        if alias_version(name, alias) is None:
-            raise NotReadyError(f"{who} needs a '{name}' model with the alias '{alias}', and {config.mlruns} has none. "
-                                f"Create it with `sendwise train {name} --data DIR --as-of DATE`.")
+                        Policy.load(v.policy)
+                    if v.model_aliases:
+                        load_champions(config, variant_aliases(config, v))
+                except (NotReadyError, OSError, ValueError) as exc:
+                    raise NotReadyError(f"experiment '{experiment.name}', variant '{v.name}': {exc}") from exc
 
 
 @reports_user_errors
@@ -74,4 +68,8 @@ def serve(
     console.print(f"serving on http://{host}:{port} (OpenAPI: /docs.json); models from {mlruns}")
     env = os.environ | config.to_env() | {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(command, cwd=ROOT, env=env))
+    sys.stdout.flush()
+    os.chdir(ROOT)
+    # bentoml takes this process's place, so that a signal sent to `sendwise serve` (a process manager
+    # stopping it) reaches the server's supervisor instead of leaving it running without a parent
+    os.execve(sys.executable, command, env)

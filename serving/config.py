@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 
 class ServeConfig(BaseModel):
@@ -33,7 +33,7 @@ class ServeConfig(BaseModel):
     recommender_alias: str = "champion"
     exposure_log: Path = Path("exposures/exposures.jsonl")
     exposure_fsync: bool = False
-    api_key: str | None = None
+    api_key: SecretStr | None = None  # hidden in repr and dumps
     policy: Path | None = None
     currency: str = "GBP"
     experiments: Path | None = None
@@ -67,7 +67,7 @@ class ServeConfig(BaseModel):
         if self.snapshot:
             env["SENDWISE_SNAPSHOT"] = str(self.snapshot.resolve())
         if self.api_key:
-            env["SENDWISE_API_KEY"] = self.api_key
+            env["SENDWISE_API_KEY"] = self.api_key.get_secret_value()
         if self.policy:
             env["SENDWISE_POLICY"] = str(self.policy.resolve())
         if self.experiments:

@@ -7,14 +7,25 @@ survives a power cut too and costs a disk flush per request.
 A process killed mid-write can leave at most one torn last line; :func:`read_exposures` skips it
 (a line that does not end in a newline or does not parse). Records hold the customer id and no
 other personal data.
+
+:func:`pseudonymise_customers` (``sendwise privacy forget``) rewrites the log while services append
+to it: writers hold a shared ``flock`` while they write and reopen the path when the file they hold
+was replaced; the rewrite holds the exclusive lock from reading to renaming, so no record appended
+before or after it is lost.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import secrets
+import tempfile
 import threading
+from collections.abc import Collection
 from pathlib import Path
+
+from features.schema import CUSTOMER_ID
 
 
 class ExposureLog:
@@ -23,11 +34,29 @@ class ExposureLog:
     def __init__(self, path: Path | str, fsync: bool = False) -> None:
         self.path, self.fsync = Path(path), fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._lock = threading.Lock()
-        if _ends_torn(self.path):  # a killed writer left half a line: start ours on a new one
-            os.write(self._fd, b"\n")
-            os.fsync(self._fd)
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if _ends_torn(self.path):  # a killed writer left half a line: start ours on a new one
+                os.write(fd, b"\n")
+                os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return fd
+
+    def _hold_current_file(self) -> None:
+        """Take the shared lock on the file that is at ``path`` now (reopening it after a rewrite)."""
+        while True:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            if os.fstat(self._fd).st_nlink > 0:
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_UN)  # replaced by a rewrite: our file is gone
+            os.close(self._fd)
+            self._fd = self._open()
 
     def append(self, records: list[dict]) -> None:
         """Write ``records`` (and fsync when asked); returns when the kernel has them."""
@@ -35,11 +64,15 @@ class ExposureLog:
             return
         data = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records).encode()
         with self._lock:
-            written = os.write(self._fd, data)
-            while written < len(data):  # a short write: finish it before anything else is appended
-                written += os.write(self._fd, data[written:])
-            if self.fsync:
-                os.fsync(self._fd)
+            self._hold_current_file()
+            try:
+                written = os.write(self._fd, data)
+                while written < len(data):  # a short write: finish it before anything else is appended
+                    written += os.write(self._fd, data[written:])
+                if self.fsync:
+                    os.fsync(self._fd)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -52,6 +85,11 @@ def _ends_torn(path: Path) -> bool:
             return False
         f.seek(-1, os.SEEK_END)
         return f.read(1) != b"\n"
+
+
+def customer_exposures(path: Path | str, customer_id: str) -> list[dict]:
+    """Every record of the log about ``customer_id``."""
+    return [r for r in read_exposures(path) if r.get(CUSTOMER_ID) == customer_id]
 
 
 def read_exposures(path: Path | str) -> list[dict]:
@@ -68,3 +106,57 @@ def read_exposures(path: Path | str) -> list[dict]:
         except json.JSONDecodeError:
             continue  # the torn tail of a killed write
     return out
+
+
+def pseudonymise_customers(path: Path | str, customer_ids: Collection[str]) -> int:
+    """Replace ``customer_ids`` in the log by random pseudonyms (one per customer, kept nowhere), so
+    that counts per action, variant and model stay right and nothing links back to the customer;
+    lines that do not parse (torn tails) are dropped. Returns how many records changed.
+
+    The bulk of the log is rewritten while writers go on appending; the exclusive lock is held only
+    to rewrite what they appended meanwhile and to rename (a few milliseconds of paused appends)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    wanted = set(customer_ids)
+    pseudonyms = {c: f"forgotten-{secrets.token_hex(8)}" for c in wanted}
+
+    def rewrite(lines: bytes) -> tuple[bytes, int]:
+        out, changed = [], 0
+        for line in lines.split(b"\n"):
+            try:
+                record = json.loads(line)
+            except ValueError:  # a torn tail, or an empty line
+                continue
+            if isinstance(record, dict) and record.get(CUSTOMER_ID) in wanted:
+                record[CUSTOMER_ID] = pseudonyms[record[CUSTOMER_ID]]
+                line, changed = json.dumps(record, separators=(",", ":")).encode(), changed + 1
+            out.append(line + b"\n")
+        return b"".join(out), changed
+
+    with open(path, "rb") as f:
+        head = f.read()
+        cut = head.rfind(b"\n") + 1  # complete lines only; the rest is read again under the lock
+        body, changed = rewrite(head[:cut])
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, os.fstat(f.fileno()).st_mode & 0o777)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+                fcntl.flock(f, fcntl.LOCK_EX)  # released when ``f`` closes, after the rename
+                f.seek(cut)
+                tail, tail_changed = rewrite(f.read())
+                changed += tail_changed
+                if not changed:
+                    Path(tmp).unlink()
+                    return 0
+                out.write(tail)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return changed

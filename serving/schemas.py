@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from serving.product_block import ProductBlock
 from training.recommenders.batch import MAX_K
@@ -10,6 +12,7 @@ from training.recommenders.rules import BusinessRules
 
 MAX_BATCH = 10_000
 CustomerId = Field(..., min_length=1, max_length=200, examples=["17850"])
+CustomerIdText = Annotated[str, StringConstraints(min_length=1, max_length=200)]  # the same, inside a batch
 
 
 class ScoreRequest(BaseModel):
@@ -19,7 +22,7 @@ class ScoreRequest(BaseModel):
 
 class ScoreBatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, examples=[["17850", "13047"]])
+    customer_ids: list[CustomerIdText] = Field(..., min_length=1, max_length=MAX_BATCH, examples=[["17850", "13047"]])
 
 
 class Score(BaseModel):
@@ -64,7 +67,7 @@ class RecommendRequest(BaseModel):
 
 class RecommendBatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, examples=[["17850", "13047"]])
+    customer_ids: list[CustomerIdText] = Field(..., min_length=1, max_length=MAX_BATCH, examples=[["17850", "13047"]])
     k: int = Field(10, ge=1, le=MAX_K)
     rules: RuleOptions = Field(default_factory=RuleOptions)
 
@@ -109,7 +112,7 @@ class ProductBlockRequest(BaseModel):
 
 class ProductBlockBatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH)
+    customer_ids: list[CustomerIdText] = Field(..., min_length=1, max_length=MAX_BATCH)
     k: int = Field(4, ge=1, le=MAX_K)
     campaign: str = Campaign
     heading: str | None = Field(None, max_length=200)
@@ -125,7 +128,7 @@ class NextBestActionRequest(BaseModel):
 
 class NextBestActionBatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH)
+    customer_ids: list[CustomerIdText] = Field(..., min_length=1, max_length=MAX_BATCH)
     k: int = Field(4, ge=1, le=MAX_K)
     campaign: str = Campaign
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import hmac
 import os
 import random
 import uuid
@@ -22,7 +23,9 @@ from starlette.responses import JSONResponse
 from experiments.config import ExperimentSet, load_experiments
 from features.schema import CATEGORY, IMAGE_URL, NAME, PRICE, URL
 from serving.config import ServeConfig
+from serving.consent import enforce_consent
 from serving.exposures import ExposureLog
+from serving.forgotten import ForgottenCustomers
 from serving.lookup import PRECOMPUTED_K
 from serving.policy import SUPPRESS, Policy, decide
 from serving.product_block import BlockItem, ProductBlock, format_price, render_html, with_utm
@@ -54,9 +57,13 @@ MAX_BODY_BYTES = 2_000_000  # a 10,000-customer batch is about 200 kB
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/")
 
 
+def _too_large() -> JSONResponse:
+    return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
+
+
 class GuardMiddleware:
-    """Bounds the body size (413) and, when ``SENDWISE_API_KEY`` is set, requires header
-    ``x-api-key`` with that value on every API route (401)."""
+    """Bounds the body size (413, announced or streamed) and, when ``SENDWISE_API_KEY`` is set,
+    requires header ``x-api-key`` with that value on every API route (401)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -66,12 +73,33 @@ class GuardMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.api_key and headers.get(b"x-api-key", b"").decode() != self.api_key:
+        if self.api_key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.api_key.encode()):
             return await JSONResponse({"error": "missing or wrong x-api-key header"}, 401)(scope, receive, send)
         length = headers.get(b"content-length")
-        if length is not None and int(length) > MAX_BODY_BYTES:
-            return await JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)(scope, receive, send)
-        return await self.app(scope, receive, send)
+        if length is not None:
+            if int(length) > MAX_BODY_BYTES:
+                return await _too_large()(scope, receive, send)
+            return await self.app(scope, receive, send)
+        # No length announced (chunked): read at most the limit, then hand the body on.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunks.append(message.get("body", b""))
+            size, more = size + len(chunks[-1]), message.get("more_body", False)
+            if size > MAX_BODY_BYTES:
+                return await _too_large()(scope, receive, send)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
 
 
 @bentoml.service(name="sendwise", workers=1, logging={"access": {"enabled": False}}, http={"host": "127.0.0.1"})
@@ -82,6 +110,7 @@ class Sendwise:
         experiments = load_experiments(config.experiments) if config.experiments else ExperimentSet()
         self.router = VariantRouter.load(config, experiments, self.policy, datetime.now(UTC).replace(tzinfo=None))
         self.state: ServingState = self.router.default.state
+        self.forgotten = ForgottenCustomers(config.data)  # answered as unknown, logged without their id
         self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
         self.currency = config.currency
         self.rng = random.Random()
@@ -91,8 +120,11 @@ class Sendwise:
         atexit.register(gc.unfreeze)  # let it be freed normally at exit
 
     # scores -----------------------------------------------------------------------------------
-    def _score(self, customer_id: str) -> Score:
-        record = self.state.customers.scores(customer_id)
+    def _scores(self, customer_ids: list[str]) -> list[Score]:
+        return [self._score(c, key) for c, key in zip(customer_ids, self.forgotten.mask(customer_ids), strict=True)]
+
+    def _score(self, customer_id: str, key: str) -> Score:
+        record = self.state.customers.scores(key)
         versions = {k: v for k, v in self.state.versions.items() if k != "recommender"}
         if record is None:
             return Score(customer_id=customer_id, known=False, lifecycle_stage="prospect",
@@ -102,12 +134,12 @@ class Sendwise:
     @bentoml.api(route="/score")
     def score(self, request: ScoreRequest, /) -> Score:
         """Churn and purchase probabilities, risk band, segment, stage and reasons of one customer."""
-        return self._score(request.customer_id)
+        return self._scores([request.customer_id])[0]
 
     @bentoml.api(route="/score_batch")
     def score_batch(self, request: ScoreBatchRequest, /) -> ScoreBatch:
         """The same for up to 10,000 customers, as ``{"results": [...]}``."""
-        return ScoreBatch.model_construct(results=[self._score(c) for c in request.customer_ids])
+        return ScoreBatch.model_construct(results=self._scores(request.customer_ids))
 
     # recommendations ---------------------------------------------------------------------------
     def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True,
@@ -117,23 +149,23 @@ class Sendwise:
         Responses are built with ``model_construct``: every field comes from typed arrays of our own,
         and validating thousands of nested objects per batch would double its latency."""
         state = state or self.state
-        lookup = state.lookup
+        lookup, keys = state.lookup, self.forgotten.mask(customer_ids)
         if options == DEFAULT_RULES and k <= PRECOMPUTED_K:
-            picks = {cid: lookup.default_picks(cid, k) for cid in customer_ids}
+            picks = {key: lookup.default_picks(key, k) for key in keys}
         else:
             try:
                 rules = options.rules()
             except ValueError as exc:
                 raise InvalidArgument(f"rules: {exc}") from exc
-            picks = lookup.frame_picks(state.recommendations.recommend(pd.Index(customer_ids), k, rules))
+            picks = lookup.frame_picks(state.recommendations.recommend(pd.Index(list(dict.fromkeys(keys))), k, rules))
         catalog, product_ids = lookup.catalog, lookup.product_ids
         out = []
-        for cid in customer_ids:
+        for cid, key in zip(customer_ids, keys, strict=True):
             items = [Item.model_construct(rank=rank, product_id=product_ids[p.product], score=p.score, source=p.source,
                           name=catalog[NAME][p.product], category=catalog[CATEGORY][p.product],
                           price=catalog[PRICE][p.product], image_url=catalog[IMAGE_URL][p.product])
-                     for rank, p in enumerate(picks.get(cid, []), start=1)]
-            out.append(Recommendations.model_construct(customer_id=cid, known=cid in state.customers, items=items,
+                     for rank, p in enumerate(picks.get(key, []), start=1)]
+            out.append(Recommendations.model_construct(customer_id=cid, known=key in state.customers, items=items,
                                        model_version=state.recommender_version))
         if log:
             versions = {"recommender": state.recommender_version}
@@ -142,9 +174,11 @@ class Sendwise:
         return out
 
     def _log(self, exposures: list[dict]) -> str:
-        """Append the exposures (see :func:`_exposure`) with one request id and time; returns the id."""
+        """Append the exposures (see :func:`_exposure`) with one request id and time; returns the id.
+        A forgotten customer is logged as ``forgotten``, never by their id."""
         stamp = {"request_id": uuid.uuid4().hex, "time": datetime.now(UTC).isoformat()}
-        self.exposures.append([stamp | e for e in exposures])
+        keys = self.forgotten.mask([e["customer_id"] for e in exposures])
+        self.exposures.append([stamp | e | {"customer_id": key} for key, e in zip(keys, exposures, strict=True)])
         return stamp["request_id"]
 
     @bentoml.api(route="/recommend")
@@ -230,23 +264,26 @@ class Sendwise:
 
     def _decide(self, arm: Arm, customer_ids: list[str], k: int, campaign: str) -> list[tuple[NextBestAction, dict]]:
         """(answer, exposure record) per customer of one arm."""
-        state = arm.state
-        decisions = [decide(arm.policy, state.customers.signals(c), self.rng) for c in customer_ids]
+        state, keys = arm.state, self.forgotten.mask(customer_ids)
+        signals = [state.customers.signals(key) for key in keys]
+        # Consent is checked last, after the policy, exploration and the experiment: whatever they
+        # say, a customer without consent on record, or unsubscribed, gets "suppress".
+        decisions = [enforce_consent(decide(arm.policy, s, self.rng), s) for s in signals]
         wanted = [c for c, d in zip(customer_ids, decisions, strict=True) if "product_block" in d.content_blocks]
         blocks = {b.customer_id: b for b in self._blocks(self._recommend(wanted, k, RuleOptions(), log=False, state=state),
                                                          campaign, None, state)} if wanted else {}
         versions = state.versions
         out = []
-        for c, d in zip(customer_ids, decisions, strict=True):
+        for c, key, d in zip(customer_ids, keys, decisions, strict=True):
             block = blocks.get(c)
             fields = d.model_dump()
             if arm.content_block and d.action != SUPPRESS:
                 fields["content_blocks"] = [arm.content_block, *fields["content_blocks"]]
             answer = NextBestAction.model_construct(
-                customer_id=c, known=c in state.customers, request_id="", product_block=block, model_versions=versions,
+                customer_id=c, known=key in state.customers, request_id="", product_block=block, model_versions=versions,
                 experiment=arm.experiment, variant=arm.variant,
                 subject_line=arm.subject_line if d.action != SUPPRESS else None,
-                score_reasons=(state.customers.scores(c) or {}).get("reasons", []), **fields)
+                score_reasons=(state.customers.scores(key) or {}).get("reasons", []), **fields)
             out.append((answer, _exposure(c, d.action, [i.product_id for i in block.items] if block else [],
                                           d.probability, versions, arm.experiment, arm.variant)))
         return out

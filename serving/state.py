@@ -6,9 +6,11 @@ recommendations are computed per request from the recommender's factors and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import mlflow
 import pandas as pd
 
 from features.build import build_features
@@ -20,8 +22,9 @@ from serving.lookup import Lookup
 from training.model import ModelBundle
 from training.recommenders.batch import RecommendationContext
 from training.recommenders.models import Recommender
-from training.recommenders.store import load_alias
-from training.registry import load_bundle
+from training.recommenders.store import REGISTERED_NAME
+from training.recommenders.store import load_version as load_recommender_version
+from training.registry import alias_version, load_version
 from training.scoring import REASONS, score_features
 from training.tracking import configure_tracking
 
@@ -91,6 +94,44 @@ def config_aliases(config: ServeConfig) -> Aliases:
     return config.churn_alias, config.propensity_alias, config.recommender_alias
 
 
+@dataclass
+class Champions:
+    churn: ModelBundle
+    propensity: ModelBundle
+    recommender: Recommender
+    recommender_version: str
+
+
+def _load(name: str, alias: str, load: Callable[[str], object]) -> tuple[object, str]:
+    """``load(version)`` of the version of ``name`` carrying ``alias``, and that version; or
+    :class:`NotReadyError` naming the model, the version and what to do when it is missing or does
+    not load."""
+    version = alias_version(name, alias)
+    if version is None:
+        raise NotReadyError(f"no '{name}' model has the alias '{alias}' in {mlflow.get_tracking_uri()}. Create it with "
+                            f"`sendwise train {name} --data DIR --as-of DATE`.")
+    try:
+        return load(version), version
+    except Exception as exc:  # whatever a missing or corrupt artifact raises, say which
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise NotReadyError(
+            f"the '{name}' model version {version} (alias '{alias}') could not be loaded: its artifact "
+            f"(models:/{name}/{version}) is missing or corrupt ({type(exc).__name__}: {detail}). Point the "
+            f"alias at a good version (`sendwise models promote {name} --force` promotes the challenger) "
+            f"or retrain (`sendwise train {name} --data DIR --as-of DATE`).") from exc
+
+
+def load_champions(config: ServeConfig, aliases: Aliases | None = None) -> Champions:
+    """The models of one alias set (default: the configured ones), or :class:`NotReadyError` naming
+    the one that is missing or broken (``sendwise serve`` calls this before starting the server)."""
+    configure_tracking(config.mlruns)
+    churn_alias, propensity_alias, recommender_alias = aliases or config_aliases(config)
+    churn, _ = _load("churn", churn_alias, lambda v: load_version("churn", v))
+    propensity, _ = _load("propensity", propensity_alias, lambda v: load_version("propensity", v))
+    recommender, version = _load(REGISTERED_NAME, recommender_alias, load_recommender_version)
+    return Champions(churn, propensity, recommender, version)
+
+
 def load_state(config: ServeConfig) -> ServingState:
     """Load everything or raise :class:`NotReadyError` naming what is missing."""
     return load_states(config)[config_aliases(config)]
@@ -101,16 +142,7 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
     variant serving the challenger). Data and snapshot are read once and shared."""
     if not config.data.is_dir():
         raise NotReadyError(f"data directory {config.data} does not exist; pass --data DIR with the shop's tables.")
-    configure_tracking(config.mlruns)
-    hint = "Create it with `sendwise train {} --data DIR --as-of DATE`."
-    wanted = list(dict.fromkeys([config_aliases(config), *extra]))
-    try:
-        models = {aliases: (load_bundle("churn", aliases[0], hint.format("churn")),
-                            load_bundle("propensity", aliases[1], hint.format("propensity")),
-                            *load_alias(aliases[2], hint.format("recommender")))
-                  for aliases in wanted}
-    except LookupError as exc:
-        raise NotReadyError(str(exc)) from exc
+    models = {aliases: load_champions(config, aliases) for aliases in dict.fromkeys([config_aliases(config), *extra])}
     tables, _ = load_data_dir(config.data, None)
     if config.snapshot is not None:
         if not config.snapshot.exists():
@@ -122,8 +154,8 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
         as_of = snapshot_as_of(tables)
         features = build_features(tables, as_of)
     states = {}
-    for aliases, (churn, propensity, recommender, recommender_version) in models.items():
-        context = RecommendationContext(tables, as_of, recommender)
-        states[aliases] = ServingState(as_of, CustomerTable(features, churn, propensity), churn, propensity,
-                                       recommender, recommender_version, context, Lookup(context))
+    for aliases, m in models.items():
+        context = RecommendationContext(tables, as_of, m.recommender)
+        states[aliases] = ServingState(as_of, CustomerTable(features, m.churn, m.propensity), m.churn, m.propensity,
+                                       m.recommender, m.recommender_version, context, Lookup(context))
     return states

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from experiments.assignment import assign_many
-from experiments.config import Experiment, ExperimentSet
+from experiments.config import Experiment, ExperimentSet, Variant
 from serving.config import ServeConfig
 from serving.policy import Policy
 from serving.state import Aliases, NotReadyError, ServingState, config_aliases, load_states
@@ -33,8 +33,9 @@ class Arm:
     content_block: str | None = None
 
 
-def _aliases(config: ServeConfig, overrides: dict[str, str]) -> Aliases:
-    default = config_aliases(config)
+def variant_aliases(config: ServeConfig, variant: Variant) -> Aliases:
+    """The aliases a variant serves: its ``model_aliases`` over the service's."""
+    default, overrides = config_aliases(config), variant.model_aliases
     return (overrides.get("churn", default[0]), overrides.get("propensity", default[1]),
             overrides.get("recommender", default[2]))
 
@@ -50,7 +51,7 @@ class VariantRouter:
              now: datetime, policy_loader: Callable[[object], Policy] = Policy.load) -> VariantRouter:
         """Load the models of every variant of the experiments that have not ended by ``now``."""
         live: list[Experiment] = [e for e in experiments.experiments if e.end > now]
-        states = load_states(config, [_aliases(config, v.model_aliases) for e in live for v in e.variants])
+        states = load_states(config, [variant_aliases(config, v) for e in live for v in e.variants])
         arms = {}
         for experiment in live:
             for v in experiment.variants:
@@ -59,7 +60,7 @@ class VariantRouter:
                 except (OSError, ValueError) as exc:
                     raise NotReadyError(f"experiment '{experiment.name}', variant '{v.name}': policy {v.policy} "
                                         f"cannot be used: {exc}") from exc
-                arms[experiment.name, v.name] = Arm(states[_aliases(config, v.model_aliases)], policy,
+                arms[experiment.name, v.name] = Arm(states[variant_aliases(config, v)], policy,
                                                     experiment.name, v.name, v.subject_line, v.content_block)
         return cls(experiments, Arm(states[config_aliases(config)], default_policy), arms)
 

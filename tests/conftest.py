@@ -23,6 +23,7 @@ from training.train import train_classifier  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ONLINE_RETAIL = SHARED_DATA / "online-retail" / "online_retail.csv.gz"
 MOVIELENS = SHARED_DATA / "movielens-latest-small" / "ml-latest-small_ratings.csv.gz"
+SERVE_AS_OF = "2025-10-01"
 
 
 def ts(value: str) -> pd.Timestamp:
@@ -101,7 +102,12 @@ def movielens_path() -> Path:
     return MOVIELENS
 
 
-SERVED_AS_OF = "2025-10-01"
+def train_champions(tables: Tables, mlruns: Path) -> None:
+    """Churn, propensity and an ALS recommender trained before SERVE_AS_OF, each the champion."""
+    configure_tracking(mlruns)
+    for target in Target:
+        train_classifier(tables, target, SERVE_AS_OF, mlruns=mlruns)
+    train_recommender(tables, SERVE_AS_OF, "als", mlruns=mlruns)
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +116,7 @@ def served_env(demo_dir: Path, demo_tables: Tables, tmp_path_factory: pytest.Tem
     root = tmp_path_factory.mktemp("serve")
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    configure_tracking(root / "mlruns")
-    for target in Target:
-        train_classifier(demo_tables, target, SERVED_AS_OF, mlruns=root / "mlruns")
-    train_recommender(demo_tables, SERVED_AS_OF, "als", mlruns=root / "mlruns")
+    train_champions(demo_tables, root / "mlruns")
     env = {"SENDWISE_DATA": str(demo_dir), "SENDWISE_MLRUNS": str(root / "mlruns"),
            "SENDWISE_EXPOSURE_LOG": str(root / "exposures.jsonl")}
     yield env

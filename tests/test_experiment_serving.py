@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import SERVE_AS_OF
 from experiments.assignment import assign_many
 from experiments.attribution import experiment_exposures, recipients
 from experiments.config import load_experiments
@@ -25,9 +26,6 @@ from serving.schemas import NextBestActionBatchRequest
 from training.recommenders.train import train_recommender
 from training.tracking import configure_tracking
 
-SERVED_AS_OF = "2025-10-01"
-
-
 @pytest.fixture(scope="module")
 def experiment_env(served_env: dict, demo_tables: Tables, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The served champions plus an item-kNN recommender as challenger, and a running experiment
@@ -37,7 +35,7 @@ def experiment_env(served_env: dict, demo_tables: Tables, tmp_path_factory: pyte
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     configure_tracking(root / "mlruns")
-    train_recommender(demo_tables, SERVED_AS_OF, "itemknn", mlruns=root / "mlruns")  # version 2: challenger
+    train_recommender(demo_tables, SERVE_AS_OF, "itemknn", mlruns=root / "mlruns")  # version 2: challenger
     policy = DEFAULT_POLICY.read_text().replace("value: 0.6}]\n    offer: discount_15", "value: 0.3}]\n    offer: discount_20")
     assert "discount_20" in policy
     (root / "treatment_policy.yaml").write_text(policy)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from starlette.testclient import TestClient
 
@@ -20,9 +23,6 @@ from features.tables import Tables
 from serving.config import ServeConfig
 from serving.exposures import ExposureLog, read_exposures
 from serving.state import NotReadyError, load_state
-
-AS_OF = "2025-10-01"
-
 
 API_KEY = "s3cret"
 
@@ -146,28 +146,77 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_real_bentoml_serve_process(served_env: dict) -> None:
-    port = _free_port()
-    env = os.environ | served_env | {"BENTOML_DO_NOT_TRACK": "true", "SENDWISE_API_KEY": ""}
+def test_real_server_bounds_bodies_and_killed_under_load_loses_no_acknowledged_exposure(
+        served_env: dict, demo_tables: Tables, tmp_path: Path) -> None:
+    """The real `bentoml serve`: answers, refuses a streamed oversized body, then is SIGKILLed (worker
+    and supervisor) under load from 4 clients: every request it answered 200 has its exposure record, and
+    neither its logs nor the exposure log hold the API key."""
+    key, port, log = "sk-fault-test-3c2b1a", _free_port(), tmp_path / "exposures.jsonl"
+    env = os.environ | served_env | {"BENTOML_DO_NOT_TRACK": "true", "SENDWISE_API_KEY": key,
+                                     "SENDWISE_EXPOSURE_LOG": str(log)}
     root = Path(__file__).resolve().parents[1]
-    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise",
-                               "--host", "127.0.0.1", "--port", str(port)], cwd=root, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
+        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host",
+                                   "127.0.0.1", "--port", str(port)], cwd=root, env=env, stdout=out, stderr=err)
+    base, acked, refused, stop = f"http://127.0.0.1:{port}", [], [], threading.Event()
+    ids = [r[0] for r in demo_tables.con.sql("SELECT customer_id FROM customers").fetchall()]
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            time.sleep(0.5)
-        got = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"customer_id": "nobody", "k": 3}, timeout=10)
-        assert got.status_code == 200 and got.json()["known"] is False
+            assert server.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=30, headers={"x-api-key": key}) as http:
+            got = http.post("/recommend", json={"customer_id": "nobody", "k": 3})
+            assert got.status_code == 200 and got.json()["known"] is False
+            streamed = (b'"x",' * 1000 for _ in range(1000))  # 4 MB, chunked: no content-length to check
+            assert http.post("/score_batch", content=streamed).status_code == 413
+
+        def client(seed: int) -> None:
+            rng = random.Random(seed)
+            with httpx.Client(base_url=base, timeout=10, headers={"x-api-key": key}) as http:
+                while not stop.is_set():
+                    try:
+                        if rng.random() < 0.05:
+                            got = http.post("/score", json={"customer_id": "C1"}, headers={"x-api-key": "wrong"})
+                            refused.append(got.status_code == 401 and key not in got.text)
+                            continue
+                        got = http.post("/next_best_action_batch", json={"customer_ids": rng.sample(ids, 3)})
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    if got.status_code == 200:
+                        acked.append(got.json()["results"][0]["request_id"])
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        workers = psutil.Process(server.pid).children(recursive=True)  # in sessions of their own
+        assert workers
+        for process in [*workers, psutil.Process(server.pid)]:  # the worker first, mid-request
+            process.send_signal(signal.SIGKILL)
+        server.wait()
+        psutil.wait_procs(workers, timeout=30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop.set()
+        if server.poll() is None:
+            for process in psutil.Process(server.pid).children(recursive=True):
+                process.kill()
+            server.kill()
+            server.wait()
+    logged = {r["request_id"] for r in read_exposures(log)}
+    assert len(acked) > 50 and set(acked) <= logged
+    assert refused and all(refused)
+    logs = (tmp_path / "stdout").read_bytes() + (tmp_path / "stderr").read_bytes()
+    assert b"Starting production HTTP BentoServer" in logs  # the logs were captured...
+    assert key.encode() not in logs and key.encode() not in log.read_bytes()  # ...and hold no key
 
 
 def test_next_best_action_suppresses_without_consent_and_explains(client: TestClient, served_env: dict) -> None:
@@ -256,3 +305,48 @@ def test_openapi_fuzz_never_5xx(client: TestClient) -> None:
             unsupported.append((operation.label, str(exc)[-300:]))
     assert not unsupported, unsupported
     assert not failures, failures[:5]
+
+
+API_ROUTES = ["/score", "/score_batch", "/recommend", "/recommend_batch", "/product_block", "/product_block_batch",
+              "/next_best_action", "/next_best_action_batch", "/model_info", "/ping"]
+
+
+def test_malformed_bodies_get_a_4xx_never_a_5xx(client: TestClient) -> None:
+    """Bytes that are not JSON, JSON of the wrong shape, and hostile edge cases, on every API route."""
+    import json as json_module
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["customer_id", "customer_ids", "k", "rules", "campaign", "heading", "x"]), inner,
+        max_size=4), max_leaves=12)
+    garbage = st.binary(max_size=200).filter(lambda b: not _is_json(b))
+    failures = []
+
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(route=st.sampled_from(API_ROUTES), body=values.map(lambda v: json_module.dumps(v).encode()) | garbage)
+    def call(route: str, body: bytes) -> None:
+        got = client.post(route, content=body, headers={"content-type": "application/json"})
+        if got.status_code >= 500 or (not _is_json(body) and route not in ("/model_info", "/ping")
+                                      and not 400 <= got.status_code < 500):
+            failures.append((route, body[:80], got.status_code, got.text[:120]))
+
+    call()
+    hostile = [b'{"customer_id": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", b'{"customer_id": "a", "k": 1' + b"0" * 5000 + b"}",
+               b'{"customer_id": "\\ud800"}', b"\xff\xfe\x00", b'{"customer_ids": ["' + b"x" * 1_900_000 + b'"]}']
+    for body in hostile:
+        for route in ("/score", "/recommend", "/score_batch"):
+            got = client.post(route, content=body, headers={"content-type": "application/json"})
+            if not 400 <= got.status_code < 500:
+                failures.append((route, body[:40], got.status_code, got.text[:120]))
+    assert not failures, failures[:5]
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True

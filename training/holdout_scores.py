@@ -2,7 +2,9 @@
 ``sendwise models promote`` can compare champion and challenger row by row (paired bootstrap).
 
 Classifiers keep ``customer_id, label, probability``; the recommender ``customer_id, ndcg_at_10``
-(new-items variant). Customer ids are the only identifier stored.
+(new-items variant). Customer ids are the only identifier stored; ``sendwise privacy export`` and
+``forget`` find and remove a customer's rows in every such file of a local store
+(:func:`score_files`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ def log_holdout_scores(frame: pd.DataFrame) -> None:
         path = Path(tmp) / ARTIFACT_FILE
         frame.to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=ARTIFACT_DIR)
+
+
+def score_files(root: Path | str) -> list[Path]:
+    """Every holdout score file below a local MLflow store root."""
+    return sorted(Path(root).rglob(f"{ARTIFACT_DIR}/{ARTIFACT_FILE}"))
 
 
 def load_holdout_scores(name: str, version: str) -> pd.DataFrame | None:

@@ -3,7 +3,7 @@
 Every rating becomes a ``product_view`` event (the user watched the movie); a rating of at least
 ``min_rating`` also becomes a one-item order line at price 0 (a strong positive, as a purchase is).
 Ratings that are not in 0.5-5, without user or movie, with an unparseable time, or exact duplicates
-are rejected with the reason. For recommender benchmarks only: MovieLens may not ship in a product.
+are rejected with the reason; users forgotten in the output directory are left out. For recommender benchmarks only: MovieLens may not ship in a product.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from features import schema as s
-from features.importers.report import ImportReport, open_source, write_import
+from features.importers.report import ImportReport, open_source, skip_forgotten_source, write_import
 from features.tables import Tables, create_empty
 from features.validate import DUPLICATE_REASON, ROW_ID, ContractError
 
 SOURCE_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+CUSTOMER_COLUMN = "userId"
 
 
 def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4.0) -> ImportReport:
@@ -23,6 +24,7 @@ def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4
         raise ContractError(f"min_rating must be in [0.5, 5]; got {min_rating}.")
     src = Path(src)
     con = open_source(src, SOURCE_COLUMNS, "a MovieLens ratings file")
+    forgotten = skip_forgotten_source(con, CUSTOMER_COLUMN, out_dir)
     con.execute(
         f"""CREATE TEMP TABLE ratings AS
             SELECT {ROW_ID}, NULLIF(trim(userId), '') AS user_id, NULLIF(trim(movieId), '') AS movie_id,
@@ -68,4 +70,4 @@ def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4
             FROM ratings r JOIN _source src ON r.{ROW_ID} = src.{ROW_ID}
             WHERE r.reason IS NOT NULL ORDER BY 1"""
     )
-    return write_import(Tables(con), str(src), "ratings_rejects", out_dir)
+    return write_import(Tables(con), str(src), "ratings_rejects", out_dir, forgotten=forgotten)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from features.io import REJECTS_DIRNAME, atomic_write, read_raw, write_tables
+from features.io import REJECTS_DIRNAME, atomic_write, read_raw, read_tombstones, skip_forgotten, write_tables
 from features.tables import Tables, new_connection
 from features.validate import ROW_ID, ContractError
 
@@ -24,6 +24,7 @@ class ImportReport:
     tables: dict[str, int]  # rows written per contract table
     out_dir: Path
     rejects_file: Path | None
+    forgotten: int = 0  # source rows of customers forgotten in out_dir, left out and written nowhere
 
 
 def open_source(src: Path, columns: tuple[str, ...], layout: str) -> duckdb.DuckDBPyConnection:
@@ -42,23 +43,32 @@ def open_source(src: Path, columns: tuple[str, ...], layout: str) -> duckdb.Duck
     return con
 
 
+def skip_forgotten_source(con: duckdb.DuckDBPyConnection, customer_column: str, out_dir: Path | str) -> int:
+    """Leave out the source rows of customers forgotten in ``out_dir`` (its tombstones); returns how
+    many rows went."""
+    tombstones = read_tombstones(out_dir)
+    return skip_forgotten(con, SOURCE_VIEW, tombstones, customer_column) if tombstones else 0
+
+
 def write_import(tables: Tables, source: str, rejects_table: str, out_dir: Path | str,
-                 read_table: str = SOURCE_VIEW) -> ImportReport:
+                 read_table: str = SOURCE_VIEW, forgotten: int = 0) -> ImportReport:
     """Write ``tables`` as parquet, and ``rejects_table`` (original columns plus ``source_row`` and
     ``reason``) as ``_rejects/<source file stem>.csv``.
 
-    ``read_table`` holds one row per source row, so ``read == loaded + rejected``.
+    ``read_table`` holds one row per source row that was not ``forgotten``, so
+    ``read == loaded + rejected + forgotten``.
     """
     out_dir = Path(out_dir)
     counts = {t.value: n for t, n in write_tables(tables, out_dir).items()}
     con = tables.con
     reasons = dict(con.execute(
         f"SELECT reason, count(*) FROM {rejects_table} GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
-    read = con.execute(f"SELECT count(*) FROM {read_table}").fetchall()[0][0]
+    read = con.execute(f"SELECT count(*) FROM {read_table}").fetchall()[0][0] + forgotten
     rejected = sum(reasons.values())
     rejects_file = None
     if rejected:
         rejects_file = out_dir / REJECTS_DIRNAME / f"{Path(source).name.split('.')[0]}.csv"
         atomic_write(rejects_file, lambda tmp: con.execute(
             f"COPY {rejects_table} TO '{tmp}' (HEADER, DELIMITER ',')").fetchall())
-    return ImportReport(source, read, read - rejected, rejected, reasons, counts, out_dir, rejects_file)
+    return ImportReport(source, read, read - rejected - forgotten, rejected, reasons, counts, out_dir, rejects_file,
+                        forgotten)

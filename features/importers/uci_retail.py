@@ -3,6 +3,7 @@ CustomerID, Country) to the data contract.
 
 * every invoice line becomes an order line; cancellations (``C`` invoices, negative quantity) stay
   as returns;
+* lines of customers forgotten in the output directory (``sendwise privacy forget``) are left out;
 * lines whose StockCode is a fee, postage, adjustment or gift voucher are not products: they are
   rejected with that reason, as are lines without a customer and every other contract breach;
 * ``products`` comes from the product lines (most frequent description, median positive price; the
@@ -16,11 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from features import schema as s
-from features.importers.report import ImportReport, open_source, write_import
+from features.importers.report import ImportReport, open_source, skip_forgotten_source, write_import
 from features.tables import Tables, create_empty
 from features.validate import ROW_ID, validate_raw
 
 SOURCE_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
+CUSTOMER_COLUMN = "CustomerID"
 NON_PRODUCT_CODES = {
     "POST": "postage",
     "DOT": "postage",
@@ -48,6 +50,7 @@ def import_online_retail(src: Path | str, out_dir: Path | str) -> ImportReport:
     """Convert the UCI file at ``src`` into contract tables in ``out_dir`` (rejects in ``_rejects``)."""
     src = Path(src)
     con = open_source(src, SOURCE_COLUMNS, "the UCI Online Retail layout")
+    forgotten = skip_forgotten_source(con, CUSTOMER_COLUMN, out_dir)
     con.execute(f"CREATE TEMP TABLE uci_flagged AS SELECT *, {_non_product_reason_sql()} AS non_product FROM _source")
     con.execute(
         f"""CREATE TEMP VIEW uci_orders AS SELECT {ROW_ID},
@@ -87,4 +90,4 @@ def import_online_retail(src: Path | str, out_dir: Path | str) -> ImportReport:
             LEFT JOIN country c ON o.{s.CUSTOMER_ID} = c.cid ORDER BY 1"""
     )
     create_empty(con, s.SPECS[s.Table.EVENTS])
-    return write_import(Tables(con), str(src), "orders_import_rejects", out_dir)
+    return write_import(Tables(con), str(src), "orders_import_rejects", out_dir, forgotten=forgotten)

@@ -13,6 +13,7 @@ Every model follows one contract (scikit-learn style: the constructor only store
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,6 +30,7 @@ from features.interactions import (
     build_interactions,
     select_rows,
 )
+from features.io import atomic_write
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 from features.tables import Tables
 
@@ -124,6 +126,34 @@ class Recommender:
         ids[~np.isfinite(scores)] = -1
         return ids, scores
 
+    # customers' own rows ------------------------------------------------------------------------
+    def customer_data(self, customer_id: str) -> dict[str, list]:
+        """What the fitted model holds about one customer (its row of each per-customer array)."""
+        row = self.customer_ids_.get_indexer([customer_id])[0] if self.customer_ids_ is not None else -1
+        if row < 0:
+            return {}
+        return {name: _row_values(values, row) for name, values in self._customer_arrays().items()}
+
+    def without_customers(self, customer_ids: Collection[str]) -> int:
+        """Drop these customers' rows (ids and per-customer arrays) in place; returns how many went.
+        What they contributed to shared parameters (item factors, similarities) stays until the
+        next fit."""
+        if self.customer_ids_ is None:
+            return 0
+        keep = ~self.customer_ids_.isin(list(customer_ids))
+        dropped = int((~keep).sum())
+        if dropped:
+            self.customer_ids_ = self.customer_ids_[keep]
+            self._keep_customer_rows(np.flatnonzero(keep))
+        return dropped
+
+    def _customer_arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+        """Fitted arrays with one row per customer (none for models that keep nothing per customer)."""
+        return {}
+
+    def _keep_customer_rows(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` of every per-customer array."""
+
     # persistence ------------------------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -132,12 +162,20 @@ class Recommender:
         raise NotImplementedError
 
     def save(self, directory: Path | str) -> Path:
+        """Write the arrays and the descriptor, each replaced atomically (a crash mid-write leaves the
+        previous files); returns the descriptor's path."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / ARRAYS_FILE, customer_ids=self.customer_ids_.to_numpy(str),
-                 product_ids=self.product_ids_.to_numpy(str), **self._arrays())
+        arrays = {"customer_ids": self.customer_ids_.to_numpy(str), "product_ids": self.product_ids_.to_numpy(str),
+                  **self._arrays()}
+
+        def write_arrays(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(directory / ARRAYS_FILE, write_arrays)
         path = directory / MODEL_FILE
-        path.write_text(json.dumps({"kind": self.kind, "params": self.params}, indent=1))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"kind": self.kind, "params": self.params},
+                                                                      indent=1)))
         return path
 
 
@@ -190,6 +228,13 @@ def _as_ids(blocked: np.ndarray | None) -> np.ndarray | None:
     return np.asarray(blocked, dtype=np.int32)
 
 
+def _row_values(values: np.ndarray | sp.csr_matrix, row: int) -> list:
+    if sp.issparse(values):
+        one = values[row]
+        return [[int(c), float(v)] for c, v in zip(one.indices, one.data, strict=True)]  # (product column, value)
+    return values[row].tolist()
+
+
 def _csr_arrays(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
     return {f"{prefix}_data": matrix.data, f"{prefix}_indices": matrix.indices, f"{prefix}_indptr": matrix.indptr,
             f"{prefix}_shape": np.array(matrix.shape)}
@@ -228,6 +273,12 @@ class _Factors(Recommender):
 
     def _vectors(self, rows, user_items):
         return self.user_factors_[rows], self.item_factors_
+
+    def _customer_arrays(self):
+        return {"user_factors": self.user_factors_}
+
+    def _keep_customer_rows(self, rows):
+        self.user_factors_ = self.user_factors_[rows]
 
     def _arrays(self):
         return {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
@@ -291,6 +342,12 @@ class ItemKNNRecommender(Recommender):
 
     def _dense_scores(self, rows, user_items):
         return (user_items.astype(np.float32) @ self.similarity_).toarray()
+
+    def _customer_arrays(self):
+        return {"history": self.user_items_}
+
+    def _keep_customer_rows(self, rows):
+        self.user_items_ = self.user_items_[rows]
 
     def _arrays(self):
         return {**_csr_arrays("sim", self.similarity_), **_csr_arrays("hist", self.user_items_)}

@@ -1,8 +1,10 @@
-"""The recommender in the MLflow registry: log a fitted model as a pyfunc, load a version back."""
+"""The recommender in the MLflow registry: log a fitted model as a pyfunc, load a version back; the
+customers' rows in every saved copy under a local store (privacy export and forget)."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import mlflow
@@ -12,7 +14,7 @@ from mlflow.models import infer_signature
 
 from features.schema import CUSTOMER_ID
 from training.recommenders.batch import top_k_frame
-from training.recommenders.models import MODEL_FILE, Recommender, load_recommender
+from training.recommenders.models import ARRAYS_FILE, MODEL_FILE, Recommender, load_recommender
 from training.registry import CHAMPION, MissingModelError, alias_version, assign_aliases
 
 REGISTERED_NAME = "recommender"
@@ -64,3 +66,31 @@ def load_alias(alias: str = CHAMPION, hint: str = "") -> tuple[Recommender, str]
     if version is None:
         raise MissingModelError(f"no '{REGISTERED_NAME}' model has the alias '{alias}'. {hint}".strip())
     return load_version(version), version
+
+
+def saved_models(root: Path | str) -> list[Path]:
+    """Every saved recommender below ``root`` (a local MLflow store: registered or not)."""
+    return sorted(p.parent for p in Path(root).rglob(ARRAYS_FILE) if (p.parent / MODEL_FILE).exists())
+
+
+def customer_data_in_store(root: Path | str, customer_id: str) -> dict[str, dict]:
+    """Per saved recommender below ``root`` that knows ``customer_id``: the model's rows about them."""
+    found = {}
+    for directory in saved_models(root):
+        data = load_recommender(directory).customer_data(customer_id)
+        if data:
+            found[str(directory)] = data
+    return found
+
+
+def forget_in_store(root: Path | str, customer_ids: Collection[str]) -> dict[str, int]:
+    """Remove ``customer_ids`` from every saved recommender below ``root`` (rewritten in place,
+    atomically); returns the rows removed per model directory that held any."""
+    removed = {}
+    for directory in saved_models(root):
+        model = load_recommender(directory)
+        n = model.without_customers(customer_ids)
+        if n:
+            model.save(directory)
+            removed[str(directory)] = n
+    return removed

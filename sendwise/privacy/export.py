@@ -1,0 +1,87 @@
+"""``sendwise privacy export``: everything the project holds about one customer, as one JSON document.
+
+Input rows (raw, from every table and rejects file of the data directory and the other files
+named), their latest features (built just after the last row of the data), scores with the champion
+models, recommendations of the champion recommender under the default rules, what each saved
+recommender holds about them (their factor row or history) and their rows in the models' holdout
+score files, and their exposure records.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from features.build import build_features
+from features.io import load_data_dir, read_tombstones
+from features.privacy import customer_rows, tabular_files
+from features.schema import CUSTOMER_ID
+from features.snapshot import snapshot_as_of
+from serving.exposures import customer_exposures
+from training.recommenders.batch import RecommendationContext
+from training.recommenders.rules import BusinessRules
+from training.holdout_scores import score_files
+from training.recommenders.store import customer_data_in_store, load_alias
+from training.registry import CHAMPION, load_bundle
+from training.scoring import score_features
+from training.tracking import configure_tracking
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """JSON-ready rows: timestamps in ISO 8601, missing values null."""
+    return json.loads(frame.to_json(orient="records", date_format="iso"))
+
+
+def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str | None = None,
+                    exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
+                    k: int = 10) -> dict:
+    """The export document of ``customer_id``; ``notes`` says what could not be included and why."""
+    data_dir = Path(data_dir)
+    doc: dict = {"customer_id": customer_id, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                 "forgotten": customer_id in read_tombstones(data_dir), "input_rows": {}, "features": None,
+                 "scores": None, "recommendations": [], "model_rows": {}, "exposures": [], "notes": []}
+    for root in (data_dir, *files):
+        for path in tabular_files(root):
+            rows = customer_rows(path, [customer_id])
+            if rows is not None and len(rows):
+                doc["input_rows"][str(path)] = _records(rows)
+    with tempfile.TemporaryDirectory() as rejects:  # an export writes nothing into the data directory
+        tables, _ = load_data_dir(data_dir, rejects)
+    as_of = snapshot_as_of(tables)
+    features = build_features(tables, as_of)
+    features = features[features[CUSTOMER_ID] == customer_id].reset_index(drop=True)
+    if len(features):
+        doc["features"] = _records(features)[0]
+    else:
+        doc["notes"].append(f"no features: the customer has no rows before {as_of.isoformat()}")
+    if mlruns is None:
+        doc["notes"].append("no MLflow store given: no scores, recommendations or model rows")
+    else:
+        configure_tracking(mlruns)
+        try:
+            churn, propensity = load_bundle("churn", CHAMPION), load_bundle("propensity", CHAMPION)
+            if len(features):
+                doc["scores"] = _records(score_features(features, churn, propensity))[0] | {
+                    "model_versions": {"churn": churn.meta["version"], "propensity": propensity.meta["version"]}}
+        except LookupError as exc:
+            doc["notes"].append(f"no scores: {exc}")
+        try:
+            recommender, version = load_alias(CHAMPION)
+            context = RecommendationContext(tables, as_of, recommender)
+            recs = context.recommend(pd.Index([customer_id]), k, BusinessRules())
+            doc["recommendations"] = _records(recs.drop(columns=[CUSTOMER_ID]).assign(model_version=version))
+        except LookupError as exc:
+            doc["notes"].append(f"no recommendations: {exc}")
+        doc["model_rows"] = customer_data_in_store(mlruns, customer_id)
+        for path in score_files(mlruns):
+            rows = customer_rows(path, [customer_id])
+            if rows is not None and len(rows):
+                doc["model_rows"][str(path)] = _records(rows)
+    if exposure_log is not None:
+        doc["exposures"] = customer_exposures(exposure_log, customer_id)
+    return doc

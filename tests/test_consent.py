@@ -1,0 +1,117 @@
+"""Consent: a customer without email consent on record, or unsubscribed, only ever gets ``suppress``,
+whatever the policy, exploration, a model or an experiment says."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from features.tables import Tables
+from serving.consent import NO_CONSENT, UNSUBSCRIBED_REASON, enforce_consent
+from serving.policy import OPS, SUPPRESS, ActionRule, Condition, Decision, Policy, decide
+
+SIGNALS = ("email_consent", "unsubscribed", "emails_sent_7d", "churn_probability", "purchase_probability",
+           "cart_abandoned_1d", "views_1d", "rfm_segment", "lifecycle_stage", "recency_days")
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(0, 1), st.sampled_from(
+    ["Champions", "Lost", "new", "prospect", "loyal"]))
+ACTIONS = ("cart_recovery", "winback", "cross_sell", "newsletter", "discount_blast")
+
+conditions = st.builds(Condition, signal=st.sampled_from(SIGNALS), op=st.sampled_from(sorted(set(OPS) - {"in"})),
+                       value=VALUES)
+rules = st.builds(ActionRule, action=st.sampled_from(ACTIONS), when=st.tuples(conditions) | st.tuples(),
+                  content_blocks=st.just(("product_block",)))
+
+
+@st.composite
+def policies(draw) -> Policy:
+    """Any valid policy, including ones with no suppression rules at all and full exploration."""
+    actions = draw(st.lists(rules, min_size=0, max_size=5)) + [ActionRule(action=draw(st.sampled_from(ACTIONS)))]
+    return Policy(suppress_when=tuple(draw(st.lists(conditions, max_size=2))), actions=tuple(actions),
+                  exploration_epsilon=draw(st.sampled_from([0.0, 0.3, 1.0])))
+
+
+# consent as the snapshot can hold it: python or numpy booleans, missing, or absent altogether
+consent_values = st.sampled_from([True, False, None, np.bool_(True), np.bool_(False), "absent"])
+
+
+@st.composite
+def customer_signals(draw) -> dict:
+    signals = {s: draw(VALUES) for s in SIGNALS[2:]}
+    for name in ("email_consent", "unsubscribed"):
+        value = draw(consent_values)
+        if value != "absent":
+            signals[name] = value
+    return signals
+
+
+def may_email(signals: dict) -> bool:
+    consent, unsubscribed = signals.get("email_consent"), signals.get("unsubscribed")
+    return consent is not None and bool(consent) and not (unsubscribed is not None and bool(unsubscribed))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(policy=policies(), signals=customer_signals(), seed=st.integers(0, 2**16),
+       override=st.sampled_from(ACTIONS) | st.none())
+def test_no_consent_is_always_suppressed(policy: Policy, signals: dict, seed: int, override: str | None) -> None:
+    decision = decide(policy, signals, random.Random(seed))
+    if override is not None:  # what an experiment or a model might put in its place
+        decision = Decision(action=override, offer="none", content_blocks=["product_block"], reasons=["variant B"],
+                            probability=0.5, explored=False)
+    final = enforce_consent(decision, signals)
+    if may_email(signals):
+        assert final == decision  # the gate changes nothing for a customer who may be emailed
+    else:
+        assert final.action == SUPPRESS and final.content_blocks == [] and final.probability == 1.0
+        if decision.action != SUPPRESS:
+            assert set(final.reasons) <= {NO_CONSENT, UNSUBSCRIBED_REASON} and final.reasons
+
+
+# A policy that targets exactly the customers without consent, explores always, suppresses nothing.
+HOSTILE_POLICY = """
+actions:
+  - {action: discount_blast, when: [{signal: email_consent, op: "==", value: false}], content_blocks: [product_block]}
+  - {action: winback, when: [{signal: unsubscribed, op: "==", value: true}], content_blocks: [product_block]}
+  - {action: newsletter, content_blocks: [product_block]}
+exploration_epsilon: 1.0
+"""
+
+
+def test_the_service_suppresses_every_customer_without_consent(served_env: dict, demo_tables: Tables,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every customer of the generated shop (and unknown ids) through the real service, with a
+    hostile policy and an 'experiment' that overrides half the decisions."""
+    policy = tmp_path / "hostile.yaml"
+    policy.write_text(HOSTILE_POLICY)
+    for key, value in served_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SENDWISE_POLICY", str(policy))
+    monkeypatch.setenv("SENDWISE_EXPOSURE_LOG", str(tmp_path / "exposures.jsonl"))
+    import serving.service as service_module
+    from serving.schemas import NextBestActionBatchRequest
+
+    real_decide, rng = service_module.decide, random.Random(3)
+
+    def experiment(policy: Policy, signals: dict, generator: random.Random) -> Decision:
+        decision = real_decide(policy, signals, generator)
+        if rng.random() < 0.5:  # variant B: always send the promotion
+            return Decision(action="discount_blast", offer="discount_30", content_blocks=["product_block"],
+                            reasons=["experiment variant B"], probability=0.5, explored=False)
+        return decision
+
+    monkeypatch.setattr(service_module, "decide", experiment)
+    svc = service_module.Sendwise.inner()
+    ids = [r[0] for r in demo_tables.con.sql("SELECT customer_id FROM customers ORDER BY 1").fetchall()]
+    blocked = {r[0] for r in demo_tables.con.sql(
+        """SELECT customer_id FROM customers WHERE email_consent IS NOT TRUE
+           UNION SELECT customer_id FROM events WHERE event_type = 'unsubscribe'""").fetchall()}
+    results = svc.next_best_action_batch(NextBestActionBatchRequest(customer_ids=ids + ["unknown-1", "unknown-2"]))
+    actions = {r.customer_id: r.action for r in results.results}
+    assert len(blocked) > 30 and len(actions) == len(ids) + 2
+    assert {c for c, a in actions.items() if a != SUPPRESS} == set(ids) - blocked  # consenting ones are emailed
+    assert all(actions[c] == SUPPRESS for c in blocked | {"unknown-1", "unknown-2"})
+    assert all(r.product_block is None for r in results.results if r.action == SUPPRESS)

@@ -1,0 +1,148 @@
+"""Faults: processes killed with SIGKILL at the worst moment, corrupt or missing model artifacts.
+
+Training killed while it writes its model leaves the champion as it was; a champion whose artifact
+is missing or corrupt stops the service from starting with a message naming it; a snapshot write
+killed midway leaves the previous snapshot readable; rewriting the exposure log (privacy forget)
+while a writer appends loses nothing. (The real server killed under load: tests/test_service.py.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SERVE_AS_OF
+from typer.testing import CliRunner
+
+from features.snapshot import read_snapshot, write_snapshot
+from features.tables import Tables
+from sendwise.cli import app
+from serving.config import ServeConfig
+from serving.exposures import pseudonymise_customers, read_exposures
+from serving.state import NotReadyError, load_champions
+from training.registry import CHAMPION, alias_version, load_bundle
+from training.tracking import configure_tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+PREAMBLE = (f"import sys, os; sys.path.insert(0, {str(ROOT)!r})\n"
+            "os.environ.update(MLFLOW_DISABLE_TELEMETRY='true', BENTOML_DO_NOT_TRACK='true')\n")
+
+
+def kill_when(process: subprocess.Popen, moment, timeout: float = 180) -> None:
+    """SIGKILL ``process`` as soon as ``moment()`` is true (polled every millisecond)."""
+    deadline = time.monotonic() + timeout
+    while not moment():
+        assert process.poll() is None, "the process ended before the moment to kill it came"
+        assert time.monotonic() < deadline, "the moment to kill never came"
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_training_killed_while_writing_its_model_leaves_the_champion(served_env: dict, demo_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    mlruns = Path(served_env["SENDWISE_MLRUNS"])
+    configure_tracking(mlruns)
+    version, before = alias_version("churn", CHAMPION), load_bundle("churn")
+    models = mlruns / "artifacts" / "models"
+    existing = set(models.iterdir())
+    code = PREAMBLE + (
+        "from features.io import load_data_dir\nfrom features.training_set import Target\n"
+        "from training.train import train_classifier\n"
+        f"tables, _ = load_data_dir({str(demo_dir)!r}, {str(tmp_path / 'rejects')!r})\n"
+        f"train_classifier(tables, Target.CHURNED, {SERVE_AS_OF!r}, mlruns={str(mlruns)!r})\n")
+    trainer = subprocess.Popen([sys.executable, "-c", code], env={k: v for k, v in os.environ.items()
+                                                                   if k != "MLFLOW_TRACKING_URI"})
+    kill_when(trainer, lambda: set(models.iterdir()) - existing)  # MLflow started writing the new model
+
+    assert alias_version("churn", CHAMPION) == version
+    after = load_bundle("churn")
+    x = np.random.default_rng(0).random((50, len(before.columns)), dtype=np.float32)
+    assert after.meta["version"] == version and np.array_equal(before.booster.inplace_predict(x),
+                                                               after.booster.inplace_predict(x))
+    load_champions(ServeConfig(data=demo_dir, mlruns=mlruns))  # the service can start
+
+
+def _artifact_dir(name: str) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    uri = MlflowClient().get_model_version_download_uri(name, alias_version(name, CHAMPION))
+    return Path(uri.removeprefix("file://"))
+
+
+@pytest.mark.parametrize(("name", "damage"), [("churn", "corrupt"), ("propensity", "missing"),
+                                              ("recommender", "corrupt")])
+def test_a_corrupt_or_missing_champion_refuses_to_start(served_env: dict, demo_dir: Path, tmp_path: Path,
+                                                        name: str, damage: str) -> None:
+    mlruns = Path(served_env["SENDWISE_MLRUNS"])
+    configure_tracking(mlruns)
+    directory = _artifact_dir(name)
+    target = next(p for p in directory.rglob("*") if p.name in ("model.ubj", "recommender.npz"))
+    kept = tmp_path / "kept"
+    shutil.copytree(directory, kept)
+    try:
+        if damage == "corrupt":
+            target.write_bytes(target.read_bytes()[:100])  # a truncated write
+        else:
+            shutil.rmtree(directory)
+        message = rf"the '{name}' model version \d+ \(alias 'champion'\) could not be loaded.*missing or corrupt"
+        with pytest.raises(NotReadyError, match=message):
+            load_champions(ServeConfig(data=demo_dir, mlruns=mlruns))
+        result = CliRunner().invoke(app, ["serve", "--data", str(demo_dir), "--mlruns", str(mlruns),
+                                          "--port", "1"])  # port 1: binding it would fail, it is never tried
+        assert result.exit_code == 2 and f"the '{name}' model version" in result.output
+        assert f"sendwise models promote {name} --force" in " ".join(result.output.split())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.copytree(kept, directory)
+    load_champions(ServeConfig(data=demo_dir, mlruns=mlruns))  # restored for the other tests
+
+
+def test_a_snapshot_write_killed_midway_leaves_the_old_one(demo_dir: Path, demo_tables: Tables, tmp_path: Path) -> None:
+    target = tmp_path / "snap.parquet"
+    old, old_as_of = write_snapshot(demo_tables, target, as_of="2025-06-01")
+    code = PREAMBLE + (
+        "from features.io import load_data_dir\nfrom features.snapshot import write_snapshot\n"
+        f"tables, _ = load_data_dir({str(demo_dir)!r}, {str(tmp_path / 'rejects')!r})\n"
+        f"while True:\n    write_snapshot(tables, {str(target)!r})\n")
+    for _ in range(2):
+        writer = subprocess.Popen([sys.executable, "-c", code])
+        kill_when(writer, lambda: any(tmp_path.glob(".snap.parquet.*.tmp")))  # inside the write
+        frame, meta = read_snapshot(target)
+        assert meta["as_of"] == old_as_of.isoformat() and len(frame) == len(old)
+        for leftover in tmp_path.glob(".snap.parquet.*.tmp"):  # what a kill leaves; readers never see it
+            leftover.unlink()
+
+
+def test_rewriting_the_exposure_log_while_a_writer_appends_loses_nothing(tmp_path: Path) -> None:
+    path, acks = tmp_path / "log.jsonl", tmp_path / "acks"
+    code = PREAMBLE + (
+        "from serving.exposures import ExposureLog\n"
+        f"log = ExposureLog({str(path)!r}); acks = open({str(acks)!r}, 'a', buffering=1)\n"
+        "i = 0\n"
+        "while True:\n"
+        "    log.append([{'customer_id': f'c{i % 10}', 'i': i}]); acks.write(f'{i}\\n'); i += 1\n")
+    writer = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not (acks.exists() and len(acks.read_text().split()) > 200):
+            assert writer.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        changed = []
+        for _ in range(5):
+            time.sleep(0.05)
+            changed.append(pseudonymise_customers(path, ["c3"]))
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    acknowledged = {int(x) for x in acks.read_text().split()}
+    records = read_exposures(path)
+    assert all(changed) and acknowledged <= {r["i"] for r in records}
+    pseudonymised = [r for r in records if r["customer_id"].startswith("forgotten-")]
+    assert pseudonymised and all(r["i"] % 10 == 3 for r in pseudonymised)
