@@ -14,6 +14,7 @@ from experiments.config import load_experiments
 from features.cli import DataDir
 from sendwise.console import console, reports_user_errors
 from serving.config import ServeConfig
+from serving.consent import ConsentRule
 from serving.policy import Policy
 from serving.state import NotReadyError, load_champions
 from serving.variants import variant_aliases
@@ -56,11 +57,14 @@ def serve(
     currency: Annotated[str, typer.Option(help="ISO code of the catalog's prices.")] = "GBP",
     experiments: Annotated[Path | None, typer.Option(
         help="Experiments YAML: /next_best_action serves the running experiment's variants.")] = None,
+    consent: Annotated[ConsentRule, typer.Option(
+        help="recorded: email only customers with consent on record; unless-refused: all but recorded "
+             "refusals and unsubscribes (for shops that keep consent upstream).")] = ConsentRule.RECORDED,
 ) -> None:
     """Start the send-time service (BentoML) with the champion models."""
     config = ServeConfig(data=data, snapshot=snapshot, mlruns=mlruns, exposure_log=exposure_log,
                          api_key=os.environ.get("SENDWISE_API_KEY") or None, policy=policy, currency=currency,
-                         experiments=experiments)
+                         experiments=experiments, consent=consent)
     try:
         preflight(config)
     except NotReadyError as exc:

@@ -11,6 +11,7 @@
 | ``SENDWISE_EXPOSURE_FSYNC`` | ``true``: force each exposure write to disk (survives a power cut) | ``false`` |
 | ``SENDWISE_POLICY`` | next-best-action policy YAML | ``serving/policy.yaml`` |
 | ``SENDWISE_CURRENCY`` | currency of catalog prices (ISO code) | ``GBP`` |
+| ``SENDWISE_CONSENT`` | ``recorded``: email only with consent on record; ``unless-refused``: unless refused (see :mod:`serving.consent`) | ``recorded`` |
 | ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`experiments.config`); variants of the running one | none |
 """
 
@@ -20,6 +21,8 @@ import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr
+
+from serving.consent import ConsentRule
 
 
 class ServeConfig(BaseModel):
@@ -37,6 +40,7 @@ class ServeConfig(BaseModel):
     policy: Path | None = None
     currency: str = "GBP"
     experiments: Path | None = None
+    consent: ConsentRule = ConsentRule.RECORDED
 
     @classmethod
     def from_env(cls) -> ServeConfig:
@@ -55,6 +59,7 @@ class ServeConfig(BaseModel):
             "policy": os.environ.get("SENDWISE_POLICY") or None,
             "currency": os.environ.get("SENDWISE_CURRENCY") or None,
             "experiments": os.environ.get("SENDWISE_EXPERIMENTS") or None,
+            "consent": os.environ.get("SENDWISE_CONSENT") or None,
         }
         return cls(data=Path(data), **{k: v for k, v in env.items() if v is not None})
 
@@ -73,4 +78,5 @@ class ServeConfig(BaseModel):
         if self.experiments:
             env["SENDWISE_EXPERIMENTS"] = str(self.experiments.resolve())
         env["SENDWISE_CURRENCY"] = self.currency
+        env["SENDWISE_CONSENT"] = self.consent.value
         return env

@@ -113,6 +113,7 @@ class Sendwise:
         self.forgotten = ForgottenCustomers(config.data)  # answered as unknown, logged without their id
         self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
         self.currency = config.currency
+        self.consent = config.consent
         self.rng = random.Random()
         # Everything loaded so far lives as long as the process: move it out of the collector's
         # sight, or each full collection rescans it (100+ ms pauses in a batch request).
@@ -268,7 +269,7 @@ class Sendwise:
         signals = [state.customers.signals(key) for key in keys]
         # Consent is checked last, after the policy, exploration and the experiment: whatever they
         # say, a customer without consent on record, or unsubscribed, gets "suppress".
-        decisions = [enforce_consent(decide(arm.policy, s, self.rng), s) for s in signals]
+        decisions = [enforce_consent(decide(arm.policy, s, self.rng), s, self.consent) for s in signals]
         wanted = [c for c, d in zip(customer_ids, decisions, strict=True) if "product_block" in d.content_blocks]
         blocks = {b.customer_id: b for b in self._blocks(self._recommend(wanted, k, RuleOptions(), log=False, state=state),
                                                          campaign, None, state)} if wanted else {}

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.tables import Tables
-from serving.consent import NO_CONSENT, UNSUBSCRIBED_REASON, enforce_consent
+from serving.consent import NO_CONSENT, REFUSED, UNSUBSCRIBED_REASON, ConsentRule, enforce_consent
 from serving.policy import OPS, SUPPRESS, ActionRule, Condition, Decision, Policy, decide
 
 SIGNALS = ("email_consent", "unsubscribed", "emails_sent_7d", "churn_probability", "purchase_probability",
@@ -49,26 +49,31 @@ def customer_signals(draw) -> dict:
     return signals
 
 
-def may_email(signals: dict) -> bool:
+def may_email(signals: dict, rule: ConsentRule) -> bool:
     consent, unsubscribed = signals.get("email_consent"), signals.get("unsubscribed")
-    return consent is not None and bool(consent) and not (unsubscribed is not None and bool(unsubscribed))
+    if unsubscribed is not None and bool(unsubscribed):
+        return False
+    if consent is None:
+        return rule is ConsentRule.UNLESS_REFUSED
+    return bool(consent)
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=policies(), signals=customer_signals(), seed=st.integers(0, 2**16),
-       override=st.sampled_from(ACTIONS) | st.none())
-def test_no_consent_is_always_suppressed(policy: Policy, signals: dict, seed: int, override: str | None) -> None:
+       override=st.sampled_from(ACTIONS) | st.none(), rule=st.sampled_from(ConsentRule))
+def test_no_consent_is_always_suppressed(policy: Policy, signals: dict, seed: int, override: str | None,
+                                         rule: ConsentRule) -> None:
     decision = decide(policy, signals, random.Random(seed))
     if override is not None:  # what an experiment or a model might put in its place
         decision = Decision(action=override, offer="none", content_blocks=["product_block"], reasons=["variant B"],
                             probability=0.5, explored=False)
-    final = enforce_consent(decision, signals)
-    if may_email(signals):
+    final = enforce_consent(decision, signals, rule)
+    if may_email(signals, rule):
         assert final == decision  # the gate changes nothing for a customer who may be emailed
     else:
         assert final.action == SUPPRESS and final.content_blocks == [] and final.probability == 1.0
         if decision.action != SUPPRESS:
-            assert set(final.reasons) <= {NO_CONSENT, UNSUBSCRIBED_REASON} and final.reasons
+            assert set(final.reasons) <= {NO_CONSENT, REFUSED, UNSUBSCRIBED_REASON} and final.reasons
 
 
 # A policy that targets exactly the customers without consent, explores always, suppresses nothing.
@@ -115,3 +120,23 @@ def test_the_service_suppresses_every_customer_without_consent(served_env: dict,
     assert {c for c, a in actions.items() if a != SUPPRESS} == set(ids) - blocked  # consenting ones are emailed
     assert all(actions[c] == SUPPRESS for c in blocked | {"unknown-1", "unknown-2"})
     assert all(r.product_block is None for r in results.results if r.action == SUPPRESS)
+
+
+def test_unless_refused_emails_customers_without_a_record(served_env: dict, demo_tables: Tables, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--consent unless-refused`` an unknown customer gets a cold-start action, a recorded
+    refusal or an unsubscribe still gets ``suppress``."""
+    for key, value in served_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SENDWISE_CONSENT", "unless-refused")
+    monkeypatch.setenv("SENDWISE_EXPOSURE_LOG", str(tmp_path / "exposures.jsonl"))
+    from serving.schemas import NextBestActionBatchRequest
+    from serving.service import Sendwise
+
+    refused = {r[0] for r in demo_tables.con.sql(
+        """SELECT customer_id FROM customers WHERE email_consent = false
+           UNION SELECT customer_id FROM events WHERE event_type = 'unsubscribe'""").fetchall()}
+    results = Sendwise.inner().next_best_action_batch(NextBestActionBatchRequest(
+        customer_ids=sorted(refused)[:20] + ["unknown-1"])).results
+    assert len(refused) > 20 and all(r.action == SUPPRESS for r in results[:20])
+    assert results[-1].action == "newsletter" and not results[-1].known  # the policy's default for no signals
