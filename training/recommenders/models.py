@@ -345,8 +345,8 @@ class RerankerRecommender(Recommender):
     with purchase-time signals. Like ALS's factors, what it knows of a customer is fixed at fit."""
 
     kind = "reranker"
-    defaults: ClassVar[dict] = {"neighbours": 14, "half_life_days": 30.0, "ease_lambda": 300.0, "candidates": 100,
-                                "windows": 3, "window_days": 90, "step_days": 30, "trees": 200, "depth": 4,
+    defaults: ClassVar[dict] = {"neighbours": 14, "half_life_days": 30.0, "ease_lambda": 300.0,
+                                "ease_products": 5000, "candidates": 100, "windows": 3, "window_days": 90, "step_days": 30, "trees": 200, "depth": 4,
                                 "learning_rate": 0.05, "random_state": 0}
 
     def fit(self, interactions: Interactions) -> Recommender:
@@ -359,7 +359,7 @@ class RerankerRecommender(Recommender):
         products = catalog_ids(tables)
         features, labels = reranking.training_set(tables, as_of, products, p, config)
         self.booster_ = reranking.train_ranker(features, labels, p)
-        self.stage_ = reranking.Stage1.build(tables, as_of, products, p["neighbours"], p["ease_lambda"], config)
+        self.stage_ = reranking.Stage1.build(tables, as_of, products, p, config)
         self.customer_ids_, self.product_ids_ = self.stage_.customer_ids, products
         return self
 

@@ -2,8 +2,9 @@
 
 Stage 1, candidates: item-kNN (implicit's BM25 similarity, ``neighbours`` per product, on the
 time-decayed interactions) and EASE (Steck 2019: the closed-form item-item linear model
-``B = I - P / diag(P)``, ``P = (X'X + lambda I)^-1`` on 0/1 interactions) score every product
-twice: from the customer's whole history and from their last order. The ``candidates`` products
+``B = I - P / diag(P)``, ``P = (X'X + lambda I)^-1`` on 0/1 interactions, over the
+``ease_products`` products with the most customers, since it holds a dense products x products
+matrix) score every product twice: from the customer's whole history and from their last order. The ``candidates`` products
 best ranked by any of the four, or by recent buyers (at half the rank), go on; products nobody
 has bought, excluded and blocked ones never do.
 
@@ -69,7 +70,8 @@ class Stage1:
 
     customer_ids: pd.Index
     similarity: sp.csr_matrix  # products x products, item-kNN
-    ease: np.ndarray  # products x products, EASE weights
+    ease: np.ndarray  # EASE weights among the ease_columns products
+    ease_columns: np.ndarray  # product columns EASE covers
     profile: sp.csr_matrix  # customers x products, time-decayed interactions
     last: sp.csr_matrix  # customers x products, 0/1 last order
     customers: np.ndarray  # customers x CUSTOMER_SIGNALS
@@ -78,22 +80,27 @@ class Stage1:
     country_buyers: sp.csr_matrix  # countries x products, distinct recent buyers
 
     @classmethod
-    def build(cls, tables: Tables, as_of: datetime, product_ids: pd.Index, neighbours: int, ease_lambda: float,
+    def build(cls, tables: Tables, as_of: datetime, product_ids: pd.Index, params: dict,
               config: InteractionConfig) -> Stage1:
-        """Fit both stage-1 models on the rows before ``as_of`` and gather the signals."""
+        """Fit both stage-1 models (the reranker's ``params``) on the rows before ``as_of`` and
+        gather the signals."""
         interactions = build_interactions(tables, as_of, config, product_ids=product_ids)
         customers = interactions.customer_ids
-        knn = BM25Recommender(K=int(neighbours))
+        knn = BM25Recommender(K=int(params["neighbours"]))
         knn.fit(interactions.matrix.astype(np.float64), show_progress=False)  # implicit needs doubles
         countries, names = pd.factorize(customer_countries(tables, customers))
         recent = country_buyers(tables, as_of)
         rows = pd.Index(names).get_indexer(recent[COUNTRY])
         cols = product_ids.get_indexer(recent[PRODUCT_ID])
         keep = (rows >= 0) & (cols >= 0)
+        binary = (interactions.matrix > 0).astype(np.float64).tocsr()
+        reach = np.asarray(binary.sum(axis=0)).ravel()
+        covered = np.sort(np.argsort(-reach, kind="stable")[:min(int(params["ease_products"]), int((reach > 0).sum()))])
         return cls(
             customer_ids=customers,
             similarity=knn.similarity.tocsr().astype(np.float32),
-            ease=ease_weights((interactions.matrix > 0).astype(np.float64).tocsr(), float(ease_lambda)),
+            ease=ease_weights(binary[:, covered], float(params["ease_lambda"])),
+            ease_columns=covered,
             profile=interactions.matrix,
             last=pairs_matrix(last_order_pairs(tables, as_of), customers, product_ids),
             customers=customer_signals(tables, as_of, customers).to_numpy(),
@@ -141,8 +148,8 @@ class Stage1:
             invalid[:, blocked] = True
         last = self.last[rows].astype(np.float32)
         scores = {"knn": (self.profile[rows] @ self.similarity).toarray(), "knn_last": (last @ self.similarity).toarray(),
-                  "ease": np.asarray((self.profile[rows] > 0).astype(np.float32) @ self.ease),
-                  "ease_last": np.asarray(last @ self.ease)}
+                  "ease": self._ease_scores((self.profile[rows] > 0).astype(np.float32)),
+                  "ease_last": self._ease_scores(last)}
         popular = np.broadcast_to(self.products[:, _PRODUCT[POPULAR_SIGNAL]].astype(np.float32), invalid.shape).copy()
         ranks = {}
         for name, score in [*scores.items(), ("popular", popular)]:
@@ -154,6 +161,11 @@ class Stage1:
         cand = np.argpartition(best, n - 1, axis=1)[:, :n] if n < invalid.shape[1] else np.argsort(best, axis=1)
         cand = np.where(np.take_along_axis(invalid, cand, 1), -1, cand)
         return cand, self._features(rows, cand, scores, ranks)
+
+    def _ease_scores(self, profile: sp.csr_matrix) -> np.ndarray:
+        scores = np.zeros(profile.shape, np.float32)
+        scores[:, self.ease_columns] = profile[:, self.ease_columns] @ self.ease
+        return scores
 
     def _features(self, rows: np.ndarray, cand: np.ndarray, scores: dict[str, np.ndarray],
                   ranks: dict[str, np.ndarray]) -> np.ndarray:
@@ -198,7 +210,7 @@ def training_set(tables: Tables, as_of: datetime, product_ids: pd.Index, params:
         new = bought[~seen.to_numpy()]
         if before.empty or new.empty:
             continue
-        stage = Stage1.build(tables, start, product_ids, params["neighbours"], params["ease_lambda"], config)
+        stage = Stage1.build(tables, start, product_ids, params, config)
         customers = stage.customer_ids.intersection(pd.Index(new[CUSTOMER_ID].unique())).sort_values()
         rows = stage.customer_ids.get_indexer(customers)
         exclude = pairs_matrix(before, customers, product_ids)
