@@ -12,7 +12,16 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from features.schema import COUNTRY, CUSTOMER_ID, ORDER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY, UNIT_PRICE, Table
+from features.schema import (
+    COUNTRY,
+    CUSTOMER_ID,
+    ORDER_ID,
+    ORDERED_AT,
+    PRODUCT_ID,
+    QUANTITY,
+    UNIT_PRICE,
+    Table,
+)
 from features.tables import Tables
 
 BUYER_WINDOWS = (7, 14, 30, 90)  # days: distinct buyers of a product in each
@@ -36,18 +45,20 @@ def product_signals(tables: Tables, as_of: datetime, product_ids: pd.Index) -> p
     and ever, ``trend`` (buyers in the last 30 days over a third of those in the last 90, smoothed
     by one), customers who bought it for the first time in the last 30 and 90 days and their share
     of its buyers in those days."""
-    buyers = ", ".join(f"count(DISTINCT {CUSTOMER_ID}) FILTER (WHERE t >= $as_of - to_days({d})) AS buyers_{d}"
-                       for d in BUYER_WINDOWS)
+    buyers = ", ".join(f"count(DISTINCT {CUSTOMER_ID}) FILTER (WHERE t >= $as_of - to_days({d}))"
+                       f" AS buyers_{d}" for d in BUYER_WINDOWS)
     adopters = ", ".join(f"count(*) FILTER (WHERE first_t >= $as_of - to_days({d})) AS adopters_{d}"
                          for d in ADOPTER_WINDOWS)
     frame = tables.con.sql(f"""
         WITH {_LINES},
         firsts AS (SELECT {PRODUCT_ID}, min(t) AS first_t FROM lines GROUP BY {CUSTOMER_ID}, {PRODUCT_ID}),
         adoption AS (SELECT {PRODUCT_ID}, {adopters} FROM firsts GROUP BY ALL),
-        sales AS (SELECT {PRODUCT_ID}, {_AGE.format(t="min(t)")} AS first_age, {_AGE.format(t="max(t)")} AS last_age,
-                         median(p) AS price, {buyers}, count(DISTINCT {CUSTOMER_ID}) AS buyers_all
+        sales AS (SELECT {PRODUCT_ID}, {_AGE.format(t="min(t)")} AS first_age,
+                         {_AGE.format(t="max(t)")} AS last_age, median(p) AS price, {buyers},
+                         count(DISTINCT {CUSTOMER_ID}) AS buyers_all
                   FROM lines GROUP BY ALL)
-        SELECT * FROM sales JOIN adoption USING ({PRODUCT_ID})""", params={"as_of": as_of}).df().set_index(PRODUCT_ID)
+        SELECT * FROM sales JOIN adoption USING ({PRODUCT_ID})""", params={"as_of": as_of})
+    frame = frame.df().set_index(PRODUCT_ID)
     out = frame.reindex(pd.Index(product_ids, name=PRODUCT_ID))
     counts = [c for c in out if c.startswith(("buyers_", "adopters_"))]
     out[counts] = out[counts].fillna(0).astype(np.float64)
@@ -64,7 +75,8 @@ def customer_signals(tables: Tables, as_of: datetime, customer_ids: pd.Index) ->
     frame = tables.con.sql(f"""
         WITH {_LINES}
         SELECT {CUSTOMER_ID}, {_AGE.format(t="max(t)")} AS last_age, {_AGE.format(t="min(t)")} AS first_age,
-               median(p) AS price, count(DISTINCT {PRODUCT_ID}) AS products, count(DISTINCT {ORDER_ID}) AS orders,
+               median(p) AS price, count(DISTINCT {PRODUCT_ID}) AS products,
+               count(DISTINCT {ORDER_ID}) AS orders,
                count(DISTINCT {PRODUCT_ID}) FILTER (WHERE t = last_t) AS last_order_products
         FROM (SELECT *, max(t) OVER (PARTITION BY {CUSTOMER_ID}) AS last_t FROM lines)
         GROUP BY ALL""", params={"as_of": as_of}).df().set_index(CUSTOMER_ID)

@@ -40,7 +40,8 @@ def three_customers() -> Tables:
         ("o4", "c3", "C", 1.0, 1.0, 3), ("r4", "c3", "C", -1.0, 1.0, 4), ("o5", "c1", "B", 1.0, 4.0, 50),
         ("o6", "c2", "A", 1.0, 2.0, 51), ("o7", "c2", "C", 1.0, 1.0, 52),
     ]
-    orders = pd.DataFrame(lines, columns=["order_id", "customer_id", "product_id", "quantity", "unit_price", "at"])
+    columns = ["order_id", "customer_id", "product_id", "quantity", "unit_price", "at"]
+    orders = pd.DataFrame(lines, columns=columns)
     orders["ordered_at"] = orders.pop("at").map(day)
     customers = pd.DataFrame({"customer_id": ["c1", "c2", "c3"], "country": ["UK", "UK", "Germany"]})
     return Tables.from_frames(orders, customers)
@@ -59,8 +60,9 @@ def test_purchase_signals_match_hand_computed_values(three_customers: Tables) ->
 
     later = day(60)
     customers = customer_signals(three_customers, later, pd.Index(["c2", "c1", "nobody"]))
-    assert customers.loc["c2"].to_dict() == pytest.approx({
-        "last_age": 8.0, "first_age": 58.0, "price": 3.0, "products": 3.0, "orders": 4.0, "last_order_products": 1.0})
+    expected = {"last_age": 8.0, "first_age": 58.0, "price": 3.0, "products": 3.0, "orders": 4.0,
+                "last_order_products": 1.0}
+    assert customers.loc["c2"].to_dict() == pytest.approx(expected)
     assert customers.loc["c1", "price"] == 3.0 and customers.loc["nobody", "orders"] == 0
     assert np.isnan(customers.loc["nobody", "last_age"])
 
@@ -122,7 +124,8 @@ def test_registered_reranker_serves_lists_and_reasons(demo_tables: Tables, tmp_p
     """Train, register, load back; batch recommendations, the pyfunc path and 'Because you bought X'."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     as_of = datetime(2025, 10, 1)
-    result = train_recommender(demo_tables, as_of, "reranker", params={"trees": 30}, mlruns=tmp_path / "mlruns")
+    result = train_recommender(demo_tables, as_of, "reranker", params={"trees": 30},
+                               mlruns=tmp_path / "mlruns")
     model = load_version(result.version)
     assert model.kind == "reranker" and model.params == result.model.params
     known = model.customer_ids_[:50]

@@ -346,8 +346,8 @@ class RerankerRecommender(Recommender):
 
     kind = "reranker"
     defaults: ClassVar[dict] = {"neighbours": 14, "half_life_days": 30.0, "ease_lambda": 300.0,
-                                "ease_products": 5000, "candidates": 100, "windows": 3, "window_days": 90, "step_days": 30, "trees": 200, "depth": 4,
-                                "learning_rate": 0.05, "random_state": 0}
+                                "ease_products": 5000, "candidates": 100, "windows": 3, "window_days": 90,
+                                "step_days": 30, "trees": 200, "depth": 4, "learning_rate": 0.05, "random_state": 0}
 
     def fit(self, interactions: Interactions) -> Recommender:
         raise TypeError("the reranker learns from purchases over time, which one interaction matrix does not "
@@ -381,8 +381,9 @@ class RerankerRecommender(Recommender):
         scores = np.full((len(rows), k), -np.inf, np.float32)
         for start in range(0, len(rows), reranking.CHUNK):
             part = slice(start, start + reranking.CHUNK)
-            cand, features = self.stage_.candidates(rows[part], max(int(self.params["candidates"]), k),
-                                                    None if exclude is None else exclude[part], _as_ids(blocked))
+            excluded = None if exclude is None else exclude[part]
+            cand, features = self.stage_.candidates(rows[part], max(int(self.params["candidates"]), k), excluded,
+                                                    _as_ids(blocked))
             ranked = self.booster_.inplace_predict(features).reshape(cand.shape).astype(np.float32)
             ranked[cand < 0] = -np.inf
             order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]

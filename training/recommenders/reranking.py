@@ -2,11 +2,11 @@
 
 Stage 1, candidates: item-kNN (implicit's BM25 similarity, ``neighbours`` per product, on the
 time-decayed interactions) and EASE (Steck 2019: the closed-form item-item linear model
-``B = I - P / diag(P)``, ``P = (X'X + lambda I)^-1`` on 0/1 interactions, over the
-``ease_products`` products with the most customers, since it holds a dense products x products
-matrix) score every product twice: from the customer's whole history and from their last order. The ``candidates`` products
-best ranked by any of the four, or by recent buyers (at half the rank), go on; products nobody
-has bought, excluded and blocked ones never do.
+``B = I - P / diag(P)``, ``P = (X'X + lambda I)^-1`` on 0/1 interactions; a dense matrix, so
+over the ``ease_products`` products with the most customers) score every product twice: from the
+customer's whole history and from their last order. The ``candidates`` products best ranked by
+any of the four, or by recent buyers (at half the rank), go on; products nobody has bought,
+excluded and blocked ones never do.
 
 Stage 2, ranking: an XGBoost classifier scores each candidate from :data:`FEATURES`: the four
 stage-1 scores (raw, rank, share of the customer's best), the recent-buyers rank, the product's
@@ -50,6 +50,7 @@ FEATURES = (
 )
 POPULAR_SIGNAL = "buyers_30"  # the product signal that ranks recent popularity
 CHUNK = 1024  # customers whose candidates are built at once
+_CSR_PARTS = ("data", "indices", "indptr")
 _PRODUCT = {name: i for i, name in enumerate(PRODUCT_SIGNALS)}
 _CUSTOMER = {name: i for i, name in enumerate(CUSTOMER_SIGNALS)}
 
@@ -95,7 +96,8 @@ class Stage1:
         keep = (rows >= 0) & (cols >= 0)
         binary = (interactions.matrix > 0).astype(np.float64).tocsr()
         reach = np.asarray(binary.sum(axis=0)).ravel()
-        covered = np.sort(np.argsort(-reach, kind="stable")[:min(int(params["ease_products"]), int((reach > 0).sum()))])
+        covered = np.argsort(-reach, kind="stable")[:np.count_nonzero(reach)][:int(params["ease_products"])]
+        covered = np.sort(covered)
         return cls(
             customer_ids=customers,
             similarity=knn.similarity.tocsr().astype(np.float32),
@@ -118,7 +120,7 @@ class Stage1:
             if field.name == "customer_ids":
                 continue
             if sp.issparse(value):
-                out |= {f"{field.name}_{part}": getattr(value, part) for part in ("data", "indices", "indptr")}
+                out |= {f"{field.name}_{part}": getattr(value, part) for part in _CSR_PARTS}
                 out[f"{field.name}_shape"] = np.array(value.shape)
             else:
                 out[field.name] = value
@@ -131,7 +133,7 @@ class Stage1:
             if field.name == "customer_ids":
                 continue
             if f"{field.name}_shape" in arrays:
-                parts = [arrays[f"{field.name}_{part}"] for part in ("data", "indices", "indptr")]
+                parts = [arrays[f"{field.name}_{part}"] for part in _CSR_PARTS]
                 values[field.name] = sp.csr_matrix(tuple(parts), shape=tuple(arrays[f"{field.name}_shape"]))
             else:
                 values[field.name] = arrays[field.name]
@@ -141,24 +143,26 @@ class Stage1:
                    blocked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``n`` candidate product columns per customer row (-1 pads) and their
         :data:`FEATURES` (float32, one row per candidate, in row-major order)."""
-        invalid = np.broadcast_to(self.products[:, _PRODUCT["buyers_all"]] <= 0, (len(rows), self.products.shape[0])).copy()
+        shape = (len(rows), self.products.shape[0])
+        invalid = np.broadcast_to(self.products[:, _PRODUCT["buyers_all"]] <= 0, shape).copy()  # never bought
         if exclude is not None:
             invalid[exclude.nonzero()] = True
         if blocked is not None and len(blocked):
             invalid[:, blocked] = True
         last = self.last[rows].astype(np.float32)
-        scores = {"knn": (self.profile[rows] @ self.similarity).toarray(), "knn_last": (last @ self.similarity).toarray(),
+        scores = {"knn": (self.profile[rows] @ self.similarity).toarray(),
+                  "knn_last": (last @ self.similarity).toarray(),
                   "ease": self._ease_scores((self.profile[rows] > 0).astype(np.float32)),
                   "ease_last": self._ease_scores(last)}
-        popular = np.broadcast_to(self.products[:, _PRODUCT[POPULAR_SIGNAL]].astype(np.float32), invalid.shape).copy()
+        popular = np.broadcast_to(self.products[:, _PRODUCT[POPULAR_SIGNAL]].astype(np.float32), shape).copy()
         ranks = {}
         for name, score in [*scores.items(), ("popular", popular)]:
             score[invalid] = -np.inf
             ranks[name] = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1, kind="stable")
         best = np.minimum.reduce([ranks[s] for s in SCORES] + [2 * ranks["popular"]])
         best[invalid] = np.iinfo(best.dtype).max
-        n = min(n, invalid.shape[1])
-        cand = np.argpartition(best, n - 1, axis=1)[:, :n] if n < invalid.shape[1] else np.argsort(best, axis=1)
+        n = min(n, shape[1])
+        cand = np.argpartition(best, n - 1, axis=1)[:, :n] if n < shape[1] else np.argsort(best, axis=1)
         cand = np.where(np.take_along_axis(invalid, cand, 1), -1, cand)
         return cand, self._features(rows, cand, scores, ranks)
 
@@ -206,8 +210,8 @@ def training_set(tables: Tables, as_of: datetime, product_ids: pd.Index, params:
         start = end - timedelta(days=int(params["window_days"]))
         before = purchases(tables, None, start)[[CUSTOMER_ID, PRODUCT_ID]]
         bought = purchases(tables, start, end)[[CUSTOMER_ID, PRODUCT_ID]]
-        seen = bought.merge(before.assign(_seen=True), on=[CUSTOMER_ID, PRODUCT_ID], how="left")["_seen"].notna()
-        new = bought[~seen.to_numpy()]
+        seen = bought.merge(before.assign(_seen=True), on=[CUSTOMER_ID, PRODUCT_ID], how="left")["_seen"]
+        new = bought[seen.isna().to_numpy()]
         if before.empty or new.empty:
             continue
         stage = Stage1.build(tables, start, product_ids, params, config)
@@ -224,9 +228,9 @@ def training_set(tables: Tables, as_of: datetime, product_ids: pd.Index, params:
             labels.append(y[keep])
     if not features:
         raise ValueError(
-            f"the reranker learns from customers who bought something new in the {params['window_days']} days "
-            f"after some history, and the data before {as_of:%Y-%m-%d} has none; use more history or "
-            "another model.")
+            f"the reranker learns from customers who bought something new in the {params['window_days']} "
+            f"days after some history, and the data before {as_of:%Y-%m-%d} has none; use more history "
+            "or another model.")
     return np.concatenate(features), np.concatenate(labels).astype(np.float32)
 
 
