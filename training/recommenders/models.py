@@ -347,7 +347,8 @@ class RerankerRecommender(Recommender):
     kind = "reranker"
     defaults: ClassVar[dict] = {"neighbours": 14, "half_life_days": 30.0, "ease_lambda": 300.0,
                                 "ease_products": 5000, "candidates": 100, "windows": 3, "window_days": 90,
-                                "step_days": 30, "trees": 200, "depth": 4, "learning_rate": 0.05, "random_state": 0}
+                                "step_days": 30, "trees": 200, "depth": 4, "learning_rate": 0.05,
+                                "random_state": 0}
 
     def fit(self, interactions: Interactions) -> Recommender:
         raise TypeError("the reranker learns from purchases over time, which one interaction matrix does not "
@@ -382,8 +383,8 @@ class RerankerRecommender(Recommender):
         for start in range(0, len(rows), reranking.CHUNK):
             part = slice(start, start + reranking.CHUNK)
             excluded = None if exclude is None else exclude[part]
-            cand, features = self.stage_.candidates(rows[part], max(int(self.params["candidates"]), k), excluded,
-                                                    _as_ids(blocked))
+            wanted = max(int(self.params["candidates"]), k)
+            cand, features = self.stage_.candidates(rows[part], wanted, excluded, _as_ids(blocked))
             ranked = self.booster_.inplace_predict(features).reshape(cand.shape).astype(np.float32)
             ranked[cand < 0] = -np.inf
             order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]

@@ -16,7 +16,7 @@ from training.recommenders.models import MODEL_FILE, Recommender, load_recommend
 from training.registry import CHAMPION, MissingModelError, alias_version, assign_aliases
 
 REGISTERED_NAME = "recommender"
-PIP_REQUIREMENTS = ["implicit==0.7.3", "threadpoolctl", "scipy", "numpy", "pandas"]
+PIP_REQUIREMENTS = ["implicit==0.7.3", "xgboost-cpu>=3.0", "threadpoolctl", "scipy", "numpy", "pandas"]
 ARTIFACT_KEY = "recommender"
 
 
