@@ -1,6 +1,6 @@
 """Recommender benchmarks: quality on real data, training overhead over bare implicit, batch speed.
 
-    python benchmarks/bench_recommenders.py                 # everything (about 15 minutes on 2 cores)
+    python benchmarks/bench_recommenders.py                 # everything (about 40 minutes on 2 cores)
     python benchmarks/bench_recommenders.py --only quality  # Online Retail + MovieLens tables
     python benchmarks/bench_recommenders.py --only speed    # ALS fit overhead + 1M-customer batch
 
@@ -9,7 +9,9 @@ Quality protocols (NDCG@10 and the rest with binary relevance, new items, purcha
   the data that they had not bought before (the issue's protocol).
 * MovieLens latest-small (ratings >= 4 as interactions): fitted before 2017-01-01; truth = movies a
   user rated >= 4 from then to the end of the data that they had not rated before.
-Tuned rows come from ``train_recommender`` (Optuna on the window just before the as_of).
+Default rows fit every model of the factory with its default parameters; tuned rows come from
+``train_recommender`` (Optuna on the window just before the as_of; the reranker's training windows
+are as long as that window).
 
 Writes benchmarks/results/recommenders.json and prints tables.
 """
@@ -71,7 +73,7 @@ def quality(name: str, data: Path, as_of: str, trials: int, window_days: int, ml
     table = evaluate(tables, date, {kind: make_recommender(kind) for kind in MODELS})
     table["model"] = table["model"].map(lambda m: m if m in ("popular", "trending") else f"{m} (defaults)")
     rows = table.to_dict("records")
-    for kind in ("als", "itemknn"):
+    for kind in ("als", "itemknn", "reranker"):
         start = time.perf_counter()
         result = train_recommender(tables, as_of, kind, trials=trials, window_days=window_days, mlruns=mlruns)
         tuned = result.table[result.table["model"] == kind].to_dict("records")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -23,17 +23,34 @@ CHECKERBOARD_PARAMS = {
     "als": {"factors": 4, "regularization": 0.0, "iterations": 15},
     "bpr": {"factors": 4, "learning_rate": 0.05, "regularization": 0.0, "iterations": 200},
     "itemknn": {"neighbours": 20},
+    "reranker": {"trees": 30, "window_days": 60},
     "popular": {},
     "trending": {},
 }
 
 
-def checkerboard(n: int = 20) -> Interactions:
-    """Customer i has bought product j when i + j is even."""
-    rows, cols = np.nonzero((np.add.outer(np.arange(n), np.arange(n)) % 2) == 0)
-    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, n))
-    return Interactions(matrix, pd.Index([f"c{i}" for i in range(n)]), pd.Index([f"p{j}" for j in range(n)]),
-                        datetime(2024, 1, 1))
+CHECKERBOARD_AS_OF = datetime(2024, 1, 1)
+
+
+def checkerboard_tables(n: int = 20) -> Tables:
+    """Customer i buys product j once when i + j is even; each customer buys their products in
+    their own random order, one every 400 / (n / 2) days over the 400 days before the as_of, so
+    every window has customers buying products new to them."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        own = rng.permutation([j for j in range(n) if (i + j) % 2 == 0])
+        for step, j in enumerate(own):
+            day = CHECKERBOARD_AS_OF - timedelta(days=400 - step * 400 / len(own) - i / n)
+            lines.append((f"o{i:02d}-{j:02d}", f"c{i:02d}", f"p{j:02d}", day))
+    orders = pd.DataFrame(lines, columns=["order_id", "customer_id", "product_id", "ordered_at"])
+    return Tables.from_frames(orders.assign(quantity=1.0, unit_price=1.0))
+
+
+def checkerboard(n: int = 20) -> tuple[Tables, Interactions]:
+    """The checkerboard's tables and interactions at the as_of: row i, column j is customer i, product j."""
+    tables = checkerboard_tables(n)
+    return tables, build_interactions(tables, CHECKERBOARD_AS_OF)
 
 
 class TestEveryModelHonoursTheContract:
@@ -41,8 +58,9 @@ class TestEveryModelHonoursTheContract:
 
     @pytest.fixture(params=sorted(MODELS))
     def fitted(self, request: pytest.FixtureRequest):
-        data = checkerboard()
-        return make_recommender(request.param, **CHECKERBOARD_PARAMS[request.param]).fit(data), data
+        tables, data = checkerboard()
+        model = make_recommender(request.param, **CHECKERBOARD_PARAMS[request.param])
+        return model.fit_tables(tables, CHECKERBOARD_AS_OF), data
 
     def test_lists_are_distinct_sorted_and_respect_exclusions(self, fitted) -> None:
         model, data = fitted
@@ -82,10 +100,10 @@ class TestEveryModelHonoursTheContract:
         np.testing.assert_array_equal(again.top_k(rows, data.matrix, 5)[0], model.top_k(rows, data.matrix, 5)[0])
 
 
-@pytest.mark.parametrize("kind", ["als", "bpr", "itemknn"])
+@pytest.mark.parametrize("kind", ["als", "bpr", "itemknn", "reranker"])
 def test_personalised_models_get_the_checkerboard_right(kind: str) -> None:
-    data = checkerboard()
-    model = make_recommender(kind, **CHECKERBOARD_PARAMS[kind]).fit(data)
+    tables, data = checkerboard()
+    model = make_recommender(kind, **CHECKERBOARD_PARAMS[kind]).fit_tables(tables, CHECKERBOARD_AS_OF)
     ids, _ = model.top_k(np.arange(data.shape[0]), data.matrix, 5)
     for i, row in enumerate(ids):
         assert (row % 2 == i % 2).all(), f"customer {i} got {row}"
@@ -192,7 +210,8 @@ AS_OF = datetime(2024, 3, 1)
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_every_customer_gets_k_products_and_cold_starts_get_popular(shop: Tables, kind: str) -> None:
-    model = make_recommender(kind, **({"factors": 2} if kind in ("als", "bpr") else {})).fit_tables(shop, AS_OF)
+    params = {"als": {"factors": 2}, "bpr": {"factors": 2}, "reranker": {"window_days": 30, "step_days": 10}}
+    model = make_recommender(kind, **params.get(kind, {})).fit_tables(shop, AS_OF)
     recs = recommend_all(shop, AS_OF, model, k=2, rules=BusinessRules(exclude_purchased=False))
     assert set(recs["customer_id"]) == {"u1", "u2", "u3", "u4", "u5", "newbie", "far"}
     assert recs.groupby("customer_id").size().eq(2).all()

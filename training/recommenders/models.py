@@ -1,10 +1,12 @@
-"""Recommender models behind one factory: implicit ALS and BPR, item-item neighbours, popularity and
-recently-popular baselines.
+"""Recommender models behind one factory: implicit ALS and BPR, item-item neighbours, a two-stage
+reranker, popularity and recently-popular baselines.
 
 Every model follows one contract (scikit-learn style: the constructor only stores parameters,
 ``fit`` returns ``self``, fitted state ends in ``_``):
 
-* ``fit(interactions)`` learns from an :class:`~features.interactions.Interactions` matrix;
+* ``fit_tables(tables, as_of)`` learns from the rows before ``as_of``; every model but the reranker
+  does so through ``fit(interactions)``, which learns from an
+  :class:`~features.interactions.Interactions` matrix;
 * ``top_k(rows, user_items, k, exclude, blocked)`` returns the ``k`` best product columns and scores
   for the given customer rows, never a product in ``exclude`` (a 0/1 matrix, one row per customer)
   or ``blocked`` (product columns nobody may get); -1 pads a row with fewer candidates.
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import xgboost as xgb
 from implicit.cpu.topk import topk
 from threadpoolctl import threadpool_limits
 
@@ -28,11 +32,13 @@ from features.interactions import (
     Interactions,
     apply_weighting,
     build_interactions,
+    catalog_ids,
     select_rows,
 )
 from features.io import atomic_write
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 from features.tables import Tables
+from training.recommenders import reranking
 
 MODEL_FILE = "recommender.json"
 ARRAYS_FILE = "recommender.npz"
@@ -391,15 +397,87 @@ class TrendingRecommender(PopularRecommender):
         self.item_scores_ = np.asarray(matrix.sum(axis=0), np.float32).ravel()
 
 
+class RerankerRecommender(Recommender):
+    """Two stages (``reranking.py``): item-kNN and EASE propose ``candidates`` products per
+    customer, an XGBoost ranker trained on the ``windows`` windows before the as_of orders them
+    with purchase-time signals. Like ALS's factors, what it knows of a customer is fixed at fit."""
+
+    kind = "reranker"
+    defaults: ClassVar[dict] = {"neighbours": 14, "half_life_days": 30.0, "ease_lambda": 300.0,
+                                "ease_products": 5000, "candidates": 100, "windows": 3, "window_days": 90,
+                                "step_days": 30, "trees": 200, "depth": 4, "learning_rate": 0.05,
+                                "random_state": 0}
+
+    def fit(self, interactions: Interactions) -> Recommender:
+        raise TypeError("the reranker learns from purchases over time, which one interaction matrix does not "
+                        "hold; fit it with fit_tables(tables, as_of)")
+
+    def fit_tables(self, tables: Tables, as_of, base: InteractionConfig | None = None) -> Recommender:
+        """Train the ranker on the windows before ``as_of``, then fit stage 1 at ``as_of``."""
+        config, p = self.interaction_config(base), self.params
+        products = catalog_ids(tables)
+        features, labels = reranking.training_set(tables, as_of, products, p, config)
+        self.booster_ = reranking.train_ranker(features, labels, p)
+        self.stage_ = reranking.Stage1.build(tables, as_of, products, p, config)
+        self.customer_ids_, self.product_ids_ = self.stage_.customer_ids, products
+        return self
+
+    def rows_for(self, customer_ids, interactions):
+        """The customer's row at fit time."""
+        return self.customer_ids_.get_indexer(customer_ids)
+
+    def most_similar(self, items, candidates):
+        """The stage-1 item-kNN similarity."""
+        return np.asarray(self.stage_.similarity[items][:, candidates].todense()).argmax(axis=1)
+
+    def top_k(self, rows, user_items, k, exclude=None, blocked=None):
+        """The ranker's best ``k`` of each customer's candidates (``user_items`` is not read)."""
+        if self.product_ids_ is None:
+            raise RuntimeError(f"the {self.kind} recommender is not fitted; call fit_tables() first")
+        rows = np.asarray(rows)
+        k = min(k, len(self.product_ids_))
+        ids = np.full((len(rows), k), -1, np.int64)
+        scores = np.full((len(rows), k), -np.inf, np.float32)
+        for start in range(0, len(rows), reranking.CHUNK):
+            part = slice(start, start + reranking.CHUNK)
+            excluded = None if exclude is None else exclude[part]
+            wanted = max(int(self.params["candidates"]), k)
+            cand, features = self.stage_.candidates(rows[part], wanted, excluded, _as_ids(blocked))
+            ranked = self.booster_.inplace_predict(features).reshape(cand.shape).astype(np.float32)
+            ranked[cand < 0] = -np.inf
+            order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+            ids[part], scores[part] = np.take_along_axis(cand, order, 1), np.take_along_axis(ranked, order, 1)
+        ids[~np.isfinite(scores)] = -1
+        return ids, scores
+
+    def _customer_arrays(self):
+        stage = self.stage_
+        return {"profile": stage.profile, "last_order": stage.last, "signals": stage.customers,
+                "country": stage.country}
+
+    def _keep_customer_rows(self, rows):
+        stage = self.stage_
+        self.stage_ = replace(stage, customer_ids=self.customer_ids_, profile=stage.profile[rows],
+                              last=stage.last[rows], customers=stage.customers[rows], country=stage.country[rows])
+
+    def _arrays(self):
+        return {**self.stage_.arrays(), "booster": np.frombuffer(self.booster_.save_raw("ubj"), np.uint8)}
+
+    def _restore(self, arrays):
+        self.booster_ = xgb.Booster()
+        self.booster_.load_model(bytearray(arrays.pop("booster").tobytes()))
+        self.stage_ = reranking.Stage1.from_arrays(self.customer_ids_, arrays)
+
+
 MODELS: dict[str, type[Recommender]] = {
-    cls.kind: cls for cls in (ALSRecommender, BPRRecommender, ItemKNNRecommender, PopularRecommender,
-                              TrendingRecommender)
+    cls.kind: cls for cls in (ALSRecommender, BPRRecommender, ItemKNNRecommender, RerankerRecommender,
+                              PopularRecommender, TrendingRecommender)
 }
-TUNABLE = ("als", "bpr", "itemknn")
+TUNABLE = ("als", "bpr", "itemknn", "reranker")
 
 
 def make_recommender(kind: str, **params: object) -> Recommender:
-    """The recommender called ``kind`` (als, bpr, itemknn, popular, trending) with ``params``."""
+    """The recommender called ``kind`` (als, bpr, itemknn, reranker, popular, trending) with ``params``."""
     if kind not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
     return MODELS[kind](**params)

@@ -18,7 +18,7 @@ from training.recommenders.models import ARRAYS_FILE, MODEL_FILE, Recommender, l
 from training.registry import CHAMPION, MissingModelError, alias_version, assign_aliases
 
 REGISTERED_NAME = "recommender"
-PIP_REQUIREMENTS = ["implicit==0.7.3", "threadpoolctl", "scipy", "numpy", "pandas"]
+PIP_REQUIREMENTS = ["implicit==0.7.3", "xgboost-cpu>=3.0", "threadpoolctl", "scipy", "numpy", "pandas"]
 ARTIFACT_KEY = "recommender"
 
 

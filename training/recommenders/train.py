@@ -58,6 +58,13 @@ def suggest_params(trial: optuna.Trial, kind: str) -> dict:
         return {"neighbours": trial.suggest_int("neighbours", 5, 500, log=True),
                 "similarity": trial.suggest_categorical("similarity", ["cosine", "bm25", "tfidf"]),
                 "half_life_days": half_life}
+    if kind == "reranker":  # stage 1's models, the candidate count and the trees
+        return {"neighbours": trial.suggest_int("neighbours", 5, 100, log=True),
+                "ease_lambda": trial.suggest_float("ease_lambda", 10.0, 3000.0, log=True),
+                "candidates": trial.suggest_categorical("candidates", [50, 100, 200]),
+                "trees": trial.suggest_int("trees", 50, 400, log=True),
+                "depth": trial.suggest_int("depth", 3, 6),
+                "half_life_days": half_life}
     raise ValueError(f"only {', '.join(TUNABLE)} can be tuned; got {kind!r}")
 
 
@@ -90,10 +97,14 @@ def _windows(tables: Tables, date: datetime, window_days: int) -> tuple[datetime
 
 
 def tune(tables: Tables, kind: str, fold: Holdout, trials: int, k: int, base_config: InteractionConfig | None,
-         random_state: int, on_trial: Callable[[optuna.Trial, dict, float], None] | None = None) -> dict:
-    """Optuna TPE search for the highest new-items NDCG@k on ``fold``; returns the best parameters."""
+         random_state: int, on_trial: Callable[[optuna.Trial, dict, float], None] | None = None,
+         fixed: dict | None = None) -> dict:
+    """Optuna TPE search for the highest new-items NDCG@k on ``fold``; returns the best parameters
+    (``fixed`` ones are not searched)."""
+    fixed = (fixed or {}) | ({"random_state": random_state} if kind != "itemknn" else {})
+
     def objective(trial: optuna.Trial) -> float:
-        params = suggest_params(trial, kind) | ({"random_state": random_state} if kind != "itemknn" else {})
+        params = suggest_params(trial, kind) | fixed
         model = make_recommender(kind, **params).fit_tables(tables, fold.as_of, base_config)
         row = evaluation.score(model, tables, fold, k, base_config)[0]
         if on_trial:
@@ -103,8 +114,7 @@ def tune(tables: Tables, kind: str, fold: Holdout, trials: int, k: int, base_con
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=random_state))
     study.optimize(objective, n_trials=trials)
-    best = dict(study.best_params)
-    return best | ({"random_state": random_state} if kind != "itemknn" else {})
+    return dict(study.best_params) | fixed
 
 
 def _metrics(rows: list[dict], prefix: str, k: int) -> dict[str, float]:
@@ -128,7 +138,9 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
     holdout_start, until, tune_start = _windows(tables, date, window_days)
     cut = tables.before(date)
     test = holdout(tables if until is None else cut, holdout_start, until)
-    chosen = make_recommender(kind, **(params or {})).params
+    # the reranker's ranker learns from windows as long as the one it is evaluated on
+    fixed = {"window_days": window_days} if kind == "reranker" else {}
+    chosen = make_recommender(kind, **(fixed | (params or {}))).params
 
     configure_tracking(mlruns)
     mlflow.set_experiment(experiment_id=experiment_id("sendwise-recommender", mlruns))
@@ -143,7 +155,7 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
                 say(f"trial {trial.number + 1}/{trials}: NDCG@{k} {ndcg:.4f}")
 
             chosen = make_recommender(kind, **tune(cut, kind, fold, trials, k, base_config, random_state,
-                                                   log_trial)).params
+                                                   log_trial, fixed)).params
         say("evaluating on the holdout")
         rows = []
         models = {kind: make_recommender(kind, **chosen), "popular": make_recommender("popular"),
