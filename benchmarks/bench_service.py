@@ -57,6 +57,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(server: subprocess.Popen, base: str, failure: str, limit_s: float = 600.0) -> float:
+    """Poll ``/readyz`` until it answers 200; seconds it took. RuntimeError(failure) if the server exits first."""
+    started = time.perf_counter()
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.perf_counter() - started > limit_s:
+            raise RuntimeError(failure)
+        time.sleep(0.5)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -132,17 +146,7 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        started = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.perf_counter() - started > 600:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.5)
-        startup_s = time.perf_counter() - started
+        startup_s = wait_until_ready(server, base, "the server did not start")
         tables, _ = load_data_dir(data, None)
         ids = [r[0] for r in tables.con.sql("SELECT DISTINCT customer_id FROM orders").fetchall()]
         rng = random.Random(0)

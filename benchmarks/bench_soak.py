@@ -40,7 +40,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
-from bench_service import free_port, percentile, prepare  # noqa: E402
+from bench_service import free_port, percentile, prepare, wait_until_ready  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -253,16 +253,7 @@ def main() -> None:
                                   stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        started = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.perf_counter() - started > 600:
-                raise RuntimeError(f"the server did not start; see {server_log}")
-            time.sleep(0.5)
+        wait_until_ready(server, base, f"the server did not start; see {server_log}")
         with httpx.Client(base_url=base, timeout=30, headers={"x-api-key": API_KEY}) as http:
             for c in ids[:200]:  # warm-up
                 http.post("/next_best_action", json={"customer_id": c}).raise_for_status()
