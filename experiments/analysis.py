@@ -81,6 +81,8 @@ class Readout:
         """One line for the primary metric of ``treatment``."""
         if self.srm.mismatch:
             return "do not trust: sample ratio mismatch"
+        if not any(r.treatment == treatment for r in self.results):
+            return "not compared: fewer than 2 recipients"
         r = self.result(self.experiment.primary_metric, treatment)
         breached = [b.metric.value for b in self.guardrail_breaches() if b.treatment == treatment]
         if not r.significant(self.experiment.alpha):
@@ -133,8 +135,7 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, recipients: Recipien
         raise ValueError(f"experiment '{experiment.name}': the control variant '{control}' has {counts[control]} "
                          "recipients; nothing can be compared with it")
     for v in empty:
-        warnings.append(f"variant '{v}' has {counts[v]} recipients: it is not compared (and the sample-ratio check "
-                        "will flag it)")
+        warnings.append(f"variant '{v}' has {counts[v]} recipients: it is not compared")
     srm = sample_ratio_mismatch(counts.tolist(), [v.weight for v in experiment.variants])
     if srm.mismatch:
         warnings.append(f"sample ratio mismatch (chi-square p = {srm.p_value:.2g} < 0.001): recipients per variant "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,13 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scipy import stats
+from rich.console import Console
 from typer.testing import CliRunner
 
 from experiments.analysis import analyze
 from experiments.assignment import assign, assign_many, bucket
 from experiments.attribution import NoExposuresError, attribute, experiment_exposures, recipients
 from experiments.config import Experiment, ExperimentConfigError, Metric, load_experiments
-from experiments.report import write_report
+from experiments.report import print_readout, readout_record, write_report
 from experiments.simulate import PlantedEffect, simulate_experiment
 from features.tables import Tables
 from sendwise.cli import app
@@ -216,6 +218,19 @@ def test_empty_variants_are_errors_or_warnings(config_file: Path) -> None:
     assert {r.treatment for r in readout.results} == {"c"}
     with pytest.raises(ValueError, match="control variant 'control' has 0 recipients"):
         analyze(outcomes[outcomes["variant"] != "control"], e, who)
+
+
+def test_a_variant_too_small_to_compare_is_reported_not_crashed(tmp_path: Path) -> None:
+    e = _experiment(variants=[{"name": "control", "weight": 0.5}, {"name": "b", "weight": 0.49},
+                              {"name": "tiny", "weight": 0.01}], start="2025-03-01", end="2025-03-29")
+    outcomes, who = _pipeline(e, 400, {}, seed=11)
+    one_tiny = outcomes[outcomes["variant"] == "tiny"].head(1)
+    outcomes = pd.concat([outcomes[outcomes["variant"] != "tiny"], one_tiny])
+    readout = analyze(outcomes, e, who)
+    assert not readout.srm.mismatch  # 1 of ~400 at weight 0.01 is what the weights expect
+    assert readout.verdict("tiny") == "not compared: fewer than 2 recipients"
+    assert readout_record(readout)["verdicts"]["tiny"] == "not compared: fewer than 2 recipients"
+    print_readout(readout, Console(file=io.StringIO()))
 
 
 def test_sequential_readout_is_wider(config_file: Path) -> None:
