@@ -18,12 +18,14 @@ from experiments import bayes, sequential
 from experiments.attribution import VARIANT, Recipients
 from experiments.config import Experiment, Metric
 from experiments.stats import (
+    SRM_ALPHA,
     Comparison,
     Sample,
     SampleRatioCheck,
     cuped,
     holm,
     sample_ratio_mismatch,
+    suppression_balance,
     two_proportion_ztest,
     welch_ttest,
 )
@@ -68,6 +70,8 @@ class Readout:
     cuped_theta: float | None = None
     cuped_variance_reduction: float | None = None
     warnings: list[str] = field(default_factory=list)
+    sequential_tuning: float = sequential.DEFAULT_TUNING
+    suppression_p_value: float | None = None  # chi-square: do variants suppress the same share of customers?
 
     def result(self, metric: Metric, treatment: str) -> MetricResult:
         return next(r for r in self.results if r.metric is metric and r.treatment == treatment)
@@ -81,6 +85,8 @@ class Readout:
         """One line for the primary metric of ``treatment``."""
         if self.srm.mismatch:
             return "do not trust: sample ratio mismatch"
+        if self.suppression_p_value is not None and self.suppression_p_value < SRM_ALPHA:
+            return "do not trust: variants suppress different shares of their customers"
         if not any(r.treatment == treatment for r in self.results):
             return "not compared: fewer than 2 recipients"
         r = self.result(self.experiment.primary_metric, treatment)
@@ -124,12 +130,23 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, recipients: Recipien
     control, alpha = experiment.control_variant, experiment.alpha
     counts = outcomes[VARIANT].value_counts().reindex(names, fill_value=0)
     warnings = []
+    suppression_p = None
     if recipients is not None:
         if recipients.conflicting:
             warnings.append(f"{recipients.conflicting:,} customers were logged under more than one variant and are "
                             "left out (were weights or the salt changed while it ran?)")
         for variant, n in recipients.unknown_variants.items():
             warnings.append(f"{n:,} exposures name variant '{variant}', which the experiment does not define; left out")
+        if recipients.forgotten:
+            warnings.append(f"{recipients.forgotten:,} exposures of forgotten customers are left out (their outcomes "
+                            "were deleted)")
+        suppression_p = suppression_balance(counts.to_dict(), recipients.suppressed)
+        if suppression_p is not None and suppression_p < SRM_ALPHA:
+            shares = {v: f"{recipients.suppressed.get(v, 0) / max(1, counts[v] + recipients.suppressed.get(v, 0)):.1%}"
+                      for v in names}
+            warnings.append(f"variants suppress different shares of their customers ({shares}, chi-square p = "
+                            f"{suppression_p:.2g}): the recipients are selected differently, so the lifts compare "
+                            "different customers; give every variant the same suppression rules")
     empty = [v for v in names if counts[v] < 2]
     if control in empty:
         raise ValueError(f"experiment '{experiment.name}': the control variant '{control}' has {counts[control]} "
@@ -145,7 +162,6 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, recipients: Recipien
     treatments = [v for v in experiment.treatments if v not in empty]
     results: list[MetricResult] = []
     theta = reduction = None
-    n_total = int(counts.sum())
     for metric in Metric:
         samples = _samples(outcomes, metric, names)
         adjusted = samples
@@ -162,9 +178,10 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, recipients: Recipien
             else:  # CUPED: the lift is the adjusted difference over the control's plain mean
                 comparison = welch_ttest(adjusted[control], adjusted[t], alpha, (samples[control].mean, samples[t].mean))
             unadjusted = welch_ttest(samples[control], samples[t], alpha) if adjusted is not samples else None
-            if use_sequential:
-                comparison = always_valid(comparison, n_total, alpha, sequential_tuning)
-                unadjusted = always_valid(unadjusted, n_total, alpha, sequential_tuning) if unadjusted else None
+            if use_sequential:  # N of the pair, as GrowthBook does
+                n_pair = int(counts[control] + counts[t])
+                comparison = always_valid(comparison, n_pair, alpha, sequential_tuning)
+                unadjusted = always_valid(unadjusted, n_pair, alpha, sequential_tuning) if unadjusted else None
             posterior = (bayes.beta_binomial(samples[control], samples[t], metric.higher_is_better, seed) if metric.is_rate
                          else bayes.gaussian(adjusted[control], adjusted[t], metric.higher_is_better,
                                              (samples[control].mean, samples[t].mean)))
@@ -180,4 +197,5 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, recipients: Recipien
                                 {m: float(outcomes.loc[outcomes[VARIANT] == v, OUTCOME_OF[m]].astype(float).mean())
                                  if counts[v] else math.nan for m in Metric})
                  for v in names]
-    return Readout(experiment, summaries, results, srm, use_sequential, theta, reduction, warnings)
+    return Readout(experiment, summaries, results, srm, use_sequential, theta, reduction, warnings,
+                   sequential_tuning, suppression_p if recipients is not None else None)

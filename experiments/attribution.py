@@ -3,7 +3,9 @@
 * **Recipients**: customers with an exposure of the experiment inside ``[start, end)`` whose action
   was not ``suppress`` (a suppressed customer got no email). A customer's first such exposure sets
   their variant and exposure time; a customer logged under two variants (weights or salt changed
-  mid-flight) is left out and counted in :attr:`Recipients.conflicting`.
+  mid-flight) is left out and counted in :attr:`Recipients.conflicting`. Forgotten customers (logged
+  as ``forgotten``, or pseudonymised by ``sendwise privacy forget``) are left out and counted in
+  :attr:`Recipients.forgotten`: their orders and events are deleted, so their outcomes are unknown.
 * **Outcomes** within ``[exposed_at, exposed_at + window)``: opened, clicked, unsubscribed (any such
   event), converted (an order with a positive line), revenue (sum of positive order lines) and orders.
   Events carry no campaign id in the data contract, so an open in the window counts whatever email
@@ -29,6 +31,7 @@ from features.schema import (
     EventType,
 )
 from features.tables import Tables
+from serving.exposures import is_forgotten_id
 
 EXPERIMENT = "experiment"
 VARIANT = "variant"
@@ -44,6 +47,7 @@ class Recipients:
     suppressed: dict[str, int] = field(default_factory=dict)  # per variant
     conflicting: int = 0  # customers logged under more than one variant, left out
     unknown_variants: dict[str, int] = field(default_factory=dict)  # variant in the log, not in the config
+    forgotten: int = 0  # forgotten customers' exposures, left out
 
 
 class NoExposuresError(LookupError):
@@ -65,6 +69,8 @@ def recipients(exposures: pd.DataFrame, experiment: Experiment) -> Recipients:
         raise NoExposuresError(
             f"experiment '{experiment.name}' has no exposures between {experiment.start} and {experiment.end} in the "
             "log. Is the service running with SENDWISE_EXPERIMENTS pointing at the experiments file?")
+    gone = exposures[CUSTOMER_ID].map(is_forgotten_id).astype(bool)
+    forgotten, exposures = int(gone.sum()), exposures[~gone]
     known = {v.name for v in experiment.variants}
     unknown = exposures.loc[~exposures[VARIANT].isin(known), VARIANT].value_counts().to_dict()
     exposures = exposures[exposures[VARIANT].isin(known)]
@@ -78,7 +84,7 @@ def recipients(exposures: pd.DataFrame, experiment: Experiment) -> Recipients:
                                 & ~exposures[CUSTOMER_ID].isin(conflicting)]
     suppressed = suppressed_only.groupby(VARIANT)[CUSTOMER_ID].nunique().to_dict()
     return Recipients(first, {v: int(suppressed.get(v, 0)) for v in known}, len(conflicting),
-                      {str(k): int(v) for k, v in unknown.items()})
+                      {str(k): int(v) for k, v in unknown.items()}, forgotten)
 
 
 def attribute(recipients_frame: pd.DataFrame, tables: Tables, window_days: int,

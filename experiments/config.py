@@ -24,9 +24,9 @@ time (a customer would be in both and their effects could not be told apart).
 from __future__ import annotations
 
 import math
-from itertools import pairwise
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 

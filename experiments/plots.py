@@ -77,7 +77,8 @@ def lift_over_time_plot(readout: Readout, outcomes: pd.DataFrame, path: Path) ->
             if c.n < 30 or t.n < 30:
                 continue
             comparison = test(c, t, alpha)
-            always = sequential.interval(comparison.absolute_lift, comparison.absolute_se ** 2, c.n + t.n, alpha)
+            always = sequential.interval(comparison.absolute_lift, comparison.absolute_se ** 2, c.n + t.n, alpha,
+                                         readout.sequential_tuning)
             points.append((day, comparison.absolute_lift, *comparison.absolute_ci, *always))
         if not points:
             continue

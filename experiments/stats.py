@@ -13,6 +13,7 @@ pre-exposure covariate's sums), so the same numbers can be checked against anoth
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -212,3 +213,14 @@ def sample_ratio_mismatch(counts: list[int], weights: list[float]) -> SampleRati
     expected = [total * w / sum(weights) for w in weights]
     chi2, p = stats.chisquare(counts, expected)
     return SampleRatioCheck(tuple(int(c) for c in counts), tuple(expected), float(chi2), float(p))
+
+
+def suppression_balance(recipients: Mapping[str, int], suppressed: Mapping[str, int]) -> float | None:
+    """Chi-square test of independence between variant and being suppressed (no email sent): the
+    p-value, or None when nobody was suppressed or fewer than two variants have customers. Randomised
+    variants with the same suppression rules suppress the same share; a small p means they do not."""
+    table = [[int(recipients.get(v, 0)), int(suppressed.get(v, 0))] for v in recipients]
+    table = [row for row in table if sum(row)]
+    if len(table) < 2 or not any(row[1] for row in table):
+        return None
+    return float(stats.chi2_contingency(table, correction=False).pvalue)

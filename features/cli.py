@@ -11,8 +11,8 @@ from rich.table import Table as RichTable
 from features.build import build_features, to_timestamp
 from features.demo import DemoShop, generate_demo
 from features.importers.movielens import import_movielens
-from features.importers.uci_retail import import_online_retail
 from features.importers.report import ImportReport
+from features.importers.uci_retail import import_online_retail
 from features.io import ValidationReport, load_data_dir, write_parquet
 from features.snapshot import write_snapshot
 from features.tables import Tables

@@ -10,8 +10,8 @@ other personal data.
 
 :func:`pseudonymise_customers` (``sendwise privacy forget``) rewrites the log while services append
 to it: writers hold a shared ``flock`` while they write and reopen the path when the file they hold
-was replaced; the rewrite holds the exclusive lock from reading to renaming, so no record appended
-before or after it is lost.
+was replaced; the rewrite copies the bulk without the lock, then holds the exclusive lock only to
+rewrite what was appended meanwhile and to rename, so no record appended before or after it is lost.
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ from collections.abc import Collection
 from pathlib import Path
 
 from features.schema import CUSTOMER_ID
+
+FORGOTTEN = "forgotten"  # the customer id logged for a forgotten customer; pseudonyms are "forgotten-<hex>"
+
+
+def is_forgotten_id(customer_id: object) -> bool:
+    """A placeholder or pseudonym that stands in the log for a forgotten customer."""
+    return isinstance(customer_id, str) and (customer_id == FORGOTTEN or customer_id.startswith(FORGOTTEN + "-"))
 
 
 class ExposureLog:
@@ -119,7 +126,7 @@ def pseudonymise_customers(path: Path | str, customer_ids: Collection[str]) -> i
     if not path.exists():
         return 0
     wanted = set(customer_ids)
-    pseudonyms = {c: f"forgotten-{secrets.token_hex(8)}" for c in wanted}
+    pseudonyms = {c: f"{FORGOTTEN}-{secrets.token_hex(8)}" for c in wanted}
 
     def rewrite(lines: bytes) -> tuple[bytes, int]:
         out, changed = [], 0

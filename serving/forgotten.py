@@ -13,8 +13,7 @@ from pathlib import Path
 
 from features.io import TOMBSTONES_FILE, read_tombstones
 from features.tombstones import Tombstones
-
-FORGOTTEN = "forgotten"
+from serving.exposures import FORGOTTEN
 
 
 class ForgottenCustomers:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SERVE_AS_OF
 from typer.testing import CliRunner
 
-from conftest import SERVE_AS_OF
 from experiments.assignment import assign_many
 from experiments.attribution import experiment_exposures, recipients
 from experiments.config import load_experiments
@@ -25,6 +25,7 @@ from serving.policy import DEFAULT_POLICY
 from serving.schemas import NextBestActionBatchRequest
 from training.recommenders.train import train_recommender
 from training.tracking import configure_tracking
+
 
 @pytest.fixture(scope="module")
 def experiment_env(served_env: dict, demo_tables: Tables, tmp_path_factory: pytest.TempPathFactory) -> dict:

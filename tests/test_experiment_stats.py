@@ -11,7 +11,15 @@ from scipy import stats
 
 from experiments import bayes, power, sequential
 from experiments.analysis import always_valid
-from experiments.stats import Sample, cuped, holm, sample_ratio_mismatch, two_proportion_ztest, welch_ttest
+from experiments.stats import (
+    Sample,
+    cuped,
+    holm,
+    sample_ratio_mismatch,
+    suppression_balance,
+    two_proportion_ztest,
+    welch_ttest,
+)
 
 
 def test_two_proportion_ztest_pinned() -> None:
@@ -50,6 +58,14 @@ def test_sample_ratio_mismatch() -> None:
     assert not sample_ratio_mismatch(rng.multinomial(20_000, [0.2, 0.3, 0.5]).tolist(), [0.2, 0.3, 0.5]).mismatch
     with pytest.raises(ValueError, match="one count per variant"):
         sample_ratio_mismatch([10, 10], [1.0])
+
+
+def test_suppression_balance_pinned() -> None:
+    # 2x2 table [[sent, suppressed]]: [[90, 10], [80, 20]]; expected [[85, 15], [85, 15]]
+    chi2 = 2 * (5 ** 2 / 85) + 2 * (5 ** 2 / 15)
+    assert suppression_balance({"a": 90, "b": 80}, {"a": 10, "b": 20}) == pytest.approx(stats.chi2.sf(chi2, 1))
+    assert suppression_balance({"a": 90, "b": 80}, {"a": 0, "b": 0}) is None
+    assert suppression_balance({"a": 90, "b": 0}, {"a": 5}) is None  # one variant with customers
 
 
 def test_cuped_from_aggregates_equals_adjusting_each_recipient() -> None:

@@ -7,16 +7,17 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from scipy import stats
 from rich.console import Console
+from scipy import stats
 from typer.testing import CliRunner
 
-from experiments.analysis import analyze
+from experiments.analysis import always_valid, analyze
 from experiments.assignment import assign, assign_many, bucket
 from experiments.attribution import NoExposuresError, attribute, experiment_exposures, recipients
 from experiments.config import Experiment, ExperimentConfigError, Metric, load_experiments
@@ -162,6 +163,14 @@ def test_conflicting_and_unknown_variants_are_left_out_with_a_warning() -> None:
         recipients(experiment_exposures([], e), e)
 
 
+def test_forgotten_customers_are_left_out_and_counted() -> None:
+    e = _experiment()
+    log = [{"customer_id": cid, "variant": "b", "action": "n", "experiment": "e", "time": "2025-01-02T00:00:00Z"}
+           for cid in ("a", "forgotten", "forgotten-9f2c4e1a", "forgotten-7d01aa52")]
+    who = recipients(experiment_exposures(log, e), e)
+    assert list(who.frame["customer_id"]) == ["a"] and who.forgotten == 3
+
+
 # the read-out ---------------------------------------------------------------------------------
 def _pipeline(experiment: Experiment, customers: int, effects: dict, seed: int):
     sim = simulate_experiment(experiment, customers, effects, seed=seed)
@@ -233,6 +242,18 @@ def test_a_variant_too_small_to_compare_is_reported_not_crashed(tmp_path: Path) 
     print_readout(readout, Console(file=io.StringIO()))
 
 
+def test_variants_suppressing_different_shares_are_not_trusted(config_file: Path) -> None:
+    e = load_experiments(config_file).get("subject_test")
+    outcomes, who = _pipeline(e, 4_000, {}, seed=3)
+    balanced = analyze(outcomes, e, replace(who, suppressed={"control": 200, "new_subject": 205}))
+    assert balanced.suppression_p_value > 0.05 and not balanced.verdict("new_subject").startswith("do not trust")
+    skewed = analyze(outcomes, e, replace(who, suppressed={"control": 200, "new_subject": 600}))
+    assert skewed.suppression_p_value < 1e-6
+    assert skewed.verdict("new_subject") == "do not trust: variants suppress different shares of their customers"
+    assert any("suppress different shares" in w for w in skewed.warnings)
+    assert analyze(outcomes, e, who).suppression_p_value is None  # nobody suppressed: nothing to compare
+
+
 def test_sequential_readout_is_wider(config_file: Path) -> None:
     e = load_experiments(config_file).get("subject_test")
     outcomes, who = _pipeline(e, 10_000, {}, seed=8)
@@ -241,6 +262,17 @@ def test_sequential_readout_is_wider(config_file: Path) -> None:
         f, s = fixed.result(metric, "new_subject").comparison, always.result(metric, "new_subject").comparison
         assert s.absolute_ci[1] - s.absolute_ci[0] > f.absolute_ci[1] - f.absolute_ci[0]
         assert s.p_value >= f.p_value and s.absolute_lift == f.absolute_lift
+
+
+def test_sequential_uses_the_pair_of_variants_as_growthbook_does(config_file: Path) -> None:
+    e = load_experiments(config_file).get("three_way")
+    outcomes, who = _pipeline(e, 6_000, {}, seed=12)
+    fixed, always = analyze(outcomes, e, who), analyze(outcomes, e, who, use_sequential=True)
+    counts = outcomes["variant"].value_counts()
+    for t in ("b", "c"):
+        expected = always_valid(fixed.result(Metric.OPEN_RATE, t).comparison, int(counts["control"] + counts[t]),
+                                e.alpha, always.sequential_tuning)
+        assert always.result(Metric.OPEN_RATE, t).comparison.absolute_ci == pytest.approx(expected.absolute_ci)
 
 
 def test_report_html_and_mlflow_run(config_file: Path, tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ from features.io import load_data_dir
 from features.tables import Tables
 from features.training_set import Target
 from features.validate import ContractError
+from training.model import ModelBundle
 from training.promotion import promote
 from training.registry import CHALLENGER, CHAMPION, MissingModelError, alias_version, load_bundle
 from training.scoring import score_customers
-from training.model import ModelBundle
 from training.tracking import configure_tracking
 from training.train import NotEnoughDataError, TrainResult, train_classifier
 

@@ -23,9 +23,9 @@ from features.privacy import customer_rows, tabular_files
 from features.schema import CUSTOMER_ID
 from features.snapshot import snapshot_as_of
 from serving.exposures import customer_exposures
+from training.holdout_scores import score_files
 from training.recommenders.batch import RecommendationContext
 from training.recommenders.rules import BusinessRules
-from training.holdout_scores import score_files
 from training.recommenders.store import customer_data_in_store, load_alias
 from training.registry import CHAMPION, load_bundle
 from training.scoring import score_features
