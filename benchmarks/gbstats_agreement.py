@@ -29,6 +29,7 @@ agree does not.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -186,6 +187,10 @@ def compare(cases: dict, theirs: dict) -> list[Check]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gbstats_agreement.json",
+                        help="where the JSON goes")
+    args = parser.parse_args()
     cases = generate_cases()
     python = gbstats_python()
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,9 +214,8 @@ def main() -> int:
         "checks": [{"check": c.name, "must_agree": c.must_agree, "agrees": c.agrees, "values": len(c.gaps),
                     "largest_gap": c.worst[1], "at": c.worst[0], "note": c.note} for c in checks],
     }
-    path = ROOT / "benchmarks" / "results" / "gbstats_agreement.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"written to {path.relative_to(ROOT)}")
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"written to {args.out}")
     return 0 if all(c.agrees for c in checks if c.must_agree) else 1
 
 

@@ -154,17 +154,31 @@ def analyze_command(name: Name, data: DataDir,
 
 @experiments_app.command("power")
 @reports_user_errors
-def power_command(baseline: Annotated[float, typer.Option(help="Control rate, e.g. 0.04 for 4 % conversion.")],
+def power_command(baseline: Annotated[float, typer.Option(help="Control rate, e.g. 0.04 for 4 % conversion (with --std: the control's mean).")],
                   mde: Annotated[float, typer.Option(help="Minimum detectable effect (relative unless --absolute).")],
-                  absolute: Annotated[bool, typer.Option(help="MDE in rate points, not relative.")] = False,
+                  absolute: Annotated[bool, typer.Option(help="MDE in rate points (or the mean's units), not relative.")] = False,
                   alpha: float = 0.05, power: float = 0.8, variants: Annotated[int, typer.Option(help="Variants incl. control.")] = 2,
-                  plot: Annotated[Path | None, typer.Option(help="PNG of sample size against MDE.")] = None) -> None:
-    """Recipients needed per variant to detect an effect with the two-proportion z-test."""
+                  std: Annotated[float | None, typer.Option(help="A mean metric (revenue per recipient) with this standard deviation per recipient, instead of a rate.")] = None,
+                  recipients: Annotated[int | None, typer.Option(help="Also give the power reached with this many recipients per variant (rates).")] = None,
+                  plot: Annotated[Path | None, typer.Option(help="PNG of sample size against MDE (rates).")] = None) -> None:
+    """Recipients needed per variant to detect an effect: two-proportion z-test for rates, or a
+    two-sample test of means with --std."""
+    if std is not None:
+        if recipients is not None or plot is not None:
+            raise ValueError("--recipients and --plot work with rates; leave them out with --std")
+        delta = mde if absolute else baseline * mde
+        n = power_calc.sample_size_means(std, delta, alpha=alpha, power=power)
+        console.print(f"mean {baseline:g} -> {baseline + delta:g} (standard deviation {std:g}), alpha {alpha}, power "
+                      f"{power:.0%}: [bold]{n:,} recipients per variant[/], {n * variants:,} in all for {variants} variants")
+        return
     n = power_calc.sample_size_proportions(baseline, mde, relative=not absolute, alpha=alpha, power=power)
     target = power_calc.treatment_rate(baseline, mde, relative=not absolute)
     console.print(f"baseline {baseline:.4%} -> {target:.4%} ({'absolute' if absolute else 'relative'} effect {mde:g}), "
                   f"alpha {alpha}, power {power:.0%}: [bold]{n:,} recipients per variant[/], {n * variants:,} in all "
                   f"for {variants} variants")
+    if recipients is not None:
+        reached = power_calc.power_proportions(recipients, baseline, mde, relative=not absolute, alpha=alpha)
+        console.print(f"with {recipients:,} recipients per variant the power is {reached:.1%}")
     if variants > 2:
         console.print("(with more than one treatment, Holm's correction needs somewhat more: use alpha / (variants - 1) "
                       "for a conservative plan)")

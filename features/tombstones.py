@@ -55,13 +55,3 @@ class Tombstones:
             con.executemany(f"INSERT INTO {DIGESTS_TABLE} VALUES (?)", [[d] for d in sorted(self.digests)])
         return (f"sha256('{self.salt}:' || trim(CAST(\"{column}\" AS VARCHAR))) "
                 f"IN (SELECT digest FROM {DIGESTS_TABLE})")
-
-    def delete_from(self, con: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
-        """Delete the forgotten customers' rows from ``table``; returns how many went."""
-        if not self.digests:
-            return 0
-        condition = self.forgotten_sql(con, column)
-        n = con.execute(f"SELECT count(*) FROM {table} WHERE {condition}").fetchall()[0][0]
-        if n:
-            con.execute(f"DELETE FROM {table} WHERE {condition}")
-        return n

@@ -132,11 +132,6 @@ def load_champions(config: ServeConfig, aliases: Aliases | None = None) -> Champ
     return Champions(churn, propensity, recommender, version)
 
 
-def load_state(config: ServeConfig) -> ServingState:
-    """Load everything or raise :class:`NotReadyError` naming what is missing."""
-    return load_states(config)[config_aliases(config)]
-
-
 def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] = ()) -> dict[Aliases, ServingState]:
     """One state per alias set: the configured aliases and each of ``extra`` (e.g. an experiment
     variant serving the challenger). Data and snapshot are read once and shared."""

@@ -314,6 +314,13 @@ def test_cli_simulate_analyze_assign_power_validate(config_file: Path, tmp_path:
     assert len(assigned) == 1000 and set(assigned["variant"]) == {"control", "b", "c"}
     result = runner.invoke(app, ["experiments", "power", "--baseline", "0.1", "--mde", "0.02", "--absolute"])
     assert result.exit_code == 0 and "3,841 recipients per variant" in result.output
+    result = runner.invoke(app, ["experiments", "power", "--baseline", "0.1", "--mde", "0.02", "--absolute",
+                                 "--recipients", "3841"])
+    assert result.exit_code == 0 and "the power is 80.0%" in result.output
+    result = runner.invoke(app, ["experiments", "power", "--baseline", "20", "--mde", "1", "--absolute", "--std", "10"])
+    assert result.exit_code == 0 and "1,570 recipients per variant" in result.output  # 2 (1.95996 + 0.84162)^2 100
+    result = runner.invoke(app, ["experiments", "power", "--baseline", "20", "--mde", "0.05", "--std", "10"])
+    assert result.exit_code == 0 and "20 -> 21" in result.output and "1,570 recipients" in result.output
     (tmp_path / "bad.yaml").write_text(CONFIG.replace("weight: 0.3", "weight: 0.4"))
     result = runner.invoke(app, ["experiments", "validate", "--config", str(tmp_path / "bad.yaml")])
     assert result.exit_code == 2 and "weights sum to 1.1" in result.output

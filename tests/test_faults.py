@@ -79,7 +79,11 @@ def _artifact_dir(name: str) -> Path:
 @pytest.mark.parametrize(("name", "damage"), [("churn", "corrupt"), ("propensity", "missing"),
                                               ("recommender", "corrupt")])
 def test_a_corrupt_or_missing_champion_refuses_to_start(served_env: dict, demo_dir: Path, tmp_path: Path,
-                                                        name: str, damage: str) -> None:
+                                                        name: str, damage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def execve(*_args) -> None:  # were the check to pass, `serve` would replace pytest with the server
+        raise AssertionError("sendwise serve started the server despite a broken champion")
+
+    monkeypatch.setattr("serving.cli.os.execve", execve)
     mlruns = Path(served_env["SENDWISE_MLRUNS"])
     configure_tracking(mlruns)
     directory = _artifact_dir(name)

@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from features.io import load_data_dir, write_parquet
 from features.snapshot import write_snapshot
 from features.training_set import Target, build_training_set
 from sendwise.cli import app
+from sendwise.privacy.forget import forget_customers
 from serving.config import ServeConfig
 from serving.exposures import read_exposures
 from serving.forgotten import FORGOTTEN
@@ -257,3 +259,16 @@ def test_a_later_import_or_load_skips_the_forgotten_customer(shop: Shop, tmp_pat
     assert validation.forgotten == {"orders": 2} and "2 row(s) of forgotten customers skipped" in validation.warnings[-1]
     assert not (fresh / "_rejects").exists()  # the victim's bad line was not written as a reject
     assert not traces(fresh, VICTIM) - {"orders.parquet"}
+
+
+def test_forget_checks_every_path_before_writing_and_trims_ids(demo_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    customer = pd.read_parquet(data / "customers.parquet")["customer_id"].iloc[0]
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    with pytest.raises(FileNotFoundError, match="no-such-snapshot.parquet does not exist"):
+        forget_customers([customer], data, files=[tmp_path / "no-such-snapshot.parquet"])
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before  # no tombstone, nothing removed
+    report = forget_customers([f" {customer} "], data)
+    assert report.customer_ids == [customer] and report.file_rows
+    assert customer not in set(pd.read_parquet(data / "customers.parquet")["customer_id"])

@@ -41,6 +41,10 @@ def test_train_evaluate_recommend_and_promote(demo_dir: Path, demo_tables: Table
     assert "ndcg" in listing and "popu" in listing  # narrow terminal: rich truncates cells
     run("models", "promote", "recommender", "--margin", "-1")
     assert alias_version("recommender", CHAMPION) == "2"
+    run("train", "recommender", "--data", demo_dir, "--as-of", "2025-10-01", "--model", "itemknn", "--k", "5")
+    result = runner.invoke(app, ["models", "promote", "recommender", "--margin", "-1"])
+    assert result.exit_code == 2 and "train both with the same --k" in " ".join(result.output.split())
+    assert alias_version("recommender", CHAMPION) == "2"
     run("evaluate", "recommender", "--data", demo_dir, "--as-of", "2025-10-01")
 
     target = tmp_path / "recs.parquet"

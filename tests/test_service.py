@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from features.tables import Tables
 from serving.config import ServeConfig
 from serving.exposures import ExposureLog, read_exposures
-from serving.state import NotReadyError, load_state
+from serving.state import NotReadyError, load_states
 
 API_KEY = "s3cret"
 
@@ -112,10 +112,10 @@ def test_missing_champion_or_snapshot_refuses_to_start(tmp_path: Path, demo_dir:
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(NotReadyError, match=r"no 'churn' model has the alias 'champion'.*sendwise train churn"):
-        load_state(ServeConfig(data=demo_dir, mlruns=tmp_path / "empty"))
+        load_states(ServeConfig(data=demo_dir, mlruns=tmp_path / "empty"))
     with pytest.raises(NotReadyError, match=r"snapshot .* does not exist.*sendwise features snapshot"):
-        load_state(ServeConfig(data=demo_dir, mlruns=Path(served_env["SENDWISE_MLRUNS"]),
-                               snapshot=tmp_path / "missing.parquet"))
+        load_states(ServeConfig(data=demo_dir, mlruns=Path(served_env["SENDWISE_MLRUNS"]),
+                                snapshot=tmp_path / "missing.parquet"))
 
 
 def test_exposure_log_keeps_acknowledged_records_when_killed(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from features.cli import DataDir, RejectsDir, load
 from features.io import write_parquet
 from features.training_set import Target
 from sendwise.console import console, progress_bar, reports_user_errors
-from training.promotion import DEFAULT_MARGIN, HEADLINE, promote
+from training.promotion import DEFAULT_MARGIN, promote
 from training.registry import CHAMPION, list_versions, load_bundle
 from training.scoring import score_customers
 from training.tracking import configure_tracking
@@ -111,7 +111,7 @@ def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn, p
     tables = load(data, quiet=True) if data else None
     decision = promote(name, margin, force, tables, as_of)
     console.print(f"holdout: {decision.holdout}")
-    metric = HEADLINE.get(name, "roc_auc")
+    metric = decision.comparison.metric
     console.print(f"champion v{decision.champion_version}: {metric} {decision.champion_value:.4f}; "
                   f"challenger v{decision.challenger_version}: {metric} {decision.challenger_value:.4f}")
     c = decision.comparison

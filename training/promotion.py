@@ -31,7 +31,7 @@ from training.train import holdout_frame
 
 DEFAULT_MARGIN = 0.005  # points of the headline metric the challenger must gain
 # The holdout metric each registered model is compared on (logged as holdout_<metric>).
-HEADLINE = {"churn": "roc_auc", "propensity": "roc_auc", "recommender": "ndcg_at_10"}
+HEADLINE = {"churn": "roc_auc", "propensity": "roc_auc", "recommender": "ndcg_at_10"}  # at the --k trained with
 
 
 @dataclass
@@ -71,6 +71,12 @@ def _logged_comparison(name: str, champion: str, challenger: str, metric: str) -
         raise MissingModelError(f"{name} version(s) {', '.join(missing)} logged no per-customer holdout scores "
                                 "(trained before they were kept); retrain, or for churn and propensity pass "
                                 "--data and --as-of.")
+    if name == "recommender":  # the column is ndcg_at_<k> of the --k each version was trained with
+        columns = {v: next((c for c in frame.columns if c.startswith("ndcg_at_")), "") for v, frame in scores.items()}
+        if columns[champion] != columns[challenger]:
+            raise MissingModelError(f"champion v{champion} logged {columns[champion]} and challenger v{challenger} "
+                                    f"{columns[challenger]}: train both with the same --k to compare them.")
+        metric = columns[challenger]
     joined = scores[champion].merge(scores[challenger], on=CUSTOMER_ID, suffixes=("_champion", "_challenger"))
     if name == "recommender":
         comparison = paired_mean(joined[f"{metric}_champion"], joined[f"{metric}_challenger"], metric)
@@ -139,6 +145,7 @@ def promote(name: str, margin: float = DEFAULT_MARGIN, force: bool = False,
         comparison, holdout_desc = _fresh_comparison(name, champion, challenger, tables, as_of)
     else:
         comparison, holdout_desc = _logged_comparison(name, champion, challenger, metric)
+        metric = comparison.metric
     champion_value, challenger_value = comparison.champion, comparison.challenger
     if champion == challenger:
         promoted, reason = False, "the challenger is already the champion"

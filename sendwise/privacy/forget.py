@@ -33,17 +33,19 @@ class ForgetReport:
 def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: Path | str | None = None,
                      exposure_log: Path | str | None = None, files: Iterable[Path | str] = ()) -> ForgetReport:
     """Forget ``customer_ids`` everywhere; returns what was removed where."""
-    ids = sorted({c for c in customer_ids})
-    if not ids or any(not c.strip() for c in ids):
-        raise ValueError(f"customer ids must be non-empty text; got {ids!r}")
-    data_dir = Path(data_dir)
+    given = list(customer_ids)
+    ids = sorted({c.strip() for c in given})  # ids are trimmed on import, as here
+    if not ids or any(not c for c in ids):
+        raise ValueError(f"customer ids must be non-empty text; got {given!r}")
+    data_dir, files = Path(data_dir), [Path(f) for f in files]
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist; pass --data DIR with the shop's tables.")
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:  # checked before anything is written, so a typo does not leave a half-done forget
+        raise FileNotFoundError(f"{', '.join(missing)} does not exist; --file takes a snapshot, training set or "
+                                "output file (or a folder of them).")
     report = ForgetReport(ids, write_tombstones(data_dir, read_tombstones(data_dir).adding(ids)))
     for root in (data_dir, *files):
-        if not Path(root).exists():
-            raise FileNotFoundError(f"{root} does not exist; --file takes a snapshot, training set or output file "
-                                    "(or a folder of them).")
         for path in tabular_files(root):
             n = drop_customer_rows(path, ids)
             if n:
