@@ -6,11 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from features.build import build_features
 from features.demo import DemoShop, generate_demo
 from features.io import load_data_dir
 from features.tables import Tables
+from sendwise.cli import app
+from serving.exposures import read_exposures
 
 
 def test_generated_data_passes_the_contract_untouched(demo_dir: Path) -> None:
@@ -59,3 +62,17 @@ def test_planted_behaviour_is_visible(demo_tables: Tables) -> None:
 def test_bad_sizes_are_rejected_with_the_reason() -> None:
     with pytest.raises(ValueError, match="customers must be at least 1; got 0"):
         DemoShop(customers=0)
+
+
+def test_the_demo_command_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("SENDWISE_DATA", "SENDWISE_SNAPSHOT", "SENDWISE_EXPOSURE_LOG"):  # the demo sets them: restore after
+        monkeypatch.setenv(name, "")
+    result = CliRunner().invoke(app, ["demo", "--customers", "1500", "--workdir", "d"])
+    assert result.exit_code == 0, result.output
+    scores, recs = pd.read_csv("d/scores.csv"), pd.read_csv("d/recommendations.csv")
+    assert len(scores) > 1000 and set(recs["customer_id"]) == set(scores["customer_id"])
+    decisions = read_exposures(Path("d/exposures.jsonl"))
+    assert len(decisions) == 1000 and {d["action"] for d in decisions} > {"suppress"}
+    assert "actions: " in result.output and "product block" in result.output
