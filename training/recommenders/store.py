@@ -4,6 +4,7 @@ customers' rows in every saved copy under a local store (privacy export and forg
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def predict_known(model: Recommender, customers: pd.DataFrame, k: int = 10) -> p
 def log_and_register(model: Recommender, example_customers: pd.DataFrame) -> str:
     """Log ``model`` in the active run, register it as ``recommender``; returns the new version
     (challenger; champion too when there is none)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # no input example on purpose: it would put customer ids in the MLflow store; ranks are never missing
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         model.save(tmp)
         output = predict_known(model, example_customers)
         info = mlflow.pyfunc.log_model(
