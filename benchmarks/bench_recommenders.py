@@ -3,6 +3,8 @@
     python benchmarks/bench_recommenders.py                 # everything (about 40 minutes on 2 cores)
     python benchmarks/bench_recommenders.py --only quality  # Online Retail + MovieLens tables
     python benchmarks/bench_recommenders.py --only speed    # ALS fit overhead + 1M-customer batch
+    python benchmarks/bench_recommenders.py --only batch --batch-model reranker --customers 100000
+                                                            # another model's batch (about 12 minutes)
 
 Quality protocols (NDCG@10 and the rest with binary relevance, new items, purchased excluded):
 * Online Retail: fitted before 2011-09-09; truth = products a customer bought from then to the end of
@@ -120,18 +122,18 @@ def fit_overhead(data: Path, as_of: str, repeats: int) -> dict:
             "bare_runs": [round(x, 3) for x in bare], "sendwise_runs": [round(x, 3) for x in ours]}
 
 
-def batch(customers: int, products: int) -> dict:
+def batch(customers: int, products: int, kind: str = "als") -> dict:
     name = "demo_1m_10k_products" if (customers, products) == (1_000_000, 10_000) else f"demo_{customers}_{products}"
     data = prepared(name, lambda out: generate_demo(DemoShop(customers=customers, seed=0, products=products), out))
     tables, _ = load_data_dir(data, None)
     as_of = datetime(2026, 1, 1)
     start = time.perf_counter()
-    model = make_recommender("als", factors=64).fit_tables(tables, as_of)
+    model = make_recommender(kind, **({"factors": 64} if kind == "als" else {})).fit_tables(tables, as_of)
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
     recs = recommend_all(tables, as_of, model, k=10)
     batch_s = time.perf_counter() - start
-    return {"customers": int(recs["customer_id"].nunique()), "products": len(model.product_ids_),
+    return {"model": kind, "customers": int(recs["customer_id"].nunique()), "products": len(model.product_ids_),
             "rows": len(recs), "fit_s": round(fit_s, 1), "recommend_s": round(batch_s, 1),
             "target_s": BATCH_TARGET_S, "peak_rss_mb": round(peak_rss_mb()),
             "sources": recs["source"].value_counts().to_dict()}
@@ -139,7 +141,9 @@ def batch(customers: int, products: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["quality", "speed"])
+    parser.add_argument("--only", choices=["quality", "speed", "batch"],
+                        help="batch: only the batch recommendation of --batch-model for --customers")
+    parser.add_argument("--batch-model", default="als", choices=["als", "reranker"])
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--customers", type=int, default=1_000_000)
     args = parser.parse_args()
@@ -175,7 +179,14 @@ def main() -> None:
         table.add_row(f"recommend {b['customers']:,} customers x {b['products']:,} products", f"{b['recommend_s']} s",
                       f"target {BATCH_TARGET_S:.0f} s", f"peak RSS {b['peak_rss_mb']:,} MB; fit {b['fit_s']} s")
         console.print(table)
-    out = ROOT / "benchmarks" / "results" / ("recommenders.json" if args.only is None else f"recommenders_{args.only}.json")
+    if args.only == "batch":
+        results["batch"] = b = batch(args.customers, 10_000, args.batch_model)
+        console.print(f"{b['model']}: recommend {b['customers']:,} customers x {b['products']:,} products "
+                      f"{b['recommend_s']} s (target {BATCH_TARGET_S:.0f} s for 1M), fit {b['fit_s']} s, "
+                      f"peak RSS {b['peak_rss_mb']:,} MB")
+    name = {None: "recommenders", "batch": f"recommenders_batch_{args.batch_model}_{args.customers}"}.get(
+        args.only, f"recommenders_{args.only}")
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
     console.print(f"written to {out.relative_to(ROOT)}")

@@ -123,6 +123,7 @@ def readout_record(readout: Readout) -> dict:
                          "expected_loss": r.bayes.expected_loss_treatment,
                          "significant": r.significant(readout.experiment.alpha)} for r in readout.results],
         "srm": {"chi2": readout.srm.chi2, "p_value": readout.srm.p_value, "mismatch": readout.srm.mismatch},
+        "suppression_balance_p_value": readout.suppression_p_value,
         "cuped": {"theta": readout.cuped_theta, "variance_reduction": readout.cuped_variance_reduction},
         "verdicts": {t: readout.verdict(t) for t in readout.experiment.treatments},
         "warnings": readout.warnings,

@@ -251,6 +251,7 @@ def test_variants_suppressing_different_shares_are_not_trusted(config_file: Path
     assert skewed.suppression_p_value < 1e-6
     assert skewed.verdict("new_subject") == "do not trust: variants suppress different shares of their customers"
     assert any("suppress different shares" in w for w in skewed.warnings)
+    assert readout_record(skewed)["suppression_balance_p_value"] == skewed.suppression_p_value
     assert analyze(outcomes, e, who).suppression_p_value is None  # nobody suppressed: nothing to compare
 
 
