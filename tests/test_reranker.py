@@ -19,7 +19,7 @@ from features.tables import Tables
 from training.recommenders.batch import RecommendationContext
 from training.recommenders.evaluation import NEW_ITEMS, evaluate
 from training.recommenders.models import load_recommender, make_recommender
-from training.recommenders.reranking import FEATURES, ease_weights, training_set
+from training.recommenders.reranking import FEATURES, _ranks, ease_weights, training_set
 from training.recommenders.rules import BusinessRules
 from training.recommenders.store import load_version, predict_known
 from training.recommenders.train import train_recommender
@@ -164,3 +164,12 @@ def test_reranker_on_the_online_retail_protocol(online_retail_path: Path, tmp_pa
     table = evaluate(tables, datetime(2011, 9, 9), {"reranker": make_recommender("reranker")})
     new = table[table["variant"] == NEW_ITEMS].iloc[0]
     assert new["customers"] == 1_860 and new["ndcg"] == pytest.approx(0.1303, abs=0.001)
+
+
+def test_ranks_equal_the_double_stable_argsort() -> None:
+    rng = np.random.default_rng(0)
+    score = rng.integers(0, 5, (40, 300)).astype(np.float32)  # many ties
+    score[rng.random(score.shape) < 0.2] = -np.inf
+    score[:, 3] = -0.0
+    expected = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1, kind="stable")
+    np.testing.assert_array_equal(_ranks(score), expected)

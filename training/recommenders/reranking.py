@@ -158,8 +158,10 @@ class Stage1:
         ranks = {}
         for name, score in [*scores.items(), ("popular", popular)]:
             score[invalid] = -np.inf
-            ranks[name] = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1, kind="stable")
-        best = np.minimum.reduce([ranks[s] for s in SCORES] + [2 * ranks["popular"]])
+            ranks[name] = _ranks(score)
+        best = 2 * ranks["popular"]
+        for name in SCORES:
+            np.minimum(best, ranks[name], out=best)
         best[invalid] = np.iinfo(best.dtype).max
         n = min(n, shape[1])
         cand = np.argpartition(best, n - 1, axis=1)[:, :n] if n < shape[1] else np.argsort(best, axis=1)
@@ -198,6 +200,16 @@ class Stage1:
             buyers[known] = np.take_along_axis(self.country_buyers[country[known]].toarray(), at[known], 1)
         columns += [buyers, buyers / np.maximum(product[..., _PRODUCT["buyers_90"]], 1.0)]
         return np.stack([np.asarray(c, np.float32).ravel() for c in columns], axis=1)
+
+
+def _ranks(score: np.ndarray) -> np.ndarray:
+    """Each column's rank in its row by descending score, ties by column order (0 = best): the
+    inverse of one stable argsort, scattered rather than sorted again."""
+    order = np.argsort(-score, axis=1, kind="stable")
+    ranks = np.empty(order.shape, order.dtype)
+    positions = np.broadcast_to(np.arange(order.shape[1], dtype=order.dtype), order.shape)
+    np.put_along_axis(ranks, order, positions, axis=1)
+    return ranks
 
 
 def training_set(tables: Tables, as_of: datetime, product_ids: pd.Index, params: dict,
