@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -37,6 +38,10 @@ def test_train_evaluate_recommend_and_promote(demo_dir: Path, demo_tables: Table
     run("train", "recommender", "--data", demo_dir, "--as-of", "2025-10-01", "--model", "itemknn")
     configure_tracking()
     assert (alias_version("recommender", CHAMPION), alias_version("recommender", CHALLENGER)) == ("1", "2")
+    pyfunc = mlflow.pyfunc.load_model("models:/recommender/2")  # logged as code, not pickled
+    known = known_customers(demo_tables, datetime(2025, 10, 1))["customer_id"].iloc[0]
+    answer = pyfunc.predict(pd.DataFrame({"customer_id": [known, "nobody"]}))
+    assert list(answer["customer_id"]) == [known] * 10 and list(answer["rank"]) == list(range(1, 11))
     listing = run("models", "list", "recommender")
     assert "ndcg" in listing and "popu" in listing  # narrow terminal: rich truncates cells
     run("models", "promote", "recommender", "--margin", "-1")

@@ -21,6 +21,7 @@ from training.registry import CHAMPION, MissingModelError, alias_version, assign
 REGISTERED_NAME = "recommender"
 PIP_REQUIREMENTS = ["implicit==0.7.3", "xgboost-cpu>=3.0", "threadpoolctl", "scipy", "numpy", "pandas"]
 ARTIFACT_KEY = "recommender"
+PYFUNC_ENTRY_POINT = Path(__file__).with_name("pyfunc_model.py")  # models from code: nothing pickled
 
 
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
@@ -50,7 +51,7 @@ def log_and_register(model: Recommender, example_customers: pd.DataFrame) -> str
         model.save(tmp)
         output = predict_known(model, example_customers)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=RecommenderPyfunc(), artifacts={ARTIFACT_KEY: tmp},
+            name="model", python_model=str(PYFUNC_ENTRY_POINT), artifacts={ARTIFACT_KEY: tmp},
             registered_model_name=REGISTERED_NAME, signature=infer_signature(example_customers, output),
             pip_requirements=PIP_REQUIREMENTS,
         )
