@@ -18,11 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.importers import movielens, uci_retail
-from features.io import atomic_write
+from features.io import SUFFIXES, atomic_write
 from features.schema import CUSTOMER_ID
 
 CUSTOMER_COLUMNS = (CUSTOMER_ID, uci_retail.CUSTOMER_COLUMN, movielens.CUSTOMER_COLUMN)
-TABULAR_SUFFIXES = (".parquet", ".csv", ".csv.gz")
 
 
 def tabular_files(root: Path | str) -> list[Path]:
@@ -30,7 +29,7 @@ def tabular_files(root: Path | str) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(TABULAR_SUFFIXES))
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
 
 
 def _read(path: Path) -> pa.Table:

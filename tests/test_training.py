@@ -66,6 +66,9 @@ def test_training_rows_come_from_windows_closed_before_the_as_of(trained: dict) 
         assert len(fit_dates) >= 3
         assert all(d + pd.Timedelta(days=horizon) <= pd.Timestamp(AS_OF) for d in fit_dates)
         assert result.holdout_as_of == datetime(2025, 10, 1)
+        holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/holdout/scores.parquet"))
+        assert result.positive_rates["holdout"] == pytest.approx(holdout["label"].mean())
+        assert run.data.metrics["positive_rate_calibration"] == pytest.approx(result.positive_rates["calibration"])
 
 
 def test_model_beats_the_recency_rule_on_the_holdout(trained: dict) -> None:

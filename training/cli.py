@@ -43,6 +43,8 @@ def print_training(result: TrainResult) -> None:
     for name, metrics in rows.items():
         table.add_row(name, *(f"{metrics[c]:.3f}" if metrics[c] == metrics[c] else "-" for c in columns))
     console.print(table)
+    console.print("positives per fold (probabilities are calibrated to the calibration fold's): " + ", ".join(
+        f"{fold} {rate:.1%}" for fold, rate in result.positive_rates.items()))
     console.print(f"MLflow run {result.run_id}; registered as {result.name} v{result.version} (alias challenger)")
 
 

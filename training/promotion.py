@@ -30,8 +30,6 @@ from training.tracking import experiment_id
 from training.train import holdout_frame
 
 DEFAULT_MARGIN = 0.005  # points of the headline metric the challenger must gain
-# The holdout metric each registered model is compared on (logged as holdout_<metric>).
-HEADLINE = {"churn": "roc_auc", "propensity": "roc_auc", "recommender": "ndcg_at_10"}  # at the --k trained with
 
 
 @dataclass
@@ -55,7 +53,7 @@ def _holdout_tags(name: str, version: str) -> tuple[str, str]:
     return tags.get("holdout_as_of", ""), tags.get("data_fingerprint", "")
 
 
-def _logged_comparison(name: str, champion: str, challenger: str, metric: str) -> tuple[PairedDifference, str]:
+def _logged_comparison(name: str, champion: str, challenger: str) -> tuple[PairedDifference, str]:
     """Paired bootstrap on the per-customer holdout scores both runs logged."""
     tags = {v: _holdout_tags(name, v) for v in (champion, challenger)}
     if tags[champion] != tags[challenger]:
@@ -71,14 +69,13 @@ def _logged_comparison(name: str, champion: str, challenger: str, metric: str) -
         raise MissingModelError(f"{name} version(s) {', '.join(missing)} logged no per-customer holdout scores "
                                 "(trained before they were kept); retrain, or for churn and propensity pass "
                                 "--data and --as-of.")
+    joined = scores[champion].merge(scores[challenger], on=CUSTOMER_ID, suffixes=("_champion", "_challenger"))
     if name == "recommender":  # the column is ndcg_at_<k> of the --k each version was trained with
         columns = {v: next((c for c in frame.columns if c.startswith("ndcg_at_")), "") for v, frame in scores.items()}
         if columns[champion] != columns[challenger]:
             raise MissingModelError(f"champion v{champion} logged {columns[champion]} and challenger v{challenger} "
                                     f"{columns[challenger]}: train both with the same --k to compare them.")
         metric = columns[challenger]
-    joined = scores[champion].merge(scores[challenger], on=CUSTOMER_ID, suffixes=("_champion", "_challenger"))
-    if name == "recommender":
         comparison = paired_mean(joined[f"{metric}_champion"], joined[f"{metric}_challenger"], metric)
     else:
         comparison = paired_auc(joined["label_champion"].to_numpy(int), joined["probability_champion"].to_numpy(),
@@ -126,7 +123,8 @@ def _significant(comparison: PairedDifference, margin: float) -> tuple[bool, str
 def promote(name: str, margin: float = DEFAULT_MARGIN, force: bool = False,
             tables: Tables | None = None, as_of: object | None = None) -> PromotionDecision:
     """Move ``champion`` to the challenger if it beats the champion's holdout headline metric
-    (:data:`HEADLINE`) by ``margin`` and the paired bootstrap interval agrees (see the module).
+    (ROC-AUC; the recommender's NDCG at the k both were trained with) by ``margin`` and the paired
+    bootstrap interval agrees (see the module).
 
     Both are compared on the same holdout: the per-customer scores their runs logged when they were
     evaluated on the same data and holdout date, else (churn, propensity) a fresh holdout at
@@ -137,15 +135,14 @@ def promote(name: str, margin: float = DEFAULT_MARGIN, force: bool = False,
         command = {"churn": "churn", "recommender": "recommender"}.get(name, "propensity")
         raise MissingModelError(f"'{name}' needs both a champion and a challenger; train one with "
                                 f"`sendwise train {command} ...`.")
-    metric = HEADLINE.get(name, "roc_auc")
     if tables is not None and as_of is not None and name == "recommender":
         raise ValueError("a fresh holdout is not supported for the recommender: both versions are compared on "
                          "their logged holdout scores; leave out --data and --as-of.")
     if tables is not None and as_of is not None:
         comparison, holdout_desc = _fresh_comparison(name, champion, challenger, tables, as_of)
     else:
-        comparison, holdout_desc = _logged_comparison(name, champion, challenger, metric)
-        metric = comparison.metric
+        comparison, holdout_desc = _logged_comparison(name, champion, challenger)
+    metric = comparison.metric
     champion_value, challenger_value = comparison.champion, comparison.challenger
     if champion == challenger:
         promoted, reason = False, "the challenger is already the champion"

@@ -71,6 +71,7 @@ class TrainResult:
     baselines: dict[str, dict[str, float]]  # holdout metrics per baseline
     holdout_as_of: datetime
     holdout_rows: int
+    positive_rates: dict[str, float]  # share of positives per fold (train, valid, calibration, holdout)
 
 
 def _check_rows(name: str, frame: pd.DataFrame, label: str) -> None:
@@ -217,6 +218,8 @@ def train_classifier(
             mlflow.log_metrics({f"baseline_{base}_{k}": v for k, v in values.items() if np.isfinite(v)})
         mlflow.log_metrics({f"calibration_oof_log_loss_{k}": v for k, v in calibration_losses.items()})
         mlflow.log_metric("valid_log_loss", float(booster.eval(d_valid).split(":")[-1]))
+        positive_rates = {n: float(y[n].mean()) for n in ("train", "valid", "calibration", "holdout")}
+        mlflow.log_metrics({f"positive_rate_{n}": v for n, v in positive_rates.items()})
         mlflow.log_text(json.dumps(columns, indent=1), "features.json")
         _log_plots(y["holdout"], {"model": p_holdout, **baseline_scores},
                    {"model (calibrated)": p_holdout, "model (raw)": raw_holdout}, bundle, folds.holdout)
@@ -226,4 +229,4 @@ def train_classifier(
         version = log_and_register(bundle, name, folds.holdout.head(100), p_holdout[:100])
         bundle.meta["version"] = version
     return TrainResult(name, version, run.info.run_id, bundle, metrics, baselines, folds.holdout_as_of,
-                       len(folds.holdout))
+                       len(folds.holdout), positive_rates)

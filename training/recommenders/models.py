@@ -438,10 +438,10 @@ class RerankerRecommender(Recommender):
         k = min(k, len(self.product_ids_))
         ids = np.full((len(rows), k), -1, np.int64)
         scores = np.full((len(rows), k), -np.inf, np.float32)
+        wanted = max(int(self.params["candidates"]), k)
         for start in range(0, len(rows), reranking.CHUNK):
             part = slice(start, start + reranking.CHUNK)
             excluded = None if exclude is None else exclude[part]
-            wanted = max(int(self.params["candidates"]), k)
             cand, features = self.stage_.candidates(rows[part], wanted, excluded, _as_ids(blocked))
             ranked = self.booster_.inplace_predict(features).reshape(cand.shape).astype(np.float32)
             ranked[cand < 0] = -np.inf
