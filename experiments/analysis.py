@@ -29,6 +29,7 @@ from experiments.stats import (
     two_proportion_ztest,
     welch_ttest,
 )
+from features.errors import InputError
 
 # The per-recipient outcome column behind each metric.
 OUTCOME_OF = {Metric.OPEN_RATE: "opened", Metric.CLICK_RATE: "clicked", Metric.CONVERSION_RATE: "converted",
@@ -149,7 +150,7 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, recipients: Recipien
                             "different customers; give every variant the same suppression rules")
     empty = [v for v in names if counts[v] < 2]
     if control in empty:
-        raise ValueError(f"experiment '{experiment.name}': the control variant '{control}' has {counts[control]} "
+        raise InputError(f"experiment '{experiment.name}': the control variant '{control}' has {counts[control]} "
                          "recipients; nothing can be compared with it")
     for v in empty:
         warnings.append(f"variant '{v}' has {counts[v]} recipients: it is not compared")

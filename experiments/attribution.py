@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from experiments.config import Experiment
+from features.errors import NotFoundError
 from features.schema import (
     CUSTOMER_ID,
     EVENT_TYPE,
@@ -50,7 +51,7 @@ class Recipients:
     forgotten: int = 0  # forgotten customers' exposures, left out
 
 
-class NoExposuresError(LookupError):
+class NoExposuresError(NotFoundError):
     """The exposure log holds nothing for the experiment."""
 
 

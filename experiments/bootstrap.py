@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
+from features.errors import InputError
+
 DEFAULT_RESAMPLES = 2000
 _CHUNK_CELLS = 20_000_000  # resamples x rows ranked at once
 
@@ -57,11 +59,11 @@ def paired_auc(y: np.ndarray, champion: np.ndarray, challenger: np.ndarray, resa
     y = np.asarray(y, bool)
     champion, challenger = np.asarray(champion, float), np.asarray(challenger, float)
     if not (len(y) == len(champion) == len(challenger)):
-        raise ValueError(f"labels and both models' scores must have one value per row; got {len(y)}, "
+        raise InputError(f"labels and both models' scores must have one value per row; got {len(y)}, "
                          f"{len(champion)}, {len(challenger)}")
     pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
     if len(pos) < 2 or len(neg) < 2:
-        raise ValueError(f"the holdout needs at least 2 positive and 2 negative rows; got {len(pos)} and {len(neg)}")
+        raise InputError(f"the holdout needs at least 2 positive and 2 negative rows; got {len(pos)} and {len(neg)}")
     rng = np.random.default_rng(seed)
     diffs = []
     per_chunk = max(1, _CHUNK_CELLS // len(y))
@@ -77,7 +79,7 @@ def paired_mean(champion: np.ndarray, challenger: np.ndarray, metric: str, resam
     """Bootstrap interval of mean(challenger) - mean(champion) of a per-customer metric."""
     champion, challenger = np.asarray(champion, float), np.asarray(challenger, float)
     if len(champion) != len(challenger) or len(champion) < 2:
-        raise ValueError(f"need the same customers (at least 2) for both models; got {len(champion)} and {len(challenger)}")
+        raise InputError(f"need the same customers (at least 2) for both models; got {len(champion)} and {len(challenger)}")
     rng = np.random.default_rng(seed)
     delta = challenger - champion
     diffs = np.concatenate([delta[rng.integers(0, len(delta), (min(1000, resamples - s), len(delta)))].mean(axis=1)

@@ -21,6 +21,7 @@ from experiments.report import print_readout, write_report
 from experiments.sequential import DEFAULT_TUNING
 from experiments.simulate import PlantedEffect, simulate_experiment
 from features.cli import DataDir, load
+from features.errors import InputError, NotFoundError
 from features.io import write_parquet
 from features.schema import CUSTOMER_ID
 from sendwise.console import console, reports_user_errors
@@ -50,7 +51,7 @@ def validate(config: Config = DEFAULT_CONFIG) -> None:
 
 def _read_customer_ids(path: Path) -> list[str]:
     if not path.exists():
-        raise FileNotFoundError(f"customers file {path} does not exist")
+        raise NotFoundError(f"customers file {path} does not exist")
     if path.suffix == ".parquet":
         frame = pd.read_parquet(path)
     elif path.suffix in (".csv", ".gz"):
@@ -58,7 +59,7 @@ def _read_customer_ids(path: Path) -> list[str]:
     else:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if CUSTOMER_ID not in frame:
-        raise ValueError(f"{path}: no '{CUSTOMER_ID}' column (columns: {', '.join(map(str, frame.columns))})")
+        raise InputError(f"{path}: no '{CUSTOMER_ID}' column (columns: {', '.join(map(str, frame.columns))})")
     return frame[CUSTOMER_ID].dropna().astype(str).tolist()
 
 
@@ -95,9 +96,9 @@ def _parse_effects(specs: list[str]) -> dict[str, PlantedEffect]:
             field, value = rest.split("=", 1)
             amount = float(value)
         except ValueError as exc:
-            raise ValueError(f"--effect '{spec}': expected VARIANT:FIELD=RELATIVE_CHANGE, e.g. b:conversion_rate=0.1") from exc
+            raise InputError(f"--effect '{spec}': expected VARIANT:FIELD=RELATIVE_CHANGE, e.g. b:conversion_rate=0.1") from exc
         if field not in fields:
-            raise ValueError(f"--effect '{spec}': field must be one of {sorted(fields)}; got '{field}'")
+            raise InputError(f"--effect '{spec}': field must be one of {sorted(fields)}; got '{field}'")
         effects.setdefault(variant, {})[field] = amount
     return {v: PlantedEffect(**f) for v, f in effects.items()}
 
@@ -116,7 +117,7 @@ def simulate_command(name: Name,
     effects = _parse_effects(effect or [])
     unknown = set(effects) - {v.name for v in experiment.variants}
     if unknown:
-        raise ValueError(f"--effect names variants the experiment does not have: {sorted(unknown)}")
+        raise InputError(f"--effect names variants the experiment does not have: {sorted(unknown)}")
     simulated = simulate_experiment(experiment, customers, effects, seed=seed)
     log = exposures or out / "exposures.jsonl"
     simulated.write(out, log)
@@ -135,7 +136,7 @@ def analyze_command(name: Name, data: DataDir,
     """Attribute outcomes to the experiment's exposures and compare the variants."""
     experiment = load_experiments(config).get(name)
     if not exposures.exists():
-        raise FileNotFoundError(f"exposure log {exposures} does not exist; pass --exposures FILE")
+        raise NotFoundError(f"exposure log {exposures} does not exist; pass --exposures FILE")
     who = recipients(experiment_exposures(read_exposures(exposures), experiment), experiment)
     tables = load(data, quiet=True)
     end = tables.time_range()[1]
@@ -165,7 +166,7 @@ def power_command(baseline: Annotated[float, typer.Option(help="Control rate, e.
     two-sample test of means with --std."""
     if std is not None:
         if recipients is not None or plot is not None:
-            raise ValueError("--recipients and --plot work with rates; leave them out with --std")
+            raise InputError("--recipients and --plot work with rates; leave them out with --std")
         delta = mde if absolute else baseline * mde
         n = power_calc.sample_size_means(std, delta, alpha=alpha, power=power)
         console.print(f"mean {baseline:g} -> {baseline + delta:g} (standard deviation {std:g}), alpha {alpha}, power "

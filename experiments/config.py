@@ -33,6 +33,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from features.errors import InputError, NotFoundError
+
 DEFAULT_CONFIG = Path("experiments.yaml")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -53,7 +55,7 @@ class Metric(StrEnum):
         return self is not Metric.UNSUBSCRIBE_RATE
 
 
-class ExperimentConfigError(ValueError):
+class ExperimentConfigError(InputError):
     """An experiments file that cannot be used; the message names the experiment and the field."""
 
 
@@ -93,14 +95,14 @@ class Experiment(BaseModel):
     def _consistent(self) -> Experiment:
         total = sum(v.weight for v in self.variants)
         if not math.isclose(total, 1.0, abs_tol=1e-9):
-            raise ValueError(f"variant weights sum to {total:g}; they must sum to 1")
+            raise InputError(f"variant weights sum to {total:g}; they must sum to 1")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique; got {names}")
+            raise InputError(f"variant names must be unique; got {names}")
         if self.control is not None and self.control not in names:
-            raise ValueError(f"control '{self.control}' is not one of the variants {names}")
+            raise InputError(f"control '{self.control}' is not one of the variants {names}")
         if self.end <= self.start:
-            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+            raise InputError(f"end ({self.end}) must be after start ({self.start})")
         return self
 
     @property
@@ -119,7 +121,7 @@ class Experiment(BaseModel):
         for v in self.variants:
             if v.name == name:
                 return v
-        raise LookupError(f"experiment '{self.name}' has no variant '{name}'")
+        raise NotFoundError(f"experiment '{self.name}' has no variant '{name}'")
 
     def is_running(self, at: datetime) -> bool:
         return self.start <= _utc(at) < self.end
@@ -134,11 +136,11 @@ class ExperimentSet(BaseModel):
     def _no_overlap(self) -> ExperimentSet:
         names = [e.name for e in self.experiments]
         if len(set(names)) != len(names):
-            raise ValueError(f"experiment names must be unique; got {names}")
+            raise InputError(f"experiment names must be unique; got {names}")
         ordered = sorted(self.experiments, key=lambda e: e.start)
         for a, b in pairwise(ordered):
             if b.start < a.end:
-                raise ValueError(
+                raise InputError(
                     f"experiments '{a.name}' ({a.start:%Y-%m-%d %H:%M} to {a.end:%Y-%m-%d %H:%M}) and '{b.name}' "
                     f"({b.start:%Y-%m-%d %H:%M} to {b.end:%Y-%m-%d %H:%M}) overlap: a customer would be in both. "
                     "Give them windows that do not overlap.")
@@ -149,7 +151,7 @@ class ExperimentSet(BaseModel):
             if e.name == name:
                 return e
         known = ", ".join(e.name for e in self.experiments) or "none"
-        raise LookupError(f"no experiment named '{name}' (defined: {known})")
+        raise NotFoundError(f"no experiment named '{name}' (defined: {known})")
 
     def running(self, at: datetime) -> Experiment | None:
         """The experiment running at ``at`` (at most one: they may not overlap)."""

@@ -13,22 +13,24 @@ import math
 
 from scipy import stats
 
+from features.errors import InputError
+
 
 def _check(alpha: float, power: float) -> None:
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+        raise InputError(f"alpha must be in (0, 1); got {alpha}")
     if not 0 < power < 1:
-        raise ValueError(f"power must be in (0, 1); got {power}")
+        raise InputError(f"power must be in (0, 1); got {power}")
 
 
 def treatment_rate(baseline: float, mde: float, relative: bool = True) -> float:
     """The treatment rate that a minimum detectable effect ``mde`` means."""
     if not 0 < baseline < 1:
-        raise ValueError(f"the baseline rate must be in (0, 1); got {baseline}")
+        raise InputError(f"the baseline rate must be in (0, 1); got {baseline}")
     rate = baseline * (1 + mde) if relative else baseline + mde
     if mde == 0 or not 0 < rate < 1:
         kind = "relative" if relative else "absolute"
-        raise ValueError(f"a {kind} effect of {mde} on a baseline of {baseline} gives a rate of {rate}; "
+        raise InputError(f"a {kind} effect of {mde} on a baseline of {baseline} gives a rate of {rate}; "
                          "the effect must be non-zero and keep the rate in (0, 1)")
     return rate
 
@@ -58,6 +60,6 @@ def sample_size_means(std: float, mde: float, alpha: float = 0.05, power: float 
     """Recipients per variant to detect an absolute difference ``mde`` in a mean with spread ``std``."""
     _check(alpha, power)
     if std <= 0 or mde == 0:
-        raise ValueError(f"need std > 0 and a non-zero effect; got std={std}, mde={mde}")
+        raise InputError(f"need std > 0 and a non-zero effect; got std={std}, mde={mde}")
     za, zb = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
     return math.ceil(2 * (za + zb) ** 2 * std ** 2 / mde ** 2)

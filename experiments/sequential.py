@@ -11,6 +11,7 @@ tightest):
 
 The interval holds at every sample size at once with probability 1 - alpha, so a team may look at
 the results daily and stop whenever it excludes zero. The always-valid p-value comes
+from features.errors import InputError
 from the same mixture's e-value; it is below alpha exactly when the sequence excludes zero.
 """
 
@@ -28,9 +29,9 @@ def _rho2(alpha: float, tuning: float) -> float:
 def halfwidth(variance: float, n_total: int, alpha: float, tuning: float = DEFAULT_TUNING) -> float:
     """Half-width of the confidence sequence for an estimate with variance ``variance`` at N = ``n_total``."""
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+        raise InputError(f"alpha must be in (0, 1); got {alpha}")
     if tuning <= 0:
-        raise ValueError(f"the tuning sample size must be positive; got {tuning}")
+        raise InputError(f"the tuning sample size must be positive; got {tuning}")
     rho2 = _rho2(alpha, tuning)
     s2 = variance * n_total
     width = 2 * (n_total * rho2 + 1) / (n_total ** 2 * rho2) * math.log(math.sqrt(n_total * rho2 + 1) / alpha)

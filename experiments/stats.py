@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import stats
 
+from features.errors import InputError
+
 SRM_ALPHA = 0.001  # the usual threshold: an SRM at p < 0.001 means the assignment is broken
 
 
@@ -100,10 +102,10 @@ def _interval(estimate: float, se: float, quantile: float) -> tuple[float, float
 
 def _check(control: Sample, treatment: Sample, alpha: float) -> None:
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+        raise InputError(f"alpha must be in (0, 1); got {alpha}")
     for name, s in (("control", control), ("treatment", treatment)):
         if s.n < 2:
-            raise ValueError(f"the {name} variant has {s.n} recipients; at least 2 are needed to compare")
+            raise InputError(f"the {name} variant has {s.n} recipients; at least 2 are needed to compare")
 
 
 def two_proportion_ztest(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison:
@@ -113,7 +115,7 @@ def two_proportion_ztest(control: Sample, treatment: Sample, alpha: float = 0.05
     pc, pt = control.mean, treatment.mean
     for name, p in (("control", pc), ("treatment", pt)):
         if not 0 <= p <= 1:
-            raise ValueError(f"the {name} rate is {p}: a proportion needs 0 <= successes <= recipients")
+            raise InputError(f"the {name} rate is {p}: a proportion needs 0 <= successes <= recipients")
     pooled = (control.sum + treatment.sum) / (control.n + treatment.n)
     se_test = math.sqrt(pooled * (1 - pooled) * (1 / control.n + 1 / treatment.n))
     diff = pt - pc
@@ -156,7 +158,7 @@ def cuped(samples: dict[str, Sample]) -> tuple[dict[str, Sample], float]:
     theta. Each adjusted sample keeps its own mean shift and the variance
     var(y) + theta^2 var(x) - 2 theta cov(x, y)."""
     if not all(s.has_covariate for s in samples.values()):
-        raise ValueError("CUPED needs the pre-exposure covariate's sums in every variant")
+        raise InputError("CUPED needs the pre-exposure covariate's sums in every variant")
     n = sum(s.n for s in samples.values())
     sx = sum(s.pre_sum for s in samples.values())
     sy = sum(s.sum for s in samples.values())
@@ -206,10 +208,10 @@ def sample_ratio_mismatch(counts: list[int], weights: list[float]) -> SampleRati
     """Chi-square goodness of fit (k - 1 degrees of freedom) of recipients per variant against the
     configured weights; a mismatch is flagged at p < 0.001."""
     if len(counts) != len(weights) or len(counts) < 2:
-        raise ValueError(f"need one count per variant (at least 2); got {len(counts)} counts, {len(weights)} weights")
+        raise InputError(f"need one count per variant (at least 2); got {len(counts)} counts, {len(weights)} weights")
     total = sum(counts)
     if total == 0:
-        raise ValueError("no recipients in any variant: nothing to check")
+        raise InputError("no recipients in any variant: nothing to check")
     expected = [total * w / sum(weights) for w in weights]
     chi2, p = stats.chisquare(counts, expected)
     return SampleRatioCheck(tuple(int(c) for c in counts), tuple(expected), float(chi2), float(p))

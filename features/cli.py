@@ -10,6 +10,7 @@ from rich.table import Table as RichTable
 
 from features.build import build_features, to_timestamp
 from features.demo import DemoShop, generate_demo
+from features.errors import InputError
 from features.importers.movielens import import_movielens
 from features.importers.report import ImportReport
 from features.importers.uci_retail import import_online_retail
@@ -123,7 +124,7 @@ def build(data: DataDir,
     when = to_timestamp(as_of)
     first, last = tables.time_range()
     if first is None or when <= first:
-        raise ValueError(f"--as-of {as_of} is not after the first row of the data ({first}); no customer is known yet.")
+        raise InputError(f"--as-of {as_of} is not after the first row of the data ({first}); no customer is known yet.")
     features = build_features(tables, when)
     write_parquet(features, out)
     console.print(f"{len(features):,} customers x {features.shape[1]} columns at {when} written to {out}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from features.errors import InputError
+
 
 class IntentWeights(BaseModel):
     """Points per action inside the intent window."""
@@ -36,12 +38,12 @@ class LifecycleRules(BaseModel):
     @model_validator(mode="after")
     def _ordered(self) -> LifecycleRules:
         if self.lapsed_factor <= self.at_risk_factor:
-            raise ValueError(
+            raise InputError(
                 f"lapsed_factor must be greater than at_risk_factor; got {self.lapsed_factor} <= "
                 f"{self.at_risk_factor}"
             )
         if self.max_gap_days < self.min_gap_days:
-            raise ValueError("max_gap_days must be at least min_gap_days")
+            raise InputError("max_gap_days must be at least min_gap_days")
         return self
 
 
@@ -63,5 +65,5 @@ class FeatureConfig(BaseModel):
         for name in ("order_windows_days", "email_windows_days", "browse_windows_days", "abandoned_cart_days"):
             windows = getattr(self, name)
             if not windows or any(w <= 0 for w in windows):
-                raise ValueError(f"{name} must be a non-empty list of positive day counts; got {windows}")
+                raise InputError(f"{name} must be a non-empty list of positive day counts; got {windows}")
         return self

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import schema as s
+from features.errors import InputError
 from features.io import atomic_write
 
 CATEGORIES = ("apparel", "shoes", "home", "kitchen", "beauty", "toys", "garden", "books", "electronics", "sports")
@@ -50,11 +51,11 @@ class DemoShop:
 
     def __post_init__(self) -> None:
         if self.customers < 1:
-            raise ValueError(f"customers must be at least 1; got {self.customers}")
+            raise InputError(f"customers must be at least 1; got {self.customers}")
         if self.products < len(CATEGORIES):
-            raise ValueError(f"products must be at least {len(CATEGORIES)}; got {self.products}")
+            raise InputError(f"products must be at least {len(CATEGORIES)}; got {self.products}")
         if pd.Timestamp(self.end) - pd.Timestamp(self.start) < pd.Timedelta(days=60):
-            raise ValueError(f"end must be at least 60 days after start; got {self.start} .. {self.end}")
+            raise InputError(f"end must be at least 60 days after start; got {self.start} .. {self.end}")
 
     @property
     def days(self) -> float:

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from implicit.nearest_neighbours import bm25_weight, tfidf_weight
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.errors import InputError
 from features.schema import (
     CUSTOMER_ID,
     EVENT_TYPE,
@@ -129,7 +130,7 @@ def apply_weighting(matrix: sp.csr_matrix, weighting: Weighting, k1: float = 100
         return bm25_weight(matrix, K1=k1, B=b).tocsr().astype(np.float32)
     if weighting == "tfidf":
         return tfidf_weight(matrix).tocsr().astype(np.float32)
-    raise ValueError(f"weighting must be one of plain, bm25, tfidf; got {weighting!r}")
+    raise InputError(f"weighting must be one of plain, bm25, tfidf; got {weighting!r}")
 
 
 def purchases(tables: Tables, start: datetime | None, end: datetime) -> pd.DataFrame:

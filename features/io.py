@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,19 +184,31 @@ def cross_table_warnings(tables: Tables, files: dict[Table, Path]) -> list[str]:
 
 
 def atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``target``: a crash leaves the old file intact."""
-    target = Path(target)
+    """Call ``write(tmp_path)`` then rename onto ``target``: a crash leaves the old file intact.
+
+    A symlink is followed: its target is rewritten and the link stays. The file keeps its
+    permissions; a new file gets the usual ones (0666 less the umask), not ``mkstemp``'s 0600.
+    """
+    target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else _default_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_parquet(frame: pd.DataFrame, target: Path | str) -> None:

@@ -14,7 +14,6 @@ import pandas as pd
 
 from features.schema import OCCURRED_AT, ORDERED_AT, SIGNUP_AT, SPECS, Table, TableSpec
 
-
 DEFAULT_MEMORY_LIMIT = "4GB"
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from features.errors import InputError
+
 DIGESTS_TABLE = "_forgotten_digests"
 
 
@@ -44,7 +46,7 @@ class Tombstones:
     def from_dict(cls, data: dict) -> Tombstones:
         salt = data.get("salt")
         if not isinstance(salt, str) or not salt or not all(c in "0123456789abcdef" for c in salt):
-            raise ValueError(f"the tombstones' salt must be a hex string; got {salt!r}")
+            raise InputError(f"the tombstones' salt must be a hex string; got {salt!r}")
         return cls(salt, frozenset(data.get("digests", [])))
 
     def forgotten_sql(self, con: duckdb.DuckDBPyConnection, column: str) -> str:

@@ -1,4 +1,5 @@
 """Labelled, point-in-time training sets: features at several as_of dates stacked, each labelled
+from features.errors import InputError
 from the window ``[as_of, as_of + horizon)``.
 
 * ``churned``: no order in the window; only customers with at least one order before as_of.
@@ -90,7 +91,7 @@ def build_training_set(
     target = Target(target)
     horizon = horizon_days if horizon_days is not None else DEFAULT_HORIZON_DAYS[target]
     if horizon <= 0:
-        raise ValueError(f"horizon_days must be positive; got {horizon}")
+        raise InputError(f"horizon_days must be positive; got {horizon}")
     end = observed_until or data_end(tables)
     dates = sorted({to_timestamp(d) for d in as_of_dates})
     used = [d for d in dates if d + timedelta(days=horizon) <= end]

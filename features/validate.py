@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from features.errors import InputError
 from features.schema import (
     DUPLICATE_REASON,
     REJECT_REASON,
@@ -28,7 +29,7 @@ ROW_ID = "_row"  # 1-based position of the row in its source, added by the reade
 TYPE_ERROR_SHARE = 0.5
 
 
-class ContractError(ValueError):
+class ContractError(InputError):
     """The input does not follow the data contract (a file, column or type is wrong)."""
 
 

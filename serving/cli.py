@@ -65,10 +65,7 @@ def serve(
     config = ServeConfig(data=data, snapshot=snapshot, mlruns=mlruns, exposure_log=exposure_log,
                          api_key=os.environ.get("SENDWISE_API_KEY") or None, policy=policy, currency=currency,
                          experiments=experiments, consent=consent)
-    try:
-        preflight(config)
-    except NotReadyError as exc:
-        raise LookupError(str(exc)) from exc
+    preflight(config)
     console.print(f"serving on http://{host}:{port} (OpenAPI: /docs.json); models from {mlruns}")
     env = os.environ | config.to_env() | {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", host, "--port", str(port)]

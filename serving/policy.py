@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from features.errors import InputError, NotFoundError
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
@@ -59,14 +61,24 @@ class Policy(BaseModel):
     @model_validator(mode="after")
     def _has_default(self) -> Policy:
         if self.actions[-1].when:
-            raise ValueError("the last action must have no conditions: it is the default")
+            raise InputError("the last action must have no conditions: it is the default")
         if any(a.action == SUPPRESS for a in self.actions):
-            raise ValueError("'suppress' is reserved for suppress_when")
+            raise InputError("'suppress' is reserved for suppress_when")
         return self
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_POLICY) -> Policy:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+        """Read and check a policy file; a missing or malformed file names the problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"policy file {path} does not exist; pass --policy FILE (see serving/policy.yaml).")
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text()))
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML: {exc}") from exc
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"{path}: {problems}") from exc
 
 
 class Decision(BaseModel):

@@ -14,6 +14,7 @@ import mlflow
 import pandas as pd
 
 from features.build import build_features
+from features.errors import SendwiseError
 from features.io import load_data_dir
 from features.schema import CUSTOMER_ID
 from features.snapshot import read_snapshot, snapshot_as_of
@@ -34,7 +35,7 @@ SIGNAL_FEATURES = ("email_consent", "unsubscribed", "emails_sent_7d", "cart_aban
                    "recency_days", "orders_count", "country")
 
 
-class NotReadyError(RuntimeError):
+class NotReadyError(SendwiseError):
     """Something the service needs is missing; the message names it and the command that makes it."""
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from pydantic import ValidationError
 
+from features.errors import InputError, NotFoundError
 from serving.policy import SUPPRESS, Policy, decide
 
 POLICY = Policy.load()
@@ -52,8 +52,13 @@ def test_exploration_logs_the_probability_of_the_pick() -> None:
 def test_a_policy_file_is_validated(tmp_path) -> None:
     bad = tmp_path / "p.yaml"
     bad.write_text("actions:\n  - {action: winback, when: [{signal: churn_probability, op: '>=', value: 0.6}]}\n")
-    with pytest.raises(ValidationError, match="the last action must have no conditions"):
+    with pytest.raises(InputError, match="the last action must have no conditions"):
         Policy.load(bad)
     bad.write_text("actions:\n  - {action: x, when: [{signal: a, op: '~', value: 1}]}\n  - {action: y}\n")
-    with pytest.raises(ValidationError, match="op"):
+    with pytest.raises(InputError, match="op"):
         Policy.load(bad)
+    bad.write_text("actions: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        Policy.load(bad)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        Policy.load(bad.with_name("missing.yaml"))

@@ -23,6 +23,7 @@ import pytest
 from conftest import SERVE_AS_OF, train_champions
 from typer.testing import CliRunner
 
+from features.errors import NotFoundError
 from features.importers.uci_retail import import_online_retail
 from features.io import load_data_dir, write_parquet
 from features.snapshot import write_snapshot
@@ -266,7 +267,7 @@ def test_forget_checks_every_path_before_writing_and_trims_ids(demo_dir: Path, t
     shutil.copytree(demo_dir, data)
     customer = pd.read_parquet(data / "customers.parquet")["customer_id"].iloc[0]
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
-    with pytest.raises(FileNotFoundError, match="no-such-snapshot.parquet does not exist"):
+    with pytest.raises(NotFoundError, match="no-such-snapshot.parquet does not exist"):
         forget_customers([customer], data, files=[tmp_path / "no-such-snapshot.parquet"])
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before  # no tombstone, nothing removed
     report = forget_customers([f" {customer} "], data)

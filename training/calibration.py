@@ -10,6 +10,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 
+from features.errors import InputError
+
 EPS = 1e-6
 
 
@@ -32,7 +34,7 @@ class Calibrator:
         if self.method == "platt":
             a, b = self.params["coef"]
             return 1 / (1 + np.exp(-(a * _logit(raw) + b)))
-        raise ValueError(f"unknown calibration method {self.method!r}; expected isotonic or platt")
+        raise InputError(f"unknown calibration method {self.method!r}; expected isotonic or platt")
 
     def to_dict(self) -> dict:
         return {"method": self.method, "params": self.params}

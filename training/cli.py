@@ -10,6 +10,7 @@ import typer
 from rich.table import Table as RichTable
 
 from features.cli import DataDir, RejectsDir, load
+from features.errors import InputError
 from features.io import write_parquet
 from features.training_set import Target
 from sendwise.console import console, progress_bar, reports_user_errors
@@ -129,7 +130,7 @@ def score(data: DataDir, as_of: Annotated[str, typer.Option("--as-of", help="Sco
           rejects: RejectsDir = None) -> None:
     """Churn and purchase probabilities, risk band, segment, stage and top 3 reasons per customer."""
     if out.suffix not in (".csv", ".parquet"):
-        raise ValueError(f"--out must end in .csv or .parquet; got {out.name}")
+        raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
     tables = load(data, rejects, quiet=True)
     configure_tracking()
     churn = load_bundle("churn", CHAMPION, TRAIN_HINT)

@@ -21,6 +21,7 @@ from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.tracking import MlflowClient
 
 from experiments.bootstrap import PairedDifference, paired_auc, paired_mean
+from features.errors import InputError
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import Target
@@ -136,7 +137,7 @@ def promote(name: str, margin: float = DEFAULT_MARGIN, force: bool = False,
         raise MissingModelError(f"'{name}' needs both a champion and a challenger; train one with "
                                 f"`sendwise train {command} ...`.")
     if tables is not None and as_of is not None and name == "recommender":
-        raise ValueError("a fresh holdout is not supported for the recommender: both versions are compared on "
+        raise InputError("a fresh holdout is not supported for the recommender: both versions are compared on "
                          "their logged holdout scores; leave out --data and --as-of.")
     if tables is not None and as_of is not None:
         comparison, holdout_desc = _fresh_comparison(name, champion, challenger, tables, as_of)

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from features.errors import NotFoundError
 from training.model import BUNDLE_FILE, ModelBundle
 
 CHAMPION = "champion"
@@ -21,7 +22,7 @@ CHALLENGER = "challenger"
 PIP_REQUIREMENTS = ["xgboost-cpu>=3.0", "scikit-learn>=1.5", "numpy", "pandas"]
 
 
-class MissingModelError(LookupError):
+class MissingModelError(NotFoundError):
     """No model version carries the alias that was asked for."""
 
 

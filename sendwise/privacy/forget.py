@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from features.errors import InputError, NotFoundError
 from features.io import read_tombstones, write_tombstones
 from features.privacy import drop_customer_rows, tabular_files
 from serving.exposures import pseudonymise_customers
@@ -36,13 +37,13 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
     given = list(customer_ids)
     ids = sorted({c.strip() for c in given})  # ids are trimmed on import, as here
     if not ids or any(not c for c in ids):
-        raise ValueError(f"customer ids must be non-empty text; got {given!r}")
+        raise InputError(f"customer ids must be non-empty text; got {given!r}")
     data_dir, files = Path(data_dir), [Path(f) for f in files]
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {data_dir} does not exist; pass --data DIR with the shop's tables.")
+        raise NotFoundError(f"data directory {data_dir} does not exist; pass --data DIR with the shop's tables.")
     missing = [str(f) for f in files if not f.exists()]
     if missing:  # checked before anything is written, so a typo does not leave a half-done forget
-        raise FileNotFoundError(f"{', '.join(missing)} does not exist; --file takes a snapshot, training set or "
+        raise NotFoundError(f"{', '.join(missing)} does not exist; --file takes a snapshot, training set or "
                                 "output file (or a folder of them).")
     report = ForgetReport(ids, write_tombstones(data_dir, read_tombstones(data_dir).adding(ids)))
     for root in (data_dir, *files):

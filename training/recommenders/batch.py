@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from features.errors import InputError
 from features.interactions import InteractionConfig, build_interactions, pairs_matrix, purchases, select_rows
 from features.schema import (
     CATEGORY,
@@ -41,7 +42,7 @@ OUTPUT_COLUMNS = [CUSTOMER_ID, RANK, PRODUCT_ID, SCORE, SOURCE]
 
 def check_k(k: object) -> int:
     if not isinstance(k, int | np.integer) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be an int in [1, {MAX_K}]; got {k!r}")
+        raise InputError(f"k must be an int in [1, {MAX_K}]; got {k!r}")
     return int(k)
 
 

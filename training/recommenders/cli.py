@@ -11,6 +11,7 @@ from rich.table import Table as RichTable
 
 from features.build import to_timestamp
 from features.cli import DataDir, RejectsDir, load
+from features.errors import InputError
 from features.io import write_parquet
 from features.schema import CUSTOMER_ID
 from sendwise.console import console, progress_bar, reports_user_errors
@@ -105,7 +106,7 @@ def recommend(
 ) -> None:
     """Top-k products for every known customer with the champion and the business rules."""
     if out.suffix not in (".csv", ".parquet"):
-        raise ValueError(f"--out must end in .csv or .parquet; got {out.name}")
+        raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
     check_k(k)
     rules = BusinessRules(exclude_purchased=not include_purchased, repurchase_after_days=repurchase_after,
                           exclude_out_of_stock=not include_out_of_stock, require_image=require_image,

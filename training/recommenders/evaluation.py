@@ -19,6 +19,7 @@ from datetime import datetime
 
 import pandas as pd
 
+from features.errors import NotFoundError
 from features.interactions import InteractionConfig, build_interactions, pairs_matrix, purchases, select_rows
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 from features.tables import Tables
@@ -29,7 +30,7 @@ from training.recommenders.models import Recommender
 NEW_ITEMS, ALL_ITEMS = "new items", "all items"
 
 
-class NoTestCustomersError(LookupError):
+class NoTestCustomersError(NotFoundError):
     """The evaluation window has no customer with history before it."""
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.errors import InputError
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 
 RANK = "rank"
@@ -27,7 +28,7 @@ METRICS = ("precision", "recall", "ndcg", "map", "hit_rate")
 def per_customer(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> pd.DataFrame:
     """One row per customer in ``truth`` with every metric at ``k``."""
     if not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive int; got {k!r}")
+        raise InputError(f"k must be a positive int; got {k!r}")
     truth = truth[[CUSTOMER_ID, PRODUCT_ID]].drop_duplicates()
     top = recs.loc[recs[RANK] <= k, [CUSTOMER_ID, PRODUCT_ID, RANK]]
     hits = top.merge(truth, on=[CUSTOMER_ID, PRODUCT_ID]).sort_values([CUSTOMER_ID, RANK])
@@ -75,5 +76,5 @@ def hit_rate_at_k(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> float:
 def catalog_coverage(recs: pd.DataFrame, catalog_size: int, k: int) -> float:
     """Share of the catalog that appears in at least one top-k list."""
     if catalog_size <= 0:
-        raise ValueError(f"catalog_size must be positive; got {catalog_size}")
+        raise InputError(f"catalog_size must be positive; got {catalog_size}")
     return recs.loc[recs[RANK] <= k, PRODUCT_ID].nunique() / catalog_size

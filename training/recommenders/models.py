@@ -27,6 +27,7 @@ import xgboost as xgb
 from implicit.cpu.topk import topk
 from threadpoolctl import threadpool_limits
 
+from features.errors import InputError
 from features.interactions import (
     InteractionConfig,
     Interactions,
@@ -58,7 +59,7 @@ class Recommender:
     def __init__(self, **params: object) -> None:
         unknown = set(params) - set(self.defaults)
         if unknown:
-            raise ValueError(f"unknown parameter(s) for the {self.kind} recommender: {sorted(unknown)}; "
+            raise InputError(f"unknown parameter(s) for the {self.kind} recommender: {sorted(unknown)}; "
                              f"expected some of {sorted(self.defaults)}")
         self.params = self.defaults | params
         self.customer_ids_: pd.Index | None = None
@@ -333,7 +334,7 @@ class ItemKNNRecommender(Recommender):
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, TFIDFRecommender
         kinds = {"cosine": CosineRecommender, "bm25": BM25Recommender, "tfidf": TFIDFRecommender}
         if self.params["similarity"] not in kinds:
-            raise ValueError(f"similarity must be one of {sorted(kinds)}; got {self.params['similarity']!r}")
+            raise InputError(f"similarity must be one of {sorted(kinds)}; got {self.params['similarity']!r}")
         model = kinds[self.params["similarity"]](K=int(self.params["neighbours"]))
         weighted = apply_weighting(matrix, self.params["weighting"]).astype(np.float64)  # implicit needs doubles
         model.fit(weighted, show_progress=False)
@@ -479,7 +480,7 @@ TUNABLE = ("als", "bpr", "itemknn", "reranker")
 def make_recommender(kind: str, **params: object) -> Recommender:
     """The recommender called ``kind`` (als, bpr, itemknn, reranker, popular, trending) with ``params``."""
     if kind not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
+        raise InputError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
     return MODELS[kind](**params)
 
 

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 import xgboost as xgb
 from implicit.nearest_neighbours import BM25Recommender
 
+from features.errors import InputError
 from features.interactions import InteractionConfig, build_interactions, pairs_matrix, purchases
 from features.purchase_signals import (
     CUSTOMER_SIGNALS,
@@ -239,7 +240,7 @@ def training_set(tables: Tables, as_of: datetime, product_ids: pd.Index, params:
             features.append(x[keep])
             labels.append(y[keep])
     if not features:
-        raise ValueError(
+        raise InputError(
             f"the reranker learns from customers who bought something new in the {params['window_days']} "
             f"days after some history, and the data before {as_of:%Y-%m-%d} has none; use more history "
             "or another model.")

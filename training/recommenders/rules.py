@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from features.errors import InputError
 from features.schema import CATEGORY, IMAGE_URL, IN_STOCK, PRICE, PRODUCT_ID, Table
 from features.tables import Tables
 
@@ -35,7 +36,7 @@ class BusinessRules(BaseModel):
     @model_validator(mode="after")
     def _price_range(self) -> BusinessRules:
         if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
-            raise ValueError(f"min_price ({self.min_price}) must not exceed max_price ({self.max_price})")
+            raise InputError(f"min_price ({self.min_price}) must not exceed max_price ({self.max_price})")
         return self
 
 

@@ -21,6 +21,7 @@ import optuna
 import pandas as pd
 
 from features.build import to_timestamp
+from features.errors import InputError
 from features.interactions import InteractionConfig
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
@@ -65,7 +66,7 @@ def suggest_params(trial: optuna.Trial, kind: str) -> dict:
                 "trees": trial.suggest_int("trees", 50, 400, log=True),
                 "depth": trial.suggest_int("depth", 3, 6),
                 "half_life_days": half_life}
-    raise ValueError(f"only {', '.join(TUNABLE)} can be tuned; got {kind!r}")
+    raise InputError(f"only {', '.join(TUNABLE)} can be tuned; got {kind!r}")
 
 
 @dataclass
@@ -132,7 +133,7 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
                       mlruns=None, progress: Callable[[str], None] | None = None) -> RecommenderTrainResult:
     """Tune (``trials`` > 0), fit, evaluate against baselines, log to MLflow and register."""
     if kind not in TUNABLE:
-        raise ValueError(f"--model must be one of {', '.join(TUNABLE)}; got {kind!r}")
+        raise InputError(f"--model must be one of {', '.join(TUNABLE)}; got {kind!r}")
     date = to_timestamp(as_of)
     say = progress or (lambda _: None)
     holdout_start, until, tune_start = _windows(tables, date, window_days)
