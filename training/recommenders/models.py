@@ -14,7 +14,12 @@ Every model follows one contract (scikit-learn style: the constructor only store
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import secrets
+import shutil
+import stat
 from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +41,6 @@ from features.interactions import (
     catalog_ids,
     select_rows,
 )
-from features.io import atomic_write
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 from features.tables import Tables
 from training.recommenders import reranking
@@ -169,21 +173,128 @@ class Recommender:
         raise NotImplementedError
 
     def save(self, directory: Path | str) -> Path:
-        """Write the arrays and the descriptor, each replaced atomically (a crash mid-write leaves the
-        previous files); returns the descriptor's path."""
-        directory = Path(directory)
+        """Write the model into ``directory`` (its own directory, holding nothing else) and return
+        the descriptor's path. See :func:`save_files` for what a crash leaves."""
         arrays = {"customer_ids": self.customer_ids_.to_numpy(str), "product_ids": self.product_ids_.to_numpy(str),
                   **self._arrays()}
+        return save_files(directory, arrays, {"kind": self.kind, "params": self.params})
 
-        def write_arrays(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
 
-        atomic_write(directory / ARRAYS_FILE, write_arrays)
-        path = directory / MODEL_FILE
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"kind": self.kind, "params": self.params},
-                                                                      indent=1)))
-        return path
+def save_files(directory: Path | str, arrays: dict[str, np.ndarray], descriptor: dict) -> Path:
+    """Replace the model in ``directory`` by ``arrays`` (``recommender.npz``) and ``descriptor``
+    (``recommender.json``) as one unit; returns the descriptor's path.
+
+    Both files go into a fresh sibling ``.<name>.new-<random>`` and are flushed to disk; then the
+    old directory is renamed to ``.<name>.old-<random>``, the new one to ``<name>``, and the old
+    one is removed. A crash or an error at any step leaves a whole model to load:
+
+    * before the first rename: the old model at ``directory``, untouched;
+    * between the two renames: nothing at ``directory``, the complete new model in the ``.new-``
+      sibling and the old one in ``.old-``: :func:`load_recommender` reads the new one;
+    * after the second rename: the new model at ``directory``.
+
+    The next save finishes an interrupted swap and removes what a crash left beside the model; an
+    error (as opposed to a crash) cleans up at once. One writer at a time. A symlink is followed:
+    its target is replaced and the link stays. The directory keeps its permissions.
+    """
+    directory = Path(os.path.realpath(directory))
+    _settle(directory)
+    mode = None
+    if directory.exists():
+        if not directory.is_dir():
+            raise InputError(f"cannot save a recommender at {directory}: it is a file, not a directory")
+        others = sorted(p.name for p in directory.iterdir() if not _ours(p.name))
+        if others:
+            raise InputError(f"cannot save a recommender into {directory}: it holds other files "
+                             f"({', '.join(others[:5])}), which replacing the directory would delete; "
+                             "save it into a directory of its own")
+        mode = stat.S_IMODE(directory.stat().st_mode)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    new = _sibling(directory, "new")
+    os.mkdir(new)  # the usual mode (0777 less the umask), unlike mkdtemp's 0700
+    old = None
+    try:
+        if mode is not None:
+            os.chmod(new, mode)
+        with open(new / ARRAYS_FILE, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(new / MODEL_FILE, "w") as f:
+            f.write(json.dumps(descriptor, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(new)
+        if mode is not None:
+            old = _sibling(directory, "old")
+            os.rename(directory, old)
+        os.rename(new, directory)
+    except BaseException:
+        if old is not None and not directory.exists():
+            os.rename(old, directory)  # put the old model back
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    _fsync_dir(directory.parent)
+    if old is not None:
+        shutil.rmtree(old)
+    return directory / MODEL_FILE
+
+
+def _ours(name: str) -> bool:
+    """A file a save writes into a model directory (or a crashed older save left there)."""
+    return name in (MODEL_FILE, ARRAYS_FILE) or name.startswith((f".{MODEL_FILE}.", f".{ARRAYS_FILE}."))
+
+
+def _sibling(directory: Path, kind: str) -> Path:
+    return directory.with_name(f".{directory.name}.{kind}-{secrets.token_hex(4)}")
+
+
+def _leftovers(directory: Path, kind: str) -> list[Path]:
+    """``directory``'s ``.new-`` or ``.old-`` siblings, newest first."""
+    found = [p for p in directory.parent.glob(f".{glob.escape(directory.name)}.{kind}-*") if p.is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def _complete(directory: Path) -> bool:
+    try:
+        spec = json.loads((directory / MODEL_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(spec, dict) and "kind" in spec and (directory / ARRAYS_FILE).is_file()
+
+
+def _readable(directory: Path) -> Path:
+    """Where the model saved at ``directory`` is: ``directory`` itself, or after a crash between
+    the two renames of :func:`save_files`, the complete new copy beside it (else the old one)."""
+    if (directory / MODEL_FILE).exists() or not directory.parent.is_dir():
+        return directory
+    for kind in ("new", "old"):
+        for candidate in _leftovers(directory, kind):
+            if _complete(candidate):
+                return candidate
+    return directory
+
+
+def _settle(directory: Path) -> None:
+    """Finish a save that a crash interrupted between its renames, then remove the siblings that
+    crashed saves left (partial new copies, old copies)."""
+    if not directory.parent.is_dir():
+        return
+    if not directory.exists():
+        source = _readable(directory)
+        if source != directory:
+            os.rename(source, directory)
+    for kind in ("new", "old"):
+        for leftover in _leftovers(directory, kind):
+            shutil.rmtree(leftover)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _implicit_top_k(items: np.ndarray, query: np.ndarray, k: int, exclude: sp.csr_matrix | None,
@@ -485,7 +596,9 @@ def make_recommender(kind: str, **params: object) -> Recommender:
 
 
 def load_recommender(directory: Path | str) -> Recommender:
-    directory = Path(directory)
+    """The model saved at ``directory`` (after a crash mid-save: the whole copy beside it, see
+    :func:`save_files`)."""
+    directory = _readable(Path(os.path.realpath(directory)))
     spec = json.loads((directory / MODEL_FILE).read_text())
     model = make_recommender(spec["kind"], **spec["params"])
     with np.load(directory / ARRAYS_FILE, allow_pickle=False) as arrays:
