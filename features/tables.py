@@ -15,6 +15,7 @@ import pandas as pd
 from features.schema import OCCURRED_AT, ORDERED_AT, SIGNUP_AT, SPECS, Table, TableSpec
 
 DEFAULT_MEMORY_LIMIT = "4GB"
+FINGERPRINT_BATCH = 1_000_000  # row digests handed from DuckDB to hashlib at a time
 
 
 def new_connection() -> duckdb.DuckDBPyConnection:
@@ -49,6 +50,30 @@ def create_empty(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> None:
     """Create ``spec``'s table with no rows, for a table the user did not supply."""
     cols = ", ".join(f"CAST(NULL AS {c.sql_type}) AS {c.name}" for c in spec.columns)
     con.execute(f"CREATE TABLE {spec.table.value} AS SELECT {cols} LIMIT 0")
+
+
+def _value_text(name: str, sql_type: str) -> str:
+    """SQL for one value as text that does not depend on how DuckDB prints its type: shortest
+    exact forms for numbers (17 significant digits for doubles), microseconds since the epoch for
+    timestamps."""
+    col, kind = f'"{name}"', sql_type.upper()
+    if kind == "BOOLEAN":
+        return f"CASE WHEN {col} THEN 'true' ELSE 'false' END"
+    if kind in ("DOUBLE", "FLOAT", "REAL"):
+        return f"printf('%.17g', CAST({col} AS DOUBLE))"
+    if kind.startswith("TIMESTAMP"):
+        return f"CAST(epoch_us({col}) AS VARCHAR)"
+    if kind == "VARCHAR":
+        return col
+    return f"CAST({col} AS VARCHAR)"
+
+
+def row_text_sql(columns: list[tuple[str, str]]) -> str:
+    """SQL for one row as unambiguous text: each ``(name, type)`` column as ``N`` when NULL, else
+    the byte length of its text, ``:`` and the text (so no value can pass for two)."""
+    fields = [f"CASE WHEN \"{name}\" IS NULL THEN 'N' ELSE CAST(strlen({_value_text(name, kind)}) AS VARCHAR) "
+              f"|| ':' || {_value_text(name, kind)} END" for name, kind, *_ in columns]
+    return " || ".join(fields) if fields else "''"
 
 
 class Tables:
@@ -106,12 +131,24 @@ class Tables:
         return Tables(con)
 
     def fingerprint(self) -> str:
-        """A short hash of every table's content, to tell which data a model was trained on."""
-        parts = []
+        """A short hash of every table's content, to tell which data a model was trained on.
+
+        SHA-256 over, table by table in a fixed order, the table's name, row count and column
+        names, then the SHA-256 of each row's text (:func:`row_text_sql`) in sorted order: the
+        same rows in any order (and columns in any order) give the same fingerprint, any changed,
+        added or removed row (a duplicate too) another. The first 16 hex digits are kept.
+        """
+        digest = hashlib.sha256()
         for table in Table:
-            n, h = self.con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {table.value} t").fetchall()[0]
-            parts.append(f"{table.value}:{n}:{h}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+            columns = sorted(self.con.execute(f"DESCRIBE {table.value}").fetchall())  # (name, type, ...)
+            n = self.count(table)
+            digest.update(f"{table.value}:{n}:{','.join(c[0] for c in columns)}\n".encode())
+            if not n:
+                continue
+            rows = self.con.sql(f"SELECT unhex(sha256({row_text_sql(columns)})) AS d FROM {table.value} ORDER BY d")
+            for batch in rows.to_arrow_reader(FINGERPRINT_BATCH):
+                digest.update(b"".join(batch.column(0).to_pylist()))
+        return digest.hexdigest()[:16]
 
     def frame(self, table: Table | str) -> pd.DataFrame:
         return self.con.table(Table(table).value).df()

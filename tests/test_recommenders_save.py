@@ -98,14 +98,18 @@ def test_a_crash_at_any_step_leaves_a_whole_model(two_models, tmp_path: Path, st
     np.testing.assert_array_equal(lists(load_recommender(target), data), lists(new, data))
 
 
-def test_a_directory_holding_other_files_is_refused_and_a_link_is_followed(two_models, tmp_path: Path) -> None:
+def test_other_files_come_along_and_a_link_is_followed(two_models, tmp_path: Path) -> None:
     old, new, data = two_models
     shared = tmp_path / "shared"
-    shared.mkdir()
+    old.save(shared)
     (shared / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match=r"holds other files \(notes.txt\).*a directory of its own"):
-        old.save(shared)
-    assert [p.name for p in shared.iterdir()] == ["notes.txt"]
+    (shared / "MLmodel.d").mkdir()
+    (shared / "MLmodel.d" / "x").write_text("x")
+    (shared / ARRAYS_FILE).chmod(0o600)
+    new.save(shared)
+    assert (shared / "notes.txt").read_text() == "keep me" and (shared / "MLmodel.d" / "x").read_text() == "x"
+    assert ((shared / ARRAYS_FILE).stat().st_mode & 0o777) == 0o600
+    np.testing.assert_array_equal(lists(load_recommender(shared), data), lists(new, data))
 
     real, link = tmp_path / "v1", tmp_path / "current"
     old.save(real)
@@ -114,3 +118,24 @@ def test_a_directory_holding_other_files_is_refused_and_a_link_is_followed(two_m
     new.save(link)
     assert link.is_symlink() and (real.stat().st_mode & 0o777) == 0o750
     np.testing.assert_array_equal(lists(load_recommender(link), data), lists(new, data))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_crash_saving_into_an_empty_directory_leaves_no_model_or_a_whole_one(two_models, tmp_path: Path) -> None:
+    _, new, data = two_models
+    target = tmp_path / "model"
+    target.mkdir()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _crash_at("json.dumps", 1)  # the arrays are written, the descriptor is not
+            new.save(target)
+        finally:
+            os._exit(0)
+    assert os.WEXITSTATUS(os.waitpid(pid, 0)[1]) == 17
+    assert not (target / MODEL_FILE).exists()  # no descriptor: no model (what the privacy scan looks for)
+    with pytest.raises(FileNotFoundError):
+        load_recommender(target)
+    new.save(target)
+    assert sorted(p.name for p in target.iterdir()) == sorted([ARRAYS_FILE, MODEL_FILE])
+    np.testing.assert_array_equal(lists(load_recommender(target), data), lists(new, data))

@@ -41,6 +41,7 @@ from features.interactions import (
     catalog_ids,
     select_rows,
 )
+from features.io import atomic_write
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 from features.tables import Tables
 from training.recommenders import reranking
@@ -181,67 +182,79 @@ class Recommender:
 
 
 def save_files(directory: Path | str, arrays: dict[str, np.ndarray], descriptor: dict) -> Path:
-    """Replace the model in ``directory`` by ``arrays`` (``recommender.npz``) and ``descriptor``
-    (``recommender.json``) as one unit; returns the descriptor's path.
+    """Write ``arrays`` (``recommender.npz``) and ``descriptor`` (``recommender.json``) into
+    ``directory`` as one unit; returns the descriptor's path.
 
-    Both files go into a fresh sibling ``.<name>.new-<random>`` and are flushed to disk; then the
-    old directory is renamed to ``.<name>.old-<random>``, the new one to ``<name>``, and the old
-    one is removed. A crash or an error at any step leaves a whole model to load:
+    Into a directory that holds no model yet, each file is written atomically, the descriptor
+    last: a crash leaves no descriptor (no model) or a whole model.
+
+    Over a saved model, the files (and anything else the directory holds) go into a fresh sibling
+    ``.<name>.new-<random>`` and are flushed to disk; then the old directory is renamed to
+    ``.<name>.old-<random>``, the new one to ``<name>``, and the old one is removed. A crash or an
+    error at any step leaves a whole model to load:
 
     * before the first rename: the old model at ``directory``, untouched;
     * between the two renames: nothing at ``directory``, the complete new model in the ``.new-``
       sibling and the old one in ``.old-``: :func:`load_recommender` reads the new one;
-    * after the second rename: the new model at ``directory``.
+    * after the second rename: the new model at ``directory`` (the old one may linger in ``.old-``).
 
-    The next save finishes an interrupted swap and removes what a crash left beside the model; an
-    error (as opposed to a crash) cleans up at once. One writer at a time. A symlink is followed:
-    its target is replaced and the link stays. The directory keeps its permissions.
+    The next save finishes an interrupted swap and removes what a crash left; an error (as opposed
+    to a crash) cleans up at once. One writer at a time. A symlink is followed: its target is
+    replaced and the link stays. The directory and the files keep their permissions.
     """
     directory = Path(os.path.realpath(directory))
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"cannot save a recommender at {directory}: it is a file, not a directory")
     _settle(directory)
-    mode = None
-    if directory.exists():
-        if not directory.is_dir():
-            raise InputError(f"cannot save a recommender at {directory}: it is a file, not a directory")
-        others = sorted(p.name for p in directory.iterdir() if not _ours(p.name))
-        if others:
-            raise InputError(f"cannot save a recommender into {directory}: it holds other files "
-                             f"({', '.join(others[:5])}), which replacing the directory would delete; "
-                             "save it into a directory of its own")
-        mode = stat.S_IMODE(directory.stat().st_mode)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    if not (directory / MODEL_FILE).exists():  # no model to keep whole: write in place
+        _write_files(directory, arrays, descriptor)
+        return directory / MODEL_FILE
     new = _sibling(directory, "new")
-    os.mkdir(new)  # the usual mode (0777 less the umask), unlike mkdtemp's 0700
+    os.mkdir(new)
     old = None
     try:
-        if mode is not None:
-            os.chmod(new, mode)
-        with open(new / ARRAYS_FILE, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        with open(new / MODEL_FILE, "w") as f:
-            f.write(json.dumps(descriptor, indent=1))
-            f.flush()
-            os.fsync(f.fileno())
+        os.chmod(new, stat.S_IMODE(directory.stat().st_mode))
+        for entry in directory.iterdir():  # whatever else the directory holds comes along
+            if _ours(entry.name):
+                continue
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry), new / entry.name)
+            elif entry.is_dir():
+                shutil.copytree(entry, new / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, new / entry.name)
+        _write_files(new, arrays, descriptor)
+        for name in (ARRAYS_FILE, MODEL_FILE):
+            if (directory / name).exists():
+                shutil.copymode(directory / name, new / name)
         _fsync_dir(new)
-        if mode is not None:
-            old = _sibling(directory, "old")
-            os.rename(directory, old)
+        old = _sibling(directory, "old")
+        os.rename(directory, old)
         os.rename(new, directory)
     except BaseException:
-        if old is not None and not directory.exists():
+        if old is not None and old.exists() and not directory.exists():
             os.rename(old, directory)  # put the old model back
         shutil.rmtree(new, ignore_errors=True)
         raise
     _fsync_dir(directory.parent)
-    if old is not None:
-        shutil.rmtree(old)
+    shutil.rmtree(old)
     return directory / MODEL_FILE
 
 
+def _write_files(directory: Path, arrays: dict[str, np.ndarray], descriptor: dict) -> None:
+    """Each file atomically (temporary file, fsync, rename), the descriptor last."""
+
+    def write_arrays(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(directory / ARRAYS_FILE, write_arrays)
+    atomic_write(directory / MODEL_FILE, lambda tmp: Path(tmp).write_text(json.dumps(descriptor, indent=1)))
+    _fsync_dir(directory)
+
+
 def _ours(name: str) -> bool:
-    """A file a save writes into a model directory (or a crashed older save left there)."""
+    """A file a save writes into a model directory (or a crashed in-place write left there)."""
     return name in (MODEL_FILE, ARRAYS_FILE) or name.startswith((f".{MODEL_FILE}.", f".{ARRAYS_FILE}."))
 
 
@@ -287,6 +300,10 @@ def _settle(directory: Path) -> None:
     for kind in ("new", "old"):
         for leftover in _leftovers(directory, kind):
             shutil.rmtree(leftover)
+    if directory.is_dir():  # temporary files of a crashed in-place write
+        for name in (ARRAYS_FILE, MODEL_FILE):
+            for partial in directory.glob(f".{name}.*.tmp"):
+                partial.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:
