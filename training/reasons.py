@@ -10,27 +10,37 @@ import pandas as pd
 
 _WINDOW = re.compile(r"^(?P<base>[a-z_]+?)_(?P<days>\d+)d$")
 
+def _n(value: float, noun: str, plural: str | None = None) -> str:
+    """``value`` as shown (no decimals) with its noun, singular for exactly 1: "1 order", "2 orders"."""
+    shown = f"{value:.0f}"
+    return f"{shown} {noun if shown in ('1', '-1') else plural or noun + 's'}"
+
+
+def _last(days: str) -> str:
+    return "the last day" if days == "1" else f"the last {days} days"
+
+
 _PHRASES: dict[str, Callable[[float], str]] = {
-    "recency_days": lambda v: f"no order for {v:.0f} days",
-    "days_since_first_order": lambda v: f"first order {v:.0f} days ago",
-    "tenure_days": lambda v: f"customer for {v:.0f} days",
-    "orders_count": lambda v: f"{v:.0f} order{'s' if v != 1 else ''} in total",
+    "recency_days": lambda v: f"no order for {_n(v, 'day')}",
+    "days_since_first_order": lambda v: f"first order {_n(v, 'day')} ago",
+    "tenure_days": lambda v: f"customer for {_n(v, 'day')}",
+    "orders_count": lambda v: f"{_n(v, 'order')} in total",
     "revenue": lambda v: f"spent {v:,.2f} in total",
     "avg_order_value": lambda v: f"average order {v:,.2f}",
     "items_per_order": lambda v: f"{v:.1f} items per order",
-    "distinct_products": lambda v: f"bought {v:.0f} different product{'s' if v != 1 else ''}",
+    "distinct_products": lambda v: f"bought {_n(v, 'different product')}",
     "avg_unit_price": lambda v: f"average item price {v:,.2f}",
-    "ipi_mean_days": lambda v: f"usually orders every {v:.0f} days",
-    "ipi_std_days": lambda v: f"order rhythm varies by {v:.0f} days",
-    "overdue_days": lambda v: f"{v:.0f} days past the usual next order" if v > 0 else f"next order due in {-v:.0f} days",
+    "ipi_mean_days": lambda v: f"usually orders every {_n(v, 'day')}",
+    "ipi_std_days": lambda v: f"order rhythm varies by {_n(v, 'day')}",
+    "overdue_days": lambda v: f"{_n(v, 'day')} past the usual next order" if v > 0 else f"next order due in {_n(-v, 'day')}",
     "overdue_ratio": lambda v: f"{v:.1f}x the usual gap since the last order",
-    "returns_count": lambda v: f"{v:.0f} returns",
+    "returns_count": lambda v: _n(v, "return"),
     "returned_value": lambda v: f"returned {v:,.2f}",
     "return_rate": lambda v: f"returned {v:.0%} of spend",
     "top_category_share": lambda v: f"{v:.0%} of spend in one category",
-    "categories_count": lambda v: f"bought from {v:.0f} categories",
-    "days_since_last_open": lambda v: f"last opened an email {v:.0f} days ago",
-    "days_since_last_click": lambda v: f"last clicked an email {v:.0f} days ago",
+    "categories_count": lambda v: f"bought from {_n(v, 'category', 'categories')}",
+    "days_since_last_open": lambda v: f"last opened an email {_n(v, 'day')} ago",
+    "days_since_last_click": lambda v: f"last clicked an email {_n(v, 'day')} ago",
     "unsubscribed": lambda v: "unsubscribed from email" if v else "subscribed to email",
     "email_consent": lambda v: "gave email consent" if v else "no email consent",
     "cart_abandoned_1d": lambda v: "abandoned a cart in the last day" if v else "no cart abandoned in the last day",
@@ -42,16 +52,16 @@ _PHRASES: dict[str, Callable[[float], str]] = {
     "rfm_monetary": lambda v: f"spend score {v:.0f} of 5",
 }
 _WINDOW_PHRASES: dict[str, Callable[[float, str], str]] = {
-    "orders": lambda v, d: f"{v:.0f} orders in the last {d} days",
-    "revenue": lambda v, d: f"spent {v:,.2f} in the last {d} days",
-    "emails_sent": lambda v, d: f"{v:.0f} emails sent in the last {d} days",
-    "email_opens": lambda v, d: f"{v:.0f} email opens in the last {d} days",
-    "email_clicks": lambda v, d: f"{v:.0f} email clicks in the last {d} days",
-    "open_rate": lambda v, d: f"opened {v:.0%} of emails in the last {d} days",
-    "click_rate": lambda v, d: f"clicked {v:.0%} of emails in the last {d} days",
-    "views": lambda v, d: f"{v:.0f} product views in the last {d} days",
-    "cart_adds": lambda v, d: f"{v:.0f} cart adds in the last {d} days",
-    "checkouts": lambda v, d: f"{v:.0f} checkouts started in the last {d} days",
+    "orders": lambda v, d: f"{_n(v, 'order')} in {_last(d)}",
+    "revenue": lambda v, d: f"spent {v:,.2f} in {_last(d)}",
+    "emails_sent": lambda v, d: f"{_n(v, 'email')} sent in {_last(d)}",
+    "email_opens": lambda v, d: f"{_n(v, 'email open')} in {_last(d)}",
+    "email_clicks": lambda v, d: f"{_n(v, 'email click')} in {_last(d)}",
+    "open_rate": lambda v, d: f"opened {v:.0%} of emails in {_last(d)}",
+    "click_rate": lambda v, d: f"clicked {v:.0%} of emails in {_last(d)}",
+    "views": lambda v, d: f"{_n(v, 'product view')} in {_last(d)}",
+    "cart_adds": lambda v, d: f"{_n(v, 'cart add')} in {_last(d)}",
+    "checkouts": lambda v, d: f"{_n(v, 'checkout')} started in {_last(d)}",
 }
 
 
