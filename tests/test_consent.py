@@ -36,39 +36,70 @@ def policies(draw) -> Policy:
 
 
 # consent as the snapshot can hold it: python or numpy booleans, missing, or absent altogether
-consent_values = st.sampled_from([True, False, None, np.bool_(True), np.bool_(False), "absent"])
+VALUE_OF = {"true": True, "false": False, "none": None, "np.true": np.bool_(True), "np.false": np.bool_(False)}
+ABSENT = "absent"
+
+# May the customer be emailed? (email_consent, unsubscribed) -> (rule "recorded", rule "unless-refused"),
+# with the reasons a blocked customer's suppress carries under each rule. Written out, not computed.
+Y, N = True, False
+MAY_EMAIL: dict[tuple[str, str], tuple[bool, bool]] = {
+    ("true", "false"): (Y, Y), ("true", "np.false"): (Y, Y), ("true", "none"): (Y, Y), ("true", "absent"): (Y, Y),
+    ("true", "true"): (N, N), ("true", "np.true"): (N, N),
+    ("np.true", "false"): (Y, Y), ("np.true", "np.false"): (Y, Y), ("np.true", "none"): (Y, Y),
+    ("np.true", "absent"): (Y, Y), ("np.true", "true"): (N, N), ("np.true", "np.true"): (N, N),
+    ("false", "false"): (N, N), ("false", "np.false"): (N, N), ("false", "none"): (N, N), ("false", "absent"): (N, N),
+    ("false", "true"): (N, N), ("false", "np.true"): (N, N),
+    ("np.false", "false"): (N, N), ("np.false", "np.false"): (N, N), ("np.false", "none"): (N, N),
+    ("np.false", "absent"): (N, N), ("np.false", "true"): (N, N), ("np.false", "np.true"): (N, N),
+    ("none", "false"): (N, Y), ("none", "np.false"): (N, Y), ("none", "none"): (N, Y), ("none", "absent"): (N, Y),
+    ("none", "true"): (N, N), ("none", "np.true"): (N, N),
+    ("absent", "false"): (N, Y), ("absent", "np.false"): (N, Y), ("absent", "none"): (N, Y),
+    ("absent", "absent"): (N, Y), ("absent", "true"): (N, N), ("absent", "np.true"): (N, N),
+}
+CONSENT_KEYS = [*VALUE_OF, ABSENT]
 
 
-@st.composite
-def customer_signals(draw) -> dict:
-    signals = {s: draw(VALUES) for s in SIGNALS[2:]}
-    for name in ("email_consent", "unsubscribed"):
-        value = draw(consent_values)
-        if value != "absent":
-            signals[name] = value
+def with_consent(signals: dict, consent: str, unsubscribed: str) -> dict:
+    signals = dict(signals)
+    for name, key in (("email_consent", consent), ("unsubscribed", unsubscribed)):
+        if key != ABSENT:
+            signals[name] = VALUE_OF[key]
     return signals
 
 
-def may_email(signals: dict, rule: ConsentRule) -> bool:
-    consent, unsubscribed = signals.get("email_consent"), signals.get("unsubscribed")
-    if unsubscribed is not None and bool(unsubscribed):
-        return False
-    if consent is None:
-        return rule is ConsentRule.UNLESS_REFUSED
-    return bool(consent)
+def test_the_truth_table_covers_every_pair() -> None:
+    assert set(MAY_EMAIL) == {(c, u) for c in CONSENT_KEYS for u in CONSENT_KEYS}
+
+
+@pytest.mark.parametrize(("consent", "unsubscribed", "rule", "reasons"), [
+    ("none", "absent", ConsentRule.RECORDED, [NO_CONSENT]),
+    ("false", "absent", ConsentRule.RECORDED, [NO_CONSENT]),
+    ("false", "absent", ConsentRule.UNLESS_REFUSED, [REFUSED]),
+    ("np.false", "np.true", ConsentRule.UNLESS_REFUSED, [REFUSED, UNSUBSCRIBED_REASON]),
+    ("true", "true", ConsentRule.RECORDED, [UNSUBSCRIBED_REASON]),
+    ("absent", "true", ConsentRule.UNLESS_REFUSED, [UNSUBSCRIBED_REASON]),
+])
+def test_a_suppressed_customer_is_told_why(consent: str, unsubscribed: str, rule: ConsentRule,
+                                           reasons: list[str]) -> None:
+    decision = Decision(action="winback", offer="none", content_blocks=["product_block"], reasons=["policy"],
+                        probability=1.0, explored=False)
+    final = enforce_consent(decision, with_consent({}, consent, unsubscribed), rule)
+    assert (final.action, final.reasons, final.content_blocks) == (SUPPRESS, reasons, [])
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(policy=policies(), signals=customer_signals(), seed=st.integers(0, 2**16),
+@given(policy=policies(), signals=st.fixed_dictionaries({s: VALUES for s in SIGNALS[2:]}),
+       consent=st.sampled_from(CONSENT_KEYS), unsubscribed=st.sampled_from(CONSENT_KEYS), seed=st.integers(0, 2**16),
        override=st.sampled_from(ACTIONS) | st.none(), rule=st.sampled_from(ConsentRule))
-def test_no_consent_is_always_suppressed(policy: Policy, signals: dict, seed: int, override: str | None,
-                                         rule: ConsentRule) -> None:
+def test_no_consent_is_always_suppressed(policy: Policy, signals: dict, consent: str, unsubscribed: str, seed: int,
+                                         override: str | None, rule: ConsentRule) -> None:
+    signals = with_consent(signals, consent, unsubscribed)
     decision = decide(policy, signals, random.Random(seed))
     if override is not None:  # what an experiment or a model might put in its place
         decision = Decision(action=override, offer="none", content_blocks=["product_block"], reasons=["variant B"],
                             probability=0.5, explored=False)
     final = enforce_consent(decision, signals, rule)
-    if may_email(signals, rule):
+    if MAY_EMAIL[consent, unsubscribed][rule is ConsentRule.UNLESS_REFUSED]:
         assert final == decision  # the gate changes nothing for a customer who may be emailed
     else:
         assert final.action == SUPPRESS and final.content_blocks == [] and final.probability == 1.0
