@@ -80,13 +80,13 @@ def test_config_loads_and_names_its_defaults(config_file: Path) -> None:
      "control 'z' is not one of the variants"),
     ("experiments: [{name: x, start: 2025-01-01, end: 2025-02-01, variants: [{name: a, weight: 1.0}]}]",
      "variants: Tuple should have at least 2 items"),
-    ("experiments:\n - {name: x, start: 2025-01-01, end: 2025-02-01, variants: [{name: a, weight: 0.5}, {name: b, weight: 0.5}]}\n"
-     " - {name: y, start: 2025-01-20, end: 2025-03-01, variants: [{name: a, weight: 0.5}, {name: b, weight: 0.5}]}",
+    (("experiments:\n - {name: x, start: 2025-01-01, end: 2025-02-01, variants: [{name: a, weight: 0.5}, {name: b, weight: 0.5}]}\n"
+      " - {name: y, start: 2025-01-20, end: 2025-03-01, variants: [{name: a, weight: 0.5}, {name: b, weight: 0.5}]}"),
      "experiments 'x' .* and 'y' .* overlap"),
-    ("experiments: [{name: x, start: 2025-01-01, end: 2025-02-01, variants: [{name: a, weight: 0.5}, "
-     "{name: b, weight: 0.5, policy: missing.yaml}]}]", "policy file .*missing.yaml does not exist"),
-    ("experiments: [{name: x, start: 2025-01-01, end: 2025-02-01, variants: [{name: a, weight: 0.5}, "
-     "{name: b, weight: 0.5, model_aliases: {ranker: challenger}}]}]", "model_aliases"),
+    (("experiments: [{name: x, start: 2025-01-01, end: 2025-02-01, variants: [{name: a, weight: 0.5}, "
+      "{name: b, weight: 0.5, policy: missing.yaml}]}]"), "policy file .*missing.yaml does not exist"),
+    (("experiments: [{name: x, start: 2025-01-01, end: 2025-02-01, variants: [{name: a, weight: 0.5}, "
+      "{name: b, weight: 0.5, model_aliases: {ranker: challenger}}]}]"), "model_aliases"),
     ("experiments: [{name: x", "not valid YAML"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
@@ -239,7 +239,23 @@ def test_a_variant_too_small_to_compare_is_reported_not_crashed(tmp_path: Path) 
     assert not readout.srm.mismatch  # 1 of ~400 at weight 0.01 is what the weights expect
     assert readout.verdict("tiny") == "not compared: fewer than 2 recipients"
     assert readout_record(readout)["verdicts"]["tiny"] == "not compared: fewer than 2 recipients"
-    print_readout(readout, Console(file=io.StringIO()))
+    out = io.StringIO()
+    print_readout(readout, Console(file=out, width=250, color_system=None))
+    lines = out.getvalue().splitlines()
+    split = next(i for i, line in enumerate(lines) if "Against control 'control'" in line)
+
+    def rows(part: list[str]) -> list[list[str]]:
+        return [[cell.strip() for cell in line.strip("│").split("│")] for line in part if line.startswith("│")]
+
+    variants = {r[0]: r for r in rows(lines[:split])}
+    assert set(variants) == {"control", "b", "tiny"}
+    assert [variants[s.variant][1] for s in readout.summaries] == [f"{s.recipients:,}" for s in readout.summaries]
+    assert variants["tiny"][1] == "1"
+    compared = rows(lines[split:])
+    assert [(r[0].removesuffix(" (CUPED)"), r[1]) for r in compared] == [(m.value, "b") for m in Metric]  # not tiny
+    assert "b: no significant difference" in lines and "tiny: not compared: fewer than 2 recipients" in lines
+    assert any(line.startswith("sample-ratio check:") and line.endswith("(no mismatch)") for line in lines)
+    assert any(line.startswith("warning: variant 'tiny' has 1 recipient") for line in lines)
 
 
 def test_variants_suppressing_different_shares_are_not_trusted(config_file: Path) -> None:
