@@ -22,7 +22,7 @@ from experiments.sequential import DEFAULT_TUNING
 from experiments.simulate import PlantedEffect, simulate_experiment
 from features.cli import DataDir, load
 from features.errors import InputError, NotFoundError
-from features.io import write_parquet
+from features.io import refuse_overwriting_inputs, write_parquet
 from features.schema import CUSTOMER_ID
 from sendwise.console import console, reports_user_errors
 from serving.exposures import read_exposures
@@ -70,6 +70,8 @@ def assign_command(name: Name,
                    out: Annotated[Path | None, typer.Option(help="Write customer_id, experiment, variant (.csv/.parquet).")] = None,
                    config: Config = DEFAULT_CONFIG) -> None:
     """Assign customers to the experiment's variants (the same hashing as the service)."""
+    if out is not None:
+        refuse_overwriting_inputs(out, [customers, config])
     experiment = load_experiments(config).get(name)
     ids = _read_customer_ids(customers)
     variants = assign_many(experiment, ids)
@@ -113,6 +115,8 @@ def simulate_command(name: Name,
                      exposures: Annotated[Path | None, typer.Option(help="Exposure log to write.")] = None,
                      seed: int = 0, config: Config = DEFAULT_CONFIG) -> None:
     """Generate a shop and an exposure log for the experiment, with planted effects (for trying the analysis)."""
+    refuse_overwriting_inputs(out, [config])
+    refuse_overwriting_inputs(exposures or out / "exposures.jsonl", [config], option="--exposures")
     experiment = load_experiments(config).get(name)
     effects = _parse_effects(effect or [])
     unknown = set(effects) - {v.name for v in experiment.variants}
@@ -134,6 +138,8 @@ def analyze_command(name: Name, data: DataDir,
                     mlflow_run: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the read-out to MLflow.")] = True,
                     config: Config = DEFAULT_CONFIG) -> None:
     """Attribute outcomes to the experiment's exposures and compare the variants."""
+    refuse_overwriting_inputs(report or Path("reports") / f"{name}.html", [exposures, config], data_dir=data,
+                              option="--report")
     experiment = load_experiments(config).get(name)
     if not exposures.exists():
         raise NotFoundError(f"exposure log {exposures} does not exist; pass --exposures FILE")

@@ -1,9 +1,16 @@
-"""``sendwise data ...`` and ``sendwise features ...`` commands."""
+"""``sendwise data ...`` and ``sendwise features ...`` commands, and the options other commands share
+(``--data``, ``--rejects``, ``--encoding``, dates).
+
+Dates on the command line are ISO 8601 only (``2011-10-09``, ``2011-10-09T10:30``, with ``Z`` or an
+offset for another zone than UTC): ``10/09/2011`` is October 9th in one country and September 10th
+in another. An as_of in the future is refused: no data exists there yet.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table as RichTable
@@ -14,11 +21,64 @@ from features.errors import InputError
 from features.importers.movielens import import_movielens
 from features.importers.report import ImportReport
 from features.importers.uci_retail import import_online_retail
-from features.io import ValidationReport, load_data_dir, write_parquet
+from features.io import (
+    Encoding,
+    ValidationReport,
+    load_data_dir,
+    refuse_mixed_tables,
+    refuse_overwriting_inputs,
+    write_parquet,
+)
+from features.schema import Table
 from features.snapshot import write_snapshot
 from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
+from features.validate import now_utc
 from sendwise.console import console, progress_bar, reports_user_errors
+
+ISO_EXAMPLES = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], with Z or +HH:MM for another zone than UTC"
+
+
+def parse_iso_date(value: str | datetime) -> datetime:
+    """A naive-UTC datetime from an ISO 8601 date or timestamp; anything else is an InputError."""
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise InputError(f"{str(value)!r} is not an ISO 8601 date: expected {ISO_EXAMPLES}, "
+                             "e.g. 2011-10-09 for October 9th, 2011.") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def check_not_future(when: datetime, what: str = "an as_of") -> datetime:
+    """``when`` itself; an InputError when it is after now (UTC)."""
+    now = now_utc()
+    if when > now:
+        raise InputError(f"{when:%Y-%m-%d %H:%M:%S} is in the future (it is now {now:%Y-%m-%d %H:%M} UTC); "
+                         f"{what} must be a moment whose data can exist.")
+    return when
+
+
+def _click(parse):
+    """``parse`` for a typer option: its InputError becomes click's usage error (exit 2, naming the
+    option) instead of click's bare "invalid value"."""
+    def parser(value: Any) -> datetime:
+        try:
+            return parse(value)
+        except InputError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return parser
+
+
+def date_option(*names: str, help: str, future: bool = False) -> Any:  # noqa: A002 (typer's word)
+    """A typer option holding an ISO 8601 date (naive UTC ``datetime``); unless ``future``, a date
+    after now is refused."""
+    parse = parse_iso_date if future else (lambda value: check_not_future(parse_iso_date(value)))
+    return typer.Option(*names, parser=_click(parse), metavar="DATE", help=f"{help} ISO 8601 ({ISO_EXAMPLES}).")
 
 data_app = typer.Typer(help="Validate, import and generate contract data.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert public datasets to the data contract.", no_args_is_help=True)
@@ -29,6 +89,8 @@ DataDir = Annotated[Path, typer.Option("--data", help="Directory of contract tab
 RejectsDir = Annotated[
     Path | None, typer.Option("--rejects", help="Where rejected rows go (default: DATA/_rejects).")
 ]
+EncodingOption = Annotated[Encoding, typer.Option(
+    "--encoding", case_sensitive=False, help="Text encoding of the CSV files (Parquet has none).")]
 
 
 def print_validation(report: ValidationReport) -> None:
@@ -63,27 +125,36 @@ def print_import(report: ImportReport) -> None:
         console.print(f"Rejected rows, with reasons: [bold]{report.rejects_file}[/]")
 
 
-def load(data: Path, rejects: Path | None = None, quiet: bool = False) -> Tables:
-    tables, report = load_data_dir(data, rejects)
+def load(data: Path, rejects: Path | None = None, quiet: bool = False,
+         encoding: Encoding | str = Encoding.UTF_8, require_orders: bool = True) -> Tables:
+    """Validate ``data`` (printing the summary unless ``quiet`` and clean); with ``require_orders``,
+    orders with every row rejected are an error (nothing to compute from)."""
+    tables, report = load_data_dir(data, rejects, encoding)
     if not quiet or report.rejected or report.warnings:
         print_validation(report)
+    orders = next(t for t in report.tables if t.table == Table.ORDERS.value)
+    if require_orders and orders.loaded == 0 and orders.rejected:
+        reasons = "; ".join(f"{n:,} {r}" for r, n in list(orders.reasons.items())[:3])
+        raise InputError(f"{orders.source}: orders has no rows left: all {orders.rejected:,} were rejected "
+                         f"({reasons}); see {report.rejects_dir}.")
     return tables
 
 
 @data_app.command("validate")
 @reports_user_errors
 def validate(data_dir: Annotated[Path, typer.Argument(help="Directory of contract tables.")],
-             rejects: RejectsDir = None) -> None:
+             rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8) -> None:
     """Check a data directory against the contract and print what was loaded and rejected."""
-    load(data_dir, rejects)
+    load(data_dir, rejects, encoding=encoding, require_orders=False)
 
 
 @import_app.command("online-retail")
 @reports_user_errors
 def import_uci(src: Annotated[Path, typer.Argument(help="UCI Online Retail CSV (.csv or .csv.gz).")],
-               out: Annotated[Path, typer.Option("--out", help="Output directory.")]) -> None:
+               out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+               encoding: EncodingOption = Encoding.UTF_8) -> None:
     """UCI Online Retail to orders, products and customers; fee codes and bad rows to rejects."""
-    print_import(import_online_retail(src, out))
+    print_import(import_online_retail(src, out, encoding))
 
 
 @import_app.command("movielens")
@@ -91,9 +162,9 @@ def import_uci(src: Annotated[Path, typer.Argument(help="UCI Online Retail CSV (
 def import_ml(src: Annotated[Path, typer.Argument(help="MovieLens ratings.csv (.csv or .csv.gz).")],
               out: Annotated[Path, typer.Option("--out", help="Output directory.")],
               min_rating: Annotated[float, typer.Option(help="Ratings at or above this are also orders.")] = 4.0,
-              ) -> None:
+              encoding: EncodingOption = Encoding.UTF_8) -> None:
     """MovieLens ratings to interactions: every rating a view, good ratings also orders."""
-    print_import(import_movielens(src, out, min_rating))
+    print_import(import_movielens(src, out, min_rating, encoding))
 
 
 @data_app.command("generate")
@@ -102,11 +173,15 @@ def generate(out: Annotated[Path, typer.Option("--out", help="Output directory."
              customers: Annotated[int, typer.Option(help="Number of customers.")] = 10_000,
              seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
              products: Annotated[int, typer.Option(help="Catalog size.")] = 1_000,
-             start: Annotated[str, typer.Option(help="First day of the simulated history.")] = DemoShop.start,
-             end: Annotated[str, typer.Option(help="Day after the last of the history.")] = DemoShop.end,
+             start: Annotated[datetime, date_option(help="First day of the simulated history.")] = DemoShop.start,
+             end: Annotated[datetime, date_option(help="Day after the last of the history; not after now, "
+                                                       "or its last rows would be rejected as future.")
+                            ] = DemoShop.end,
              ) -> None:
     """Write a synthetic shop with planted behaviour (see features/demo.py) to OUT."""
-    shop = DemoShop(customers=customers, seed=seed, products=products, start=start, end=end)
+    refuse_mixed_tables(out, Table)
+    shop = DemoShop(customers=customers, seed=seed, products=products, start=start.isoformat(),
+                    end=end.isoformat())
     with progress_bar() as bar:
         task = bar.add_task("simulating customers", total=customers)
         counts = generate_demo(shop, out, progress=lambda done: bar.update(task, completed=done))
@@ -116,15 +191,16 @@ def generate(out: Annotated[Path, typer.Option("--out", help="Output directory."
 @features_app.command("build")
 @reports_user_errors
 def build(data: DataDir,
-          as_of: Annotated[str, typer.Option("--as-of", help="Features see only rows strictly before this.")],
+          as_of: Annotated[datetime, date_option("--as-of", help="Features see only rows strictly before this.")],
           out: Annotated[Path, typer.Option("--out", help="Output .parquet file.")],
-          rejects: RejectsDir = None) -> None:
+          rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8) -> None:
     """One row of point-in-time features per customer known before AS_OF."""
-    tables = load(data, rejects, quiet=True)
+    refuse_overwriting_inputs(out, data_dir=data)
+    tables = load(data, rejects, quiet=True, encoding=encoding)
     when = to_timestamp(as_of)
     first, last = tables.time_range()
     if first is None or when <= first:
-        raise InputError(f"--as-of {as_of} is not after the first row of the data ({first}); no customer is known yet.")
+        raise InputError(f"--as-of {when} is not after the first row of the data ({first}); no customer is known yet.")
     features = build_features(tables, when)
     write_parquet(features, out)
     console.print(f"{len(features):,} customers x {features.shape[1]} columns at {when} written to {out}")
@@ -137,13 +213,15 @@ def training_set(
     out: Annotated[Path, typer.Option("--out", help="Output .parquet file.")],
     target: Annotated[Target, typer.Option(help="Label to attach.")] = Target.CHURNED,
     horizon: Annotated[int | None, typer.Option(help="Label window in days (churned 90, purchased 30).")] = None,
-    as_of: Annotated[list[str] | None, typer.Option("--as-of", help="An as_of date; repeat for several.")] = None,
-    last: Annotated[str | None, typer.Option(help="Latest monthly as_of (default: latest fully observed).")] = None,
+    as_of: Annotated[list[datetime] | None, date_option("--as-of", help="An as_of date; repeat for several.")] = None,
+    last: Annotated[datetime | None, date_option(help="Latest monthly as_of (default: latest fully observed).")] = None,
     periods: Annotated[int, typer.Option(help="How many monthly as_of dates.")] = 12,
     rejects: RejectsDir = None,
+    encoding: EncodingOption = Encoding.UTF_8,
 ) -> None:
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon)."""
-    tables = load(data, rejects, quiet=True)
+    refuse_overwriting_inputs(out, data_dir=data)
+    tables = load(data, rejects, quiet=True, encoding=encoding)
     horizon_days = horizon if horizon is not None else DEFAULT_HORIZON_DAYS[target]
     dates = as_of or monthly_as_of_dates(tables, horizon_days, periods, last)
     with progress_bar() as bar:
@@ -167,9 +245,10 @@ def training_set(
 @reports_user_errors
 def snapshot(data: DataDir,
              out: Annotated[Path, typer.Option("--out", help="Snapshot .parquet file (replaced atomically).")],
-             as_of: Annotated[str | None, typer.Option("--as-of", help="Default: just after the last row.")] = None,
-             rejects: RejectsDir = None) -> None:
+             as_of: Annotated[datetime | None, date_option("--as-of", help="Default: just after the last row.")] = None,
+             rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8) -> None:
     """Latest features of every customer, for serving."""
-    tables = load(data, rejects, quiet=True)
+    refuse_overwriting_inputs(out, data_dir=data)
+    tables = load(data, rejects, quiet=True, encoding=encoding)
     features, when = write_snapshot(tables, out, as_of)
     console.print(f"snapshot of {len(features):,} customers at {when} written to {out}")

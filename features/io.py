@@ -1,18 +1,32 @@
-"""All file input and output of the features package: contract directories, rejects, parquet."""
+"""All file input and output of the features package: contract directories, rejects, parquet.
+
+Before DuckDB reads a file, :func:`check_file` looks at its first bytes: a file that is not what its
+name says (an Excel workbook called ``.csv``, text called ``.parquet``, another encoding, binary
+data) is a :class:`ContractError` naming the file, what it is and what is expected, never DuckDB's
+parser error. :func:`refuse_overwriting_inputs` keeps every command from writing over what it reads.
+"""
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import json
 import os
+import re
 import stat
 import tempfile
-from collections.abc import Callable
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
+from features.errors import InputError
 from features.schema import CUSTOMER_ID, SPECS, Table
 from features.tables import Tables, create_empty, new_connection
 from features.tombstones import Tombstones
@@ -21,6 +35,15 @@ from features.validate import ROW_ID, ContractError, TableReport, validate_raw
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
 REJECTS_DIRNAME = "_rejects"
 TOMBSTONES_FILE = Path("_privacy") / "tombstones.json"
+SAMPLE_BYTES = 1 << 16  # how much of a file is looked at before DuckDB reads it
+
+
+class Encoding(StrEnum):
+    """Text encodings a CSV may be read in (those DuckDB's CSV reader knows)."""
+
+    UTF_8 = "utf-8"
+    LATIN_1 = "latin-1"
+    UTF_16 = "utf-16"
 
 
 @dataclass
@@ -57,34 +80,220 @@ def find_table_files(data_dir: Path) -> dict[Table, Path]:
     return found
 
 
-def read_raw(con: duckdb.DuckDBPyConnection, path: Path, name: str) -> None:
-    """Create view ``name`` over ``path`` with a 1-based ``_row`` column; CSV is read as text."""
+def read_raw(con: duckdb.DuckDBPyConnection, path: Path, name: str,
+             encoding: Encoding | str = Encoding.UTF_8) -> None:
+    """Create view ``name`` over ``path`` with a 1-based ``_row`` column; CSV is read as text.
+
+    The file is checked first (:func:`check_file`); an error DuckDB still meets (a broken line far
+    into the file) is a ContractError in the same words."""
+    encoding = Encoding(encoding)
+    check_file(path, encoding)
     p = str(path).replace("'", "''")
+    try:
+        if path.name.endswith(".parquet"):
+            scan = f"read_parquet('{p}', file_row_number = true)"
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {name} AS "
+                f"SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS {ROW_ID} FROM {scan}"
+            )
+        else:
+            options = "" if encoding is Encoding.UTF_8 else f", encoding = '{encoding.value}'"
+            scan = f"read_csv('{p}', all_varchar = true, header = true{options})"
+            con.execute(  # materialised, so that row numbers are fixed once
+                f"CREATE OR REPLACE TEMP TABLE {name} AS "
+                f"SELECT *, row_number() OVER () AS {ROW_ID} FROM {scan}"
+            )
+    except duckdb.Error as exc:
+        raise read_error(path, exc, encoding) from exc
+
+
+# What a file is, from its first bytes: (magic, description, what to do). A zip is looked into.
+_MAGIC = (
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Excel workbook (.xls) or another Office document",
+     "export it as CSV (UTF-8)"),
+    (b"PAR1", "a Parquet file", "name it with .parquet"),
+    (b"\x1f\x8b", "gzip-compressed", "name it with .csv.gz"),
+    (b"%PDF", "a PDF document", "export the table as CSV"),
+    (b"\x89PNG", "a PNG image", "export the table as CSV"),
+    (b"\xff\xd8\xff", "a JPEG image", "export the table as CSV"),
+    (b"SQLite format 3\x00", "an SQLite database", "export the table as CSV"),
+    (b"BZh", "bzip2-compressed", "decompress it (or compress it with gzip as .csv.gz)"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it (or compress it with gzip as .csv.gz)"),
+    (b"(\xb5/\xfd", "zstd-compressed", "decompress it (or compress it with gzip as .csv.gz)"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", "extract the CSV from it"),
+    (b"ARROW1", "an Arrow/Feather file", "write it as Parquet or CSV"),
+)
+
+
+def _describe_zip(path: Path) -> tuple[str, str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            mimetype = z.read("mimetype").decode("ascii", "replace") if "mimetype" in names else ""
+    except (zipfile.BadZipFile, OSError, KeyError):
+        names, mimetype = [], ""
+    if any(n.startswith("xl/") for n in names):
+        return "an Excel workbook", "export it as CSV (UTF-8) from Excel (File > Save As > CSV UTF-8)"
+    if "opendocument.spreadsheet" in mimetype:
+        return "an OpenDocument spreadsheet", "export it as CSV (UTF-8)"
+    if any(n.startswith("word/") for n in names) or "opendocument.text" in mimetype:
+        return "a word-processor document", "export the table as CSV"
+    return "a zip archive", "unzip it and point at the CSV inside (or compress it with gzip as .csv.gz)"
+
+
+def _identify(head: bytes, path: Path | None) -> tuple[str, str] | None:
+    """(what the bytes are, what to do) for a known non-CSV format, else None."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return _describe_zip(path) if path is not None else ("a zip archive", "unzip it")
+    for magic, what, todo in _MAGIC:
+        if head.startswith(magic):
+            return what, todo
+    start = head.lstrip()[:512].lower()
+    if start.startswith((b"<!doctype html", b"<html")):
+        return "a web page (HTML)", "download the file itself, not the page that links to it"
+    if start.startswith(b"<?xml") and b"urn:schemas-microsoft-com:office:spreadsheet" in head:
+        return "an Excel XML spreadsheet", "export it as CSV (UTF-8)"
+    return None
+
+
+def _looks_like_utf16(sample: bytes) -> bool:
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    even, odd = sample[0::2], sample[1::2]
+    return len(sample) >= 4 and max(even.count(0) / max(len(even), 1), odd.count(0) / max(len(odd), 1)) > 0.4
+
+
+def _is_binary(sample: bytes) -> bool:
+    """NUL bytes, or more control characters than text ever has."""
+    if b"\x00" in sample:
+        return True
+    control = sum(1 for b in sample if b < 0x20 and b not in (0x09, 0x0A, 0x0C, 0x0D))
+    return control > max(2, len(sample) // 100)
+
+
+def check_file(path: Path, encoding: Encoding | str = Encoding.UTF_8) -> None:
+    """Raise a ContractError naming ``path``, what it is and what is expected, when its first bytes
+    show it is not a table DuckDB can read under its name: Parquet for ``.parquet``, gzip-compressed
+    CSV for ``.gz``, CSV text in ``encoding`` otherwise."""
+    path, encoding = Path(path), Encoding(encoding)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(SAMPLE_BYTES)
+            if size > SAMPLE_BYTES:
+                fh.seek(-4, os.SEEK_END)
+            tail = fh.read()[-4:] if size > SAMPLE_BYTES else head[-4:]
+    except OSError as exc:
+        raise ContractError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
     if path.name.endswith(".parquet"):
-        scan = f"read_parquet('{p}', file_row_number = true)"
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {name} AS "
-            f"SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS {ROW_ID} FROM {scan}"
-        )
-    else:
-        scan = f"read_csv('{p}', all_varchar = true, header = true)"
-        con.execute(  # materialised, so that row numbers are fixed once
-            f"CREATE OR REPLACE TEMP TABLE {name} AS "
-            f"SELECT *, row_number() OVER () AS {ROW_ID} FROM {scan}"
-        )
+        if head.startswith(b"PAR1") and tail == b"PAR1" and size >= 12:
+            return
+        if head.startswith(b"PAR1"):
+            raise ContractError(f"{path}: a damaged or truncated Parquet file (no footer). Write it again.")
+        raise ContractError(f"{path}: not a Parquet file; it is {_what(head, path, encoding)}. Expected Parquet, "
+                            "or name a CSV file .csv (.csv.gz when gzip-compressed).")
+    if path.name.endswith(".gz"):
+        if not head.startswith(b"\x1f\x8b"):
+            plain = path.name.removesuffix(".gz")
+            raise ContractError(f"{path}: not gzip-compressed; it is {_what(head, path, encoding)}. "
+                                f"Name it {plain} or compress it with gzip.")
+        try:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(SAMPLE_BYTES)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ContractError(f"{path}: a damaged or truncated gzip file ({exc}). Compress the CSV again.") from exc
+        _check_text(path, head, encoding, None)
+        return
+    _check_text(path, head, encoding, path)
+
+
+def _what(head: bytes, path: Path, encoding: Encoding) -> str:
+    """A few words for what ``head`` is, for a file whose name promised something else."""
+    known = _identify(head, path)
+    if known:
+        return known[0]
+    if not head.strip():
+        return "empty"
+    if _is_binary(head) and not (encoding is Encoding.UTF_16 or _looks_like_utf16(head)):
+        return "binary data"
+    return "CSV or other text"
+
+
+def _check_text(path: Path, sample: bytes, encoding: Encoding, container: Path | None) -> None:
+    """``sample``, the first bytes of ``path``'s CSV text, is text in ``encoding`` with a header."""
+    known = _identify(sample, container)
+    if known:
+        what, todo = known
+        if what == "gzip-compressed" and container is not None:
+            todo = f"name it {path.name}.gz"
+        elif what == "a Parquet file":
+            todo = f"name it {path.name.split('.')[0]}.parquet"
+        raise ContractError(f"{path}: {what}, not CSV text. Expected a CSV file: {todo}.")
+    if not sample.strip(b" \t\r\n\x00\xef\xbb\xbf\xff\xfe"):
+        raise ContractError(f"{path}: empty. Expected CSV text with a header row, then one row per line.")
+    if encoding is not Encoding.UTF_16 and _looks_like_utf16(sample):
+        raise ContractError(f"{path}: UTF-16 text, not UTF-8. Re-save it as UTF-8, or pass --encoding utf-16 "
+                            "to read it as it is.")
+    if _is_binary(sample) and encoding is not Encoding.UTF_16:
+        raise ContractError(f"{path}: binary data, not CSV text. Expected a CSV file (text, one row per line).")
+    if encoding is Encoding.UTF_8:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            decoder.decode(sample, final=len(sample) < SAMPLE_BYTES)
+        except UnicodeDecodeError as exc:
+            line = sample.count(b"\n", 0, exc.start) + 1
+            raise ContractError(_not_utf8(path, f"byte 0x{sample[exc.start]:02X} on line {line}")) from exc
+
+
+def _not_utf8(path: Path, where: str) -> str:
+    return (f"{path}: not UTF-8 ({where}). Re-save it as UTF-8, or pass --encoding latin-1 (Windows and "
+            "older Excel CSV) or --encoding utf-16 to read it as it was written.")
+
+
+def read_error(path: Path, exc: duckdb.Error, encoding: Encoding | str = Encoding.UTF_8) -> ContractError:
+    """A ContractError in the user's words for what DuckDB met reading ``path`` (the line and the
+    problem, without DuckDB's advice on its own options)."""
+    text = str(exc)
+    line = re.search(r"CSV Error on Line: (\d+)", text)
+    where = f"line {line.group(1)}" if line else "a line"
+    fields = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", text)
+    if "Invalid unicode" in text or "not utf-8 encoded" in text:
+        return ContractError(_not_utf8(path, f"on {where}"))
+    if fields:
+        expected, found = fields.groups()
+        return ContractError(f"{path}: {where} has {found} fields where the header has {expected}. Expected "
+                             "every line to have the header's fields; a value holding the delimiter must be "
+                             'in double quotes ("a, b").')
+    if "unterminated quote" in text:
+        return ContractError(f"{path}: {where} opens a double quote that is never closed. Close it, or double "
+                             'a quote inside a quoted value ("say ""hi""").')
+    if "too small to be a Parquet file" in text or "No magic bytes" in text or "Parquet" in text:
+        return ContractError(f"{path}: a damaged Parquet file ({text.splitlines()[0]}). Write it again.")
+    if "GZIP" in text or "gzip" in text or "zlib" in text:
+        return ContractError(f"{path}: a damaged or truncated gzip file. Compress the CSV again.")
+    first = next((ln for ln in text.splitlines() if ln.strip()), text)
+    first = re.sub(r"^[A-Za-z ]*Error: ", "", first)
+    return ContractError(f"{path}: could not be read as a {'Parquet' if path.name.endswith('.parquet') else 'CSV'} "
+                         f"table ({first}).")
 
 
 def load_data_dir(
-    data_dir: Path | str, rejects_dir: Path | str | None = None
+    data_dir: Path | str, rejects_dir: Path | str | None = None, encoding: Encoding | str = Encoding.UTF_8,
+    now: datetime | None = None,
 ) -> tuple[Tables, ValidationReport]:
     """Read and validate a contract directory.
 
     Rejected rows are written to ``rejects_dir`` (default ``<data_dir>/_rejects``) as
-    ``<table>.csv`` with ``source_row`` and ``reason``; tables without rejects write no file.
+    ``<table>.csv`` with ``source_row`` and ``reason``; tables without rejects write no file. A
+    ``rejects_dir`` that is or holds a table of ``data_dir`` is refused before anything is read.
     Rows of customers with a tombstone in the directory (``sendwise privacy forget``) are skipped
-    before validation, counted in ``forgotten`` and written nowhere.
+    before validation, counted in ``forgotten`` and written nowhere. CSV files are read in
+    ``encoding``; timestamps after ``now`` (default: now) are rejected. An orders file without
+    rows is an error.
     """
     data_dir = Path(data_dir)
+    if rejects_dir is not None:
+        refuse_overwriting_inputs(rejects_dir, data_dir=data_dir, option="--rejects")
     files = find_table_files(data_dir)
     tombstones = read_tombstones(data_dir)
     con = new_connection()
@@ -92,13 +301,18 @@ def load_data_dir(
     for table in Table:
         if table in files:
             raw = f"_raw_{table.value}"
-            read_raw(con, files[table], raw)
+            read_raw(con, files[table], raw, encoding)
             if tombstones and CUSTOMER_ID in con.table(raw).columns:
                 forgotten[table.value] = skip_forgotten(con, raw, tombstones)
             try:
-                reports.append(validate_raw(con, SPECS[table], raw, str(files[table])))
-            except duckdb.Error as exc:  # e.g. a CSV DuckDB cannot parse at all
-                raise ContractError(f"{files[table]}: could not be read as a table: {exc}") from exc
+                reports.append(validate_raw(con, SPECS[table], raw, str(files[table]), now=now))
+            except duckdb.Error as exc:  # e.g. a broken line DuckDB meets late, or a damaged parquet page
+                raise read_error(files[table], exc, encoding) from exc
+            if table is Table.ORDERS and reports[-1].read == 0 and not forgotten.get(table.value):
+                raise ContractError(
+                    f"{files[table]}: orders has no rows (only a header). Expected one row per order line "
+                    f"with {', '.join(SPECS[Table.ORDERS].column_names)}."
+                )
         else:
             create_empty(con, SPECS[table])
     tables = Tables(con)
@@ -108,6 +322,76 @@ def load_data_dir(
         warnings.append(f"{sum(forgotten.values()):,} row(s) of forgotten customers skipped "
                         f"({data_dir / TOMBSTONES_FILE})")
     return tables, ValidationReport(reports, written, warnings, forgotten)
+
+
+def table_paths(data_dir: Path | str) -> dict[Path, Table]:
+    """Every path a table of ``data_dir`` is read from, whether the file exists or not."""
+    return {Path(data_dir) / f"{t.value}{s}": t for t in Table for s in SUFFIXES}
+
+
+def _real(path: Path | str) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # also a hard link
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(out: Path | str, inputs: Iterable[Path | str] = (), data_dir: Path | str | None = None,
+                              option: str = "--out") -> None:
+    """Raise an InputError, before anything is written, when writing ``out`` (a file, or a directory
+    written into) could destroy what the command reads.
+
+    ``out`` is refused when it is one of ``inputs`` (the same file by any link), holds one (a
+    directory above it), or, for ``data_dir``: is the directory, holds it, is where one of its tables
+    is read from (``DIR/orders.csv``, even when that file does not exist yet: the next read would take
+    it for a table) or holds its tombstones. Other paths inside ``data_dir`` (``DIR/_rejects``,
+    ``DIR/features.parquet``) are fine. Paths are compared after resolving links.
+    """
+    target = _real(out)
+    checks: list[tuple[Path, str]] = [(Path(p), "an input of this command") for p in inputs]
+    if data_dir is not None:
+        data_dir = Path(data_dir)
+        checks.append((data_dir, "the data directory this command reads"))
+        checks.append((data_dir / TOMBSTONES_FILE, f"the tombstones of {data_dir}"))
+        for path, table in table_paths(data_dir).items():
+            if path.exists():
+                checks.append((path, f"the {table.value} table this command reads"))
+            elif _real(path) == target:
+                raise InputError(
+                    f"{option} {out} is where the {table.value} table of {data_dir} is read from: the output "
+                    f"would become an input of every command reading {data_dir}. Write it elsewhere "
+                    f"(another name or folder).")
+    for path, what in checks:
+        if not path.exists():
+            continue
+        real = _real(path)
+        if real == target or _same(path, Path(out)):
+            same = "" if Path(out) == path else f" {path},"
+            raise InputError(f"{option} {out} is{same} {what}: writing it would destroy the input. "
+                             "Write it elsewhere (another name or folder).")
+        if real.is_relative_to(target):
+            raise InputError(f"{option} {out} holds {path}, {what}: writing into it could destroy the input. "
+                             "Write it to a folder that holds no input.")
+
+
+def refuse_mixed_tables(out_dir: Path | str, writes: Iterable[Table], suffix: str = ".parquet",
+                        option: str = "--out") -> None:
+    """Raise an InputError when ``out_dir`` holds a table in another format than ``suffix`` for one of
+    the tables a command ``writes`` there: the directory would end with two files for one table."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{option} {out_dir} is a file; expected a directory (it is created if missing).")
+    for table in writes:
+        for other in SUFFIXES:
+            path = out_dir / f"{table.value}{other}"
+            if other != suffix and path.exists():
+                raise InputError(
+                    f"{option} {out_dir} already holds {path}; writing {table.value}{suffix} next to it would "
+                    f"leave two {table.value} tables. Write to a new folder, or move {path.name} away first.")
 
 
 def skip_forgotten(con: duckdb.DuckDBPyConnection, raw: str, tombstones: Tombstones,

@@ -5,11 +5,17 @@ instead of writing ``"customer_id"`` themselves.
 
 Timestamps are stored as naive UTC. An input timestamp without a zone is taken to be UTC; one with
 an offset is converted to UTC.
+
+Some rows cannot be true and are rejected: a timestamp after the moment the data is read
+(:data:`NOW`), a price above :data:`MAX_PRICE` or a quantity beyond :data:`MAX_QUANTITY`, an
+``order_id`` whose lines belong to different customers or lie more than :data:`ORDER_TIME_SPREAD`
+apart (:class:`GroupRule`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 
 # Column names -----------------------------------------------------------------------------------
@@ -32,6 +38,13 @@ URL = "url"
 IN_STOCK = "in_stock"
 AS_OF = "as_of"
 UNSUBSCRIBED = "unsubscribed"  # feature: an unsubscribe event before as_of (read by the consent gate)
+
+# Limits beyond which a value is a mistake (a typo, a wrong column, cents read as units), not a sale.
+MAX_PRICE = 1e9  # unit_price and price
+MAX_QUANTITY = 1e9  # either sign: returns are negative
+ORDER_TIME_SPREAD = timedelta(hours=1)  # lines of one order further apart than this are not one order
+# In a rule's SQL and reason, replaced by the moment the rows are read (UTC); later rows are rejected.
+NOW = "{now}"
 
 # Bookkeeping columns added to rejects files.
 SOURCE_ROW = "source_row"
@@ -91,12 +104,25 @@ class RowRule:
 
 
 @dataclass(frozen=True)
+class GroupRule:
+    """Rows sharing ``key`` must agree: ``disagree_sql``, an aggregate over one key's rows, is true when
+    they do not, and then every row of that key is rejected with ``reason``.
+
+    It sees the rows that passed every :class:`RowRule` and are not exact duplicates."""
+
+    key: str
+    reason: str
+    disagree_sql: str
+
+
+@dataclass(frozen=True)
 class TableSpec:
     table: Table
     columns: tuple[Column, ...]
     rules: tuple[RowRule, ...] = field(default=())
     reject_exact_duplicates: bool = True
     unique_key: str | None = None  # later rows repeating this key are rejected
+    group_rules: tuple[GroupRule, ...] = field(default=())
 
     @property
     def column_names(self) -> list[str]:
@@ -149,10 +175,20 @@ _PRODUCT_COLUMNS = (
 
 
 def _standard_rules(columns: tuple[Column, ...]) -> tuple[RowRule, ...]:
-    """Unparseable values first (they explain a NULL), then missing required values."""
+    """Unparseable values first (they explain a NULL), then missing required values, then
+    timestamps after now."""
     parse = [_unparseable(c) for c in columns if c.sql_type != "VARCHAR"]
     missing = [_missing(c.name) for c in columns if not c.nullable]
-    return tuple(parse + missing)
+    future = [_future(c.name) for c in columns if c.sql_type == "TIMESTAMP"]
+    return tuple(parse + missing + future)
+
+
+def _future(col: str) -> RowRule:
+    return RowRule(f"{col} is in the future (after {NOW})", f"{col} > TIMESTAMP '{NOW}'")
+
+
+def _above(col: str, limit: float) -> RowRule:
+    return RowRule(f"{col} above {limit:,.0f}", f"{col} > {limit!r}")
 
 
 _EVENT_TYPES_SQL = ", ".join(f"'{e.value}'" for e in EventType)
@@ -164,7 +200,16 @@ SPECS: dict[Table, TableSpec] = {
         _standard_rules(_ORDER_COLUMNS)
         + (
             RowRule("negative unit_price", f"{UNIT_PRICE} < 0"),
+            _above(UNIT_PRICE, MAX_PRICE),
             RowRule("zero quantity", f"{QUANTITY} = 0"),
+            RowRule(f"quantity beyond ±{MAX_QUANTITY:,.0f}", f"abs({QUANTITY}) > {MAX_QUANTITY!r}"),
+        ),
+        group_rules=(
+            GroupRule(ORDER_ID, f"{ORDER_ID} shared by lines of different {CUSTOMER_ID}",
+                      f"count(DISTINCT {CUSTOMER_ID}) > 1"),
+            GroupRule(ORDER_ID, f"{ORDER_ID} shared by lines at different {ORDERED_AT} "
+                                f"(more than {ORDER_TIME_SPREAD.total_seconds() / 3600:g} hour apart)",
+                      f"max({ORDERED_AT}) - min({ORDERED_AT}) > INTERVAL {int(ORDER_TIME_SPREAD.total_seconds())} SECOND"),
         ),
     ),
     Table.CUSTOMERS: TableSpec(
@@ -187,7 +232,7 @@ SPECS: dict[Table, TableSpec] = {
     Table.PRODUCTS: TableSpec(
         Table.PRODUCTS,
         _PRODUCT_COLUMNS,
-        _standard_rules(_PRODUCT_COLUMNS) + (RowRule("negative price", f"{PRICE} < 0"),),
+        _standard_rules(_PRODUCT_COLUMNS) + (RowRule("negative price", f"{PRICE} < 0"), _above(PRICE, MAX_PRICE)),
         unique_key=PRODUCT_ID,
     ),
 }

@@ -12,9 +12,11 @@ import pyarrow.parquet as pq
 
 from features.build import build_features, to_timestamp
 from features.config import FeatureConfig
+from features.errors import InputError
 from features.io import atomic_write
 from features.tables import Tables
 from features.training_set import data_end
+from features.validate import now_utc
 
 METADATA_KEY = b"sendwise"
 
@@ -27,8 +29,12 @@ def snapshot_as_of(tables: Tables) -> datetime:
 def write_snapshot(tables: Tables, out: Path | str, as_of: object | None = None,
                    config: FeatureConfig | None = None) -> tuple[pd.DataFrame, datetime]:
     """Build features at ``as_of`` (default: just after the data ends) and replace ``out``
-    atomically: a crash mid-write leaves the previous snapshot in place."""
+    atomically: a crash mid-write leaves the previous snapshot in place. An ``as_of`` in the future
+    is an InputError: the snapshot would age every customer by time that has not passed."""
     when = snapshot_as_of(tables) if as_of is None else to_timestamp(as_of)
+    if as_of is not None and when > now_utc():
+        raise InputError(f"as_of {when} is in the future (it is now {now_utc():%Y-%m-%d %H:%M} UTC); "
+                         "a snapshot is of a moment whose data can exist.")
     features = build_features(tables, when, config)
     table = pa.Table.from_pandas(features, preserve_index=False)
     meta = {"as_of": when.isoformat(), "created_at": datetime.now(UTC).isoformat(), "rows": len(features)}

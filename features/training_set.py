@@ -1,5 +1,4 @@
 """Labelled, point-in-time training sets: features at several as_of dates stacked, each labelled
-from features.errors import InputError
 from the window ``[as_of, as_of + horizon)``.
 
 * ``churned``: no order in the window; only customers with at least one order before as_of.
@@ -20,6 +19,7 @@ import pandas as pd
 
 from features.build import build_features, to_timestamp
 from features.config import FeatureConfig
+from features.errors import InputError
 from features.schema import AS_OF, CUSTOMER_ID, ORDERED_AT, QUANTITY
 from features.tables import Tables
 from features.validate import ContractError

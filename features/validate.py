@@ -4,18 +4,25 @@ A wrong or missing column, or a column whose values mostly fail to parse, is a
 :class:`ContractError` that names the file, the column, an example value and what was expected.
 Individual bad rows are not errors: they land in a ``<table>_rejects`` table with their reason, and
 ``loaded + rejected == read`` always holds.
+
+An importer validates its source under the contract's column names; it passes ``names`` (contract
+column -> its user's column) so that errors and reasons speak of ``InvoiceDate``, not ``ordered_at``.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import duckdb
 
 from features.errors import InputError
 from features.schema import (
     DUPLICATE_REASON,
+    NOW,
     REJECT_REASON,
     SOURCE_ROW,
     Column,
@@ -66,6 +73,23 @@ def _present_expr(col: Column, source_type: str) -> str:
     return f"\"{col.name}\" IS NOT NULL"
 
 
+def _renamer(names: Mapping[str, str] | None):
+    """A function that rewrites contract column names in a message as the user's names."""
+    if not names:
+        return lambda text: text
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")\b")
+    return lambda text: pattern.sub(lambda m: names[m.group(1)], text)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def now_utc() -> datetime:
+    """The moment rows are checked against: later timestamps are in the future (naive UTC, whole seconds)."""
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
 def check_columns(spec: TableSpec, found: list[str], source: str) -> None:
     """Raise a ContractError naming the first required column that ``found`` lacks."""
     for col in spec.columns:
@@ -79,7 +103,7 @@ def check_columns(spec: TableSpec, found: list[str], source: str) -> None:
 
 
 def _check_types(con: duckdb.DuckDBPyConnection, typed: str, raw: str, source: str,
-                 parsed: list[Column]) -> None:
+                 parsed: list[Column], rename=lambda text: text) -> None:
     for col in parsed:
         total, failed = con.execute(
             f"SELECT count(*) FILTER (WHERE {col.name}__given), count(*) FILTER (WHERE {col.name}__bad) "
@@ -92,19 +116,23 @@ def _check_types(con: duckdb.DuckDBPyConnection, typed: str, raw: str, source: s
                     ON r.{ROW_ID} = b.{ROW_ID}"""
             ).fetchall()[0][0]
             raise ContractError(
-                f"{source}: column '{col.name}' should hold {col.expected}, but {failed:,} of "
+                f"{source}: column '{rename(col.name)}' should hold {col.expected}, but {failed:,} of "
                 f"{total:,} values are not, for example {example!r}."
             )
 
 
 def validate_raw(
-    con: duckdb.DuckDBPyConnection, spec: TableSpec, raw: str, source: str
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, raw: str, source: str,
+    names: Mapping[str, str] | None = None, now: datetime | None = None,
 ) -> TableReport:
     """Validate relation ``raw`` (with a ``_row`` column) into tables ``<t>`` and ``<t>_rejects``.
 
     ``<t>`` holds the clean rows in canonical types; ``<t>_rejects`` holds the rejected rows as
-    text, with ``source_row`` and ``reason``.
+    text, with ``source_row`` and ``reason``. ``names`` maps contract columns to the names the user
+    knows them by, for messages and reasons; timestamps after ``now`` (default: now, UTC) are rejected.
     """
+    rename = _renamer(names)
+    moment = (now or now_utc()).replace(tzinfo=None)
     name = spec.table.value
     rel = con.table(raw)
     source_types = {c: str(t) for c, t in zip(rel.columns, rel.types, strict=True) if c != ROW_ID}
@@ -125,9 +153,15 @@ def validate_raw(
     bad_flags = [f"{c.name}__given AND {c.name} IS NULL AS {c.name}__bad" for c in parsed]
     bad_flags += [f"false AS {c.name}__bad" for c in spec.columns if c not in parsed]
     con.execute(f"CREATE OR REPLACE TEMP VIEW {typed}_flags AS SELECT *, {', '.join(bad_flags)} FROM {typed}")
-    _check_types(con, f"{typed}_flags", raw, source, parsed)
+    _check_types(con, f"{typed}_flags", raw, source, parsed, rename)
 
-    rule_case = " ".join(f"WHEN {r.failing_sql} THEN '{r.reason}'" for r in spec.rules)
+    def with_now(text: str, shown: str) -> str:
+        return text.replace(NOW, shown)
+
+    rule_case = " ".join(
+        f"WHEN {with_now(r.failing_sql, moment.isoformat(' '))} "
+        f"THEN {_literal(rename(with_now(r.reason, f'{moment:%Y-%m-%d %H:%M:%S} UTC')))}"
+        for r in spec.rules)
     rejected = f"_rejected_{name}"
     # Rows breaking a rule, then exact duplicates (every column equal) of an earlier passing row.
     con.execute(
@@ -149,11 +183,18 @@ def validate_raw(
                        FROM candidates)
             SELECT {ROW_ID}, '{DUPLICATE_REASON}' FROM ranked WHERE n > 1"""
     )
+    for group in spec.group_rules:  # every row of a key whose rows disagree
+        con.execute(
+            f"""INSERT INTO {rejected}
+                WITH passing AS (SELECT * FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID})),
+                conflicting AS (SELECT {group.key} FROM passing GROUP BY {group.key} HAVING {group.disagree_sql})
+                SELECT {ROW_ID}, {_literal(rename(group.reason))} FROM passing SEMI JOIN conflicting USING ({group.key})"""
+        )
     if spec.unique_key:
         key = spec.unique_key
         con.execute(
             f"""INSERT INTO {rejected}
-                SELECT {ROW_ID}, 'duplicate {key} (first in row ' || first_row || ')' FROM (
+                SELECT {ROW_ID}, {_literal(f"duplicate {rename(key)} (first in row ")} || first_row || ')' FROM (
                   SELECT {ROW_ID}, min({ROW_ID}) OVER (PARTITION BY {key}) AS first_row
                   FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID}))
                 WHERE {ROW_ID} <> first_row"""

@@ -31,7 +31,7 @@ def test_online_retail_mapping_on_a_hand_made_file(tmp_path: Path) -> None:
     report = import_online_retail(src, tmp_path / "out")
     assert (report.read, report.loaded, report.rejected) == (7, 3, 4)
     assert report.reasons == {
-        "missing customer_id": 1,
+        "missing CustomerID": 1,  # the source's column, as in the rejects file
         "not a product: bad-debt adjustment code B": 1,
         "not a product: gift voucher": 1,
         "not a product: postage code POST": 1,
@@ -62,7 +62,7 @@ def test_real_online_retail_accounts_for_every_row(online_retail_path: Path, tmp
     report = import_online_retail(online_retail_path, tmp_path)
     assert report.read == 541_909
     assert report.loaded + report.rejected == 541_909
-    assert report.reasons["missing customer_id"] > 130_000
+    assert report.reasons["missing CustomerID"] > 130_000
     assert report.tables["customers"] > 4_300
     rejects = pd.read_csv(report.rejects_file, dtype=str, usecols=["source_row", "reason"])
     assert len(rejects) == report.rejected and rejects["source_row"].is_unique

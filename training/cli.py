@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table as RichTable
 
-from features.cli import DataDir, RejectsDir, load
+from features.cli import DataDir, RejectsDir, date_option, load
 from features.errors import InputError
-from features.io import write_parquet
+from features.io import refuse_overwriting_inputs, write_parquet
 from features.training_set import Target
 from sendwise.console import console, progress_bar, reports_user_errors
 from training.promotion import DEFAULT_MARGIN, promote
@@ -23,7 +23,7 @@ from training.train import TrainResult, train_classifier
 train_app = typer.Typer(help="Train models (tracked in MLflow, registered as challenger).", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: list versions, promote challengers.", no_args_is_help=True)
 
-AsOf = Annotated[str, typer.Option("--as-of", help="Train on rows before this date; evaluate at it.")]
+AsOf = Annotated[datetime, date_option("--as-of", help="Train on rows before this date; evaluate at it.")]
 Trials = Annotated[int, typer.Option(help="Optuna trials (0: default parameters).")]
 Periods = Annotated[int, typer.Option(help="Monthly as_of dates to stack at most.")]
 # model name -> (headline holdout metric, logged baseline metric shown next to it)
@@ -49,7 +49,7 @@ def print_training(result: TrainResult) -> None:
     console.print(f"MLflow run {result.run_id}; registered as {result.name} v{result.version} (alias challenger)")
 
 
-def _train(target: Target, data: Path, as_of: str, horizon: int | None, trials: int, periods: int,
+def _train(target: Target, data: Path, as_of: datetime, horizon: int | None, trials: int, periods: int,
            rejects: Path | None) -> None:
     tables = load(data, rejects, quiet=True)
     with progress_bar() as bar:
@@ -105,7 +105,7 @@ def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn, p
                   margin: Annotated[float, typer.Option(help="Gain required (ROC-AUC; NDCG@10 for the recommender).")] = DEFAULT_MARGIN,
                   force: Annotated[bool, typer.Option(help="Promote whatever the comparison says.")] = False,
                   data: Annotated[Path | None, typer.Option(help="Evaluate both on a fresh holdout from this data.")] = None,
-                  as_of: Annotated[str | None, typer.Option("--as-of", help="Date of the fresh holdout.")] = None,
+                  as_of: Annotated[datetime | None, date_option("--as-of", help="Date of the fresh holdout.")] = None,
                   ) -> None:
     """Move `champion` to the challenger only if it beats the champion on the same holdout, by the
     margin and with a paired-bootstrap interval of the difference above zero (above the margin when
@@ -125,12 +125,13 @@ def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn, p
 
 
 @reports_user_errors
-def score(data: DataDir, as_of: Annotated[str, typer.Option("--as-of", help="Score from rows before this.")],
+def score(data: DataDir, as_of: Annotated[datetime, date_option("--as-of", help="Score from rows before this.")],
           out: Annotated[Path, typer.Option("--out", help="Output .csv or .parquet.")],
           rejects: RejectsDir = None) -> None:
     """Churn and purchase probabilities, risk band, segment, stage and top 3 reasons per customer."""
     if out.suffix not in (".csv", ".parquet"):
         raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
+    refuse_overwriting_inputs(out, data_dir=data)
     tables = load(data, rejects, quiet=True)
     configure_tracking()
     churn = load_bundle("churn", CHAMPION, TRAIN_HINT)

@@ -11,19 +11,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from features import schema as s
-from features.importers.report import ImportReport, open_source, skip_forgotten_source, write_import
+from features.importers.report import (
+    ImportReport,
+    check_import_paths,
+    open_source,
+    skip_forgotten_source,
+    write_import,
+)
+from features.io import Encoding
 from features.tables import Tables, create_empty
-from features.validate import DUPLICATE_REASON, ROW_ID, ContractError
+from features.validate import DUPLICATE_REASON, ROW_ID, ContractError, now_utc
 
 SOURCE_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 CUSTOMER_COLUMN = "userId"
 
 
-def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4.0) -> ImportReport:
+def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4.0,
+                     encoding: Encoding | str = Encoding.UTF_8) -> ImportReport:
     if not 0.5 <= min_rating <= 5:
         raise ContractError(f"min_rating must be in [0.5, 5]; got {min_rating}.")
     src = Path(src)
-    con = open_source(src, SOURCE_COLUMNS, "a MovieLens ratings file")
+    check_import_paths(src, out_dir)
+    con = open_source(src, SOURCE_COLUMNS, "a MovieLens ratings file", encoding)
+    now = now_utc()
     forgotten = skip_forgotten_source(con, CUSTOMER_COLUMN, out_dir)
     con.execute(
         f"""CREATE TEMP TABLE ratings AS
@@ -36,10 +46,13 @@ def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4
                         WHEN NOT TRY_CAST(rating AS DOUBLE) BETWEEN 0.5 AND 5 THEN 'rating outside 0.5-5'
                         WHEN TRY_CAST("timestamp" AS BIGINT) IS NULL
                           THEN 'unparseable timestamp (expected unix seconds)'
+                        WHEN to_timestamp(TRY_CAST("timestamp" AS BIGINT))::TIMESTAMP > $now
+                          THEN 'timestamp is in the future (after {now:%Y-%m-%d %H:%M:%S} UTC)'
                         WHEN row_number() OVER (PARTITION BY userId, movieId, rating, "timestamp"
                                                 ORDER BY {ROW_ID}) > 1 THEN '{DUPLICATE_REASON}'
                    END AS reason
-            FROM _source"""
+            FROM _source""",
+        {"now": now},
     )
     con.execute(
         f"""CREATE TABLE events AS

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import duckdb
 
-from features.io import REJECTS_DIRNAME, atomic_write, read_raw, read_tombstones, skip_forgotten, write_tables
+from features.io import (
+    REJECTS_DIRNAME,
+    Encoding,
+    atomic_write,
+    read_raw,
+    read_tombstones,
+    refuse_mixed_tables,
+    refuse_overwriting_inputs,
+    skip_forgotten,
+    write_tables,
+)
+from features.schema import Table
 from features.tables import Tables, new_connection
 from features.validate import ROW_ID, ContractError
 
@@ -27,19 +38,30 @@ class ImportReport:
     forgotten: int = 0  # source rows of customers forgotten in out_dir, left out and written nowhere
 
 
-def open_source(src: Path, columns: tuple[str, ...], layout: str) -> duckdb.DuckDBPyConnection:
-    """A connection with ``src`` read as text into table ``_source`` (plus ``_row``); a missing file
-    or column is a ContractError naming ``layout`` and the expected columns."""
+def check_import_paths(src: Path | str, out_dir: Path | str) -> None:
+    """Before anything is read or written: ``out_dir`` may not be ``src`` or hold it, nor hold a
+    table in another format than the parquet the importer writes."""
+    refuse_overwriting_inputs(out_dir, [src])
+    refuse_mixed_tables(out_dir, Table)
+
+
+def open_source(src: Path, columns: tuple[str, ...], layout: str,
+                encoding: Encoding | str = Encoding.UTF_8) -> duckdb.DuckDBPyConnection:
+    """A connection with ``src`` read as text into table ``_source`` (plus ``_row``); a missing file,
+    a file that is not CSV text in ``encoding``, a missing column or no rows is a ContractError
+    naming ``layout`` and the expected columns."""
     if not src.is_file():
         raise ContractError(f"{src}: no such file. Expected {layout} as CSV (optionally .gz).")
     con = new_connection()
-    read_raw(con, src, SOURCE_VIEW)
+    read_raw(con, src, SOURCE_VIEW, encoding)
     found = [c for c in con.table(SOURCE_VIEW).columns if c != ROW_ID]
     missing = [c for c in columns if c not in found]
     if missing:
         raise ContractError(
             f"{src}: not {layout}; missing column(s) {', '.join(missing)}. Expected: {', '.join(columns)}."
         )
+    if not con.execute(f"SELECT count(*) FROM {SOURCE_VIEW}").fetchall()[0][0]:
+        raise ContractError(f"{src}: no rows (only a header). Expected {layout} with one row per line.")
     return con
 
 

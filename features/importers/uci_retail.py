@@ -17,12 +17,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from features import schema as s
-from features.importers.report import ImportReport, open_source, skip_forgotten_source, write_import
+from features.importers.report import (
+    ImportReport,
+    check_import_paths,
+    open_source,
+    skip_forgotten_source,
+    write_import,
+)
+from features.io import Encoding
 from features.tables import Tables, create_empty
 from features.validate import ROW_ID, validate_raw
 
 SOURCE_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
 CUSTOMER_COLUMN = "CustomerID"
+# contract column -> the source column it comes from, so that errors and reasons use the source's names
+SOURCE_NAMES = {s.ORDER_ID: "InvoiceNo", s.CUSTOMER_ID: CUSTOMER_COLUMN, s.PRODUCT_ID: "StockCode",
+                s.QUANTITY: "Quantity", s.UNIT_PRICE: "UnitPrice", s.ORDERED_AT: "InvoiceDate"}
 NON_PRODUCT_CODES = {
     "POST": "postage",
     "DOT": "postage",
@@ -46,10 +56,13 @@ def _non_product_reason_sql() -> str:
     return f"CASE {whens} WHEN starts_with({code}, '{GIFT_VOUCHER_PREFIX}') THEN 'not a product: gift voucher' END"
 
 
-def import_online_retail(src: Path | str, out_dir: Path | str) -> ImportReport:
-    """Convert the UCI file at ``src`` into contract tables in ``out_dir`` (rejects in ``_rejects``)."""
+def import_online_retail(src: Path | str, out_dir: Path | str,
+                         encoding: Encoding | str = Encoding.UTF_8) -> ImportReport:
+    """Convert the UCI file at ``src`` (CSV in ``encoding``) into contract tables in ``out_dir``
+    (rejects in ``_rejects``)."""
     src = Path(src)
-    con = open_source(src, SOURCE_COLUMNS, "the UCI Online Retail layout")
+    check_import_paths(src, out_dir)
+    con = open_source(src, SOURCE_COLUMNS, "the UCI Online Retail layout", encoding)
     forgotten = skip_forgotten_source(con, CUSTOMER_COLUMN, out_dir)
     con.execute(f"CREATE TEMP TABLE uci_flagged AS SELECT *, {_non_product_reason_sql()} AS non_product FROM _source")
     con.execute(
@@ -58,7 +71,7 @@ def import_online_retail(src: Path | str, out_dir: Path | str) -> ImportReport:
               Quantity AS {s.QUANTITY}, UnitPrice AS {s.UNIT_PRICE}, InvoiceDate AS {s.ORDERED_AT}
             FROM uci_flagged WHERE non_product IS NULL"""
     )
-    validate_raw(con, s.SPECS[s.Table.ORDERS], "uci_orders", str(src))
+    validate_raw(con, s.SPECS[s.Table.ORDERS], "uci_orders", str(src), names=SOURCE_NAMES)
     con.execute(
         f"""CREATE TABLE orders_import_rejects AS
             SELECT {ROW_ID} AS {s.SOURCE_ROW}, reason, * EXCLUDE ({ROW_ID}, reason) FROM (
@@ -74,7 +87,7 @@ def import_online_retail(src: Path | str, out_dir: Path | str) -> ImportReport:
                      TRY_CAST(UnitPrice AS DOUBLE) AS price, TRY_CAST(Quantity AS DOUBLE) AS qty
               FROM uci_flagged WHERE non_product IS NULL)
             SELECT pid AS {s.PRODUCT_ID}, mode(name) AS {s.NAME}, CAST(NULL AS VARCHAR) AS {s.CATEGORY},
-                   median(price) FILTER (WHERE price > 0 AND qty > 0) AS {s.PRICE},
+                   median(price) FILTER (WHERE price > 0 AND price <= {s.MAX_PRICE!r} AND qty > 0) AS {s.PRICE},
                    CAST(NULL AS VARCHAR) AS {s.IMAGE_URL}, CAST(NULL AS VARCHAR) AS {s.URL},
                    CAST(NULL AS BOOLEAN) AS {s.IN_STOCK}
             FROM lines GROUP BY pid ORDER BY pid"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -10,9 +11,9 @@ import typer
 from rich.table import Table as RichTable
 
 from features.build import to_timestamp
-from features.cli import DataDir, RejectsDir, load
+from features.cli import DataDir, RejectsDir, date_option, load
 from features.errors import InputError
-from features.io import write_parquet
+from features.io import refuse_overwriting_inputs, write_parquet
 from features.schema import CUSTOMER_ID
 from sendwise.console import console, progress_bar, reports_user_errors
 from training.recommenders.batch import check_k, recommend_all
@@ -27,7 +28,7 @@ from training.tracking import configure_tracking
 
 evaluate_app = typer.Typer(help="Evaluate models on a time-based holdout.", no_args_is_help=True)
 
-AsOf = Annotated[str, typer.Option("--as-of", help="Fit on rows before this date.")]
+AsOf = Annotated[datetime, date_option("--as-of", help="Fit on rows before this date.")]
 K = Annotated[int, typer.Option("--k", help="Length of each list (1-100).")]
 HINT = "Train one first: `sendwise train recommender --data DIR --as-of DATE`."
 
@@ -69,7 +70,8 @@ def train_recommender_command(
 @reports_user_errors
 def evaluate_recommender(
     data: DataDir, as_of: AsOf, k: K = 10,
-    until: Annotated[str | None, typer.Option(help="End of the truth window (default: end of the data).")] = None,
+    until: Annotated[datetime | None, date_option(help="End of the truth window (default: end of the data).",
+                                                  future=True)] = None,
     rejects: RejectsDir = None,
 ) -> None:
     """Every model (defaults), the registered champion's parameters and the baselines on one holdout."""
@@ -88,7 +90,7 @@ def evaluate_recommender(
 
 @reports_user_errors
 def recommend(
-    data: DataDir, as_of: Annotated[str, typer.Option("--as-of", help="Recommend from rows before this.")],
+    data: DataDir, as_of: Annotated[datetime, date_option("--as-of", help="Recommend from rows before this.")],
     out: Annotated[Path, typer.Option("--out", help="Output .csv or .parquet.")],
     k: K = 10,
     alias: Annotated[str, typer.Option(help="Registry alias of the model to use.")] = CHAMPION,
@@ -107,6 +109,7 @@ def recommend(
     """Top-k products for every known customer with the champion and the business rules."""
     if out.suffix not in (".csv", ".parquet"):
         raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
+    refuse_overwriting_inputs(out, data_dir=data)
     check_k(k)
     rules = BusinessRules(exclude_purchased=not include_purchased, repurchase_after_days=repurchase_after,
                           exclude_out_of_stock=not include_out_of_stock, require_image=require_image,
