@@ -12,11 +12,12 @@ import typer
 
 from experiments.config import load_experiments
 from features.cli import DataDir
-from sendwise.console import console, reports_user_errors
+from features.io import load_data_dir
+from sendwise.console import console, errors, reports_user_errors
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
 from serving.policy import Policy
-from serving.state import NotReadyError, load_champions
+from serving.state import NotReadyError, load_champions, safe_catalog
 from serving.variants import variant_aliases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,17 @@ def preflight(config: ServeConfig) -> None:
         raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
                             f"`sendwise features snapshot --data {config.data} --out {config.snapshot}`.")
     load_champions(config)  # a missing alias, or an artifact that is missing or corrupt, fails here
+    # The data as the service will read it: a wrong column or type fails here (ContractError), and
+    # rejected rows go to the state directory, never into the data directory.
+    tables, report = load_data_dir(config.data, config.rejects_dir)
+    for warning in report.warnings:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if report.rejects_dir is not None:
+        errors.print(f"[yellow]warning:[/] {report.rejected:,} rejected row(s) written to {report.rejects_dir}",
+                     highlight=False, soft_wrap=True)
+    if (message := safe_catalog(tables).message) is not None:
+        errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    tables.con.close()
     if config.experiments is not None:
         now = datetime.now(UTC).replace(tzinfo=None)
         for experiment in load_experiments(config.experiments).experiments:  # a bad file fails here
@@ -53,6 +65,9 @@ def serve(
     snapshot: Annotated[Path | None, typer.Option(help="Feature snapshot (default: built from --data).")] = None,
     mlruns: Annotated[Path, typer.Option(help="MLflow store root (MLFLOW_TRACKING_URI overrides).")] = Path("mlruns"),
     exposure_log: Annotated[Path, typer.Option(help="Append-only exposure log.")] = Path("exposures/exposures.jsonl"),
+    state_dir: Annotated[Path | None, typer.Option(
+        help="Where the service writes besides the exposure log (the data's rejected rows); the data "
+             "directory is only read. Default: state/ next to the exposure log.")] = None,
     policy: Annotated[Path | None, typer.Option(help="Next-best-action policy YAML (default: serving/policy.yaml).")] = None,
     currency: Annotated[str, typer.Option(help="ISO code of the catalog's prices.")] = "GBP",
     experiments: Annotated[Path | None, typer.Option(
@@ -62,11 +77,13 @@ def serve(
              "refusals and unsubscribes (for shops that keep consent upstream).")] = ConsentRule.RECORDED,
 ) -> None:
     """Start the send-time service (BentoML) with the champion models."""
-    config = ServeConfig(data=data, snapshot=snapshot, mlruns=mlruns, exposure_log=exposure_log,
-                         api_key=os.environ.get("SENDWISE_API_KEY") or None, policy=policy, currency=currency,
-                         experiments=experiments, consent=consent)
+    # Options given here, the rest (SENDWISE_API_KEY) from the environment, as the server will read it.
+    config = ServeConfig.from_env(data=data, snapshot=snapshot, mlruns=mlruns, exposure_log=exposure_log,
+                                  state_dir=state_dir, policy=policy, currency=currency, experiments=experiments,
+                                  consent=consent)
     preflight(config)
-    console.print(f"serving on http://{host}:{port} (OpenAPI: /docs.json); models from {mlruns}")
+    console.print(f"serving on http://{host}:{port} (API docs: /docs); models from {mlruns}"
+                  + ("; every route but the health checks needs header x-api-key" if config.api_key else ""))
     env = os.environ | config.to_env() | {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", host, "--port", str(port)]
     sys.stdout.flush()

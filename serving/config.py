@@ -2,66 +2,96 @@
 
 | variable | meaning | default |
 |---|---|---|
-| ``SENDWISE_DATA`` | directory of contract tables (catalog and customers) | required |
+| ``SENDWISE_DATA`` | directory of contract tables (catalog and customers); only read | required |
 | ``SENDWISE_SNAPSHOT`` | feature snapshot (parquet); built from the data when absent | none |
 | ``SENDWISE_MLRUNS`` | MLflow store root (``MLFLOW_TRACKING_URI`` overrides) | ``mlruns`` |
 | ``SENDWISE_CHURN_ALIAS``, ``SENDWISE_PROPENSITY_ALIAS``, ``SENDWISE_RECOMMENDER_ALIAS`` | registry aliases | ``champion`` |
 | ``SENDWISE_EXPOSURE_LOG`` | append-only exposure log | ``exposures/exposures.jsonl`` |
-| ``SENDWISE_API_KEY`` | when set, requests need header ``x-api-key`` with this value | none |
+| ``SENDWISE_STATE_DIR`` | what the service writes besides the log (the data's rejected rows, in ``rejects/``) | ``state/`` next to the exposure log |
+| ``SENDWISE_API_KEY`` | when set, every route but the health checks needs header ``x-api-key`` with this value; set but empty is an error | none |
 | ``SENDWISE_EXPOSURE_FSYNC`` | ``true``: force each exposure write to disk (survives a power cut) | ``false`` |
 | ``SENDWISE_POLICY`` | next-best-action policy YAML | ``serving/policy.yaml`` |
 | ``SENDWISE_CURRENCY`` | currency of catalog prices (ISO code) | ``GBP`` |
 | ``SENDWISE_CONSENT`` | ``recorded``: email only with consent on record; ``unless-refused``: unless refused (see :mod:`serving.consent`) | ``recorded`` |
 | ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`experiments.config`); variants of the running one | none |
+
+A variable that is set must hold a value: an empty one is an error naming it (an empty
+``SENDWISE_API_KEY`` would otherwise mean an open service).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from features.errors import InputError
 from serving.consent import ConsentRule
+
+ENV_PREFIX = "SENDWISE_"
+
+
+def _not_empty(value: object) -> object:
+    if isinstance(value, str | SecretStr) and not str(
+            value.get_secret_value() if isinstance(value, SecretStr) else value).strip():
+        raise ValueError("set but empty; give it a value or unset it")
+    return value
+
+
+Setting = Annotated[str, BeforeValidator(_not_empty), Field(min_length=1)]
+PathSetting = Annotated[Path, BeforeValidator(_not_empty)]
 
 
 class ServeConfig(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    """The service's settings, given explicitly; :meth:`from_env` reads them from ``SENDWISE_*``."""
 
-    data: Path
-    snapshot: Path | None = None
-    mlruns: Path = Path("mlruns")
-    churn_alias: str = "champion"
-    propensity_alias: str = "champion"
-    recommender_alias: str = "champion"
-    exposure_log: Path = Path("exposures/exposures.jsonl")
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: PathSetting
+    snapshot: PathSetting | None = None
+    mlruns: PathSetting = Path("mlruns")
+    churn_alias: Setting = "champion"
+    propensity_alias: Setting = "champion"
+    recommender_alias: Setting = "champion"
+    exposure_log: PathSetting = Path("exposures/exposures.jsonl")
+    state_dir: PathSetting | None = None  # default: state/ next to the exposure log (see rejects_dir)
     exposure_fsync: bool = False
     api_key: SecretStr | None = None  # hidden in repr and dumps
-    policy: Path | None = None
-    currency: str = "GBP"
-    experiments: Path | None = None
+    policy: PathSetting | None = None
+    currency: Setting = "GBP"
+    experiments: PathSetting | None = None
     consent: ConsentRule = ConsentRule.RECORDED
 
+    @field_validator("api_key", mode="before")
     @classmethod
-    def from_env(cls) -> ServeConfig:
-        data = os.environ.get("SENDWISE_DATA")
-        if not data:
-            raise RuntimeError("SENDWISE_DATA is not set: start the service with `sendwise serve --data DIR`.")
-        env = {
-            "snapshot": os.environ.get("SENDWISE_SNAPSHOT") or None,
-            "mlruns": os.environ.get("SENDWISE_MLRUNS"),
-            "churn_alias": os.environ.get("SENDWISE_CHURN_ALIAS"),
-            "propensity_alias": os.environ.get("SENDWISE_PROPENSITY_ALIAS"),
-            "recommender_alias": os.environ.get("SENDWISE_RECOMMENDER_ALIAS"),
-            "exposure_log": os.environ.get("SENDWISE_EXPOSURE_LOG"),
-            "exposure_fsync": os.environ.get("SENDWISE_EXPOSURE_FSYNC") or None,
-            "api_key": os.environ.get("SENDWISE_API_KEY") or None,
-            "policy": os.environ.get("SENDWISE_POLICY") or None,
-            "currency": os.environ.get("SENDWISE_CURRENCY") or None,
-            "experiments": os.environ.get("SENDWISE_EXPERIMENTS") or None,
-            "consent": os.environ.get("SENDWISE_CONSENT") or None,
-        }
-        return cls(data=Path(data), **{k: v for k, v in env.items() if v is not None})
+    def _key_not_empty(cls, value: object) -> object:
+        return _not_empty(value)
+
+    @classmethod
+    def from_env(cls, **given: object) -> ServeConfig:
+        """The settings in ``SENDWISE_*`` variables, ``given`` ones taking their place; an
+        :class:`~features.errors.InputError` names each variable that is missing or wrong."""
+        try:
+            settings = _EnvConfig(**{k: v for k, v in given.items() if v is not None})
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors(include_url=False, include_input=False):
+                field = str(error["loc"][0]) if error["loc"] else ""
+                name = f"{ENV_PREFIX}{field.upper()}" if field not in given else f"--{field.replace('_', '-')}"
+                message = error["msg"].removeprefix("Value error, ")
+                if field == "data" and error["type"] == "missing":
+                    message = "not set; start the service with `sendwise serve --data DIR`"
+                problems.append(f"{name}: {message}")
+            raise InputError("service settings: " + "; ".join(problems) + ".") from None
+        return ServeConfig(**dict(settings))
+
+    @property
+    def rejects_dir(self) -> Path:
+        """Where the data's rejected rows are written: never inside the data directory, which the
+        service only reads (it may be a read-only mount)."""
+        return (self.state_dir or self.exposure_log.parent / "state") / "rejects"
 
     def to_env(self) -> dict[str, str]:
         env = {"SENDWISE_DATA": str(self.data.resolve()), "SENDWISE_MLRUNS": str(self.mlruns.resolve()),
@@ -71,6 +101,8 @@ class ServeConfig(BaseModel):
                "SENDWISE_EXPOSURE_FSYNC": str(self.exposure_fsync).lower()}
         if self.snapshot:
             env["SENDWISE_SNAPSHOT"] = str(self.snapshot.resolve())
+        if self.state_dir:
+            env["SENDWISE_STATE_DIR"] = str(self.state_dir.resolve())
         if self.api_key:
             env["SENDWISE_API_KEY"] = self.api_key.get_secret_value()
         if self.policy:
@@ -80,3 +112,10 @@ class ServeConfig(BaseModel):
         env["SENDWISE_CURRENCY"] = self.currency
         env["SENDWISE_CONSENT"] = self.consent.value
         return env
+
+
+class _EnvConfig(ServeConfig, BaseSettings):
+    """:class:`ServeConfig` read from ``SENDWISE_<FIELD>`` variables (pydantic-settings); other
+    ``SENDWISE_*`` variables (read elsewhere) are left alone."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)

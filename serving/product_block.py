@@ -2,18 +2,24 @@
 email-safe HTML fragment (tables, inline CSS, alt text, a grey box when an image is missing).
 
 The fragment never contains ``{`` or ``}`` (escaped as HTML entities), so it can be pasted into a
-Liquid or Handlebars template without being read as template syntax.
+Liquid or Handlebars template without being read as template syntax, nor a control character (a NUL
+in a product name stops Handlebars compiling the whole email). A link or image is an absolute
+http(s) URL or absent (:func:`features.links.safe_http_url`): a cell without a link is not wrapped
+in ``<a>``, and one without an image shows the grey box with the name.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
 import jinja2
 from markupsafe import Markup, escape
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from features.links import safe_http_url, strip_controls
 
 CURRENCY_SYMBOLS = {"GBP": "£", "EUR": "€", "USD": "$", "JPY": "¥"}
 TEMPLATES = Path(__file__).with_name("templates")
@@ -23,8 +29,8 @@ class BlockItem(BaseModel):
     product_id: str
     name: str
     price: str | None
-    image_url: str | None
-    link: str
+    image_url: str | None = Field(description="absolute http(s) URL, or null: show the name instead")
+    link: str | None = Field(description="absolute http(s) URL with UTM parameters, or null: no link")
     reason: str
 
 
@@ -44,22 +50,39 @@ def format_price(value: float | None, currency: str) -> str | None:
     return f"{symbol}{value:,.2f}" if symbol else f"{value:,.2f} {currency.upper()}"
 
 
+_LINE_BREAKS = re.compile("[\t\n\v\f\r\x85\u2028\u2029]+")
+
+
+def clean_text(value: object) -> str:
+    """``value`` as one line of text for a block: tabs and line breaks (Unicode's too) become a
+    space, every other C0/C1 control character is removed."""
+    return strip_controls(_LINE_BREAKS.sub(" ", "" if value is None else str(value)))
+
+
+UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_content")
+
+
 @functools.lru_cache(maxsize=100_000)
-def with_utm(url: str | None, campaign: str, content: str = "product_block") -> str:
-    """``url`` with utm_source / medium / campaign / content set (existing query kept)."""
-    if not url:
-        return "#"
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query)) | {"utm_source": "sendwise", "utm_medium": "email",
-                                            "utm_campaign": campaign, "utm_content": content}
-    return urlunsplit(parts._replace(query=urlencode(query)))
+def with_utm(url: str | None, campaign: str, content: str = "product_block") -> str | None:
+    """``url`` with utm_source / medium / campaign / content set, or None when ``url`` is not an
+    absolute http(s) URL. The rest of the query stays as it was, byte for byte (repeated and empty
+    parameters included); only those four keys are replaced."""
+    safe = safe_http_url(url)
+    if safe is None:
+        return None
+    parts = urlsplit(safe)
+    kept = [p for p in parts.query.split("&") if p and unquote_plus(p.partition("=")[0]) not in UTM_KEYS]
+    ours = urlencode({"utm_source": "sendwise", "utm_medium": "email", "utm_campaign": campaign,
+                      "utm_content": content})
+    return urlunsplit(parts._replace(query="&".join([*kept, ours])))
 
 
 def _email_safe(value: object) -> Markup:
-    """HTML-escape, and escape braces so no template language reads the fragment as its own."""
+    """Remove control characters, HTML-escape, and escape braces so no template language reads the
+    fragment as its own."""
     if isinstance(value, Markup):
         return value
-    return Markup(str(escape("" if value is None else value)).replace("{", "&#123;").replace("}", "&#125;"))
+    return Markup(str(escape(clean_text(value))).replace("{", "&#123;").replace("}", "&#125;"))
 
 
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, finalize=_email_safe,
@@ -67,7 +90,7 @@ _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=
 
 
 @functools.lru_cache(maxsize=100_000)
-def _cell(width: int, link: str, image_url: str | None, name: str, price: str | None, reason: str) -> Markup:
+def _cell(width: int, link: str | None, image_url: str | None, name: str, price: str | None, reason: str) -> Markup:
     """One product's cell; cached, since the same products recur across a campaign's customers."""
     item = {"link": link, "image_url": image_url, "name": name, "price": price, "reason": reason}
     return Markup(_ENV.get_template("product_cell.html.j2").render(width=width, item=item))
@@ -79,7 +102,7 @@ _CELLS = "\x00cells\x00"  # stands for the cells while the frame is rendered
 @functools.lru_cache(maxsize=1_000)
 def _frame(heading: str, columns: int) -> tuple[str, str, str]:
     """The block's table around its cells, rendered once per heading and width: (head, between, tail)."""
-    marker, heading = Markup(_CELLS), heading.replace("\x00", "")  # no heading can fake the marker
+    marker, heading = Markup(_CELLS), clean_text(heading)  # no NUL: no heading can fake the marker
     html = _ENV.get_template("product_block.html.j2").render(heading=heading, cells=[marker] * columns)
     head, *between, tail = html.split(_CELLS)
     return head, between[0] if between else "", tail

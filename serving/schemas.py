@@ -1,23 +1,40 @@
-"""Request and response models of the service (pydantic; examples appear in the OpenAPI document)."""
+"""Request and response models of the service (pydantic; examples appear in the OpenAPI document).
+
+The request models are the whole contract of a request: :mod:`serving.guard` checks every body
+against them before the service sees it, so what they refuse is a 4xx naming the field.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
 from serving.product_block import ProductBlock
 from training.recommenders.batch import MAX_K
 from training.recommenders.rules import BusinessRules
 
 MAX_BATCH = 10_000
-CustomerId = Field(..., min_length=1, max_length=200, examples=["17850"])
-CustomerIdText = Annotated[str, StringConstraints(min_length=1, max_length=200)]  # the same, inside a batch
+# Work per request: customers x k of a batch that answers products (recommendations, product blocks,
+# next best actions). A product-block item is about 1 kB of JSON and HTML, so the largest answer is
+# about 20 MB (5,000 customers at the default k=4, 200 at k=100).
+MAX_ITEMS = 20_000
+WORK_LIMIT = "work_limit"  # the error type of a request over MAX_ITEMS (answered 422)
+
+
+def _integer_as_text(value: object) -> object:
+    """An integer id (``17850``, what Online Retail ids look like) is read as its decimal text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+CustomerIdText = Annotated[str, BeforeValidator(_integer_as_text), StringConstraints(min_length=1, max_length=200)]
+CustomerId = Field(..., examples=["17850"], description="1-200 characters; an integer is read as its decimal text")
 
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_id: str = CustomerId
+    customer_id: CustomerIdText = CustomerId
 
 
 class ScoreBatchRequest(BaseModel):
@@ -50,6 +67,11 @@ class RuleOptions(BaseModel):
     max_price: float | None = Field(None, ge=0)
     max_per_category: int | None = Field(None, ge=1, le=100)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleOptions:
+        self.rules()  # a price range the wrong way round fails here, naming both bounds
+        return self
+
     def rules(self) -> BusinessRules:
         return BusinessRules(exclude_purchased=not self.include_purchased,
                              repurchase_after_days=self.repurchase_after_days, require_image=self.require_image,
@@ -60,12 +82,26 @@ class RuleOptions(BaseModel):
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_id: str = CustomerId
+    customer_id: CustomerIdText = CustomerId
     k: int = Field(10, ge=1, le=MAX_K)
     rules: RuleOptions = Field(default_factory=RuleOptions)
 
 
-class RecommendBatchRequest(BaseModel):
+class _BoundedWork(BaseModel):
+    """A batch whose answer holds up to ``k`` products per customer: ``customers x k`` is bounded."""
+
+    @model_validator(mode="after")
+    def _work(self) -> _BoundedWork:
+        customers, k = len(set(self.customer_ids)), self.k
+        if customers * k > MAX_ITEMS:
+            raise PydanticCustomError(
+                WORK_LIMIT, "{customers} distinct customers x k={k} is {items} products; a request may ask for at "
+                "most {limit} (customers x k): split the batch into requests of at most {most} customers at this k",
+                {"customers": customers, "k": k, "items": customers * k, "limit": MAX_ITEMS, "most": MAX_ITEMS // k})
+        return self
+
+
+class RecommendBatchRequest(_BoundedWork):
     model_config = ConfigDict(extra="forbid")
     customer_ids: list[CustomerIdText] = Field(..., min_length=1, max_length=MAX_BATCH, examples=[["17850", "13047"]])
     k: int = Field(10, ge=1, le=MAX_K)
@@ -103,14 +139,14 @@ Campaign = Field("sendwise", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9
 
 class ProductBlockRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_id: str = CustomerId
+    customer_id: CustomerIdText = CustomerId
     k: int = Field(4, ge=1, le=MAX_K)
     campaign: str = Campaign
     heading: str | None = Field(None, max_length=200)
     rules: RuleOptions = Field(default_factory=RuleOptions)
 
 
-class ProductBlockBatchRequest(BaseModel):
+class ProductBlockBatchRequest(_BoundedWork):
     model_config = ConfigDict(extra="forbid")
     customer_ids: list[CustomerIdText] = Field(..., min_length=1, max_length=MAX_BATCH)
     k: int = Field(4, ge=1, le=MAX_K)
@@ -121,12 +157,12 @@ class ProductBlockBatchRequest(BaseModel):
 
 class NextBestActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_id: str = CustomerId
+    customer_id: CustomerIdText = CustomerId
     k: int = Field(4, ge=1, le=MAX_K, description="products in the product block")
     campaign: str = Campaign
 
 
-class NextBestActionBatchRequest(BaseModel):
+class NextBestActionBatchRequest(_BoundedWork):
     model_config = ConfigDict(extra="forbid")
     customer_ids: list[CustomerIdText] = Field(..., min_length=1, max_length=MAX_BATCH)
     k: int = Field(4, ge=1, le=MAX_K)

@@ -1,34 +1,38 @@
 """The send-time service (BentoML): scores and product recommendations for the email renderer.
 
 Start it with ``sendwise serve --data DIR`` (binds 127.0.0.1). Models, snapshot and catalog are
-loaded in ``__init__`` (see :mod:`serving.state`), never at import.
+loaded in ``__init__`` (see :mod:`serving.state`), never at import. Every request passes
+:mod:`serving.metrics` (bounded labels) and :mod:`serving.guard` (API key, known paths, body checked
+against the route's request model, one batch at a time) before BentoML sees it.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
-import hmac
-import os
+import inspect
 import random
+import typing
 import uuid
 from datetime import UTC, datetime
 
 import bentoml
 import numpy as np
 import pandas as pd
-from bentoml.exceptions import InvalidArgument
-from starlette.responses import JSONResponse
 
 from experiments.config import ExperimentSet, load_experiments
+from features.links import safe_http_url
 from features.schema import CATEGORY, IMAGE_URL, NAME, PRICE, URL
 from serving.config import ServeConfig
 from serving.consent import enforce_consent
 from serving.exposures import ExposureLog
 from serving.forgotten import ForgottenCustomers
+from serving.guard import GuardMiddleware, endpoint_label
 from serving.lookup import PRECOMPUTED_K
+from serving.metrics import RequestMetrics
 from serving.policy import SUPPRESS, Policy, decide
-from serving.product_block import BlockItem, ProductBlock, format_price, render_html, with_utm
+from serving.product_block import BlockItem, ProductBlock, clean_text, format_price, render_html, with_utm
 from serving.schemas import (
     Item,
     ModelInfo,
@@ -53,56 +57,13 @@ from serving.state import ServingState
 from serving.variants import Arm, VariantRouter
 
 DEFAULT_RULES = RuleOptions()
-MAX_BODY_BYTES = 2_000_000  # a 10,000-customer batch is about 200 kB
-OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/")
+THREADS = 4  # a batch holds one (one at a time, see serving.guard); single requests share the others
 
 
-def _too_large() -> JSONResponse:
-    return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
-
-
-class GuardMiddleware:
-    """Bounds the body size (413, announced or streamed) and, when ``SENDWISE_API_KEY`` is set,
-    requires header ``x-api-key`` with that value on every API route (401)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.api_key = os.environ.get("SENDWISE_API_KEY") or None
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        if self.api_key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.api_key.encode()):
-            return await JSONResponse({"error": "missing or wrong x-api-key header"}, 401)(scope, receive, send)
-        length = headers.get(b"content-length")
-        if length is not None:
-            if int(length) > MAX_BODY_BYTES:
-                return await _too_large()(scope, receive, send)
-            return await self.app(scope, receive, send)
-        # No length announced (chunked): read at most the limit, then hand the body on.
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return None
-            chunks.append(message.get("body", b""))
-            size, more = size + len(chunks[-1]), message.get("more_body", False)
-            if size > MAX_BODY_BYTES:
-                return await _too_large()(scope, receive, send)
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-
-@bentoml.service(name="sendwise", workers=1, logging={"access": {"enabled": False}}, http={"host": "127.0.0.1"})
+# BentoML's HTTP metrics are off: they label series by raw path (serving/metrics.py keeps the same
+# series with bounded labels).
+@bentoml.service(name="sendwise", workers=1, threads=THREADS, logging={"access": {"enabled": False}},
+                 metrics={"enabled": False}, http={"host": "127.0.0.1"})
 class Sendwise:
     def __init__(self) -> None:
         config = ServeConfig.from_env()
@@ -153,12 +114,9 @@ class Sendwise:
         lookup, keys = state.lookup, self.forgotten.mask(customer_ids)
         if options == DEFAULT_RULES and k <= PRECOMPUTED_K:
             picks = {key: lookup.default_picks(key, k) for key in keys}
-        else:
-            try:
-                rules = options.rules()
-            except ValueError as exc:
-                raise InvalidArgument(f"rules: {exc}") from exc
-            picks = lookup.frame_picks(state.recommendations.recommend(pd.Index(list(dict.fromkeys(keys))), k, rules))
+        else:  # the request model has checked the rules
+            picks = lookup.frame_picks(state.recommendations.recommend(pd.Index(list(dict.fromkeys(keys))), k,
+                                                                       options.rules()))
         catalog, product_ids = lookup.catalog, lookup.product_ids
         out = []
         for cid, key in zip(customer_ids, keys, strict=True):
@@ -214,13 +172,17 @@ class Sendwise:
         state = state or self.state
         lookup = state.lookup
         blocks = []
+        heading = clean_text(heading).strip() or None
         for r in recs:
             because = self._because(r, state)
-            items = [BlockItem.model_construct(product_id=i.product_id, name=i.name or i.product_id,
-                               price=format_price(i.price, self.currency), image_url=i.image_url,
+            # Every text is one clean line and every URL absolute http(s) or None, whatever the
+            # catalog held (serving.state has cleaned it already; this holds for any state).
+            items = [BlockItem.model_construct(product_id=i.product_id, name=clean_text(i.name or i.product_id),
+                               price=clean_text(format_price(i.price, self.currency)) if i.price is not None else None,
+                               image_url=safe_http_url(i.image_url),
                                link=with_utm(lookup.catalog[URL][lookup.column[i.product_id]], campaign),
-                               reason=because.get(i.product_id,
-                                                  "Popular right now" if i.source == "popular" else "Picked for you"))
+                               reason=clean_text(because.get(
+                                   i.product_id, "Popular right now" if i.source == "popular" else "Picked for you")))
                      for i in r.items]
             title = heading or ("Picked for you" if r.known else "Popular right now")
             blocks.append(ProductBlock.model_construct(customer_id=r.customer_id, known=r.known, heading=title, items=items,
@@ -328,4 +290,21 @@ def _exposure(customer_id: str, action: str, products: list[str], probability: f
             "variant": variant, "probability": probability, "model_versions": versions}
 
 
-Sendwise.add_asgi_middleware(GuardMiddleware)
+def _request_models(service: bentoml.Service) -> dict[str, type | None]:
+    """Each API route and the model its body must match (None for a route without a body)."""
+    models = {}
+    for method in service.apis.values():
+        params = [p for p in inspect.signature(method.func).parameters.values() if p.name != "self"]
+        models[method.route] = typing.get_type_hints(method.func)[params[0].name] if params else None
+    return models
+
+
+def _api_key() -> str | None:
+    key = ServeConfig.from_env().api_key
+    return key.get_secret_value() if key else None
+
+
+ROUTES = _request_models(Sendwise)
+Sendwise.add_asgi_middleware(RequestMetrics, endpoint=functools.partial(endpoint_label, api_routes=ROUTES))
+Sendwise.add_asgi_middleware(GuardMiddleware, routes=ROUTES,
+                             batch_routes=frozenset(r for r in ROUTES if r.endswith("_batch")), api_key=_api_key)

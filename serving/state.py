@@ -2,10 +2,15 @@
 
 Scores are computed once at startup from the feature snapshot (a request is then a lookup);
 recommendations are computed per request from the recommender's factors and the business rules.
+The data directory is only read: rejected rows go to the state directory
+(:attr:`~serving.config.ServeConfig.rejects_dir`). Catalog links that are not absolute http(s) URLs
+and control characters in product names are removed as the catalog is loaded
+(:func:`safe_catalog`), so no business rule, list or block ever sees them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,10 +21,13 @@ import pandas as pd
 from features.build import build_features
 from features.errors import SendwiseError
 from features.io import load_data_dir
-from features.schema import CUSTOMER_ID
+from features.links import safe_http_url
+from features.schema import CATEGORY, CUSTOMER_ID, IMAGE_URL, NAME, PRODUCT_ID, URL, Table
 from features.snapshot import read_snapshot, snapshot_as_of
+from features.tables import Tables
 from serving.config import ServeConfig
 from serving.lookup import Lookup
+from serving.product_block import clean_text
 from training.model import ModelBundle
 from training.recommenders.batch import RecommendationContext
 from training.recommenders.models import Recommender
@@ -28,6 +36,8 @@ from training.recommenders.store import load_version as load_recommender_version
 from training.registry import alias_version, load_version
 from training.scoring import REASONS, score_features
 from training.tracking import configure_tracking
+
+logger = logging.getLogger(__name__)
 
 SCORE_FIELDS = ("churn_probability", "purchase_probability", "churn_risk", "rfm_segment", "lifecycle_stage")
 # Snapshot features the next-best-action policy may use as signals (with the score fields).
@@ -133,13 +143,78 @@ def load_champions(config: ServeConfig, aliases: Aliases | None = None) -> Champ
     return Champions(churn, propensity, recommender, version)
 
 
+@dataclass(frozen=True)
+class CatalogCheck:
+    """What :func:`safe_catalog` removed: links that were not absolute http(s) URLs (per column)
+    and product names or categories that held control characters."""
+
+    unsafe_links: dict[str, int]
+    example: str | None  # a product with an unsafe link
+    cleaned_text: int
+
+    @property
+    def message(self) -> str | None:
+        """One line for the log or the console, or None when nothing was removed."""
+        parts, links = [], [f"{n:,} {column}" for column, n in self.unsafe_links.items() if n]
+        if links:
+            parts.append(f"{' and '.join(links)} value(s) are not absolute http(s) URLs and are left out "
+                         f"(e.g. product {self.example!r}): such products get no link, or their name in place "
+                         "of the image")
+        if self.cleaned_text:
+            parts.append(f"control characters removed from {self.cleaned_text:,} product name(s) or categories")
+        return "catalog: " + "; ".join(parts) + "." if parts else None
+
+
+def _sql_url(value: str | None) -> str | None:
+    return safe_http_url(value)
+
+
+def _sql_text(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
+
+
+def safe_catalog(tables: Tables) -> CatalogCheck:
+    """Replace the products table (in memory) by one whose ``url`` and ``image_url`` are absolute
+    http(s) URLs or NULL (:func:`features.links.safe_http_url`) and whose ``name`` and ``category``
+    hold no control character; returns what was removed."""
+    con, products = tables.con, Table.PRODUCTS.value
+    con.create_function("_sendwise_safe_url", _sql_url, ["VARCHAR"], "VARCHAR", null_handling="special")
+    con.create_function("_sendwise_clean_text", _sql_text, ["VARCHAR"], "VARCHAR", null_handling="special")
+    given = f"IS NOT NULL AND trim({{0}}) <> '' AND _sendwise_safe_url({{0}}) IS NULL"
+    try:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _safe_products AS SELECT *,
+                          {URL} {given.format(URL)} AS _bad_url, {IMAGE_URL} {given.format(IMAGE_URL)} AS _bad_image,
+                          {NAME} IS DISTINCT FROM _sendwise_clean_text({NAME})
+                            OR {CATEGORY} IS DISTINCT FROM _sendwise_clean_text({CATEGORY}) AS _dirty_text
+                        FROM {products}""")
+        counts = con.execute(f"""SELECT count(*) FILTER (WHERE _bad_url), count(*) FILTER (WHERE _bad_image),
+                                        min({PRODUCT_ID}) FILTER (WHERE _bad_url OR _bad_image),
+                                        count(*) FILTER (WHERE _dirty_text)
+                                 FROM _safe_products""").fetchall()[0]
+        con.execute(f"""UPDATE _safe_products SET {URL} = _sendwise_safe_url({URL}),
+                          {IMAGE_URL} = _sendwise_safe_url({IMAGE_URL}), {NAME} = _sendwise_clean_text({NAME}),
+                          {CATEGORY} = _sendwise_clean_text({CATEGORY})""")
+        is_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [products]).fetchall()[0][0]
+        con.execute(f"DROP {'VIEW' if is_view else 'TABLE'} {products}")
+        con.execute(f"CREATE TEMP VIEW {products} AS SELECT * EXCLUDE (_bad_url, _bad_image, _dirty_text) "
+                    "FROM _safe_products")
+    finally:
+        con.remove_function("_sendwise_safe_url")
+        con.remove_function("_sendwise_clean_text")
+    return CatalogCheck({URL: counts[0], IMAGE_URL: counts[1]}, clean_text(counts[2]) if counts[2] else None,
+                        counts[3])
+
+
 def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] = ()) -> dict[Aliases, ServingState]:
     """One state per alias set: the configured aliases and each of ``extra`` (e.g. an experiment
     variant serving the challenger). Data and snapshot are read once and shared."""
     if not config.data.is_dir():
         raise NotReadyError(f"data directory {config.data} does not exist; pass --data DIR with the shop's tables.")
     models = {aliases: load_champions(config, aliases) for aliases in dict.fromkeys([config_aliases(config), *extra])}
-    tables, _ = load_data_dir(config.data, None)
+    tables, _ = load_data_dir(config.data, config.rejects_dir)
+    check = safe_catalog(tables)
+    if check.message:
+        logger.warning(check.message)
     if config.snapshot is not None:
         if not config.snapshot.exists():
             raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
