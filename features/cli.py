@@ -54,12 +54,12 @@ def parse_iso_date(value: str | datetime) -> datetime:
     return parsed
 
 
-def check_not_future(when: datetime, what: str = "an as_of") -> datetime:
+def check_not_future(when: datetime) -> datetime:
     """``when`` itself; an InputError when it is after now (UTC)."""
     now = now_utc()
     if when > now:
-        raise InputError(f"{when:%Y-%m-%d %H:%M:%S} is in the future (it is now {now:%Y-%m-%d %H:%M} UTC); "
-                         f"{what} must be a moment whose data can exist.")
+        raise InputError(f"{when:%Y-%m-%d %H:%M:%S} is in the future (it is now {now:%Y-%m-%d %H:%M} UTC): "
+                         "no data exists there yet. Expected a moment in the past.")
     return when
 
 

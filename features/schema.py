@@ -8,8 +8,8 @@ an offset is converted to UTC.
 
 Some rows cannot be true and are rejected: a timestamp after the moment the data is read
 (:data:`NOW`), a price above :data:`MAX_PRICE` or a quantity beyond :data:`MAX_QUANTITY`, an
-``order_id`` whose lines belong to different customers or lie more than :data:`ORDER_TIME_SPREAD`
-apart (:class:`GroupRule`).
+``order_id`` whose lines belong to different customers or whose purchase lines lie more than
+:data:`ORDER_TIME_SPREAD` apart (:class:`GroupRule`; a return may come later under its order's id).
 """
 
 from __future__ import annotations
@@ -207,9 +207,11 @@ SPECS: dict[Table, TableSpec] = {
         group_rules=(
             GroupRule(ORDER_ID, f"{ORDER_ID} shared by lines of different {CUSTOMER_ID}",
                       f"count(DISTINCT {CUSTOMER_ID}) > 1"),
-            GroupRule(ORDER_ID, f"{ORDER_ID} shared by lines at different {ORDERED_AT} "
+            # returns (negative quantity) may come later under the order's id; the purchase lines may not
+            GroupRule(ORDER_ID, f"{ORDER_ID} shared by purchase lines at different {ORDERED_AT} "
                                 f"(more than {ORDER_TIME_SPREAD.total_seconds() / 3600:g} hour apart)",
-                      f"max({ORDERED_AT}) - min({ORDERED_AT}) > INTERVAL {int(ORDER_TIME_SPREAD.total_seconds())} SECOND"),
+                      f"max({ORDERED_AT}) FILTER (WHERE {QUANTITY} > 0) - min({ORDERED_AT}) FILTER (WHERE {QUANTITY} > 0)"
+                      f" > INTERVAL {int(ORDER_TIME_SPREAD.total_seconds())} SECOND"),
         ),
     ),
     Table.CUSTOMERS: TableSpec(

@@ -133,3 +133,19 @@ def test_import_with_encoding(tmp_path: Path) -> None:
                                  "--encoding", "latin-1"])
     assert result.exit_code == 0, result.output
     assert pd.read_parquet(tmp_path / "o" / "products.parquet")["name"].item() == "CRÈME"
+
+
+@pytest.mark.parametrize("bad_line", ["2,c1,p1,1,2.5,2024-01-01,extra", "2,c1,p1,1,2.5"])
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_a_line_with_other_fields_near_the_top_names_the_line(tmp_path: Path, bad_line: str, where: str) -> None:
+    # DuckDB's sniffer reads such a file as one column, or takes the odd line for the header
+    lines = ["1,c1,p1,1,2.5,2024-01-01", bad_line] + (["3,c1,p1,1,2.5,2024-01-01"] if where == "middle" else [])
+    (tmp_path / "orders.csv").write_text(HEADER + "\n".join(lines) + "\n")
+    out = invoke("data", "validate", tmp_path)
+    assert f"orders.csv: line 3 has {bad_line.count(',') + 1} fields where the header has 6" in out
+
+
+def test_a_title_line_above_the_header_is_still_read(tmp_path: Path) -> None:
+    (tmp_path / "orders.csv").write_text("Orders exported 2024-02-01\n" + HEADER + "1,c1,p1,1,2.5,2024-01-01\n")
+    tables, report = load_data_dir(tmp_path)
+    assert tables.count("orders") == 1 and report.rejected == 0

@@ -72,18 +72,20 @@ def test_an_order_id_shared_by_customers_or_days_is_rejected_whole(tmp_path: Pat
         "C,c3,p2,1,2,2024-03-09",          # C: two days
         "D,,p1,1,2,2024-01-04",            # D: a line without customer is rejected for that
         "D,c4,p1,1,2,2024-01-04",          #    and does not make D a conflict
+        "E,c5,p1,2,2,2024-01-05",          # E: returns under the order's id, days later: fine
+        "E,c5,p1,-1,2,2024-01-09",
+        "E,c5,p1,-1,2,2024-01-20",
+        "F,c6,p1,2,2,2024-01-05",          # F: a return by another customer is not
+        "F,c7,p1,-1,2,2024-01-09",
     ]) + "\n")
     tables, report = load_data_dir(tmp_path)
     assert accounted(report)
     reasons = reasons_by_row(tmp_path / "_rejects" / "orders.csv")
-    assert reasons == {
-        3: "order_id shared by lines of different customer_id",
-        4: "order_id shared by lines of different customer_id",
-        5: "order_id shared by lines at different ordered_at (more than 1 hour apart)",
-        6: "order_id shared by lines at different ordered_at (more than 1 hour apart)",
-        7: "missing customer_id",
-    }
-    assert sorted(tables.frame("orders")["order_id"]) == ["A", "A", "D"]
+    customers, days = ("order_id shared by lines of different customer_id",
+                       "order_id shared by purchase lines at different ordered_at (more than 1 hour apart)")
+    assert reasons == {3: customers, 4: customers, 5: days, 6: days, 7: "missing customer_id",
+                       12: customers, 13: customers}
+    assert sorted(tables.frame("orders")["order_id"]) == ["A", "A", "D", "E", "E", "E"]
 
 
 def test_absurd_prices_and_quantities_are_rejected(tmp_path: Path) -> None:

@@ -52,3 +52,9 @@ def test_stacked_monthly_set_on_generated_data(demo_tables: Tables) -> None:
     assert 0.2 < frame["churned"].mean() < 0.9
     # planted behaviour: churners have been away longer
     assert frame.loc[frame["churned"], "recency_days"].median() > frame.loc[~frame["churned"], "recency_days"].median()
+
+
+def test_a_horizon_that_is_not_positive_is_an_input_error(tiny_tables: Tables) -> None:
+    from features.errors import InputError
+    with pytest.raises(InputError, match="horizon_days must be positive; got 0"):
+        build_training_set(tiny_tables, ["2024-01-15"], Target.PURCHASED, horizon_days=0)
