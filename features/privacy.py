@@ -3,12 +3,16 @@ snapshots, training sets, score and recommendation outputs): find them (``privac
 remove them (``privacy forget``).
 
 A file's customer column is ``customer_id``, or the importers' source column in their rejects
-(``CustomerID``, ``userId``). Ids are compared as trimmed text, as the contract reads them.
-Files are rewritten atomically in their own format (CSV stays text, parquet keeps its metadata).
+(``CustomerID``, ``userId``). Ids are compared as trimmed text, as the contract reads them. A CSV is
+read as the loader reads it, whatever its delimiter and quoting (:mod:`features.csv_dialect`), and
+loses only the bytes of the removed records; parquet is rewritten with its metadata. Every rewrite
+is atomic, keeps the file's permissions and, for a symlink, rewrites the file it points to.
 """
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 
@@ -17,11 +21,33 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.csv_dialect import CsvFile
 from features.importers import movielens, uci_retail
-from features.io import SUFFIXES, atomic_write
+from features.io import SUFFIXES, Encoding, atomic_write
 from features.schema import CUSTOMER_ID
 
 CUSTOMER_COLUMNS = (CUSTOMER_ID, uci_retail.CUSTOMER_COLUMN, movielens.CUSTOMER_COLUMN)
+
+
+def files_below(root: Path | str) -> list[Path]:
+    """Every file below ``root``, following symlinked folders (each folder once: a link to an
+    ancestor does not loop) and listing each real file once, under the first path found."""
+    root = Path(root)
+    seen_dirs, seen_files, found = set(), set(), []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            target = os.path.realpath(path)
+            if path.is_file() and target not in seen_files:
+                seen_files.add(target)
+                found.append(path)
+    return sorted(found)
 
 
 def tabular_files(root: Path | str) -> list[Path]:
@@ -29,43 +55,54 @@ def tabular_files(root: Path | str) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+    return [p for p in files_below(root) if p.name.endswith(SUFFIXES)]
 
 
-def _read(path: Path) -> pa.Table:
+def _read(path: Path, encoding: Encoding | str) -> tuple[pa.Table, CsvFile | None]:
     if path.name.endswith(".parquet"):
-        return pq.read_table(path)
-    # as text, empty cells kept as they are, so that a rewrite changes nothing but the dropped rows
-    return pa.Table.from_pandas(pd.read_csv(path, dtype=str, keep_default_na=False), preserve_index=False)
+        return pq.read_table(path), None
+    csv_file = CsvFile(path, encoding)
+    return csv_file.read(), csv_file  # as text, as the loader reads it
 
 
-def _matches(table: pa.Table, customer_ids: Collection[str]) -> pa.ChunkedArray | None:
-    column = next((c for c in CUSTOMER_COLUMNS if c in table.column_names), None)
-    if column is None:
-        return None
-    text = pc.utf8_trim_whitespace(pc.cast(table[column], pa.string()))
-    return pc.fill_null(pc.is_in(text, value_set=pa.array(sorted(customer_ids), pa.string())), False)
+def _customer_column(table: pa.Table) -> str | None:
+    return next((c for c in CUSTOMER_COLUMNS if c in table.column_names), None)
 
 
-def customer_rows(path: Path | str, customer_ids: Collection[str]) -> pd.DataFrame | None:
-    """The rows of ``path`` that belong to ``customer_ids`` (None: the file has no customer column)."""
-    table = _read(Path(path))
-    mask = _matches(table, customer_ids)
-    return None if mask is None else table.filter(mask).to_pandas()
+def _trimmed(table: pa.Table, column: str) -> pa.ChunkedArray:
+    return pc.utf8_trim_whitespace(pc.cast(table[column], pa.string()))
 
 
-def drop_customer_rows(path: Path | str, customer_ids: Collection[str]) -> int:
-    """Rewrite ``path`` without the rows of ``customer_ids``; returns how many rows went."""
+def _matches(table: pa.Table, column: str, customer_ids: Collection[str]) -> pa.ChunkedArray:
+    value_set = pa.array(sorted(customer_ids), pa.string())
+    return pc.fill_null(pc.is_in(_trimmed(table, column), value_set=value_set), False)
+
+
+def customer_rows(path: Path | str, customer_ids: Collection[str],
+                  encoding: Encoding | str = Encoding.UTF_8) -> pd.DataFrame | None:
+    """The rows of ``path`` that belong to ``customer_ids`` (None: the file has no customer column).
+    A CSV that is not UTF-8 is read in ``encoding``."""
+    table, _ = _read(Path(path), encoding)
+    column = _customer_column(table)
+    return None if column is None else table.filter(_matches(table, column, customer_ids)).to_pandas()
+
+
+def drop_customer_rows(path: Path | str, customer_ids: Collection[str],
+                       encoding: Encoding | str = Encoding.UTF_8) -> Counter[str]:
+    """Rewrite ``path`` without the rows of ``customer_ids``; returns the rows removed per customer id
+    (empty: none, the file is left untouched). A CSV that is not UTF-8 is read in ``encoding``."""
     path = Path(path)
-    table = _read(path)
-    mask = _matches(table, customer_ids)
-    n = 0 if mask is None else pc.sum(mask).as_py() or 0
-    if not n:
-        return 0
-    kept = table.filter(pc.invert(mask))
-    if path.name.endswith(".parquet"):
+    table, csv_file = _read(path, encoding)
+    column = _customer_column(table)
+    if column is None:
+        return Counter()
+    mask = _matches(table, column, customer_ids)
+    removed = Counter(_trimmed(table.filter(mask), column).to_pylist())
+    if not removed:
+        return removed
+    if csv_file is None:
+        kept = table.filter(pc.invert(mask))
         atomic_write(path, lambda tmp: pq.write_table(kept, tmp, compression="zstd"))
     else:
-        compression = "gzip" if path.name.endswith(".gz") else None
-        atomic_write(path, lambda tmp: kept.to_pandas().to_csv(tmp, index=False, compression=compression))
-    return n
+        csv_file.cut(table, column, mask.to_pylist())
+    return removed

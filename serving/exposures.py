@@ -22,6 +22,7 @@ import os
 import secrets
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 
@@ -95,8 +96,10 @@ def _ends_torn(path: Path) -> bool:
 
 
 def customer_exposures(path: Path | str, customer_id: str) -> list[dict]:
-    """Every record of the log about ``customer_id``."""
-    return [r for r in read_exposures(path) if r.get(CUSTOMER_ID) == customer_id]
+    """Every record of the log about ``customer_id`` (compared as trimmed text)."""
+    wanted = customer_id.strip()
+    return [r for r in read_exposures(path)
+            if isinstance(r, dict) and isinstance(r.get(CUSTOMER_ID), str) and r[CUSTOMER_ID].strip() == wanted]
 
 
 def read_exposures(path: Path | str) -> list[dict]:
@@ -115,29 +118,32 @@ def read_exposures(path: Path | str) -> list[dict]:
     return out
 
 
-def pseudonymise_customers(path: Path | str, customer_ids: Collection[str]) -> int:
+def pseudonymise_customers(path: Path | str, customer_ids: Collection[str]) -> Counter[str]:
     """Replace ``customer_ids`` in the log by random pseudonyms (one per customer, kept nowhere), so
     that counts per action, variant and model stay right and nothing links back to the customer;
-    lines that do not parse (torn tails) are dropped. Returns how many records changed.
+    ids are compared as trimmed text; lines that do not parse (torn tails) are dropped. Returns how
+    many records changed per customer id (empty: none, the log is left untouched).
 
     The bulk of the log is rewritten while writers go on appending; the exclusive lock is held only
-    to rewrite what they appended meanwhile and to rename (a few milliseconds of paused appends)."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    wanted = set(customer_ids)
+    to rewrite what they appended meanwhile and to rename (a few milliseconds of paused appends).
+    A symlinked log has the file it points to rewritten (the link stays); the file keeps its
+    permissions. A log that does not exist is an error (``FileNotFoundError``), not "nothing found"."""
+    path = Path(os.path.realpath(path))
+    wanted = {c.strip() for c in customer_ids}
     pseudonyms = {c: f"{FORGOTTEN}-{secrets.token_hex(8)}" for c in wanted}
 
-    def rewrite(lines: bytes) -> tuple[bytes, int]:
-        out, changed = [], 0
+    def rewrite(lines: bytes) -> tuple[bytes, Counter[str]]:
+        out, changed = [], Counter()
         for line in lines.split(b"\n"):
             try:
                 record = json.loads(line)
             except ValueError:  # a torn tail, or an empty line
                 continue
-            if isinstance(record, dict) and record.get(CUSTOMER_ID) in wanted:
-                record[CUSTOMER_ID] = pseudonyms[record[CUSTOMER_ID]]
-                line, changed = json.dumps(record, separators=(",", ":")).encode(), changed + 1
+            customer = record.get(CUSTOMER_ID) if isinstance(record, dict) else None
+            if isinstance(customer, str) and customer.strip() in wanted:
+                record[CUSTOMER_ID] = pseudonyms[customer.strip()]
+                line = json.dumps(record, separators=(",", ":")).encode()
+                changed[customer.strip()] += 1
             out.append(line + b"\n")
         return b"".join(out), changed
 
@@ -158,7 +164,7 @@ def pseudonymise_customers(path: Path | str, customer_ids: Collection[str]) -> i
                 changed += tail_changed
                 if not changed:
                     Path(tmp).unlink()
-                    return 0
+                    return changed
                 out.write(tail)
                 out.flush()
                 os.fsync(out.fileno())

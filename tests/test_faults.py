@@ -3,7 +3,8 @@
 Training killed while it writes its model leaves the champion as it was; a champion whose artifact
 is missing or corrupt stops the service from starting with a message naming it; a snapshot write
 killed midway leaves the previous snapshot readable; rewriting the exposure log (privacy forget)
-while a writer appends loses nothing. (The real server killed under load: tests/test_service.py.)"""
+while a writer appends loses nothing; forget rewriting a saved recommender and failing or killed at
+any step leaves a whole model at its path. (The real server killed under load: tests/test_service.py.)"""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SERVE_AS_OF
 from typer.testing import CliRunner
@@ -26,6 +28,10 @@ from sendwise.cli import app
 from serving.config import ServeConfig
 from serving.exposures import pseudonymise_customers, read_exposures
 from serving.state import NotReadyError, load_champions
+from training.recommenders import models as recommender_models
+from training.recommenders import store as recommender_store
+from training.recommenders.models import ARRAYS_FILE, MODEL_FILE, load_recommender, make_recommender
+from training.recommenders.store import customer_data_in_store, forget_in_store
 from training.registry import CHAMPION, alias_version, load_bundle
 from training.tracking import configure_tracking
 
@@ -150,3 +156,117 @@ def test_rewriting_the_exposure_log_while_a_writer_appends_loses_nothing(tmp_pat
     assert all(changed) and acknowledged <= {r["i"] for r in records}
     pseudonymised = [r for r in records if r["customer_id"].startswith("forgotten-")]
     assert pseudonymised and all(r["i"] % 10 == 3 for r in pseudonymised)
+
+
+def _saved_recommender(root: Path) -> Path:
+    """A small ALS model (20 customers c00-c19) saved where MLflow keeps a registered one, with the
+    permissions a shared deployment gives it and a file of its own beside the model's two."""
+    rng = np.random.default_rng(0)
+    orders = pd.DataFrame({"order_id": [f"o{i}" for i in range(200)],
+                           "customer_id": [f"c{i % 20:02d}" for i in range(200)],
+                           "product_id": [f"p{j:02d}" for j in rng.integers(0, 15, 200)],
+                           "ordered_at": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(200), unit="h"),
+                           "quantity": 1.0, "unit_price": 1.0})
+    model = make_recommender("als", factors=4, iterations=2).fit_tables(Tables.from_frames(orders), "2024-03-01")
+    directory = root / "artifacts" / "1" / "models" / "m-1" / "artifacts" / "recommender"
+    model.save(directory)
+    (directory / "notes.txt").write_text("kept\n")
+    for name, mode in ((ARRAYS_FILE, 0o640), (MODEL_FILE, 0o644), ("notes.txt", 0o600)):
+        (directory / name).chmod(mode)
+    directory.chmod(0o750)
+    return directory
+
+
+def _files(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mode & 0o777) for p in directory.iterdir()}
+
+
+def _fail_writing_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    def savez(f, **_arrays) -> None:
+        f.write(b"PK\x03\x04 half an archive")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(recommender_models.np, "savez", savez)
+
+
+def _fail_writing_descriptor(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = recommender_models.atomic_write
+
+    def atomic_write(target, write) -> None:
+        if Path(target).name == MODEL_FILE:
+            raise OSError(28, "No space left on device")
+        real(target, write)
+
+    monkeypatch.setattr(recommender_models, "atomic_write", atomic_write)
+
+
+def _fail_moving_the_new_model_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = os.rename, []
+
+    def rename(src, dst) -> None:
+        calls.append(dst)
+        if len(calls) == 2:  # the old model was moved aside
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(recommender_models.os, "rename", rename)
+
+
+@pytest.mark.parametrize("fail", [_fail_writing_arrays, _fail_writing_descriptor, _fail_moving_the_new_model_in],
+                         ids=["writing the arrays", "writing the descriptor", "moving the new model in"])
+def test_forget_failing_while_it_rewrites_a_saved_recommender_leaves_the_old_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail) -> None:
+    directory = _saved_recommender(tmp_path / "mlruns")
+    before = _files(directory)
+    with monkeypatch.context() as patched:
+        fail(patched)
+        with pytest.raises(OSError):
+            forget_in_store(tmp_path / "mlruns", ["c03"])
+    assert _files(directory) == before  # the old model, whole, with every file's bytes and permissions
+    assert "c03" in load_recommender(directory).customer_ids_
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["recommender"]  # nothing left beside it
+
+    assert forget_in_store(tmp_path / "mlruns", [" c03 "]) == {str(directory): {"c03": 1}}  # then it works
+    after = _files(directory)
+    assert "c03" not in load_recommender(directory).customer_ids_ and len(load_recommender(directory).customer_ids_) == 19
+    assert {name: mode for name, (_, mode) in after.items()} == {name: mode for name, (_, mode) in before.items()}
+    assert after["notes.txt"] == before["notes.txt"] and directory.stat().st_mode & 0o777 == 0o750
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["recommender"]
+
+
+def test_forget_killed_while_it_rewrites_a_saved_recommender_leaves_a_whole_model(tmp_path: Path) -> None:
+    """Killed as soon as the new copy appears (a partial copy beside the model), then again and
+    again as the loop goes on: a whole model is always there; the next forget removes the copies
+    the kills left (they may hold the customers) and counts what it removed from them."""
+    directory = _saved_recommender(tmp_path / "mlruns")
+    code = PREAMBLE + (
+        "from training.recommenders.store import forget_in_store\n"
+        "for i in range(20):\n"
+        f"    forget_in_store({str(tmp_path / 'mlruns')!r}, [f'c{{i:02d}}'])\n")
+    for _ in range(3):
+        forgetter = subprocess.Popen([sys.executable, "-c", code])
+        kill_when(forgetter, lambda: any(p.name.startswith(".recommender.") for p in directory.parent.iterdir()),
+                  timeout=60)  # inside a save: its new copy is being written
+        model = load_recommender(directory)  # whole: the old model or the new one
+        assert 0 < len(model.customer_ids_) <= 20 and model.customer_data(model.customer_ids_[0])
+    left = [p for p in directory.parent.iterdir() if p.name != "recommender"]
+    assert left  # what the kills left beside the model
+    forget_in_store(tmp_path / "mlruns", [])
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["recommender"]
+    assert load_recommender(directory).customer_ids_.equals(model.customer_ids_)
+
+
+def test_forget_removes_a_customer_kept_only_in_a_copy_a_crashed_save_left(tmp_path: Path) -> None:
+    directory = _saved_recommender(tmp_path / "mlruns")
+    old_copy = directory.with_name(".recommender.old-0badc0de")
+    shutil.copytree(directory, old_copy)  # a save killed after its second rename: the old model lingers
+    model = load_recommender(directory)
+    model.without_customers(["c05"])
+    model.save(directory.with_name("fresh"))
+    shutil.rmtree(directory)
+    directory.with_name("fresh").rename(directory)  # the model no longer holds c05; the copy does
+
+    assert list(customer_data_in_store(tmp_path / "mlruns", "c05")) == [str(old_copy)]  # export shows it
+    assert forget_in_store(tmp_path / "mlruns", ["c05"]) == {str(directory): {"c05": 1}}
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["recommender"]
+    assert customer_data_in_store(tmp_path / "mlruns", "c05") == {}

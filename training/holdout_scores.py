@@ -16,6 +16,8 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from features.privacy import files_below
+
 ARTIFACT_DIR = "holdout"
 ARTIFACT_FILE = "scores.parquet"
 
@@ -29,8 +31,8 @@ def log_holdout_scores(frame: pd.DataFrame) -> None:
 
 
 def score_files(root: Path | str) -> list[Path]:
-    """Every holdout score file below a local MLflow store root."""
-    return sorted(Path(root).rglob(f"{ARTIFACT_DIR}/{ARTIFACT_FILE}"))
+    """Every holdout score file below a local MLflow store root (following symlinked folders)."""
+    return [p for p in files_below(root) if p.name == ARTIFACT_FILE and p.parent.name == ARTIFACT_DIR]
 
 
 def load_holdout_scores(name: str, version: str) -> pd.DataFrame | None:

@@ -2,45 +2,85 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table as RichTable
 
-from features.cli import DataDir
-from features.io import atomic_write
+from features.cli import DataDir, EncodingOption
+from features.errors import NotFoundError
+from features.io import Encoding, atomic_write
 from sendwise.console import console, reports_user_errors
 from sendwise.privacy.export import export_customer
 from sendwise.privacy.forget import forget_customers
+from sendwise.privacy.stores import (
+    EXPOSURE_LOG_HELP,
+    MLRUNS_HELP,
+    NO_EXPOSURE_LOG_HELP,
+    NO_MLRUNS_HELP,
+    check_outside,
+    resolve_exposure_log,
+    resolve_mlruns,
+)
 
 privacy_app = typer.Typer(help="Customers' data: export everything held about one, forget some.",
                           no_args_is_help=True)
 
-MlrunsDir = Annotated[Path, typer.Option(help="MLflow store root (local artifacts).")]
-ExposureLogFile = Annotated[Path, typer.Option(help="The service's exposure log.")]
+MlrunsDir = Annotated[Path | None, typer.Option(help=MLRUNS_HELP, show_default=False)]
+NoMlruns = Annotated[bool, typer.Option("--no-mlruns", help=NO_MLRUNS_HELP)]
+ExposureLogFile = Annotated[Path | None, typer.Option(help=EXPOSURE_LOG_HELP, show_default=False)]
+NoExposureLog = Annotated[bool, typer.Option("--no-exposure-log", help=NO_EXPOSURE_LOG_HELP)]
 ExtraFiles = Annotated[list[Path] | None, typer.Option(
     "--file", help="Another file (or folder) with customer rows: snapshot, training set, scores; repeat.")]
+PRIVATE = 0o600  # a new export file: personal data, readable by its owner only
+
+
+class NothingMatchedError(NotFoundError):
+    """A customer id to forget was found nowhere (most likely a typo)."""
 
 
 @privacy_app.command("export")
 @reports_user_errors
 def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")],
            data: DataDir,
-           mlruns: MlrunsDir = Path("mlruns"),
-           exposure_log: ExposureLogFile = Path("exposures/exposures.jsonl"),
+           mlruns: MlrunsDir = None,
+           no_mlruns: NoMlruns = False,
+           exposure_log: ExposureLogFile = None,
+           no_exposure_log: NoExposureLog = False,
            file: ExtraFiles = None,
-           out: Annotated[Path | None, typer.Option(help="Write the JSON here (default: standard output).")] = None,
+           encoding: EncodingOption = Encoding.UTF_8,
+           out: Annotated[Path | None, typer.Option(
+               help="Write the JSON here, outside --data, --mlruns and the --file folders (forget does not "
+                    "look for exports there); a new file is readable by its owner only "
+                    "(default: standard output).")] = None,
            ) -> None:
     """Everything held about CUSTOMER_ID (input rows, features, scores, recommendations, model rows,
     exposures) as one JSON document."""
-    doc = export_customer(customer_id, data, mlruns, exposure_log, file or [])
+    mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
+    if out is not None:
+        check_outside(out, [("the data directory", data)] + ([("the MLflow store", mlruns)] if mlruns else [])
+                      + [("--file", f) for f in file or []]
+                      + ([("the exposure log", exposure_log)] if exposure_log else []))
+    doc = export_customer(customer_id, data, mlruns, exposure_log, file or [], encoding=encoding)
     text = json.dumps(doc, indent=1, default=str)
     if out is None:
         typer.echo(text)
         return
-    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    created = False
+    with contextlib.suppress(FileExistsError):  # a new file is created private; an existing one keeps its mode
+        os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE))
+        created = True
+    try:
+        atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    except BaseException:
+        if created:
+            out.unlink(missing_ok=True)
+        raise
     console.print(f"export of {customer_id} written to {out}")
 
 
@@ -48,23 +88,45 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
 @reports_user_errors
 def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers' ids.")],
            data: DataDir,
-           mlruns: MlrunsDir = Path("mlruns"),
-           exposure_log: ExposureLogFile = Path("exposures/exposures.jsonl"),
-           file: ExtraFiles = None) -> None:
+           mlruns: MlrunsDir = None,
+           no_mlruns: NoMlruns = False,
+           exposure_log: ExposureLogFile = None,
+           no_exposure_log: NoExposureLog = False,
+           file: ExtraFiles = None,
+           encoding: EncodingOption = Encoding.UTF_8) -> None:
     """Remove CUSTOMER_IDS from the data, the files named, the exposure log (pseudonymised) and the
-    saved recommenders; a tombstone keeps them out of later imports and the running service."""
-    report = forget_customers(customer_ids, data, mlruns, exposure_log, file or [])
-    table = RichTable(title=f"Forgot {len(report.customer_ids)} customer(s)", title_justify="left")
+    saved recommenders; a tombstone keeps them out of later imports and the running service.
+
+    Every store must exist: a --mlruns or --exposure-log (given or default) that is not there stops
+    the command before anything is written; say --no-mlruns / --no-exposure-log where there is none.
+    An id that matched nothing anywhere (and was not forgotten before) fails the command with exit
+    code 2, after the others are forgotten; its tombstone is recorded anyway."""
+    mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
+    report = forget_customers(customer_ids, data, mlruns, exposure_log, file or [], encoding)
+    table = RichTable(title=f"Forgot {len(report.forgotten)} customer(s)", title_justify="left")
     table.add_column("store")
     table.add_column("removed", justify="right")
-    table.add_row(f"tombstone: {report.tombstones}", "recorded")
+    table.add_row(f"tombstone: {report.tombstones}", f"{len(report.customer_ids)} recorded")
     for path, n in report.file_rows.items():
         table.add_row(path, f"{n:,} rows")
-    table.add_row(f"exposure log: {exposure_log}", f"{report.exposures:,} records pseudonymised")
+    if exposure_log is None:
+        table.add_row("exposure log: none (--no-exposure-log)", "")
+    else:
+        table.add_row(f"exposure log: {exposure_log}", f"{report.exposures:,} records pseudonymised")
+    if mlruns is None:
+        table.add_row("MLflow store: none (--no-mlruns)", "")
     for path, n in report.recommender_rows.items():
         table.add_row(f"recommender: {path}", f"{n:,} customer rows")
     for path, n in report.holdout_rows.items():
         table.add_row(f"holdout scores: {path}", f"{n:,} rows")
     console.print(table)
-    console.print("The running service treats them as unknown from its next request; models trained before "
-                  "keep what they learnt in shared parameters until the next training.")
+    if report.nothing_left:
+        console.print(f"Already forgotten, nothing of theirs was left: {', '.join(report.nothing_left)}.")
+    if report.forgotten:
+        console.print("The running service treats them as unknown from its next request; models trained before "
+                      "keep what they learnt in shared parameters until the next training.")
+    if report.unmatched:
+        raise NothingMatchedError(
+            f"{', '.join(repr(c) for c in report.unmatched)} matched no row or record in any store searched "
+            f"({'; '.join(report.stores)}): nothing was removed for them. Check the id and the stores. Their "
+            "tombstone was recorded anyway, so later imports and the service will skip them.")

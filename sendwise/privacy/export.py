@@ -18,10 +18,12 @@ from pathlib import Path
 import pandas as pd
 
 from features.build import build_features
-from features.io import load_data_dir, read_tombstones
+from features.errors import InputError
+from features.io import Encoding, load_data_dir, read_tombstones
 from features.privacy import customer_rows, tabular_files
 from features.schema import CUSTOMER_ID
 from features.snapshot import snapshot_as_of
+from sendwise.privacy.stores import check_exposure_log, check_mlruns
 from serving.exposures import customer_exposures
 from training.holdout_scores import score_files
 from training.recommenders.batch import RecommendationContext
@@ -39,19 +41,25 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str | None = None,
                     exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
-                    k: int = 10) -> dict:
-    """The export document of ``customer_id``; ``notes`` says what could not be included and why."""
-    data_dir = Path(data_dir)
+                    k: int = 10, encoding: Encoding | str = Encoding.UTF_8) -> dict:
+    """The export document of ``customer_id``; ``notes`` says what could not be included and why.
+    ``mlruns`` and ``exposure_log`` are None where there is no such store; a path given must exist.
+    CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded)."""
+    customer_id, data_dir = customer_id.strip(), Path(data_dir)  # ids are trimmed on import, as here
+    if not customer_id:
+        raise InputError("the customer id must be non-empty text")
+    mlruns = None if mlruns is None else check_mlruns(mlruns)  # a store named must be there: no silent gaps
+    exposure_log = None if exposure_log is None else check_exposure_log(exposure_log)
     doc: dict = {"customer_id": customer_id, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
                  "forgotten": customer_id in read_tombstones(data_dir), "input_rows": {}, "features": None,
                  "scores": None, "recommendations": [], "model_rows": {}, "exposures": [], "notes": []}
     for root in (data_dir, *files):
         for path in tabular_files(root):
-            rows = customer_rows(path, [customer_id])
+            rows = customer_rows(path, [customer_id], encoding)
             if rows is not None and len(rows):
                 doc["input_rows"][str(path)] = _records(rows)
     with tempfile.TemporaryDirectory() as rejects:  # an export writes nothing into the data directory
-        tables, _ = load_data_dir(data_dir, rejects)
+        tables, _ = load_data_dir(data_dir, rejects, encoding)
     as_of = snapshot_as_of(tables)
     features = build_features(tables, as_of)
     features = features[features[CUSTOMER_ID] == customer_id].reset_index(drop=True)

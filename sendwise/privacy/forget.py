@@ -5,17 +5,24 @@ skip the customer); their rows in the data directory's tables and rejects and in
 named (snapshots, training sets, score or recommendation outputs); their records in the exposure
 log, pseudonymised; their rows in every recommender saved in the local MLflow store and in the
 models' holdout score files there.
+
+Every path is checked before anything is written: a folder, file or store that is named but not
+there stops the command (a typo must not turn into "0 rows removed"). The report counts what was
+removed per customer: an id that matched nothing anywhere, and had no tombstone before, is named
+in :attr:`ForgetReport.unmatched` (the command then fails, saying so; its tombstone stays).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from features.errors import InputError, NotFoundError
-from features.io import read_tombstones, write_tombstones
+from features.io import Encoding, read_tombstones, write_tombstones
 from features.privacy import drop_customer_rows, tabular_files
+from sendwise.privacy.stores import check_exposure_log, check_mlruns
 from serving.exposures import pseudonymise_customers
 from training.holdout_scores import score_files
 from training.recommenders.store import forget_in_store
@@ -29,11 +36,32 @@ class ForgetReport:
     exposures: int = 0  # exposure records pseudonymised
     recommender_rows: dict[str, int] = field(default_factory=dict)  # rows removed per saved recommender
     holdout_rows: dict[str, int] = field(default_factory=dict)  # rows removed per holdout score file
+    found: Counter[str] = field(default_factory=Counter)  # rows and records removed per customer, everywhere
+    already_forgotten: list[str] = field(default_factory=list)  # ids with a tombstone from an earlier forget
+    stores: list[str] = field(default_factory=list)  # what was searched, in words
+
+    @property
+    def forgotten(self) -> list[str]:
+        """The ids of which something was removed."""
+        return [c for c in self.customer_ids if self.found[c]]
+
+    @property
+    def unmatched(self) -> list[str]:
+        """The ids that matched nothing anywhere and had no tombstone before: most likely a typo."""
+        return [c for c in self.customer_ids if not self.found[c] and c not in self.already_forgotten]
+
+    @property
+    def nothing_left(self) -> list[str]:
+        """The ids forgotten before, of which nothing was found this time."""
+        return [c for c in self.customer_ids if not self.found[c] and c in self.already_forgotten]
 
 
 def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: Path | str | None = None,
-                     exposure_log: Path | str | None = None, files: Iterable[Path | str] = ()) -> ForgetReport:
-    """Forget ``customer_ids`` everywhere; returns what was removed where."""
+                     exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
+                     encoding: Encoding | str = Encoding.UTF_8) -> ForgetReport:
+    """Forget ``customer_ids`` everywhere; returns what was removed where. ``mlruns`` and
+    ``exposure_log`` are None where there is no such store; a path given must exist. CSV files
+    that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded)."""
     given = list(customer_ids)
     ids = sorted({c.strip() for c in given})  # ids are trimmed on import, as here
     if not ids or any(not c for c in ids):
@@ -45,18 +73,35 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
     if missing:  # checked before anything is written, so a typo does not leave a half-done forget
         raise NotFoundError(f"{', '.join(missing)} does not exist; --file takes a snapshot, training set or "
                                 "output file (or a folder of them).")
-    report = ForgetReport(ids, write_tombstones(data_dir, read_tombstones(data_dir).adding(ids)))
+    if mlruns is not None:
+        mlruns = check_mlruns(mlruns)
+    if exposure_log is not None:
+        exposure_log = check_exposure_log(exposure_log)
+
+    before = read_tombstones(data_dir)
+    report = ForgetReport(ids, write_tombstones(data_dir, before.adding(ids)),
+                          already_forgotten=[c for c in ids if c in before])
+    report.stores.append(f"data directory {data_dir}")
+    report.stores.extend(str(f) for f in files)
     for root in (data_dir, *files):
         for path in tabular_files(root):
-            n = drop_customer_rows(path, ids)
-            if n:
-                report.file_rows[str(path)] = n
+            removed = drop_customer_rows(path, ids, encoding)
+            if removed:
+                report.file_rows[str(path)] = removed.total()
+                report.found += removed
     if exposure_log is not None:
-        report.exposures = pseudonymise_customers(exposure_log, ids)
-    if mlruns is not None and Path(mlruns).is_dir():
-        report.recommender_rows = forget_in_store(mlruns, ids)
+        report.stores.append(f"exposure log {exposure_log}")
+        removed = pseudonymise_customers(exposure_log, ids)
+        report.exposures = removed.total()
+        report.found += removed
+    if mlruns is not None:
+        report.stores.append(f"MLflow store {mlruns}")
+        for directory, removed in forget_in_store(mlruns, ids).items():
+            report.recommender_rows[directory] = removed.total()
+            report.found += removed
         for path in score_files(mlruns):
-            n = drop_customer_rows(path, ids)
-            if n:
-                report.holdout_rows[str(path)] = n
+            removed = drop_customer_rows(path, ids)
+            if removed:
+                report.holdout_rows[str(path)] = removed.total()
+                report.found += removed
     return report

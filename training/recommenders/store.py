@@ -3,8 +3,10 @@ customers' rows in every saved copy under a local store (privacy export and forg
 
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import infer_signature
 
+from features.privacy import files_below
 from features.schema import CUSTOMER_ID
 from training.recommenders.batch import top_k_frame
 from training.recommenders.models import ARRAYS_FILE, MODEL_FILE, Recommender, load_recommender
@@ -73,29 +76,61 @@ def load_alias(alias: str = CHAMPION, hint: str = "") -> tuple[Recommender, str]
     return load_version(version), version
 
 
-def saved_models(root: Path | str) -> list[Path]:
-    """Every saved recommender below ``root`` (a local MLflow store: registered or not)."""
-    return sorted(p.parent for p in Path(root).rglob(ARRAYS_FILE) if (p.parent / MODEL_FILE).exists())
+def saved_models(root: Path | str) -> dict[Path, list[Path]]:
+    """Every saved recommender below ``root`` (a local MLflow store: registered or not; symlinked
+    folders followed), with the copies crashed saves left beside it (``.<name>.new-*``,
+    ``.<name>.old-*``, whole or partial: they hold customers' rows too). A model whose save was cut
+    between its two renames is listed under its own path, which :func:`load_recommender` reads."""
+    models = set()
+    for path in files_below(root):
+        directory = path.parent
+        if path.name == ARRAYS_FILE and (directory / MODEL_FILE).exists():
+            sibling = _SAVE_SIBLING.fullmatch(directory.name)
+            models.add(directory.with_name(sibling["name"]) if sibling else directory)
+    return {d: sorted(e for e in d.parent.iterdir() if e.is_dir() and (m := _SAVE_SIBLING.fullmatch(e.name))
+                      and m["name"] == d.name) for d in sorted(models)}
+
+
+_SAVE_SIBLING = re.compile(r"\.(?P<name>.+)\.(?:new|old)-[0-9a-f]+")  # see training.recommenders.models.save_files
+
+
+def _whole(directory: Path) -> bool:
+    return (directory / MODEL_FILE).is_file() and (directory / ARRAYS_FILE).is_file()
 
 
 def customer_data_in_store(root: Path | str, customer_id: str) -> dict[str, dict]:
-    """Per saved recommender below ``root`` that knows ``customer_id``: the model's rows about them."""
+    """Per saved recommender below ``root`` that knows ``customer_id`` (and per copy a crashed save
+    left beside one): the model's rows about them."""
     found = {}
-    for directory in saved_models(root):
-        data = load_recommender(directory).customer_data(customer_id)
-        if data:
-            found[str(directory)] = data
+    for directory, leftovers in saved_models(root).items():
+        for copy in [c for c in [directory, *leftovers] if _whole(c)]:
+            data = load_recommender(copy).customer_data(customer_id.strip())
+            if data:
+                found[str(copy)] = data
     return found
 
 
-def forget_in_store(root: Path | str, customer_ids: Collection[str]) -> dict[str, int]:
-    """Remove ``customer_ids`` from every saved recommender below ``root`` (rewritten in place,
-    atomically); returns the rows removed per model directory that held any."""
+def forget_in_store(root: Path | str, customer_ids: Collection[str]) -> dict[str, Counter[str]]:
+    """Remove ``customer_ids`` from every saved recommender below ``root``; returns, per model
+    directory that held any, the rows removed per customer id.
+
+    Each model is saved over itself with :meth:`Recommender.save`, which writes a whole new
+    directory beside it and renames it into place: a crash at any point leaves a whole model to
+    load. A model with copies that crashed saves left beside it is saved too, which removes them
+    (the customers may be in them); their rows there count as removed."""
+    wanted = {c.strip() for c in customer_ids}
     removed = {}
-    for directory in saved_models(root):
+    for directory, leftovers in saved_models(root).items():
         model = load_recommender(directory)
-        n = model.without_customers(customer_ids)
-        if n:
+        found = Counter()
+        for copy in filter(_whole, leftovers):
+            ids = load_recommender(copy).customer_ids_
+            found |= Counter(ids[ids.isin(wanted)]) if ids is not None else Counter()
+        if model.customer_ids_ is not None:
+            found |= Counter(model.customer_ids_[model.customer_ids_.isin(wanted)])
+            model.without_customers(wanted)
+        if found or leftovers:
             model.save(directory)
-            removed[str(directory)] = n
+        if found:
+            removed[str(directory)] = found
     return removed

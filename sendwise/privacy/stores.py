@@ -1,0 +1,98 @@
+"""The stores ``privacy export`` and ``forget`` search besides the data directory (the MLflow store,
+the exposure log), and the checks made before anything is read or written.
+
+A store that is named, or left at its default, but is not there is an error, never "nothing found":
+a misspelled path, or a default the service never wrote to, would otherwise let ``forget`` report
+success while the customer's data stays where it really is. Saying that there is none is explicit
+(``--no-mlruns``, ``--no-exposure-log``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from features.errors import InputError, NotFoundError
+from training.tracking import _user_uri
+
+DEFAULT_MLRUNS = Path("mlruns")
+DEFAULT_EXPOSURE_LOG = Path("exposures/exposures.jsonl")
+MLFLOW_DB = "mlflow.db"  # what makes a folder an MLflow store (training.tracking.configure_tracking)
+SQLITE = "sqlite:///"
+
+MLRUNS_HELP = ("MLflow store root: the folder holding mlflow.db where the models were trained "
+               f"(default: {DEFAULT_MLRUNS}, or the folder of a sqlite MLFLOW_TRACKING_URI); it must exist.")
+NO_MLRUNS_HELP = "No MLflow store was ever used for this data: search no models."
+EXPOSURE_LOG_HELP = ("The service's exposure log (`sendwise serve --exposure-log`; the demo writes "
+                     f"WORKDIR/exposures.jsonl; default: {DEFAULT_EXPOSURE_LOG}); it must exist.")
+NO_EXPOSURE_LOG_HELP = "No service ever logged exposures for this data: search no exposure log."
+
+
+def check_mlruns(path: Path | str) -> Path:
+    """``path`` when it is an MLflow store; a clear error otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise NotFoundError(f"MLflow store {path} does not exist. Pass --mlruns DIR with the folder holding "
+                            f"{MLFLOW_DB} where the models were trained, or --no-mlruns if no model was ever "
+                            "trained on this data.")
+    if not (path / MLFLOW_DB).is_file():
+        raise NotFoundError(f"{path} is not an MLflow store (no {MLFLOW_DB} in it). Pass --mlruns DIR with the "
+                            f"folder holding {MLFLOW_DB}, or --no-mlruns if no model was ever trained on this data.")
+    return path
+
+
+def check_exposure_log(path: Path | str) -> Path:
+    """``path`` when it is a file; a clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not" if path.is_dir() else "does not exist: no"
+        raise NotFoundError(f"exposure log {path} {what} an exposure log. Pass --exposure-log FILE with the "
+                            "log the service writes (`sendwise serve --exposure-log`; the demo writes "
+                            "WORKDIR/exposures.jsonl), or --no-exposure-log if no service ever ran on this data.")
+    return path
+
+
+def resolve_mlruns(given: Path | None, none: bool) -> Path | None:
+    """The MLflow store a command searches: ``--mlruns``, else the folder of the user's sqlite
+    ``MLFLOW_TRACKING_URI``, else ``mlruns``; None with ``--no-mlruns``. Checked to exist; a
+    tracking URI that points at another store is refused (the models the command would load and
+    the files it would clean must be the same)."""
+    if none:
+        if given is not None:
+            raise InputError("--mlruns and --no-mlruns contradict each other; pass one of them.")
+        return None
+    uri = _user_uri()
+    if uri is None:
+        return check_mlruns(DEFAULT_MLRUNS if given is None else given)
+    if not uri.startswith(SQLITE):
+        raise InputError(f"MLFLOW_TRACKING_URI is {uri}: privacy export and forget search a local MLflow store "
+                         "only. Unset it and pass --mlruns DIR with the store's folder, or pass --no-mlruns and "
+                         "remove the customer from that server's artifacts yourself.")
+    root = Path(uri.removeprefix(SQLITE)).parent
+    if given is not None and os.path.realpath(given) != os.path.realpath(root):
+        raise InputError(f"MLFLOW_TRACKING_URI points at the store in {root} but --mlruns at {given}: unset "
+                         "MLFLOW_TRACKING_URI or pass the same folder.")
+    return check_mlruns(root)
+
+
+def resolve_exposure_log(given: Path | None, none: bool) -> Path | None:
+    """The exposure log a command searches: ``--exposure-log``, else the default; None with
+    ``--no-exposure-log``. Checked to exist."""
+    if none:
+        if given is not None:
+            raise InputError("--exposure-log and --no-exposure-log contradict each other; pass one of them.")
+        return None
+    return check_exposure_log(DEFAULT_EXPOSURE_LOG if given is None else given)
+
+
+def check_outside(out: Path | str, stores: Iterable[tuple[str, Path | str]]) -> None:
+    """Refuse ``out`` inside one of ``stores`` (name, folder or file): an export written there would
+    sit among the data that ``privacy forget`` cleans, where forget does not look for exports."""
+    target = Path(os.path.realpath(out))
+    for name, store in stores:
+        root = Path(os.path.realpath(store))
+        if target == root or root in target.parents:
+            raise InputError(f"--out {out} is inside {name} {store}: an export holds the customer's personal "
+                             "data and `sendwise privacy forget` would not remove it from there. Write it "
+                             "outside the project's stores, e.g. --out exports/export-ID.json.")
