@@ -383,15 +383,15 @@ def refuse_overwriting_inputs(out: Path | str, inputs: Iterable[Path | str] = ()
     if data_dir is not None:
         data_dir = Path(data_dir)
         checks.append((data_dir, "the data directory this command reads"))
-        checks.append((data_dir / TOMBSTONES_FILE, f"the tombstones of {data_dir}"))
-        for path, table in table_paths(data_dir).items():
+        read_from = {path: f"the {table.value} table" for path, table in table_paths(data_dir).items()}
+        read_from[data_dir / TOMBSTONES_FILE] = "the tombstones"
+        for path, what in read_from.items():
             if path.exists():
-                checks.append((path, f"the {table.value} table this command reads"))
+                checks.append((path, f"{what} this command reads"))
             elif _real(path) == target:
                 raise InputError(
-                    f"{option} {out} is where the {table.value} table of {data_dir} is read from: the output "
-                    f"would become an input of every command reading {data_dir}. Write it elsewhere "
-                    f"(another name or folder).")
+                    f"{option} {out} is where {what} of {data_dir} is read from: the output would become an "
+                    f"input of every command reading {data_dir}. Write it elsewhere (another name or folder).")
     for path, what in checks:
         if not path.exists():
             continue

@@ -99,6 +99,13 @@ def test_encoding_option_reads_latin_1(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+def test_gzip_compressed_latin_1(tmp_path: Path) -> None:
+    (tmp_path / "orders.csv.gz").write_bytes(gzip.compress(LATIN1))
+    assert "orders.csv.gz: not UTF-8 (byte 0xE9 on line 2)" in invoke("data", "validate", tmp_path)
+    tables, _ = load_data_dir(tmp_path, encoding="latin-1")
+    assert tables.frame("orders")["product_id"].item() == "Café crème"
+
+
 def test_the_loader_raises_contract_errors(tmp_path: Path) -> None:
     (tmp_path / "orders.csv").write_bytes(xlsx_bytes())
     with pytest.raises(ContractError, match=r"orders.csv: an Excel workbook"):

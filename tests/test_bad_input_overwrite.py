@@ -68,6 +68,10 @@ def test_a_table_the_directory_does_not_have_yet_is_refused_too(data: Path) -> N
     refused(["features", "build", "--data", data, "--as-of", "2024-02-15", "--out", data / "products.parquet"],
             data / "orders.csv", says="products")
     assert not (data / "products.parquet").exists()
+    tombstones = data / "_privacy" / "tombstones.json"  # read by every load, even before it exists
+    refused(["features", "build", "--data", data, "--as-of", "2024-02-15", "--out", tombstones],
+            data / "orders.csv", says="tombstones")
+    assert not tombstones.exists()
 
 
 def test_the_data_directory_itself_or_a_folder_above_it_is_refused(data: Path) -> None:

@@ -104,9 +104,13 @@ def test_absurd_prices_and_quantities_are_rejected(tmp_path: Path) -> None:
     assert sorted(tables.frame("orders")["order_id"]) == ["1", "5"]
 
 
-def test_a_header_only_orders_file_says_so(tmp_path: Path) -> None:
-    (tmp_path / "orders.csv").write_text(HEADER)
-    with pytest.raises(ContractError, match=r"orders.csv: orders has no rows"):
+@pytest.mark.parametrize("name", ["orders.csv", "orders.parquet"])
+def test_a_header_only_orders_file_says_so(tmp_path: Path, name: str) -> None:
+    if name.endswith(".csv"):
+        (tmp_path / name).write_text(HEADER)
+    else:
+        pd.DataFrame({c: pd.Series(dtype=str) for c in HEADER.strip().split(",")}).to_parquet(tmp_path / name)
+    with pytest.raises(ContractError, match=rf"{name}: orders has no rows"):
         load_data_dir(tmp_path)
     result = runner.invoke(app, ["features", "build", "--data", str(tmp_path), "--as-of", "2024-01-01",
                                  "--out", str(tmp_path / "f.parquet")])
@@ -165,7 +169,9 @@ def test_importers_stop_on_a_source_without_rows(tmp_path: Path) -> None:
 
 def test_movielens_rejects_ratings_from_the_future(tmp_path: Path) -> None:
     src = tmp_path / "ratings.csv"
-    src.write_text("userId,movieId,rating,timestamp\n1,10,4.5,964982703\n1,11,4.5,1956528000\n")
+    src.write_text("userId,movieId,rating,timestamp\n1,10,4.5,964982703\n1,11,4.5,1956528000\n"
+                   "1,12,4.5,99999999999999999\n")  # beyond any timestamp: it used to crash the import
     report = import_movielens(src, tmp_path / "out")
-    assert report.loaded == 1 and report.rejected == 1
+    assert report.loaded == 1 and report.rejected == 2
+    assert report.reasons.pop("unparseable timestamp (expected unix seconds)") == 1
     assert next(iter(report.reasons)).startswith("timestamp is in the future")

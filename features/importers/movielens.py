@@ -24,6 +24,7 @@ from features.validate import DUPLICATE_REASON, ROW_ID, ContractError, now_utc
 
 SOURCE_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 CUSTOMER_COLUMN = "userId"
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 and 9999-12-31T23:59:59, UTC
 
 
 def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4.0,
@@ -35,18 +36,21 @@ def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4
     con = open_source(src, SOURCE_COLUMNS, "a MovieLens ratings file", encoding)
     now = now_utc()
     forgotten = skip_forgotten_source(con, CUSTOMER_COLUMN, out_dir)
+    # unix seconds DuckDB can hold as a timestamp (years 1 to 9999); others do not parse
+    seconds = f"""(CASE WHEN TRY_CAST("timestamp" AS BIGINT) BETWEEN {MIN_SECONDS} AND {MAX_SECONDS}
+                        THEN TRY_CAST("timestamp" AS BIGINT) END)"""
     con.execute(
         f"""CREATE TEMP TABLE ratings AS
             SELECT {ROW_ID}, NULLIF(trim(userId), '') AS user_id, NULLIF(trim(movieId), '') AS movie_id,
                    TRY_CAST(rating AS DOUBLE) AS rating,
-                   to_timestamp(TRY_CAST("timestamp" AS BIGINT))::TIMESTAMP AS rated_at,
+                   to_timestamp({seconds})::TIMESTAMP AS rated_at,
                    CASE WHEN NULLIF(trim(userId), '') IS NULL THEN 'missing userId'
                         WHEN NULLIF(trim(movieId), '') IS NULL THEN 'missing movieId'
                         WHEN TRY_CAST(rating AS DOUBLE) IS NULL THEN 'unparseable rating (expected a number)'
                         WHEN NOT TRY_CAST(rating AS DOUBLE) BETWEEN 0.5 AND 5 THEN 'rating outside 0.5-5'
-                        WHEN TRY_CAST("timestamp" AS BIGINT) IS NULL
+                        WHEN {seconds} IS NULL
                           THEN 'unparseable timestamp (expected unix seconds)'
-                        WHEN to_timestamp(TRY_CAST("timestamp" AS BIGINT))::TIMESTAMP > $now
+                        WHEN to_timestamp({seconds})::TIMESTAMP > $now
                           THEN 'timestamp is in the future (after {now:%Y-%m-%d %H:%M:%S} UTC)'
                         WHEN row_number() OVER (PARTITION BY userId, movieId, rating, "timestamp"
                                                 ORDER BY {ROW_ID}) > 1 THEN '{DUPLICATE_REASON}'
