@@ -74,11 +74,12 @@ def _click(parse):
     return parser
 
 
-def date_option(*names: str, help: str, future: bool = False) -> Any:  # noqa: A002 (typer's word)
+def date_option(*names: str, help: str, future: bool = False) -> Any:
     """A typer option holding an ISO 8601 date (naive UTC ``datetime``); unless ``future``, a date
     after now is refused."""
     parse = parse_iso_date if future else (lambda value: check_not_future(parse_iso_date(value)))
-    return typer.Option(*names, parser=_click(parse), metavar="DATE", help=f"{help} ISO 8601 ({ISO_EXAMPLES}).")
+    return typer.Option(*names, parser=_click(parse), metavar="<date>",
+                        help=f"{help} ISO 8601, e.g. 2011-10-09 or 2011-10-09T10:30Z.")
 
 data_app = typer.Typer(help="Validate, import and generate contract data.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert public datasets to the data contract.", no_args_is_help=True)
@@ -198,7 +199,7 @@ def build(data: DataDir,
     refuse_overwriting_inputs(out, data_dir=data)
     tables = load(data, rejects, quiet=True, encoding=encoding)
     when = to_timestamp(as_of)
-    first, last = tables.time_range()
+    first, _ = tables.time_range()
     if first is None or when <= first:
         raise InputError(f"--as-of {when} is not after the first row of the data ({first}); no customer is known yet.")
     features = build_features(tables, when)
