@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,14 +17,25 @@ from features.io import load_data_dir
 from features.tables import Tables
 from features.training_set import Target
 from features.validate import ContractError
+from training.holdout_scores import load_holdout_scores, log_holdout_scores
 from training.model import ModelBundle
 from training.promotion import promote
-from training.registry import CHALLENGER, CHAMPION, MissingModelError, alias_version, load_bundle
-from training.scoring import score_customers
+from training.registry import (
+    CHALLENGER,
+    CHAMPION,
+    MissingModelError,
+    alias_version,
+    load_bundle,
+    load_version,
+    log_and_register,
+)
+from training.scoring import score_customers, score_features
 from training.tracking import configure_tracking
 from training.train import NotEnoughDataError, TrainResult, train_classifier
+from training.tuning import BASE_PARAMS
 
 AS_OF = "2025-10-01"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +50,9 @@ def mlruns(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(demo_tables: Tables, mlruns: Path) -> dict[str, TrainResult]:
-    return {t.value: train_classifier(demo_tables, t, AS_OF, mlruns=mlruns) for t in Target}
+    """Churn with the default parameters; propensity tuned with two Optuna trials (``--trials 2``)."""
+    return {t.value: train_classifier(demo_tables, t, AS_OF, mlruns=mlruns, trials=2 if t is Target.PURCHASED else 0)
+            for t in Target}
 
 
 def test_first_version_is_champion_and_challenger_with_everything_logged(trained: dict, mlruns: Path) -> None:
@@ -51,7 +64,9 @@ def test_first_version_is_champion_and_challenger_with_everything_logged(trained
         assert f"holdout_{metric}" in run.data.metrics
     assert "baseline_recency_rule_roc_auc" in run.data.metrics
     assert "baseline_logistic_log_rfm_roc_auc" in run.data.metrics
-    assert len(run.data.tags["git_commit"]) >= 7 and len(run.data.tags["data_fingerprint"]) == 16
+    if (REPO / ".git").exists():  # this checkout: the real commit, never the fallback "unknown"
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", run.data.tags["git_commit"]), run.data.tags["git_commit"]
+    assert re.fullmatch(r"[0-9a-f]{16}", run.data.tags["data_fingerprint"])
     plots = {a.path for a in MlflowClient().list_artifacts(churn.run_id, "plots")}
     assert plots == {f"plots/{n}.png" for n in ("roc", "precision_recall", "calibration", "cumulative_gains",
                                                 "feature_importance")}
@@ -77,35 +92,111 @@ def test_model_beats_the_recency_rule_on_the_holdout(trained: dict) -> None:
         assert 0.0 < result.metrics["ece"] < 0.15  # calibrated on a later fold
 
 
+def with_activity(tables: Tables, at: datetime) -> Tables:
+    """``tables`` plus, at ``at`` and 20 days later, activity that moves churn and propensity
+    scores: a large order and email clicks for 60 known customers, and a new customer."""
+    t = pd.Timestamp
+    frames = {name: tables.frame(name) for name in ("orders", "customers", "events", "products")}
+    who = sorted(frames["orders"]["customer_id"].unique())[:60]
+    product = frames["products"]["product_id"].iloc[0]
+    when = [t(at), t(at) + timedelta(days=20)]
+    orders = pd.DataFrame([(f"X{i}-{c}", c, product, 5.0, 80.0, w) for c in who + ["newcomer"]
+                           for i, w in enumerate(when)],
+                          columns=["order_id", "customer_id", "product_id", "quantity", "unit_price", "ordered_at"])
+    events = pd.DataFrame([(c, kind, None, w) for c in who for w in when
+                           for kind in ("email_sent", "email_open", "email_click", "add_to_cart")],
+                          columns=["customer_id", "event_type", "product_id", "occurred_at"])
+    newcomer = pd.DataFrame({"customer_id": ["newcomer"], "signup_at": [t(at)], "email_consent": [True]})
+    return Tables.from_frames(pd.concat([frames["orders"], orders], ignore_index=True),
+                              pd.concat([frames["customers"], newcomer], ignore_index=True),
+                              pd.concat([frames["events"], events], ignore_index=True), frames["products"])
+
+
 def test_scores_do_not_depend_on_rows_at_or_after_the_as_of(trained: dict, demo_tables: Tables, mlruns: Path) -> None:
     churn, propensity = load_bundle("churn"), load_bundle("propensity")
-    full, _ = score_customers(demo_tables, AS_OF, churn, propensity)
-    cut, _ = score_customers(demo_tables.before(datetime(2025, 10, 1)), AS_OF, churn, propensity)
-    pd.testing.assert_frame_equal(full, cut)
-    assert set(full["churn_risk"].dropna()) <= {"low", "medium", "high"}
-    prospects = full["lifecycle_stage"] == "prospect"
-    assert full.loc[prospects, "churn_probability"].isna().all()
-    assert full.loc[~prospects, "churn_probability"].between(0, 1).all()
-    assert full["reason_1"].notna().mean() > 0.9
+    as_of = datetime(2025, 10, 1)
+    base, _ = score_customers(demo_tables, AS_OF, churn, propensity)
+    future, _ = score_customers(with_activity(demo_tables, as_of), AS_OF, churn, propensity)
+    pd.testing.assert_frame_equal(future, base)  # rows at the as_of itself and after it change nothing
+    # the same rows one second earlier do move the scores: the check above could have failed
+    past, _ = score_customers(with_activity(demo_tables, as_of - timedelta(seconds=1)), AS_OF, churn, propensity)
+    assert "newcomer" in set(past["customer_id"]) and "newcomer" not in set(base["customer_id"])
+    moved = past.set_index("customer_id").loc[base["customer_id"]]
+    changed = (moved["churn_probability"] - base.set_index("customer_id")["churn_probability"]).abs() > 1e-6
+    assert changed.sum() >= 30
+    assert set(base["churn_risk"].dropna()) <= {"low", "medium", "high"}
+    prospects = base["lifecycle_stage"] == "prospect"
+    assert base.loc[prospects, "churn_probability"].isna().all()
+    assert base.loc[~prospects, "churn_probability"].between(0, 1).all()
+    assert base["reason_1"].notna().mean() > 0.9
 
 
-def test_promotion_needs_the_margin_and_force_overrides(trained: dict, demo_tables: Tables, mlruns: Path) -> None:
-    second = train_classifier(demo_tables, Target.CHURNED, AS_OF, mlruns=mlruns, random_state=1)
-    assert second.version == "2" and alias_version("churn", CHAMPION) == "1"
-    assert alias_version("churn", CHALLENGER) == "2"
-    decision = promote("churn", margin=1.0)  # nothing gains a full point of AUC
+def register_challenger(base: TrainResult, probability, demo_tables: Tables) -> tuple[str, float]:
+    """A new ``churn`` version whose logged holdout scores are ``probability(champion scores)``,
+    on the champion's holdout and data (so promotion compares the two row by row); returns its
+    version and its holdout ROC-AUC gain over the champion."""
+    from sklearn.metrics import roc_auc_score
+
+    client = MlflowClient()
+    tags = client.get_run(base.run_id).data.tags
+    scores = load_holdout_scores(base.name, base.version)
+    crafted = scores.assign(probability=probability(scores))
+    examples = build_features(demo_tables.before(datetime(2025, 10, 1)), AS_OF).head(20)
+    mlflow.set_experiment(experiment_id=client.get_run(base.run_id).info.experiment_id)
+    with mlflow.start_run(run_name="crafted-challenger"):
+        mlflow.set_tags({k: tags[k] for k in ("holdout_as_of", "data_fingerprint")})
+        log_holdout_scores(crafted)
+        version = log_and_register(base.bundle, base.name, examples, base.bundle.predict_proba(examples))
+    gain = roc_auc_score(crafted["label"], crafted["probability"]) - roc_auc_score(scores["label"], scores["probability"])
+    return version, gain
+
+
+def test_promotion_moves_the_champion_only_by_the_margin_and_significantly(trained: dict, demo_tables: Tables,
+                                                                          mlruns: Path) -> None:
+    churn = trained["churned"]
+    assert alias_version("churn", CHAMPION) == churn.version == "1"
+
+    # a challenger that ranks every customer backwards: far worse, stays out
+    worse, gain = register_challenger(churn, lambda f: 1 - f["probability"], demo_tables)
+    assert worse == "2" and alias_version("churn", CHALLENGER) == "2" and gain < -0.3
+    decision = promote("churn")
     assert not decision.promoted and alias_version("churn", CHAMPION) == "1"
-    assert decision.champion_value == pytest.approx(trained["churned"].metrics["roc_auc"])
-    assert decision.challenger_value == pytest.approx(second.metrics["roc_auc"])
-    small = promote("churn", margin=1e-6)
-    gain = second.metrics["roc_auc"] - trained["churned"].metrics["roc_auc"]
-    assert small.comparison.difference == pytest.approx(gain)
-    assert small.promoted == (gain >= 1e-6 and small.comparison.interval[0] > 0)  # by the margin, and significant
-    loose = promote("churn", margin=-1.0)  # accept anything within a full point
-    assert loose.promoted and alias_version("churn", CHAMPION) == "2"
+    assert decision.comparison.difference == pytest.approx(gain) and "the challenger is worse" in decision.reason
+
+    # the champion's scores with its worst-placed negative moved to the bottom: better, by too little to tell
+    def one_fix(f: pd.DataFrame) -> pd.Series:
+        p = f["probability"].copy()
+        p[p[f["label"] == 0].idxmax()] = p.min() - 1e-3
+        return p
+
+    nudged, gain = register_challenger(churn, one_fix, demo_tables)
+    assert 0 < gain < 0.05  # one negative of ~175 holdout customers: it never lowers AUC, often changes nothing
+    decision = promote("churn", margin=gain / 2)
+    assert not decision.promoted and alias_version("churn", CHAMPION) == "1"
+    assert "does not lie above +0: the gain may be noise" in decision.reason
+
+    # perfect ranking: promoted when it clears the margin, not when the margin is above its gain
+    perfect, gain = register_challenger(churn, lambda f: 0.05 + 0.9 * f["label"], demo_tables)
+    assert gain > 0.05  # the champion reaches about 0.90
+    decision = promote("churn", margin=gain + 0.01)
+    assert not decision.promoted and alias_version("churn", CHAMPION) == "1"
+    assert decision.champion_value == pytest.approx(churn.metrics["roc_auc"])
+    assert decision.challenger_value == pytest.approx(1.0)
+    decision = promote("churn", margin=gain - 0.01)
+    assert decision.promoted and not decision.forced and alias_version("churn", CHAMPION) == perfect
+
+    # a negative margin accepts a challenger that is not worse by more than it
     MlflowClient().set_registered_model_alias("churn", CHAMPION, "1")
-    forced = promote("churn", margin=1.0, force=True)
-    assert forced.promoted and forced.forced and alias_version("churn", CHAMPION) == "2"
+    MlflowClient().set_registered_model_alias("churn", CHALLENGER, nudged)
+    assert promote("churn", margin=-0.01).promoted and alias_version("churn", CHAMPION) == nudged
+
+    # force overrides a failing comparison
+    MlflowClient().set_registered_model_alias("churn", CHAMPION, "1")
+    MlflowClient().set_registered_model_alias("churn", CHALLENGER, worse)
+    forced = promote("churn", force=True)
+    assert forced.promoted and forced.forced and alias_version("churn", CHAMPION) == worse
+    MlflowClient().set_registered_model_alias("churn", CHAMPION, "1")
+    MlflowClient().set_registered_model_alias("churn", CHALLENGER, "1")
 
 
 def test_promotion_on_a_fresh_holdout(trained: dict, demo_tables: Tables) -> None:
@@ -131,10 +222,35 @@ def test_not_enough_rows_names_the_counts(tmp_path: Path, mlruns: Path) -> None:
         train_classifier(tables, Target.CHURNED, AS_OF, mlruns=mlruns)
 
 
-def test_bundle_round_trip(trained: dict, demo_tables: Tables, tmp_path: Path) -> None:
-    bundle = trained["churned"].bundle
-    bundle.save(tmp_path)
-    again = ModelBundle.load(tmp_path)
-    features = build_features(demo_tables, AS_OF).head(50)
-    assert again.columns == bundle.columns and again.calibrator.method == bundle.calibrator.method
-    np.testing.assert_array_equal(again.predict_proba(features), bundle.predict_proba(features))
+def test_scores_are_identical_after_save_load_and_through_the_registry(trained: dict, demo_tables: Tables,
+                                                                     tmp_path: Path) -> None:
+    churn, propensity = trained["churned"], trained["purchased"]
+    features = build_features(demo_tables.before(datetime(2025, 10, 1)), AS_OF)
+    expected = score_features(features, churn.bundle, propensity.bundle)
+    churn.bundle.save(tmp_path / "churn")
+    propensity.bundle.save(tmp_path / "propensity")
+    again = ModelBundle.load(tmp_path / "churn"), ModelBundle.load(tmp_path / "propensity")
+    assert again[0].columns == churn.bundle.columns and again[0].calibrator.method == churn.bundle.calibrator.method
+    pd.testing.assert_frame_equal(score_features(features, *again), expected)
+    registered = load_version("churn", churn.version), load_version("propensity", propensity.version)
+    pd.testing.assert_frame_equal(score_features(features, *registered), expected)
+    assert expected["reason_1"].notna().any() and expected["churn_probability"].notna().any()
+
+
+def test_tuning_with_trials_logs_each_trial_and_fits_the_best(trained: dict) -> None:
+    """``sendwise train propensity --trials 2``: two Optuna trials, each a nested run, and the model
+    is fitted with the parameters of the one with the lowest validation log-loss."""
+    client = MlflowClient()
+    tuned_run, plain_run = client.get_run(trained["purchased"].run_id), client.get_run(trained["churned"].run_id)
+    trials = client.search_runs([tuned_run.info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{tuned_run.info.run_id}'")
+    assert tuned_run.data.params["trials"] == "2" and len(trials) == 2
+    assert {t.data.tags["state"] for t in trials} == {"complete"}
+    best = min(trials, key=lambda t: t.data.metrics["valid_log_loss"])
+    tuned = {"eta", "max_depth", "min_child_weight", "subsample", "colsample_bytree", "lambda", "alpha", "gamma"}
+    assert set(best.data.params) == tuned
+    assert {k: tuned_run.data.params[f"xgb_{k}"] for k in tuned} == best.data.params
+    assert "xgb_alpha" not in plain_run.data.params  # untuned: the defaults, which set no alpha
+    assert float(tuned_run.data.params["xgb_eta"]) != BASE_PARAMS["eta"]
+    assert not client.search_runs([plain_run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{plain_run.info.run_id}'")
