@@ -17,7 +17,7 @@ from experiments.attribution import experiment_exposures, recipients
 from experiments.config import load_experiments
 from experiments.simulate import BaseRates, PlantedEffect, simulate_responses
 from features.io import write_parquet
-from features.schema import CUSTOMER_ID, Table
+from features.schema import CUSTOMER_ID, OCCURRED_AT, ORDERED_AT, Table
 from features.tables import Tables
 from sendwise.cli import app
 from serving.exposures import read_exposures
@@ -102,6 +102,9 @@ def test_experiment_is_served_logged_attributed_and_analysed(experiment_env: dic
         write_parquet(frame if extra is None else pd.concat([frame, extra[frame.columns]], ignore_index=True),
                       shop / f"{table.value}.parquet")
     monkeypatch.chdir(tmp_path)
+    # the analysis runs after the outcomes it reads: they are dated after the exposures, which are now
+    latest = max(orders[ORDERED_AT].max(), events[OCCURRED_AT].max())
+    monkeypatch.setattr("features.validate.now_utc", lambda: pd.Timestamp(latest).to_pydatetime() + timedelta(days=1))
     result = CliRunner().invoke(app, ["experiments", "analyze", "winback_test", "--data", str(shop), "--exposures",
                                       experiment_env["SENDWISE_EXPOSURE_LOG"], "--config",
                                       experiment_env["SENDWISE_EXPERIMENTS"], "--no-mlflow"])
