@@ -3,7 +3,9 @@ them, forget them (no trace left in any store the project writes, the running se
 answering with their data, a later import skips them), secrets and other personal data never
 reach logs, models or exposures.
 
-The tests run in file order on one shop: export first, forget near the end."""
+The tests share one shop, and hold in any order or alone: what they need from before the forget
+(the service's answers, the export, the traces) is taken by the ``before`` fixture, and the forget
+is done once, after it, by the ``forgotten`` fixture; nothing else changes the shop."""
 
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class Shop:
     exposures: Path
     emails: list[str]
     logs: str  # everything printed or logged while training
+    victim_orders: int  # VICTIM's order lines in the data (the bad one included)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,8 @@ def shop(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Shop:
         root_logger.setLevel(level)
         mp.undo()
     return Shop(root, data, root / "mlruns", root / "snapshot.parquet", root / "churn_set.parquet",
-                root / "exposures.jsonl", list(customers["email"]), logs.getvalue())
+                root / "exposures.jsonl", list(customers["email"]), logs.getvalue(),
+                int((frames["orders"]["customer_id"] == VICTIM).sum()))
 
 
 @pytest.fixture(scope="module")
@@ -151,21 +155,56 @@ def all_traces(shop: Shop, needle: str) -> set[str]:
     return traces(shop.root, needle)
 
 
-def test_export_holds_everything_about_the_customer(shop: Shop, service, tmp_path: Path) -> None:
-    before = ask(service, VICTIM)
-    assert before["score"]["known"] and before["recommend"]["known"] and before["action"]["action"] != "suppress"
-    out = tmp_path / "export.json"
-    result = runner.invoke(app, ["privacy", "export", VICTIM, "--data", str(shop.data), "--mlruns", str(shop.mlruns),
-                                 "--exposure-log", str(shop.exposures), "--file", str(shop.snapshot),
-                                 "--file", str(shop.training_set), "--out", str(out)])
+@dataclass
+class Before:
+    """The shop before the forget."""
+
+    answers: dict  # the service's answers about VICTIM
+    other: dict  # and about C1
+    export: dict  # the export document of VICTIM
+    exposures: list[dict]  # VICTIM's exposure records
+    others_exposures: list[dict]  # C1's
+    traces: set[str]  # files holding VICTIM
+    data_emails: dict[str, set[str]]  # files of the data holding each of three emails
+
+
+@pytest.fixture(scope="module")
+def before(shop: Shop, service, tmp_path_factory: pytest.TempPathFactory) -> Before:
+    """The service asked about VICTIM and C1, VICTIM exported, the traces taken: all before forgetting."""
+    answers, other = ask(service, VICTIM), ask(service, "C1")
+    out = tmp_path_factory.mktemp("exports") / "export.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        result = runner.invoke(app, ["privacy", "export", VICTIM, "--data", str(shop.data), "--mlruns",
+                                     str(shop.mlruns), "--exposure-log", str(shop.exposures), "--file",
+                                     str(shop.snapshot), "--file", str(shop.training_set), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    doc = json.loads(out.read_text())
+    records = read_exposures(shop.exposures)
+    emails = {e: traces(shop.data, e) for e in (shop.emails[0], shop.emails[-1], VICTIM.lower() + "@mail.example")}
+    return Before(answers, other, json.loads(out.read_text()), [r for r in records if r["customer_id"] == VICTIM],
+                  [r for r in records if r["customer_id"] == "C1"], all_traces(shop, VICTIM), emails)
+
+
+@pytest.fixture(scope="module")
+def forgotten(shop: Shop, before: Before):
+    """VICTIM forgotten everywhere (once, after ``before``); the command's result."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return runner.invoke(app, ["privacy", "forget", VICTIM, "--data", str(shop.data), "--mlruns",
+                                   str(shop.mlruns), "--exposure-log", str(shop.exposures), "--file",
+                                   str(shop.snapshot), "--file", str(shop.training_set)])
+
+
+def test_export_holds_everything_about_the_customer(shop: Shop, before: Before) -> None:
+    assert before.answers["score"]["known"] and before.answers["recommend"]["known"]
+    assert before.answers["action"]["action"] != "suppress"
+    doc = before.export
     rows = {Path(p).name: r for p, r in doc["input_rows"].items()}
-    orders = pd.read_parquet(shop.data / "orders.parquet")
-    assert len(rows["orders.parquet"]) == (orders["customer_id"] == VICTIM).sum()
+    assert len(rows["orders.parquet"]) == shop.victim_orders
     assert rows["customers.parquet"][0]["email"] == VICTIM.lower() + "@mail.example"
     assert len(rows["events.parquet"]) > 0 and len(rows["snapshot.parquet"]) == 1 and len(rows["churn_set.parquet"]) == 2
-    assert [r["reason"] for r in rows["orders.csv"]] == ["zero quantity"]  # the rejected line, from _rejects
+    for rejects in (shop.data / "_rejects", shop.root / "state" / "rejects"):  # the loader's, the service's
+        assert [r["reason"] for r in doc["input_rows"][str(rejects / "orders.csv")]] == ["zero quantity"]
     assert doc["features"]["customer_id"] == VICTIM and doc["features"]["orders_count"] >= 3
     assert 0 <= doc["scores"]["churn_probability"] <= 1 and doc["scores"]["model_versions"] == {"churn": "1",
                                                                                                   "propensity": "1"}
@@ -175,17 +214,17 @@ def test_export_holds_everything_about_the_customer(shop: Shop, service, tmp_pat
     assert len(factors["user_factors"]) == 100  # ALS default factors
     holdout = [r for p, rows in doc["model_rows"].items() if p.endswith("holdout/scores.parquet") for r in rows]
     assert holdout and all(r["customer_id"] == VICTIM for r in holdout)  # the models' holdout scores of the customer
-    logged = [r for r in read_exposures(shop.exposures) if r["customer_id"] == VICTIM]
-    assert len(logged) == 4 and doc["exposures"] == logged and doc["forgotten"] is False and doc["notes"] == []
+    assert len(before.exposures) == 4 and doc["exposures"] == before.exposures  # the four answers that log one
+    assert doc["forgotten"] is False and doc["notes"] == []
 
 
-def test_customer_ids_are_the_only_identifier_in_models_and_exposures(shop: Shop, service) -> None:
-    ask(service, "C1")
+def test_customer_ids_are_the_only_identifier_in_models_and_exposures(shop: Shop, before: Before) -> None:
     records = read_exposures(shop.exposures)
-    assert records and all(set(r) == {"request_id", "time", "customer_id", "action", "products", "experiment",
-                                      "variant", "probability", "model_versions"} for r in records)
-    for email in (shop.emails[0], shop.emails[-1], VICTIM.lower() + "@mail.example"):
-        assert traces(shop.data, email), email  # the data holds them (the check can find them)...
+    assert before.others_exposures and all(
+        set(r) == {"request_id", "time", "customer_id", "action", "products", "experiment", "variant", "probability",
+                   "model_versions"} for r in records)
+    for email, found in before.data_emails.items():
+        assert found, email  # the data held them (the check can find them)...
         for store in (shop.mlruns, shop.exposures, shop.snapshot, shop.training_set):
             assert not traces(store, email), (email, store)  # ...nothing derived from it does
     assert not traces(shop.mlruns, "FirstnameC1")
@@ -200,27 +239,23 @@ def test_secrets_never_land_in_logs_or_mlflow(shop: Shop) -> None:
     assert config.to_env()["SENDWISE_API_KEY"] == SECRET  # still handed to the server process
 
 
-def test_forget_leaves_no_trace_and_the_running_service_stops_answering(shop: Shop, service) -> None:
-    ask(service, VICTIM)
-    other = ask(service, "C1")
+def test_forget_leaves_no_trace_and_the_running_service_stops_answering(shop: Shop, service, before: Before,
+                                                                        forgotten) -> None:
     expected = {"data/orders.parquet", "data/customers.parquet", "data/events.parquet", "data/_rejects/orders.csv",
-                "snapshot.parquet", "churn_set.parquet", "exposures.jsonl"}
-    before = all_traces(shop, VICTIM)
-    assert expected <= before and any(p.endswith("recommender.npz") for p in before), before
+                "state/rejects/orders.csv", "snapshot.parquet", "churn_set.parquet", "exposures.jsonl"}
+    assert expected <= before.traces and any(p.endswith("recommender.npz") for p in before.traces), before.traces
     # in the MLflow store only the recommenders' saved ids and the holdout score files: no input example,
     # parameter or other model
-    assert any(p.endswith("holdout/scores.parquet") for p in before), before
-    assert all(p.endswith(("recommender.npz", "holdout/scores.parquet")) for p in before if p.startswith("mlruns/")), before
-    others_before = [r for r in read_exposures(shop.exposures) if r["customer_id"] == "C1"]
+    assert any(p.endswith("holdout/scores.parquet") for p in before.traces), before.traces
+    assert all(p.endswith(("recommender.npz", "holdout/scores.parquet"))
+               for p in before.traces if p.startswith("mlruns/")), before.traces
 
-    result = runner.invoke(app, ["privacy", "forget", VICTIM, "--data", str(shop.data), "--mlruns", str(shop.mlruns),
-                                 "--exposure-log", str(shop.exposures), "--file", str(shop.snapshot),
-                                 "--file", str(shop.training_set)])
-    assert result.exit_code == 0, result.output
+    assert forgotten.exit_code == 0, forgotten.output
     assert all_traces(shop, VICTIM) == set()
     pseudonyms = {r["customer_id"] for r in read_exposures(shop.exposures) if r["customer_id"].startswith("forgotten-")}
     assert len(pseudonyms) == 1  # one pseudonym per customer: exposure counts per unit stay right
-    assert [r for r in read_exposures(shop.exposures) if r["customer_id"] == "C1"] == others_before
+    assert [r for r in read_exposures(shop.exposures) if r["customer_id"] == "C1"][:len(before.others_exposures)] == (
+        before.others_exposures)
 
     after = ask(service, VICTIM)  # the service still holds the victim in memory
     assert not after["score"]["known"] and after["score"]["churn_probability"] is None
@@ -231,23 +266,28 @@ def test_forget_leaves_no_trace_and_the_running_service_stops_answering(shop: Sh
     logged = read_exposures(shop.exposures)  # appended after the rewrite, to the new file
     assert [r["customer_id"] for r in logged[-4:]] == [FORGOTTEN] * 4 and all_traces(shop, VICTIM) == set()
     again = ask(service, "C1")  # others are answered as before
-    assert again["score"] == other["score"] and again["recommend"] == other["recommend"]
+    assert again["score"] == before.other["score"] and again["recommend"] == before.other["recommend"]
 
-    export = runner.invoke(app, ["privacy", "export", VICTIM, "--data", str(shop.data), "--mlruns", str(shop.mlruns),
-                                 "--exposure-log", str(shop.exposures)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        export = runner.invoke(app, ["privacy", "export", VICTIM, "--data", str(shop.data), "--mlruns",
+                                     str(shop.mlruns), "--exposure-log", str(shop.exposures)])
     doc = json.loads(export.output)
     assert doc["forgotten"] and not doc["input_rows"] and doc["features"] is None and not doc["model_rows"]
 
 
-def test_a_later_import_or_load_skips_the_forgotten_customer(shop: Shop, tmp_path: Path) -> None:
+def test_a_later_import_or_load_skips_the_forgotten_customer(shop: Shop, forgotten, tmp_path: Path) -> None:
+    assert forgotten.exit_code == 0, forgotten.output
+    data = tmp_path / "data"  # a copy of the shop's data, tombstone included: the shop stays as it is
+    shutil.copytree(shop.data, data)
     src = tmp_path / "retail.csv"
     src.write_text("InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
                    f"1,85123A,HEART,6,2011-12-01 08:26:00,2.55,{VICTIM},United Kingdom\n"
                    f"1,POST,POSTAGE,1,2011-12-01 08:26:00,18,{VICTIM},United Kingdom\n"
                    "2,85123A,HEART,2,2011-12-01 09:00:00,2.55,17850,United Kingdom\n")
-    report = import_online_retail(src, shop.data)
+    report = import_online_retail(src, data)
     assert report.forgotten == 2 and report.loaded == 1 and report.read == 3
-    assert all_traces(shop, VICTIM) == set()
+    assert traces(data, VICTIM) == set()
 
     fresh = tmp_path / "fresh"
     (fresh / "_privacy").mkdir(parents=True)

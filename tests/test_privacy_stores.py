@@ -150,3 +150,24 @@ def test_the_readme_export_example_writes_outside_the_data_folders() -> None:
         for store in re.findall(r"--(?:data|file) (\S+)", line):
             folder = Path(os.path.normpath(store)).parent
             assert folder == Path(".") or folder not in out.parents, (line, folder)
+
+
+def test_the_services_state_folder_is_searched_and_a_misspelled_one_refused(tmp_path: Path) -> None:
+    """`sendwise serve` writes the data's rejected rows to state/ next to its exposure log (or
+    --state-dir): forget and export search it too."""
+    data = shop(tmp_path)
+    log = tmp_path / "exposures" / "exposures.jsonl"
+    (tmp_path / "exposures" / "state" / "rejects").mkdir(parents=True)
+    log.write_text("")
+    rejects = tmp_path / "exposures" / "state" / "rejects" / "orders.csv"
+    rejects.write_text(f"source_row,reason,order_id,customer_id\n7,zero quantity,o9,{VICTIM}\n8,zero quantity,o8,c1\n")
+    stores = ["--data", str(data), "--no-mlruns", "--exposure-log", str(log)]
+    result, output = invoke("privacy", "forget", VICTIM, *stores, "--state-dir", str(tmp_path / "stat"))
+    assert result.exit_code == 2 and f"state folder {tmp_path / 'stat'} does not exist" in output
+    assert VICTIM in rejects.read_text()
+
+    result, output = invoke("privacy", "export", VICTIM, *stores)
+    assert json.loads(result.output)["input_rows"][str(rejects)][0]["order_id"] == "o9"
+    result, output = invoke("privacy", "forget", VICTIM, *stores)
+    assert result.exit_code == 0, output
+    assert rejects.read_text() == "source_row,reason,order_id,customer_id\n8,zero quantity,o8,c1\n"

@@ -22,9 +22,11 @@ from sendwise.privacy.stores import (
     MLRUNS_HELP,
     NO_EXPOSURE_LOG_HELP,
     NO_MLRUNS_HELP,
+    STATE_DIR_HELP,
     check_outside,
     resolve_exposure_log,
     resolve_mlruns,
+    resolve_state_dir,
 )
 
 privacy_app = typer.Typer(help="Customers' data: export everything held about one, forget some.",
@@ -34,6 +36,7 @@ MlrunsDir = Annotated[Path | None, typer.Option(help=MLRUNS_HELP, show_default=F
 NoMlruns = Annotated[bool, typer.Option("--no-mlruns", help=NO_MLRUNS_HELP)]
 ExposureLogFile = Annotated[Path | None, typer.Option(help=EXPOSURE_LOG_HELP, show_default=False)]
 NoExposureLog = Annotated[bool, typer.Option("--no-exposure-log", help=NO_EXPOSURE_LOG_HELP)]
+StateDir = Annotated[Path | None, typer.Option(help=STATE_DIR_HELP, show_default=False)]
 ExtraFiles = Annotated[list[Path] | None, typer.Option(
     "--file", help="Another file (or folder) with customer rows: snapshot, training set, scores; repeat.")]
 PRIVATE = 0o600  # a new export file: personal data, readable by its owner only
@@ -51,6 +54,7 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
            no_mlruns: NoMlruns = False,
            exposure_log: ExposureLogFile = None,
            no_exposure_log: NoExposureLog = False,
+           state_dir: StateDir = None,
            file: ExtraFiles = None,
            encoding: EncodingOption = Encoding.UTF_8,
            out: Annotated[Path | None, typer.Option(
@@ -61,11 +65,12 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
     """Everything held about CUSTOMER_ID (input rows, features, scores, recommendations, model rows,
     exposures) as one JSON document."""
     mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
+    files = [*(file or []), *filter(None, [resolve_state_dir(state_dir, exposure_log)])]
     if out is not None:
         check_outside(out, [("the data directory", data)] + ([("the MLflow store", mlruns)] if mlruns else [])
-                      + [("--file", f) for f in file or []]
+                      + [("--file", f) for f in files]
                       + ([("the exposure log", exposure_log)] if exposure_log else []))
-    doc = export_customer(customer_id, data, mlruns, exposure_log, file or [], encoding=encoding)
+    doc = export_customer(customer_id, data, mlruns, exposure_log, files, encoding=encoding)
     text = json.dumps(doc, indent=1, default=str)
     if out is None:
         typer.echo(text)
@@ -92,17 +97,20 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
            no_mlruns: NoMlruns = False,
            exposure_log: ExposureLogFile = None,
            no_exposure_log: NoExposureLog = False,
+           state_dir: StateDir = None,
            file: ExtraFiles = None,
            encoding: EncodingOption = Encoding.UTF_8) -> None:
-    """Remove CUSTOMER_IDS from the data, the files named, the exposure log (pseudonymised) and the
-    saved recommenders; a tombstone keeps them out of later imports and the running service.
+    """Remove CUSTOMER_IDS from the data, the files named, the exposure log (pseudonymised), the
+    service's state folder and the saved recommenders; a tombstone keeps them out of later imports
+    and the running service.
 
     Every store must exist: a --mlruns or --exposure-log (given or default) that is not there stops
     the command before anything is written; say --no-mlruns / --no-exposure-log where there is none.
     An id that matched nothing anywhere (and was not forgotten before) fails the command with exit
     code 2, after the others are forgotten; its tombstone is recorded anyway."""
     mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
-    report = forget_customers(customer_ids, data, mlruns, exposure_log, file or [], encoding)
+    files = [*(file or []), *filter(None, [resolve_state_dir(state_dir, exposure_log)])]
+    report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding)
     table = RichTable(title=f"Forgot {len(report.forgotten)} customer(s)", title_justify="left")
     table.add_column("store")
     table.add_column("removed", justify="right")

@@ -27,6 +27,8 @@ NO_MLRUNS_HELP = "No MLflow store was ever used for this data: search no models.
 EXPOSURE_LOG_HELP = ("The service's exposure log (`sendwise serve --exposure-log`; the demo writes "
                      f"WORKDIR/exposures.jsonl; default: {DEFAULT_EXPOSURE_LOG}); it must exist.")
 NO_EXPOSURE_LOG_HELP = "No service ever logged exposures for this data: search no exposure log."
+STATE_DIR_HELP = ("The service's state folder, holding the data's rejected rows it wrote (`sendwise serve "
+                  "--state-dir`); default: state/ next to the exposure log, searched when it exists.")
 
 
 def check_mlruns(path: Path | str) -> Path:
@@ -84,6 +86,19 @@ def resolve_exposure_log(given: Path | None, none: bool) -> Path | None:
             raise InputError("--exposure-log and --no-exposure-log contradict each other; pass one of them.")
         return None
     return check_exposure_log(DEFAULT_EXPOSURE_LOG if given is None else given)
+
+
+def resolve_state_dir(given: Path | None, exposure_log: Path | None) -> Path | None:
+    """The service's state folder (rejected rows of the data it loaded): ``--state-dir``, which must
+    exist, else ``state/`` next to the exposure log (as :attr:`serving.config.ServeConfig.rejects_dir`)
+    when there is one: a service that rejected no row wrote none."""
+    if given is not None:
+        if not Path(given).is_dir():
+            raise NotFoundError(f"state folder {given} does not exist. Pass --state-dir DIR as given to "
+                                "`sendwise serve --state-dir`, or leave it out for state/ next to the exposure log.")
+        return Path(given)
+    default = None if exposure_log is None else Path(exposure_log).parent / "state"
+    return default if default is not None and default.is_dir() else None
 
 
 def check_outside(out: Path | str, stores: Iterable[tuple[str, Path | str]]) -> None:
