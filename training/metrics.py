@@ -22,7 +22,7 @@ def lift_and_capture(y: np.ndarray, p: np.ndarray, top: float) -> tuple[float, f
     """Among the ``top`` share with the highest scores: positive rate / overall rate (lift) and the
     share of all positives they hold (capture). Ties at the cut are broken by position."""
     y = np.asarray(y, float)
-    n = max(1, int(round(top * len(y))))
+    n = max(1, round(top * len(y)))
     chosen = y[np.argsort(-np.asarray(p, float), kind="stable")[:n]]
     base = y.mean()
     return float(chosen.mean() / base) if base else float("nan"), float(chosen.sum() / y.sum()) if y.sum() else float("nan")

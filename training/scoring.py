@@ -60,7 +60,7 @@ def score_customers(tables: Tables, as_of: object, churn: ModelBundle, propensit
                     progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, datetime]:
     """Score every customer known before ``as_of`` from rows strictly before it."""
     when = to_timestamp(as_of)
-    start, end = tables.time_range()
+    start, _ = tables.time_range()
     if start is None or when <= start:
         raise ContractError(f"--as-of {when} is not after the first row of the data ({start}).")
     features = build_features(tables.before(when), when)

@@ -174,8 +174,8 @@ class Recommender:
         raise NotImplementedError
 
     def save(self, directory: Path | str) -> Path:
-        """Write the model into ``directory`` (its own directory, holding nothing else) and return
-        the descriptor's path. See :func:`save_files` for what a crash leaves."""
+        """Write the model into ``directory`` and return the descriptor's path; a save over an
+        earlier model replaces it as a whole (see :func:`save_files` for what a crash leaves)."""
         arrays = {"customer_ids": self.customer_ids_.to_numpy(str), "product_ids": self.product_ids_.to_numpy(str),
                   **self._arrays()}
         return save_files(directory, arrays, {"kind": self.kind, "params": self.params})
