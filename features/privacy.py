@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.csv_dialect import CsvFile
+from features.errors import InputError
 from features.importers import movielens, uci_retail
 from features.io import SUFFIXES, Encoding, atomic_write
 from features.schema import CUSTOMER_ID
@@ -65,8 +66,18 @@ def _read(path: Path, encoding: Encoding | str) -> tuple[pa.Table, CsvFile | Non
     return csv_file.read(), csv_file  # as text, as the loader reads it
 
 
-def _customer_column(table: pa.Table) -> str | None:
-    return next((c for c in CUSTOMER_COLUMNS if c in table.column_names), None)
+def _customer_column(table: pa.Table, path: Path) -> str | None:
+    """The column holding customer ids; None for a file without one. A file whose columns only
+    mention one (``customer_id,score`` read as one column: a broken line made DuckDB's sniffer give
+    up the delimiter) is an error, not a file without customers."""
+    column = next((c for c in CUSTOMER_COLUMNS if c in table.column_names), None)
+    if column is None:
+        mention = next((c for c in table.column_names if any(n.lower() in c.lower() for n in CUSTOMER_COLUMNS)), None)
+        if mention is not None:
+            raise InputError(f"{path}: no column is named {' or '.join(CUSTOMER_COLUMNS)}, but {mention!r} mentions "
+                             f"one (read as the columns {table.column_names[:5]}): a broken line or an unusual "
+                             "header. Fix the file and run the command again.")
+    return column
 
 
 def _trimmed(table: pa.Table, column: str) -> pa.ChunkedArray:
@@ -83,7 +94,7 @@ def customer_rows(path: Path | str, customer_ids: Collection[str],
     """The rows of ``path`` that belong to ``customer_ids`` (None: the file has no customer column).
     A CSV that is not UTF-8 is read in ``encoding``."""
     table, _ = _read(Path(path), encoding)
-    column = _customer_column(table)
+    column = _customer_column(table, Path(path))
     return None if column is None else table.filter(_matches(table, column, customer_ids)).to_pandas()
 
 
@@ -93,7 +104,7 @@ def drop_customer_rows(path: Path | str, customer_ids: Collection[str],
     (empty: none, the file is left untouched). A CSV that is not UTF-8 is read in ``encoding``."""
     path = Path(path)
     table, csv_file = _read(path, encoding)
-    column = _customer_column(table)
+    column = _customer_column(table, path)
     if column is None:
         return Counter()
     mask = _matches(table, column, customer_ids)

@@ -29,7 +29,6 @@ from serving.config import ServeConfig
 from serving.exposures import pseudonymise_customers, read_exposures
 from serving.state import NotReadyError, load_champions
 from training.recommenders import models as recommender_models
-from training.recommenders import store as recommender_store
 from training.recommenders.models import ARRAYS_FILE, MODEL_FILE, load_recommender, make_recommender
 from training.recommenders.store import customer_data_in_store, forget_in_store
 from training.registry import CHAMPION, alias_version, load_bundle

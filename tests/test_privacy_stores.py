@@ -171,3 +171,17 @@ def test_the_services_state_folder_is_searched_and_a_misspelled_one_refused(tmp_
     result, output = invoke("privacy", "forget", VICTIM, *stores)
     assert result.exit_code == 0, output
     assert rejects.read_text() == "source_row,reason,order_id,customer_id\n8,zero quantity,o8,c1\n"
+
+
+def test_a_file_forget_cannot_read_fails_it_after_the_others_are_cleaned(tmp_path: Path) -> None:
+    data = shop(tmp_path)
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "a_broken.csv").write_text(f"customer_id,score\n{VICTIM},0.5,extra,fields\n\"unclosed\n")
+    (outputs / "b_scores.csv").write_text(f"customer_id,score\n{VICTIM},0.5\nc1,0.2\n")
+    result, output = invoke("privacy", "forget", VICTIM, "--data", str(data), "--no-mlruns", "--no-exposure-log",
+                            "--file", str(outputs))
+    assert result.exit_code == 2 and f"not searched: {outputs / 'a_broken.csv'}" in output, output
+    assert "1 file(s) could not be searched" in output and "rows there, if any, remain" in output
+    assert (outputs / "b_scores.csv").read_text() == "customer_id,score\nc1,0.2\n"  # the others were done
+    assert VICTIM not in (data / "orders.csv").read_text() and VICTIM in read_tombstones(data)

@@ -12,9 +12,9 @@ import typer
 from rich.table import Table as RichTable
 
 from features.cli import DataDir, EncodingOption
-from features.errors import NotFoundError
+from features.errors import InputError, NotFoundError
 from features.io import Encoding, atomic_write
-from sendwise.console import console, reports_user_errors
+from sendwise.console import console, errors, reports_user_errors
 from sendwise.privacy.export import export_customer
 from sendwise.privacy.forget import forget_customers
 from sendwise.privacy.stores import (
@@ -44,6 +44,10 @@ PRIVATE = 0o600  # a new export file: personal data, readable by its owner only
 
 class NothingMatchedError(NotFoundError):
     """A customer id to forget was found nowhere (most likely a typo)."""
+
+
+class ForgetIncompleteError(InputError):
+    """Some files could not be searched: the customers may remain in them."""
 
 
 @privacy_app.command("export")
@@ -106,8 +110,8 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
 
     Every store must exist: a --mlruns or --exposure-log (given or default) that is not there stops
     the command before anything is written; say --no-mlruns / --no-exposure-log where there is none.
-    An id that matched nothing anywhere (and was not forgotten before) fails the command with exit
-    code 2, after the others are forgotten; its tombstone is recorded anyway."""
+    An id that matched nothing anywhere (and was not forgotten before), or a file that could not be
+    read, fails the command with exit code 2 after everything else is done; the tombstone stays."""
     mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
     files = [*(file or []), *filter(None, [resolve_state_dir(state_dir, exposure_log)])]
     report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding)
@@ -128,11 +132,18 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
     for path, n in report.holdout_rows.items():
         table.add_row(f"holdout scores: {path}", f"{n:,} rows")
     console.print(table)
-    if report.nothing_left:
+    if report.nothing_left and not report.failed:
         console.print(f"Already forgotten, nothing of theirs was left: {', '.join(report.nothing_left)}.")
     if report.forgotten:
         console.print("The running service treats them as unknown from its next request; models trained before "
                       "keep what they learnt in shared parameters until the next training.")
+    if report.failed:
+        for path, why in report.failed.items():
+            errors.print(f"[bold red]not searched:[/] {path}: {why}", highlight=False, soft_wrap=True)
+        unmatched = f" ({', '.join(repr(c) for c in report.unmatched)} matched nothing elsewhere)" if report.unmatched else ""
+        raise ForgetIncompleteError(
+            f"{len(report.failed)} file(s) could not be searched (above): the customers' rows there, if any, "
+            f"remain{unmatched}. Fix or move them and run the same forget again; the tombstone is recorded.")
     if report.unmatched:
         raise NothingMatchedError(
             f"{', '.join(repr(c) for c in report.unmatched)} matched no row or record in any store searched "

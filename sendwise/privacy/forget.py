@@ -9,7 +9,8 @@ models' holdout score files there.
 Every path is checked before anything is written: a folder, file or store that is named but not
 there stops the command (a typo must not turn into "0 rows removed"). The report counts what was
 removed per customer: an id that matched nothing anywhere, and had no tombstone before, is named
-in :attr:`ForgetReport.unmatched` (the command then fails, saying so; its tombstone stays).
+in :attr:`ForgetReport.unmatched`, and a file that could not be read (the others are still
+searched) in :attr:`ForgetReport.failed`; the command then fails, saying so (the tombstone stays).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ForgetReport:
     found: Counter[str] = field(default_factory=Counter)  # rows and records removed per customer, everywhere
     already_forgotten: list[str] = field(default_factory=list)  # ids with a tombstone from an earlier forget
     stores: list[str] = field(default_factory=list)  # what was searched, in words
+    failed: dict[str, str] = field(default_factory=dict)  # files that could not be searched, and why
 
     @property
     def forgotten(self) -> list[str]:
@@ -85,7 +87,11 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
     report.stores.extend(str(f) for f in files)
     for root in (data_dir, *files):
         for path in tabular_files(root):
-            removed = drop_customer_rows(path, ids, encoding)
+            try:
+                removed = drop_customer_rows(path, ids, encoding)
+            except InputError as exc:  # the others are still searched; the command fails at the end
+                report.failed[str(path)] = str(exc)
+                continue
             if removed:
                 report.file_rows[str(path)] = removed.total()
                 report.found += removed
