@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -64,8 +65,7 @@ class CsvDialect:
                 "escapechar": None if doubled else self.escape}
 
 
-@dataclass(frozen=True)
-class _Record:
+class _Record(NamedTuple):
     start: int  # first physical line
     end: int  # one past the last physical line
     fields: list[str]
@@ -155,6 +155,29 @@ class CsvFile:
         """The header and data records of ``lines``, read as DuckDB does: ``skip_rows`` lines first,
         then the header; comment lines, and blank lines where there is more than one column, are
         not records."""
+        try:
+            records = (self._records_between_comments if dialect.comment else self._records)(lines, dialect)
+        except csv.Error as exc:
+            raise InputError(f"{self.path}: could not be read as CSV ({exc}).") from exc
+        if not records:
+            raise InputError(f"{self.path}: no header line.")
+        return records[0], records[1:]
+
+    def _records(self, lines: list[str], dialect: CsvDialect) -> list[_Record]:
+        """Records and the physical lines each spans, from the reader's line count."""
+        reader = csv.reader(iter(lines[dialect.skip_rows:]), **dialect.reader_options(self.path))
+        records, start = [], dialect.skip_rows
+        for fields in reader:
+            end = dialect.skip_rows + reader.line_num
+            blank_between_records = not fields and records and len(records[0].fields) > 1
+            if not blank_between_records:
+                records.append(_Record(start, end, fields or [""]))
+            start = end
+        return records
+
+    def _records_between_comments(self, lines: list[str], dialect: CsvDialect) -> list[_Record]:
+        """Records as :meth:`_records`, skipping comment lines where a record would start (a
+        comment is not parsed: a quote in it opens nothing)."""
         at = {"next": dialect.skip_rows, "start": -1, "end": -1, "record_start": True, "skip_blank": False}
 
         def feed():
@@ -163,8 +186,7 @@ class CsvFile:
                 at["next"] += 1
                 if at["record_start"]:
                     content = lines[i].rstrip("\r\n")
-                    if (dialect.comment and content.lstrip(" ").startswith(dialect.comment)) or (
-                            at["skip_blank"] and not content):
+                    if content.lstrip(" ").startswith(dialect.comment) or (at["skip_blank"] and not content):
                         continue  # not a record: kept as it is
                     at["start"], at["record_start"] = i, False
                 at["end"] = i + 1
@@ -172,20 +194,14 @@ class CsvFile:
 
         reader = csv.reader(feed(), **dialect.reader_options(self.path))
         records = []
-        try:
-            while True:
-                at["record_start"] = True
-                try:
-                    fields = next(reader)
-                except StopIteration:
-                    break
-                records.append(_Record(at["start"], at["end"], fields or [""]))
-                at["skip_blank"] = len(records[0].fields) > 1
-        except csv.Error as exc:
-            raise InputError(f"{self.path}: could not be read as CSV ({exc}).") from exc
-        if not records:
-            raise InputError(f"{self.path}: no header line.")
-        return records[0], records[1:]
+        while True:
+            at["record_start"] = True
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return records
+            records.append(_Record(at["start"], at["end"], fields or [""]))
+            at["skip_blank"] = len(records[0].fields) > 1
 
 
 def _encoding(path: Path, raw: bytes, given: Encoding) -> tuple[Encoding, bytes, str]:
