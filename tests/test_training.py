@@ -67,6 +67,9 @@ def test_first_version_is_champion_and_challenger_with_everything_logged(trained
     if (REPO / ".git").exists():  # this checkout: the real commit, never the fallback "unknown"
         assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", run.data.tags["git_commit"]), run.data.tags["git_commit"]
     assert re.fullmatch(r"[0-9a-f]{16}", run.data.tags["data_fingerprint"])
+    # computed again by the propensity run on the same data and as_of: promotion compares these
+    other = MlflowClient().get_run(trained["purchased"].run_id).data.tags["data_fingerprint"]
+    assert other == run.data.tags["data_fingerprint"]
     plots = {a.path for a in MlflowClient().list_artifacts(churn.run_id, "plots")}
     assert plots == {f"plots/{n}.png" for n in ("roc", "precision_recall", "calibration", "cumulative_gains",
                                                 "feature_importance")}
