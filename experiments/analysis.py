@@ -153,7 +153,7 @@ def analyze(outcomes: pd.DataFrame, experiment: Experiment, recipients: Recipien
         raise InputError(f"experiment '{experiment.name}': the control variant '{control}' has {counts[control]} "
                          "recipients; nothing can be compared with it")
     for v in empty:
-        warnings.append(f"variant '{v}' has {counts[v]} recipients: it is not compared")
+        warnings.append(f"variant '{v}' has {counts[v]} recipient{'' if counts[v] == 1 else 's'}: it is not compared")
     srm = sample_ratio_mismatch(counts.tolist(), [v.weight for v in experiment.variants])
     if srm.mismatch:
         warnings.append(f"sample ratio mismatch (chi-square p = {srm.p_value:.2g} < 0.001): recipients per variant "

@@ -105,7 +105,7 @@ def _check(control: Sample, treatment: Sample, alpha: float) -> None:
         raise InputError(f"alpha must be in (0, 1); got {alpha}")
     for name, s in (("control", control), ("treatment", treatment)):
         if s.n < 2:
-            raise InputError(f"the {name} variant has {s.n} recipients; at least 2 are needed to compare")
+            raise InputError(f"the {name} variant has {s.n} recipient{'' if s.n == 1 else 's'}; at least 2 are needed to compare")
 
 
 def two_proportion_ztest(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison:

@@ -171,7 +171,7 @@ def test_peeking_inflates_naive_tests_but_not_always_valid_ones() -> None:
 
 
 def test_bad_inputs_are_named() -> None:
-    with pytest.raises(ValueError, match="treatment variant has 1 recipients"):
+    with pytest.raises(ValueError, match="treatment variant has 1 recipient; at least 2"):
         two_proportion_ztest(Sample(100, 5, 5), Sample(1, 0, 0))
     with pytest.raises(ValueError, match="alpha must be in"):
         welch_ttest(Sample(10, 5, 5), Sample(10, 5, 5), alpha=1.5)

@@ -255,7 +255,7 @@ def test_a_variant_too_small_to_compare_is_reported_not_crashed(tmp_path: Path) 
     assert [(r[0].removesuffix(" (CUPED)"), r[1]) for r in compared] == [(m.value, "b") for m in Metric]  # not tiny
     assert "b: no significant difference" in lines and "tiny: not compared: fewer than 2 recipients" in lines
     assert any(line.startswith("sample-ratio check:") and line.endswith("(no mismatch)") for line in lines)
-    assert any(line.startswith("warning: variant 'tiny' has 1 recipient") for line in lines)
+    assert any(line.startswith("warning: variant 'tiny' has 1 recipient:") for line in lines)
 
 
 def test_variants_suppressing_different_shares_are_not_trusted(config_file: Path) -> None:
