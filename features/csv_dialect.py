@@ -80,6 +80,7 @@ class CsvFile:
         data = self.path.read_bytes()
         self.compressed = self.path.name.endswith(".gz")
         self.raw = gzip.decompress(data) if self.compressed else data
+        self._gzip_mtime = int.from_bytes(data[4:8], "little") if self.compressed else 0  # kept in a rewrite
         self.encoding, self.bom, self.codec = _encoding(self.path, self.raw, Encoding(encoding))
 
     def _options(self) -> str:
@@ -116,7 +117,10 @@ class CsvFile:
         """Rewrite the file without the records where ``cut`` is true: ``table`` is what
         :meth:`read` returned and ``cut`` one flag per row, taken from ``column``. Everything else
         stays byte for byte (gzip compresses it again)."""
-        text = self.raw[len(self.bom):].decode(self.codec)
+        try:
+            text = self.raw[len(self.bom):].decode(self.codec)
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{self.path}: not {self.encoding.value} text ({exc.reason} at byte {exc.start}).") from exc
         lines = _LINE.findall(text)
         header, records = self._parse(lines, self.sniff())
 
@@ -146,8 +150,7 @@ class CsvFile:
             kept = kept.removesuffix("\r\n") if kept.endswith("\r\n") else kept[:-1]  # it ended without one
         out = self.bom + kept.encode(self.codec)
         if self.compressed:
-            mtime = int.from_bytes(self.path.read_bytes()[4:8], "little")  # kept from the gzip header
-            atomic_write(self.path, lambda tmp: Path(tmp).write_bytes(gzip.compress(out, mtime=mtime)))
+            atomic_write(self.path, lambda tmp: Path(tmp).write_bytes(gzip.compress(out, mtime=self._gzip_mtime)))
         else:
             atomic_write(self.path, lambda tmp: Path(tmp).write_bytes(out))
 
