@@ -35,9 +35,8 @@ import duckdb
 import pyarrow as pa
 
 from features.errors import InputError
-from features.io import Encoding, atomic_write
+from features.io import CSV_READ_OPTIONS, Encoding, atomic_write
 
-LOADER_OPTIONS = "all_varchar = true, header = true"  # as features.io.read_raw reads a CSV
 _EMPTY = "(empty)"  # how sniff_csv reports an option that is not set
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+\Z")  # a physical line with its ending
 
@@ -84,7 +83,7 @@ class CsvFile:
         self.encoding, self.bom, self.codec = _encoding(self.path, self.raw, Encoding(encoding))
 
     def _options(self) -> str:
-        return LOADER_OPTIONS + ("" if self.encoding is Encoding.UTF_8 else f", encoding = '{self.encoding.value}'")
+        return CSV_READ_OPTIONS + ("" if self.encoding is Encoding.UTF_8 else f", encoding = '{self.encoding.value}'")
 
     def _sql(self, function: str, columns: str = "*") -> str:
         quoted = str(self.path).replace("'", "''")

@@ -35,6 +35,7 @@ from features.validate import ROW_ID, ContractError, TableReport, validate_raw
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
 REJECTS_DIRNAME = "_rejects"
+CSV_READ_OPTIONS = "all_varchar = true, header = true"  # every CSV is read as text with a header row
 TOMBSTONES_FILE = Path("_privacy") / "tombstones.json"
 SAMPLE_BYTES = 1 << 16  # how much of a file is looked at before DuckDB reads it
 
@@ -99,7 +100,7 @@ def read_raw(con: duckdb.DuckDBPyConnection, path: Path, name: str,
             )
         else:
             options = "" if encoding is Encoding.UTF_8 else f", encoding = '{encoding.value}'"
-            scan = f"read_csv('{p}', all_varchar = true, header = true{options})"
+            scan = f"read_csv('{p}', {CSV_READ_OPTIONS}{options})"
             con.execute(  # materialised, so that row numbers are fixed once
                 f"CREATE OR REPLACE TEMP TABLE {name} AS "
                 f"SELECT *, row_number() OVER () AS {ROW_ID} FROM {scan}"
@@ -116,6 +117,13 @@ def _check_fields(con: duckdb.DuckDBPyConnection, name: str, path: Path, encodin
     header pass for one column's name (or vanish). A one-field first line may be a title: skipped."""
     columns = [c for c in con.table(name).columns if c != ROW_ID]
     opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        _check_field_counts(opener, path, encoding, len(columns))
+    except UnicodeError:  # e.g. UTF-16 without a byte-order mark, which DuckDB read: nothing to say
+        return
+
+
+def _check_field_counts(opener: Callable, path: Path, encoding: Encoding, n_columns: int) -> None:
     with opener(path, "rt", encoding="utf-8-sig" if encoding is Encoding.UTF_8 else encoding.value,
                 errors="replace", newline="") as fh:
         first = fh.readline()
@@ -125,7 +133,7 @@ def _check_fields(con: duckdb.DuckDBPyConnection, name: str, path: Path, encodin
         fh.seek(0)
         rows = csv.reader(fh, delimiter=delimiter)
         header = next(rows, [])
-        if len(header) == len(columns):
+        if len(header) == n_columns:
             return
         for row in rows:
             if row and len(row) != len(header):

@@ -156,3 +156,9 @@ def test_a_title_line_above_the_header_is_still_read(tmp_path: Path) -> None:
     (tmp_path / "orders.csv").write_text("Orders exported 2024-02-01\n" + HEADER + "1,c1,p1,1,2.5,2024-01-01\n")
     tables, report = load_data_dir(tmp_path)
     assert tables.count("orders") == 1 and report.rejected == 0
+
+
+def test_utf_16_without_a_byte_order_mark_is_read_with_the_option(tmp_path: Path) -> None:
+    (tmp_path / "orders.csv").write_bytes((HEADER + "1,c1,Café,1,2.5,2024-01-01\n").encode("utf-16-le"))
+    tables, _ = load_data_dir(tmp_path, encoding="utf-16")
+    assert tables.frame("orders")["product_id"].item() == "Café"
