@@ -13,7 +13,7 @@ DEFAULT_ROOT = Path("mlruns")
 _set_by_us: set[str] = set()  # MLflow copies the URI we set into MLFLOW_TRACKING_URI; that is not the user's
 
 
-def _user_uri() -> str | None:
+def user_tracking_uri() -> str | None:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return None if uri in _set_by_us else uri
 
@@ -25,7 +25,7 @@ def configure_tracking(root: Path | str | None = None) -> str:
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = _user_uri()
+    uri = user_tracking_uri()
     if not uri:
         root = Path(root or DEFAULT_ROOT).resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def experiment_id(name: str, root: Path | str | None = None) -> str:
     if existing:
         return existing.experiment_id
     location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:///") and not _user_uri():
+    if mlflow.get_tracking_uri().startswith("sqlite:///") and not user_tracking_uri():
         location = (Path(root or DEFAULT_ROOT).resolve() / "artifacts").as_uri()
     return client.create_experiment(name, artifact_location=location)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from features.errors import InputError, NotFoundError
-from training.tracking import _user_uri
+from training.tracking import user_tracking_uri
 
 DEFAULT_MLRUNS = Path("mlruns")
 DEFAULT_EXPOSURE_LOG = Path("exposures/exposures.jsonl")
@@ -64,7 +64,7 @@ def resolve_mlruns(given: Path | None, none: bool) -> Path | None:
         if given is not None:
             raise InputError("--mlruns and --no-mlruns contradict each other; pass one of them.")
         return None
-    uri = _user_uri()
+    uri = user_tracking_uri()
     if uri is None:
         return check_mlruns(DEFAULT_MLRUNS if given is None else given)
     if not uri.startswith(SQLITE):
