@@ -6,8 +6,10 @@
 
 Per endpoint: sequential p50 / p99, throughput with 8 concurrent clients for a fixed time, all next
 to the service's trivial ``/ping`` in the same run; a 1,000-customer ``/next_best_action_batch``;
-RSS of the server processes. Writes benchmarks/results/service.json (service_quick.json;
-service_forgotten.json with --forgotten) and prints a table.
+single ``/next_best_action`` p50 / p99 while maximal batches run back to back (``/product_block_batch``
+of customers x k = MAX_ITEMS), next to the idle figures of the same run; RSS of the server processes.
+Writes benchmarks/results/service.json (service_quick.json; service_forgotten.json with --forgotten)
+and prints a table.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from features.demo import DemoShop, generate_demo  # noqa: E402
 from features.io import load_data_dir, write_tombstones  # noqa: E402
 from features.tombstones import Tombstones  # noqa: E402
 from features.training_set import Target  # noqa: E402
+from serving.schemas import MAX_ITEMS  # noqa: E402
 from training.recommenders.train import train_recommender  # noqa: E402
 from training.train import train_classifier  # noqa: E402
 
@@ -111,6 +114,38 @@ def concurrent(url: str, bodies: list[dict], clients: int, seconds: float) -> di
             "errors": sum(errors)}
 
 
+def under_batch(base: str, bodies: list[dict], ids: list[str], k: int = 4) -> dict:
+    """Single next-best-actions, one after another, while another client posts maximal product-block
+    batches (customers x k = MAX_ITEMS, known customers first) back to back; until 3 batches ended."""
+    batch_ids = (ids + [f"new-{i}" for i in range(MAX_ITEMS)])[:MAX_ITEMS // k]
+    batch_times, single_times, stop = [], [], threading.Event()
+
+    def batches() -> None:
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set():
+                start = time.perf_counter()
+                response = client.post(f"{base}/product_block_batch", json={"customer_ids": batch_ids, "k": k})
+                response.raise_for_status()
+                batch_times.append((time.perf_counter() - start) * 1000)
+                if len(batch_times) >= 3:
+                    stop.set()
+
+    thread = threading.Thread(target=batches)
+    thread.start()
+    with httpx.Client(timeout=30) as client:
+        i = 0
+        while not stop.is_set():
+            start = time.perf_counter()
+            client.post(f"{base}/next_best_action", json=bodies[i % len(bodies)]).raise_for_status()
+            single_times.append((time.perf_counter() - start) * 1000)
+            i += 1
+    thread.join()
+    return {"batch": f"/product_block_batch, {len(batch_ids):,} customers x k={k}",
+            "batch_ms": round(statistics.median(batch_times), 1), "batches": len(batch_times),
+            "single_requests": len(single_times), "single_p50_ms": round(statistics.median(single_times), 2),
+            "single_p99_ms": round(percentile(single_times, 99), 2), "single_max_ms": round(max(single_times), 1)}
+
+
 def prepare(customers: int) -> tuple[Path, Path]:
     data = WORK / f"demo_{customers}"
     if not (data / "orders.parquet").exists():
@@ -167,6 +202,7 @@ def main() -> None:
                 client.post(f"{base}/next_best_action_batch", json=body).raise_for_status()
                 batch_times.append((time.perf_counter() - start) * 1000)
         results["next_best_action_batch_1000_ms"] = round(statistics.median(batch_times[1:]), 1)
+        results["under_maximal_batch"] = under_batch(base, bodies, ids)
         procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
         results["rss_mb"] = {f"{p.pid}": round(p.memory_info().rss / 2**20) for p in procs}
     finally:
@@ -184,6 +220,11 @@ def main() -> None:
     console.print(table)
     console.print(f"/next_best_action_batch of 1,000: {results['next_best_action_batch_1000_ms']} ms (median of 10); "
                   f"RSS MB per process: {results['rss_mb']}; startup {results['startup_s']} s")
+    busy, idle = results["under_maximal_batch"], results["endpoints"]["next_best_action"]["sequential"]
+    console.print(f"/next_best_action while {busy['batch']} runs ({busy['batch_ms']} ms each, {busy['batches']} "
+                  f"back to back): p50 {busy['single_p50_ms']} ms, p99 {busy['single_p99_ms']} ms, max "
+                  f"{busy['single_max_ms']} ms over {busy['single_requests']} requests; idle: p50 {idle['p50_ms']} ms, "
+                  f"p99 {idle['p99_ms']} ms")
     name = "service_quick" if args.quick else "service"
     out = ROOT / "benchmarks" / "results" / (f"{name}_forgotten.json" if args.forgotten else f"{name}.json")
     out.write_text(json.dumps(results, indent=1))

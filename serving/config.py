@@ -22,9 +22,7 @@ A variable that is set must hold a value: an empty one is an error naming it (an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import InputError
@@ -40,8 +38,6 @@ def _not_empty(value: object) -> object:
     return value
 
 
-Setting = Annotated[str, BeforeValidator(_not_empty), Field(min_length=1)]
-PathSetting = Annotated[Path, BeforeValidator(_not_empty)]
 
 
 class ServeConfig(BaseModel):
@@ -49,24 +45,24 @@ class ServeConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    data: PathSetting
-    snapshot: PathSetting | None = None
-    mlruns: PathSetting = Path("mlruns")
-    churn_alias: Setting = "champion"
-    propensity_alias: Setting = "champion"
-    recommender_alias: Setting = "champion"
-    exposure_log: PathSetting = Path("exposures/exposures.jsonl")
-    state_dir: PathSetting | None = None  # default: state/ next to the exposure log (see rejects_dir)
+    data: Path
+    snapshot: Path | None = None
+    mlruns: Path = Path("mlruns")
+    churn_alias: str = "champion"
+    propensity_alias: str = "champion"
+    recommender_alias: str = "champion"
+    exposure_log: Path = Path("exposures/exposures.jsonl")
+    state_dir: Path | None = None  # default: state/ next to the exposure log (see rejects_dir)
     exposure_fsync: bool = False
     api_key: SecretStr | None = None  # hidden in repr and dumps
-    policy: PathSetting | None = None
-    currency: Setting = "GBP"
-    experiments: PathSetting | None = None
+    policy: Path | None = None
+    currency: str = "GBP"
+    experiments: Path | None = None
     consent: ConsentRule = ConsentRule.RECORDED
 
-    @field_validator("api_key", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _key_not_empty(cls, value: object) -> object:
+    def _set_means_a_value(cls, value: object) -> object:
         return _not_empty(value)
 
     @classmethod

@@ -28,7 +28,7 @@ def _integer_as_text(value: object) -> object:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-CustomerIdText = Annotated[str, BeforeValidator(_integer_as_text), StringConstraints(min_length=1, max_length=200)]
+CustomerIdText = Annotated[str, StringConstraints(min_length=1, max_length=200), BeforeValidator(_integer_as_text)]
 CustomerId = Field(..., examples=["17850"], description="1-200 characters; an integer is read as its decimal text")
 
 

@@ -12,6 +12,7 @@ import atexit
 import functools
 import gc
 import inspect
+import os
 import random
 import typing
 import uuid
@@ -55,6 +56,12 @@ from serving.schemas import (
 )
 from serving.state import ServingState
 from serving.variants import Arm, VariantRouter
+
+# BentoML's TimeoutMiddleware schedules a timer per request that keeps the request's context, with its
+# OpenTelemetry span (~4.6 kB in all), for traffic.timeout (60 s): under a flood of requests that is
+# rate x 60 s of them. Without a tracing exporter the spans record nothing: don't make them (~0.9 kB
+# then). OTEL_SDK_DISABLED=false keeps them for a shop that configures BentoML's tracing.
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
 DEFAULT_RULES = RuleOptions()
 THREADS = 4  # a batch holds one (one at a time, see serving.guard); single requests share the others

@@ -1,0 +1,118 @@
+"""The service's settings from the environment (``SENDWISE_*``, pydantic-settings): every
+variable, the defaults, and the errors a user can fix, each naming its variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from features.errors import InputError
+from serving.config import ServeConfig
+from serving.consent import ConsentRule
+
+KEY = "sk-config-test-9f8e7d"
+EVERY = {"SENDWISE_DATA": "/srv/shop", "SENDWISE_SNAPSHOT": "/srv/snap.parquet", "SENDWISE_MLRUNS": "/srv/mlruns",
+         "SENDWISE_CHURN_ALIAS": "c1", "SENDWISE_PROPENSITY_ALIAS": "p1", "SENDWISE_RECOMMENDER_ALIAS": "r1",
+         "SENDWISE_EXPOSURE_LOG": "/var/log/sendwise/exposures.jsonl", "SENDWISE_STATE_DIR": "/var/lib/sendwise",
+         "SENDWISE_EXPOSURE_FSYNC": "true", "SENDWISE_API_KEY": KEY, "SENDWISE_POLICY": "/srv/policy.yaml",
+         "SENDWISE_CURRENCY": "EUR", "SENDWISE_EXPERIMENTS": "/srv/experiments.yaml",
+         "SENDWISE_CONSENT": "unless-refused"}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch):
+    """A clean SENDWISE_* environment; returns a setter."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("SENDWISE_")]:
+        monkeypatch.delenv(name)
+
+    def set_env(values: dict[str, str]) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_env
+
+
+def test_every_variable_is_read(env) -> None:
+    env(EVERY | {"SENDWISE_DUCKDB_MEMORY_LIMIT": "1GB"})  # another module's variable: left alone
+    config = ServeConfig.from_env()
+    assert config == ServeConfig(
+        data=Path("/srv/shop"), snapshot=Path("/srv/snap.parquet"), mlruns=Path("/srv/mlruns"), churn_alias="c1",
+        propensity_alias="p1", recommender_alias="r1", exposure_log=Path("/var/log/sendwise/exposures.jsonl"),
+        state_dir=Path("/var/lib/sendwise"), exposure_fsync=True, api_key=SecretStr(KEY),
+        policy=Path("/srv/policy.yaml"), currency="EUR", experiments=Path("/srv/experiments.yaml"),
+        consent=ConsentRule.UNLESS_REFUSED)
+    assert config.rejects_dir == Path("/var/lib/sendwise/rejects")
+    assert KEY not in repr(config) and KEY not in str(config.model_dump()) and KEY not in config.model_dump_json()
+    assert ServeConfig.from_env(**{}) == config and ServeConfig.from_env(currency="USD").currency == "USD"
+
+
+def test_defaults_with_only_the_data(env) -> None:
+    env({"SENDWISE_DATA": "shop"})
+    config = ServeConfig.from_env()
+    assert config == ServeConfig(data=Path("shop"))
+    assert (config.snapshot, config.api_key, config.policy, config.experiments, config.state_dir) == (None,) * 5
+    assert (config.mlruns, config.exposure_log, config.currency) == (Path("mlruns"), Path("exposures/exposures.jsonl"),
+                                                                     "GBP")
+    assert config.churn_alias == config.propensity_alias == config.recommender_alias == "champion"
+    assert config.exposure_fsync is False and config.consent is ConsentRule.RECORDED
+    assert config.rejects_dir == Path("exposures/state/rejects")  # next to the exposure log, never in the data
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("1", True), ("yes", True), ("false", False),
+                                                 ("0", False), ("no", False)])
+def test_booleans(env, value: str, expected: bool) -> None:
+    env({"SENDWISE_DATA": "shop", "SENDWISE_EXPOSURE_FSYNC": value})
+    assert ServeConfig.from_env().exposure_fsync is expected
+
+
+def test_the_environment_round_trips(env, tmp_path: Path) -> None:
+    """What `sendwise serve` hands the server is what the server reads."""
+    given = ServeConfig(data=tmp_path / "shop", snapshot=tmp_path / "s.parquet", api_key=SecretStr(KEY),
+                        state_dir=tmp_path / "state", consent=ConsentRule.UNLESS_REFUSED, exposure_fsync=True,
+                        exposure_log=tmp_path / "log.jsonl", mlruns=tmp_path / "mlruns", currency="USD")
+    env(given.to_env())
+    assert ServeConfig.from_env() == given
+
+
+def test_missing_data_names_the_variable_and_the_command(env) -> None:
+    with pytest.raises(InputError, match=r"SENDWISE_DATA: not set; start the service with `sendwise serve --data DIR`"):
+        ServeConfig.from_env()
+
+
+@pytest.mark.parametrize("name", sorted(EVERY))
+@pytest.mark.parametrize("value", ["", "   "])
+def test_a_variable_set_but_empty_is_an_error(env, name: str, value: str) -> None:
+    """An empty SENDWISE_API_KEY would otherwise mean an open service; the same rule for every variable."""
+    env(EVERY | {name: value})
+    if name == "SENDWISE_EXPOSURE_FSYNC":  # not text: "not a boolean"
+        with pytest.raises(InputError, match=name):
+            ServeConfig.from_env()
+        return
+    with pytest.raises(InputError, match=rf"{name}: set but empty; give it a value or unset it") as caught:
+        ServeConfig.from_env()
+    assert KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("SENDWISE_CONSENT", "maybe", "'recorded' or 'unless-refused'"),
+    ("SENDWISE_EXPOSURE_FSYNC", "perhaps", "boolean"),
+])
+def test_a_wrong_value_names_the_variable_and_what_it_takes(env, name: str, value: str, message: str) -> None:
+    env({"SENDWISE_DATA": "shop", name: value})
+    with pytest.raises(InputError, match=rf"{name}: .*{message}"):
+        ServeConfig.from_env()
+
+
+def test_the_service_refuses_to_start_with_an_empty_key(env, served_env: dict) -> None:
+    """Not an open service: the worker fails on start, naming the variable."""
+    env(served_env | {"SENDWISE_API_KEY": ""})
+    from starlette.testclient import TestClient
+
+    from serving.service import Sendwise
+
+    with pytest.raises(InputError, match="SENDWISE_API_KEY: set but empty"), TestClient(Sendwise.to_asgi()):
+        pass
