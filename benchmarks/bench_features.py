@@ -2,6 +2,8 @@
 
     python benchmarks/bench_features.py            # full run, writes benchmarks/results/features.json
     python benchmarks/bench_features.py --quick    # smoke run, writes benchmarks/results/features_quick.json
+    python benchmarks/bench_features.py --cases online_retail_12_as_of,generated_1m_one_as_of --no-naive \
+        --out /tmp/features_after.json               # some cases, sendwise only (a before/after comparison)
 
 Input data (the imported Online Retail set, generated shops) is prepared once, untimed, under
 ``benchmarks/.work/``. Every measurement then runs in its own child process (this script re-invoked
@@ -312,13 +314,14 @@ def judge(case: Case, ours: dict[str, Any]) -> dict[str, bool]:
     return met
 
 
-def run_case(case: Case, memory_guard_mb: float) -> dict[str, Any]:
-    """Both implementations on ``case``; the JSON record of the case."""
+def run_case(case: Case, memory_guard_mb: float, naive_too: bool = True) -> dict[str, Any]:
+    """Both implementations on ``case`` (sendwise's alone unless ``naive_too``); the JSON record of the case."""
     data_dir = case.prepare()
     outputs_dir = WORK / "outputs" / case.name
     shutil.rmtree(outputs_dir, ignore_errors=True)
     ours = run_child(OURS, data_dir, case.as_of, outputs_dir, memory_guard_mb)
-    naive = run_child(NAIVE, data_dir, case.as_of, outputs_dir, memory_guard_mb)
+    naive = (run_child(NAIVE, data_dir, case.as_of, outputs_dir, memory_guard_mb) if naive_too
+             else {"finished": False, "why": "not run (--no-naive)", "wall_s": 0.0, "sampled_peak_rss_mb": 0.0})
     met = judge(case, ours)
     record: dict[str, Any] = {
         "case": case.name,
@@ -407,15 +410,20 @@ def print_notes(records: list[dict[str, Any]]) -> None:
             console.print(f"{record['case']}: both builds agree at all {agreement['as_of_compared']} as_of")
 
 
-def main_parent(quick: bool) -> int:
+def main_parent(quick: bool, only: Sequence[str] = (), naive_too: bool = True, out: Path | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     info = machine()
     memory_guard_mb = MEMORY_GUARD_FRACTION * info["memory_total_mb"]
     case_list = cases(quick)
-    records = [run_case(case, memory_guard_mb) for case in case_list]
+    unknown = sorted(set(only) - {c.name for c in case_list})
+    if unknown:
+        raise SystemExit(f"unknown case(s) {', '.join(unknown)}; expected some of "
+                         f"{', '.join(c.name for c in case_list)}")
+    case_list = [c for c in case_list if not only or c.name in only]
+    records = [run_case(case, memory_guard_mb, naive_too) for case in case_list]
     console.print(render(records, case_list))
     print_notes(records)
-    out = RESULTS / ("features_quick.json" if quick else "features.json")
+    out = out or RESULTS / ("features_quick.json" if quick else "features.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "point-in-time customer features",
@@ -437,6 +445,9 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="20,000 generated customers instead of 100k and 1M")
+    parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
+    parser.add_argument("--no-naive", action="store_true", help="time sendwise only, not the pandas twin")
+    parser.add_argument("--out", type=Path, help="where the JSON goes (default: benchmarks/results/...)")
     parser.add_argument("--child", choices=(OURS, NAIVE), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--outputs", type=Path, help=argparse.SUPPRESS)
@@ -446,7 +457,8 @@ def main() -> int:
         child = child_ours if args.child == OURS else child_naive
         child(args.data, args.as_of.split(","), args.outputs)
         return 0
-    return main_parent(args.quick)
+    only = [name for name in args.cases.split(",") if name]
+    return main_parent(args.quick, only, not args.no_naive, args.out)
 
 
 if __name__ == "__main__":
