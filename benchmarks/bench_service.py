@@ -3,6 +3,7 @@
     python benchmarks/bench_service.py            # 10,000 customers, 2,000 sequential requests per endpoint
     python benchmarks/bench_service.py --quick    # 2,000 customers, 300 requests
     python benchmarks/bench_service.py --forgotten 100   # the same with 100 customers forgotten (tombstones)
+    python benchmarks/bench_service.py --quick --flood 30000   # only: requests to random unknown paths
 
 Per endpoint: sequential p50 / p99, throughput with 8 concurrent clients for a fixed time, all next
 to the service's trivial ``/ping`` in the same run; a 1,000-customer ``/next_best_action_batch``;
@@ -10,6 +11,11 @@ single ``/next_best_action`` p50 / p99 while maximal batches run back to back (`
 of customers x k = MAX_ITEMS), next to the idle figures of the same run; RSS of the server processes.
 Writes benchmarks/results/service.json (service_quick.json; service_forgotten.json with --forgotten)
 and prints a table.
+
+``--flood N`` instead sends N requests to random paths the service does not serve (half with a
+wrong API key, half with the right one: 401s and 404s) to a server with an API key, one after
+another, and records the worker's RSS and the size of ``/metrics`` every 1,000 requests
+(results/service_flood.json).
 """
 
 from __future__ import annotations
@@ -34,18 +40,18 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-import httpx  # noqa: E402
-import psutil  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import httpx
+import psutil
+from rich.console import Console
+from rich.table import Table
 
-from features.demo import DemoShop, generate_demo  # noqa: E402
-from features.io import load_data_dir, write_tombstones  # noqa: E402
-from features.tombstones import Tombstones  # noqa: E402
-from features.training_set import Target  # noqa: E402
-from serving.schemas import MAX_ITEMS  # noqa: E402
-from training.recommenders.train import train_recommender  # noqa: E402
-from training.train import train_classifier  # noqa: E402
+from features.demo import DemoShop, generate_demo
+from features.io import load_data_dir, write_tombstones
+from features.tombstones import Tombstones
+from features.training_set import Target
+from serving.schemas import MAX_ITEMS
+from training.recommenders.train import train_recommender
+from training.train import train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work"
@@ -76,7 +82,7 @@ def wait_until_ready(server: subprocess.Popen, base: str, failure: str, limit_s:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def sequential(url: str, bodies: list[dict]) -> dict:
@@ -146,6 +152,28 @@ def under_batch(base: str, bodies: list[dict], ids: list[str], k: int = 4) -> di
             "single_p99_ms": round(percentile(single_times, 99), 2), "single_max_ms": round(max(single_times), 1)}
 
 
+def flood(base: str, server: subprocess.Popen, key: str, requests: int) -> dict:
+    """Random unknown paths: worker RSS and /metrics size every 1,000 requests, and requests per second."""
+    rng, samples, started = random.Random(0), [], time.perf_counter()
+
+    def worker_rss() -> float:
+        children = psutil.Process(server.pid).children(recursive=True)
+        return round(max(p.memory_info().rss for p in children) / 2**20, 1)
+
+    with httpx.Client(base_url=base, timeout=30, headers={"x-api-key": key}) as client:
+        samples.append({"requests": 0, "worker_rss_mb": worker_rss(), "metrics_bytes": len(client.get("/metrics").content)})
+        statuses: dict[int, int] = {}
+        for i in range(1, requests + 1):
+            path = "/" + "".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=16))
+            status = client.get(path, headers={"x-api-key": key if i % 2 else "wrong"}).status_code
+            statuses[status] = statuses.get(status, 0) + 1
+            if i % 1000 == 0:
+                samples.append({"requests": i, "seconds": round(time.perf_counter() - started, 1),
+                                "worker_rss_mb": worker_rss(), "metrics_bytes": len(client.get("/metrics").content)})
+    return {"requests": requests, "statuses": statuses, "requests_per_s": round(requests / (time.perf_counter() - started)),
+            "samples": samples}
+
+
 def prepare(customers: int) -> tuple[Path, Path]:
     data = WORK / f"demo_{customers}"
     if not (data / "orders.parquet").exists():
@@ -163,6 +191,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--forgotten", type=int, default=0,
                         help="tombstones for this many customers (the service checks every request against them)")
+    parser.add_argument("--flood", type=int, default=0,
+                        help="only send this many requests to random unknown paths (server with an API key)")
     args = parser.parse_args()
     customers, n, seconds = (2_000, 300, 5.0) if args.quick else (10_000, 2_000, 15.0)
     data, mlruns = prepare(customers)
@@ -176,12 +206,27 @@ def main() -> None:
     port = free_port()
     env = os.environ | {"SENDWISE_DATA": str(data), "SENDWISE_MLRUNS": str(mlruns),
                         "SENDWISE_EXPOSURE_LOG": str(mlruns / "exposures.jsonl")}
+    key = "bench-flood-key"
+    if args.flood:
+        env["SENDWISE_API_KEY"] = key
     server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host",
                                "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         startup_s = wait_until_ready(server, base, "the server did not start")
+        if args.flood:
+            results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                       "when": datetime.now(UTC).isoformat(timespec="seconds"), "customers": customers,
+                       "flood": flood(base, server, key, args.flood)}
+            out = ROOT / "benchmarks" / "results" / "service_flood.json"
+            out.write_text(json.dumps(results, indent=1))
+            first, last = results["flood"]["samples"][0], results["flood"]["samples"][-1]
+            console.print(f"{args.flood:,} requests to unknown paths ({results['flood']['statuses']}, "
+                          f"{results['flood']['requests_per_s']}/s): worker RSS {first['worker_rss_mb']} -> "
+                          f"{last['worker_rss_mb']} MB, /metrics {first['metrics_bytes']:,} -> {last['metrics_bytes']:,} "
+                          f"bytes; written to {out.relative_to(ROOT)}")
+            return
         tables, _ = load_data_dir(data, None)
         ids = [r[0] for r in tables.con.sql("SELECT DISTINCT customer_id FROM orders").fetchall()]
         rng = random.Random(0)

@@ -22,6 +22,7 @@ A variable that is set must hold a value: an empty one is an error naming it (an
 from __future__ import annotations
 
 from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 

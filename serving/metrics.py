@@ -47,7 +47,7 @@ def exposition() -> tuple[bytes, str]:
     client = BentoMLContainer.metrics_client.get()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return client.generate_latest(), client.CONTENT_TYPE_LATEST
-    import prometheus_client  # noqa: PLC0415 (imported after BentoML has set up multiprocess mode)
+    import prometheus_client
 
     return prometheus_client.generate_latest(), prometheus_client.CONTENT_TYPE_LATEST
 

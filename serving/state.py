@@ -11,6 +11,7 @@ and control characters in product names are removed as the catalog is loaded
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,16 +19,20 @@ from datetime import datetime
 import mlflow
 import pandas as pd
 
+from features.attributes import current_attributes, with_current_attributes
 from features.build import build_features
+from features.config import CONFIG_ENV, FeatureConfig
 from features.errors import SendwiseError
 from features.io import load_data_dir
 from features.links import safe_http_url
+from features.registry import registry
 from features.schema import CATEGORY, CUSTOMER_ID, IMAGE_URL, NAME, PRODUCT_ID, URL, Table
 from features.snapshot import read_snapshot, snapshot_as_of
 from features.tables import Tables
 from serving.config import ServeConfig
 from serving.lookup import Lookup
 from serving.product_block import clean_text
+from training.design import trained_feature_config
 from training.model import ModelBundle
 from training.recommenders.batch import RecommendationContext
 from training.recommenders.models import Recommender
@@ -40,9 +45,12 @@ from training.tracking import configure_tracking
 logger = logging.getLogger(__name__)
 
 SCORE_FIELDS = ("churn_probability", "purchase_probability", "churn_risk", "rfm_segment", "lifecycle_stage")
-# Snapshot features the next-best-action policy may use as signals (with the score fields).
-SIGNAL_FEATURES = ("email_consent", "unsubscribed", "emails_sent_7d", "cart_abandoned_1d", "views_1d",
-                   "recency_days", "orders_count", "country")
+
+
+def signal_features(config: FeatureConfig | None = None) -> list[str]:
+    """Snapshot features the next-best-action policy may use as signals (with the score fields): those
+    the feature registry declares as signals, for the feature settings ``config``."""
+    return [name for name in registry(config).signals() if name not in SCORE_FIELDS]
 
 
 class NotReadyError(SendwiseError):
@@ -53,10 +61,14 @@ class CustomerTable:
     """Scores, reasons and policy signals of every customer in the snapshot, held column-wise
     (arrays, one row per customer) so that a million customers stay cheap for the garbage collector."""
 
-    def __init__(self, features: pd.DataFrame, churn: ModelBundle, propensity: ModelBundle) -> None:
+    def __init__(self, features: pd.DataFrame, churn: ModelBundle, propensity: ModelBundle,
+                 current: pd.DataFrame | None = None, config: FeatureConfig | None = None) -> None:
         scores = score_features(features, churn, propensity)
         self.row = {cid: i for i, cid in enumerate(scores[CUSTOMER_ID])}
-        combined = scores[list(SCORE_FIELDS)].join(features[list(SIGNAL_FEATURES)].reset_index(drop=True))
+        signals = features[[CUSTOMER_ID, *signal_features(config)]].reset_index(drop=True)
+        if current is not None:  # consent and country as of today: checked at send time
+            signals = with_current_attributes(signals, current)
+        combined = scores[list(SCORE_FIELDS)].join(signals.drop(columns=CUSTOMER_ID))
         self.columns = {c: combined[c].astype(object).where(combined[c].notna(), None).to_numpy()
                         for c in combined.columns}
         self.reasons = scores[[f"reason_{i + 1}" for i in range(REASONS)]].to_numpy(object)
@@ -76,7 +88,8 @@ class CustomerTable:
             "reasons": [r for r in self.reasons[row] if isinstance(r, str)]}
 
     def signals(self, customer_id: str) -> dict:
-        """Policy signals (score fields and SIGNAL_FEATURES); empty for an unknown customer."""
+        """Policy signals (score fields and :func:`signal_features`, attributes as of today); empty for an
+        unknown customer."""
         row = self.row.get(customer_id)
         return {} if row is None else {c: v[row] for c, v in self.columns.items()}
 
@@ -180,7 +193,7 @@ def safe_catalog(tables: Tables) -> CatalogCheck:
     con, products = tables.con, Table.PRODUCTS.value
     con.create_function("_sendwise_safe_url", _sql_url, ["VARCHAR"], "VARCHAR", null_handling="special")
     con.create_function("_sendwise_clean_text", _sql_text, ["VARCHAR"], "VARCHAR", null_handling="special")
-    given = f"IS NOT NULL AND trim({{0}}) <> '' AND _sendwise_safe_url({{0}}) IS NULL"
+    given = "IS NOT NULL AND trim({0}) <> '' AND _sendwise_safe_url({0}) IS NULL"
     try:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _safe_products AS SELECT *,
                           {URL} {given.format(URL)} AS _bad_url, {IMAGE_URL} {given.format(IMAGE_URL)} AS _bad_image,
@@ -215,6 +228,7 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
     check = safe_catalog(tables)
     if check.message:
         logger.warning(check.message)
+    feature_config = serving_feature_config([b for m in models.values() for b in (m.churn, m.propensity)])
     if config.snapshot is not None:
         if not config.snapshot.exists():
             raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
@@ -223,10 +237,26 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
         as_of = datetime.fromisoformat(meta["as_of"])
     else:
         as_of = snapshot_as_of(tables)
-        features = build_features(tables, as_of)
+        features = build_features(tables, as_of, feature_config)
+    current = current_attributes(tables)
     states = {}
     for aliases, m in models.items():
         context = RecommendationContext(tables, as_of, m.recommender)
-        states[aliases] = ServingState(as_of, CustomerTable(features, m.churn, m.propensity), m.churn, m.propensity,
+        customers = CustomerTable(features, m.churn, m.propensity, current, feature_config)
+        states[aliases] = ServingState(as_of, customers, m.churn, m.propensity,
                                        m.recommender, m.recommender_version, context, Lookup(context))
     return states
+
+
+def serving_feature_config(bundles: list[ModelBundle]) -> FeatureConfig:
+    """The feature settings of this service (:meth:`FeatureConfig.current`, which the policy's signals
+    are checked against), when every model was trained with them; else :class:`NotReadyError`."""
+    current = FeatureConfig.current()
+    for bundle in bundles:
+        if trained_feature_config(bundle.meta) != current:
+            raise NotReadyError(
+                f"the {bundle.target} model v{bundle.meta.get('version', '?')} was trained with other feature settings "
+                f"(windows, weights) than this service's ({CONFIG_ENV}={os.environ.get(CONFIG_ENV, 'unset: defaults')}):"
+                f" set {CONFIG_ENV} to the file it was trained with (its columns, and the policy's signals, depend "
+                "on them), or retrain it.")
+    return current

@@ -47,7 +47,7 @@ def test_every_variable_is_read(env) -> None:
         consent=ConsentRule.UNLESS_REFUSED)
     assert config.rejects_dir == Path("/var/lib/sendwise/rejects")
     assert KEY not in repr(config) and KEY not in str(config.model_dump()) and KEY not in config.model_dump_json()
-    assert ServeConfig.from_env(**{}) == config and ServeConfig.from_env(currency="USD").currency == "USD"
+    assert ServeConfig.from_env() == config and ServeConfig.from_env(currency="USD").currency == "USD"
 
 
 def test_defaults_with_only_the_data(env) -> None:

@@ -4,7 +4,6 @@ quiet 4xx, bounded work per request, and a docs page with nothing from a third p
 
 from __future__ import annotations
 
-
 import logging
 import os
 import random
