@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from features.links import strip_controls
 from serving.docs import DOCS_PATHS, STATIC, docs_page
 from serving.metrics import METRICS_PATH, OTHER, exposition
-from serving.schemas import MAX_ITEMS, WORK_LIMIT
+from serving.schemas import MAX_ITEMS, NO_CONTROLS, WORK_LIMIT
 
 __all__ = ["HEALTH_PATHS", "MAX_BODY_BYTES", "GuardMiddleware", "endpoint_label"]
 
@@ -66,9 +66,11 @@ def describe(error: ValidationError) -> list[dict]:
     path (``rules.min_price``, ``customer_ids.3``; ``body`` for the whole body), what was expected,
     and a short form of the value given."""
     problems = []
-    for e in error.errors(include_url=False, include_context=False):
+    for e in error.errors(include_url=False):
         field = ".".join(str(part) for part in e["loc"]) or "body"
         message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") == NO_CONTROLS:
+            message = "String should hold no control character (U+0000-U+001F, U+007F-U+009F)"
         problem = {"field": field, "message": message}
         if e["type"] not in ("missing", "json_invalid", WORK_LIMIT) and e["loc"]:
             problem["got"] = _got(e.get("input"))

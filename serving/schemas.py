@@ -23,13 +23,18 @@ MAX_ITEMS = 20_000
 WORK_LIMIT = "work_limit"  # the error type of a request over MAX_ITEMS (answered 422)
 
 
+NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]*$"  # an id is echoed in every answer and block: refused, not altered
+
+
 def _integer_as_text(value: object) -> object:
     """An integer id (``17850``, what Online Retail ids look like) is read as its decimal text."""
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-CustomerIdText = Annotated[str, StringConstraints(min_length=1, max_length=200), BeforeValidator(_integer_as_text)]
-CustomerId = Field(..., examples=["17850"], description="1-200 characters; an integer is read as its decimal text")
+CustomerIdText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_CONTROLS),
+                           BeforeValidator(_integer_as_text)]
+CustomerId = Field(..., examples=["17850"], description="1-200 characters, no control character; an integer is "
+                   "read as its decimal text")
 
 
 class ScoreRequest(BaseModel):
