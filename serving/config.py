@@ -33,12 +33,10 @@ ENV_PREFIX = "SENDWISE_"
 
 
 def _not_empty(value: object) -> object:
-    if isinstance(value, str | SecretStr) and not str(
-            value.get_secret_value() if isinstance(value, SecretStr) else value).strip():
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(text, str) and not text.strip():
         raise ValueError("set but empty; give it a value or unset it")
     return value
-
-
 
 
 class ServeConfig(BaseModel):
