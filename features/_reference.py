@@ -16,11 +16,14 @@ from features.config import FeatureConfig
 from features.rfm import segment_for
 from features.schema import (
     AS_OF,
+    ATTRIBUTE,
     CATEGORY,
+    CHANGED_AT,
     COUNTRY,
     CUSTOMER_ID,
     EMAIL_CONSENT,
     EVENT_TYPE,
+    FALSE_TEXT,
     OCCURRED_AT,
     ORDER_ID,
     ORDERED_AT,
@@ -28,7 +31,9 @@ from features.schema import (
     PRODUCT_ID,
     QUANTITY,
     SIGNUP_AT,
+    TRUE_TEXT,
     UNIT_PRICE,
+    VALUE,
     EventType,
 )
 
@@ -53,6 +58,7 @@ def reference_features(
     products: pd.DataFrame,
     as_of: object,
     config: FeatureConfig | None = None,
+    customer_changes: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     cfg = config or FeatureConfig()
     as_of = pd.Timestamp(to_timestamp(as_of))
@@ -66,9 +72,23 @@ def reference_features(
     ]).groupby(CUSTOMER_ID)["t"].min()
     out = pd.DataFrame(index=first_seen.index.rename(CUSTOMER_ID))
     out[AS_OF] = as_of
-    attrs = customers.set_index(CUSTOMER_ID)
-    out[COUNTRY] = attrs[COUNTRY].reindex(out.index)
-    out[EMAIL_CONSENT] = attrs[EMAIL_CONSENT].reindex(out.index)
+    # Attributes as they were at the as_of: each one's latest change before it (never today's value in
+    # the customers table). No change on record: unknown.
+    changes = customer_changes if customer_changes is not None else pd.DataFrame(
+        columns=[CUSTOMER_ID, CHANGED_AT, ATTRIBUTE, VALUE])
+    known = changes[changes[CHANGED_AT] < as_of].sort_values(CHANGED_AT, kind="stable")
+    latest = known.drop_duplicates([CUSTOMER_ID, ATTRIBUTE], keep="last").set_index([CUSTOMER_ID, ATTRIBUTE])[VALUE]
+    latest = latest if len(latest) else None
+
+    def attribute(name: str) -> pd.Series:
+        if latest is None or name not in latest.index.get_level_values(ATTRIBUTE):
+            return pd.Series(None, index=out.index, dtype=object)
+        return latest.xs(name, level=ATTRIBUTE).reindex(out.index).astype(object)
+
+    out[COUNTRY] = attribute(COUNTRY)
+    consent = attribute(EMAIL_CONSENT).map(lambda v: None if not isinstance(v, str) else
+                                           True if v.lower() in TRUE_TEXT else False if v.lower() in FALSE_TEXT else None)
+    out[EMAIL_CONSENT] = consent.astype("boolean")
     out["tenure_days"] = _days(as_of - first_seen)
 
     # Orders: an order is the set of an order id's lines with positive quantity.

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table as RichTable
 
 from features.build import build_features, to_timestamp
+from features.config import CONFIG_ENV, FeatureConfig
 from features.demo import DemoShop, generate_demo
 from features.errors import InputError
 from features.importers.movielens import import_movielens
@@ -92,6 +93,13 @@ RejectsDir = Annotated[
 ]
 EncodingOption = Annotated[Encoding, typer.Option(
     "--encoding", case_sensitive=False, help="Text encoding of the CSV files (Parquet has none).")]
+FeatureConfigOption = Annotated[Path | None, typer.Option(
+    "--feature-config", help=f"YAML file of feature windows and weights (default: ${CONFIG_ENV}, else the defaults).")]
+
+
+def feature_config(path: Path | None) -> FeatureConfig:
+    """The feature settings of ``--feature-config``, else :meth:`FeatureConfig.current`."""
+    return FeatureConfig.load(path) if path else FeatureConfig.current()
 
 
 def print_validation(report: ValidationReport) -> None:
@@ -194,15 +202,17 @@ def generate(out: Annotated[Path, typer.Option("--out", help="Output directory."
 def build(data: DataDir,
           as_of: Annotated[datetime, date_option("--as-of", help="Features see only rows strictly before this.")],
           out: Annotated[Path, typer.Option("--out", help="Output .parquet file.")],
-          rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8) -> None:
+          rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8,
+          settings: FeatureConfigOption = None) -> None:
     """One row of point-in-time features per customer known before AS_OF."""
     refuse_overwriting_inputs(out, data_dir=data)
+    config = feature_config(settings)
     tables = load(data, rejects, quiet=True, encoding=encoding)
     when = to_timestamp(as_of)
     first, _ = tables.time_range()
     if first is None or when <= first:
         raise InputError(f"--as-of {when} is not after the first row of the data ({first}); no customer is known yet.")
-    features = build_features(tables, when)
+    features = build_features(tables, when, config)
     write_parquet(features, out)
     console.print(f"{len(features):,} customers x {features.shape[1]} columns at {when} written to {out}")
 
@@ -219,15 +229,17 @@ def training_set(
     periods: Annotated[int, typer.Option(help="How many monthly as_of dates.")] = 12,
     rejects: RejectsDir = None,
     encoding: EncodingOption = Encoding.UTF_8,
+    settings: FeatureConfigOption = None,
 ) -> None:
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon)."""
     refuse_overwriting_inputs(out, data_dir=data)
+    config = feature_config(settings)
     tables = load(data, rejects, quiet=True, encoding=encoding)
     horizon_days = horizon if horizon is not None else DEFAULT_HORIZON_DAYS[target]
     dates = as_of or monthly_as_of_dates(tables, horizon_days, periods, last)
     with progress_bar() as bar:
         task = bar.add_task("as_of dates", total=len(dates))
-        result = build_training_set(tables, dates, target, horizon_days,
+        result = build_training_set(tables, dates, target, horizon_days, config,
                                     progress=lambda _: bar.advance(task))
     write_parquet(result.frame, out)
     for skipped in result.skipped:
@@ -247,9 +259,11 @@ def training_set(
 def snapshot(data: DataDir,
              out: Annotated[Path, typer.Option("--out", help="Snapshot .parquet file (replaced atomically).")],
              as_of: Annotated[datetime | None, date_option("--as-of", help="Default: just after the last row.")] = None,
-             rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8) -> None:
+             rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8,
+             settings: FeatureConfigOption = None) -> None:
     """Latest features of every customer, for serving."""
     refuse_overwriting_inputs(out, data_dir=data)
+    config = feature_config(settings)
     tables = load(data, rejects, quiet=True, encoding=encoding)
-    features, when = write_snapshot(tables, out, as_of)
+    features, when = write_snapshot(tables, out, as_of, config)
     console.print(f"snapshot of {len(features):,} customers at {when} written to {out}")

@@ -1,10 +1,30 @@
-"""Settings of the customer feature build, in one declarative place."""
+"""Settings of the customer feature build, in one declarative place.
+
+The settings a command uses come from one YAML file (``--feature-config FILE``, or the
+``SENDWISE_FEATURE_CONFIG`` environment variable naming it; defaults otherwise), e.g.::
+
+    order_windows_days: [14, 60]
+    email_windows_days: [7, 30]
+    intent_weights: {view: 1, add_to_cart: 4, purchase: 10}
+    lifecycle: {new_days: 21}
+
+The windows name the feature columns (``orders_14d``), and so the model inputs and the signals a
+policy may name; a trained model records the settings it was built with, and scoring and serving
+build features with them.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import os
+from pathlib import Path
+from typing import Any
 
-from features.errors import InputError
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from features.errors import InputError, NotFoundError
+
+CONFIG_ENV = "SENDWISE_FEATURE_CONFIG"
 
 
 class IntentWeights(BaseModel):
@@ -66,4 +86,41 @@ class FeatureConfig(BaseModel):
             windows = getattr(self, name)
             if not windows or any(w <= 0 for w in windows):
                 raise InputError(f"{name} must be a non-empty list of positive day counts; got {windows}")
+            if len(set(windows)) != len(windows):
+                raise InputError(f"{name} must not repeat a window (each names a column); got {windows}")
         return self
+
+    @classmethod
+    def load(cls, path: Path | str) -> FeatureConfig:
+        """Settings from a YAML file; a missing, malformed or invalid file names the problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"feature settings file {path} does not exist (--feature-config or {CONFIG_ENV}).")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "feature settings") -> FeatureConfig:
+        """Settings from a mapping (a YAML file's, or a model's recorded :meth:`to_dict`)."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"{source}: {problems}") from exc
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def current(cls) -> FeatureConfig:
+        """The settings named by ``SENDWISE_FEATURE_CONFIG`` (a YAML file), else the defaults."""
+        path = os.environ.get(CONFIG_ENV)
+        return cls.load(path) if path else cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, numbers) that :meth:`from_dict` reads back; what a model records."""
+        return self.model_dump(mode="json")

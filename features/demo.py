@@ -9,7 +9,9 @@ draw), a buying propensity, and email open and click probabilities. From these:
   products; a visit may add to cart, start checkout and buy; a cart without a purchase is abandoned;
 * fortnightly campaign emails go to consenting customers from signup until they unsubscribe; opens and
   clicks follow the customer's engagement; a click starts a visit that converts more often;
-* about 5 % of order lines are returned 3-20 days later (negative quantity, order id ``R<order>``).
+* about 5 % of order lines are returned 3-20 days later (negative quantity, order id ``R<order>``);
+* ``customer_changes`` records each customer's country and consent at signup (their history; the
+  customers table holds the same values as today's).
 
 Output is deterministic for ``(customers, seed, products, start, end)``; customers are simulated in
 chunks so that a million fits in a few GB.
@@ -128,11 +130,19 @@ def _simulate_chunk(shop: DemoShop, first: int, n: int, rng: np.random.Generator
     consent = rng.random(n) < 0.85
     cust = np.arange(first, first + n)
 
+    country = np.array(COUNTRIES)[rng.choice(len(COUNTRIES), n, p=COUNTRY_WEIGHTS)]
     customers = pa.table({
         s.CUSTOMER_ID: _ids("C", cust),
         s.SIGNUP_AT: _timestamps(shop, signup),
-        s.COUNTRY: pa.array(np.array(COUNTRIES)[rng.choice(len(COUNTRIES), n, p=COUNTRY_WEIGHTS)]),
+        s.COUNTRY: pa.array(country),
         s.EMAIL_CONSENT: pa.array(consent),
+    })
+    # Their history: country and consent as given at signup (today's values above are the same).
+    customer_changes = pa.table({
+        s.CUSTOMER_ID: pa.concat_arrays([_ids("C", cust), _ids("C", cust)]),
+        s.CHANGED_AT: pa.concat_arrays([_timestamps(shop, signup), _timestamps(shop, signup)]),
+        s.ATTRIBUTE: pa.array([s.COUNTRY] * n + [s.EMAIL_CONSENT] * n),
+        s.VALUE: pa.array(np.concatenate([country, np.where(consent, "true", "false")])),
     })
 
     # Emails: fortnightly campaigns, Tuesdays 09:00, from signup until unsubscribe.
@@ -232,12 +242,14 @@ def _simulate_chunk(shop: DemoShop, first: int, n: int, rng: np.random.Generator
         s.PRODUCT_ID: pc.if_else(pa.array(prod >= 0), product_ids, pa.nulls(len(prod), pa.string())),
         s.OCCURRED_AT: _timestamps(shop, at),
     })
-    return {s.Table.CUSTOMERS.value: customers, s.Table.ORDERS.value: orders, s.Table.EVENTS.value: events}
+    return {s.Table.CUSTOMERS.value: customers, s.Table.ORDERS.value: orders, s.Table.EVENTS.value: events,
+            s.Table.CUSTOMER_CHANGES.value: customer_changes}
 
 
 def generate_demo(shop: DemoShop, out_dir: Path | str,
                   progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Write ``orders``, ``customers``, ``events`` and ``products`` parquet files to ``out_dir``.
+    """Write ``orders``, ``customers``, ``events``, ``products`` and ``customer_changes`` parquet files
+    to ``out_dir``.
 
     ``progress`` is called with the number of customers done after each chunk. Returns row counts.
     """
@@ -249,7 +261,7 @@ def generate_demo(shop: DemoShop, out_dir: Path | str,
     counts = {s.Table.PRODUCTS.value: catalog.num_rows}
     atomic_write(out_dir / "products.parquet", lambda tmp: pq.write_table(catalog, tmp))
 
-    names = (s.Table.CUSTOMERS.value, s.Table.ORDERS.value, s.Table.EVENTS.value)
+    names = (s.Table.CUSTOMERS.value, s.Table.ORDERS.value, s.Table.EVENTS.value, s.Table.CUSTOMER_CHANGES.value)
     tmp_paths = {name: out_dir / f".{name}.parquet.partial" for name in names}
     writers: dict[str, pq.ParquetWriter] = {}
     try:

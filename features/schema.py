@@ -10,6 +10,11 @@ Some rows cannot be true and are rejected: a timestamp after the moment the data
 (:data:`NOW`), a price above :data:`MAX_PRICE` or a quantity beyond :data:`MAX_QUANTITY`, an
 ``order_id`` whose lines belong to different customers or whose purchase lines lie more than
 :data:`ORDER_TIME_SPREAD` apart (:class:`GroupRule`; a return may come later under its order's id).
+
+Customer attributes that change over time (:class:`Attribute`: country, email consent) have a
+history in ``customer_changes``: one row per change, with the moment it took effect. ``customers``
+keeps only today's values. Features read the history as of their as_of (never today's values); the
+service checks today's consent at send time.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ URL = "url"
 IN_STOCK = "in_stock"
 AS_OF = "as_of"
 UNSUBSCRIBED = "unsubscribed"  # feature: an unsubscribe event before as_of (read by the consent gate)
+CHANGED_AT = "changed_at"
+ATTRIBUTE = "attribute"
+VALUE = "value"
 
 # Limits beyond which a value is a mistake (a typo, a wrong column, cents read as units), not a sale.
 MAX_PRICE = 1e9  # unit_price and price
@@ -63,11 +71,30 @@ class EventType(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
 
 
+class Attribute(StrEnum):
+    """Customer attributes with a time-stamped history in ``customer_changes``."""
+
+    COUNTRY = COUNTRY
+    EMAIL_CONSENT = EMAIL_CONSENT
+
+
+# Text a boolean attribute's value may hold (as the customers file's booleans), compared lower-cased.
+TRUE_TEXT = ("true", "t", "yes", "y", "1")
+FALSE_TEXT = ("false", "f", "no", "n", "0")
+
+
+def boolean_sql(text: str) -> str:
+    """Portable SQL reading ``text`` as a boolean (:data:`TRUE_TEXT`, :data:`FALSE_TEXT`; NULL otherwise)."""
+    true, false = (", ".join(f"'{w}'" for w in words) for words in (TRUE_TEXT, FALSE_TEXT))
+    return f"CASE WHEN lower({text}) IN ({true}) THEN true WHEN lower({text}) IN ({false}) THEN false END"
+
+
 class Table(StrEnum):
     ORDERS = "orders"
     CUSTOMERS = "customers"
     EVENTS = "events"
     PRODUCTS = "products"
+    CUSTOMER_CHANGES = "customer_changes"
 
 
 @dataclass(frozen=True)
@@ -105,8 +132,9 @@ class RowRule:
 
 @dataclass(frozen=True)
 class GroupRule:
-    """Rows sharing ``key`` must agree: ``disagree_sql``, an aggregate over one key's rows, is true when
-    they do not, and then every row of that key is rejected with ``reason``.
+    """Rows sharing ``key`` (a column, or several separated by commas) must agree: ``disagree_sql``, an
+    aggregate over one key's rows, is true when they do not, and then every row of that key is
+    rejected with ``reason``.
 
     It sees the rows that passed every :class:`RowRule` and are not exact duplicates."""
 
@@ -123,6 +151,8 @@ class TableSpec:
     reject_exact_duplicates: bool = True
     unique_key: str | None = None  # later rows repeating this key are rejected
     group_rules: tuple[GroupRule, ...] = field(default=())
+    time_column: str | None = None  # a row belongs to this moment (Tables.before cuts on it)
+    hashed_when_empty: bool = True  # False for a table added to the contract later (Tables.fingerprint)
 
     @property
     def column_names(self) -> list[str]:
@@ -163,6 +193,12 @@ _EVENT_COLUMNS = (
     Column(PRODUCT_ID, "VARCHAR", required=False, nullable=True),
     Column(OCCURRED_AT, "TIMESTAMP"),
 )
+_CHANGE_COLUMNS = (
+    Column(CUSTOMER_ID, "VARCHAR"),
+    Column(CHANGED_AT, "TIMESTAMP"),
+    Column(ATTRIBUTE, "VARCHAR"),
+    Column(VALUE, "VARCHAR", nullable=True),  # empty: the attribute is no longer known
+)
 _PRODUCT_COLUMNS = (
     Column(PRODUCT_ID, "VARCHAR"),
     Column(NAME, "VARCHAR", required=False, nullable=True),
@@ -192,6 +228,7 @@ def _above(col: str, limit: float) -> RowRule:
 
 
 _EVENT_TYPES_SQL = ", ".join(f"'{e.value}'" for e in EventType)
+_ATTRIBUTES_SQL = ", ".join(f"'{a.value}'" for a in Attribute)
 
 SPECS: dict[Table, TableSpec] = {
     Table.ORDERS: TableSpec(
@@ -213,12 +250,14 @@ SPECS: dict[Table, TableSpec] = {
                       f"max({ORDERED_AT}) FILTER (WHERE {QUANTITY} > 0) - min({ORDERED_AT}) FILTER (WHERE {QUANTITY} > 0)"
                       f" > INTERVAL {int(ORDER_TIME_SPREAD.total_seconds())} SECOND"),
         ),
+        time_column=ORDERED_AT,
     ),
     Table.CUSTOMERS: TableSpec(
         Table.CUSTOMERS,
         _CUSTOMER_COLUMNS,
         _standard_rules(_CUSTOMER_COLUMNS),
         unique_key=CUSTOMER_ID,
+        time_column=SIGNUP_AT,
     ),
     Table.EVENTS: TableSpec(
         Table.EVENTS,
@@ -230,12 +269,31 @@ SPECS: dict[Table, TableSpec] = {
                 f"{EVENT_TYPE} NOT IN ({_EVENT_TYPES_SQL})",
             ),
         ),
+        time_column=OCCURRED_AT,
     ),
     Table.PRODUCTS: TableSpec(
         Table.PRODUCTS,
         _PRODUCT_COLUMNS,
         _standard_rules(_PRODUCT_COLUMNS) + (RowRule("negative price", f"{PRICE} < 0"), _above(PRICE, MAX_PRICE)),
         unique_key=PRODUCT_ID,
+    ),
+    Table.CUSTOMER_CHANGES: TableSpec(
+        Table.CUSTOMER_CHANGES,
+        _CHANGE_COLUMNS,
+        _standard_rules(_CHANGE_COLUMNS)
+        + (
+            RowRule(f"unknown attribute (expected one of {', '.join(a.value for a in Attribute)})",
+                    f"{ATTRIBUTE} NOT IN ({_ATTRIBUTES_SQL})"),
+            RowRule(f"{EMAIL_CONSENT} value is not true/false (or 1/0, yes/no)",
+                    f"{ATTRIBUTE} = '{EMAIL_CONSENT}' AND {VALUE} IS NOT NULL AND ({boolean_sql(VALUE)}) IS NULL"),
+        ),
+        group_rules=(
+            GroupRule(f"{CUSTOMER_ID}, {ATTRIBUTE}, {CHANGED_AT}",
+                      f"different {VALUE}s for one customer's {ATTRIBUTE} at the same {CHANGED_AT}",
+                      f"count(DISTINCT coalesce({VALUE}, '')) > 1"),
+        ),
+        time_column=CHANGED_AT,
+        hashed_when_empty=False,
     ),
 }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from features.schema import OCCURRED_AT, ORDERED_AT, SIGNUP_AT, SPECS, Table, TableSpec
+from features.schema import OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
 
 DEFAULT_MEMORY_LIMIT = "4GB"
 FINGERPRINT_BATCH = 1_000_000  # row digests handed from DuckDB to hashlib at a time
@@ -77,7 +77,7 @@ def row_text_sql(columns: list[tuple[str, str]]) -> str:
 
 
 class Tables:
-    """The four contract tables (``orders``, ``customers``, ``events``, ``products``).
+    """The contract tables (``orders``, ``customers``, ``events``, ``products``, ``customer_changes``).
 
     Every table exists in ``con``; a table the user did not supply is empty. Build one with
     :func:`features.io.load_data_dir` (validates files) or :meth:`from_frames` (trusted frames,
@@ -86,6 +86,11 @@ class Tables:
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
+        present = {name for (name,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()").fetchall()}
+        for table in Table:  # a table the contract gained later, which an older writer does not create
+            if table.value not in present:
+                create_empty(con, SPECS[table])
 
     @classmethod
     def from_frames(
@@ -94,6 +99,7 @@ class Tables:
         customers: pd.DataFrame | None = None,
         events: pd.DataFrame | None = None,
         products: pd.DataFrame | None = None,
+        customer_changes: pd.DataFrame | None = None,
     ) -> Tables:
         """Load already-clean frames, casting them to the canonical types."""
         con = new_connection()
@@ -102,6 +108,7 @@ class Tables:
             Table.CUSTOMERS: customers,
             Table.EVENTS: events,
             Table.PRODUCTS: products,
+            Table.CUSTOMER_CHANGES: customer_changes,
         }
         for table, frame in frames.items():
             spec = SPECS[table]
@@ -115,16 +122,15 @@ class Tables:
         return cls(con)
 
     def before(self, cutoff: datetime) -> Tables:
-        """A copy holding only rows strictly before ``cutoff`` (customers: signed up before it or
-        without a signup date; products are kept whole)."""
+        """A copy holding only rows strictly before ``cutoff`` by their table's time column (customers:
+        signed up before it or without a signup date; products are kept whole)."""
         con = new_connection()
-        time_column = {Table.ORDERS: ORDERED_AT, Table.EVENTS: OCCURRED_AT, Table.CUSTOMERS: SIGNUP_AT}
         for table in Table:
             sql = f"SELECT * FROM {table.value}"
-            if table in time_column:
-                col = time_column[table]
+            col = SPECS[table].time_column
+            if col:
                 sql += f" WHERE {col} < $cutoff" + (f" OR {col} IS NULL" if table is Table.CUSTOMERS else "")
-            params = {"cutoff": cutoff} if table in time_column else {}
+            params = {"cutoff": cutoff} if col else {}
             con.register(f"_{table.value}", self.con.sql(sql, params=params).to_arrow_table())
             con.execute(f"CREATE TABLE {table.value} AS SELECT * FROM _{table.value}")
             con.unregister(f"_{table.value}")
@@ -142,6 +148,8 @@ class Tables:
         for table in Table:
             columns = sorted(self.con.execute(f"DESCRIBE {table.value}").fetchall())  # (name, type, ...)
             n = self.count(table)
+            if not n and not SPECS[table].hashed_when_empty:
+                continue  # a table the contract gained later: data without it keeps its fingerprint
             digest.update(f"{table.value}:{n}:{','.join(c[0] for c in columns)}\n".encode())
             if not n:
                 continue

@@ -2,6 +2,10 @@
 
 See ``serving/policy.yaml`` for the default and the rule language. Suppression (no consent,
 unsubscribed, frequency cap) is checked first and can never be explored away.
+
+A condition names a signal: a model score (:data:`SCORE_SIGNALS`) or a feature the registry declares
+as a signal (:func:`known_signals`; the windows of the feature settings name some of them). A policy
+naming any other fails when it is loaded, with the list of known ones.
 """
 
 from __future__ import annotations
@@ -12,14 +16,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from features.config import FeatureConfig
 from features.errors import InputError, NotFoundError
+from features.registry import registry
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
        ">=": operator.ge, "in": lambda a, b: a in b}
 SUPPRESS = "suppress"
+SCORE_SIGNALS = ("churn_probability", "purchase_probability", "churn_risk")
+
+
+def known_signals(config: FeatureConfig | None = None) -> list[str]:
+    """Every signal a policy may name under the feature settings ``config`` (default: the current ones)."""
+    return [*SCORE_SIGNALS, *registry(config).signals()]
 
 
 class Condition(BaseModel):
@@ -27,6 +47,14 @@ class Condition(BaseModel):
     signal: str
     op: Literal["==", "!=", "<", "<=", ">", ">=", "in"]
     value: Any
+
+    @field_validator("signal")
+    @classmethod
+    def _known(cls, signal: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("signals") or known_signals()
+        if signal not in known:
+            raise ValueError(f"unknown signal {signal!r}; known signals: {', '.join(known)}")
+        return signal
 
     def holds(self, signals: dict) -> bool:
         got = signals.get(self.signal)
@@ -67,13 +95,14 @@ class Policy(BaseModel):
         return self
 
     @classmethod
-    def load(cls, path: Path | str = DEFAULT_POLICY) -> Policy:
-        """Read and check a policy file; a missing or malformed file names the problem."""
+    def load(cls, path: Path | str = DEFAULT_POLICY, config: FeatureConfig | None = None) -> Policy:
+        """Read and check a policy file; a missing or malformed file, or a signal unknown under the
+        feature settings ``config`` (default: the current ones), names the problem."""
         path = Path(path)
         if not path.is_file():
             raise NotFoundError(f"policy file {path} does not exist; pass --policy FILE (see serving/policy.yaml).")
         try:
-            return cls.model_validate(yaml.safe_load(path.read_text()))
+            return cls.model_validate(yaml.safe_load(path.read_text()), context={"signals": known_signals(config)})
         except yaml.YAMLError as exc:
             raise InputError(f"{path}: not valid YAML: {exc}") from exc
         except ValidationError as exc:

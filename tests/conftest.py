@@ -39,6 +39,12 @@ def tiny_frames() -> dict[str, pd.DataFrame]:
     b: order o3 (3 x p2 @5 = 15) on Jan 20; adds p2 to cart on Jan 29 and does not buy.
     c: never orders; signed up Jan 30, views p1 and adds it to cart on Jan 31 12:00.
     d: signs up Feb 10, after the as_of used in the tests (Feb 1).
+
+    customers holds today's attributes; customer_changes their history:
+    a: United Kingdom and consent on Dec 1; moves to France at Feb 1 00:00 (the as_of itself: not seen).
+    b: consent "yes" on Jan 20, withdrawn ("no") on Jan 25, granted again on Feb 5 (after the as_of);
+       Germany since Jan 20.
+    c: no history: today's France and consent are not known at Feb 1.
     """
     orders = pd.DataFrame({
         "order_id": ["o1", "o1", "o2", "o3", "r1"],
@@ -51,8 +57,8 @@ def tiny_frames() -> dict[str, pd.DataFrame]:
     customers = pd.DataFrame({
         "customer_id": ["a", "b", "c", "d"],
         "signup_at": [ts("2023-12-01"), pd.NaT, ts("2024-01-30"), ts("2024-02-10")],
-        "country": ["United Kingdom", "Germany", "France", "France"],
-        "email_consent": [True, False, True, True],
+        "country": ["France", "Germany", "France", "France"],
+        "email_consent": [True, True, True, True],
     })
     events = pd.DataFrame({
         "customer_id": ["a", "a", "b", "c", "c"],
@@ -66,7 +72,16 @@ def tiny_frames() -> dict[str, pd.DataFrame]:
         "price": [10.0, 5.0], "image_url": ["https://x/1.png", None], "url": ["https://x/p1", "https://x/p2"],
         "in_stock": [True, True],
     })
-    return {"orders": orders, "customers": customers, "events": events, "products": products}
+    customer_changes = pd.DataFrame({
+        "customer_id": ["a", "a", "a", "b", "b", "b", "b"],
+        "changed_at": [ts("2023-12-01"), ts("2023-12-01"), ts("2024-02-01"), ts("2024-01-20"), ts("2024-01-20"),
+                       ts("2024-01-25"), ts("2024-02-05")],
+        "attribute": ["country", "email_consent", "country", "email_consent", "country", "email_consent",
+                      "email_consent"],
+        "value": ["United Kingdom", "true", "France", "yes", "Germany", "no", "true"],
+    })
+    return {"orders": orders, "customers": customers, "events": events, "products": products,
+            "customer_changes": customer_changes}
 
 
 @pytest.fixture

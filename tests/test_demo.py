@@ -20,14 +20,14 @@ from serving.exposures import read_exposures
 def test_generated_data_passes_the_contract_untouched(demo_dir: Path) -> None:
     _, report = load_data_dir(demo_dir, demo_dir / "_rejects")
     assert report.rejected == 0 and report.warnings == []
-    assert {t.table for t in report.tables} == {"orders", "customers", "events", "products"}
+    assert {t.table for t in report.tables} == {"orders", "customers", "events", "products", "customer_changes"}
 
 
 def test_same_seed_same_data_other_seed_other_data(tmp_path: Path) -> None:
     generate_demo(DemoShop(customers=120, seed=3, products=30), tmp_path / "a")
     generate_demo(DemoShop(customers=120, seed=3, products=30), tmp_path / "b")
     generate_demo(DemoShop(customers=120, seed=4, products=30), tmp_path / "c")
-    for table in ("orders", "customers", "events", "products"):
+    for table in ("orders", "customers", "events", "products", "customer_changes"):
         a, b = (pd.read_parquet(tmp_path / d / f"{table}.parquet") for d in "ab")
         pd.testing.assert_frame_equal(a, b)
     assert not pd.read_parquet(tmp_path / "a/events.parquet").equals(pd.read_parquet(tmp_path / "c/events.parquet"))

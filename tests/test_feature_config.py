@@ -62,7 +62,7 @@ def test_values_by_hand(built: pd.DataFrame) -> None:
 
 def test_the_reference_twin_agrees_with_the_config(tiny_tables: Tables, built: pd.DataFrame) -> None:
     slow = reference_features(*(tiny_tables.frame(t) for t in ("orders", "customers", "events", "products")), AS_OF,
-                              CONFIG).set_index("customer_id")
+                              CONFIG, customer_changes=tiny_tables.frame("customer_changes")).set_index("customer_id")
     assert sorted(slow.columns) == sorted(built.columns)
     pd.testing.assert_frame_equal(slow[built.columns], built, check_dtype=False)
 

@@ -46,13 +46,34 @@ def test_email_and_browsing_features_by_hand(tiny: pd.DataFrame) -> None:
     assert (a["emails_sent_7d"], a["email_opens_7d"], a["open_rate_7d"], a["click_rate_7d"]) == (1, 1, 1.0, 0.0)
     assert a["days_since_last_open"] == 6 and np.isnan(a["days_since_last_click"])
     assert np.isnan(b["open_rate_30d"])  # no email sent: no rate
-    assert not a["unsubscribed"] and bool(a["email_consent"]) and a["country"] == "United Kingdom"
+    assert not a["unsubscribed"]
     assert (b["cart_adds_7d"], bool(b["cart_abandoned_1d"]), bool(b["cart_abandoned_7d"])) == (1, False, True)
     assert b["abandoned_cart_value"] == 5
     assert (c["views_1d"], c["cart_adds_1d"], bool(c["cart_abandoned_1d"]), c["abandoned_cart_value"]) == (1, 1, True, 10)
     assert not a["cart_abandoned_7d"]
     # intent: 3 per view, 5 per cart add, 10 per order in the last 30 days
     assert (a["intent_score"], b["intent_score"], c["intent_score"]) == (10, 15, 8)
+
+
+def test_attributes_are_read_as_of_the_as_of_from_their_history(tiny: pd.DataFrame) -> None:
+    """conftest's history: a in the UK with consent since Dec 1 (France from Feb 1 00:00, the as_of: not
+    seen); b granted consent on Jan 20 and withdrew it on Jan 25 (granted again after the as_of), in
+    Germany since Jan 20; c has no history, so today's France and consent are unknown at Feb 1."""
+    a, b, c = tiny.loc["a"], tiny.loc["b"], tiny.loc["c"]
+    assert (a["country"], bool(a["email_consent"])) == ("United Kingdom", True)
+    assert (b["country"], bool(b["email_consent"])) == ("Germany", False)
+    assert pd.isna(c["country"]) and pd.isna(c["email_consent"])
+
+
+def test_todays_customer_attributes_change_no_past_feature(tiny_frames: dict[str, pd.DataFrame]) -> None:
+    """The leak of issue 14: the same history gave other features at a past as_of depending only on
+    today's customers export (country and email_consent were joined from it)."""
+    today = {k: v for k, v in tiny_frames.items() if k != "customer_changes"}
+    flipped = today["customers"].assign(country=["Peru", "Chile", "Japan", "Fiji"],
+                                        email_consent=[False, False, False, False])
+    before = build_features(Tables.from_frames(**today), AS_OF)
+    after = build_features(Tables.from_frames(**(today | {"customers": flipped})), AS_OF)
+    pd.testing.assert_frame_equal(before, after)
 
 
 def test_rfm_and_lifecycle_by_hand(tiny: pd.DataFrame) -> None:
@@ -99,15 +120,19 @@ def assert_same_features(fast: pd.DataFrame, slow: pd.DataFrame) -> None:
 @pytest.mark.parametrize("as_of", ["2024-12-01", "2025-06-15 12:00", "2025-12-31"])
 def test_fast_builder_matches_the_reference_on_generated_data(demo_tables: Tables, as_of: str) -> None:
     fast = build_features(demo_tables, as_of)
-    slow = reference_features(*(demo_tables.frame(t) for t in ("orders", "customers", "events", "products")), as_of)
+    slow = reference(demo_tables, as_of)
     assert len(fast) > 100
+    assert fast["email_consent"].notna().any() and fast["country"].notna().any()  # the demo has a history
     assert_same_features(fast, slow)
 
 
+def reference(tables: Tables, as_of: object, config: FeatureConfig | None = None) -> pd.DataFrame:
+    return reference_features(*(tables.frame(t) for t in ("orders", "customers", "events", "products")), as_of,
+                              config, customer_changes=tables.frame("customer_changes"))
+
+
 def test_reference_matches_on_the_hand_made_fixture(tiny_frames: dict[str, pd.DataFrame], tiny_tables: Tables) -> None:
-    tables = tiny_tables
-    slow = reference_features(*(tables.frame(t) for t in ("orders", "customers", "events", "products")), AS_OF)
-    assert_same_features(build_features(tables, AS_OF), slow)
+    assert_same_features(build_features(tiny_tables, AS_OF), reference(tiny_tables, AS_OF))
 
 
 # --- leakage ---------------------------------------------------------------------------------
@@ -148,31 +173,64 @@ def future_customers() -> st.SearchStrategy[list[dict]]:
     row = st.fixed_dictionaries({
         "customer_id": st.sampled_from(["f0", "f1"]),
         "signup_at": moments(past=False),
+        "country": st.sampled_from(["UK", "FR", None]),
         "email_consent": st.booleans(),
     })
     return st.lists(row, max_size=2, unique_by=lambda r: r["customer_id"])
 
 
-def tables_of(orders: list[dict], events: list[dict], customers: list[dict]) -> Tables:
+def change_rows(past: bool) -> st.SearchStrategy[list[dict]]:
+    """Attribute history; one value per customer, attribute and moment (the loader rejects two)."""
+    row = st.fixed_dictionaries({
+        "customer_id": st.sampled_from([*CUSTOMERS, "f0"]),
+        "changed_at": moments(past),
+        "attribute": st.sampled_from(["country", "email_consent"]),
+        "value": st.sampled_from(["true", "false", "Yes", "0", "UK", "FR", None]),
+    })
+    return st.lists(row, max_size=10, unique_by=lambda r: (r["customer_id"], r["attribute"], r["changed_at"]))
+
+
+def todays_attributes() -> st.SearchStrategy[list[dict]]:
+    """Today's values in the customers table of the customers known before the as_of."""
+    return st.tuples(*(st.fixed_dictionaries({
+        "customer_id": st.just(c), "signup_at": st.just(LEAK_AS_OF - timedelta(days=200)),
+        "country": st.sampled_from(["UK", "FR", None]), "email_consent": st.sampled_from([True, False, None]),
+    }) for c in CUSTOMERS[:2])).map(list)
+
+
+def tables_of(orders: list[dict], events: list[dict], customers: list[dict], changes: list[dict] = ()) -> Tables:
     products = pd.DataFrame({"product_id": PRODUCTS, "category": ["x", "y", None], "price": [1.0, 2.0, 3.0]})
     return Tables.from_frames(
         pd.DataFrame(orders, columns=["order_id", "customer_id", "product_id", "quantity", "unit_price", "ordered_at"]),
-        pd.DataFrame(customers, columns=["customer_id", "signup_at", "email_consent"]),
+        pd.DataFrame(customers, columns=["customer_id", "signup_at", "country", "email_consent"]),
         pd.DataFrame(events, columns=["customer_id", "event_type", "product_id", "occurred_at"]),
         products,
+        pd.DataFrame(list(changes), columns=["customer_id", "changed_at", "attribute", "value"]),
     )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(past_orders=order_rows(past=True), past_events=event_rows(past=True),
-       future_a=st.tuples(order_rows(False), event_rows(False), future_customers()),
-       future_b=st.tuples(order_rows(False), event_rows(False), future_customers()))
-def test_rows_at_or_after_as_of_change_no_feature(past_orders, past_events, future_a, future_b) -> None:
-    """Any two futures (added, removed or changed rows at or after as_of) give identical features."""
-    past_customers = [{"customer_id": c, "signup_at": LEAK_AS_OF - timedelta(days=200), "email_consent": True}
-                      for c in CUSTOMERS[:2]]
-    with_a = build_features(tables_of(past_orders + future_a[0], past_events + future_a[1],
-                                      past_customers + future_a[2]), LEAK_AS_OF)
-    with_b = build_features(tables_of(past_orders + future_b[0], past_events + future_b[1],
-                                      past_customers + future_b[2]), LEAK_AS_OF)
-    pd.testing.assert_frame_equal(with_a, with_b)
+@given(past_orders=order_rows(past=True), past_events=event_rows(past=True), past_changes=change_rows(past=True),
+       future_a=st.tuples(order_rows(False), event_rows(False), future_customers(), change_rows(False),
+                          todays_attributes()),
+       future_b=st.tuples(order_rows(False), event_rows(False), future_customers(), change_rows(False),
+                          todays_attributes()))
+def test_rows_at_or_after_as_of_change_no_feature(past_orders, past_events, past_changes, future_a, future_b) -> None:
+    """Any two futures give identical features: rows added, removed or changed at or after the as_of in
+    every timed source (orders, events, signups, attribute changes), and any values of today's
+    attributes in the customers table."""
+    built = []
+    for orders, events, new_customers, changes, today in (future_a, future_b):
+        tables = tables_of(past_orders + orders, past_events + events, today + new_customers, past_changes + changes)
+        built.append(build_features(tables, LEAK_AS_OF))
+    pd.testing.assert_frame_equal(*built)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(orders=order_rows(past=True), events=event_rows(past=True), changes=change_rows(past=True),
+       today=todays_attributes())
+def test_the_generated_sql_matches_the_reference_on_random_histories(orders, events, changes, today) -> None:
+    tables = tables_of(orders, events, today, changes)
+    fast = build_features(tables, LEAK_AS_OF)
+    if len(fast):
+        assert_same_features(fast, reference(tables, LEAK_AS_OF))

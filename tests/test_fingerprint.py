@@ -103,7 +103,7 @@ def test_the_fingerprint_follows_the_cut(tiny_tables: Tables) -> None:
                           "unit_price": [10.0], "ordered_at": [pd.Timestamp("2024-01-20 12:00")]})
     more = Tables.from_frames(pd.concat([tiny_tables.frame("orders"), extra], ignore_index=True),
                               tiny_tables.frame("customers"), tiny_tables.frame("events"),
-                              tiny_tables.frame("products"))
+                              tiny_tables.frame("products"), tiny_tables.frame("customer_changes"))
     assert more.fingerprint() != tiny_tables.fingerprint()
     assert more.before(cut).fingerprint() == tiny_tables.before(cut).fingerprint()
     assert len(tiny_tables.fingerprint()) == 16 and int(tiny_tables.fingerprint(), 16) >= 0

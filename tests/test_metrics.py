@@ -49,36 +49,55 @@ def test_calibrator_round_trip_and_choice() -> None:
 
 
 @pytest.mark.parametrize(("column", "value", "text"), [
-    ("recency_days", 142.3, "no order for 142 days"),
+    ("recency_days", 142.3, "last order 142 days ago"),
     ("recency_days", np.nan, "never ordered"),
-    ("recency_days", 1.2, "no order for 1 day"),  # the count as shown decides the plural
+    ("recency_days", 1.2, "last order 1 day ago"),  # the count as shown decides the plural
+    ("recency_days", 0.2, "last order less than a day ago"),
     ("orders_90d", 1, "1 order in the last 90 days"),
-    ("orders_90d", 0, "0 orders in the last 90 days"),
+    ("orders_90d", 0, "no orders in the last 90 days"),
+    ("orders_14d", 2, "2 orders in the last 14 days"),  # a window of other feature settings
     ("orders_count", 1, "1 order in total"),
+    ("orders_count", 0, "no orders yet"),
+    ("revenue_30d", 0, "spent nothing in the last 30 days"),
     ("emails_sent_7d", 1, "1 email sent in the last 7 days"),
     ("email_opens_30d", 3, "3 email opens in the last 30 days"),
     ("email_clicks_30d", 1, "1 email click in the last 30 days"),
     ("views_1d", 1, "1 product view in the last day"),
-    ("cart_adds_7d", 1, "1 cart add in the last 7 days"),
+    ("cart_adds_7d", 3, "3 cart adds in the last 7 days"),
     ("checkouts_30d", 1, "1 checkout started in the last 30 days"),
     ("returns_count", 1, "1 return"),
+    ("returns_count", 0, "no returns"),
     ("categories_count", 1, "bought from 1 category"),
     ("distinct_products", 1, "bought 1 different product"),
-    ("tenure_days", 1, "customer for 1 day"),
+    ("tenure_days", 400, "first seen 400 days ago"),
     ("days_since_first_order", 1, "first order 1 day ago"),
     ("days_since_last_open", 1, "last opened an email 1 day ago"),
     ("days_since_last_click", 2, "last clicked an email 2 days ago"),
-    ("ipi_mean_days", 1, "usually orders every 1 day"),
-    ("ipi_std_days", 1, "order rhythm varies by 1 day"),
-    ("overdue_days", 1, "1 day past the usual next order"),
-    ("overdue_days", -1, "next order due in 1 day"),
+    ("ipi_mean_days", 30, "orders usually come every 30 days"),
+    ("ipi_mean_days", np.nan, "fewer than two orders so far"),
+    ("ipi_std_days", 1, "days between orders vary by about 1 day"),
+    ("ipi_std_days", np.nan, "fewer than three orders so far"),
+    ("overdue_days", 12, "next order 12 days overdue at their usual pace"),
+    ("overdue_days", -1, "next order due in 1 day at their usual pace"),
+    ("overdue_days", np.nan, "fewer than two orders so far"),
+    ("overdue_ratio", 2.14, "time since the last order is 2.1 times their usual gap"),
     ("open_rate_30d", 0.25, "opened 25% of emails in the last 30 days"),
-    ("lifecycle_stage=lapsed", 1, "lifecycle stage lapsed"),
-    ("cart_abandoned_1d", 1, "abandoned a cart in the last day"),
-    ("something_new", 2.5, "something new = 2.5"),
+    ("open_rate_30d", np.nan, "no emails sent in the last 30 days"),
+    ("lifecycle_stage=lapsed", 1, "lapsed: no order for over 3 times their usual gap"),
+    ("lifecycle_stage=loyal", 0, "not a loyal customer"),
+    ("rfm_segment=Champions", 1, "in the Champions segment"),
+    ("cart_abandoned_1d", 1, "left items in the cart in the last day"),
+    ("email_consent", 1, "consented to email"),
+    ("email_consent", np.nan, "email consent not on record"),
+    ("abandoned_cart_value", 0, "no items left in the cart"),
 ])
 def test_reason_phrases(column: str, value: float, text: str) -> None:
     assert describe(column, value) == text
+
+
+def test_a_column_without_a_declaration_has_no_phrase() -> None:
+    with pytest.raises(KeyError, match="no phrase for 'something_new'"):
+        describe("something_new", 2.5)
 
 
 def test_top_reasons_keep_only_features_that_raise_the_score() -> None:
@@ -86,4 +105,4 @@ def test_top_reasons_keep_only_features_that_raise_the_score() -> None:
     contributions = np.array([[0.9, -0.2, 0.1, 0.0], [-0.5, -0.1, -0.3, 0.0]])
     matrix = np.array([[200.0, 1.0, 30.0], [3.0, 9.0, 900.0]])
     assert top_reasons(contributions, matrix, columns).tolist() == [
-        ["no order for 200 days", "spent 30.00 in total", None], [None, None, None]]
+        ["last order 200 days ago", "spent 30.00 in total", None], [None, None, None]]

@@ -62,3 +62,31 @@ def test_a_policy_file_is_validated(tmp_path) -> None:
         Policy.load(bad)
     with pytest.raises(NotFoundError, match="does not exist"):
         Policy.load(bad.with_name("missing.yaml"))
+
+
+def test_a_policy_naming_an_unknown_signal_fails_when_loaded_listing_the_known_ones(tmp_path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("suppress_when: [{signal: emails_sent_7, op: '>=', value: 3}]\nactions:\n  - {action: newsletter}\n")
+    with pytest.raises(InputError, match=r"suppress_when\.0\.signal: .*unknown signal 'emails_sent_7'; known signals: "
+                                         r"churn_probability, purchase_probability, churn_risk, country, email_consent"):
+        Policy.load(path)
+
+
+def test_the_feature_windows_decide_which_signals_a_policy_may_name(tmp_path, monkeypatch) -> None:
+    """Under 10-day email windows the default policy's frequency cap (emails_sent_7d) no longer exists:
+    it fails at load instead of silently never holding; a policy on emails_sent_10d loads."""
+    from features.config import FeatureConfig
+    from serving.policy import known_signals
+
+    ten = FeatureConfig(email_windows_days=(10,))
+    assert "emails_sent_10d" in known_signals(ten) and "emails_sent_7d" not in known_signals(ten)
+    with pytest.raises(InputError, match="unknown signal 'emails_sent_7d'"):
+        Policy.load(config=ten)
+    settings = tmp_path / "features.yaml"
+    settings.write_text("email_windows_days: [10]\n")
+    monkeypatch.setenv("SENDWISE_FEATURE_CONFIG", str(settings))  # what `sendwise serve` reads
+    with pytest.raises(InputError, match="unknown signal 'emails_sent_7d'"):
+        Policy.load()
+    capped = tmp_path / "p.yaml"
+    capped.write_text("suppress_when: [{signal: emails_sent_10d, op: '>=', value: 3}]\nactions:\n  - {action: x}\n")
+    assert Policy.load(capped).suppress_when[0].signal == "emails_sent_10d"

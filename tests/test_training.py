@@ -99,7 +99,7 @@ def with_activity(tables: Tables, at: datetime) -> Tables:
     """``tables`` plus, at ``at`` and 20 days later, activity that moves churn and propensity
     scores: a large order and email clicks for 60 known customers, and a new customer."""
     t = pd.Timestamp
-    frames = {name: tables.frame(name) for name in ("orders", "customers", "events", "products")}
+    frames = {name: tables.frame(name) for name in ("orders", "customers", "events", "products", "customer_changes")}
     who = sorted(frames["orders"]["customer_id"].unique())[:60]
     product = frames["products"]["product_id"].iloc[0]
     when = [t(at), t(at) + timedelta(days=20)]
@@ -112,7 +112,8 @@ def with_activity(tables: Tables, at: datetime) -> Tables:
     newcomer = pd.DataFrame({"customer_id": ["newcomer"], "signup_at": [t(at)], "email_consent": [True]})
     return Tables.from_frames(pd.concat([frames["orders"], orders], ignore_index=True),
                               pd.concat([frames["customers"], newcomer], ignore_index=True),
-                              pd.concat([frames["events"], events], ignore_index=True), frames["products"])
+                              pd.concat([frames["events"], events], ignore_index=True), frames["products"],
+                              frames["customer_changes"])
 
 
 def test_scores_do_not_depend_on_rows_at_or_after_the_as_of(trained: dict, demo_tables: Tables, mlruns: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table as RichTable
 
-from features.cli import DataDir, RejectsDir, date_option, load
+from features.cli import DataDir, FeatureConfigOption, RejectsDir, date_option, feature_config, load
 from features.errors import InputError
 from features.io import refuse_overwriting_inputs, write_parquet
 from features.training_set import Target
@@ -50,12 +50,13 @@ def print_training(result: TrainResult) -> None:
 
 
 def _train(target: Target, data: Path, as_of: datetime, horizon: int | None, trials: int, periods: int,
-           rejects: Path | None) -> None:
+           rejects: Path | None, settings: Path | None = None) -> None:
+    config = feature_config(settings)
     tables = load(data, rejects, quiet=True)
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
         result = train_classifier(tables, target, as_of, horizon, trials, periods,
-                                  progress=lambda what: bar.update(task, description=what))
+                                  progress=lambda what: bar.update(task, description=what), feature_config=config)
     print_training(result)
 
 
@@ -63,18 +64,20 @@ def _train(target: Target, data: Path, as_of: datetime, horizon: int | None, tri
 @reports_user_errors
 def train_churn(data: DataDir, as_of: AsOf,
                 horizon: Annotated[int, typer.Option(help="Churn = no order within this many days.")] = 90,
-                trials: Trials = 0, periods: Periods = 12, rejects: RejectsDir = None) -> None:
+                trials: Trials = 0, periods: Periods = 12, rejects: RejectsDir = None,
+                settings: FeatureConfigOption = None) -> None:
     """Churn model (no order in the next HORIZON days) for customers with an order."""
-    _train(Target.CHURNED, data, as_of, horizon, trials, periods, rejects)
+    _train(Target.CHURNED, data, as_of, horizon, trials, periods, rejects, settings)
 
 
 @train_app.command("propensity")
 @reports_user_errors
 def train_propensity(data: DataDir, as_of: AsOf,
                      horizon: Annotated[int, typer.Option(help="Purchase within this many days.")] = 30,
-                     trials: Trials = 0, periods: Periods = 12, rejects: RejectsDir = None) -> None:
+                     trials: Trials = 0, periods: Periods = 12, rejects: RejectsDir = None,
+                     settings: FeatureConfigOption = None) -> None:
     """Purchase-propensity model (an order in the next HORIZON days) for every known customer."""
-    _train(Target.PURCHASED, data, as_of, horizon, trials, periods, rejects)
+    _train(Target.PURCHASED, data, as_of, horizon, trials, periods, rejects, settings)
 
 
 @models_app.command("list")

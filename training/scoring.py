@@ -9,9 +9,12 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_features, to_timestamp
+from features.config import FeatureConfig
+from features.errors import InputError
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.validate import ContractError
+from training.design import trained_feature_config
 from training.model import ModelBundle
 from training.reasons import reasons_frame, top_reasons
 
@@ -63,5 +66,17 @@ def score_customers(tables: Tables, as_of: object, churn: ModelBundle, propensit
     start, _ = tables.time_range()
     if start is None or when <= start:
         raise ContractError(f"--as-of {when} is not after the first row of the data ({start}).")
-    features = build_features(tables.before(when), when)
+    features = build_features(tables.before(when), when, models_feature_config(churn, propensity))
     return score_features(features, churn, propensity, progress), when
+
+
+def models_feature_config(*bundles: ModelBundle) -> FeatureConfig:
+    """The feature settings the models were trained with; an InputError when they differ (their
+    inputs are different columns)."""
+    configs = {id(b): trained_feature_config(b.meta) for b in bundles}
+    first = next(iter(configs.values()))
+    for bundle in bundles:
+        if configs[id(bundle)] != first:
+            raise InputError(f"the {bundles[0].target} and {bundle.target} models were trained with different feature "
+                             "settings (windows or weights): retrain one with the other's --feature-config.")
+    return first

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_features, to_timestamp
+from features.config import FeatureConfig
 from features.schema import AS_OF, CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
@@ -35,7 +36,7 @@ from features.validate import ContractError
 from training import plots
 from training.baselines import LogRFMLogistic, recency_rule
 from training.calibration import fit_calibrator
-from training.design import design_matrix, feature_columns
+from training.design import FEATURE_CONFIG, design_matrix, feature_columns
 from training.holdout_scores import log_holdout_scores
 from training.metrics import classification_metrics
 from training.model import ModelBundle
@@ -87,27 +88,28 @@ def _check_rows(name: str, frame: pd.DataFrame, label: str) -> None:
 
 
 def holdout_frame(tables: Tables, target: Target, as_of: datetime, horizon: int,
-                  observed_until: datetime | None = None) -> pd.DataFrame:
+                  observed_until: datetime | None = None, config: FeatureConfig | None = None) -> pd.DataFrame:
     """Features at ``as_of`` from rows before it, labelled from the full ``tables``."""
-    labelled = build_training_set(tables, [as_of], target, horizon, observed_until=observed_until).frame
-    features = build_features(tables.before(as_of), as_of)
+    labelled = build_training_set(tables, [as_of], target, horizon, config, observed_until=observed_until).frame
+    features = build_features(tables.before(as_of), as_of, config)
     return features.merge(labelled[["customer_id", target.value]], on="customer_id", how="inner")
 
 
-def make_folds(tables: Tables, target: Target, as_of: datetime, horizon: int, periods: int) -> Folds:
+def make_folds(tables: Tables, target: Target, as_of: datetime, horizon: int, periods: int,
+               config: FeatureConfig | None = None) -> Folds:
     start, end = tables.time_range()
     if start is None or not start < as_of <= end + timedelta(microseconds=1):
         raise ContractError(f"--as-of {as_of} is outside the data, which runs from {start} to {end}.")
     cut = tables.before(as_of)
     if end >= as_of + timedelta(days=horizon):
         holdout_as_of = as_of
-        holdout = holdout_frame(tables, target, as_of, horizon)
+        holdout = holdout_frame(tables, target, as_of, horizon, config=config)
     else:
         latest = monthly_as_of_dates(cut, horizon, periods=1, observed_until=as_of)
         if not latest:
             raise NotEnoughDataError(f"the data before {as_of} is too short for a {horizon}-day label window.")
         holdout_as_of = latest[-1]
-        holdout = holdout_frame(cut, target, holdout_as_of, horizon, observed_until=as_of)
+        holdout = holdout_frame(cut, target, holdout_as_of, horizon, observed_until=as_of, config=config)
     last_fit = pd.Timestamp(holdout_as_of - timedelta(days=horizon)).floor("D")
     dates = monthly_as_of_dates(cut, horizon, periods=periods, last=last_fit)
     if len(dates) < 3:
@@ -115,7 +117,7 @@ def make_folds(tables: Tables, target: Target, as_of: datetime, horizon: int, pe
             f"need at least 3 monthly as_of dates whose {horizon}-day label windows close by {holdout_as_of} "
             f"(training, validation, calibration); the data before {as_of} gives {len(dates)}."
         )
-    stacked = build_training_set(cut, dates, target, horizon, observed_until=as_of).frame
+    stacked = build_training_set(cut, dates, target, horizon, config, observed_until=as_of).frame
     by_date = stacked.groupby(AS_OF)
     frames = {pd.Timestamp(d): f for d, f in by_date}
     calibration = frames[pd.Timestamp(dates[-1])]
@@ -153,16 +155,20 @@ def train_classifier(
     random_state: int = 0,
     mlruns: Path | str | None = None,
     progress: Callable[[str], None] | None = None,
+    feature_config: FeatureConfig | None = None,
 ) -> TrainResult:
-    """Fit, tune (``trials`` > 0), calibrate, evaluate against baselines, log and register."""
+    """Fit, tune (``trials`` > 0), calibrate, evaluate against baselines, log and register. Features
+    use ``feature_config`` (default: :meth:`FeatureConfig.current`); the model records it, so that
+    scoring and serving build the same columns."""
     target = Target(target)
+    feature_config = feature_config or FeatureConfig.current()
     horizon = horizon_days if horizon_days is not None else DEFAULT_HORIZON_DAYS[target]
     date = to_timestamp(as_of)
     say = progress or (lambda _: None)
     say("building training sets")
-    folds = make_folds(tables, target, date, horizon, periods)
+    folds = make_folds(tables, target, date, horizon, periods, feature_config)
     label = target.value
-    columns = feature_columns(folds.train)
+    columns = feature_columns(folds.train, feature_config)
     x = {n: design_matrix(getattr(folds, n), columns).to_numpy(np.float32)
          for n in ("train", "valid", "calibration", "holdout")}
     y = {n: getattr(folds, n)[label].to_numpy(int) for n in ("train", "valid", "calibration", "holdout")}
@@ -187,7 +193,8 @@ def train_classifier(
         raw_calibration = booster.inplace_predict(x["calibration"])
         calibrator, calibration_losses = fit_calibrator(raw_calibration, y["calibration"], random_state)
         bundle = ModelBundle(label, horizon, columns, booster, calibrator,
-                             {"trained_as_of": date.isoformat(), "holdout_as_of": folds.holdout_as_of.isoformat()})
+                             {"trained_as_of": date.isoformat(), "holdout_as_of": folds.holdout_as_of.isoformat(),
+                              FEATURE_CONFIG: feature_config.to_dict()})
 
         say("evaluating")
         raw_holdout = booster.inplace_predict(x["holdout"])

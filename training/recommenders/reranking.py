@@ -177,30 +177,34 @@ class Stage1:
     def _features(self, rows: np.ndarray, cand: np.ndarray, scores: dict[str, np.ndarray],
                   ranks: dict[str, np.ndarray]) -> np.ndarray:
         at = np.maximum(cand, 0)
-        columns = []
+        columns: dict[str, np.ndarray] = {}  # by name; stacked in the order of FEATURES
         for name in SCORES:
             score = scores[name]
             best = score.max(axis=1, keepdims=True)
             value = np.take_along_axis(score, at, 1)
-            columns += [value, np.take_along_axis(ranks[name], at, 1),
-                        value / np.maximum(np.where(np.isfinite(best), best, 0.0), 1e-12)]
-        columns.append(np.take_along_axis(ranks["popular"], at, 1))
+            columns[name] = value
+            columns[f"{name}_rank"] = np.take_along_axis(ranks[name], at, 1)
+            columns[f"{name}_share"] = value / np.maximum(np.where(np.isfinite(best), best, 0.0), 1e-12)
+        columns["popular_rank"] = np.take_along_axis(ranks["popular"], at, 1)
         product = self.products[at]  # rows x candidates x signals
         customer = np.broadcast_to(self.customers[rows][:, None, :], (*cand.shape, len(CUSTOMER_SIGNALS)))
-        columns += [product[..., i] for i in range(len(PRODUCT_SIGNALS))]
-        columns += [customer[..., i] for i in range(len(CUSTOMER_SIGNALS))]
-        product_price, customer_price = product[..., _PRODUCT["price"]], customer[..., _CUSTOMER["price"]]
+        columns |= {f"product_{name}": product[..., _PRODUCT[name]] for name in PRODUCT_SIGNALS}
+        columns |= {f"customer_{name}": customer[..., _CUSTOMER[name]] for name in CUSTOMER_SIGNALS}
+        product_price, customer_price = columns["product_price"], columns["customer_price"]
         with np.errstate(divide="ignore", invalid="ignore"):
-            columns.append(np.where(customer_price > 0, product_price / customer_price, np.nan))
-        columns.append(product[..., _PRODUCT["first_age"]] - customer[..., _CUSTOMER["last_age"]])
-        columns.append(product[..., _PRODUCT["last_age"]] - customer[..., _CUSTOMER["last_age"]])
+            columns["price_ratio"] = np.where(customer_price > 0, product_price / customer_price, np.nan)
+        columns["launched_since_visit"] = columns["product_first_age"] - columns["customer_last_age"]
+        columns["sold_since_visit"] = columns["product_last_age"] - columns["customer_last_age"]
         country = self.country[rows]
         known = country >= 0
         buyers = np.zeros(cand.shape, np.float32)
         if known.any():
             buyers[known] = np.take_along_axis(self.country_buyers[country[known]].toarray(), at[known], 1)
-        columns += [buyers, buyers / np.maximum(product[..., _PRODUCT["buyers_90"]], 1.0)]
-        return np.stack([np.asarray(c, np.float32).ravel() for c in columns], axis=1)
+        columns["country_buyers"] = buyers
+        columns["country_share"] = buyers / np.maximum(columns["product_buyers_90"], 1.0)
+        if list(columns) != list(FEATURES):
+            raise AssertionError(f"ranker columns {sorted(set(columns) ^ set(FEATURES))} differ from FEATURES")
+        return np.stack([np.asarray(columns[name], np.float32).ravel() for name in FEATURES], axis=1)
 
 
 def _ranks(score: np.ndarray) -> np.ndarray:

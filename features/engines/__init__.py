@@ -1,0 +1,67 @@
+"""SQL engines the feature registry compiles to: one small :class:`Engine` per dialect.
+
+The declarations in :mod:`features.registry` hold only portable SQL (column names, arithmetic,
+comparisons, ``CASE``, ``coalesce``, ``least``/``greatest``, ``row_number() OVER``). Everything a
+dialect spells its own way (the as_of parameter, time arithmetic, filtered, ordered and "latest"
+aggregates, the median) is asked of the engine by :mod:`features.engines.compiler`. A new engine
+(Spark SQL is next) is one module implementing :class:`Engine`, listed in :func:`engine`, plus a
+test that its rows equal DuckDB's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+# Aggregate functions an engine spells (Engine.aggregate); stddev is the sample standard deviation.
+AGGREGATES = ("count", "count_distinct", "sum", "avg", "min", "max", "stddev", "median", "any")
+
+
+class Engine(ABC):
+    """How one SQL dialect spells what the portable declarations leave out."""
+
+    name: str
+
+    @abstractmethod
+    def as_of(self) -> str:
+        """The as_of parameter (a timestamp), as the query refers to it."""
+
+    @abstractmethod
+    def days_between(self, earlier: str, later: str) -> str:
+        """Fractional days from timestamp ``earlier`` to timestamp ``later`` (a DOUBLE)."""
+
+    @abstractmethod
+    def days_before(self, days: int) -> str:
+        """The timestamp ``days`` whole days before the as_of."""
+
+    @abstractmethod
+    def aggregate(self, function: str, argument: str, condition: str | None = None) -> str:
+        """An aggregate over the rows where ``condition`` holds (all rows when None). ``function`` is
+        one of :data:`AGGREGATES`; ``any`` takes a condition as its argument (true when some row meets
+        it)."""
+
+    @abstractmethod
+    def latest(self, value: str, timestamp: str, condition: str | None) -> str:
+        """An aggregate: ``value`` of the row with the latest ``timestamp`` among those where
+        ``condition`` holds, NULL values kept (a change to NULL clears an attribute)."""
+
+    @abstractmethod
+    def top(self, value: str, by: str, condition: str | None) -> str:
+        """An aggregate: ``value`` of the row with the largest ``by``, ties to the smallest ``value``."""
+
+    @abstractmethod
+    def parameters(self, as_of: object) -> dict[str, object]:
+        """The query's parameters for one as_of."""
+
+
+def engine(name: str = "duckdb") -> Engine:
+    """The engine called ``name``; an InputError listing the known ones otherwise."""
+    from features.engines.duckdb import DuckDBEngine
+    from features.errors import InputError
+
+    engines: dict[str, type[Engine]] = {DuckDBEngine.name: DuckDBEngine}
+    if name not in engines:
+        raise InputError(f"unknown feature engine {name!r}; expected one of {', '.join(sorted(engines))}")
+    return engines[name]()
+
+
+__all__ = ["AGGREGATES", "Engine", "engine"]
