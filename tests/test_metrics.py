@@ -90,6 +90,7 @@ def test_calibrator_round_trip_and_choice() -> None:
     ("email_consent", 1, "consented to email"),
     ("email_consent", np.nan, "email consent not on record"),
     ("abandoned_cart_value", 0, "no items left in the cart"),
+    ("rfm_frequency", 2, "ranks 2 of 5 for number of orders"),
 ])
 def test_reason_phrases(column: str, value: float, text: str) -> None:
     assert describe(column, value) == text
@@ -106,3 +107,14 @@ def test_top_reasons_keep_only_features_that_raise_the_score() -> None:
     matrix = np.array([[200.0, 1.0, 30.0], [3.0, 9.0, 900.0]])
     assert top_reasons(contributions, matrix, columns).tolist() == [
         ["last order 200 days ago", "spent 30.00 in total", None], [None, None, None]]
+
+
+def test_a_phrase_is_given_once_per_customer() -> None:
+    """Two orders or fewer: the mean gap and how overdue the next order is say the same in words; the
+    next feature that raises the score takes the place of the repeat."""
+    columns = ["ipi_mean_days", "overdue_days", "revenue", "returns_count"]
+    contributions = np.array([[0.9, 0.8, 0.1, 0.05, 0.0], [0.9, 0.8, -0.1, -0.2, 0.0]])
+    matrix = np.array([[np.nan, np.nan, 30.0, 0.0], [np.nan, np.nan, 30.0, 0.0]])
+    assert top_reasons(contributions, matrix, columns).tolist() == [
+        ["fewer than two orders so far", "spent 30.00 in total", "no returns"],
+        ["fewer than two orders so far", None, None]]

@@ -12,6 +12,8 @@ import pandas as pd
 
 from features import registry
 
+REASON_DEPTH = 3  # features looked at per reason given, to replace phrases that repeat
+
 
 def describe(column: str, value: float) -> str:
     """One model input's value in words, from its declaration in the feature registry:
@@ -21,11 +23,14 @@ def describe(column: str, value: float) -> str:
 
 def top_reasons(contributions: np.ndarray, matrix: np.ndarray, columns: list[str], k: int = 3) -> np.ndarray:
     """For each row, the ``k`` features that raise the score most, strongest first, in words; an
-    (n, k) object array with None where fewer than ``k`` features raise the score."""
+    (n, k) object array with None where fewer than ``k`` features raise the score. A phrase is given
+    once: features that say the same ("fewer than two orders so far" for the mean gap between orders
+    and for how overdue the next one is) make room for the next feature."""
     contrib = contributions[:, : len(columns)]
-    order = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+    depth = min(contrib.shape[1], REASON_DEPTH * k)  # enough to replace repeated phrases
+    order = np.argsort(-contrib, axis=1, kind="stable")[:, :depth]
     rows = np.arange(len(contrib))
-    texts = np.full((len(contrib), k), None, dtype=object)
+    texts = np.full((len(contrib), depth), None, dtype=object)
     for slot in range(order.shape[1]):
         feature = order[:, slot]
         raises = contrib[rows, feature] > 0
@@ -35,7 +40,16 @@ def top_reasons(contributions: np.ndarray, matrix: np.ndarray, columns: list[str
             values, inverse = np.unique(np.round(matrix[picked, j].astype(float), 4), return_inverse=True)
             phrases = np.array([describe(columns[j], v) for v in values], dtype=object)
             texts[picked, slot] = phrases[inverse.ravel()]
-    return texts
+    out = np.full((len(contrib), k), None, dtype=object)
+    out[:, : min(k, depth)] = texts[:, :k]
+    repeated = np.zeros(len(contrib), bool)
+    for a in range(min(k, depth)):
+        for b in range(a + 1, min(k, depth)):
+            repeated |= (texts[:, a] == texts[:, b]) & pd.notna(texts[:, a])
+    for row in np.flatnonzero(repeated):  # few rows: the rest keep their first k
+        distinct = list(dict.fromkeys(t for t in texts[row] if t is not None))[:k]
+        out[row] = distinct + [None] * (k - len(distinct))
+    return out
 
 
 def reasons_frame(reasons: np.ndarray) -> pd.DataFrame:
