@@ -5,19 +5,21 @@ for next-best-actions with their product blocks."""
 from __future__ import annotations
 
 import os
+from datetime import datetime
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from features.cli import generate, snapshot, training_set, validate
+from features.cli import generate, parse_iso_date, snapshot, training_set, validate
+from features.demo import DemoShop
 from features.training_set import Target
 from sendwise.console import console
 from training.cli import list_models, score, train_churn, train_propensity
 from training.recommenders.cli import recommend, train_recommender_command
 
-AS_OF = "2025-10-01"  # the demo's last 90 days are the holdout's label window
+AS_OF = datetime(2025, 10, 1)  # the demo's last 90 days are the holdout's label window
 ASKED = 1_000  # customers asked of the service
 MODEL_ACTIONS = ("winback", "cross_sell", "upsell", "loyalty_reward")  # the example shown: one the models drove
 
@@ -25,7 +27,9 @@ MODEL_ACTIONS = ("winback", "cross_sell", "upsell", "loyalty_reward")  # the exa
 def run_demo(workdir: Path, customers: int, seed: int) -> None:
     data = workdir / "data"
     console.rule("1. generate a demo shop")
-    generate(out=data, customers=customers, seed=seed)
+    shop = DemoShop()
+    generate(out=data, customers=customers, seed=seed, start=parse_iso_date(shop.start),
+             end=parse_iso_date(shop.end))
     console.rule("2. validate it against the data contract")
     validate(data)
     console.rule("3. churn training set (monthly as_of dates, 90-day label window)")
