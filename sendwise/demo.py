@@ -5,9 +5,9 @@ for next-best-actions with their product blocks."""
 from __future__ import annotations
 
 import os
-from datetime import datetime
 import warnings
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
