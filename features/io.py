@@ -28,7 +28,8 @@ import duckdb
 import pandas as pd
 
 from features.errors import InputError
-from features.schema import CUSTOMER_ID, SPECS, Table
+from features.links import safe_http_url
+from features.schema import CUSTOMER_ID, IMAGE_URL, SPECS, URL, Table
 from features.tables import Tables, create_empty, new_connection
 from features.tombstones import Tombstones
 from features.validate import ROW_ID, ContractError, TableReport, validate_raw
@@ -352,7 +353,7 @@ def load_data_dir(
             create_empty(con, SPECS[table])
     tables = Tables(con)
     written = write_rejects(tables, reports, Path(rejects_dir) if rejects_dir else data_dir / REJECTS_DIRNAME)
-    warnings = cross_table_warnings(tables, files)
+    warnings = cross_table_warnings(tables, files) + unsafe_link_warnings(tables)
     if sum(forgotten.values()):
         warnings.append(f"{sum(forgotten.values()):,} row(s) of forgotten customers skipped "
                         f"({data_dir / TOMBSTONES_FILE})")
@@ -473,12 +474,26 @@ def write_rejects(tables: Tables, reports: list[TableReport], rejects_dir: Path)
     try:
         rejects_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ContractError(f"cannot write rejects to {rejects_dir}: {exc}. Pass --rejects DIR.") from exc
+        raise ContractError(f"cannot write rejects to {rejects_dir}: {exc}. Pass --rejects DIR "
+                            "(`sendwise serve`: --state-dir DIR).") from exc
     for report in with_rejects:
         target = rejects_dir / f"{report.table}.csv"
         atomic_write(target, lambda tmp, t=report.table: tables.con.execute(
             f"COPY {t}_rejects TO '{tmp}' (HEADER, DELIMITER ',')").fetchall())
     return rejects_dir
+
+
+def unsafe_link_warnings(tables: Tables) -> list[str]:
+    """Product links that are not absolute http(s) URLs: no email shows them (see features.links)."""
+    products = tables.frame(Table.PRODUCTS)
+    warnings = []
+    for column in (URL, IMAGE_URL):
+        values = products[column].dropna() if column in products else []
+        unsafe = [v for v in values if safe_http_url(v) is None]
+        if unsafe:
+            warnings.append(f"{len(unsafe):,} product {column} value(s) are not absolute http(s) URLs "
+                            f"(e.g. {unsafe[0][:60]!r}); emails show those products without a link or image")
+    return warnings
 
 
 def cross_table_warnings(tables: Tables, files: dict[Table, Path]) -> list[str]:

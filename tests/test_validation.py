@@ -107,3 +107,17 @@ def test_orphan_references_are_warned_about(tmp_path: Path) -> None:
     write(tmp_path, "customers.csv", "customer_id\nc2\n")
     _, report = load_data_dir(tmp_path)
     assert report.warnings == ["1 customer_id value(s) in orders are not in customers"]
+
+
+def test_unsafe_product_links_are_counted_in_a_warning(tmp_path) -> None:
+    (tmp_path / "orders.csv").write_text("order_id,customer_id,product_id,quantity,unit_price,ordered_at\n"
+                                         "o1,c1,p1,1,2.5,2024-01-01\n")
+    (tmp_path / "products.csv").write_text(
+        "product_id,name,url,image_url\n"
+        "p1,ok,https://shop.example/p1,HTTPS://cdn.example/p1.jpg\n"
+        "p2,bad,javascript:alert(1)//,//evil.example/x.png\n"
+        "p3,bad,\" JaVaScRiPt:alert(1)\",\"data:image/png;base64,AAAA\"\n"
+        "p4,none,,\n")
+    _, report = load_data_dir(tmp_path)
+    assert any(w.startswith("2 product url value(s) are not absolute http(s) URLs") for w in report.warnings)
+    assert any(w.startswith("2 product image_url value(s) are not absolute http(s) URLs") for w in report.warnings)
