@@ -113,7 +113,9 @@ class Source:
     """A timed relation features aggregate, keyed by ``customer_id``.
 
     Exactly one of ``table`` (a contract table: only its rows with ``timestamp`` before the as_of),
-    ``rollup_of`` (another source's rows grouped by the customer and ``keys``; ``timestamp`` and
+    ``rows_of`` (another source's rows where ``where`` holds; ``timestamp`` names the same column as
+    there), ``rollup_of`` (another source's rows
+    grouped by the customer and ``keys``; ``timestamp`` and
     ``columns`` are then aggregates), ``intervals_of`` (the days between a customer's consecutive rows
     of another source, column ``gap``) or ``union_of`` (the customers and timestamps of several
     sources, column ``seen_at``) says where the rows come from.
@@ -124,6 +126,7 @@ class Source:
     table: Table | None = None
     timestamp: str | None = None
     read: tuple[str, ...] = ()  # a table's columns to read
+    rows_of: str | None = None
     rollup_of: str | None = None
     keys: tuple[str, ...] = ()
     intervals_of: str | None = None
@@ -279,6 +282,10 @@ def sources(config: FeatureConfig) -> tuple[Source, ...]:
                read=(CUSTOMER_ID, SIGNUP_AT)),
         Source("order_lines", "order lines (a negative quantity is a return)", table=Table.ORDERS,
                timestamp=ORDERED_AT, read=(CUSTOMER_ID, ORDER_ID, PRODUCT_ID, QUANTITY, UNIT_PRICE, ORDERED_AT)),
+        Source("bought_lines", "order lines with a positive quantity", rows_of="order_lines", where=_PURCHASE,
+               timestamp=ORDERED_AT),
+        Source("returned_lines", "order lines with a negative quantity (returns)", rows_of="order_lines",
+               where=_RETURN, timestamp=ORDERED_AT),
         Source("purchases", "orders: an order id's lines with a positive quantity", rollup_of="order_lines",
                keys=(ORDER_ID,), where=_PURCHASE, timestamp=f"min({ORDERED_AT})",
                columns=(("value", f"sum({QUANTITY} * {UNIT_PRICE})"), ("items", f"sum({QUANTITY})"))),
@@ -380,13 +387,13 @@ def features(config: FeatureConfig) -> tuple[Feature, ...]:
                 expr=_ratio("_items", "orders_count"), phrase=lambda v: f"{v:,.1f} items per order on average",
                 missing="no orders yet"),
         Feature("distinct_products", "orders", "distinct products bought", Dtype.INT, Unit.COUNT,
-                source="order_lines", agg=Agg.COUNT_DISTINCT, of=PRODUCT_ID, where=_PURCHASE, default=0,
+                source="bought_lines", agg=Agg.COUNT_DISTINCT, of=PRODUCT_ID, default=0,
                 phrase=lambda v: ("no products bought yet" if round(v) == 0 else
                                   f"bought {_plural(v, 'different product')}")),
         Feature("_basket_value", "orders", "spend over positive lines", Dtype.FLOAT, Unit.MONEY,
-                source="order_lines", agg=Agg.SUM, of=f"{QUANTITY} * {UNIT_PRICE}", where=_PURCHASE),
+                source="bought_lines", agg=Agg.SUM, of=f"{QUANTITY} * {UNIT_PRICE}"),
         Feature("_basket_items", "orders", "items over positive lines", Dtype.FLOAT, Unit.COUNT,
-                source="order_lines", agg=Agg.SUM, of=QUANTITY, where=_PURCHASE),
+                source="bought_lines", agg=Agg.SUM, of=QUANTITY),
         Feature("avg_unit_price", "orders", "spend / items bought", Dtype.FLOAT, Unit.MONEY,
                 expr=_ratio("_basket_value", "_basket_items"),
                 phrase=lambda v: f"pays {money_text(v)} per item on average", missing="no items bought yet"))
@@ -412,10 +419,10 @@ def features(config: FeatureConfig) -> tuple[Feature, ...]:
 
     # Returns: lines with a negative quantity.
     add(Feature("returns_count", "returns", "orders with a returned line", Dtype.INT, Unit.COUNT,
-                source="order_lines", agg=Agg.COUNT_DISTINCT, of=ORDER_ID, where=_RETURN, default=0,
+                source="returned_lines", agg=Agg.COUNT_DISTINCT, of=ORDER_ID, default=0,
                 phrase=_count("return", "returns")),
-        Feature("returned_value", "returns", "value returned", Dtype.FLOAT, Unit.MONEY, source="order_lines",
-                agg=Agg.SUM, of=f"-{QUANTITY} * {UNIT_PRICE}", where=_RETURN, default=0,
+        Feature("returned_value", "returns", "value returned", Dtype.FLOAT, Unit.MONEY, source="returned_lines",
+                agg=Agg.SUM, of=f"-{QUANTITY} * {UNIT_PRICE}", default=0,
                 phrase=_money("returned {} of goods", "returned nothing")),
         Feature("return_rate", "returns", "returned_value / revenue", Dtype.FLOAT, Unit.SHARE,
                 expr=_ratio("returned_value", "revenue"), phrase=lambda v: f"returned {share_text(v)} of their spend",
@@ -709,8 +716,8 @@ def markdown_table(config: FeatureConfig | None = None) -> str:
     lines = ["| source | rows | from | timestamp |", "|---|---|---|---|"]
     for src in reg.sources:
         origin = (f"`{src.table.value}`" if src.table else f"`{src.rollup_of}` by {', '.join(src.keys)}"
-                  if src.rollup_of else f"`{src.intervals_of}`" if src.intervals_of else
-                  " + ".join(f"`{n}`" for n in src.union_of))
+                  if src.rollup_of else f"`{src.rows_of}` where `{src.where}`" if src.rows_of else
+                  f"`{src.intervals_of}`" if src.intervals_of else " + ".join(f"`{n}`" for n in src.union_of))
         if src.after_last_of:
             origin += f", after the customer's last `{src.after_last_of}` row"
         if src.window_days:

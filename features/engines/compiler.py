@@ -77,6 +77,8 @@ class _Query:
                 added = ", ".join(f"{expr} AS {name}" for name, expr in src.columns)
                 rows = f"SELECT *, {added} FROM ({rows}) r"
             return rows
+        if src.rows_of is not None:
+            return f"SELECT * FROM {self.source(src.rows_of)} WHERE {src.where}"
         if src.rollup_of is not None:
             of = self.source(src.rollup_of)
             rows = of
