@@ -35,10 +35,10 @@ from scipy import stats
 from experiments import power, sequential
 from experiments.analysis import always_valid, analyze
 from experiments.attribution import attribute, experiment_exposures, recipients
-from experiments.config import Experiment, Metric
 from experiments.simulate import PlantedEffect, simulate_experiment
 from experiments.stats import Sample, two_proportion_ztest
 from features.tables import Tables
+from serving.experiment_config import Experiment, Metric
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPHA = 0.05

@@ -5,7 +5,7 @@
 The issue's protocol (fitted before 2011-09-09, truth = new products bought from then to the end of
 the data, purchased excluded), models with their default parameters. For each model: NDCG@10, its
 standard error over customers and a 95 % bootstrap interval; for the reranker against ALS and
-item-kNN, the paired bootstrap interval of the difference (``experiments.bootstrap.paired_mean``).
+item-kNN, the paired bootstrap interval of the difference (``training.bootstrap.paired_mean``).
 Writes benchmarks/results/recommender_ci.json and prints a table.
 """
 
@@ -24,9 +24,9 @@ from bench_recommenders import ONLINE_RETAIL, prepared  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from experiments.bootstrap import paired_mean  # noqa: E402
 from features.importers.uci_retail import import_online_retail  # noqa: E402
 from features.io import load_data_dir  # noqa: E402
+from training.bootstrap import paired_mean  # noqa: E402
 from training.recommenders.evaluation import holdout, per_customer_metrics  # noqa: E402
 from training.recommenders.models import make_recommender  # noqa: E402
 

@@ -16,7 +16,6 @@ import pandas as pd
 
 from experiments import bayes, sequential
 from experiments.attribution import VARIANT, Recipients
-from experiments.config import Experiment, Metric
 from experiments.stats import (
     SRM_ALPHA,
     Comparison,
@@ -30,6 +29,7 @@ from experiments.stats import (
     welch_ttest,
 )
 from features.errors import InputError
+from serving.experiment_config import Experiment, Metric
 
 # The per-recipient outcome column behind each metric.
 OUTCOME_OF = {Metric.OPEN_RATE: "opened", Metric.CLICK_RATE: "clicked", Metric.CONVERSION_RATE: "converted",

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from experiments.config import Experiment
 from features.errors import NotFoundError
 from features.schema import (
     CUSTOMER_ID,
@@ -32,6 +31,7 @@ from features.schema import (
     EventType,
 )
 from features.tables import Tables
+from serving.experiment_config import Experiment
 from serving.exposures import is_forgotten_id
 
 EXPERIMENT = "experiment"

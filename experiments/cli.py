@@ -13,9 +13,7 @@ from rich.table import Table as RichTable
 
 from experiments import power as power_calc
 from experiments.analysis import analyze
-from experiments.assignment import assign_many
 from experiments.attribution import EXPERIMENT, VARIANT, attribute, experiment_exposures, recipients
-from experiments.config import DEFAULT_CONFIG, load_experiments
 from experiments.plots import power_curve_plot
 from experiments.report import print_readout, write_report
 from experiments.sequential import DEFAULT_TUNING
@@ -25,6 +23,8 @@ from features.errors import InputError, NotFoundError
 from features.io import refuse_overwriting_inputs, write_parquet
 from features.schema import CUSTOMER_ID
 from sendwise.console import console, reports_user_errors
+from serving.assignment import assign_many
+from serving.experiment_config import DEFAULT_CONFIG, load_experiments
 from serving.exposures import read_exposures
 
 experiments_app = typer.Typer(help="A/B experiments: define, assign, analyze, plan.", no_args_is_help=True)

@@ -16,8 +16,8 @@ from scipy import stats  # noqa: E402
 from experiments import sequential  # noqa: E402
 from experiments.analysis import OUTCOME_OF, Readout  # noqa: E402
 from experiments.attribution import EXPOSED_AT, VARIANT  # noqa: E402
-from experiments.config import Metric  # noqa: E402
 from experiments.stats import Sample, two_proportion_ztest, welch_ttest  # noqa: E402
+from serving.experiment_config import Metric  # noqa: E402
 from training.plots import save_figure  # noqa: E402  (Agg backend, tight layout, closes the figure)
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from experiments import plots
 from experiments.analysis import Readout
-from experiments.config import Metric
+from serving.experiment_config import Metric
 from training.tracking import configure_tracking, experiment_id, git_commit
 
 TEMPLATES = Path(__file__).with_name("templates")

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.assignment import assign_many
 from experiments.attribution import ACTION, EXPERIMENT, EXPOSED_AT, TIME, VARIANT
-from experiments.config import Experiment
 from features.io import write_parquet
 from features.schema import (
     CUSTOMER_ID,
@@ -33,6 +31,8 @@ from features.schema import (
     UNIT_PRICE,
     EventType,
 )
+from serving.assignment import assign_many
+from serving.experiment_config import Experiment
 
 
 @dataclass(frozen=True)

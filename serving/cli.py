@@ -10,12 +10,12 @@ from typing import Annotated
 
 import typer
 
-from experiments.config import load_experiments
 from features.cli import DataDir
 from features.io import load_data_dir
 from sendwise.console import console, errors, reports_user_errors
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
+from serving.experiment_config import load_experiments
 from serving.policy import Policy
 from serving.state import NotReadyError, load_champions, safe_catalog
 from serving.variants import variant_aliases

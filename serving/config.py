@@ -13,7 +13,7 @@
 | ``SENDWISE_POLICY`` | next-best-action policy YAML | ``serving/policy.yaml`` |
 | ``SENDWISE_CURRENCY`` | currency of catalog prices (ISO code) | ``GBP`` |
 | ``SENDWISE_CONSENT`` | ``recorded``: email only with consent on record; ``unless-refused``: unless refused (see :mod:`serving.consent`) | ``recorded`` |
-| ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`experiments.config`); variants of the running one | none |
+| ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`serving.experiment_config`); variants of the running one | none |
 
 A variable that is set must hold a value: an empty one is an error naming it (an empty
 ``SENDWISE_API_KEY`` would otherwise mean an open service).

@@ -24,11 +24,11 @@ import pandas as pd
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from experiments.config import ExperimentSet, load_experiments
 from features.links import safe_http_url
 from features.schema import CATEGORY, IMAGE_URL, NAME, PRICE, URL
 from serving.config import ServeConfig
 from serving.consent import enforce_consent
+from serving.experiment_config import ExperimentSet, load_experiments
 from serving.exposures import ExposureLog
 from serving.forgotten import ForgottenCustomers
 from serving.guard import GuardMiddleware, endpoint_label

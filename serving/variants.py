@@ -3,7 +3,7 @@ service's defaults when no experiment runs.
 
 At startup every experiment that has not ended gets its variants prepared: a variant's
 ``model_aliases`` (e.g. ``recommender: challenger``) load their own models, its ``policy`` file its
-own policy. A request assigns each customer with :func:`experiments.assignment.assign_many`, the
+own policy. A request assigns each customer with :func:`serving.assignment.assign_many`, the
 same hashing as ``sendwise experiments assign``, so an assignment never changes between requests,
 restarts or machines.
 """
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from experiments.assignment import assign_many
-from experiments.config import Experiment, ExperimentSet, Variant
+from serving.assignment import assign_many
 from serving.config import ServeConfig
+from serving.experiment_config import Experiment, ExperimentSet, Variant
 from serving.policy import Policy
 from serving.state import Aliases, NotReadyError, ServingState, config_aliases, load_states
 

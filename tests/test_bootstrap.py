@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from experiments.bootstrap import PairedDifference, paired_auc, paired_mean, roc_auc
+from training.bootstrap import PairedDifference, paired_auc, paired_mean, roc_auc
 from training.promotion import _significant
 
 

@@ -12,14 +12,14 @@ import pytest
 from conftest import SERVE_AS_OF
 from typer.testing import CliRunner
 
-from experiments.assignment import assign_many
 from experiments.attribution import experiment_exposures, recipients
-from experiments.config import load_experiments
 from experiments.simulate import BaseRates, PlantedEffect, simulate_responses
 from features.io import write_parquet
 from features.schema import CUSTOMER_ID, OCCURRED_AT, ORDERED_AT, Table
 from features.tables import Tables
 from sendwise.cli import app
+from serving.assignment import assign_many
+from serving.experiment_config import load_experiments
 from serving.exposures import read_exposures
 from serving.policy import DEFAULT_POLICY
 from serving.schemas import NextBestActionBatchRequest

@@ -18,13 +18,13 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from experiments.analysis import always_valid, analyze
-from experiments.assignment import assign, assign_many, bucket
 from experiments.attribution import NoExposuresError, attribute, experiment_exposures, recipients
-from experiments.config import Experiment, ExperimentConfigError, Metric, load_experiments
 from experiments.report import print_readout, readout_record, write_report
 from experiments.simulate import PlantedEffect, simulate_experiment
 from features.tables import Tables
 from sendwise.cli import app
+from serving.assignment import assign, assign_many, bucket
+from serving.experiment_config import Experiment, ExperimentConfigError, Metric, load_experiments
 
 CONFIG = """
 experiments:
@@ -109,7 +109,7 @@ def test_assignment_is_pinned_and_stable_across_processes() -> None:
     ids = [f"customer-{i}" for i in range(200)]
     here = assign_many(e, ids)
     assert here == [assign(e, c) for c in ids] and here[1] == "control" and here[2] == "b"  # buckets 0.41, 0.75
-    code = ("import json; from experiments.assignment import assign_many; from experiments.config import Experiment;"
+    code = ("import json; from serving.assignment import assign_many; from serving.experiment_config import Experiment;"
             "e = Experiment.model_validate({'name': 'e', 'salt': 'exp', 'start': '2025-01-01', 'end': '2025-02-01',"
             "'variants': [{'name': 'control', 'weight': 0.5}, {'name': 'b', 'weight': 0.5}]});"
             "print(json.dumps(assign_many(e, [f'customer-{i}' for i in range(200)])))")

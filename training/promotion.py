@@ -1,7 +1,7 @@
 """Champion / challenger: promote the challenger only when it beats the champion on one holdout.
 
 Both versions are scored on the same holdout rows and compared with a paired bootstrap
-(:mod:`experiments.bootstrap`): ROC-AUC for churn and propensity, mean NDCG@10 over customers for the
+(:mod:`training.bootstrap`): ROC-AUC for churn and propensity, mean NDCG@10 over customers for the
 recommender. The challenger is promoted when
 
 * its headline metric is higher by at least ``margin`` (checked with ``mlflow.validate_evaluation_results``
@@ -20,11 +20,11 @@ from mlflow.models.evaluation import EvaluationResult
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.tracking import MlflowClient
 
-from experiments.bootstrap import PairedDifference, paired_auc, paired_mean
 from features.errors import InputError
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import Target
+from training.bootstrap import PairedDifference, paired_auc, paired_mean
 from training.holdout_scores import load_holdout_scores
 from training.registry import CHALLENGER, CHAMPION, MissingModelError, alias_version, load_version
 from training.tracking import experiment_id

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from experiments.config import Experiment
+from serving.experiment_config import Experiment
 
 _SCALE = float(2 ** 64)
 

@@ -162,7 +162,7 @@ def load_experiments(path: Path | str = DEFAULT_CONFIG) -> ExperimentSet:
     """Read and check an experiments file; raises :class:`ExperimentConfigError` naming the problem."""
     path = Path(path)
     if not path.exists():
-        raise ExperimentConfigError(f"experiments file {path} does not exist; write one (see `experiments/config.py`) "
+        raise ExperimentConfigError(f"experiments file {path} does not exist; write one (see `serving/experiment_config.py`) "
                                     "or pass --config FILE.")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
