@@ -22,8 +22,10 @@ import os
 import secrets
 import tempfile
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Collection
+from datetime import UTC, datetime
 from pathlib import Path
 
 from features.schema import CUSTOMER_ID
@@ -82,8 +84,23 @@ class ExposureLog:
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def append_request(self, records: list[dict], customer_keys: list[str]) -> str:
+        """Append one request's records (see :func:`exposure_record`) with one request id and time, the
+        customer id of each replaced by its key (``forgotten`` for a forgotten customer, never their
+        id); returns the request id."""
+        stamp = {"request_id": uuid.uuid4().hex, "time": datetime.now(UTC).isoformat()}
+        self.append([stamp | r | {"customer_id": key} for key, r in zip(customer_keys, records, strict=True)])
+        return stamp["request_id"]
+
     def close(self) -> None:
         os.close(self._fd)
+
+
+def exposure_record(customer_id: str, action: str, products: list[str], probability: float,
+                    versions: dict[str, str], experiment: str | None = None, variant: str | None = None) -> dict:
+    """One exposure record: the customer id and the decision, no other personal data."""
+    return {"customer_id": customer_id, "action": action, "products": products, "experiment": experiment,
+            "variant": variant, "probability": probability, "model_versions": versions}
 
 
 def _ends_torn(path: Path) -> bool:

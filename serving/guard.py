@@ -17,9 +17,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import inspect
 import json
 import logging
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
@@ -27,11 +30,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from features.links import strip_controls
+from serving.config import ServeConfig
 from serving.docs import DOCS_PATHS, STATIC, docs_page
-from serving.metrics import METRICS_PATH, OTHER, exposition
+from serving.metrics import METRICS_PATH, OTHER, RequestMetrics, exposition
 from serving.schemas import MAX_ITEMS, NO_CONTROLS, WORK_LIMIT
 
-__all__ = ["HEALTH_PATHS", "MAX_BODY_BYTES", "GuardMiddleware", "endpoint_label"]
+__all__ = ["HEALTH_PATHS", "MAX_BODY_BYTES", "GuardMiddleware", "endpoint_label", "protect", "request_models"]
 
 logger = logging.getLogger("sendwise.serving")
 
@@ -86,13 +90,14 @@ class _Refused(Exception):
 
 class GuardMiddleware:
     """See the module's docstring. ``routes`` maps each API route to its request model (None for a
-    route that takes no body); ``batch_routes`` run one at a time; ``api_key`` (None: open)."""
+    route that takes no body); ``batch_routes`` run one at a time; ``settings`` gives the service's
+    settings, read when the server starts, whose ``api_key`` (None: open) every request must carry."""
 
     def __init__(self, app, routes: Mapping[str, type[BaseModel] | None], batch_routes: frozenset[str],
-                 api_key: Callable[[], str | None]) -> None:
+                 settings: Callable[[], ServeConfig]) -> None:
         self.app, self.routes, self.batch_routes = app, dict(routes), batch_routes
-        key = api_key()
-        self.api_key = key.encode() if key else None
+        key = settings().api_key
+        self.api_key = key.get_secret_value().encode() if key else None
         self._batch_slot: asyncio.Semaphore | None = None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -182,3 +187,22 @@ class GuardMiddleware:
         logger.warning("%s %s %d: %s", scope["method"], _printable(scope["path"]), refused.status,
                        _printable(refused.message, 300))
         await JSONResponse(body, refused.status)(scope, receive, send)
+
+
+def request_models(service) -> dict[str, type | None]:
+    """Each API route of a BentoML service and the model its body must match (None for a route
+    without a body)."""
+    models = {}
+    for method in service.apis.values():
+        params = [p for p in inspect.signature(method.func).parameters.values() if p.name not in ("self", method.ctx_param)]
+        models[method.route] = typing.get_type_hints(method.func)[params[0].name] if params else None
+    return models
+
+
+def protect(service, settings: Callable[[], ServeConfig]) -> None:
+    """Put the bounded metrics and this guard in front of every route of ``service``; the API key is
+    the one of ``settings`` (the service's own: ``SENDWISE_*`` variables, see :mod:`serving.config`)."""
+    routes = request_models(service)
+    service.add_asgi_middleware(RequestMetrics, endpoint=functools.partial(endpoint_label, api_routes=routes))
+    service.add_asgi_middleware(GuardMiddleware, routes=routes,
+                                batch_routes=frozenset(r for r in routes if r.endswith("_batch")), settings=settings)

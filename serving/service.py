@@ -9,35 +9,22 @@ against the route's request model, one batch at a time) before BentoML sees it.
 from __future__ import annotations
 
 import atexit
-import functools
 import gc
-import inspect
 import os
 import random
-import typing
-import uuid
 from datetime import UTC, datetime
 
 import bentoml
-import numpy as np
-import pandas as pd
-from pydantic import BaseModel
-from starlette.responses import Response
 
-from features.links import safe_http_url
-from features.schema import CATEGORY, IMAGE_URL, NAME, PRICE, URL
+from serving import answers
 from serving.config import ServeConfig
-from serving.consent import enforce_consent
 from serving.experiment_config import ExperimentSet, load_experiments
 from serving.exposures import ExposureLog
 from serving.forgotten import ForgottenCustomers
-from serving.guard import GuardMiddleware, endpoint_label
-from serving.lookup import PRECOMPUTED_K
-from serving.metrics import RequestMetrics
-from serving.policy import SUPPRESS, Policy, decide
-from serving.product_block import BlockItem, ProductBlock, clean_text, format_price, render_html, with_utm
+from serving.guard import protect
+from serving.policy import Policy
+from serving.product_block import ProductBlock
 from serving.schemas import (
-    Item,
     ModelInfo,
     NextBestAction,
     NextBestActionBatch,
@@ -57,7 +44,7 @@ from serving.schemas import (
     ScoreRequest,
 )
 from serving.state import ServingState
-from serving.variants import Arm, VariantRouter
+from serving.variants import VariantRouter
 
 # BentoML's TimeoutMiddleware schedules a timer per request that keeps the request's context, with its
 # OpenTelemetry span (~4.6 kB in all), for traffic.timeout (60 s): under a flood of requests that is
@@ -65,7 +52,6 @@ from serving.variants import Arm, VariantRouter
 # then). OTEL_SDK_DISABLED=false keeps them for a shop that configures BentoML's tracing.
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
-DEFAULT_RULES = RuleOptions()
 THREADS = 4  # a batch holds one (one at a time, see serving.guard); single requests share the others
 
 
@@ -74,6 +60,8 @@ THREADS = 4  # a batch holds one (one at a time, see serving.guard); single requ
 @bentoml.service(name="sendwise", workers=1, threads=THREADS, logging={"access": {"enabled": False}},
                  metrics={"enabled": False}, http={"host": "127.0.0.1"})
 class Sendwise:
+    """Routes: answers are built by :mod:`serving.answers`, exposures recorded by :mod:`serving.exposures`."""
+
     def __init__(self) -> None:
         config = ServeConfig.from_env()
         self.policy = Policy.load(config.policy) if config.policy else Policy.load()
@@ -90,17 +78,18 @@ class Sendwise:
         gc.freeze()
         atexit.register(gc.unfreeze)  # let it be freed normally at exit
 
-    # scores -----------------------------------------------------------------------------------
-    def _scores(self, customer_ids: list[str]) -> list[Score]:
-        return [self._score(c, key) for c, key in zip(customer_ids, self.forgotten.mask(customer_ids), strict=True)]
+    def _log(self, exposures: list[dict]) -> str:
+        """Append one request's exposures; a forgotten customer is logged as ``forgotten``, never by id."""
+        return self.exposures.append_request(exposures, self.forgotten.mask([e["customer_id"] for e in exposures]))
 
-    def _score(self, customer_id: str, key: str) -> Score:
-        record = self.state.customers.scores(key)
-        versions = {k: v for k, v in self.state.versions.items() if k != "recommender"}
-        if record is None:
-            return Score(customer_id=customer_id, known=False, lifecycle_stage="prospect",
-                         reasons=["unknown customer: no history before the snapshot"], model_versions=versions)
-        return Score(customer_id=customer_id, known=True, model_versions=versions, **record)
+    def _scores(self, customer_ids: list[str]) -> list[Score]:
+        return answers.scores(self.state, customer_ids, self.forgotten.mask(customer_ids))
+
+    def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True) -> list[Recommendations]:
+        recs = answers.recommendations(self.state, customer_ids, self.forgotten.mask(customer_ids), k, options)
+        if log:
+            self._log(answers.recommend_exposures(recs, "recommend", self.state))
+        return recs
 
     @bentoml.api(route="/score")
     def score(self, request: ScoreRequest, /) -> Score:
@@ -110,44 +99,8 @@ class Sendwise:
     @bentoml.api(route="/score_batch")
     def score_batch(self, request: ScoreBatchRequest, /, ctx: bentoml.Context = None) -> ScoreBatch:
         """The same for up to 10,000 customers, as ``{"results": [...]}``."""
-        return _answer(ScoreBatch.model_construct(results=self._scores(request.customer_ids)), ctx)
-
-    # recommendations ---------------------------------------------------------------------------
-    def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True,
-                   state: ServingState | None = None) -> list[Recommendations]:
-        """Precomputed lists for the default rules (k <= 20), the full rule engine otherwise.
-
-        Responses are built with ``model_construct``: every field comes from typed arrays of our own,
-        and validating thousands of nested objects per batch would double its latency."""
-        state = state or self.state
-        lookup, keys = state.lookup, self.forgotten.mask(customer_ids)
-        if options == DEFAULT_RULES and k <= PRECOMPUTED_K:
-            picks = {key: lookup.default_picks(key, k) for key in keys}
-        else:  # the request model has checked the rules
-            picks = lookup.frame_picks(state.recommendations.recommend(pd.Index(list(dict.fromkeys(keys))), k,
-                                                                       options.rules()))
-        catalog, product_ids = lookup.catalog, lookup.product_ids
-        out = []
-        for cid, key in zip(customer_ids, keys, strict=True):
-            items = [Item.model_construct(rank=rank, product_id=product_ids[p.product], score=p.score, source=p.source,
-                          name=catalog[NAME][p.product], category=catalog[CATEGORY][p.product],
-                          price=catalog[PRICE][p.product], image_url=catalog[IMAGE_URL][p.product])
-                     for rank, p in enumerate(picks.get(key, []), start=1)]
-            out.append(Recommendations.model_construct(customer_id=cid, known=key in state.customers, items=items,
-                                       model_version=state.recommender_version))
-        if log:
-            versions = {"recommender": state.recommender_version}
-            self._log([_exposure(r.customer_id, "recommend", [i.product_id for i in r.items], 1.0, versions)
-                       for r in out])
-        return out
-
-    def _log(self, exposures: list[dict]) -> str:
-        """Append the exposures (see :func:`_exposure`) with one request id and time; returns the id.
-        A forgotten customer is logged as ``forgotten``, never by their id."""
-        stamp = {"request_id": uuid.uuid4().hex, "time": datetime.now(UTC).isoformat()}
-        keys = self.forgotten.mask([e["customer_id"] for e in exposures])
-        self.exposures.append([stamp | e | {"customer_id": key} for key, e in zip(keys, exposures, strict=True)])
-        return stamp["request_id"]
+        return answers.batch_response(ScoreBatch.model_construct(results=self._scores(request.customer_ids)),
+                                      ctx is not None)
 
     @bentoml.api(route="/recommend")
     def recommend(self, request: RecommendRequest, /) -> Recommendations:
@@ -158,53 +111,15 @@ class Sendwise:
     def recommend_batch(self, request: RecommendBatchRequest, /, ctx: bentoml.Context = None) -> RecommendationsBatch:
         """The same for up to 10,000 customers and 20,000 customers x k (campaign precompute), as
         ``{"results": [...]}``."""
-        return _answer(RecommendationsBatch.model_construct(
-            results=self._recommend(list(dict.fromkeys(request.customer_ids)), request.k, request.rules)), ctx)
-
-    # product blocks and next best action ---------------------------------------------------------
-    def _because(self, recs: Recommendations, state: ServingState) -> dict[str, str]:
-        """product -> "Because you bought X" for the model's picks, X the customer's bought product
-        most similar to the pick under the model."""
-        lookup, model = state.lookup, state.recommender
-        picks = [i.product_id for i in recs.items if i.source != "popular"]
-        history = lookup.bought(recs.customer_id) if recs.known and picks else []
-        if not len(history):
-            return {}
-        best = model.most_similar(np.array([lookup.column[p] for p in picks]), history)
-        if best is None:
-            return {}
-        names = lookup.catalog[NAME]
-        return {pick: f"Because you bought {names[history[b]] or lookup.product_ids[history[b]]}"
-                for pick, b in zip(picks, best, strict=True)}
-
-    def _blocks(self, recs: list[Recommendations], campaign: str, heading: str | None,
-                state: ServingState | None = None) -> list[ProductBlock]:
-        state = state or self.state
-        lookup = state.lookup
-        blocks = []
-        heading = clean_text(heading).strip() or None
-        for r in recs:
-            because = self._because(r, state)
-            # Every text is one clean line and every URL absolute http(s) or None, whatever the
-            # catalog held (serving.state has cleaned it already; this holds for any state).
-            items = [BlockItem.model_construct(product_id=i.product_id, name=clean_text(i.name or i.product_id),
-                               price=clean_text(format_price(i.price, self.currency)) if i.price is not None else None,
-                               image_url=safe_http_url(i.image_url),
-                               link=with_utm(lookup.catalog[URL][lookup.column[i.product_id]], campaign),
-                               reason=clean_text(because.get(
-                                   i.product_id, "Popular right now" if i.source == "popular" else "Picked for you")))
-                     for i in r.items]
-            title = heading or ("Picked for you" if r.known else "Popular right now")
-            blocks.append(ProductBlock.model_construct(customer_id=r.customer_id, known=r.known, heading=title, items=items,
-                                       html=render_html(title, items), model_version=r.model_version))
-        return blocks
+        return answers.batch_response(RecommendationsBatch.model_construct(
+            results=self._recommend(list(dict.fromkeys(request.customer_ids)), request.k, request.rules)),
+            ctx is not None)
 
     def _product_blocks(self, customer_ids: list[str], k: int, options: RuleOptions, campaign: str,
                         heading: str | None) -> list[ProductBlock]:
-        blocks = self._blocks(self._recommend(customer_ids, k, options, log=False), campaign, heading)
-        versions = {"recommender": self.state.recommender_version}
-        self._log([_exposure(b.customer_id, "product_block", [i.product_id for i in b.items], 1.0, versions)
-                   for b in blocks])
+        blocks = answers.product_blocks(self._recommend(customer_ids, k, options, log=False), campaign, heading, self.state,
+                                        self.currency)
+        self._log(answers.recommend_exposures(blocks, "product_block", self.state))
         return blocks
 
     @bentoml.api(route="/product_block")
@@ -216,51 +131,20 @@ class Sendwise:
     @bentoml.api(route="/product_block_batch")
     def product_block_batch(self, request: ProductBlockBatchRequest, /, ctx: bentoml.Context = None) -> ProductBlockBatch:
         """The same for up to 10,000 customers and 20,000 customers x k, as ``{"results": [...]}``."""
-        return _answer(ProductBlockBatch.model_construct(results=self._product_blocks(
+        return answers.batch_response(ProductBlockBatch.model_construct(results=self._product_blocks(
             list(dict.fromkeys(request.customer_ids)), request.k, request.rules, request.campaign, request.heading)),
-            ctx)
+            ctx is not None)
 
     def _next_best_actions(self, customer_ids: list[str], k: int, campaign: str) -> list[NextBestAction]:
         """Decide per customer with their arm's policy and models (the running experiment's variant,
         else the defaults); one exposure record per customer, logged before answering."""
         arms = self.router.route(customer_ids, datetime.now(UTC).replace(tzinfo=None))
-        groups: dict[int, tuple[Arm, list[int]]] = {}
-        for i, arm in enumerate(arms):
-            groups.setdefault(id(arm), (arm, []))[1].append(i)
-        decided: dict[int, tuple[NextBestAction, dict]] = {}
-        for arm, rows in groups.values():
-            decided.update(zip(rows, self._decide(arm, [customer_ids[i] for i in rows], k, campaign), strict=True))
-        answers, exposures = zip(*(decided[i] for i in range(len(customer_ids))), strict=True)
-        request_id = self._log(list(exposures))
-        for answer in answers:
+        results, exposures = answers.next_best_actions(arms, customer_ids, self.forgotten.mask, k, campaign, self.rng,
+                                                       self.consent, self.currency)
+        request_id = self._log(exposures)
+        for answer in results:
             answer.request_id = request_id
-        return list(answers)
-
-    def _decide(self, arm: Arm, customer_ids: list[str], k: int, campaign: str) -> list[tuple[NextBestAction, dict]]:
-        """(answer, exposure record) per customer of one arm."""
-        state, keys = arm.state, self.forgotten.mask(customer_ids)
-        signals = [state.customers.signals(key) for key in keys]
-        # Consent is checked last, after the policy, exploration and the experiment: whatever they
-        # say, a customer without consent on record, or unsubscribed, gets "suppress".
-        decisions = [enforce_consent(decide(arm.policy, s, self.rng), s, self.consent) for s in signals]
-        wanted = [c for c, d in zip(customer_ids, decisions, strict=True) if "product_block" in d.content_blocks]
-        blocks = {b.customer_id: b for b in self._blocks(self._recommend(wanted, k, RuleOptions(), log=False, state=state),
-                                                         campaign, None, state)} if wanted else {}
-        versions = state.versions
-        out = []
-        for c, key, d in zip(customer_ids, keys, decisions, strict=True):
-            block = blocks.get(c)
-            fields = d.model_dump()
-            if arm.content_block and d.action != SUPPRESS:
-                fields["content_blocks"] = [arm.content_block, *fields["content_blocks"]]
-            answer = NextBestAction.model_construct(
-                customer_id=c, known=key in state.customers, request_id="", product_block=block, model_versions=versions,
-                experiment=arm.experiment, variant=arm.variant,
-                subject_line=arm.subject_line if d.action != SUPPRESS else None,
-                score_reasons=(state.customers.scores(key) or {}).get("reasons", []), **fields)
-            out.append((answer, _exposure(c, d.action, [i.product_id for i in block.items] if block else [],
-                                          d.probability, versions, arm.experiment, arm.variant)))
-        return out
+        return results
 
     @bentoml.api(route="/next_best_action")
     def next_best_action(self, request: NextBestActionRequest, /) -> NextBestAction:
@@ -273,8 +157,8 @@ class Sendwise:
                                ctx: bentoml.Context = None) -> NextBestActionBatch:
         """The same for up to 10,000 customers and 20,000 customers x k (campaign precompute), as
         ``{"results": [...]}``."""
-        return _answer(NextBestActionBatch.model_construct(results=self._next_best_actions(
-            list(dict.fromkeys(request.customer_ids)), request.k, request.campaign)), ctx)
+        return answers.batch_response(NextBestActionBatch.model_construct(results=self._next_best_actions(
+            list(dict.fromkeys(request.customer_ids)), request.k, request.campaign)), ctx is not None)
 
     @bentoml.api(route="/ping")
     def ping(self) -> dict:
@@ -284,51 +168,7 @@ class Sendwise:
     @bentoml.api(route="/model_info")
     def model_info(self) -> ModelInfo:
         """Versions, training dates and headline holdout metrics of the loaded models."""
-        models = {}
-        for name, bundle in (("churn", self.state.churn), ("propensity", self.state.propensity)):
-            meta = bundle.meta
-            models[name] = {"version": str(meta.get("version")), "trained_as_of": meta.get("trained_as_of"),
-                            "holdout_roc_auc": (meta.get("holdout_metrics") or {}).get("roc_auc")}
-        models["recommender"] = {"version": self.state.recommender_version, "kind": self.state.recommender.kind}
-        running = self.router.experiments.running(datetime.now(UTC).replace(tzinfo=None))
-        return ModelInfo(snapshot_as_of=self.state.as_of.isoformat(), customers=len(self.state.customers),
-                         products=len(self.state.recommendations.products), models=models,
-                         experiment=running.name if running else None)
+        return answers.model_info(self.state, self.router.experiments.running(datetime.now(UTC).replace(tzinfo=None)))
 
 
-def _answer(batch: BaseModel, ctx: bentoml.Context | None) -> BaseModel | Response:
-    """A batch's answer: the model itself when called in process (``ctx`` None); over HTTP, its JSON
-    already, made here in the worker's thread one result at a time. BentoML would serialise it in one
-    call on the event loop, and pydantic holds the interpreter for the whole of it: 20 MB (a maximal
-    batch) stopped every other request for 0.1-0.2 s."""
-    if ctx is None:
-        return batch
-    results = b",".join(r.model_dump_json().encode() for r in batch.results)
-    return Response(b'{"results":[' + results + b"]}", media_type="application/json")
-
-
-def _exposure(customer_id: str, action: str, products: list[str], probability: float, versions: dict[str, str],
-              experiment: str | None = None, variant: str | None = None) -> dict:
-    """One exposure record: the customer id and the decision, no other personal data."""
-    return {"customer_id": customer_id, "action": action, "products": products, "experiment": experiment,
-            "variant": variant, "probability": probability, "model_versions": versions}
-
-
-def _request_models(service: bentoml.Service) -> dict[str, type | None]:
-    """Each API route and the model its body must match (None for a route without a body)."""
-    models = {}
-    for method in service.apis.values():
-        params = [p for p in inspect.signature(method.func).parameters.values() if p.name not in ("self", method.ctx_param)]
-        models[method.route] = typing.get_type_hints(method.func)[params[0].name] if params else None
-    return models
-
-
-def _api_key() -> str | None:
-    key = ServeConfig.from_env().api_key
-    return key.get_secret_value() if key else None
-
-
-ROUTES = _request_models(Sendwise)
-Sendwise.add_asgi_middleware(RequestMetrics, endpoint=functools.partial(endpoint_label, api_routes=ROUTES))
-Sendwise.add_asgi_middleware(GuardMiddleware, routes=ROUTES,
-                             batch_routes=frozenset(r for r in ROUTES if r.endswith("_batch")), api_key=_api_key)
+protect(Sendwise, ServeConfig.from_env)  # metrics and guard (API key of the service's settings) before every route

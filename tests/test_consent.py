@@ -127,10 +127,11 @@ def test_the_service_suppresses_every_customer_without_consent(served_env: dict,
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("SENDWISE_POLICY", str(policy))
     monkeypatch.setenv("SENDWISE_EXPOSURE_LOG", str(tmp_path / "exposures.jsonl"))
+    import serving.answers as answers_module  # builds the decisions the service answers
     import serving.service as service_module
     from serving.schemas import NextBestActionBatchRequest
 
-    real_decide, rng = service_module.decide, random.Random(3)
+    real_decide, rng = answers_module.decide, random.Random(3)
 
     def experiment(policy: Policy, signals: dict, generator: random.Random) -> Decision:
         decision = real_decide(policy, signals, generator)
@@ -139,7 +140,7 @@ def test_the_service_suppresses_every_customer_without_consent(served_env: dict,
                             reasons=["experiment variant B"], probability=0.5, explored=False)
         return decision
 
-    monkeypatch.setattr(service_module, "decide", experiment)
+    monkeypatch.setattr(answers_module, "decide", experiment)
     svc = service_module.Sendwise.inner()
     ids = [r[0] for r in demo_tables.con.sql("SELECT customer_id FROM customers ORDER BY 1").fetchall()]
     blocked = {r[0] for r in demo_tables.con.sql(
