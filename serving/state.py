@@ -235,6 +235,7 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
                                 f"`sendwise features snapshot --data {config.data} --out {config.snapshot}`.")
         features, meta = read_snapshot(config.snapshot)
         as_of = datetime.fromisoformat(meta["as_of"])
+        check_snapshot(features, feature_config, config)
     else:
         as_of = snapshot_as_of(tables)
         features = build_features(tables, as_of, feature_config)
@@ -246,6 +247,17 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
         states[aliases] = ServingState(as_of, customers, m.churn, m.propensity,
                                        m.recommender, m.recommender_version, context, Lookup(context))
     return states
+
+
+def check_snapshot(features: pd.DataFrame, feature_config: FeatureConfig, config: ServeConfig) -> None:
+    """:class:`NotReadyError` when the snapshot lacks a signal of ``feature_config`` (it was built with
+    other feature settings)."""
+    missing = [c for c in signal_features(feature_config) if c not in features]
+    if missing:
+        raise NotReadyError(f"feature snapshot {config.snapshot} lacks the columns {', '.join(missing[:4])}: it was "
+                            f"built with other feature settings than this service's ({CONFIG_ENV}). Rebuild it "
+                            f"with `sendwise features snapshot --data {config.data} --out {config.snapshot}` "
+                            "under the same settings.")
 
 
 def serving_feature_config(bundles: list[ModelBundle]) -> FeatureConfig:

@@ -17,7 +17,7 @@ from features.config import FeatureConfig, IntentWeights
 from features.io import load_data_dir
 from features.tables import Tables
 from features.training_set import Target, build_training_set
-from serving.state import NotReadyError, serving_feature_config, signal_features
+from serving.state import NotReadyError, check_snapshot, serving_feature_config, signal_features
 from training.design import design_matrix, feature_columns
 from training.scoring import score_customers
 from training.tracking import configure_tracking
@@ -145,3 +145,11 @@ def test_the_service_refuses_models_trained_under_other_settings(other_model, tm
     old = SimpleNamespace(meta={}, target="churned")  # a model from before settings were recorded: defaults
     with pytest.raises(NotReadyError, match="churned model"):
         serving_feature_config([old])
+
+
+def test_a_snapshot_built_under_other_settings_is_refused(tiny_tables: Tables) -> None:
+    snapshot = build_features(tiny_tables, "2024-02-01")  # default windows
+    where = SimpleNamespace(snapshot=Path("snap.parquet"), data=Path("data"))
+    check_snapshot(snapshot, FeatureConfig(), where)
+    with pytest.raises(NotReadyError, match="lacks the columns emails_sent_10d, views_2d.*features snapshot"):
+        check_snapshot(snapshot, OTHER, where)
