@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from experiments.cli import experiments_app
 from features.cli import data_app, features_app
+from sendwise.commands.experiments import experiments_app
+from sendwise.commands.recommenders import evaluate_app, recommend, train_recommender_command
+from sendwise.commands.serve import serve
 from sendwise.demo import run_demo
 from sendwise.privacy.cli import privacy_app
-from serving.cli import serve
 from training.cli import models_app, score, train_app
-from training.recommenders.cli import evaluate_app, recommend, train_recommender_command
 
 app = typer.Typer(help="sendwise: ML for marketing email, self-hosted.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)

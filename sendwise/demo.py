@@ -15,9 +15,9 @@ import pandas as pd
 from features.cli import generate, parse_iso_date, snapshot, training_set, validate
 from features.demo import DemoShop
 from features.training_set import Target
+from sendwise.commands.recommenders import recommend, train_recommender_command
 from sendwise.console import console
 from training.cli import list_models, score, train_churn, train_propensity
-from training.recommenders.cli import recommend, train_recommender_command
 
 AS_OF = datetime(2025, 10, 1)  # the demo's last 90 days are the holdout's label window
 ASKED = 1_000  # customers asked of the service

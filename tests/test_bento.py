@@ -19,8 +19,12 @@ def test_the_bento_holds_every_module_the_service_imports(tmp_path: Path) -> Non
     # -S: no site processing, so the editable install's path hook is not there; third-party packages only
     site_packages = [p for p in sys.path if p.endswith("site-packages")]
     code = (f"import sys; sys.path[:0] = ['.']; sys.path += {site_packages!r}; "
-            "import serving.service, training.recommenders.pyfunc_model, experiments; print(experiments.__file__)")
+            "import serving.service, training.recommenders.pyfunc_model, serving; print(serving.__file__)")
     run = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=src, env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert Path(run.stdout.strip()).resolve().is_relative_to(src.resolve())  # from the bento, not the checkout
+    # The service needs only the packages below it (pyproject.toml's import layers): the bento ships no
+    # experiments/ (analysis) and no sendwise/ (commands, console, demo).
+    assert {p.name for p in src.iterdir() if p.is_dir()} >= {"features", "training", "serving"}
+    assert not (src / "experiments").exists() and not (src / "sendwise").exists()

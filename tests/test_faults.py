@@ -88,7 +88,7 @@ def test_a_corrupt_or_missing_champion_refuses_to_start(served_env: dict, demo_d
     def execve(*_args) -> None:  # were the check to pass, `serve` would replace pytest with the server
         raise AssertionError("sendwise serve started the server despite a broken champion")
 
-    monkeypatch.setattr("serving.cli.os.execve", execve)
+    monkeypatch.setattr("sendwise.commands.serve.os.execve", execve)
     mlruns = Path(served_env["SENDWISE_MLRUNS"])
     configure_tracking(mlruns)
     directory = _artifact_dir(name)

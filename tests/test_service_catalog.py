@@ -205,7 +205,7 @@ def test_serve_preflight_checks_the_data_and_writes_rejects_to_the_state_dir(
     """`sendwise serve` reads the data as the service will: its rejects go to --state-dir and the
     data stays as it was."""
     started = []
-    monkeypatch.setattr("serving.cli.os.execve", lambda *args: started.append(args))
+    monkeypatch.setattr("sendwise.commands.serve.os.execve", lambda *args: started.append(args))
     monkeypatch.delenv("SENDWISE_API_KEY", raising=False)
     before = _listing(shop)
     mlruns = served_env["SENDWISE_MLRUNS"]
@@ -223,7 +223,7 @@ def test_serve_refuses_data_that_breaks_the_contract(shop: Path, served_env: dic
     """A broken orders file: exit 2 with the usual one-line message, and no server started (before,
     the worker failed on it, again and again)."""
     started = []
-    monkeypatch.setattr("serving.cli.os.execve", lambda *args: started.append(args))
+    monkeypatch.setattr("sendwise.commands.serve.os.execve", lambda *args: started.append(args))
     monkeypatch.delenv("SENDWISE_API_KEY", raising=False)
     mlruns = served_env["SENDWISE_MLRUNS"]
     broken = tmp_path / "broken"
@@ -241,7 +241,7 @@ def test_serve_refuses_data_that_breaks_the_contract(shop: Path, served_env: dic
 
 def test_an_empty_api_key_refuses_to_serve(shop: Path, served_env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     started = []
-    monkeypatch.setattr("serving.cli.os.execve", lambda *args: started.append(args))
+    monkeypatch.setattr("sendwise.commands.serve.os.execve", lambda *args: started.append(args))
     monkeypatch.setenv("SENDWISE_DATA", str(shop))
     for value in ("", "  "):
         monkeypatch.setenv("SENDWISE_API_KEY", value)

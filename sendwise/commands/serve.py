@@ -20,7 +20,7 @@ from serving.policy import Policy
 from serving.state import NotReadyError, load_champions, safe_catalog
 from serving.variants import variant_aliases
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project root (bentofile.yaml)
 
 
 def preflight(config: ServeConfig) -> None:
