@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from features.cli import data_app, features_app
+from sendwise.commands.data import data_app, features_app
 from sendwise.commands.experiments import experiments_app
+from sendwise.commands.models import models_app, score, train_app
 from sendwise.commands.recommenders import evaluate_app, recommend, train_recommender_command
 from sendwise.commands.serve import serve
 from sendwise.demo import run_demo
 from sendwise.privacy.cli import privacy_app
-from training.cli import models_app, score, train_app
 
 app = typer.Typer(help="sendwise: ML for marketing email, self-hosted.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.cli import generate, parse_iso_date, snapshot, training_set, validate
+from features.dates import parse_iso_date
 from features.demo import DemoShop
 from features.training_set import Target
+from sendwise.commands.data import generate, snapshot, training_set, validate
+from sendwise.commands.models import list_models, score, train_churn, train_propensity
 from sendwise.commands.recommenders import recommend, train_recommender_command
 from sendwise.console import console
-from training.cli import list_models, score, train_churn, train_propensity
 
 AS_OF = datetime(2025, 10, 1)  # the demo's last 90 days are the holdout's label window
 ASKED = 1_000  # customers asked of the service
@@ -62,9 +63,9 @@ def ask_the_service(data: Path, workdir: Path) -> None:
                        "SENDWISE_EXPOSURE_LOG": str(workdir / "exposures.jsonl")})
     with warnings.catch_warnings():  # starlette's note about httpx concerns its own test client, not us
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-        from starlette.testclient import TestClient  # noqa: PLC0415 (loaded only when the demo gets here)
+        from starlette.testclient import TestClient
 
-    from serving.service import Sendwise  # noqa: PLC0415
+    from serving.service import Sendwise
 
     ids = pd.read_csv(workdir / "scores.csv", dtype={"customer_id": str})["customer_id"].head(ASKED).tolist()
     with TestClient(Sendwise.to_asgi()) as client:

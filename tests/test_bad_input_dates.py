@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from features.cli import parse_iso_date
+from features.dates import parse_iso_date
 from features.errors import InputError
 from features.snapshot import write_snapshot
 from features.tables import Tables

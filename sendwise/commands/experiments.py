@@ -18,10 +18,10 @@ from experiments.plots import power_curve_plot
 from experiments.report import print_readout, write_report
 from experiments.sequential import DEFAULT_TUNING
 from experiments.simulate import PlantedEffect, simulate_experiment
-from features.cli import DataDir, load
 from features.errors import InputError, NotFoundError
 from features.io import refuse_overwriting_inputs, write_parquet
 from features.schema import CUSTOMER_ID
+from sendwise.commands.data import DataDir, load
 from sendwise.console import console, reports_user_errors
 from serving.assignment import assign_many
 from serving.experiment_config import DEFAULT_CONFIG, load_experiments

@@ -11,10 +11,10 @@ import typer
 from rich.table import Table as RichTable
 
 from features.build import to_timestamp
-from features.cli import DataDir, RejectsDir, date_option, load
 from features.errors import InputError
 from features.io import refuse_overwriting_inputs, write_parquet
 from features.schema import CUSTOMER_ID
+from sendwise.commands.data import DataDir, RejectsDir, date_option, load
 from sendwise.console import console, progress_bar, reports_user_errors
 from training.recommenders.batch import check_k, recommend_all
 from training.recommenders.evaluation import evaluate

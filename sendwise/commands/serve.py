@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from features.cli import DataDir
 from features.io import load_data_dir
+from sendwise.commands.data import DataDir
 from sendwise.console import console, errors, reports_user_errors
 from serving.config import ServeConfig
 from serving.consent import ConsentRule

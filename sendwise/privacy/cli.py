@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 from rich.table import Table as RichTable
 
-from features.cli import DataDir, EncodingOption
 from features.errors import InputError, NotFoundError
 from features.io import Encoding, atomic_write
+from sendwise.commands.data import DataDir, EncodingOption
 from sendwise.console import console, errors, reports_user_errors
 from sendwise.privacy.export import export_customer
 from sendwise.privacy.forget import forget_customers

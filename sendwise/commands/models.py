@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table as RichTable
 
-from features.cli import DataDir, FeatureConfigOption, RejectsDir, date_option, feature_config, load
 from features.errors import InputError
 from features.io import refuse_overwriting_inputs, write_parquet
 from features.training_set import Target
+from sendwise.commands.data import DataDir, FeatureConfigOption, RejectsDir, date_option, feature_config, load
 from sendwise.console import console, progress_bar, reports_user_errors
 from training.promotion import DEFAULT_MARGIN, promote
 from training.registry import CHAMPION, list_versions, load_bundle

@@ -1,14 +1,10 @@
 """``sendwise data ...`` and ``sendwise features ...`` commands, and the options other commands share
-(``--data``, ``--rejects``, ``--encoding``, dates).
-
-Dates on the command line are ISO 8601 only (``2011-10-09``, ``2011-10-09T10:30``, with ``Z`` or an
-offset for another zone than UTC): ``10/09/2011`` is October 9th in one country and September 10th
-in another. An as_of in the future is refused: no data exists there yet.
+(``--data``, ``--rejects``, ``--encoding``, dates: ISO 8601 only, see features/dates.py).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +13,7 @@ from rich.table import Table as RichTable
 
 from features.build import build_features, to_timestamp
 from features.config import CONFIG_ENV, FeatureConfig
+from features.dates import check_not_future, parse_iso_date
 from features.demo import DemoShop, generate_demo
 from features.errors import InputError
 from features.importers.movielens import import_movielens
@@ -34,34 +31,7 @@ from features.schema import Table
 from features.snapshot import write_snapshot
 from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
-from features.validate import now_utc
 from sendwise.console import console, progress_bar, reports_user_errors
-
-ISO_EXAMPLES = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], with Z or +HH:MM for another zone than UTC"
-
-
-def parse_iso_date(value: str | datetime) -> datetime:
-    """A naive-UTC datetime from an ISO 8601 date or timestamp; anything else is an InputError."""
-    if isinstance(value, datetime):
-        parsed = value
-    else:
-        try:
-            parsed = datetime.fromisoformat(str(value).strip())
-        except ValueError:
-            raise InputError(f"{str(value)!r} is not an ISO 8601 date: expected {ISO_EXAMPLES}, "
-                             "e.g. 2011-10-09 for October 9th, 2011.") from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
-
-
-def check_not_future(when: datetime) -> datetime:
-    """``when`` itself; an InputError when it is after now (UTC)."""
-    now = now_utc()
-    if when > now:
-        raise InputError(f"{when:%Y-%m-%d %H:%M:%S} is in the future (it is now {now:%Y-%m-%d %H:%M} UTC): "
-                         "no data exists there yet. Expected a moment in the past.")
-    return when
 
 
 def _click(parse):
