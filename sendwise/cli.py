@@ -12,6 +12,7 @@ from sendwise.commands.experiments import experiments_app
 from sendwise.commands.models import models_app, score, train_app
 from sendwise.commands.recommenders import evaluate_app, recommend, train_recommender_command
 from sendwise.commands.serve import serve
+from sendwise.console import reports_user_errors
 from sendwise.demo import run_demo
 from sendwise.privacy.cli import privacy_app
 
@@ -31,6 +32,7 @@ app.add_typer(privacy_app, name="privacy")
 
 
 @app.command("demo")
+@reports_user_errors
 def demo(workdir: Annotated[Path, typer.Option(help="Where the demo writes its files.")] = Path("demo"),
          customers: Annotated[int, typer.Option(help="Customers in the generated shop.")] = 10_000,
          seed: Annotated[int, typer.Option(help="Random seed.")] = 0) -> None:

@@ -15,9 +15,7 @@ import pandas as pd
 from features.dates import parse_iso_date
 from features.demo import DemoShop
 from features.training_set import Target
-from sendwise.commands.data import generate, snapshot, training_set, validate
-from sendwise.commands.models import list_models, score, train_churn, train_propensity
-from sendwise.commands.recommenders import recommend, train_recommender_command
+from sendwise import pipeline
 from sendwise.console import console
 
 AS_OF = datetime(2025, 10, 1)  # the demo's last 90 days are the holdout's label window
@@ -29,26 +27,26 @@ def run_demo(workdir: Path, customers: int, seed: int) -> None:
     data = workdir / "data"
     console.rule("1. generate a demo shop")
     shop = DemoShop()
-    generate(out=data, customers=customers, seed=seed, start=parse_iso_date(shop.start),
-             end=parse_iso_date(shop.end))
+    pipeline.generate(out=data, customers=customers, seed=seed, start=parse_iso_date(shop.start),
+                      end=parse_iso_date(shop.end))
     console.rule("2. validate it against the data contract")
-    validate(data)
+    pipeline.validate(data)
     console.rule("3. churn training set (monthly as_of dates, 90-day label window)")
-    training_set(data=data, out=workdir / "churn_training.parquet", target=Target.CHURNED)
+    pipeline.training_set(data=data, out=workdir / "churn_training.parquet", target=Target.CHURNED)
     console.rule("4. serving snapshot (latest features per customer)")
-    snapshot(data=data, out=workdir / "snapshot.parquet")
+    pipeline.snapshot(data=data, out=workdir / "snapshot.parquet")
     console.rule(f"5. churn model, trained before {AS_OF}, evaluated at it")
-    train_churn(data=data, as_of=AS_OF)
+    pipeline.train_churn(data=data, as_of=AS_OF)
     console.rule(f"6. purchase-propensity model (30 days), trained before {AS_OF}")
-    train_propensity(data=data, as_of=AS_OF)
+    pipeline.train_propensity(data=data, as_of=AS_OF)
     console.rule(f"7. recommender (implicit ALS), trained before {AS_OF}, evaluated against popularity")
-    train_recommender_command(data=data, as_of=AS_OF)
-    list_models()
+    pipeline.train_recommender(data=data, as_of=AS_OF)
+    pipeline.list_models()
     console.rule("8. score every customer with the champions")
-    score(data=data, as_of=AS_OF, out=workdir / "scores.csv")
+    pipeline.score(data=data, as_of=AS_OF, out=workdir / "scores.csv")
     console.print(pd.read_csv(workdir / "scores.csv").head(5).to_string(index=False))
     console.rule("9. recommend 10 products to every customer")
-    recommend(data=data, as_of=AS_OF, out=workdir / "recommendations.csv")
+    pipeline.recommend(data=data, as_of=AS_OF, out=workdir / "recommendations.csv")
     console.rule(f"10. next-best-actions from the send-time service (in process) for {ASKED:,} customers")
     ask_the_service(data, workdir)
     console.print(f"[green]done[/]: outputs in {workdir}. Serve them over HTTP with "

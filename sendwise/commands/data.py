@@ -9,29 +9,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table as RichTable
 
 from features.build import build_features, to_timestamp
-from features.config import CONFIG_ENV, FeatureConfig
+from features.config import CONFIG_ENV
 from features.dates import check_not_future, parse_iso_date
-from features.demo import DemoShop, generate_demo
+from features.demo import DemoShop
 from features.errors import InputError
 from features.importers.movielens import import_movielens
-from features.importers.report import ImportReport
 from features.importers.uci_retail import import_online_retail
-from features.io import (
-    Encoding,
-    ValidationReport,
-    load_data_dir,
-    refuse_mixed_tables,
-    refuse_overwriting_inputs,
-    write_parquet,
-)
-from features.schema import Table
-from features.snapshot import write_snapshot
-from features.tables import Tables
-from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
-from sendwise.console import console, progress_bar, reports_user_errors
+from features.io import Encoding, refuse_overwriting_inputs, write_parquet
+from features.training_set import Target
+from sendwise import pipeline
+from sendwise.console import console, reports_user_errors
+from sendwise.pipeline import feature_config, load, print_import
 
 
 def _click(parse):
@@ -67,64 +57,12 @@ FeatureConfigOption = Annotated[Path | None, typer.Option(
     "--feature-config", help=f"YAML file of feature windows and weights (default: ${CONFIG_ENV}, else the defaults).")]
 
 
-def feature_config(path: Path | None) -> FeatureConfig:
-    """The feature settings of ``--feature-config``, else :meth:`FeatureConfig.current`."""
-    return FeatureConfig.load(path) if path else FeatureConfig.current()
-
-
-def print_validation(report: ValidationReport) -> None:
-    table = RichTable(title="Validation", title_justify="left")
-    for col in ("table", "file", "read", "loaded", "rejected", "reasons"):
-        table.add_column(col, justify="right" if col in ("read", "loaded", "rejected") else "left")
-    for t in report.tables:
-        reasons = "; ".join(f"{n:,} {r}" for r, n in list(t.reasons.items())[:4])
-        table.add_row(t.table, Path(t.source).name, f"{t.read:,}", f"{t.loaded:,}", f"{t.rejected:,}", reasons)
-    console.print(table)
-    if report.rejects_dir:
-        console.print(f"Rejected rows, with reasons: [bold]{report.rejects_dir}[/]")
-    for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
-
-
-def print_import(report: ImportReport) -> None:
-    table = RichTable(title=f"Import of {Path(report.source).name}", title_justify="left")
-    table.add_column("rows")
-    table.add_column("count", justify="right")
-    table.add_row("read", f"{report.read:,}")
-    table.add_row("loaded", f"{report.loaded:,}")
-    table.add_row("rejected", f"{report.rejected:,}")
-    for reason, n in report.reasons.items():
-        table.add_row(f"  {reason}", f"{n:,}")
-    if report.forgotten:
-        table.add_row("left out: forgotten customers", f"{report.forgotten:,}")
-    for name, n in report.tables.items():
-        table.add_row(f"{name}.parquet written", f"{n:,}")
-    console.print(table)
-    if report.rejects_file:
-        console.print(f"Rejected rows, with reasons: [bold]{report.rejects_file}[/]")
-
-
-def load(data: Path, rejects: Path | None = None, quiet: bool = False,
-         encoding: Encoding | str = Encoding.UTF_8, require_orders: bool = True) -> Tables:
-    """Validate ``data`` (printing the summary unless ``quiet`` and clean); with ``require_orders``,
-    orders with every row rejected are an error (nothing to compute from)."""
-    tables, report = load_data_dir(data, rejects, encoding)
-    if not quiet or report.rejected or report.warnings:
-        print_validation(report)
-    orders = next(t for t in report.tables if t.table == Table.ORDERS.value)
-    if require_orders and orders.loaded == 0 and orders.rejected:
-        reasons = "; ".join(f"{n:,} {r}" for r, n in list(orders.reasons.items())[:3])
-        raise InputError(f"{orders.source}: orders has no rows left: all {orders.rejected:,} were rejected "
-                         f"({reasons}); see {report.rejects_dir}.")
-    return tables
-
-
 @data_app.command("validate")
 @reports_user_errors
 def validate(data_dir: Annotated[Path, typer.Argument(help="Directory of contract tables.")],
              rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8) -> None:
     """Check a data directory against the contract and print what was loaded and rejected."""
-    load(data_dir, rejects, encoding=encoding, require_orders=False)
+    pipeline.validate(data_dir, rejects, encoding)
 
 
 @import_app.command("online-retail")
@@ -158,13 +96,7 @@ def generate(out: Annotated[Path, typer.Option("--out", help="Output directory."
                             ] = DemoShop.end,
              ) -> None:
     """Write a synthetic shop with planted behaviour (see features/demo.py) to OUT."""
-    refuse_mixed_tables(out, Table)
-    shop = DemoShop(customers=customers, seed=seed, products=products, start=start.isoformat(),
-                    end=end.isoformat())
-    with progress_bar() as bar:
-        task = bar.add_task("simulating customers", total=customers)
-        counts = generate_demo(shop, out, progress=lambda done: bar.update(task, completed=done))
-    console.print(", ".join(f"{name}: {n:,} rows" for name, n in counts.items()) + f" written to {out}")
+    pipeline.generate(out, customers, seed, products, start, end)
 
 
 @features_app.command("build")
@@ -202,26 +134,7 @@ def training_set(
     settings: FeatureConfigOption = None,
 ) -> None:
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon)."""
-    refuse_overwriting_inputs(out, data_dir=data)
-    config = feature_config(settings)
-    tables = load(data, rejects, quiet=True, encoding=encoding)
-    horizon_days = horizon if horizon is not None else DEFAULT_HORIZON_DAYS[target]
-    dates = as_of or monthly_as_of_dates(tables, horizon_days, periods, last)
-    with progress_bar() as bar:
-        task = bar.add_task("as_of dates", total=len(dates))
-        result = build_training_set(tables, dates, target, horizon_days, config,
-                                    progress=lambda _: bar.advance(task))
-    write_parquet(result.frame, out)
-    for skipped in result.skipped:
-        console.print(f"[yellow]skipped[/] as_of {skipped}: its {horizon_days}-day label window is not fully observed")
-    summary = result.frame.groupby("as_of")[target.value].agg(["size", "mean"])
-    table = RichTable(title=f"{target.value} within {horizon_days} days", title_justify="left")
-    for col in ("as_of", "rows", f"{target.value} rate"):
-        table.add_column(col, justify="right")
-    for when, row in summary.iterrows():
-        table.add_row(str(when.date()), f"{int(row['size']):,}", f"{row['mean']:.1%}")
-    console.print(table)
-    console.print(f"{len(result.frame):,} rows written to {out}")
+    pipeline.training_set(data, out, target, horizon, as_of, last, periods, rejects, encoding, settings)
 
 
 @features_app.command("snapshot")
@@ -232,8 +145,4 @@ def snapshot(data: DataDir,
              rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8,
              settings: FeatureConfigOption = None) -> None:
     """Latest features of every customer, for serving."""
-    refuse_overwriting_inputs(out, data_dir=data)
-    config = feature_config(settings)
-    tables = load(data, rejects, quiet=True, encoding=encoding)
-    features, when = write_snapshot(tables, out, as_of, config)
-    console.print(f"snapshot of {len(features):,} customers at {when} written to {out}")
+    pipeline.snapshot(data, out, as_of, rejects, encoding, settings)

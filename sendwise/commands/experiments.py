@@ -21,8 +21,9 @@ from experiments.simulate import PlantedEffect, simulate_experiment
 from features.errors import InputError, NotFoundError
 from features.io import refuse_overwriting_inputs, write_parquet
 from features.schema import CUSTOMER_ID
-from sendwise.commands.data import DataDir, load
+from sendwise.commands.data import DataDir
 from sendwise.console import console, reports_user_errors
+from sendwise.pipeline import load
 from serving.assignment import assign_many
 from serving.experiment_config import DEFAULT_CONFIG, load_experiments
 from serving.exposures import read_exposures
