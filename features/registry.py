@@ -445,24 +445,24 @@ def features(config: FeatureConfig) -> tuple[Feature, ...]:
                 phrase=lambda v: ("bought from no category yet" if round(v) == 0 else
                                   f"bought from {_plural(v, 'category', 'categories')}")))
 
-    # Email.
-    email = (("emails_sent", EventType.EMAIL_SENT, "emails sent", ("email sent", "emails sent")),
-             ("email_opens", EventType.EMAIL_OPEN, "email opens", ("email open", "email opens")),
-             ("email_clicks", EventType.EMAIL_CLICK, "email clicks", ("email click", "email clicks")))
-    for d in config.email_windows_days:
-        for family, kind, what, (one, many) in email:
-            add(Feature(f"{family}_{d}d", "email", f"{what} in the last {d} days", Dtype.INT, Unit.COUNT,
-                        source="events", agg=Agg.COUNT, where=_event(kind), window_days=d, default=0, family=family,
-                        phrase=_count(one, many, f"in {window_text(d)}"), signal=family == "emails_sent"))
-    # Browsing.
-    browse = (("views", EventType.PRODUCT_VIEW, "product views", ("product view", "product views")),
-              ("cart_adds", EventType.ADD_TO_CART, "cart adds", ("cart add", "cart adds")),
-              ("checkouts", EventType.CHECKOUT_START, "checkouts started", ("checkout started", "checkouts started")))
-    for d in config.browse_windows_days:
-        for family, kind, what, (one, many) in browse:
-            add(Feature(f"{family}_{d}d", "browsing", f"{what} in the last {d} days", Dtype.INT, Unit.COUNT,
-                        source="events", agg=Agg.COUNT, where=_event(kind), window_days=d, default=0, family=family,
-                        phrase=_count(one, many, f"in {window_text(d)}"), signal=family == "views"))
+    # Email and browsing: counts of one event type in each window of its group.
+    event_counts = (
+        ("email", config.email_windows_days, "emails_sent", (
+            ("emails_sent", EventType.EMAIL_SENT, "emails sent", ("email sent", "emails sent")),
+            ("email_opens", EventType.EMAIL_OPEN, "email opens", ("email open", "email opens")),
+            ("email_clicks", EventType.EMAIL_CLICK, "email clicks", ("email click", "email clicks")))),
+        ("browsing", config.browse_windows_days, "views", (
+            ("views", EventType.PRODUCT_VIEW, "product views", ("product view", "product views")),
+            ("cart_adds", EventType.ADD_TO_CART, "cart adds", ("cart add", "cart adds")),
+            ("checkouts", EventType.CHECKOUT_START, "checkouts started", ("checkout started", "checkouts started")))),
+    )
+    for group, windows, signal_family, families in event_counts:
+        for d in windows:
+            for family, kind, what, (one, many) in families:
+                add(Feature(f"{family}_{d}d", group, f"{what} in the last {d} days", Dtype.INT, Unit.COUNT,
+                            source="events", agg=Agg.COUNT, where=_event(kind), window_days=d, default=0,
+                            family=family, phrase=_count(one, many, f"in {window_text(d)}"),
+                            signal=family == signal_family))
     add(Feature("days_since_last_open", "email", "days since the last email open", Dtype.FLOAT, Unit.DAYS,
                 source="events", agg=Agg.DAYS_SINCE_LAST, where=_event(EventType.EMAIL_OPEN),
                 phrase=_days_ago("last opened an email {} ago"), missing="never opened an email"),
