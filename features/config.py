@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from features.errors import InputError, NotFoundError
+from features.errors import InputError, NotFoundError, validation_problems
 
 CONFIG_ENV = "SENDWISE_FEATURE_CONFIG"
 
@@ -110,7 +110,7 @@ class FeatureConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors())
+            problems = validation_problems(exc)
             raise InputError(f"{source}: {problems}") from exc
         except InputError as exc:
             raise InputError(f"{source}: {exc}") from exc

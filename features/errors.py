@@ -6,6 +6,8 @@ They live in ``features``, the lowest package, so that every package can raise t
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class SendwiseError(Exception):
     """Base of every error a user can act on; its message names what was wrong and what was expected."""
@@ -17,3 +19,8 @@ class InputError(SendwiseError, ValueError):
 
 class NotFoundError(SendwiseError, LookupError):
     """Something named by the user (a file, model, experiment, alias) that does not exist."""
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line, ``field.path: message; ...``, for a settings file's error message."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors())

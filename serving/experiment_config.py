@@ -33,7 +33,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from features.errors import InputError, NotFoundError
+from features.errors import InputError, NotFoundError, validation_problems
 
 DEFAULT_CONFIG = Path("experiments.yaml")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -175,7 +175,7 @@ def load_experiments(path: Path | str = DEFAULT_CONFIG) -> ExperimentSet:
     try:
         experiments = ExperimentSet.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ExperimentConfigError(f"{path}: {problems}") from exc
     for experiment in experiments.experiments:
         for variant in experiment.variants:

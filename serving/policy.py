@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from features.config import FeatureConfig
-from features.errors import InputError, NotFoundError
+from features.errors import InputError, NotFoundError, validation_problems
 from features.registry import registry
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
@@ -106,7 +106,7 @@ class Policy(BaseModel):
         except yaml.YAMLError as exc:
             raise InputError(f"{path}: not valid YAML: {exc}") from exc
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors())
+            problems = validation_problems(exc)
             raise InputError(f"{path}: {problems}") from exc
 
 
