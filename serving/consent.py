@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import pandas as pd
+
 from features.schema import EMAIL_CONSENT, UNSUBSCRIBED
 from serving.policy import SUPPRESS, Decision
 
@@ -52,3 +54,26 @@ def enforce_consent(decision: Decision, signals: dict, rule: ConsentRule = Conse
         return decision
     return Decision(action=SUPPRESS, offer="none", content_blocks=[], reasons=blockers, probability=1.0,
                     explored=False)
+
+
+def may_email(signals: pd.DataFrame, rule: ConsentRule = ConsentRule.RECORDED) -> pd.Series:
+    """Per row of ``signals`` (columns ``email_consent`` and ``unsubscribed`` where the data has
+    them), whether :func:`consent_blockers` is empty: the same rule, for a whole table at once."""
+    missing = pd.Series(pd.NA, index=signals.index, dtype="boolean")
+    consent = signals[EMAIL_CONSENT].astype("boolean") if EMAIL_CONSENT in signals else missing
+    unsubscribed = signals[UNSUBSCRIBED].astype("boolean") if UNSUBSCRIBED in signals else missing
+    allowed = consent.fillna(False) if rule is ConsentRule.RECORDED else consent.fillna(True)
+    return (allowed & ~unsubscribed.fillna(False)).astype(bool)
+
+
+def emailable_line(allowed: pd.Series, rule: ConsentRule) -> tuple[str, str | None]:
+    """``emailable: N of M customers (X%) under consent rule R``, and a warning when nobody may be
+    emailed that names the rule and the setting that changes it (None otherwise)."""
+    n, m = int(allowed.sum()), len(allowed)
+    line = f"emailable: {n:,} of {m:,} customers ({n / m if m else 0:.1%}) under consent rule {rule.value}"
+    if m and n == 0:
+        fix = ("set `consent: unless-refused` in sendwise.yaml (or pass --consent unless-refused) if the shop "
+               "keeps consent upstream, or add email_consent to the customers table"
+               if rule is ConsentRule.RECORDED else "check the customers' email_consent and unsubscribe events")
+        return line, f"no customer may be emailed under consent rule {rule.value}: every answer will be suppress; {fix}."
+    return line, None

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 DEFAULT_ROOT = Path("mlruns")
 _set_by_us: set[str] = set()  # MLflow copies the URI we set into MLFLOW_TRACKING_URI; that is not the user's
+_store_root: list[Path] = []  # the root of the SQLite store configure_tracking set last (its artifacts live there)
 
 
 def user_tracking_uri() -> str | None:
@@ -18,33 +19,37 @@ def user_tracking_uri() -> str | None:
     return None if uri in _set_by_us else uri
 
 
-def configure_tracking(root: Path | str | None = None) -> str:
-    """Point MLflow at ``MLFLOW_TRACKING_URI``, else at ``sqlite:///<root>/mlflow.db``; returns the URI.
+def configure_tracking(root: Path | str | None = None, uri: str | None = None) -> str:
+    """Point MLflow at ``MLFLOW_TRACKING_URI``, else at ``uri`` (a project's ``tracking_uri``), else at
+    ``sqlite:///<root>/mlflow.db``; returns the URI.
 
     The file store (plain ``./mlruns`` folders) raises in MLflow 3.17, hence SQLite.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = user_tracking_uri()
+    uri = user_tracking_uri() or uri
     if not uri:
         root = Path(root or DEFAULT_ROOT).resolve()
         root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{root / 'mlflow.db'}"
         _set_by_us.add(uri)
+        _store_root[:] = [root]
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
 
 
 def experiment_id(name: str, root: Path | str | None = None) -> str:
-    """The id of experiment ``name``, created with artifacts under ``<root>/artifacts`` if new."""
+    """The id of experiment ``name``, created with artifacts under ``<root>/artifacts`` if new (default
+    root: the store :func:`configure_tracking` set up)."""
     client = MlflowClient()
     existing = client.get_experiment_by_name(name)
     if existing:
         return existing.experiment_id
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:///") and not user_tracking_uri():
-        location = (Path(root or DEFAULT_ROOT).resolve() / "artifacts").as_uri()
+        base = Path(root) if root else (_store_root[0] if _store_root else DEFAULT_ROOT)
+        location = (base.resolve() / "artifacts").as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 
