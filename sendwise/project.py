@@ -1,0 +1,278 @@
+"""A project: one shop, its settings in ``DIR/sendwise.yaml``, everything it writes under ``DIR``.
+
+``sendwise init DIR`` writes the file; every command reads it (``--project DIR``, or the current
+directory when it holds ``sendwise.yaml``) and options given on the command line win. Relative paths
+in the file are relative to ``DIR``. What a project writes::
+
+    DIR/sendwise.yaml      the settings (written once by init, only read after)
+    DIR/data/              contract tables (when the project imports a shop's export)
+    DIR/mlruns/            MLflow store (unless tracking_uri or MLFLOW_TRACKING_URI says otherwise)
+    DIR/state/             serving snapshot, rejected rows, exposure log, the run lock
+    DIR/reports/           one HTML report per `sendwise run`
+
+Registered models are named ``<name>.churn``, ``<name>.propensity`` and ``<name>.recommender``
+(:func:`training.registry.registered_name`), so two shops never share a champion, even on one
+MLflow server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from features.errors import InputError, NotFoundError, validation_problems
+from features.importers import ImportFormat
+from features.timezones import check_timezone
+from serving.consent import ConsentRule
+from training.recommenders.models import TUNABLE
+from training.registry import check_project_name
+from training.tracking import configure_tracking
+
+PROJECT_FILE = "sendwise.yaml"
+DEFAULT_DATA = Path("data")
+
+
+class ImportSettings(BaseModel):
+    """A shop export that ``sendwise run`` converts to the contract tables in ``data`` first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: ImportFormat
+    source: Path
+    map: dict[str, str] = Field(default_factory=dict, description="contract column: source column (csv)")
+
+
+class LinkSettings(BaseModel):
+    """Product links in emails: a template for shops whose catalog has no URLs, and UTM parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    product_url: str | None = Field(None, description="e.g. https://shop.example/products/{product_id}")
+    utm_source: str = "sendwise"
+    utm_medium: str = "email"
+
+    @field_validator("product_url")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None and "{product_id}" not in value:
+            raise ValueError("must contain {product_id}, e.g. https://shop.example/products/{product_id}")
+        if value is not None and not value.lower().startswith(("https://", "http://")):
+            raise ValueError("must be an absolute http(s) URL template")
+        return value
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+
+
+class RunSettings(BaseModel):
+    """What ``sendwise run`` trains and how a challenger must win."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    margin: float = Field(0.005, ge=-0.1, le=0.1, description="gain the challenger must show (ROC-AUC; NDCG@k)")
+    trials: int = Field(0, ge=0, le=500, description="Optuna trials per model (0: default parameters)")
+    churn_horizon_days: int = Field(90, ge=7, le=730)
+    propensity_horizon_days: int = Field(30, ge=7, le=365)
+    periods: int = Field(12, ge=3, le=60, description="monthly as_of dates stacked at most")
+    recommender: str = "als"
+    k: int = Field(10, ge=1, le=100)
+    window_days: int = Field(90, ge=7, le=365, description="the recommender's holdout and tuning windows")
+
+    @field_validator("recommender")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value not in TUNABLE:
+            raise ValueError(f"must be one of {', '.join(TUNABLE)}")
+        return value
+
+
+class ProjectSettings(BaseModel):
+    """The contents of ``sendwise.yaml``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(None, description="default: the project folder's name")
+    data: Path = DEFAULT_DATA
+    import_: ImportSettings | None = Field(None, alias="import")
+    timezone: str = Field("UTC", description="time zone of timestamps without one")
+    currency: str = Field("GBP", pattern=r"^[A-Z]{3}$")
+    links: LinkSettings = LinkSettings()
+    consent: ConsentRule = ConsentRule.RECORDED
+    tracking_uri: str | None = Field(None, description="default: a SQLite store in mlruns/ (MLFLOW_TRACKING_URI wins)")
+    serve: ServeSettings = ServeSettings()
+    policy: Path | None = None
+    experiments: Path | None = None
+    feature_config: Path | None = None
+    run: RunSettings = RunSettings()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_project_name(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        check_timezone(value)
+        return value
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project folder and its settings; paths resolved against the folder."""
+
+    root: Path
+    settings: ProjectSettings
+
+    @property
+    def name(self) -> str:
+        return self.settings.name or self.root.name
+
+    def path(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def file(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    @property
+    def data(self) -> Path:
+        return self.path(self.settings.data)
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def snapshot(self) -> Path:
+        return self.state / "snapshot.parquet"
+
+    @property
+    def rejects(self) -> Path:
+        return self.state / "rejects"
+
+    @property
+    def exposure_log(self) -> Path:
+        return self.state / "exposures.jsonl"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def optional(self, path: Path | None) -> Path | None:
+        return None if path is None else self.path(path)
+
+    def use_tracking(self) -> str:
+        """Point MLflow at this project's store (``MLFLOW_TRACKING_URI`` wins); returns the URI."""
+        return configure_tracking(self.mlruns, uri=self.settings.tracking_uri)
+
+
+def load_project(root: Path) -> Project:
+    """The project in ``root``; an error names the file and each setting that is wrong."""
+    file = root / PROJECT_FILE
+    if not file.is_file():
+        raise NotFoundError(f"{file} does not exist: {root} is not a sendwise project. Create one with "
+                            f"`sendwise init {root} --data DIR` (or --import FORMAT FILE, or --demo).")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"{file} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{file} must hold a mapping of settings (name: ..., data: ...); got {type(raw).__name__}.")
+    try:
+        settings = ProjectSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(f"{file}: {validation_problems(exc)}") from None
+    project = Project(root.resolve(), settings)
+    check_project_name(project.name, f"the folder name of {project.root} (set `name:` in {PROJECT_FILE})")
+    return project
+
+
+def find_project(option: Path | None) -> Project | None:
+    """The project of ``--project DIR``, else the current directory's when it holds ``sendwise.yaml``,
+    else None (commands then work from their options alone)."""
+    if option is not None:
+        return load_project(option)
+    here = Path.cwd()
+    return load_project(here) if (here / PROJECT_FILE).is_file() else None
+
+
+def render_settings(settings: ProjectSettings) -> str:
+    """``sendwise.yaml`` for ``settings``, commented so that a user can edit it without the docs."""
+    values = settings.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+    def block(key: str) -> str:
+        return yaml.safe_dump({key: values[key]}, sort_keys=False, allow_unicode=True).rstrip()
+
+    lines = [
+        "# sendwise project: one shop. Paths are relative to this file's folder. Reference: docs/projects.md",
+        "# Registered models are <name>.churn, <name>.propensity and <name>.recommender.",
+        block("name") if values["name"] else "# name: my-shop  # default: this folder's name",
+        "# contract tables (orders required; customers, products, events optional)",
+        block("data"),
+    ]
+    if values["import"]:
+        lines += ["# `sendwise run` converts this export into `data` first", block("import")]
+    else:
+        lines.append("# import: {format: shopify, source: orders_export.csv}  # or online-retail, online-retail-ii,"
+                     " csv (with map: {ordered_at: Paid at, ...})")
+    lines += [
+        "# time zone of timestamps that carry none (IANA name, e.g. Europe/London)",
+        block("timezone"),
+        block("currency"),
+        "# product_url: link template for catalogs without URLs, e.g. https://shop.example/p/{product_id}",
+        block("links"),
+        "# recorded: email only customers with consent on record; unless-refused: all but recorded refusals",
+        block("consent"),
+        "# MLflow store; default: SQLite under mlruns/ (the MLFLOW_TRACKING_URI variable wins)",
+        block("tracking_uri"),
+        block("serve"),
+        "# next-best-action policy, experiments and feature settings files (default: built-in)",
+        block("policy"), block("experiments"), block("feature_config"),
+        "# sendwise run: Optuna trials, label horizons, the recommender, the margin a challenger must win by",
+        block("run"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_project(root: Path, settings: ProjectSettings) -> Project:
+    """Create ``root/sendwise.yaml``; an existing one is never overwritten."""
+    root.mkdir(parents=True, exist_ok=True)
+    file = root / PROJECT_FILE
+    try:
+        with file.open("x", encoding="utf-8") as handle:
+            handle.write(render_settings(settings))
+    except FileExistsError:
+        raise InputError(f"{file} already exists; edit it, or choose another folder.") from None
+    return load_project(root)
+
+
+def project_env(project: Project) -> dict[str, str]:
+    """Environment a child process (the service) needs to see this project's settings."""
+    env = {"SENDWISE_PROJECT": project.name}
+    if project.settings.feature_config is not None:
+        env["SENDWISE_FEATURE_CONFIG"] = str(project.path(project.settings.feature_config))
+    return env
+
+
+def apply_feature_settings(project: Project | None) -> None:
+    """Make the project's feature settings file the one :meth:`FeatureConfig.current` reads, unless
+    the environment names one already."""
+    if project is not None and project.settings.feature_config is not None:
+        os.environ.setdefault("SENDWISE_FEATURE_CONFIG", str(project.path(project.settings.feature_config)))

@@ -1,0 +1,46 @@
+"""Fit one calibrated classifier from its folds: parameters (defaults or Optuna), XGBoost with early
+stopping on the validation fold, a calibrator on the calibration fold. Used by ``train_classifier``
+(training/train.py) and by ``sendwise run``'s backtest and refit (training/retrain.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from training.calibration import fit_calibrator
+from training.design import design_matrix
+from training.model import ModelBundle
+from training.tuning import BASE_PARAMS, dmatrix, fit_booster, tune
+
+TrialLogger = Callable[[optuna.Trial, dict, float | None], None]
+
+
+def matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    return design_matrix(frame, columns).to_numpy(np.float32)
+
+
+def choose_params(train: pd.DataFrame, valid: pd.DataFrame, columns: list[str], label: str, trials: int,
+                  random_state: int, on_trial: TrialLogger | None = None) -> dict:
+    """The XGBoost parameters: the defaults, or the best of ``trials`` Optuna trials (validation log-loss)."""
+    if trials <= 0:
+        return BASE_PARAMS | {"seed": random_state}
+    d_train = dmatrix(matrix(train, columns), train[label].to_numpy(int), columns)
+    d_valid = dmatrix(matrix(valid, columns), valid[label].to_numpy(int), columns)
+    return tune(d_train, d_valid, trials, random_state, on_trial)
+
+
+def fit_bundle(train: pd.DataFrame, valid: pd.DataFrame, calibration: pd.DataFrame, columns: list[str], label: str,
+               horizon_days: int, params: dict, random_state: int, meta: dict) -> tuple[ModelBundle, dict[str, float]]:
+    """A calibrated bundle fitted with ``params``, and the calibrators' out-of-fold log-losses. The
+    parameters go into ``meta['xgb_params']``, so that a later run can refit the same recipe."""
+    d_train = dmatrix(matrix(train, columns), train[label].to_numpy(int), columns)
+    d_valid = dmatrix(matrix(valid, columns), valid[label].to_numpy(int), columns)
+    booster = fit_booster(params, d_train, d_valid)
+    raw_calibration = booster.inplace_predict(matrix(calibration, columns))
+    calibrator, losses = fit_calibrator(raw_calibration, calibration[label].to_numpy(int), random_state)
+    bundle = ModelBundle(label, horizon_days, columns, booster, calibrator, meta | {"xgb_params": dict(params)})
+    bundle.meta["valid_log_loss"] = float(booster.eval(d_valid).split(":")[-1])
+    return bundle, losses
