@@ -31,6 +31,7 @@ from features.errors import InputError
 from features.links import safe_http_url
 from features.schema import CUSTOMER_ID, IMAGE_URL, SPECS, URL, Table
 from features.tables import Tables, create_empty, new_connection
+from features.timezones import check_timezone
 from features.tombstones import Tombstones
 from features.validate import ROW_ID, ContractError, TableReport, validate_raw
 
@@ -315,7 +316,7 @@ def read_error(path: Path, exc: duckdb.Error, encoding: Encoding | str = Encodin
 
 def load_data_dir(
     data_dir: Path | str, rejects_dir: Path | str | None = None, encoding: Encoding | str = Encoding.UTF_8,
-    now: datetime | None = None,
+    now: datetime | None = None, timezone: str | None = None,
 ) -> tuple[Tables, ValidationReport]:
     """Read and validate a contract directory.
 
@@ -324,9 +325,13 @@ def load_data_dir(
     ``rejects_dir`` that is or holds a table of ``data_dir`` is refused before anything is read.
     Rows of customers with a tombstone in the directory (``sendwise privacy forget``) are skipped
     before validation, counted in ``forgotten`` and written nowhere. CSV files are read in
-    ``encoding``; timestamps after ``now`` (default: now) are rejected. An orders file without
-    rows is an error.
+    ``encoding``. Timestamps without a zone, in every table, are local times in ``timezone`` (an IANA
+    name such as ``Europe/London``; None or ``UTC``: they are UTC) and are converted to naive UTC;
+    timestamps with an offset keep it (see :mod:`features.timezones`). Timestamps after ``now``
+    (default: now, UTC), after conversion, are rejected. An orders file without rows is an error, and
+    so is an unknown ``timezone``, before anything is read.
     """
+    zone = check_timezone(timezone)
     data_dir = Path(data_dir)
     if rejects_dir is not None:
         refuse_overwriting_inputs(rejects_dir, data_dir=data_dir, option="--rejects")
@@ -341,7 +346,7 @@ def load_data_dir(
             if tombstones and CUSTOMER_ID in con.table(raw).columns:
                 forgotten[table.value] = skip_forgotten(con, raw, tombstones)
             try:
-                reports.append(validate_raw(con, SPECS[table], raw, str(files[table]), now=now))
+                reports.append(validate_raw(con, SPECS[table], raw, str(files[table]), now=now, timezone=zone))
             except duckdb.Error as exc:  # e.g. a broken line DuckDB meets late, or a damaged parquet page
                 raise read_error(files[table], exc, encoding) from exc
             if table is Table.ORDERS and reports[-1].read == 0 and not forgotten.get(table.value):

@@ -7,6 +7,9 @@ Individual bad rows are not errors: they land in a ``<table>_rejects`` table wit
 
 An importer validates its source under the contract's column names; it passes ``names`` (contract
 column -> its user's column) so that errors and reasons speak of ``InvoiceDate``, not ``ordered_at``.
+
+Timestamps are read by :func:`features.timezones.utc_timestamp_sql`: naive ones as local times of the
+shop's ``timezone`` (default UTC), converted to UTC before any rule (a future one too) sees them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from features.schema import (
     TableSpec,
 )
 from features.tables import canonical_select
+from features.timezones import check_timezone, utc_timestamp_sql
 
 ROW_ID = "_row"  # 1-based position of the row in its source, added by the reader
 # A column is the wrong type (an error) rather than holding a few bad rows (rejects) when at least
@@ -50,15 +54,16 @@ class TableReport:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _typed_expr(col: Column, source_type: str) -> str:
-    """Cast the input column to the contract type; NULL where it does not parse."""
+def _typed_expr(col: Column, source_type: str, timezone: str | None = None) -> str:
+    """Cast the input column to the contract type; NULL where it does not parse. Naive timestamps
+    are local times in ``timezone`` (None: UTC)."""
     raw = f'"{col.name}"'
     if col.sql_type == "VARCHAR":
         return f"NULLIF(trim(CAST({raw} AS VARCHAR)), '')"
+    if col.sql_type == "TIMESTAMP":
+        return utc_timestamp_sql(raw, source_type, timezone)
     if col.sql_type == source_type:
         return f"(CASE WHEN isfinite({raw}) THEN {raw} END)" if source_type == "DOUBLE" else raw
-    if col.sql_type == "TIMESTAMP":
-        return f"CAST(TRY_CAST({raw} AS TIMESTAMPTZ) AS TIMESTAMP)"
     if col.sql_type == "DOUBLE":
         return f"(CASE WHEN isfinite(TRY_CAST({raw} AS DOUBLE)) THEN TRY_CAST({raw} AS DOUBLE) END)"
     if col.sql_type == "BOOLEAN":
@@ -123,14 +128,16 @@ def _check_types(con: duckdb.DuckDBPyConnection, typed: str, raw: str, source: s
 
 def validate_raw(
     con: duckdb.DuckDBPyConnection, spec: TableSpec, raw: str, source: str,
-    names: Mapping[str, str] | None = None, now: datetime | None = None,
+    names: Mapping[str, str] | None = None, now: datetime | None = None, timezone: str | None = None,
 ) -> TableReport:
     """Validate relation ``raw`` (with a ``_row`` column) into tables ``<t>`` and ``<t>_rejects``.
 
     ``<t>`` holds the clean rows in canonical types; ``<t>_rejects`` holds the rejected rows as
     text, with ``source_row`` and ``reason``. ``names`` maps contract columns to the names the user
-    knows them by, for messages and reasons; timestamps after ``now`` (default: now, UTC) are rejected.
+    knows them by, for messages and reasons. Naive timestamps are local times in ``timezone`` (an
+    IANA name; None: UTC), converted to UTC; timestamps after ``now`` (default: now, UTC) are rejected.
     """
+    zone = check_timezone(timezone)
     rename = _renamer(names)
     moment = (now or now_utc()).replace(tzinfo=None)
     name = spec.table.value
@@ -145,7 +152,7 @@ def validate_raw(
 
     typed = f"_typed_{name}"  # holds the clean rows at the end, behind view ``name``
     select = [ROW_ID]
-    select += [f"{_typed_expr(c, source_types[c.name])} AS {c.name}" for c in present]
+    select += [f"{_typed_expr(c, source_types[c.name], zone)} AS {c.name}" for c in present]
     select += [f"CAST(NULL AS {c.sql_type}) AS {c.name}" for c in absent]
     select += [f"{_present_expr(c, source_types[c.name])} AS {c.name}__given" for c in parsed]
     select += [f'"{c}"' for c in extras]
