@@ -38,7 +38,7 @@ class IntentWeights(BaseModel):
 
 
 class LifecycleRules(BaseModel):
-    """Thresholds of the lifecycle stage (see README, "Lifecycle stages").
+    """Thresholds of the lifecycle stage (see docs/features.md, "Lifecycle stages").
 
     A customer's expected gap between orders is their own mean inter-purchase interval, or, with
     fewer than two orders, the median of that interval over all customers at the same as_of

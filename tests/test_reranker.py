@@ -158,7 +158,7 @@ def test_registered_reranker_serves_lists_and_reasons(demo_tables: Tables, tmp_p
 @pytest.mark.slow
 def test_reranker_on_the_online_retail_protocol(online_retail_path: Path, tmp_path: Path) -> None:
     """The issue's protocol (fitted before 2011-09-09, new products bought to the end of the data),
-    default parameters: the figure in the README."""
+    default parameters: the figure in docs/measured.md."""
     import_online_retail(online_retail_path, tmp_path / "or")
     tables, _ = load_data_dir(tmp_path / "or", None)
     table = evaluate(tables, datetime(2011, 9, 9), {"reranker": make_recommender("reranker")})
