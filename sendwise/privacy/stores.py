@@ -48,8 +48,8 @@ def check_exposure_log(path: Path | str) -> Path:
     """``path`` when it is a file; a clear error otherwise."""
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not" if path.is_dir() else "does not exist: no"
-        raise NotFoundError(f"exposure log {path} {what} an exposure log. Pass --exposure-log FILE with the "
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise NotFoundError(f"exposure log {path} {what}. Pass --exposure-log FILE with the "
                             "log the service writes (`sendwise serve --exposure-log`; the demo writes "
                             "WORKDIR/exposures.jsonl), or --no-exposure-log if no service ever ran on this data.")
     return path
