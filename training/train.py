@@ -11,7 +11,9 @@ Time protocol for ``train_classifier(tables, target, as_of=DATE)``:
   as_of whose window closes by DATE, and the folds move one month earlier.
 
 The model, two baselines (recency rule; logistic regression on log RFM) and their metrics on the
-holdout are logged to MLflow with plots, and the model is registered as the challenger.
+holdout are logged to MLflow with plots, and the model is registered as the challenger of its
+project's name (:func:`training.registry.registered_name`) with its provenance: the fingerprint of
+``tables.before(DATE)`` and the latest timestamp in it (``sendwise.trained_through``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from training.design import FEATURE_CONFIG, design_matrix, feature_columns
 from training.holdout_scores import log_holdout_scores
 from training.metrics import classification_metrics
 from training.model import ModelBundle
-from training.registry import log_and_register
+from training.registry import PROJECT_TAG, ModelProvenance, log_and_register, registered_name
 from training.tracking import configure_tracking, experiment_id, git_commit
 from training.tuning import BASE_PARAMS, dmatrix, fit_booster, tune
 
@@ -75,7 +77,7 @@ class TrainResult:
     positive_rates: dict[str, float]  # share of positives per fold (train, valid, calibration, holdout)
 
 
-def _check_rows(name: str, frame: pd.DataFrame, label: str) -> None:
+def check_rows(name: str, frame: pd.DataFrame, label: str) -> None:
     positives = int(frame[label].sum())
     negatives = len(frame) - positives
     need = MIN_CLASS_ROWS[name]
@@ -125,7 +127,7 @@ def make_folds(tables: Tables, target: Target, as_of: datetime, horizon: int, pe
     train = pd.concat([frames[pd.Timestamp(d)] for d in dates[:-2]], ignore_index=True)
     folds = Folds(train, valid, calibration, holdout, holdout_as_of, dates)
     for name in ("train", "valid", "calibration", "holdout"):
-        _check_rows(name, getattr(folds, name), target.value)
+        check_rows(name, getattr(folds, name), target.value)
     return folds
 
 
@@ -156,11 +158,15 @@ def train_classifier(
     mlruns: Path | str | None = None,
     progress: Callable[[str], None] | None = None,
     feature_config: FeatureConfig | None = None,
+    project: str | None = None,
+    data_source: str | None = None,
 ) -> TrainResult:
-    """Fit, tune (``trials`` > 0), calibrate, evaluate against baselines, log and register. Features
-    use ``feature_config`` (default: :meth:`FeatureConfig.current`); the model records it, so that
-    scoring and serving build the same columns."""
+    """Fit, tune (``trials`` > 0), calibrate, evaluate against baselines, log and register as
+    ``project``'s model (none: today's global names). Features use ``feature_config`` (default:
+    :meth:`FeatureConfig.current`); the model records it, so that scoring and serving build the same
+    columns. ``data_source`` (the data directory, when known) is recorded on the version."""
     target = Target(target)
+    name = registered_name(MODEL_NAMES[target], project)  # a bad project name fails before any work
     feature_config = feature_config or FeatureConfig.current()
     horizon = horizon_days if horizon_days is not None else DEFAULT_HORIZON_DAYS[target]
     date = to_timestamp(as_of)
@@ -175,8 +181,7 @@ def train_classifier(
     d_train, d_valid = dmatrix(x["train"], y["train"], columns), dmatrix(x["valid"], y["valid"], columns)
 
     configure_tracking(mlruns)
-    name = MODEL_NAMES[target]
-    mlflow.set_experiment(experiment_id=experiment_id(f"sendwise-{name}", mlruns))
+    mlflow.set_experiment(experiment_id=experiment_id(f"sendwise-{MODEL_NAMES[target]}", mlruns))
     with mlflow.start_run(run_name=f"{name}-{date:%Y-%m-%d}") as run:
         params = BASE_PARAMS | {"seed": random_state}
         if trials > 0:
@@ -218,8 +223,10 @@ def train_classifier(
             "calibration": calibrator.method, "best_round": booster.num_boosted_rounds(),
             **{f"xgb_{k}": v for k, v in params.items()},
         })
-        mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": tables.before(date).fingerprint(),
-                         "holdout_as_of": folds.holdout_as_of.isoformat(), "target": label})
+        provenance = ModelProvenance.of_data(tables.before(date), project, data_source)
+        mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": provenance.data_fingerprint,
+                         "holdout_as_of": folds.holdout_as_of.isoformat(), "target": label,
+                         PROJECT_TAG: project or ""})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
         for base, values in baselines.items():
             mlflow.log_metrics({f"baseline_{base}_{k}": v for k, v in values.items() if np.isfinite(v)})
@@ -233,7 +240,7 @@ def train_classifier(
         log_holdout_scores(pd.DataFrame({CUSTOMER_ID: folds.holdout[CUSTOMER_ID].to_numpy(), "label": y["holdout"],
                                          "probability": p_holdout}))
         say("registering")
-        version = log_and_register(bundle, name, folds.holdout.head(100), p_holdout[:100])
-        bundle.meta["version"] = version
+        version = log_and_register(bundle, name, folds.holdout.head(100), p_holdout[:100], provenance.tags())
+        bundle.meta.update(provenance.meta() | {"version": version})
     return TrainResult(name, version, run.info.run_id, bundle, metrics, baselines, folds.holdout_as_of,
                        len(folds.holdout), positive_rates)

@@ -7,7 +7,8 @@ import re
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -19,9 +20,18 @@ from features.privacy import files_below
 from features.schema import CUSTOMER_ID
 from training.recommenders.batch import top_k_frame
 from training.recommenders.models import ARRAYS_FILE, MODEL_FILE, Recommender, load_recommender
-from training.registry import CHAMPION, MissingModelError, alias_version, assign_aliases
+from training.registry import (
+    CHAMPION,
+    MissingModelError,
+    ModelProvenance,
+    alias_version,
+    provenance_tags,
+    register,
+    registered_name,
+    version_provenance,
+)
 
-REGISTERED_NAME = "recommender"
+REGISTERED_NAME = "recommender"  # the model's name; a project's is registered_name(REGISTERED_NAME, project)
 PIP_REQUIREMENTS = ["implicit==0.7.3", "xgboost-cpu>=3.0", "threadpoolctl", "scipy", "numpy", "pandas"]
 ARTIFACT_KEY = "recommender"
 PYFUNC_ENTRY_POINT = Path(__file__).with_name("pyfunc_model.py")  # models from code: nothing pickled
@@ -44,9 +54,13 @@ def predict_known(model: Recommender, customers: pd.DataFrame, k: int = 10) -> p
     return top_k_frame(model, ids, rows, model.history(rows), k)
 
 
-def log_and_register(model: Recommender, example_customers: pd.DataFrame) -> str:
-    """Log ``model`` in the active run, register it as ``recommender``; returns the new version
+def log_and_register(model: Recommender, example_customers: pd.DataFrame, project: str | None = None,
+                     provenance: Mapping[str, str] | None = None) -> str:
+    """Log ``model`` in the active run, register it as ``project``'s recommender with the version
+    tags ``provenance`` (see :class:`~training.registry.ModelProvenance`); returns the new version
     (challenger; champion too when there is none)."""
+    name = registered_name(REGISTERED_NAME, project)
+    tags = provenance_tags(name, provenance)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # no input example on purpose: it would put customer ids in the MLflow store; ranks are never missing
         warnings.filterwarnings("ignore", message=".*An input example was not provided")
@@ -55,25 +69,42 @@ def log_and_register(model: Recommender, example_customers: pd.DataFrame) -> str
         output = predict_known(model, example_customers)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_ENTRY_POINT), artifacts={ARTIFACT_KEY: tmp},
-            registered_model_name=REGISTERED_NAME, signature=infer_signature(example_customers, output),
-            pip_requirements=PIP_REQUIREMENTS,
+            signature=infer_signature(example_customers, output), pip_requirements=PIP_REQUIREMENTS,
         )
-    return assign_aliases(REGISTERED_NAME, str(info.registered_model_version))
+    return register(info.model_uri, name, tags)
 
 
-def load_version(version: str) -> Recommender:
+def load_version(version: str, project: str | None = None) -> Recommender:
+    """Version ``version`` of ``project``'s recommender."""
+    uri = f"models:/{registered_name(REGISTERED_NAME, project)}/{version}"
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{REGISTERED_NAME}/{version}",
-                                                         dst_path=tmp))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         return load_recommender(next(local.rglob(MODEL_FILE)).parent)
 
 
-def load_alias(alias: str = CHAMPION, hint: str = "") -> tuple[Recommender, str]:
-    """The recommender carrying ``alias`` and its version."""
-    version = alias_version(REGISTERED_NAME, alias)
+@dataclass(frozen=True)
+class RegisteredRecommender:
+    """A registered recommender: the model, its version and its provenance."""
+
+    model: Recommender
+    version: str
+    provenance: ModelProvenance
+
+
+def load_registered(alias: str = CHAMPION, hint: str = "", project: str | None = None) -> RegisteredRecommender:
+    """``project``'s recommender carrying ``alias``, with its version and provenance."""
+    version = alias_version(REGISTERED_NAME, alias, project)
+    name = registered_name(REGISTERED_NAME, project)
     if version is None:
-        raise MissingModelError(f"no '{REGISTERED_NAME}' model has the alias '{alias}'. {hint}".strip())
-    return load_version(version), version
+        raise MissingModelError(f"no '{name}' model has the alias '{alias}'. {hint}".strip())
+    return RegisteredRecommender(load_version(version, project), version, version_provenance(name, version))
+
+
+def load_alias(alias: str = CHAMPION, hint: str = "", project: str | None = None) -> tuple[Recommender, str]:
+    """``project``'s recommender carrying ``alias`` and its version (:func:`load_registered` adds
+    its provenance)."""
+    loaded = load_registered(alias, hint, project)
+    return loaded.model, loaded.version
 
 
 def saved_models(root: Path | str) -> dict[Path, list[Path]]:

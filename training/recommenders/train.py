@@ -5,7 +5,9 @@ fitting or tuning. The holdout window starts at DATE when the data goes on after
 the data), otherwise it is the last ``window_days`` before DATE. Optuna tunes on the window of the
 same length just before the holdout, with models fitted on the rows before that window. The model
 registered is refitted on every row before DATE; the metrics logged are those of the same
-parameters fitted on the rows before the holdout, next to the popular and trending baselines.
+parameters fitted on the rows before the holdout, next to the popular and trending baselines. The
+version records its provenance (:class:`~training.registry.ModelProvenance`): the fingerprint of
+the rows before DATE and the latest timestamp among them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from training.holdout_scores import log_holdout_scores
 from training.recommenders import evaluation
 from training.recommenders.evaluation import NEW_ITEMS, Holdout, holdout
 from training.recommenders.models import TUNABLE, Recommender, make_recommender
-from training.recommenders.store import log_and_register
+from training.recommenders.store import REGISTERED_NAME, log_and_register
+from training.registry import PROJECT_TAG, ModelProvenance, registered_name
 from training.tracking import configure_tracking, experiment_id, git_commit
 
 DEFAULT_WINDOW_DAYS = 90
@@ -130,10 +133,14 @@ def _metrics(rows: list[dict], prefix: str, k: int) -> dict[str, float]:
 def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: int = 0, k: int = 10,
                       window_days: int = DEFAULT_WINDOW_DAYS, params: dict | None = None,
                       base_config: InteractionConfig | None = None, random_state: int = 0,
-                      mlruns=None, progress: Callable[[str], None] | None = None) -> RecommenderTrainResult:
-    """Tune (``trials`` > 0), fit, evaluate against baselines, log to MLflow and register."""
+                      mlruns=None, progress: Callable[[str], None] | None = None, project: str | None = None,
+                      data_source: str | None = None) -> RecommenderTrainResult:
+    """Tune (``trials`` > 0), fit, evaluate against baselines, log to MLflow and register as
+    ``project``'s recommender (none: the global name); ``data_source`` (the data directory, when
+    known) is recorded on the version."""
     if kind not in TUNABLE:
         raise InputError(f"--model must be one of {', '.join(TUNABLE)}; got {kind!r}")
+    registered_name(REGISTERED_NAME, project)  # a bad project name fails before any work
     date = to_timestamp(as_of)
     say = progress or (lambda _: None)
     holdout_start, until, tune_start = _windows(tables, date, window_days)
@@ -174,8 +181,9 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
                            "trials": trials, "k": k, **{f"rec_{p}": v for p, v in chosen.items()},
                            **{f"interactions_{p}": v for p, v in (base_config or InteractionConfig()).model_dump().items()},
                            "customers": len(final.customer_ids_), "products": len(final.product_ids_)})
-        mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": cut.fingerprint(),
-                         "holdout_as_of": holdout_start.isoformat(), "model_kind": kind})
+        provenance = ModelProvenance.of_data(cut, project, data_source)
+        mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": provenance.data_fingerprint,
+                         "holdout_as_of": holdout_start.isoformat(), "model_kind": kind, PROJECT_TAG: project or ""})
         by_model = {name: group.to_dict("records") for name, group in table.groupby("model")}
         mlflow.log_metrics(_metrics(by_model[kind], "holdout_", k))
         for base in ("popular", "trending"):
@@ -187,6 +195,6 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
             mlflow.log_artifact(str(plots.ranking_plot(table, Path(tmp) / "ranking.png", k)), artifact_path="plots")
         say("registering")
         example = pd.DataFrame({CUSTOMER_ID: final.customer_ids_[:5].astype(str)})
-        version = log_and_register(final, example)
+        version = log_and_register(final, example, project, provenance.tags())
     return RecommenderTrainResult(kind, version, run.info.run_id, final, chosen, test, table)
 
