@@ -556,7 +556,11 @@ def write_parquet(frame: pd.DataFrame, target: Path | str) -> None:
 
 
 def write_tables(tables: Tables, out_dir: Path | str) -> dict[Table, int]:
-    """Write every non-empty table as ``<table>.parquet`` in ``out_dir``; returns row counts."""
+    """Write every non-empty table as ``<table>.parquet`` in ``out_dir``; returns row counts.
+
+    Timestamps are written as instants (parquet's UTC-adjusted timestamp, TIMESTAMP WITH TIME ZONE):
+    a reader that takes naive times for a shop's local times (``load_data_dir(timezone=...)``) keeps
+    them as they are instead of shifting them a second time."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -565,6 +569,17 @@ def write_tables(tables: Tables, out_dir: Path | str) -> dict[Table, int]:
         if n == 0:
             continue
         atomic_write(out_dir / f"{table.value}.parquet", lambda tmp, t=table: tables.con.execute(
-            f"COPY {t.value} TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)").fetchall())
+            f"COPY ({_instants_select(tables.con, t.value)}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
+        ).fetchall())
         counts[table] = n
     return counts
+
+
+def _instants_select(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """SELECT of ``table`` with its naive (UTC) timestamps as TIMESTAMP WITH TIME ZONE."""
+    rel = con.table(table)
+    naive = [c for c, t in zip(rel.columns, rel.types, strict=True) if str(t) == "TIMESTAMP"]
+    if not naive:
+        return f"SELECT * FROM {table}"
+    replaced = ", ".join(f"timezone('UTC', \"{c}\") AS \"{c}\"" for c in naive)
+    return f"SELECT * REPLACE ({replaced}) FROM {table}"

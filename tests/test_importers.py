@@ -53,9 +53,16 @@ def test_online_retail_mapping_on_a_hand_made_file(tmp_path: Path) -> None:
 
 def test_online_retail_wrong_layout_is_a_clear_error(tmp_path: Path) -> None:
     src = tmp_path / "x.csv"
-    src.write_text("Invoice,StockCode\n1,2\n")
-    with pytest.raises(ContractError, match="not the UCI Online Retail layout; missing column.s. InvoiceNo"):
+    src.write_text("InvoiceNo,StockCode\n1,2\n")
+    with pytest.raises(ContractError, match="not the UCI Online Retail layout; missing column.s. Description") as err:
         import_online_retail(src, tmp_path / "out")
+    assert "(or the UCI Online Retail II layout: Invoice, StockCode" in str(err.value)  # the other one is named
+    src.write_text("Invoice,StockCode,Customer ID\n1,2,3\n")  # closer to Online Retail II: its columns are listed
+    with pytest.raises(ContractError, match="not the UCI Online Retail II layout; missing column.s. Description, "
+                                            "Quantity, InvoiceDate, Price, Country"):
+        import_online_retail(src, tmp_path / "out")
+    with pytest.raises(ContractError, match="not the UCI Online Retail layout; missing column.s. InvoiceNo, "):
+        import_online_retail(src, tmp_path / "out", layout="online-retail")  # a layout given is checked
 
 
 def test_real_online_retail_accounts_for_every_row(online_retail_path: Path, tmp_path: Path) -> None:
