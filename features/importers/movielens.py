@@ -3,7 +3,11 @@
 Every rating becomes a ``product_view`` event (the user watched the movie); a rating of at least
 ``min_rating`` also becomes a one-item order line at price 0 (a strong positive, as a purchase is).
 Ratings that are not in 0.5-5, without user or movie, with an unparseable time, or exact duplicates
-are rejected with the reason; users forgotten in the output directory are left out. For recommender benchmarks only: MovieLens may not ship in a product.
+are rejected with the reason; users forgotten in the output directory are left out. For recommender
+benchmarks only: MovieLens may not ship in a product.
+
+Its timestamps are unix seconds, UTC by definition: a shop's time zone does not apply (a zone other
+than UTC is an error rather than silently ignored).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from features import schema as s
+from features.errors import InputError
 from features.importers.report import (
     ImportReport,
     check_import_paths,
@@ -20,6 +25,7 @@ from features.importers.report import (
 )
 from features.io import Encoding
 from features.tables import Tables, create_empty
+from features.timezones import check_timezone
 from features.validate import DUPLICATE_REASON, ROW_ID, ContractError, now_utc
 
 SOURCE_COLUMNS = ("userId", "movieId", "rating", "timestamp")
@@ -28,9 +34,12 @@ MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 and 99
 
 
 def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4.0,
-                     encoding: Encoding | str = Encoding.UTF_8) -> ImportReport:
+                     encoding: Encoding | str = Encoding.UTF_8, timezone: str | None = None) -> ImportReport:
     if not 0.5 <= min_rating <= 5:
         raise ContractError(f"min_rating must be in [0.5, 5]; got {min_rating}.")
+    if check_timezone(timezone) is not None:
+        raise InputError(f"time zone {timezone!r}: MovieLens timestamps are unix seconds, already UTC; "
+                         "a time zone does not apply to them. Leave it out (or give UTC).")
     src = Path(src)
     check_import_paths(src, out_dir)
     con = open_source(src, SOURCE_COLUMNS, "a MovieLens ratings file", encoding)

@@ -15,8 +15,7 @@ from features.config import CONFIG_ENV
 from features.dates import check_not_future, parse_iso_date
 from features.demo import DemoShop
 from features.errors import InputError
-from features.importers.movielens import import_movielens
-from features.importers.uci_retail import import_online_retail
+from features.importers import MAPPABLE, ImportFormat, ImportReport, parse_mapping, run_import
 from features.io import Encoding, refuse_overwriting_inputs, write_parquet
 from features.training_set import Target
 from sendwise import pipeline
@@ -43,7 +42,8 @@ def date_option(*names: str, help: str, future: bool = False) -> Any:
                         help=f"{help} ISO 8601, e.g. 2011-10-09 or 2011-10-09T10:30Z.")
 
 data_app = typer.Typer(help="Validate, import and generate contract data.", no_args_is_help=True)
-import_app = typer.Typer(help="Convert public datasets to the data contract.", no_args_is_help=True)
+import_app = typer.Typer(help="Convert a shop's export (Shopify, any CSV of order lines) or a public dataset to the "
+                              "data contract.", no_args_is_help=True)
 data_app.add_typer(import_app, name="import")
 features_app = typer.Typer(help="Point-in-time customer features, training sets, snapshots.", no_args_is_help=True)
 
@@ -65,23 +65,74 @@ def validate(data_dir: Annotated[Path, typer.Argument(help="Directory of contrac
     pipeline.validate(data_dir, rejects, encoding)
 
 
+OutDir = Annotated[Path, typer.Option("--out", help="Output directory (parquet tables, _rejects/).")]
+TimezoneOption = Annotated[str | None, typer.Option(
+    "--timezone", metavar="ZONE",
+    help="IANA time zone of the file's times written without one, e.g. Europe/London (default: UTC). "
+         "Times with an offset keep it; everything is stored as UTC.")]
+MapOption = Annotated[list[str] | None, typer.Option(
+    "--map", metavar="CONTRACT=COLUMN",
+    help=f"Take a contract column from a column of the file, e.g. --map ordered_at=\"Paid at\"; repeat for "
+         f"several. Contract columns: {', '.join(MAPPABLE)}.")]
+
+
+def _import(fmt: ImportFormat, src: Path, out: Path, *, mapping: list[str] | None = None,
+            timezone: str | None = None, encoding: Encoding = Encoding.UTF_8, min_rating: float | None = None) -> None:
+    """Run the import and print its accounting, the zone its naive times were read in and its warnings."""
+    report: ImportReport = run_import(fmt, src, out, mapping=parse_mapping(mapping), timezone=timezone,
+                                      encoding=encoding, min_rating=min_rating)
+    print_import(report)
+    if report.timezone:
+        console.print(f"Times without an offset were read as {report.timezone} local time and stored as UTC.")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
 @import_app.command("online-retail")
 @reports_user_errors
-def import_uci(src: Annotated[Path, typer.Argument(help="UCI Online Retail CSV (.csv or .csv.gz).")],
-               out: Annotated[Path, typer.Option("--out", help="Output directory.")],
-               encoding: EncodingOption = Encoding.UTF_8) -> None:
-    """UCI Online Retail to orders, products and customers; fee codes and bad rows to rejects."""
-    print_import(import_online_retail(src, out, encoding))
+def import_uci(src: Annotated[Path, typer.Argument(help="UCI Online Retail CSV (.csv or .csv.gz), either layout.")],
+               out: OutDir, encoding: EncodingOption = Encoding.UTF_8, timezone: TimezoneOption = None) -> None:
+    """UCI Online Retail (or Online Retail II, told from the header) to orders, products and customers;
+    fee codes and bad rows to rejects. Its InvoiceDate is UK time: --timezone Europe/London."""
+    _import(ImportFormat.ONLINE_RETAIL, src, out, encoding=encoding, timezone=timezone)
+
+
+@import_app.command("online-retail-ii")
+@reports_user_errors
+def import_uci_ii(src: Annotated[Path, typer.Argument(help="UCI Online Retail II CSV (.csv or .csv.gz).")],
+                  out: OutDir, encoding: EncodingOption = Encoding.UTF_8, timezone: TimezoneOption = None) -> None:
+    """UCI Online Retail II (Invoice, Price, Customer ID) to the contract, as online-retail does."""
+    _import(ImportFormat.ONLINE_RETAIL_II, src, out, encoding=encoding, timezone=timezone)
+
+
+@import_app.command("shopify")
+@reports_user_errors
+def import_shopify(src: Annotated[Path, typer.Argument(help="Shopify orders export (Admin > Orders > Export, CSV).")],
+                   out: OutDir, mapping: MapOption = None, encoding: EncodingOption = Encoding.UTF_8,
+                   timezone: TimezoneOption = None) -> None:
+    """A Shopify orders export to orders (customer = email), products and customers (country, email
+    consent); cancelled, refunded and voided orders and rows without email to rejects."""
+    _import(ImportFormat.SHOPIFY, src, out, mapping=mapping, encoding=encoding, timezone=timezone)
+
+
+@import_app.command("csv")
+@reports_user_errors
+def import_mapped_csv(src: Annotated[Path, typer.Argument(help="A CSV with one row per order line.")],
+                      out: OutDir, mapping: MapOption = None, encoding: EncodingOption = Encoding.UTF_8,
+                      timezone: TimezoneOption = None) -> None:
+    """Any CSV of order lines, by a column mapping: order_id, customer_id, product_id, quantity,
+    unit_price and ordered_at each mapped with --map or found under their own name."""
+    _import(ImportFormat.CSV, src, out, mapping=mapping, encoding=encoding, timezone=timezone)
 
 
 @import_app.command("movielens")
 @reports_user_errors
 def import_ml(src: Annotated[Path, typer.Argument(help="MovieLens ratings.csv (.csv or .csv.gz).")],
-              out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+              out: OutDir,
               min_rating: Annotated[float, typer.Option(help="Ratings at or above this are also orders.")] = 4.0,
-              encoding: EncodingOption = Encoding.UTF_8) -> None:
+              encoding: EncodingOption = Encoding.UTF_8, timezone: TimezoneOption = None) -> None:
     """MovieLens ratings to interactions: every rating a view, good ratings also orders."""
-    print_import(import_movielens(src, out, min_rating, encoding))
+    _import(ImportFormat.MOVIELENS, src, out, encoding=encoding, timezone=timezone, min_rating=min_rating)
 
 
 @data_app.command("generate")
