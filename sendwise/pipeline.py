@@ -31,16 +31,25 @@ from features.snapshot import write_snapshot
 from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
 from sendwise.console import console, progress_bar
+from training.promotion import DEFAULT_MARGIN, PromotionDecision, promote
 from training.recommenders.batch import check_k, recommend_all
 from training.recommenders.metrics import METRICS, SOURCE
 from training.recommenders.rules import BusinessRules
-from training.recommenders.store import REGISTERED_NAME, load_alias
+from training.recommenders.store import REGISTERED_NAME, load_registered
 from training.recommenders.train import DEFAULT_WINDOW_DAYS
 from training.recommenders.train import train_recommender as fit_recommender
-from training.registry import CHAMPION, list_versions, load_bundle
+from training.registry import (
+    CHAMPION,
+    ModelProvenance,
+    bundle_provenance,
+    check_provenance,
+    list_versions,
+    load_bundle,
+    registered_name,
+)
 from training.scoring import score_customers
 from training.tracking import configure_tracking
-from training.train import TrainResult, train_classifier
+from training.train import MODEL_NAMES, TrainResult, train_classifier
 
 # model name -> (headline holdout metric, logged baseline metric shown next to it)
 HEADLINE_COLUMNS = {"churn": ("roc_auc", "baseline_logistic_log_rfm_roc_auc"),
@@ -48,6 +57,18 @@ HEADLINE_COLUMNS = {"churn": ("roc_auc", "baseline_logistic_log_rfm_roc_auc"),
                     "recommender": ("ndcg_at_10", "baseline_popular_ndcg_at_10")}
 TRAIN_HINT = "Train one first: `sendwise train churn --data DIR --as-of DATE` (and `train propensity`)."
 RECOMMENDER_HINT = "Train one first: `sendwise train recommender --data DIR --as-of DATE`."
+FOREIGN_OVERRIDE = "pass --allow-foreign-models (allow_foreign_models=True)"
+
+
+def check_model(name: str, version: str, provenance: ModelProvenance, data: Path, project: str | None,
+                allow_foreign_models: bool) -> None:
+    """Refuse a version of ``name`` registered for another project than ``project``
+    (:class:`~training.registry.ForeignModelError`) unless ``allow_foreign_models``; print a warning
+    for one used anyway, or (without a project) trained on another data directory than ``data``."""
+    warning = check_provenance(name, version, provenance, project, allow_foreign_models, str(data.resolve()),
+                               FOREIGN_OVERRIDE)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def feature_config(path: Path | None) -> FeatureConfig:
@@ -174,27 +195,31 @@ def print_training(result: TrainResult) -> None:
 
 
 def train(target: Target, data: Path, as_of: datetime, horizon: int | None = None, trials: int = 0,
-          periods: int = 12, rejects: Path | None = None, settings: Path | None = None) -> None:
-    """A classifier for ``target`` on rows before ``as_of``, tracked in MLflow, registered as challenger."""
+          periods: int = 12, rejects: Path | None = None, settings: Path | None = None,
+          project: str | None = None) -> None:
+    """A classifier for ``target`` on rows before ``as_of``, tracked in MLflow, registered as
+    ``project``'s challenger (none: the global names) with the data directory it was trained on."""
+    registered_name(MODEL_NAMES[target], project)  # a bad project name fails before the data is read
     config = feature_config(settings)
     tables = load(data, rejects, quiet=True)
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
         result = train_classifier(tables, target, as_of, horizon, trials, periods,
-                                  progress=lambda what: bar.update(task, description=what), feature_config=config)
+                                  progress=lambda what: bar.update(task, description=what), feature_config=config,
+                                  project=project, data_source=str(data.resolve()))
     print_training(result)
 
 
 def train_churn(data: Path, as_of: datetime, horizon: int = 90, trials: int = 0, periods: int = 12,
-                rejects: Path | None = None, settings: Path | None = None) -> None:
+                rejects: Path | None = None, settings: Path | None = None, project: str | None = None) -> None:
     """Churn model (no order in the next ``horizon`` days) for customers with an order."""
-    train(Target.CHURNED, data, as_of, horizon, trials, periods, rejects, settings)
+    train(Target.CHURNED, data, as_of, horizon, trials, periods, rejects, settings, project)
 
 
 def train_propensity(data: Path, as_of: datetime, horizon: int = 30, trials: int = 0, periods: int = 12,
-                     rejects: Path | None = None, settings: Path | None = None) -> None:
+                     rejects: Path | None = None, settings: Path | None = None, project: str | None = None) -> None:
     """Purchase-propensity model (an order in the next ``horizon`` days) for every known customer."""
-    train(Target.PURCHASED, data, as_of, horizon, trials, periods, rejects, settings)
+    train(Target.PURCHASED, data, as_of, horizon, trials, periods, rejects, settings, project)
 
 
 def print_metrics(table: pd.DataFrame, k: int, title: str) -> None:
@@ -209,33 +234,40 @@ def print_metrics(table: pd.DataFrame, k: int, title: str) -> None:
 
 
 def train_recommender(data: Path, as_of: datetime, model: str = "als", trials: int = 0, k: int = 10,
-                      window: int = DEFAULT_WINDOW_DAYS, rejects: Path | None = None) -> None:
-    """Recommender on rows before ``as_of``; tuned, evaluated, logged to MLflow and registered."""
+                      window: int = DEFAULT_WINDOW_DAYS, rejects: Path | None = None,
+                      project: str | None = None) -> None:
+    """Recommender on rows before ``as_of``; tuned, evaluated, logged to MLflow and registered as
+    ``project``'s (none: the global name) with the data directory it was trained on."""
+    name = registered_name(REGISTERED_NAME, project)
     tables = load(data, rejects, quiet=True)
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
         result = fit_recommender(tables, as_of, model, trials, k, window,
-                                 progress=lambda what: bar.update(task, description=what))
-    print_metrics(result.table, k, f"recommender v{result.version} ({model}): holdout "
+                                 progress=lambda what: bar.update(task, description=what), project=project,
+                                 data_source=str(data.resolve()))
+    print_metrics(result.table, k, f"{name} v{result.version} ({model}): holdout "
                                    f"{result.holdout.as_of:%Y-%m-%d} to {result.holdout.until:%Y-%m-%d}")
     console.print(f"parameters: {result.params}")
-    console.print(f"MLflow run {result.run_id}; registered as {REGISTERED_NAME} v{result.version} (alias challenger)")
+    console.print(f"MLflow run {result.run_id}; registered as {name} v{result.version} (alias challenger)")
 
 
-def list_models(names: list[str] | None = None) -> None:
-    """Versions, aliases and headline holdout metrics."""
+def list_models(names: list[str] | None = None, project: str | None = None) -> None:
+    """Versions, aliases, provenance (project, data fingerprint, trained through) and headline holdout
+    metrics of the models ``names`` (default: all three) of ``project`` (none: the global names)."""
     configure_tracking()
-    table = RichTable(title="Registered models", title_justify="left")
-    for col in ("model", "version", "aliases", "created", "holdout", "metric", "holdout value", "baseline",
-                "baseline value"):
+    table = RichTable(title="Registered models" + (f" of project {project}" if project else ""),
+                      title_justify="left")
+    for col in ("model", "version", "aliases", "created", "project", "data", "trained through", "holdout", "metric",
+                "holdout value", "baseline", "baseline value"):
         table.add_column(col)
     for name in names or list(HEADLINE_COLUMNS):
         metric, baseline = HEADLINE_COLUMNS.get(name, HEADLINE_COLUMNS["churn"])
-        for row in list_versions(name):
-            m = row.metrics
-            table.add_row(name, row.version, ", ".join(sorted(row.aliases)),
+        for row in list_versions(name, project):
+            m, provenance = row.metrics, row.provenance
+            table.add_row(row.name, row.version, ", ".join(sorted(row.aliases)),
                           f"{datetime.fromtimestamp(row.created / 1000):%Y-%m-%d %H:%M}",
-                          row.tags.get("holdout_as_of", "")[:10], metric,
+                          provenance.project or "-", (provenance.data_fingerprint or "-")[:12],
+                          provenance.through or "-", row.tags.get("holdout_as_of", "")[:10], metric,
                           f"{m[f'holdout_{metric}']:.4f}" if f"holdout_{metric}" in m else "-",
                           baseline.split("_", 1)[1].rsplit(f"_{metric}", 1)[0],
                           f"{m[baseline]:.4f}" if baseline in m else "-")
@@ -250,15 +282,23 @@ def _write_table(frame: pd.DataFrame, out: Path) -> None:
         write_parquet(frame, out)
 
 
-def score(data: Path, as_of: datetime, out: Path, rejects: Path | None = None) -> None:
-    """Churn and purchase probabilities, risk band, segment, stage and top 3 reasons per customer."""
+def score(data: Path, as_of: datetime, out: Path, rejects: Path | None = None, project: str | None = None,
+          allow_foreign_models: bool = False) -> None:
+    """Churn and purchase probabilities, risk band, segment, stage and top 3 reasons per customer, with
+    ``project``'s champions (none: the global names). A champion registered for another project is
+    refused unless ``allow_foreign_models``; without a project, one trained on another data directory
+    is used with a warning."""
     if out.suffix not in (".csv", ".parquet"):
         raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
     refuse_overwriting_inputs(out, data_dir=data)
+    registered_name("churn", project)  # a bad project name fails before the data is read
     tables = load(data, rejects, quiet=True)
     configure_tracking()
-    churn = load_bundle("churn", CHAMPION, TRAIN_HINT)
-    propensity = load_bundle("propensity", CHAMPION, TRAIN_HINT)
+    churn = load_bundle("churn", CHAMPION, TRAIN_HINT, project)
+    propensity = load_bundle("propensity", CHAMPION, TRAIN_HINT, project)
+    for bundle in (churn, propensity):
+        check_model(registered_name(MODEL_NAMES[Target(bundle.target)], project), str(bundle.meta["version"]),
+                    bundle_provenance(bundle), data, project, allow_foreign_models)
     with progress_bar() as bar:
         task = bar.add_task("scoring", total=None)
         scores, when = score_customers(tables, as_of, churn, propensity,
@@ -270,23 +310,54 @@ def score(data: Path, as_of: datetime, out: Path, rejects: Path | None = None) -
 
 
 def recommend(data: Path, as_of: datetime, out: Path, k: int = 10, alias: str = CHAMPION,
-              rules: BusinessRules | None = None, rejects: Path | None = None) -> None:
-    """Top-k products for every known customer with the ``alias`` model and the business rules
-    (default: :class:`BusinessRules`' defaults)."""
+              rules: BusinessRules | None = None, rejects: Path | None = None, project: str | None = None,
+              allow_foreign_models: bool = False) -> None:
+    """Top-k products for every known customer with ``project``'s ``alias`` model (none: the global
+    name) and the business rules (default: :class:`BusinessRules`' defaults). A version registered
+    for another project is refused unless ``allow_foreign_models``; without a project, one trained on
+    another data directory is used with a warning."""
     if out.suffix not in (".csv", ".parquet"):
         raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
     refuse_overwriting_inputs(out, data_dir=data)
     check_k(k)
+    name = registered_name(REGISTERED_NAME, project)
     rules = rules or BusinessRules()
     tables = load(data, rejects, quiet=True)
     configure_tracking()
-    model, version = load_alias(alias, RECOMMENDER_HINT)
+    loaded = load_registered(alias, RECOMMENDER_HINT, project)
+    check_model(name, loaded.version, loaded.provenance, data, project, allow_foreign_models)
+    model, version = loaded.model, loaded.version
     with progress_bar() as bar:
         task = bar.add_task("recommending", total=None)
         recs = recommend_all(tables, to_timestamp(as_of), model, k, rules,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     _write_table(recs, out)
     customers = recs[CUSTOMER_ID].nunique()
-    console.print(f"{len(recs):,} recommendations for {customers:,} customers with {REGISTERED_NAME} v{version} "
+    console.print(f"{len(recs):,} recommendations for {customers:,} customers with {name} v{version} "
                   f"({model.kind}); written to {out}")
     console.print(recs[SOURCE].value_counts().rename("rows").to_frame().T.to_string())
+
+
+def promote_model(name: str, margin: float = DEFAULT_MARGIN, force: bool = False, data: Path | None = None,
+                  as_of: datetime | None = None, project: str | None = None) -> PromotionDecision:
+    """Move ``champion`` of ``project``'s model ``name`` to the challenger only if it beats the
+    champion on the same holdout (a fresh one from ``data`` at ``as_of`` when given); ``force``
+    promotes whatever the comparison says, and when none is possible. Prints the decision."""
+    registered_name(name, project)  # a bad project name fails before the data is read
+    configure_tracking()
+    tables = load(data, quiet=True) if data else None
+    decision = promote(name, margin, force, tables, as_of, project)
+    console.print(f"holdout: {decision.holdout}")
+    c = decision.comparison
+    if c is None:
+        console.print(f"champion v{decision.champion_version}, challenger v{decision.challenger_version}: "
+                      "not compared")
+    else:
+        console.print(f"champion v{decision.champion_version}: {c.metric} {c.champion:.4f}; "
+                      f"challenger v{decision.challenger_version}: {c.metric} {c.challenger:.4f}")
+        console.print(f"difference {c.difference:+.4f}, 95% paired-bootstrap interval [{c.interval[0]:+.4f}, "
+                      f"{c.interval[1]:+.4f}] ({c.resamples:,} resamples of {c.rows:,} customers)")
+    verdict = "[green]promoted[/]" if decision.promoted else "[yellow]not promoted[/]"
+    forced = decision.forced and decision.promoted and c is not None
+    console.print(f"{verdict}: {decision.reason}" + (" (forced)" if forced else ""), highlight=False)
+    return decision

@@ -23,7 +23,17 @@ from serving.exposures import exposure_record
 from serving.lookup import PRECOMPUTED_K
 from serving.policy import SUPPRESS, decide
 from serving.product_block import BlockItem, ProductBlock, clean_text, format_price, render_html, with_utm
-from serving.schemas import Item, ModelInfo, NextBestAction, Recommendations, RuleOptions, Score
+from serving.schemas import (
+    Item,
+    LoadedClassifier,
+    LoadedModels,
+    LoadedRecommender,
+    ModelInfo,
+    NextBestAction,
+    Recommendations,
+    RuleOptions,
+    Score,
+)
 from serving.state import ServingState
 from serving.variants import Arm
 
@@ -173,13 +183,20 @@ def scores(state: ServingState, customer_ids: list[str], keys: list[str]) -> lis
 
 
 def model_info(state: ServingState, running: Experiment | None) -> ModelInfo:
-    """Versions, training dates and headline holdout metrics of the loaded models."""
-    models = {}
+    """Versions, provenance (project, data fingerprint, trained through), training dates and headline
+    holdout metrics of the loaded models."""
+    classifiers = {}
     for name, bundle in (("churn", state.churn), ("propensity", state.propensity)):
         meta = bundle.meta
-        models[name] = {"version": str(meta.get("version")), "trained_as_of": meta.get("trained_as_of"),
-                        "holdout_roc_auc": (meta.get("holdout_metrics") or {}).get("roc_auc")}
-    models["recommender"] = {"version": state.recommender_version, "kind": state.recommender.kind}
+        classifiers[name] = LoadedClassifier(
+            version=str(meta.get("version")), project=meta.get("project"), data_fingerprint=meta.get("data_fingerprint"),
+            trained_through=meta.get("trained_through"), trained_as_of=meta.get("trained_as_of"),
+            holdout_roc_auc=(meta.get("holdout_metrics") or {}).get("roc_auc"))
+    provenance = state.recommender_provenance
+    recommender = LoadedRecommender(version=state.recommender_version, project=provenance.project,
+                                    data_fingerprint=provenance.data_fingerprint, trained_through=provenance.through,
+                                    kind=state.recommender.kind)
     return ModelInfo(snapshot_as_of=state.as_of.isoformat(), customers=len(state.customers),
-                     products=len(state.recommendations.products), models=models,
+                     products=len(state.recommendations.products),
+                     models=LoadedModels(recommender=recommender, **classifiers),
                      experiment=running.name if running else None)

@@ -14,6 +14,8 @@
 | ``SENDWISE_CURRENCY`` | currency of catalog prices (ISO code) | ``GBP`` |
 | ``SENDWISE_CONSENT`` | ``recorded``: email only with consent on record; ``unless-refused``: unless refused (see :mod:`serving.consent`) | ``recorded`` |
 | ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`serving.experiment_config`); variants of the running one | none |
+| ``SENDWISE_PROJECT`` | the project whose models are served (registered as ``<project>.churn`` ...); none: the global names | none |
+| ``SENDWISE_ALLOW_FOREIGN_MODELS`` | ``true``: serve a version registered for another project (with a warning) instead of refusing to start | ``false`` |
 
 A variable that is set must hold a value: an empty one is an error naming it (an empty
 ``SENDWISE_API_KEY`` would otherwise mean an open service).
@@ -28,6 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import InputError
 from serving.consent import ConsentRule
+from training.registry import check_project_name
 
 ENV_PREFIX = "SENDWISE_"
 
@@ -58,11 +61,18 @@ class ServeConfig(BaseModel):
     currency: str = "GBP"
     experiments: Path | None = None
     consent: ConsentRule = ConsentRule.RECORDED
+    project: str | None = None  # whose models: registered as <project>.<model> (none: the global names)
+    allow_foreign_models: bool = False  # serve versions registered for another project (warned)
 
     @field_validator("*", mode="before")
     @classmethod
     def _set_means_a_value(cls, value: object) -> object:
         return _not_empty(value)
+
+    @field_validator("project")
+    @classmethod
+    def _project_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_project_name(value)
 
     @classmethod
     def from_env(cls, **given: object) -> ServeConfig:
@@ -104,6 +114,9 @@ class ServeConfig(BaseModel):
             env["SENDWISE_POLICY"] = str(self.policy.resolve())
         if self.experiments:
             env["SENDWISE_EXPERIMENTS"] = str(self.experiments.resolve())
+        if self.project:
+            env["SENDWISE_PROJECT"] = self.project
+        env["SENDWISE_ALLOW_FOREIGN_MODELS"] = str(self.allow_foreign_models).lower()
         env["SENDWISE_CURRENCY"] = self.currency
         env["SENDWISE_CONSENT"] = self.consent.value
         return env

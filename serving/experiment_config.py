@@ -15,7 +15,8 @@ experiments:
          content_block: hero_v2}
 ```
 
-A variant's ``policy`` path is relative to the experiments file.
+A variant's ``policy`` path is relative to the experiments file. Its ``model_aliases`` name
+aliases of the service's project's models (``shop.recommender@challenger`` for project ``shop``).
 
 Weights must sum to 1, variant names must be unique, and two experiments may not run at the same
 time (a customer would be in both and their effects could not be told apart).

@@ -131,11 +131,36 @@ class Recommendations(BaseModel):
     model_version: str
 
 
+class LoadedModel(BaseModel):
+    """A loaded model version and where it comes from (its registry tags)."""
+
+    version: str
+    project: str | None = Field(None, description="the project it was registered for; null: none")
+    data_fingerprint: str | None = Field(None, description="fingerprint of the rows its training read")
+    trained_through: str | None = Field(None, description="ISO 8601: the latest timestamp among those rows",
+                                        examples=["2025-09-30T21:14:00"])
+
+
+class LoadedClassifier(LoadedModel):
+    trained_as_of: str | None = None
+    holdout_roc_auc: float | None = None
+
+
+class LoadedRecommender(LoadedModel):
+    kind: str = Field(examples=["als"])
+
+
+class LoadedModels(BaseModel):
+    churn: LoadedClassifier
+    propensity: LoadedClassifier
+    recommender: LoadedRecommender
+
+
 class ModelInfo(BaseModel):
     snapshot_as_of: str
     customers: int
     products: int
-    models: dict[str, dict]
+    models: LoadedModels
     experiment: str | None = Field(None, description="the experiment running now, if any")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import mlflow
@@ -38,7 +38,15 @@ from training.recommenders.batch import RecommendationContext
 from training.recommenders.models import Recommender
 from training.recommenders.store import REGISTERED_NAME
 from training.recommenders.store import load_version as load_recommender_version
-from training.registry import alias_version, load_version
+from training.registry import (
+    ForeignModelError,
+    ModelProvenance,
+    alias_version,
+    check_provenance,
+    load_version,
+    registered_name,
+    version_provenance,
+)
 from training.scoring import REASONS, score_features
 from training.tracking import configure_tracking
 
@@ -104,6 +112,7 @@ class ServingState:
     recommender_version: str
     recommendations: RecommendationContext
     lookup: Lookup
+    recommender_provenance: ModelProvenance = field(default_factory=lambda: ModelProvenance(None, None, None, None))
 
     @property
     def versions(self) -> dict[str, str]:
@@ -118,42 +127,81 @@ def config_aliases(config: ServeConfig) -> Aliases:
     return config.churn_alias, config.propensity_alias, config.recommender_alias
 
 
+FOREIGN_OVERRIDE = "set SENDWISE_ALLOW_FOREIGN_MODELS=true"
+MIN_CATALOG_COVERAGE = 0.5  # below this share of the catalog known to the recommender, serve warns
+
+
 @dataclass
 class Champions:
     churn: ModelBundle
     propensity: ModelBundle
     recommender: Recommender
     recommender_version: str
+    provenance: dict[str, ModelProvenance] = field(default_factory=dict)  # per model: churn, propensity, recommender
+    warnings: list[str] = field(default_factory=list)  # models of other data (or allowed foreign ones)
 
 
-def _load(name: str, alias: str, load: Callable[[str], object]) -> tuple[object, str]:
-    """``load(version)`` of the version of ``name`` carrying ``alias``, and that version; or
-    :class:`NotReadyError` naming the model, the version and what to do when it is missing or does
+def _load(model: str, alias: str, load: Callable[[str], object],
+          config: ServeConfig) -> tuple[object, str, ModelProvenance, str | None]:
+    """``load(version)`` of the version of ``model`` (of the configured project) carrying ``alias``,
+    that version, its provenance and a warning (or None); or :class:`NotReadyError` naming the model,
+    the version and what to do when it is missing, foreign (registered for another project) or does
     not load."""
+    name = registered_name(model, config.project)
     version = alias_version(name, alias)
     if version is None:
+        project = f" --project {config.project}" if config.project else ""
         raise NotReadyError(f"no '{name}' model has the alias '{alias}' in {mlflow.get_tracking_uri()}. Create it with "
-                            f"`sendwise train {name} --data DIR --as-of DATE`.")
+                            f"`sendwise train {model} --data DIR --as-of DATE{project}`.")
+    provenance = version_provenance(name, version)
     try:
-        return load(version), version
+        warning = check_provenance(name, version, provenance, config.project, config.allow_foreign_models,
+                                   str(config.data.resolve()), FOREIGN_OVERRIDE)
+    except ForeignModelError as exc:
+        raise NotReadyError(str(exc)) from exc
+    try:
+        return load(version), version, provenance, warning
     except Exception as exc:  # whatever a missing or corrupt artifact raises, say which
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise NotReadyError(
             f"the '{name}' model version {version} (alias '{alias}') could not be loaded: its artifact "
             f"(models:/{name}/{version}) is missing or corrupt ({type(exc).__name__}: {detail}). Point the "
-            f"alias at a good version (`sendwise models promote {name} --force` promotes the challenger) "
-            f"or retrain (`sendwise train {name} --data DIR --as-of DATE`).") from exc
+            f"alias at a good version (`sendwise models promote {model} --force` promotes the challenger) "
+            f"or retrain (`sendwise train {model} --data DIR --as-of DATE`).") from exc
 
 
 def load_champions(config: ServeConfig, aliases: Aliases | None = None) -> Champions:
-    """The models of one alias set (default: the configured ones), or :class:`NotReadyError` naming
-    the one that is missing or broken (``sendwise serve`` calls this before starting the server)."""
+    """The models of one alias set (default: the configured ones) of the configured project, or
+    :class:`NotReadyError` naming the one that is missing, broken or registered for another project
+    (``sendwise serve`` calls this before starting the server). ``warnings`` names models trained on
+    another data directory than the one served (without a project) and foreign ones allowed."""
     configure_tracking(config.mlruns)
     churn_alias, propensity_alias, recommender_alias = aliases or config_aliases(config)
-    churn, _ = _load("churn", churn_alias, lambda v: load_version("churn", v))
-    propensity, _ = _load("propensity", propensity_alias, lambda v: load_version("propensity", v))
-    recommender, version = _load(REGISTERED_NAME, recommender_alias, load_recommender_version)
-    return Champions(churn, propensity, recommender, version)
+    project = config.project
+    loaded = {
+        "churn": _load("churn", churn_alias, lambda v: load_version("churn", v, project), config),
+        "propensity": _load("propensity", propensity_alias, lambda v: load_version("propensity", v, project), config),
+        "recommender": _load(REGISTERED_NAME, recommender_alias, lambda v: load_recommender_version(v, project),
+                             config),
+    }
+    (churn, *_), (propensity, *_), (recommender, version, *_) = loaded.values()
+    return Champions(churn, propensity, recommender, version, {m: got[2] for m, got in loaded.items()},
+                     [got[3] for got in loaded.values() if got[3]])
+
+
+def catalog_coverage(recommender: Recommender, tables: Tables) -> str | None:
+    """A warning when ``recommender`` knows under :data:`MIN_CATALOG_COVERAGE` of the catalog's
+    product ids (it was trained on other data?), else None."""
+    products = tables.con.execute(f"SELECT DISTINCT {PRODUCT_ID} FROM {Table.PRODUCTS.value}").fetchall()
+    catalog = {str(r[0]) for r in products if r[0] is not None}
+    if not catalog or recommender.product_ids_ is None:
+        return None
+    known = len(catalog & set(recommender.product_ids_.astype(str)))
+    if known >= MIN_CATALOG_COVERAGE * len(catalog):
+        return None
+    return (f"the recommender knows {known:,} of the catalog's {len(catalog):,} product ids "
+            f"({known / len(catalog):.0%}): trained on other data? Its lists will be mostly popular products; "
+            "retrain it on this shop's data.")
 
 
 @dataclass(frozen=True)
@@ -228,6 +276,8 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
     check = safe_catalog(tables)
     if check.message:
         logger.warning(check.message)
+    for warning in dict.fromkeys(w for m in models.values() for w in m.warnings):
+        logger.warning(warning)
     feature_config = serving_feature_config([b for m in models.values() for b in (m.churn, m.propensity)])
     if config.snapshot is not None:
         if not config.snapshot.exists():
@@ -244,8 +294,8 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
     for aliases, m in models.items():
         context = RecommendationContext(tables, as_of, m.recommender)
         customers = CustomerTable(features, m.churn, m.propensity, current, feature_config)
-        states[aliases] = ServingState(as_of, customers, m.churn, m.propensity,
-                                       m.recommender, m.recommender_version, context, Lookup(context))
+        states[aliases] = ServingState(as_of, customers, m.churn, m.propensity, m.recommender, m.recommender_version,
+                                       context, Lookup(context), m.provenance["recommender"])
     return states
 
 

@@ -3,7 +3,9 @@ service's defaults when no experiment runs.
 
 At startup every experiment that has not ended gets its variants prepared: a variant's
 ``model_aliases`` (e.g. ``recommender: challenger``) load their own models, its ``policy`` file its
-own policy. A request assigns each customer with :func:`serving.assignment.assign_many`, the
+own policy. The aliases are those of the service's project's models (``SENDWISE_PROJECT``:
+``<project>.recommender@challenger``), checked like the defaults: a version registered for another
+project stops the service from starting unless foreign models are allowed. A request assigns each customer with :func:`serving.assignment.assign_many`, the
 same hashing as ``sendwise experiments assign``, so an assignment never changes between requests,
 restarts or machines.
 """
@@ -34,7 +36,8 @@ class Arm:
 
 
 def variant_aliases(config: ServeConfig, variant: Variant) -> Aliases:
-    """The aliases a variant serves: its ``model_aliases`` over the service's."""
+    """The aliases a variant serves: its ``model_aliases`` over the service's (of the models of
+    ``config.project``)."""
     default, overrides = config_aliases(config), variant.model_aliases
     return (overrides.get("churn", default[0]), overrides.get("propensity", default[1]),
             overrides.get("recommender", default[2]))

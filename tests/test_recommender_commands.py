@@ -50,6 +50,18 @@ def test_train_evaluate_recommend_and_promote(demo_dir: Path, demo_tables: Table
     result = runner.invoke(app, ["models", "promote", "recommender", "--margin", "-1"])
     assert result.exit_code == 2 and "train both with the same --k" in " ".join(result.output.split())
     assert alias_version("recommender", CHAMPION) == "2"
+    # --force promotes when no comparison is possible: other k, or (after training on newer data) other holdouts
+    forced = " ".join(run("models", "promote", "recommender", "--force").split())
+    assert "promoted: forced without a comparison: champion v2 logged ndcg_at_10 and challenger v3 ndcg_at_5" in forced
+    assert alias_version("recommender", CHAMPION) == "3"
+    run("train", "recommender", "--data", demo_dir, "--as-of", "2025-09-01", "--model", "itemknn")
+    result = runner.invoke(app, ["models", "promote", "recommender"])
+    assert result.exit_code == 2 and "were evaluated on different holdouts" in result.output
+    assert alias_version("recommender", CHAMPION) == "3"
+    forced = " ".join(run("models", "promote", "recommender", "--force").split())
+    assert "not compared" in forced and "promoted: forced without a comparison: champion v3 and challenger v4 " \
+        "were evaluated on different holdouts" in forced
+    assert alias_version("recommender", CHAMPION) == "4"
     run("evaluate", "recommender", "--data", demo_dir, "--as-of", "2025-10-01")
 
     target = tmp_path / "recs.parquet"

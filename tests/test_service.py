@@ -12,11 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from conftest import SERVE_AS_OF
 from starlette.testclient import TestClient
 
 from features.tables import Tables
@@ -92,9 +94,15 @@ def test_bad_input_is_a_4xx_naming_the_field(client: TestClient, path: str, body
     assert 400 <= got.status_code < 500 and field in got.text, got.text
 
 
-def test_model_info_and_health(client: TestClient) -> None:
+def test_model_info_and_health(client: TestClient, demo_tables: Tables) -> None:
     info = client.post("/model_info").json()
     assert set(info["models"]) == {"churn", "propensity", "recommender"} and info["customers"] > 0
+    fingerprint = demo_tables.before(datetime(2025, 10, 1)).fingerprint()
+    for name, model in info["models"].items():  # trained without a project, on rows before SERVE_AS_OF
+        assert model["version"] == "1" and model["project"] is None and model["data_fingerprint"] == fingerprint
+        assert "2025-09-29" < model["trained_through"] < SERVE_AS_OF
+        assert datetime.fromisoformat(model["trained_through"])
+        assert ({"kind"} if name == "recommender" else {"trained_as_of", "holdout_roc_auc"}) <= set(model)
     assert client.get("/readyz").status_code == 200
     paths = client.get("/docs.json").json()["paths"]
     assert {"/score", "/score_batch", "/recommend", "/recommend_batch", "/model_info"} <= set(paths)

@@ -10,10 +10,8 @@ import typer
 
 from sendwise import pipeline
 from sendwise.commands.data import DataDir, FeatureConfigOption, RejectsDir, date_option
-from sendwise.console import console, reports_user_errors
-from sendwise.pipeline import load
-from training.promotion import DEFAULT_MARGIN, promote
-from training.tracking import configure_tracking
+from sendwise.console import reports_user_errors
+from training.promotion import DEFAULT_MARGIN
 
 train_app = typer.Typer(help="Train models (tracked in MLflow, registered as challenger).", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: list versions, promote challengers.", no_args_is_help=True)
@@ -54,25 +52,16 @@ def list_models(names: Annotated[list[str] | None, typer.Argument(help="Model na
 @reports_user_errors
 def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn, propensity or recommender.")],
                   margin: Annotated[float, typer.Option(help="Gain required (ROC-AUC; NDCG@10 for the recommender).")] = DEFAULT_MARGIN,
-                  force: Annotated[bool, typer.Option(help="Promote whatever the comparison says.")] = False,
+                  force: Annotated[bool, typer.Option(
+                      help="Promote whatever the comparison says, or without one when none is possible.")] = False,
                   data: Annotated[Path | None, typer.Option(help="Evaluate both on a fresh holdout from this data.")] = None,
                   as_of: Annotated[datetime | None, date_option("--as-of", help="Date of the fresh holdout.")] = None,
                   ) -> None:
     """Move `champion` to the challenger only if it beats the champion on the same holdout, by the
     margin and with a paired-bootstrap interval of the difference above zero (above the margin when
-    the margin is negative)."""
-    configure_tracking()
-    tables = load(data, quiet=True) if data else None
-    decision = promote(name, margin, force, tables, as_of)
-    console.print(f"holdout: {decision.holdout}")
-    metric = decision.comparison.metric
-    console.print(f"champion v{decision.champion_version}: {metric} {decision.champion_value:.4f}; "
-                  f"challenger v{decision.challenger_version}: {metric} {decision.challenger_value:.4f}")
-    c = decision.comparison
-    console.print(f"difference {c.difference:+.4f}, 95% paired-bootstrap interval [{c.interval[0]:+.4f}, "
-                  f"{c.interval[1]:+.4f}] ({c.resamples:,} resamples of {c.rows:,} customers)")
-    verdict = "[green]promoted[/]" if decision.promoted else "[yellow]not promoted[/]"
-    console.print(f"{verdict}: {decision.reason}" + (" (forced)" if decision.forced and decision.promoted else ""))
+    the margin is negative). --force promotes whatever the comparison says, and also when no
+    comparison is possible (different holdouts, no logged holdout scores, different --k)."""
+    pipeline.promote_model(name, margin, force, data, as_of)
 
 
 @reports_user_errors

@@ -17,7 +17,7 @@ from serving.config import ServeConfig
 from serving.consent import ConsentRule
 from serving.experiment_config import load_experiments
 from serving.policy import Policy
-from serving.state import NotReadyError, load_champions, safe_catalog
+from serving.state import NotReadyError, catalog_coverage, load_champions, safe_catalog
 from serving.variants import variant_aliases
 
 ROOT = Path(__file__).resolve().parents[2]  # the project root (bentofile.yaml)
@@ -32,7 +32,10 @@ def preflight(config: ServeConfig) -> None:
     if config.snapshot is not None and not config.snapshot.exists():
         raise NotReadyError(f"feature snapshot {config.snapshot} does not exist. Create it with "
                             f"`sendwise features snapshot --data {config.data} --out {config.snapshot}`.")
-    load_champions(config)  # a missing alias, or an artifact that is missing or corrupt, fails here
+    # a missing alias, an artifact that is missing or corrupt, or a model of another project fails here
+    champions = load_champions(config)
+    for warning in champions.warnings:  # models of other data (without a project), foreign ones allowed
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     # The data as the service will read it: a wrong column or type fails here (ContractError), and
     # rejected rows go to the state directory, never into the data directory.
     tables, report = load_data_dir(config.data, config.rejects_dir)
@@ -43,6 +46,8 @@ def preflight(config: ServeConfig) -> None:
                      highlight=False, soft_wrap=True)
     if (message := safe_catalog(tables).message) is not None:
         errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    if (message := catalog_coverage(champions.recommender, tables)) is not None:
+        errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     tables.con.close()
     if config.experiments is not None:
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -52,7 +57,9 @@ def preflight(config: ServeConfig) -> None:
                     if v.policy is not None:
                         Policy.load(v.policy)
                     if v.model_aliases:
-                        load_champions(config, variant_aliases(config, v))
+                        for warning in load_champions(config, variant_aliases(config, v)).warnings:
+                            errors.print(f"[yellow]warning:[/] experiment '{experiment.name}', variant '{v.name}': "
+                                         f"{warning}", highlight=False, soft_wrap=True)
                 except (NotReadyError, OSError, ValueError) as exc:
                     raise NotReadyError(f"experiment '{experiment.name}', variant '{v.name}': {exc}") from exc
 

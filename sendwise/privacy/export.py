@@ -28,8 +28,8 @@ from serving.exposures import customer_exposures
 from training.holdout_scores import score_files
 from training.recommenders.batch import RecommendationContext
 from training.recommenders.rules import BusinessRules
-from training.recommenders.store import customer_data_in_store, load_alias
-from training.registry import CHAMPION, load_bundle
+from training.recommenders.store import REGISTERED_NAME, customer_data_in_store, load_registered
+from training.registry import CHAMPION, bundle_provenance, check_provenance, load_bundle, registered_name
 from training.scoring import score_features
 from training.tracking import configure_tracking
 
@@ -41,10 +41,12 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str | None = None,
                     exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
-                    k: int = 10, encoding: Encoding | str = Encoding.UTF_8) -> dict:
+                    k: int = 10, encoding: Encoding | str = Encoding.UTF_8, project: str | None = None) -> dict:
     """The export document of ``customer_id``; ``notes`` says what could not be included and why.
     ``mlruns`` and ``exposure_log`` are None where there is no such store; a path given must exist.
-    CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded)."""
+    CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded).
+    Scores and recommendations come from ``project``'s champions (none: the global names); one
+    registered for another project is left out with a note."""
     customer_id, data_dir = customer_id.strip(), Path(data_dir)  # ids are trimmed on import, as here
     if not customer_id:
         raise InputError("the customer id must be non-empty text")
@@ -72,14 +74,19 @@ def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str |
     else:
         configure_tracking(mlruns)
         try:
-            churn, propensity = load_bundle("churn", CHAMPION), load_bundle("propensity", CHAMPION)
+            churn, propensity = (load_bundle(m, CHAMPION, project=project) for m in ("churn", "propensity"))
+            for model, bundle in (("churn", churn), ("propensity", propensity)):
+                check_provenance(registered_name(model, project), str(bundle.meta["version"]),
+                                 bundle_provenance(bundle), project)
             if len(features):
                 doc["scores"] = _records(score_features(features, churn, propensity))[0] | {
                     "model_versions": {"churn": churn.meta["version"], "propensity": propensity.meta["version"]}}
         except LookupError as exc:
             doc["notes"].append(f"no scores: {exc}")
         try:
-            recommender, version = load_alias(CHAMPION)
+            loaded = load_registered(CHAMPION, project=project)
+            check_provenance(registered_name(REGISTERED_NAME, project), loaded.version, loaded.provenance, project)
+            recommender, version = loaded.model, loaded.version
             context = RecommendationContext(tables, as_of, recommender)
             recs = context.recommend(pd.Index([customer_id]), k, BusinessRules())
             doc["recommendations"] = _records(recs.drop(columns=[CUSTOMER_ID]).assign(model_version=version))
