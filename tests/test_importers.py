@@ -19,7 +19,7 @@ UCI_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,Cus
 def test_online_retail_mapping_on_a_hand_made_file(tmp_path: Path) -> None:
     src = tmp_path / "uci.csv.gz"
     with gzip.open(src, "wt") as fh:
-        fh.write(UCI_HEADER + "\n".join([
+        fh.write(UCI_HEADER + "".join(f"{line}\n" for line in (
             "536365,85123A,WHITE HANGING HEART ,6,2010-12-01 08:26:00,2.55,17850,United Kingdom",
             "536365,POST,POSTAGE,1,2010-12-01 08:26:00,18.00,17850,United Kingdom",
             "C536379,85123A,WHITE HANGING HEART,-2,2010-12-02 09:41:00,2.55,17850,United Kingdom",
@@ -27,7 +27,7 @@ def test_online_retail_mapping_on_a_hand_made_file(tmp_path: Path) -> None:
             "536381,gift_0001_20,Dotcomgiftshop Gift Voucher,1,2010-12-03 10:00:00,17.02,14000,France",
             "A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom",
             "536382,22423,REGENCY CAKESTAND,2,2010-12-04 10:00:00,12.75,14000,France",
-        ]) + "\n")
+        )))
     report = import_online_retail(src, tmp_path / "out")
     assert (report.read, report.loaded, report.rejected) == (7, 3, 4)
     assert report.reasons == {
@@ -77,6 +77,26 @@ def test_real_online_retail_accounts_for_every_row(online_retail_path: Path, tmp
     assert validation.rejected == 0 and tables.count("orders") == report.loaded
     returns = tables.con.execute("SELECT count(*) FROM orders WHERE quantity < 0").fetchall()[0][0]
     assert returns > 8_000  # cancellations with a customer are kept as returns
+
+
+def test_real_online_retail_in_uk_time_agrees_with_pandas(online_retail_path: Path, tmp_path: Path) -> None:
+    """InvoiceDate is UK local time: read in Europe/London, each invoice's time is what pandas' own
+    time zone code (zoneinfo) makes of it. The shop sold nothing in an hour that DST skips or repeats
+    (ambiguous="raise" would say so), so the two rules for those hours cannot differ here."""
+    report = import_online_retail(online_retail_path, tmp_path, timezone="Europe/London")
+    assert (report.read, report.loaded, report.timezone) == (541_909, 399_691, "Europe/London")  # as in UTC
+    tables, validation = load_data_dir(tmp_path)
+    assert validation.rejected == 0
+    got = tables.con.execute("SELECT order_id, min(ordered_at) FROM orders GROUP BY 1").df().set_index("order_id")
+    source = pd.read_csv(online_retail_path, usecols=["InvoiceNo", "InvoiceDate"], dtype=str)
+    local = pd.to_datetime(source["InvoiceDate"]).dt.tz_localize("Europe/London", ambiguous="raise",
+                                                                 nonexistent="raise")
+    expected = local.dt.tz_convert("UTC").dt.tz_localize(None).groupby(source["InvoiceNo"]).min()
+    expected = expected.reindex(got.index)
+    assert (got.iloc[:, 0] == expected).all()
+    shift = (pd.to_datetime(source["InvoiceDate"]).groupby(source["InvoiceNo"]).min().reindex(got.index)
+             - got.iloc[:, 0]).value_counts()
+    assert set(shift.index) == {pd.Timedelta(0), pd.Timedelta(hours=1)} and shift.min() > 5_000  # GMT and BST
 
 
 def test_movielens_mapping_and_rejects(tmp_path: Path) -> None:
