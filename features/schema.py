@@ -3,8 +3,9 @@
 This is the one place that spells out column names. Other modules import the constants below
 instead of writing ``"customer_id"`` themselves.
 
-Timestamps are stored as naive UTC. An input timestamp without a zone is taken to be UTC; one with
-an offset is converted to UTC.
+Timestamps are stored as naive UTC. An input timestamp without a zone is taken to be UTC, or a
+local time of the shop's time zone when one is given (``load_data_dir(..., timezone="Europe/London")``,
+see :mod:`features.timezones`); one with an offset is converted to UTC.
 
 Some rows cannot be true and are rejected: a timestamp after the moment the data is read
 (:data:`NOW`), a price above :data:`MAX_PRICE` or a quantity beyond :data:`MAX_QUANTITY`, an
