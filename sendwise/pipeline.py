@@ -255,23 +255,31 @@ def list_models(names: list[str] | None = None, project: str | None = None) -> N
     """Versions, aliases, provenance (project, data fingerprint, trained through) and headline holdout
     metrics of the models ``names`` (default: all three) of ``project`` (none: the global names)."""
     configure_tracking()
-    table = RichTable(title="Registered models" + (f" of project {project}" if project else ""),
-                      title_justify="left")
-    for col in ("model", "version", "aliases", "created", "project", "data", "trained through", "holdout", "metric",
-                "holdout value", "baseline", "baseline value"):
-        table.add_column(col)
-    for name in names or list(HEADLINE_COLUMNS):
+    names = names or list(HEADLINE_COLUMNS)
+    title = "Registered models"
+    if project:
+        title += f" of project {project} ({', '.join(registered_name(n, project) for n in names)})"
+    table = RichTable(title=title, title_justify="left")
+    for col in ("model", "v", "aliases", "created", "project", "data", "trained through", "holdout", "metric",
+                "value", "baseline"):
+        table.add_column(col, justify="right" if col in ("value", "baseline") else "left",
+                         no_wrap=col in ("data", "trained through", "holdout", "value", "baseline"))
+    baselines = {}
+    for name in names:
         metric, baseline = HEADLINE_COLUMNS.get(name, HEADLINE_COLUMNS["churn"])
         for row in list_versions(name, project):
             m, provenance = row.metrics, row.provenance
-            table.add_row(row.name, row.version, ", ".join(sorted(row.aliases)),
+            baselines.setdefault(baseline.split("_", 1)[1].rsplit(f"_{metric}", 1)[0], []).append(name)
+            table.add_row(name, row.version, ", ".join(sorted(row.aliases)),
                           f"{datetime.fromtimestamp(row.created / 1000):%Y-%m-%d %H:%M}",
                           provenance.project or "-", (provenance.data_fingerprint or "-")[:12],
-                          provenance.through or "-", row.tags.get("holdout_as_of", "")[:10], metric,
+                          (provenance.through or "-")[:19], row.tags.get("holdout_as_of", "")[:10], metric,
                           f"{m[f'holdout_{metric}']:.4f}" if f"holdout_{metric}" in m else "-",
-                          baseline.split("_", 1)[1].rsplit(f"_{metric}", 1)[0],
                           f"{m[baseline]:.4f}" if baseline in m else "-")
     console.print(table)
+    if baselines:
+        console.print("data: the fingerprint of the rows training read; baseline: " + "; ".join(
+            f"{b} for {', '.join(dict.fromkeys(models))}" for b, models in baselines.items()), highlight=False)
 
 
 def _write_table(frame: pd.DataFrame, out: Path) -> None:

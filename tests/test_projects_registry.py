@@ -246,11 +246,13 @@ def test_models_list_shows_project_fingerprint_and_trained_through(shop: Path, d
     pipeline.list_models(project="shop-a")
     out = capsys.readouterr().out
     fingerprint = demo_tables.before(datetime(2025, 10, 1)).fingerprint()
-    rows = [line for line in out.splitlines() if "shop-a." in line]
-    assert {m for m in MODELS if any(f"shop-a.{m} " in r for r in rows)} == set(MODELS)
+    assert "Registered models of project shop-a (shop-a.churn, shop-a.propensity, shop-a.recommender)" in out
+    rows = [line for line in out.splitlines() if line.startswith("│") and " shop-a " in line]
+    assert [next(m for m in MODELS if f" {m} " in r) for r in rows] == list(MODELS)
+    assert "baseline: logistic_log_rfm for churn, propensity; popular for recommender" in out
     for row in rows:
         assert fingerprint[:12] in row and fingerprint[:13] not in row
-        assert latest_row_before(demo_tables, AS_OF).isoformat() in row
+        assert latest_row_before(demo_tables, AS_OF).isoformat()[:19] in row  # to the second
     assert "shop-b." not in out
 
 
