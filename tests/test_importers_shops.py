@@ -203,6 +203,15 @@ def test_shopify_mapping_replaces_a_default(tmp_path: Path) -> None:
     assert tables.frame("products")["category"].item() == "Bean & Co"
 
 
+def test_shopify_rows_without_an_order_name_borrow_nothing(tmp_path: Path) -> None:
+    rows = [{"Email": "a@x.example", "Created at": "2024-01-01", "Cancelled at": "2024-01-02"} | item("Mug", "M", "1", "5"),
+            {"Created at": "2024-01-01"} | item("Mug", "M", "1", "5")]  # no Name: not the row above's order
+    src = tmp_path / "orders_export.csv"
+    src.write_text(shopify_csv(rows))
+    report = run_import("shopify", src, tmp_path / "out")
+    assert rejects_of(report) == {1: "cancelled order (Cancelled at is set)", 2: "missing Name"}
+
+
 def test_a_file_that_is_not_a_shopify_export_names_what_is_missing(tmp_path: Path) -> None:
     src = tmp_path / "orders.csv"
     src.write_text("Name,Email,Created at\n#1,a@b.example,2024-01-01\n")

@@ -96,7 +96,8 @@ def _sources(src: Path, found: list[str], mapping: Mapping[str, str]) -> dict[st
 
 def _carried_source(found: list[str], sources: Mapping[str, str]) -> str:
     """SQL of the export's rows with the order's own fields that a row leaves empty taken from the
-    order's rows that have them (rows of one order share its order_id column)."""
+    order's rows that have them (rows of one order share its order_id column; a row without one is
+    left as it is)."""
     key = sources[s.ORDER_ID]
     used = set(sources.values()) | {FINANCIAL_STATUS, CANCELLED_AT, CURRENCY}
     carried = [c for c in found if c in used and c != key and not c.startswith(LINE_LEVEL_PREFIX) and c != VENDOR]
@@ -104,8 +105,9 @@ def _carried_source(found: list[str], sources: Mapping[str, str]) -> str:
         return f"SELECT * FROM {SOURCE_VIEW}"
     window = (f"PARTITION BY {text_sql(key)} ORDER BY {ROW_ID} "
               "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING")
-    replaced = ", ".join(f"coalesce({text_sql(c)}, first_value({text_sql(c)} IGNORE NULLS) OVER ({window})) "
-                         f"AS {quoted(c)}" for c in carried)
+    replaced = ", ".join(f"coalesce({text_sql(c)}, CASE WHEN {text_sql(key)} IS NOT NULL "  # no order: nothing
+                         f"THEN first_value({text_sql(c)} IGNORE NULLS) OVER ({window}) END) AS {quoted(c)}"
+                         for c in carried)
     return f"SELECT * REPLACE ({replaced}) FROM {SOURCE_VIEW}"
 
 
