@@ -31,6 +31,7 @@ from features.io import load_data_dir, write_parquet
 from features.snapshot import write_snapshot
 from features.training_set import Target, build_training_set
 from sendwise.cli import app
+from sendwise.privacy.export import export_customer
 from sendwise.privacy.forget import forget_customers
 from serving.config import ServeConfig
 from serving.exposures import read_exposures
@@ -216,6 +217,18 @@ def test_export_holds_everything_about_the_customer(shop: Shop, before: Before) 
     assert holdout and all(r["customer_id"] == VICTIM for r in holdout)  # the models' holdout scores of the customer
     assert len(before.exposures) == 4 and doc["exposures"] == before.exposures  # the four answers that log one
     assert doc["forgotten"] is False and doc["notes"] == []
+
+
+def test_export_scores_with_the_projects_models_only(shop: Shop, before: Before,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shop's models are registered without a project: a project's export uses none of them."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    doc = export_customer(VICTIM, shop.data, shop.mlruns, project="other-shop")
+    assert doc["scores"] is None and doc["recommendations"] == []
+    assert [n.split(":")[0] for n in doc["notes"]] == ["no scores", "no recommendations"]
+    assert "no 'other-shop.churn' model has the alias 'champion'" in doc["notes"][0]
+    assert "no 'other-shop.recommender' model has the alias 'champion'" in doc["notes"][1]
+    assert doc["model_rows"] == before.export["model_rows"]  # what the store holds about them, whoever's
 
 
 def test_customer_ids_are_the_only_identifier_in_models_and_exposures(shop: Shop, before: Before) -> None:
