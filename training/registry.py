@@ -135,8 +135,6 @@ class ModelProvenance:
                 "trained_through": self.through, "data": self.data}
 
 
-Provenance = ModelProvenance  # the shorter name
-
 
 def version_provenance(name: str, version: str) -> ModelProvenance:
     """The provenance of version ``version`` of the registered model ``name``."""
@@ -164,7 +162,7 @@ def check_provenance(name: str, version: str, provenance: ModelProvenance, proje
     with a warning naming both (scripts without projects keep working)."""
     if (provenance.project or None) != (project or None):
         message = (f"'{name}' version {version} was registered for {_describe(provenance.project)}, not for "
-                   f"{_describe(project)} in use: it was trained on another shop's data")
+                   f"{_describe(project)} in use: it may have been trained on another shop's data")
         if not allow_foreign:
             raise ForeignModelError(f"{message}. Train the project's own model, or {override} to use it anyway.")
         return f"{message}; used anyway (foreign models allowed)."
