@@ -47,7 +47,7 @@ def test_online_retail_mapping_on_a_hand_made_file(tmp_path: Path) -> None:
     customers = tables.frame("customers").set_index("customer_id")
     assert customers["country"].to_dict() == {"14000": "France", "17850": "United Kingdom"}
     rejects = pd.read_csv(tmp_path / "out" / "_rejects" / "uci.csv", dtype=str)
-    assert list(rejects.columns[:4]) == ["source_row", "reason", "InvoiceNo", "StockCode"]
+    assert list(rejects.columns[:4]) == ["source_row", "reason", "customer_id", "InvoiceNo"]
     assert sorted(rejects["source_row"].astype(int)) == [2, 4, 5, 6]
 
 

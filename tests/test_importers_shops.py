@@ -18,6 +18,7 @@ from features.importers import ImportFormat, parse_mapping, run_import
 from features.importers.shopify import EXPORT_COLUMNS
 from features.importers.uci_retail import import_online_retail
 from features.io import load_data_dir, write_tombstones
+from features.privacy import drop_customer_rows
 from features.tombstones import Tombstones
 from features.validate import ContractError
 from sendwise.cli import app
@@ -169,8 +170,11 @@ def test_shopify_export_end_to_end(tmp_path: Path) -> None:
     assert products.loc[FORMULA, "name"] == FORMULA and products.loc["TT-2", "name"] == "Tea towel"
     assert products.loc["MUG-1", "price"] == 12.5
     rejected = pd.read_csv(report.rejects_file, dtype=str, keep_default_na=False)
-    assert list(rejected.columns) == ["source_row", "reason", *EXPORT_COLUMNS]  # the export's row as it was
+    assert list(rejected.columns) == ["source_row", "reason", "customer_id", *EXPORT_COLUMNS]  # the row as it was
     assert rejected.loc[rejected["source_row"] == "5", "Cancelled at"].item() == "2024-03-05 12:00:00 +0100"
+    # a customer forgotten later is found in the rejects by the contract's id, not the export's "Email"
+    assert drop_customer_rows(report.rejects_file, {"bob@shop.example"}) == {"bob@shop.example": 3}
+    assert rejects_of(report) == {6: "missing Email"}
 
 
 def test_shopify_consent_is_the_latest_orders_and_forgotten_customers_stay_out(tmp_path: Path) -> None:
@@ -258,7 +262,7 @@ def test_mapped_csv_with_semicolons_a_bom_and_hostile_values(tmp_path: Path) -> 
     assert pd.isna(customers.loc["anna@example.de", "email_consent"])
     assert customers.loc["ben@example.de", "email_consent"] == True
     rejected = pd.read_csv(report.rejects_file, dtype=str, keep_default_na=False)
-    assert list(rejected.columns[:3]) == ["source_row", "reason", "Bestellung"]
+    assert list(rejected.columns[:4]) == ["source_row", "reason", "customer_id", "Bestellung"]
     assert rejected.columns[-1] == "reason_1"  # the file's own column 'reason', renamed beside ours
 
 

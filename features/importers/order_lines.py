@@ -12,8 +12,9 @@ read as text (dialect, encoding and byte-order mark as the loader reads them):
    written without it;
 2. leaves out the rows of customers forgotten in the output directory (``sendwise privacy forget``);
 3. validates the order lines as ``orders`` (:mod:`features.validate`), naive times read in the
-   shop's time zone; every row that is not loaded goes to the rejects file with its reason, under
-   the source's column names;
+   shop's time zone; every row that is not loaded goes to the rejects file as it was, with its row
+   number, its reason (in the source's column names) and the ``customer_id`` it would have had, so
+   that ``sendwise privacy forget`` finds a customer's rejected rows whatever the source called them;
 4. derives ``products`` from the order lines (most frequent name, category and links, median
    positive unit price) and ``customers`` from the loaded orders (most frequent country, the email
    consent given with their latest order);
@@ -100,7 +101,7 @@ def import_lines(con: duckdb.DuckDBPyConnection, src: Path, out_dir: Path | str,
     con.execute(
         f"""CREATE TEMP TABLE {REJECTS} AS
             SELECT l.{ROW_ID} AS {s.SOURCE_ROW}, coalesce(l.{NOT_A_LINE}, r.{s.REJECT_REASON}) AS {s.REJECT_REASON},
-                   src.* EXCLUDE ({ROW_ID})
+                   l.{s.CUSTOMER_ID}, src.* EXCLUDE ({ROW_ID})
             FROM {LINES} l JOIN {SOURCE_VIEW} src ON src.{ROW_ID} = l.{ROW_ID}
             LEFT JOIN orders_rejects r ON r.{s.SOURCE_ROW} = l.{ROW_ID}
             WHERE l.{NOT_A_LINE} IS NOT NULL OR r.{s.SOURCE_ROW} IS NOT NULL
