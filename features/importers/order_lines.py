@@ -70,7 +70,7 @@ class LineLayout:
     names: Mapping[str, str]  # contract column -> the user's name for it, in errors and reasons
     not_a_line: str | None = None  # SQL: why the row is no order line (a reason), NULL when it is one
     source_sql: str = f"SELECT * FROM {SOURCE_VIEW}"  # the rows the expressions read (one per source row)
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # for the report: what was loaded but deserves a look
 
     def __post_init__(self) -> None:
         missing = [c for c in ORDER_COLUMNS if c not in self.columns]
@@ -79,7 +79,7 @@ class LineLayout:
 
 
 def import_lines(con: duckdb.DuckDBPyConnection, src: Path, out_dir: Path | str, layout: LineLayout,
-                 timezone: str | None = None, warnings: Iterable[str] = ()) -> ImportReport:
+                 timezone: str | None = None) -> ImportReport:
     """Import ``src``, already read into ``con`` as ``_source`` (see :mod:`features.importers.report`),
     as order lines by ``layout`` into ``out_dir``; naive times are local times in ``timezone`` (a
     name :func:`features.timezones.check_timezone` returned, None: UTC)."""
@@ -111,7 +111,7 @@ def import_lines(con: duckdb.DuckDBPyConnection, src: Path, out_dir: Path | str,
     _derive_customers(con, timezone)
     create_empty(con, s.SPECS[s.Table.EVENTS])
     return write_import(Tables(con), str(src), REJECTS, out_dir, read_table=LINES, forgotten=forgotten,
-                        timezone=timezone, warnings=[*layout.warnings, *warnings])
+                        timezone=timezone, warnings=layout.warnings)
 
 
 def _counted(key: str, columns: Iterable[str]) -> str:
