@@ -109,10 +109,11 @@ def print_import(report: ImportReport) -> None:
 
 
 def load(data: Path, rejects: Path | None = None, quiet: bool = False,
-         encoding: Encoding | str = Encoding.UTF_8, require_orders: bool = True) -> Tables:
+         encoding: Encoding | str = Encoding.UTF_8, require_orders: bool = True, timezone: str | None = None) -> Tables:
     """Validate ``data`` (printing the summary unless ``quiet`` and clean); with ``require_orders``,
-    orders with every row rejected are an error (nothing to compute from)."""
-    tables, report = load_data_dir(data, rejects, encoding)
+    orders with every row rejected are an error (nothing to compute from). Naive timestamps are local
+    times of ``timezone`` (default: UTC), see :func:`features.io.load_data_dir`."""
+    tables, report = load_data_dir(data, rejects, encoding, timezone=timezone)
     if not quiet or report.rejected or report.warnings:
         print_validation(report)
     orders = next(t for t in report.tables if t.table == Table.ORDERS.value)
@@ -123,9 +124,10 @@ def load(data: Path, rejects: Path | None = None, quiet: bool = False,
     return tables
 
 
-def validate(data: Path, rejects: Path | None = None, encoding: Encoding | str = Encoding.UTF_8) -> None:
+def validate(data: Path, rejects: Path | None = None, encoding: Encoding | str = Encoding.UTF_8,
+             timezone: str | None = None) -> None:
     """Check a data directory against the contract and print what was loaded and rejected."""
-    load(data, rejects, encoding=encoding, require_orders=False)
+    load(data, rejects, encoding=encoding, require_orders=False, timezone=timezone)
 
 
 def generate(out: Path, customers: int = 10_000, seed: int = 0, products: int = 1_000,
