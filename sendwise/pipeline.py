@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table as RichTable
 
+from features.attributes import current_attributes, with_current_attributes
 from features.build import to_timestamp
 from features.config import FeatureConfig
 from features.demo import DemoShop, generate_demo
@@ -26,11 +27,12 @@ from features.io import (
     refuse_overwriting_inputs,
     write_parquet,
 )
-from features.schema import CUSTOMER_ID, Table
+from features.schema import CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED, Table
 from features.snapshot import write_snapshot
 from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
-from sendwise.console import console, progress_bar
+from sendwise.console import console, errors, progress_bar
+from serving.consent import ConsentRule, emailable_line, may_email
 from training.promotion import DEFAULT_MARGIN, PromotionDecision, promote
 from training.recommenders.batch import check_k, recommend_all
 from training.recommenders.metrics import METRICS, SOURCE
@@ -69,6 +71,19 @@ def check_model(name: str, version: str, provenance: ModelProvenance, data: Path
                                FOREIGN_OVERRIDE)
     if warning:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def print_emailable(tables: Tables, features: pd.DataFrame, rule: ConsentRule = ConsentRule.RECORDED) -> str:
+    """Print ``emailable: N of M customers (X%) under consent rule R`` for the customers of
+    ``features`` (consent as of today, unsubscribes as of the features' as_of), and a warning when
+    nobody may be emailed; returns the line."""
+    columns = [c for c in (CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED) if c in features]
+    signals = with_current_attributes(features[columns], current_attributes(tables))
+    line, warning = emailable_line(may_email(signals, rule), rule)
+    console.print(line)
+    if warning:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    return line
 
 
 def feature_config(path: Path | None) -> FeatureConfig:

@@ -22,19 +22,15 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 
-from features.attributes import current_attributes, with_current_attributes
 from features.config import FeatureConfig
 from features.errors import SendwiseError
 from features.importers import run_import
-from features.schema import CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED
 from features.snapshot import write_snapshot
-from features.tables import Tables
 from features.training_set import Target, data_end
 from sendwise.console import console, errors, progress_bar
-from sendwise.pipeline import load, print_import
+from sendwise.pipeline import load, print_emailable, print_import
 from sendwise.project import Project
 from sendwise.run_report import write_report
-from serving.consent import emailable_line, may_email
 from training.retrain import RetrainOutcome, RetrainSettings, retrain_classifier, retrain_recommender
 
 
@@ -108,17 +104,6 @@ def retrain_settings(project: Project) -> RetrainSettings:
                            k=run.k, window_days=run.window_days, data_source=str(project.data))
 
 
-def emailable(tables: Tables, features, project: Project) -> str:
-    """Print and return the share of customers who may be emailed under the project's consent rule."""
-    columns = [c for c in (CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED) if c in features]
-    signals = with_current_attributes(features[columns], current_attributes(tables))
-    line, warning = emailable_line(may_email(signals, project.settings.consent), project.settings.consent)
-    console.print(line)
-    if warning:
-        errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    return line
-
-
 def run_project(project: Project) -> RunResult:
     """The whole job under the project's lock; returns what happened (see :class:`RunResult`)."""
     started, clock = datetime.now(UTC), time.perf_counter()
@@ -158,7 +143,7 @@ def run_project(project: Project) -> RunResult:
         features, when = write_snapshot(tables, project.snapshot, config=config)
         result.customers, result.snapshot = len(features), project.snapshot
         console.print(f"snapshot of {len(features):,} customers at {when:%Y-%m-%dT%H:%M:%S} written to {project.snapshot}")
-        result.emailable = emailable(tables, features, project)
+        result.emailable = print_emailable(tables, features, project.settings.consent)
         result.seconds = time.perf_counter() - clock
         result.report = write_report(project, result)
         console.print(f"report: {result.report} (and the MLflow experiment sendwise-runs); "

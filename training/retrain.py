@@ -57,8 +57,9 @@ from training.recommenders.train import tune as tune_recommender
 from training.registry import (
     CHALLENGER,
     CHAMPION,
-    Provenance,
+    ModelProvenance,
     alias_version,
+    latest_row_time,
     load_version,
     log_and_register,
     registered_name,
@@ -122,9 +123,9 @@ def _plot_bytes(make: Callable[[Path], Path]) -> bytes:
         return make(Path(tmp) / "plot.png").read_bytes()
 
 
-def _provenance(settings: RetrainSettings, tables: Tables, end: datetime) -> Provenance:
-    return Provenance(project=settings.project, data_fingerprint=tables.fingerprint(),
-                      trained_through=end, data=settings.data_source)
+def _provenance(settings: RetrainSettings, tables: Tables) -> ModelProvenance:
+    """A refit reads every row: it is trained through the latest one."""
+    return ModelProvenance.of_data(tables, settings.project, settings.data_source)
 
 
 def _decision(champion: str | None, same_recipe: bool, comparison: PairedDifference | None,
@@ -224,7 +225,7 @@ def _register_classifier(bundle: ModelBundle, name: str, run_name: str, settings
         log_holdout_scores(backtest["scores"])
         _log_plots(backtest["plots"])
         return log_and_register(bundle, name, backtest["example"], bundle.predict_proba(backtest["example"]),
-                                provenance=_provenance(settings, tables, end))
+                                provenance=_provenance(settings, tables))
 
 
 def _log_plots(pngs: dict[str, bytes]) -> None:
@@ -306,8 +307,8 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
                           f"trained on monthly as_of dates before {as_of:%Y-%m-%d}; holdout: every customer at "
                           f"{as_of:%Y-%m-%d}, labelled from the {horizon} days after it (the latest fully labelled "
                           "window); the registered model is refitted on every labelled month up to the data's end.",
-                          figures, version, champion_version, champion_after, promoted, reason, end, comparison,
-                          backtest["plots"])
+                          figures, version, champion_version, champion_after, promoted, reason,
+                          latest_row_time(tables), comparison, backtest["plots"])
 
 
 # --- recommender -------------------------------------------------------------------------------
@@ -343,7 +344,7 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
         figures[who], per_customer[who] = _recommender_scores(model.fit_tables(cut, as_of), tables, test, k)
 
     champion_version = alias_version(name, CHAMPION)
-    champion = load_recommender_version(champion_version, name) if champion_version else None
+    champion = load_recommender_version(champion_version, settings.project) if champion_version else None
     same = champion is not None and (champion.kind, champion.params) == (kind, params)
     comparison = None
     metric = f"ndcg_at_{k}"
@@ -376,7 +377,7 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
             _log_plots(plot)
             example = pd.DataFrame({CUSTOMER_ID: final.customer_ids_[:5].astype(str)})
             return register_recommender(final, example, project=settings.project,
-                                        provenance=_provenance(settings, tables, end))
+                                        provenance=_provenance(settings, tables))
 
     mlflow.set_experiment(experiment_id=experiment_id("sendwise-recommender"))
     version = register(kind, params, "challenger", f"run-recommender-{end:%Y-%m-%d}")
@@ -388,4 +389,5 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
     return RetrainOutcome("recommender", name, metric, tuple(figures["challenger"]), as_of, len(per_customer["challenger"]),
                           f"fitted on the rows before {as_of:%Y-%m-%d}; truth: the products each customer bought "
                           f"from then to the data's end (new items); the registered model is refitted on every row.",
-                          figures, version, champion_version, champion_after, promoted, reason, end, comparison, plot)
+                          figures, version, champion_version, champion_after, promoted, reason,
+                          latest_row_time(tables), comparison, plot)

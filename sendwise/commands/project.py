@@ -7,13 +7,20 @@ from typing import Annotated
 
 import typer
 
-from features.demo import DemoShop
 from features.dates import parse_iso_date
+from features.demo import DemoShop
 from features.errors import InputError, SendwiseError
 from features.importers import ImportFormat, parse_mapping, run_import
 from sendwise import pipeline
 from sendwise.console import console, errors, reports_user_errors
-from sendwise.project import DEFAULT_DATA, ImportSettings, Project, ProjectSettings, find_project, write_project
+from sendwise.project import (
+    DEFAULT_DATA,
+    ImportSettings,
+    Project,
+    ProjectSettings,
+    find_project,
+    write_project,
+)
 from sendwise.run import ExitCode, RunLockedError, run_project
 from serving.consent import ConsentRule
 
