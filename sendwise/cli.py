@@ -10,6 +10,7 @@ import typer
 from sendwise.commands.data import data_app, features_app
 from sendwise.commands.experiments import experiments_app
 from sendwise.commands.models import models_app, score, train_app
+from sendwise.commands.project import init, run
 from sendwise.commands.recommenders import evaluate_app, recommend, train_recommender_command
 from sendwise.commands.serve import serve
 from sendwise.console import reports_user_errors
@@ -18,6 +19,8 @@ from sendwise.privacy.cli import privacy_app
 
 app = typer.Typer(help="sendwise: ML for marketing email, self-hosted.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
+app.command("init")(init)
+app.command("run")(run)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(train_app, name="train")

@@ -1,0 +1,129 @@
+"""Projects and `sendwise run`: init writes a project, run backtests, refits through the data's end,
+registers and promotes per project, writes the snapshot and the report; a lock and exit codes a
+scheduler can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from features.io import load_data_dir
+from features.training_set import data_end
+from sendwise.cli import app
+from sendwise.project import PROJECT_FILE, find_project, load_project
+from sendwise.run import ExitCode, run_lock
+from training.registry import CHAMPION
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def project_dir(demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project over the generated shop, with few monthly folds to keep the runs short."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = runner.invoke(app, ["init", str(tmp_path / "shop"), "--data", str(demo_dir), "--name", "shop-a"])
+    assert result.exit_code == 0, result.output
+    file = tmp_path / "shop" / PROJECT_FILE
+    settings = yaml.safe_load(file.read_text())
+    settings["run"]["periods"] = 4
+    file.write_text(yaml.safe_dump(settings))
+    return tmp_path / "shop"
+
+
+def test_init_writes_a_commented_project_and_never_overwrites_it(demo_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", str(tmp_path / "p"), "--data", str(demo_dir)])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "p" / PROJECT_FILE).read_text()
+    assert text.startswith("# sendwise project") and "consent: recorded" in text
+    project = load_project(tmp_path / "p")
+    assert project.name == "p" and project.data == demo_dir.resolve()
+    again = runner.invoke(app, ["init", str(tmp_path / "p"), "--data", str(demo_dir)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    assert (tmp_path / "p" / PROJECT_FILE).read_text() == text
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("nmae: x\n", "nmae"),
+    ("timezone: Mars/Olympus\n", "Mars/Olympus"),
+    ("run: {recommender: magic}\n", "run.recommender"),
+    ("links: {product_url: 'javascript:alert(1)'}\n", "links.product_url"),
+])
+def test_a_bad_setting_is_named(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / PROJECT_FILE).write_text(content)
+    result = runner.invoke(app, ["run", "--project", str(tmp_path)])
+    assert result.exit_code == ExitCode.USER_ERROR
+    assert message in result.output and PROJECT_FILE in result.output
+
+
+def test_init_needs_exactly_one_data_source(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "exactly one of --data" in result.output
+    assert not (tmp_path / "p" / PROJECT_FILE).exists()
+
+
+def test_run_refits_every_model_through_the_data_end_and_reports(project_dir: Path) -> None:
+    first = runner.invoke(app, ["run", "--project", str(project_dir)])
+    assert first.exit_code == ExitCode.OK, first.output
+    assert "emailable:" in first.output and "under consent rule recorded" in first.output
+    project = load_project(project_dir)
+    project.use_tracking()
+    tables, _ = load_data_dir(project.data)
+    end = data_end(tables)
+    client = MlflowClient()
+    versions = {}
+    for model in ("churn", "propensity", "recommender"):
+        champion = client.get_model_version_by_alias(f"shop-a.{model}", CHAMPION)
+        assert champion.tags["sendwise.project"] == "shop-a"
+        assert champion.tags["sendwise.trained_through"] == end.isoformat()
+        versions[model] = champion.version
+    assert project.snapshot.exists()
+    reports = sorted(project.reports.glob("run-*.html"))
+    assert len(reports) == 1 and "data:image/png;base64," in reports[0].read_text()
+
+    second = runner.invoke(app, ["run", "--project", str(project_dir)])
+    assert second.exit_code == ExitCode.OK, second.output
+    assert "same recipe as champion" in second.output
+    for model, version in versions.items():  # the same recipe, refreshed: a new version serves
+        assert int(client.get_model_version_by_alias(f"shop-a.{model}", CHAMPION).version) > int(version)
+    latest = sorted(project.reports.glob("run-*.html"))[-1].read_text()
+    assert "last run&#39;s challenger" in latest or "last run's challenger" in latest
+
+
+def test_a_second_run_waits_for_the_first(project_dir: Path) -> None:
+    with run_lock(load_project(project_dir)):
+        result = runner.invoke(app, ["run", "--project", str(project_dir)])
+    assert result.exit_code == ExitCode.LOCKED
+    assert "another `sendwise run`" in result.output and "run.lock" in result.output
+
+
+def test_a_failed_model_keeps_its_champion_and_the_rest_is_done(project_dir: Path, tmp_path: Path) -> None:
+    file = project_dir / PROJECT_FILE
+    settings = yaml.safe_load(file.read_text())
+    settings["run"]["churn_horizon_days"] = 700  # longer than the data: churn cannot be backtested
+    file.write_text(yaml.safe_dump(settings))
+    result = runner.invoke(app, ["run", "--project", str(project_dir)])
+    assert result.exit_code == ExitCode.MODEL_FAILED, result.output
+    assert "churn failed" in result.output
+    project = load_project(project_dir)
+    project.use_tracking()
+    client = MlflowClient()
+    assert client.get_model_version_by_alias("shop-a.propensity", CHAMPION)
+    assert not client.search_model_versions("name = 'shop-a.churn'")
+    assert project.snapshot.exists()
+
+
+def test_run_needs_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == ExitCode.USER_ERROR and "--project" in result.output
+
+
+def test_the_project_in_the_current_directory_is_found(project_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project_dir)
+    assert find_project(None).name == "shop-a"
+    monkeypatch.chdir(project_dir.parent)
+    assert find_project(None) is None
