@@ -117,6 +117,8 @@ class GuardMiddleware:
                 if path in SYSTEM_PATHS or path.startswith(STATIC + "/"):
                     return await self.app(scope, receive, send)
                 raise _Refused(404, "no such route; the API is described at /docs")
+            if method == "GET" and self.routes[path] is None:  # a route without a body (/model_info): GET too
+                return await self.app(dict(scope, method="POST"), receive, send)
             if method != "POST":
                 return await self.app(scope, receive, send)  # the router answers 405
             body = await self._read_body(headers, receive)

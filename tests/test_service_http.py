@@ -56,7 +56,8 @@ def anonymous(served) -> TestClient:
 # item 3 -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/metrics"), ("GET", "/docs.json"), ("GET", "/"), ("GET", "/docs"), ("GET", "/schema.json"),
-    ("GET", "/static_content/swagger-ui.css"), ("POST", "/score"), ("POST", "/model_info"), ("POST", "/ping"),
+    ("GET", "/static_content/swagger-ui.css"), ("POST", "/score"), ("POST", "/model_info"), ("GET", "/model_info"),
+    ("POST", "/ping"),
     ("GET", "/no/such/path"), ("POST", "/score_batch/"), ("GET", "/.env"),
 ])
 def test_with_a_key_every_route_but_the_health_checks_needs_it(client: TestClient, anonymous: TestClient,
