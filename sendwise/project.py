@@ -24,9 +24,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.dates import parse_iso_date
+from features.demo import DemoShop
 from features.errors import InputError, NotFoundError, validation_problems
-from features.importers import ImportFormat
+from features.importers import ImportFormat, run_import
 from features.timezones import check_timezone
+from sendwise import pipeline
 from serving.consent import ConsentRule
 from training.recommenders.models import TUNABLE
 from training.registry import check_project_name
@@ -251,6 +254,44 @@ def render_settings(settings: ProjectSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
+def create_project(directory: Path, *, data: Path | None = None, import_: tuple[ImportFormat, Path] | None = None,
+                   mapping: dict[str, str] | None = None, demo: bool = False, name: str | None = None,
+                   timezone: str = "UTC", currency: str = "GBP", consent: ConsentRule = ConsentRule.RECORDED,
+                   customers: int = 10_000, seed: int = 0) -> Project:
+    """``sendwise init``: a project over contract tables (``data``, read where they are), over a
+    shop's export (``import_``: converted into ``directory/data`` now and at every run) or over the
+    generated demo shop (``demo``); its data is validated before the command ends."""
+    given = [flag for flag, value in (("--data", data), ("--import", import_), ("--demo", demo)) if value]
+    if len(given) != 1:
+        raise InputError("give exactly one of --data DIR (contract tables), --import FORMAT FILE (a shop's export) "
+                         f"or --demo; got {', '.join(given) or 'none'}.")
+    if mapping and not import_:
+        raise InputError("--map goes with --import csv FILE.")
+    if (directory / PROJECT_FILE).exists():
+        raise InputError(f"{directory / PROJECT_FILE} already exists; edit it, or choose another folder.")
+    fields: dict[str, object] = {"name": name, "timezone": timezone, "currency": currency.upper(), "consent": consent}
+    if data is not None:
+        if not data.is_dir():
+            raise InputError(f"--data {data}: not a directory of contract tables.")
+        fields["data"] = data.resolve()
+    if import_ is not None:
+        fields["import_"] = ImportSettings(format=import_[0], source=import_[1].resolve(), map=mapping or {})
+    try:
+        settings = ProjectSettings(**fields)  # a bad setting fails before anything is written
+    except ValidationError as exc:
+        raise InputError(f"project settings: {validation_problems(exc)}") from None
+    target = directory / DEFAULT_DATA
+    if demo:
+        shop = DemoShop(customers=customers, seed=seed)
+        pipeline.generate(target, customers=customers, seed=seed, start=parse_iso_date(shop.start),
+                          end=parse_iso_date(shop.end))
+    elif import_ is not None:
+        pipeline.print_import(run_import(import_[0], import_[1], target, mapping=mapping or None, timezone=timezone))
+    project = write_project(directory, settings)
+    pipeline.validate(project.data, project.rejects, timezone=settings.timezone)
+    return project
+
+
 def write_project(root: Path, settings: ProjectSettings) -> Project:
     """Create ``root/sendwise.yaml``; an existing one is never overwritten."""
     root.mkdir(parents=True, exist_ok=True)
@@ -263,12 +304,22 @@ def write_project(root: Path, settings: ProjectSettings) -> Project:
     return load_project(root)
 
 
-def project_env(project: Project) -> dict[str, str]:
-    """Environment a child process (the service) needs to see this project's settings."""
-    env = {"SENDWISE_PROJECT": project.name}
-    if project.settings.feature_config is not None:
-        env["SENDWISE_FEATURE_CONFIG"] = str(project.path(project.settings.feature_config))
-    return env
+def serve_settings(project: Project) -> dict[str, object]:
+    """The service's settings (:class:`serving.config.ServeConfig` fields) the project gives."""
+    settings = project.settings
+    return {"data": project.data, "snapshot": project.snapshot, "mlruns": project.mlruns,
+            "exposure_log": project.exposure_log, "state_dir": project.state, "project": project.name,
+            "policy": project.optional(settings.policy), "experiments": project.optional(settings.experiments),
+            "currency": settings.currency, "consent": settings.consent, "timezone": settings.timezone,
+            "product_url": settings.links.product_url, "utm_source": settings.links.utm_source,
+            "utm_medium": settings.links.utm_medium}
+
+
+def apply_tracking_uri(project: Project | None) -> None:
+    """Make the project's ``tracking_uri`` the store of this process and of the service it starts,
+    unless ``MLFLOW_TRACKING_URI`` names one already."""
+    if project is not None and project.settings.tracking_uri:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", project.settings.tracking_uri)
 
 
 def apply_feature_settings(project: Project | None) -> None:

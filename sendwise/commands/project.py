@@ -7,33 +7,13 @@ from typing import Annotated
 
 import typer
 
-from features.dates import parse_iso_date
-from features.demo import DemoShop
 from features.errors import InputError, SendwiseError
-from features.importers import ImportFormat, parse_mapping, run_import
-from sendwise import pipeline
+from features.importers import ImportFormat, parse_mapping
+from sendwise.commands.common import ProjectOption
 from sendwise.console import console, errors, reports_user_errors
-from sendwise.project import (
-    DEFAULT_DATA,
-    ImportSettings,
-    Project,
-    ProjectSettings,
-    find_project,
-    write_project,
-)
+from sendwise.project import Project, create_project, find_project
 from sendwise.run import ExitCode, RunLockedError, run_project
 from serving.consent import ConsentRule
-
-ProjectOption = Annotated[Path | None, typer.Option(
-    "--project", help="Project folder (default: the current directory when it holds sendwise.yaml).")]
-
-
-def _data_source(data: Path | None, import_: tuple[ImportFormat, Path] | None, demo: bool) -> str:
-    given = [flag for flag, value in (("--data", data), ("--import", import_), ("--demo", demo)) if value]
-    if len(given) != 1:
-        raise InputError("give exactly one of --data DIR (contract tables), --import FORMAT FILE (a shop's export) "
-                         f"or --demo; got {', '.join(given) or 'none'}.")
-    return given[0]
 
 
 @reports_user_errors
@@ -55,27 +35,8 @@ def init(
     customers: Annotated[int, typer.Option(help="With --demo: customers in the generated shop.")] = 10_000,
 ) -> None:
     """Create a project for one shop: DIRECTORY/sendwise.yaml, then check its data."""
-    source = _data_source(data, import_, demo)
-    if mapping and source != "--import":
-        raise InputError("--map goes with --import csv FILE.")
-    settings = {"name": name, "timezone": timezone, "currency": currency.upper(), "consent": consent}
-    if source == "--data":
-        if not data.is_dir():
-            raise InputError(f"--data {data}: not a directory of contract tables.")
-        settings["data"] = data.resolve()
-    elif source == "--import":
-        fmt, file = import_
-        settings["import_"] = ImportSettings(format=fmt, source=file.resolve(), map=parse_mapping(mapping or []))
-    ProjectSettings(**settings)  # a bad setting fails before anything is written
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / DEFAULT_DATA
-    if source == "--demo":
-        shop = DemoShop()
-        pipeline.generate(target, customers=customers, start=parse_iso_date(shop.start), end=parse_iso_date(shop.end))
-    elif source == "--import":
-        pipeline.print_import(run_import(fmt, file, target, mapping=settings["import_"].map or None, timezone=timezone))
-    project = write_project(directory, ProjectSettings(**settings))
-    pipeline.validate(project.data, project.rejects, timezone=project.settings.timezone)
+    project = create_project(directory, data=data, import_=import_, mapping=parse_mapping(mapping or []), demo=demo,
+                             name=name, timezone=timezone, currency=currency, consent=consent, customers=customers)
     console.print(f"project [bold]{project.name}[/] written to {project.file}; next: "
                   f"`sendwise run --project {directory}` trains, then `sendwise serve --project {directory}`.")
 

@@ -10,15 +10,21 @@ from typing import Annotated
 
 import typer
 
+from features.build import build_features
+from features.errors import InputError
 from features.io import load_data_dir
-from sendwise.commands.data import DataDir
+from features.snapshot import read_snapshot, snapshot_as_of
+from sendwise.commands.common import ProjectOption
 from sendwise.console import console, errors, reports_user_errors
+from sendwise.pipeline import print_emailable
+from sendwise.project import apply_feature_settings, apply_tracking_uri, find_project, serve_settings
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
 from serving.experiment_config import load_experiments
 from serving.policy import Policy
 from serving.state import NotReadyError, catalog_coverage, load_champions, safe_catalog
 from serving.variants import variant_aliases
+from training.tracking import configure_tracking
 
 ROOT = Path(__file__).resolve().parents[2]  # the project root (bentofile.yaml)
 
@@ -38,7 +44,7 @@ def preflight(config: ServeConfig) -> None:
         errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     # The data as the service will read it: a wrong column or type fails here (ContractError), and
     # rejected rows go to the state directory, never into the data directory.
-    tables, report = load_data_dir(config.data, config.rejects_dir)
+    tables, report = load_data_dir(config.data, config.rejects_dir, timezone=config.timezone)
     for warning in report.warnings:
         errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if report.rejects_dir is not None:
@@ -48,6 +54,8 @@ def preflight(config: ServeConfig) -> None:
         errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     if (message := catalog_coverage(champions.recommender, tables)) is not None:
         errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    features = read_snapshot(config.snapshot)[0] if config.snapshot else build_features(tables, snapshot_as_of(tables))
+    print_emailable(tables, features, config.consent)
     tables.con.close()
     if config.experiments is not None:
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -66,30 +74,55 @@ def preflight(config: ServeConfig) -> None:
 
 @reports_user_errors
 def serve(
-    data: DataDir,
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
-    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
-    snapshot: Annotated[Path | None, typer.Option(help="Feature snapshot (default: built from --data).")] = None,
-    mlruns: Annotated[Path, typer.Option(help="MLflow store root (MLFLOW_TRACKING_URI overrides).")] = Path("mlruns"),
-    exposure_log: Annotated[Path, typer.Option(help="Append-only exposure log.")] = Path("exposures/exposures.jsonl"),
+    project: ProjectOption = None,
+    data: Annotated[Path | None, typer.Option(help="Directory of contract tables (default: the project's).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: the project's, else 3000).")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Interface to bind; 0.0.0.0 exposes it to the network (default: the project's, else 127.0.0.1).")] = None,
+    snapshot: Annotated[Path | None, typer.Option(
+        help="Feature snapshot (default: the project's state/snapshot.parquet; without a project, built from --data).")
+    ] = None,
+    mlruns: Annotated[Path | None, typer.Option(
+        help="MLflow store root (default: the project's mlruns/, else mlruns; MLFLOW_TRACKING_URI overrides).")] = None,
+    exposure_log: Annotated[Path | None, typer.Option(
+        help="Append-only exposure log (default: the project's state/exposures.jsonl, else exposures/exposures.jsonl).")
+    ] = None,
     state_dir: Annotated[Path | None, typer.Option(
         help="Where the service writes besides the exposure log (the data's rejected rows); the data "
-             "directory is only read. Default: state/ next to the exposure log.")] = None,
+             "directory is only read. Default: the project's state/, else state/ next to the exposure log.")] = None,
     policy: Annotated[Path | None, typer.Option(help="Next-best-action policy YAML (default: serving/policy.yaml).")] = None,
-    currency: Annotated[str, typer.Option(help="ISO code of the catalog's prices.")] = "GBP",
+    currency: Annotated[str | None, typer.Option(help="ISO code of the catalog's prices (default: GBP).")] = None,
     experiments: Annotated[Path | None, typer.Option(
         help="Experiments YAML: /next_best_action serves the running experiment's variants.")] = None,
-    consent: Annotated[ConsentRule, typer.Option(
+    consent: Annotated[ConsentRule | None, typer.Option(
         help="recorded: email only customers with consent on record; unless-refused: all but recorded "
-             "refusals and unsubscribes (for shops that keep consent upstream).")] = ConsentRule.RECORDED,
+             "refusals and unsubscribes (for shops that keep consent upstream). Default: recorded.")] = None,
+    allow_foreign_models: Annotated[bool, typer.Option(
+        "--allow-foreign-models", help="Serve models registered for another project.")] = False,
 ) -> None:
-    """Start the send-time service (BentoML) with the champion models."""
-    # Options given here, the rest (SENDWISE_API_KEY) from the environment, as the server will read it.
-    config = ServeConfig.from_env(data=data, snapshot=snapshot, mlruns=mlruns, exposure_log=exposure_log,
-                                  state_dir=state_dir, policy=policy, currency=currency, experiments=experiments,
-                                  consent=consent)
+    """Start the send-time service (BentoML) with the champion models (of the project, when there is one)."""
+    found = find_project(project)
+    flags = {"data": data, "snapshot": snapshot, "mlruns": mlruns, "exposure_log": exposure_log,
+             "state_dir": state_dir, "policy": policy, "currency": currency, "experiments": experiments,
+             "consent": consent, "allow_foreign_models": allow_foreign_models or None}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if found is None:
+        if data is None:
+            raise InputError("no data: pass --data DIR, or --project DIR (or run in a folder holding sendwise.yaml).")
+        config = ServeConfig.from_env(**given)
+    else:
+        if snapshot is None and not found.snapshot.exists():
+            raise NotReadyError(f"project {found.name} has no serving snapshot yet ({found.snapshot}): run "
+                                f"`sendwise run --project {found.root}` first; it trains the models and writes it.")
+        apply_tracking_uri(found)
+        apply_feature_settings(found)
+        config = ServeConfig.from_env(**(serve_settings(found) | given))
+        port = port or found.settings.serve.port
+        host = host or found.settings.serve.host
+    port, host = port or 3000, host or "127.0.0.1"
     preflight(config)
-    console.print(f"serving on http://{host}:{port} (API docs: /docs); models from {mlruns}"
+    console.print(f"serving on http://{host}:{port} (API docs: /docs); models "
+                  + (f"of project {config.project} " if config.project else "") + f"from {configure_tracking(config.mlruns)}"
                   + ("; every route but the health checks needs header x-api-key" if config.api_key else ""))
     env = os.environ | config.to_env() | {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", host, "--port", str(port)]
