@@ -43,7 +43,7 @@ from features.training_set import Target, build_training_set, data_end, monthly_
 from training import plots
 from training.baselines import LogRFMLogistic, recency_rule
 from training.bootstrap import PairedDifference, paired_auc, paired_mean
-from training.design import feature_columns, trained_feature_config
+from training.design import FEATURE_CONFIG, feature_columns, trained_feature_config
 from training.fitting import choose_params, fit_bundle
 from training.holdout_scores import log_holdout_scores
 from training.metrics import classification_metrics
@@ -194,7 +194,7 @@ def _fit(folds: Folds, recipe: ClassifierRecipe, target: Target, settings: Retra
     columns = feature_columns(folds.train, recipe.feature_config)
     bundle, _ = fit_bundle(folds.train, folds.valid, folds.calibration, columns, target.value, recipe.horizon_days,
                            recipe.params, settings.random_state,
-                           meta | {"feature_config": recipe.feature_config.to_dict()})
+                           meta | {FEATURE_CONFIG: recipe.feature_config.to_dict()})
     return bundle
 
 

@@ -37,14 +37,13 @@ from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_s
 from features.validate import ContractError
 from training import plots
 from training.baselines import LogRFMLogistic, recency_rule
-from training.calibration import fit_calibrator
-from training.design import FEATURE_CONFIG, design_matrix, feature_columns
+from training.design import FEATURE_CONFIG, feature_columns
+from training.fitting import choose_params, fit_bundle, matrix
 from training.holdout_scores import log_holdout_scores
 from training.metrics import classification_metrics
 from training.model import ModelBundle
 from training.registry import PROJECT_TAG, ModelProvenance, log_and_register, registered_name
 from training.tracking import configure_tracking, experiment_id, git_commit
-from training.tuning import BASE_PARAMS, dmatrix, fit_booster, tune
 
 MODEL_NAMES = {Target.CHURNED: "churn", Target.PURCHASED: "propensity"}
 MIN_CLASS_ROWS = {"train": 50, "valid": 20, "calibration": 20, "holdout": 20}
@@ -175,34 +174,28 @@ def train_classifier(
     folds = make_folds(tables, target, date, horizon, periods, feature_config)
     label = target.value
     columns = feature_columns(folds.train, feature_config)
-    x = {n: design_matrix(getattr(folds, n), columns).to_numpy(np.float32)
-         for n in ("train", "valid", "calibration", "holdout")}
     y = {n: getattr(folds, n)[label].to_numpy(int) for n in ("train", "valid", "calibration", "holdout")}
-    d_train, d_valid = dmatrix(x["train"], y["train"], columns), dmatrix(x["valid"], y["valid"], columns)
 
     configure_tracking(mlruns)
     mlflow.set_experiment(experiment_id=experiment_id(f"sendwise-{MODEL_NAMES[target]}", mlruns))
     with mlflow.start_run(run_name=f"{name}-{date:%Y-%m-%d}") as run:
-        params = BASE_PARAMS | {"seed": random_state}
-        if trials > 0:
-            def log_trial(trial, trial_params, loss):
-                with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
-                    mlflow.log_params({k: v for k, v in trial_params.items() if k in trial.params})
-                    mlflow.set_tag("state", "pruned" if loss is None else "complete")
-                    if loss is not None:
-                        mlflow.log_metric("valid_log_loss", loss)
-                say(f"trial {trial.number + 1}/{trials}")
-            params = tune(d_train, d_valid, trials, random_state, log_trial)
+        def log_trial(trial, trial_params, loss):
+            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+                mlflow.log_params({k: v for k, v in trial_params.items() if k in trial.params})
+                mlflow.set_tag("state", "pruned" if loss is None else "complete")
+                if loss is not None:
+                    mlflow.log_metric("valid_log_loss", loss)
+            say(f"trial {trial.number + 1}/{trials}")
+        params = choose_params(folds.train, folds.valid, columns, label, trials, random_state, log_trial)
         say("fitting")
-        booster = fit_booster(params, d_train, d_valid)
-        raw_calibration = booster.inplace_predict(x["calibration"])
-        calibrator, calibration_losses = fit_calibrator(raw_calibration, y["calibration"], random_state)
-        bundle = ModelBundle(label, horizon, columns, booster, calibrator,
-                             {"trained_as_of": date.isoformat(), "holdout_as_of": folds.holdout_as_of.isoformat(),
-                              FEATURE_CONFIG: feature_config.to_dict()})
+        bundle, calibration_losses = fit_bundle(
+            folds.train, folds.valid, folds.calibration, columns, label, horizon, params, random_state,
+            {"trained_as_of": date.isoformat(), "holdout_as_of": folds.holdout_as_of.isoformat(),
+             FEATURE_CONFIG: feature_config.to_dict()})
+        booster, calibrator = bundle.booster, bundle.calibrator
 
         say("evaluating")
-        raw_holdout = booster.inplace_predict(x["holdout"])
+        raw_holdout = booster.inplace_predict(matrix(folds.holdout, columns))
         p_holdout = calibrator.apply(raw_holdout)
         fitted = pd.concat([folds.train, folds.valid, folds.calibration], ignore_index=True)
         logistic = LogRFMLogistic().fit(fitted, fitted[label].to_numpy(int))
@@ -231,7 +224,7 @@ def train_classifier(
         for base, values in baselines.items():
             mlflow.log_metrics({f"baseline_{base}_{k}": v for k, v in values.items() if np.isfinite(v)})
         mlflow.log_metrics({f"calibration_oof_log_loss_{k}": v for k, v in calibration_losses.items()})
-        mlflow.log_metric("valid_log_loss", float(booster.eval(d_valid).split(":")[-1]))
+        mlflow.log_metric("valid_log_loss", bundle.meta["valid_log_loss"])
         positive_rates = {n: float(y[n].mean()) for n in ("train", "valid", "calibration", "holdout")}
         mlflow.log_metrics({f"positive_rate_{n}": v for n, v in positive_rates.items()})
         mlflow.log_text(json.dumps(columns, indent=1), "features.json")
