@@ -12,6 +12,9 @@
 | ``SENDWISE_EXPOSURE_FSYNC`` | ``true``: force each exposure write to disk (survives a power cut) | ``false`` |
 | ``SENDWISE_POLICY`` | next-best-action policy YAML | ``serving/policy.yaml`` |
 | ``SENDWISE_CURRENCY`` | currency of catalog prices (ISO code) | ``GBP`` |
+| ``SENDWISE_TIMEZONE`` | IANA time zone of the data's naive timestamps (``Asia/Tokyo``), as in training (see :mod:`features.timezones`) | UTC |
+| ``SENDWISE_PRODUCT_URL`` | link of a product whose ``url`` is missing or unsafe: an absolute http(s) URL with ``{product_id}`` (filled in percent-encoded) | none: no link |
+| ``SENDWISE_UTM_SOURCE``, ``SENDWISE_UTM_MEDIUM`` | ``utm_source`` and ``utm_medium`` of every product link (letters, digits, ``_.-``; at most 100) | ``sendwise``, ``email`` |
 | ``SENDWISE_CONSENT`` | ``recorded``: email only with consent on record; ``unless-refused``: unless refused (see :mod:`serving.consent`) | ``recorded`` |
 | ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`serving.experiment_config`); variants of the running one | none |
 | ``SENDWISE_PROJECT`` | the project whose models are served (registered as ``<project>.churn`` ...); none: the global names | none |
@@ -23,16 +26,20 @@ A variable that is set must hold a value: an empty one is an error naming it (an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import InputError
+from features.timezones import check_timezone
 from serving.consent import ConsentRule
+from serving.product_block import UTM_MEDIUM, UTM_SOURCE, BlockSettings, check_product_url
 from training.registry import check_project_name
 
 ENV_PREFIX = "SENDWISE_"
+UTM_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # as a request's campaign (serving.schemas)
 
 
 def _not_empty(value: object) -> object:
@@ -63,6 +70,10 @@ class ServeConfig(BaseModel):
     consent: ConsentRule = ConsentRule.RECORDED
     project: str | None = None  # whose models: registered as <project>.<model> (none: the global names)
     allow_foreign_models: bool = False  # serve versions registered for another project (warned)
+    timezone: str | None = None  # of the data's naive timestamps, as DuckDB spells it; None: UTC
+    product_url: str | None = None  # link template of products without a safe url: https://.../{product_id}
+    utm_source: str = UTM_SOURCE
+    utm_medium: str = UTM_MEDIUM
 
     @field_validator("*", mode="before")
     @classmethod
@@ -73,6 +84,29 @@ class ServeConfig(BaseModel):
     @classmethod
     def _project_name(cls, value: str | None) -> str | None:
         return None if value is None else check_project_name(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        return check_timezone(value)
+
+    @field_validator("product_url")
+    @classmethod
+    def _product_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_product_url(value)
+
+    @field_validator("utm_source", "utm_medium")
+    @classmethod
+    def _utm(cls, value: str) -> str:
+        if not UTM_VALUE.fullmatch(value):
+            raise ValueError(f"expected 1 to 100 letters, digits, '_', '.' or '-' (it goes into every product "
+                             f"link as it is, like a campaign); got {value!r}")
+        return value
+
+    @property
+    def block_settings(self) -> BlockSettings:
+        """What the product blocks show as this shop chose: currency, utm_source and utm_medium."""
+        return BlockSettings(self.currency, self.utm_source, self.utm_medium)
 
     @classmethod
     def from_env(cls, **given: object) -> ServeConfig:
@@ -119,6 +153,12 @@ class ServeConfig(BaseModel):
         env["SENDWISE_ALLOW_FOREIGN_MODELS"] = str(self.allow_foreign_models).lower()
         env["SENDWISE_CURRENCY"] = self.currency
         env["SENDWISE_CONSENT"] = self.consent.value
+        if self.timezone:
+            env["SENDWISE_TIMEZONE"] = self.timezone
+        if self.product_url:
+            env["SENDWISE_PRODUCT_URL"] = self.product_url
+        env["SENDWISE_UTM_SOURCE"] = self.utm_source
+        env["SENDWISE_UTM_MEDIUM"] = self.utm_medium
         return env
 
 

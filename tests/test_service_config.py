@@ -3,6 +3,7 @@ variable, the defaults, and the errors a user can fix, each naming its variable.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import SecretStr
 from features.errors import InputError
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
+from serving.product_block import BlockSettings
 
 KEY = "sk-config-test-9f8e7d"
 EVERY = {"SENDWISE_DATA": "/srv/shop", "SENDWISE_SNAPSHOT": "/srv/snap.parquet", "SENDWISE_MLRUNS": "/srv/mlruns",
@@ -18,7 +20,10 @@ EVERY = {"SENDWISE_DATA": "/srv/shop", "SENDWISE_SNAPSHOT": "/srv/snap.parquet",
          "SENDWISE_EXPOSURE_LOG": "/var/log/sendwise/exposures.jsonl", "SENDWISE_STATE_DIR": "/var/lib/sendwise",
          "SENDWISE_EXPOSURE_FSYNC": "true", "SENDWISE_API_KEY": KEY, "SENDWISE_POLICY": "/srv/policy.yaml",
          "SENDWISE_CURRENCY": "EUR", "SENDWISE_EXPERIMENTS": "/srv/experiments.yaml",
-         "SENDWISE_CONSENT": "unless-refused"}
+         "SENDWISE_CONSENT": "unless-refused", "SENDWISE_PROJECT": "shop-a", "SENDWISE_ALLOW_FOREIGN_MODELS": "true",
+         "SENDWISE_TIMEZONE": "asia/tokyo", "SENDWISE_PRODUCT_URL": "https://shop.example/products/{product_id}?ref=mail",
+         "SENDWISE_UTM_SOURCE": "newsletter", "SENDWISE_UTM_MEDIUM": "e-mail_v2"}
+BOOLEANS = ("SENDWISE_EXPOSURE_FSYNC", "SENDWISE_ALLOW_FOREIGN_MODELS")
 
 
 @pytest.fixture
@@ -44,7 +49,9 @@ def test_every_variable_is_read(env) -> None:
         propensity_alias="p1", recommender_alias="r1", exposure_log=Path("/var/log/sendwise/exposures.jsonl"),
         state_dir=Path("/var/lib/sendwise"), exposure_fsync=True, api_key=SecretStr(KEY),
         policy=Path("/srv/policy.yaml"), currency="EUR", experiments=Path("/srv/experiments.yaml"),
-        consent=ConsentRule.UNLESS_REFUSED)
+        consent=ConsentRule.UNLESS_REFUSED, project="shop-a", allow_foreign_models=True, timezone="Asia/Tokyo",
+        product_url="https://shop.example/products/{product_id}?ref=mail", utm_source="newsletter",
+        utm_medium="e-mail_v2")
     assert config.rejects_dir == Path("/var/lib/sendwise/rejects")
     assert KEY not in repr(config) and KEY not in str(config.model_dump()) and KEY not in config.model_dump_json()
     assert ServeConfig.from_env() == config and ServeConfig.from_env(currency="USD").currency == "USD"
@@ -59,6 +66,9 @@ def test_defaults_with_only_the_data(env) -> None:
                                                                      "GBP")
     assert config.churn_alias == config.propensity_alias == config.recommender_alias == "champion"
     assert config.exposure_fsync is False and config.consent is ConsentRule.RECORDED
+    assert (config.project, config.allow_foreign_models, config.timezone, config.product_url) == (None, False, None, None)
+    assert (config.utm_source, config.utm_medium) == ("sendwise", "email")
+    assert config.block_settings == BlockSettings("GBP", "sendwise", "email")
     assert config.rejects_dir == Path("exposures/state/rejects")  # next to the exposure log, never in the data
 
 
@@ -73,9 +83,30 @@ def test_the_environment_round_trips(env, tmp_path: Path) -> None:
     """What `sendwise serve` hands the server is what the server reads."""
     given = ServeConfig(data=tmp_path / "shop", snapshot=tmp_path / "s.parquet", api_key=SecretStr(KEY),
                         state_dir=tmp_path / "state", consent=ConsentRule.UNLESS_REFUSED, exposure_fsync=True,
-                        exposure_log=tmp_path / "log.jsonl", mlruns=tmp_path / "mlruns", currency="USD")
+                        exposure_log=tmp_path / "log.jsonl", mlruns=tmp_path / "mlruns", currency="USD",
+                        timezone="America/New_York", product_url="https://shop.example/p?id={product_id}",
+                        utm_source="crm", utm_medium="mail")
     env(given.to_env())
     assert ServeConfig.from_env() == given
+    assert given.block_settings == BlockSettings("USD", "crm", "mail")
+    plain = ServeConfig(data=tmp_path / "shop")
+    assert "SENDWISE_TIMEZONE" not in plain.to_env() and "SENDWISE_PRODUCT_URL" not in plain.to_env()
+    assert plain.to_env()["SENDWISE_UTM_SOURCE"] == "sendwise" and plain.to_env()["SENDWISE_UTM_MEDIUM"] == "email"
+
+
+def test_every_variable_is_in_the_modules_table() -> None:
+    """The table in serving/config.py's docstring names every setting's variable (and only those)."""
+    import serving.config
+
+    documented = set(re.findall(r"``(SENDWISE_[A-Z_]+)``", serving.config.__doc__))
+    assert documented == {f"SENDWISE_{name.upper()}" for name in ServeConfig.model_fields} == set(EVERY)
+
+
+@pytest.mark.parametrize(("given", "expected"), [("Asia/Tokyo", "Asia/Tokyo"), ("europe/london", "Europe/London"),
+                                                 ("UTC", None), ("utc", None)])
+def test_the_time_zone_is_spelled_as_duckdb_does(env, given: str, expected: str | None) -> None:
+    env({"SENDWISE_DATA": "shop", "SENDWISE_TIMEZONE": given})
+    assert ServeConfig.from_env().timezone == expected
 
 
 def test_missing_data_names_the_variable_and_the_command(env) -> None:
@@ -88,7 +119,7 @@ def test_missing_data_names_the_variable_and_the_command(env) -> None:
 def test_a_variable_set_but_empty_is_an_error(env, name: str, value: str) -> None:
     """An empty SENDWISE_API_KEY would otherwise mean an open service; the same rule for every variable."""
     env(EVERY | {name: value})
-    if name == "SENDWISE_EXPOSURE_FSYNC":  # not text: "not a boolean"
+    if name in BOOLEANS:  # not text: "not a boolean"
         with pytest.raises(InputError, match=name):
             ServeConfig.from_env()
         return
@@ -100,6 +131,17 @@ def test_a_variable_set_but_empty_is_an_error(env, name: str, value: str) -> Non
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("SENDWISE_CONSENT", "maybe", "'recorded' or 'unless-refused'"),
     ("SENDWISE_EXPOSURE_FSYNC", "perhaps", "boolean"),
+    ("SENDWISE_TIMEZONE", "Europe/Londn", "unknown time zone 'Europe/Londn'.* Did you mean 'Europe/London'"),
+    ("SENDWISE_TIMEZONE", "+09:00", "IANA time zone name"),
+    ("SENDWISE_PRODUCT_URL", "https://shop.example/products/", r"no \{product_id\}"),
+    ("SENDWISE_PRODUCT_URL", "/products/{product_id}", r"absolute http\(s\) URL"),
+    ("SENDWISE_PRODUCT_URL", "javascript:alert('{product_id}')", r"absolute http\(s\) URL"),
+    ("SENDWISE_PRODUCT_URL", "https://shop.example/{product_id}/{sku}", r"only \{product_id\}"),
+    ("SENDWISE_PRODUCT_URL", "https://{product_id}.shop.example/", "not in the host"),
+    ("SENDWISE_UTM_SOURCE", "news letter", "letters, digits"),
+    ("SENDWISE_UTM_SOURCE", "a&utm_campaign=x", "letters, digits"),
+    ("SENDWISE_UTM_MEDIUM", "x" * 101, "1 to 100"),
+    ("SENDWISE_UTM_MEDIUM", "e/mail", "letters, digits"),
 ])
 def test_a_wrong_value_names_the_variable_and_what_it_takes(env, name: str, value: str, message: str) -> None:
     env({"SENDWISE_DATA": "shop", name: value})

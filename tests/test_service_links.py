@@ -9,7 +9,14 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from features.links import safe_http_url
-from serving.product_block import BlockItem, clean_text, render_html, with_utm
+from serving.product_block import (
+    BlockItem,
+    check_product_url,
+    clean_text,
+    product_link,
+    render_html,
+    with_utm,
+)
 
 # (value, what a browser would make of it): every one of these must come out as no link.
 UNSAFE = [
@@ -90,3 +97,68 @@ def test_no_control_character_reaches_the_html() -> None:
     assert "<b>" not in html and "{" not in html and "}" not in html
     assert html.count("<a ") == 1 and html.count("</a>") == 1  # only the item with a link is one
     assert html.count("<img ") == 1 and 'src="https://shop.example/i.png"' in html
+
+
+def test_utm_source_and_medium_are_the_shops() -> None:
+    """A shop's own utm_source and utm_medium (SENDWISE_UTM_SOURCE / _MEDIUM) take the place of
+    sendwise / email; the rest of the rules are the same."""
+    link = with_utm("https://shop.example/p?utm_source=old&size=M", "spring", source="newsletter", medium="e-mail_v2")
+    assert link == ("https://shop.example/p?size=M&utm_source=newsletter&utm_medium=e-mail_v2&utm_campaign=spring"
+                    "&utm_content=product_block")
+    assert with_utm("https://shop.example/p", "spring") == with_utm("https://shop.example/p", "spring",
+                                                                    source="sendwise", medium="email")
+
+
+TEMPLATE = "https://shop.example/products/{product_id}?ref=mail"
+# (product id, what it becomes in the link): every character but letters, digits and _.-~ is
+# percent-encoded, so no id leaves its path segment, adds a query or fragment, or ends the HTML attribute.
+IDS = [
+    ("P1", "P1"), ("sku_1.2-a~b", "sku_1.2-a~b"),
+    ('"><script>alert(1)</script>', "%22%3E%3Cscript%3Ealert%281%29%3C%2Fscript%3E"),
+    ("../x?y#z", "..%2Fx%3Fy%23z"), ("a b&c=d", "a%20b%26c%3Dd"), ("{{FirstName}}", "%7B%7BFirstName%7D%7D"),
+    ("x\x00y\n", "x%00y%0A"), ("Crème", "Cr%C3%A8me"), ("%2e%2e", "%252e%252e"),
+    ("javascript:alert(1)", "javascript%3Aalert%281%29"), ("//evil.example", "%2F%2Fevil.example"),
+    ("\\evil", "%5Cevil"), ("'", "%27"),
+]
+
+
+@pytest.mark.parametrize(("product_id", "encoded"), IDS)
+def test_a_product_link_holds_the_id_percent_encoded(product_id: str, encoded: str) -> None:
+    link = product_link(TEMPLATE, product_id)
+    assert link == f"https://shop.example/products/{encoded}?ref=mail"
+    assert safe_http_url(link) == link
+    parts = urlsplit(link)
+    assert (parts.netloc, parts.query, parts.fragment) == ("shop.example", "ref=mail", "")
+    assert parts.path.count("/") == 2 and not re.search(r"[\"'<>{}\s\\\x00-\x1f]", link)
+    html = render_html("h", [BlockItem(product_id=product_id, name="n", price=None, image_url=None,
+                                       link=with_utm(link, "spring"), reason="r")])
+    assert html.count('href="') == 1 and "<script" not in html
+
+
+@pytest.mark.parametrize("product_id", ["", ".", "..", None])
+def test_an_id_that_is_no_path_segment_gets_no_link(product_id: str | None) -> None:
+    """'.' and '..' (or %2e%2e, which browsers read the same) would name the parent path: no link."""
+    assert product_link(TEMPLATE, product_id) is None
+
+
+def test_the_id_can_go_in_the_query_or_several_places() -> None:
+    assert product_link("https://shop.example/p?id={product_id}&src={product_id}", "a&b") == \
+        "https://shop.example/p?id=a%26b&src=a%26b"
+    assert check_product_url("  HTTPS://shop.example/p/{product_id}  ") == "https://shop.example/p/{product_id}"
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("https://shop.example/products/", r"no \{product_id\}"),
+    ("javascript:alert('{product_id}')", "absolute http"),
+    ("/products/{product_id}", "absolute http"),
+    ("//shop.example/products/{product_id}", "absolute http"),
+    ("https://shop.example/{product_id}/{sku}", r"only \{product_id\}"),
+    ("https://shop.example/{product_id}?x={0}", r"only \{product_id\}"),
+    ("https://shop.example/{product_id}}", r"only \{product_id\}"),
+    ("https://shop.example/{ product_id }", r"no \{product_id\}"),
+    ("https://{product_id}.shop.example/", "not in the host"),
+])
+def test_a_bad_template_says_what_is_expected(template: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        check_product_url(template)
+    assert "https://shop.example/products/{product_id}" in str(caught.value)  # an example of a good one
