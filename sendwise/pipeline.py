@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 from rich.table import Table as RichTable
 
 from features.attributes import current_attributes, with_current_attributes
-from features.build import to_timestamp
+from features.build import build_features, to_timestamp
 from features.config import FeatureConfig
 from features.demo import DemoShop, generate_demo
 from features.errors import InputError
@@ -28,10 +29,11 @@ from features.io import (
     write_parquet,
 )
 from features.schema import CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED, Table
-from features.snapshot import write_snapshot
+from features.snapshot import snapshot_as_of, write_snapshot
 from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
-from sendwise.console import console, errors, progress_bar
+from features.validate import ContractError
+from sendwise.console import console, errors, iso, progress_bar
 from serving.consent import ConsentRule, emailable_line, may_email
 from training.promotion import DEFAULT_MARGIN, PromotionDecision, promote
 from training.recommenders.batch import check_k, recommend_all
@@ -49,7 +51,7 @@ from training.registry import (
     load_bundle,
     registered_name,
 )
-from training.scoring import score_customers
+from training.scoring import models_feature_config, score_features
 from training.tracking import configure_tracking
 from training.train import MODEL_NAMES, TrainResult, train_classifier
 
@@ -161,11 +163,12 @@ def generate(out: Path, customers: int = 10_000, seed: int = 0, products: int = 
 def training_set(data: Path, out: Path, target: Target = Target.CHURNED, horizon: int | None = None,
                  as_of: list[datetime] | None = None, last: datetime | None = None, periods: int = 12,
                  rejects: Path | None = None, encoding: Encoding | str = Encoding.UTF_8,
-                 settings: Path | None = None) -> None:
-    """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon)."""
+                 settings: Path | None = None, timezone: str | None = None) -> None:
+    """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon); naive
+    timestamps are local times of ``timezone`` (default: UTC)."""
     refuse_overwriting_inputs(out, data_dir=data)
     config = feature_config(settings)
-    tables = load(data, rejects, quiet=True, encoding=encoding)
+    tables = load(data, rejects, quiet=True, encoding=encoding, timezone=timezone)
     horizon_days = horizon if horizon is not None else DEFAULT_HORIZON_DAYS[target]
     dates = as_of or monthly_as_of_dates(tables, horizon_days, periods, last)
     with progress_bar() as bar:
@@ -174,25 +177,27 @@ def training_set(data: Path, out: Path, target: Target = Target.CHURNED, horizon
                                     progress=lambda _: bar.advance(task))
     write_parquet(result.frame, out)
     for skipped in result.skipped:
-        console.print(f"[yellow]skipped[/] as_of {skipped}: its {horizon_days}-day label window is not fully observed")
+        console.print(f"[yellow]skipped[/] as_of {iso(skipped)}: its {horizon_days}-day label window is not "
+                      "fully observed")
     summary = result.frame.groupby("as_of")[target.value].agg(["size", "mean"])
     table = RichTable(title=f"{target.value} within {horizon_days} days", title_justify="left")
     for col in ("as_of", "rows", f"{target.value} rate"):
         table.add_column(col, justify="right")
     for when, row in summary.iterrows():
-        table.add_row(str(when.date()), f"{int(row['size']):,}", f"{row['mean']:.1%}")
+        table.add_row(iso(when), f"{int(row['size']):,}", f"{row['mean']:.1%}")
     console.print(table)
     console.print(f"{len(result.frame):,} rows written to {out}")
 
 
 def snapshot(data: Path, out: Path, as_of: datetime | None = None, rejects: Path | None = None,
-             encoding: Encoding | str = Encoding.UTF_8, settings: Path | None = None) -> None:
+             encoding: Encoding | str = Encoding.UTF_8, settings: Path | None = None,
+             timezone: str | None = None) -> None:
     """Latest features of every customer, for serving."""
     refuse_overwriting_inputs(out, data_dir=data)
     config = feature_config(settings)
-    tables = load(data, rejects, quiet=True, encoding=encoding)
+    tables = load(data, rejects, quiet=True, encoding=encoding, timezone=timezone)
     features, when = write_snapshot(tables, out, as_of, config)
-    console.print(f"snapshot of {len(features):,} customers at {when} written to {out}")
+    console.print(f"snapshot of {len(features):,} customers at {iso(when)} written to {out}")
 
 
 def print_training(result: TrainResult) -> None:
@@ -209,34 +214,47 @@ def print_training(result: TrainResult) -> None:
     console.print("positives per fold (probabilities are calibrated to the calibration fold's): " + ", ".join(
         f"{fold} {rate:.1%}" for fold, rate in result.positive_rates.items()))
     console.print(f"MLflow run {result.run_id}; registered as {result.name} v{result.version} (alias challenger)")
+    print_plots(result.run_id)
+
+
+def print_plots(run_id: str) -> None:
+    """Where MLflow keeps the run's plots, and the command that shows them with the run."""
+    uri = mlflow.get_tracking_uri()
+    console.print(f"plots: {mlflow.get_run(run_id).info.artifact_uri}/plots", highlight=False, soft_wrap=True)
+    console.print(f"open with: mlflow ui --backend-store-uri {uri}", highlight=False, soft_wrap=True)
 
 
 def train(target: Target, data: Path, as_of: datetime, horizon: int | None = None, trials: int = 0,
           periods: int = 12, rejects: Path | None = None, settings: Path | None = None,
-          project: str | None = None) -> None:
-    """A classifier for ``target`` on rows before ``as_of``, tracked in MLflow, registered as
-    ``project``'s challenger (none: the global names) with the data directory it was trained on."""
+          project: str | None = None, *, timezone: str | None = None, mlruns: Path | None = None) -> None:
+    """A classifier for ``target`` on rows before ``as_of``, tracked in the MLflow store of ``mlruns``
+    (default: ./mlruns; ``MLFLOW_TRACKING_URI`` wins), registered as ``project``'s challenger (none:
+    the global names) with the data directory it was trained on; prints where its plots are."""
     registered_name(MODEL_NAMES[target], project)  # a bad project name fails before the data is read
     config = feature_config(settings)
-    tables = load(data, rejects, quiet=True)
+    tables = load(data, rejects, quiet=True, timezone=timezone)
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
-        result = train_classifier(tables, target, as_of, horizon, trials, periods,
+        result = train_classifier(tables, target, as_of, horizon, trials, periods, mlruns=mlruns,
                                   progress=lambda what: bar.update(task, description=what), feature_config=config,
                                   project=project, data_source=str(data.resolve()))
     print_training(result)
 
 
 def train_churn(data: Path, as_of: datetime, horizon: int = 90, trials: int = 0, periods: int = 12,
-                rejects: Path | None = None, settings: Path | None = None, project: str | None = None) -> None:
+                rejects: Path | None = None, settings: Path | None = None, project: str | None = None, *,
+                timezone: str | None = None, mlruns: Path | None = None) -> None:
     """Churn model (no order in the next ``horizon`` days) for customers with an order."""
-    train(Target.CHURNED, data, as_of, horizon, trials, periods, rejects, settings, project)
+    train(Target.CHURNED, data, as_of, horizon, trials, periods, rejects, settings, project, timezone=timezone,
+          mlruns=mlruns)
 
 
 def train_propensity(data: Path, as_of: datetime, horizon: int = 30, trials: int = 0, periods: int = 12,
-                     rejects: Path | None = None, settings: Path | None = None, project: str | None = None) -> None:
+                     rejects: Path | None = None, settings: Path | None = None, project: str | None = None, *,
+                     timezone: str | None = None, mlruns: Path | None = None) -> None:
     """Purchase-propensity model (an order in the next ``horizon`` days) for every known customer."""
-    train(Target.PURCHASED, data, as_of, horizon, trials, periods, rejects, settings, project)
+    train(Target.PURCHASED, data, as_of, horizon, trials, periods, rejects, settings, project, timezone=timezone,
+          mlruns=mlruns)
 
 
 def print_metrics(table: pd.DataFrame, k: int, title: str) -> None:
@@ -252,26 +270,30 @@ def print_metrics(table: pd.DataFrame, k: int, title: str) -> None:
 
 def train_recommender(data: Path, as_of: datetime, model: str = "als", trials: int = 0, k: int = 10,
                       window: int = DEFAULT_WINDOW_DAYS, rejects: Path | None = None,
-                      project: str | None = None) -> None:
-    """Recommender on rows before ``as_of``; tuned, evaluated, logged to MLflow and registered as
-    ``project``'s (none: the global name) with the data directory it was trained on."""
+                      project: str | None = None, *, timezone: str | None = None,
+                      mlruns: Path | None = None) -> None:
+    """Recommender on rows before ``as_of``; tuned, evaluated, logged to the MLflow store of
+    ``mlruns`` (default: ./mlruns) and registered as ``project``'s (none: the global name) with the
+    data directory it was trained on; prints where its plots are."""
     name = registered_name(REGISTERED_NAME, project)
-    tables = load(data, rejects, quiet=True)
+    tables = load(data, rejects, quiet=True, timezone=timezone)
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
-        result = fit_recommender(tables, as_of, model, trials, k, window,
+        result = fit_recommender(tables, as_of, model, trials, k, window, mlruns=mlruns,
                                  progress=lambda what: bar.update(task, description=what), project=project,
                                  data_source=str(data.resolve()))
     print_metrics(result.table, k, f"{name} v{result.version} ({model}): holdout "
-                                   f"{result.holdout.as_of:%Y-%m-%d} to {result.holdout.until:%Y-%m-%d}")
+                                   f"{iso(result.holdout.as_of)} to {iso(result.holdout.until)}")
     console.print(f"parameters: {result.params}")
     console.print(f"MLflow run {result.run_id}; registered as {name} v{result.version} (alias challenger)")
+    print_plots(result.run_id)
 
 
-def list_models(names: list[str] | None = None, project: str | None = None) -> None:
+def list_models(names: list[str] | None = None, project: str | None = None, *, mlruns: Path | None = None) -> None:
     """Versions, aliases, provenance (project, data fingerprint, trained through) and headline holdout
-    metrics of the models ``names`` (default: all three) of ``project`` (none: the global names)."""
-    configure_tracking()
+    metrics of the models ``names`` (default: all three) of ``project`` (none: the global names) in
+    the MLflow store of ``mlruns`` (default: ./mlruns)."""
+    configure_tracking(mlruns)
     names = names or list(HEADLINE_COLUMNS)
     title = "Registered models"
     if project:
@@ -288,7 +310,7 @@ def list_models(names: list[str] | None = None, project: str | None = None) -> N
             m, provenance = row.metrics, row.provenance
             baselines.setdefault(baseline.split("_", 1)[1].rsplit(f"_{metric}", 1)[0], []).append(name)
             table.add_row(name, row.version, ", ".join(sorted(row.aliases)),
-                          f"{datetime.fromtimestamp(row.created / 1000):%Y-%m-%d %H:%M}",
+                          f"{datetime.fromtimestamp(row.created / 1000):%Y-%m-%dT%H:%M}",
                           provenance.project or "-", (provenance.data_fingerprint or "-")[:12],
                           (provenance.through or "-")[:19], row.tags.get("holdout_as_of", "")[:10], metric,
                           f"{m[f'holdout_{metric}']:.4f}" if f"holdout_{metric}" in m else "-",
@@ -307,18 +329,32 @@ def _write_table(frame: pd.DataFrame, out: Path) -> None:
         write_parquet(frame, out)
 
 
-def score(data: Path, as_of: datetime, out: Path, rejects: Path | None = None, project: str | None = None,
-          allow_foreign_models: bool = False) -> None:
-    """Churn and purchase probabilities, risk band, segment, stage and top 3 reasons per customer, with
-    ``project``'s champions (none: the global names). A champion registered for another project is
-    refused unless ``allow_foreign_models``; without a project, one trained on another data directory
-    is used with a warning."""
+def _moment(tables: Tables, as_of: datetime | None) -> pd.Timestamp:
+    """``as_of``, else just after the data's last row (as the snapshot); an error when it is not
+    after the data's first row (nobody is known yet)."""
+    when = to_timestamp(as_of) if as_of is not None else to_timestamp(snapshot_as_of(tables))
+    start, _ = tables.time_range()
+    if start is None or when <= start:
+        raise ContractError(f"--as-of {iso(when)} is not after the first row of the data ({iso(start)}).")
+    return when
+
+
+def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = None, project: str | None = None,
+          allow_foreign_models: bool = False, *, timezone: str | None = None, mlruns: Path | None = None,
+          consent: ConsentRule = ConsentRule.RECORDED) -> None:
+    """Churn and purchase probabilities, risk band, segment, stage and top 3 reasons per customer at
+    ``as_of`` (default: just after the data's last row), with ``project``'s champions (none: the
+    global names) from the MLflow store of ``mlruns`` (default: ./mlruns); prints how many may be
+    emailed under the ``consent`` rule. A champion registered for another project is refused unless
+    ``allow_foreign_models``; without a project, one trained on another data directory is used with
+    a warning."""
     if out.suffix not in (".csv", ".parquet"):
         raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
     refuse_overwriting_inputs(out, data_dir=data)
     registered_name("churn", project)  # a bad project name fails before the data is read
-    tables = load(data, rejects, quiet=True)
-    configure_tracking()
+    tables = load(data, rejects, quiet=True, timezone=timezone)
+    when = _moment(tables, as_of)
+    configure_tracking(mlruns)
     churn = load_bundle("churn", CHAMPION, TRAIN_HINT, project)
     propensity = load_bundle("propensity", CHAMPION, TRAIN_HINT, project)
     for bundle in (churn, propensity):
@@ -326,51 +362,58 @@ def score(data: Path, as_of: datetime, out: Path, rejects: Path | None = None, p
                     bundle_provenance(bundle), data, project, allow_foreign_models)
     with progress_bar() as bar:
         task = bar.add_task("scoring", total=None)
-        scores, when = score_customers(tables, as_of, churn, propensity,
-                                       progress=lambda done: bar.update(task, completed=done))
+        # the features of training.scoring.score_customers, kept for the consent line
+        features = build_features(tables.before(when), when, models_feature_config(churn, propensity))
+        scores = score_features(features, churn, propensity, progress=lambda done: bar.update(task, completed=done))
     _write_table(scores, out)
-    console.print(f"{len(scores):,} customers scored at {when} with churn v{churn.meta['version']} and "
+    console.print(f"{len(scores):,} customers scored at {iso(when)} with churn v{churn.meta['version']} and "
                   f"propensity v{propensity.meta['version']}; written to {out}")
     console.print(scores["churn_risk"].value_counts().rename("customers").to_frame().T.to_string())
+    print_emailable(tables, features, consent)
 
 
-def recommend(data: Path, as_of: datetime, out: Path, k: int = 10, alias: str = CHAMPION,
+def recommend(data: Path, as_of: datetime | None, out: Path, k: int = 10, alias: str = CHAMPION,
               rules: BusinessRules | None = None, rejects: Path | None = None, project: str | None = None,
-              allow_foreign_models: bool = False) -> None:
-    """Top-k products for every known customer with ``project``'s ``alias`` model (none: the global
-    name) and the business rules (default: :class:`BusinessRules`' defaults). A version registered
-    for another project is refused unless ``allow_foreign_models``; without a project, one trained on
-    another data directory is used with a warning."""
+              allow_foreign_models: bool = False, *, timezone: str | None = None,
+              mlruns: Path | None = None) -> None:
+    """Top-k products at ``as_of`` (default: just after the data's last row) for every known customer
+    with ``project``'s ``alias`` model (none: the global name) from the MLflow store of ``mlruns``
+    (default: ./mlruns) and the business rules (default: :class:`BusinessRules`' defaults). A
+    version registered for another project is refused unless ``allow_foreign_models``; without a
+    project, one trained on another data directory is used with a warning."""
     if out.suffix not in (".csv", ".parquet"):
         raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
     refuse_overwriting_inputs(out, data_dir=data)
     check_k(k)
     name = registered_name(REGISTERED_NAME, project)
     rules = rules or BusinessRules()
-    tables = load(data, rejects, quiet=True)
-    configure_tracking()
+    tables = load(data, rejects, quiet=True, timezone=timezone)
+    when = _moment(tables, as_of)
+    configure_tracking(mlruns)
     loaded = load_registered(alias, RECOMMENDER_HINT, project)
     check_model(name, loaded.version, loaded.provenance, data, project, allow_foreign_models)
     model, version = loaded.model, loaded.version
     with progress_bar() as bar:
         task = bar.add_task("recommending", total=None)
-        recs = recommend_all(tables, to_timestamp(as_of), model, k, rules,
+        recs = recommend_all(tables, when, model, k, rules,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     _write_table(recs, out)
     customers = recs[CUSTOMER_ID].nunique()
-    console.print(f"{len(recs):,} recommendations for {customers:,} customers with {name} v{version} "
-                  f"({model.kind}); written to {out}")
+    console.print(f"{len(recs):,} recommendations for {customers:,} customers at {iso(when)} with {name} "
+                  f"v{version} ({model.kind}); written to {out}")
     console.print(recs[SOURCE].value_counts().rename("rows").to_frame().T.to_string())
 
 
 def promote_model(name: str, margin: float = DEFAULT_MARGIN, force: bool = False, data: Path | None = None,
-                  as_of: datetime | None = None, project: str | None = None) -> PromotionDecision:
-    """Move ``champion`` of ``project``'s model ``name`` to the challenger only if it beats the
-    champion on the same holdout (a fresh one from ``data`` at ``as_of`` when given); ``force``
-    promotes whatever the comparison says, and when none is possible. Prints the decision."""
+                  as_of: datetime | None = None, project: str | None = None, *, rejects: Path | None = None,
+                  timezone: str | None = None, mlruns: Path | None = None) -> PromotionDecision:
+    """Move ``champion`` of ``project``'s model ``name`` (in the MLflow store of ``mlruns``, default
+    ./mlruns) to the challenger only if it beats the champion on the same holdout (a fresh one from
+    ``data`` at ``as_of`` when given); ``force`` promotes whatever the comparison says, and when none
+    is possible. Prints the decision."""
     registered_name(name, project)  # a bad project name fails before the data is read
-    configure_tracking()
-    tables = load(data, quiet=True) if data else None
+    configure_tracking(mlruns)
+    tables = load(data, rejects, quiet=True, timezone=timezone) if data else None
     decision = promote(name, margin, force, tables, as_of, project)
     console.print(f"holdout: {decision.holdout}")
     c = decision.comparison

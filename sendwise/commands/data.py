@@ -1,45 +1,34 @@
-"""``sendwise data ...`` and ``sendwise features ...`` commands, and the options other commands share
-(``--data``, ``--rejects``, ``--encoding``, dates: ISO 8601 only, see features/dates.py).
+"""``sendwise data ...`` and ``sendwise features ...`` commands. ``data validate`` and the ``features``
+commands read the project (``--project DIR``, or the current directory's), see sendwise/commands/common.py;
+``data import`` and ``data generate`` write where they are told and need none.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from features.build import build_features, to_timestamp
-from features.config import CONFIG_ENV
-from features.dates import check_not_future, parse_iso_date
 from features.demo import DemoShop
 from features.errors import InputError
 from features.importers import MAPPABLE, ImportFormat, ImportReport, parse_mapping, run_import
 from features.io import Encoding, refuse_overwriting_inputs, write_parquet
 from features.training_set import Target
 from sendwise import pipeline
-from sendwise.console import console, reports_user_errors
+from sendwise.commands.common import (
+    DataOption,
+    EncodingOption,
+    FeatureConfigOption,
+    ProjectOption,
+    RejectsOption,
+    date_option,
+    resolve,
+)
+from sendwise.console import console, iso, reports_user_errors
 from sendwise.pipeline import feature_config, load, print_import
-
-
-def _click(parse):
-    """``parse`` for a typer option: its InputError becomes click's usage error (exit 2, naming the
-    option) instead of click's bare "invalid value"."""
-    def parser(value: Any) -> datetime:
-        try:
-            return parse(value)
-        except InputError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-    return parser
-
-
-def date_option(*names: str, help: str, future: bool = False) -> Any:
-    """A typer option holding an ISO 8601 date (naive UTC ``datetime``); unless ``future``, a date
-    after now is refused."""
-    parse = parse_iso_date if future else (lambda value: check_not_future(parse_iso_date(value)))
-    return typer.Option(*names, parser=_click(parse), metavar="<date>",
-                        help=f"{help} ISO 8601, e.g. 2011-10-09 or 2011-10-09T10:30Z.")
 
 data_app = typer.Typer(help="Validate, import and generate contract data.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert a shop's export (Shopify, any CSV of order lines) or a public dataset to the "
@@ -47,25 +36,23 @@ import_app = typer.Typer(help="Convert a shop's export (Shopify, any CSV of orde
 data_app.add_typer(import_app, name="import")
 features_app = typer.Typer(help="Point-in-time customer features, training sets, snapshots.", no_args_is_help=True)
 
-DataDir = Annotated[Path, typer.Option("--data", help="Directory of contract tables (orders required).")]
-RejectsDir = Annotated[
-    Path | None, typer.Option("--rejects", help="Where rejected rows go (default: DATA/_rejects).")
-]
-EncodingOption = Annotated[Encoding, typer.Option(
-    "--encoding", case_sensitive=False, help="Text encoding of the CSV files (Parquet has none).")]
-FeatureConfigOption = Annotated[Path | None, typer.Option(
-    "--feature-config", help=f"YAML file of feature windows and weights (default: ${CONFIG_ENV}, else the defaults).")]
+# a required --data, for a command that reads no project (serve, until it does)
+DataDir = Annotated[Path, typer.Option("--data", metavar="DIR", help="Directory of contract tables (orders required).")]
 
 
 @data_app.command("validate")
 @reports_user_errors
-def validate(data_dir: Annotated[Path, typer.Argument(help="Directory of contract tables.")],
-             rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8) -> None:
+def validate(data_dir: Annotated[Path | None, typer.Argument(
+                 show_default=False,
+                 help="Directory of contract tables (default: the project's data).")] = None,
+             rejects: RejectsOption = None, encoding: EncodingOption = Encoding.UTF_8,
+             project: ProjectOption = None) -> None:
     """Check a data directory against the contract and print what was loaded and rejected."""
-    pipeline.validate(data_dir, rejects, encoding)
+    run = resolve(project, data=data_dir, rejects=rejects)
+    pipeline.validate(run.need_data(), run.rejects, encoding, timezone=run.timezone)
 
 
-OutDir = Annotated[Path, typer.Option("--out", help="Output directory (parquet tables, _rejects/).")]
+OutDir = Annotated[Path, typer.Option("--out", metavar="DIR", help="Output directory (parquet tables, _rejects/).")]
 TimezoneOption = Annotated[str | None, typer.Option(
     "--timezone", metavar="ZONE",
     help="IANA time zone of the file's times written without one, e.g. Europe/London (default: UTC). "
@@ -137,7 +124,7 @@ def import_ml(src: Annotated[Path, typer.Argument(help="MovieLens ratings.csv (.
 
 @data_app.command("generate")
 @reports_user_errors
-def generate(out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+def generate(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Output directory.")],
              customers: Annotated[int, typer.Option(help="Number of customers.")] = 10_000,
              seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
              products: Annotated[int, typer.Option(help="Catalog size.")] = 1_000,
@@ -152,48 +139,61 @@ def generate(out: Annotated[Path, typer.Option("--out", help="Output directory."
 
 @features_app.command("build")
 @reports_user_errors
-def build(data: DataDir,
-          as_of: Annotated[datetime, date_option("--as-of", help="Features see only rows strictly before this.")],
-          out: Annotated[Path, typer.Option("--out", help="Output .parquet file.")],
-          rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8,
-          settings: FeatureConfigOption = None) -> None:
+def build(as_of: Annotated[datetime, date_option("--as-of", help="Features see only rows strictly before this.")],
+          out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output .parquet file.")],
+          data: DataOption = None, rejects: RejectsOption = None, encoding: EncodingOption = Encoding.UTF_8,
+          settings: FeatureConfigOption = None, project: ProjectOption = None) -> None:
     """One row of point-in-time features per customer known before AS_OF."""
+    run = resolve(project, data=data, rejects=rejects, feature_config=settings)
+    data = run.need_data()
     refuse_overwriting_inputs(out, data_dir=data)
-    config = feature_config(settings)
-    tables = load(data, rejects, quiet=True, encoding=encoding)
+    config = feature_config(run.feature_config)
+    tables = load(data, run.rejects, quiet=True, encoding=encoding, timezone=run.timezone)
     when = to_timestamp(as_of)
     first, _ = tables.time_range()
     if first is None or when <= first:
-        raise InputError(f"--as-of {when} is not after the first row of the data ({first}); no customer is known yet.")
+        raise InputError(f"--as-of {iso(when)} is not after the first row of the data ({iso(first)}); "
+                         "no customer is known yet.")
     features = build_features(tables, when, config)
     write_parquet(features, out)
-    console.print(f"{len(features):,} customers x {features.shape[1]} columns at {when} written to {out}")
+    console.print(f"{len(features):,} customers x {features.shape[1]} columns at {iso(when)} written to {out}")
 
 
 @features_app.command("training-set")
 @reports_user_errors
 def training_set(
-    data: DataDir,
-    out: Annotated[Path, typer.Option("--out", help="Output .parquet file.")],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output .parquet file.")],
     target: Annotated[Target, typer.Option(help="Label to attach.")] = Target.CHURNED,
     horizon: Annotated[int | None, typer.Option(help="Label window in days (churned 90, purchased 30).")] = None,
     as_of: Annotated[list[datetime] | None, date_option("--as-of", help="An as_of date; repeat for several.")] = None,
     last: Annotated[datetime | None, date_option(help="Latest monthly as_of (default: latest fully observed).")] = None,
     periods: Annotated[int, typer.Option(help="How many monthly as_of dates.")] = 12,
-    rejects: RejectsDir = None,
+    data: DataOption = None,
+    rejects: RejectsOption = None,
     encoding: EncodingOption = Encoding.UTF_8,
     settings: FeatureConfigOption = None,
+    project: ProjectOption = None,
 ) -> None:
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon)."""
-    pipeline.training_set(data, out, target, horizon, as_of, last, periods, rejects, encoding, settings)
+    run = resolve(project, data=data, rejects=rejects, feature_config=settings)
+    pipeline.training_set(run.need_data(), out, target, horizon, as_of, last, periods, run.rejects, encoding,
+                          run.feature_config, timezone=run.timezone)
 
 
 @features_app.command("snapshot")
 @reports_user_errors
-def snapshot(data: DataDir,
-             out: Annotated[Path, typer.Option("--out", help="Snapshot .parquet file (replaced atomically).")],
+def snapshot(out: Annotated[Path | None, typer.Option(
+                 "--out", metavar="FILE", show_default=False,
+                 help="Snapshot .parquet file, replaced atomically (default: the project's "
+                      "state/snapshot.parquet, which its service reads).")] = None,
              as_of: Annotated[datetime | None, date_option("--as-of", help="Default: just after the last row.")] = None,
-             rejects: RejectsDir = None, encoding: EncodingOption = Encoding.UTF_8,
-             settings: FeatureConfigOption = None) -> None:
+             data: DataOption = None, rejects: RejectsOption = None, encoding: EncodingOption = Encoding.UTF_8,
+             settings: FeatureConfigOption = None, project: ProjectOption = None) -> None:
     """Latest features of every customer, for serving."""
-    pipeline.snapshot(data, out, as_of, rejects, encoding, settings)
+    run = resolve(project, data=data, rejects=rejects, feature_config=settings)
+    data = run.need_data()
+    out = out if out is not None else (run.project.snapshot if run.project else None)
+    if out is None:
+        raise InputError("pass --out FILE (the snapshot to write), or --project DIR to write the project's "
+                         "state/snapshot.parquet.")
+    pipeline.snapshot(data, out, as_of, run.rejects, encoding, run.feature_config, timezone=run.timezone)

@@ -1,4 +1,7 @@
-"""``sendwise experiments ...``: validate, assign, simulate, analyze, power."""
+"""``sendwise experiments ...``: validate, assign, simulate, analyze, power. Every command but power
+reads the project (``--project DIR``, or the current directory's): its experiments file; analyze also
+its data, time zone, exposure log (state/exposures.jsonl), reports folder and MLflow store. Options
+given win."""
 
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from experiments.simulate import PlantedEffect, simulate_experiment
 from features.errors import InputError, NotFoundError
 from features.io import refuse_overwriting_inputs, write_parquet
 from features.schema import CUSTOMER_ID
-from sendwise.commands.data import DataDir
-from sendwise.console import console, reports_user_errors
+from sendwise.commands.common import DataOption, ProjectOption, Resolved, resolve
+from sendwise.console import console, iso, reports_user_errors
 from sendwise.pipeline import load
 from serving.assignment import assign_many
 from serving.experiment_config import DEFAULT_CONFIG, load_experiments
@@ -30,21 +33,30 @@ from serving.exposures import read_exposures
 
 experiments_app = typer.Typer(help="A/B experiments: define, assign, analyze, plan.", no_args_is_help=True)
 
-Config = Annotated[Path, typer.Option("--config", help="Experiments YAML file.")]
+Config = Annotated[Path | None, typer.Option(
+    "--config", metavar="FILE", show_default=False,
+    help=f"Experiments YAML file (default: the project's experiments, else {DEFAULT_CONFIG}).")]
 Name = Annotated[str, typer.Argument(help="Experiment name (as in the experiments file).")]
 DEFAULT_EXPOSURES = Path("exposures/exposures.jsonl")
+DEFAULT_REPORTS = Path("reports")
+
+
+def _config(run: Resolved, config: Path | None) -> Path:
+    """--config, else the project's experiments file, else ./experiments.yaml."""
+    return run.path(config, lambda s: s.experiments, DEFAULT_CONFIG)
 
 
 @experiments_app.command("validate")
 @reports_user_errors
-def validate(config: Config = DEFAULT_CONFIG) -> None:
+def validate(config: Config = None, project: ProjectOption = None) -> None:
     """Check the experiments file (weights, names, dates, overlaps) and list its experiments."""
+    config = _config(resolve(project), config)
     experiments = load_experiments(config)
     table = RichTable(title=f"{config}: {len(experiments.experiments)} experiments")
     for col in ("name", "start", "end", "variants (weight)", "primary metric", "guardrails"):
         table.add_column(col)
     for e in experiments.experiments:
-        table.add_row(e.name, f"{e.start:%Y-%m-%d %H:%M}", f"{e.end:%Y-%m-%d %H:%M}",
+        table.add_row(e.name, iso(e.start), iso(e.end),
                       ", ".join(f"{v.name} ({v.weight:g})" for v in e.variants), e.primary_metric.value,
                       ", ".join(m.value for m in e.guardrail_metrics))
     console.print(table)
@@ -67,10 +79,13 @@ def _read_customer_ids(path: Path) -> list[str]:
 @experiments_app.command("assign")
 @reports_user_errors
 def assign_command(name: Name,
-                   customers: Annotated[Path, typer.Option(help="CSV/Parquet with customer_id, or one id per line.")],
-                   out: Annotated[Path | None, typer.Option(help="Write customer_id, experiment, variant (.csv/.parquet).")] = None,
-                   config: Config = DEFAULT_CONFIG) -> None:
+                   customers: Annotated[Path, typer.Option(
+                       metavar="FILE", help="CSV/Parquet with customer_id, or one id per line.")],
+                   out: Annotated[Path | None, typer.Option(
+                       metavar="FILE", help="Write customer_id, experiment, variant (.csv/.parquet).")] = None,
+                   config: Config = None, project: ProjectOption = None) -> None:
     """Assign customers to the experiment's variants (the same hashing as the service)."""
+    config = _config(resolve(project), config)
     if out is not None:
         refuse_overwriting_inputs(out, [customers, config])
     experiment = load_experiments(config).get(name)
@@ -109,13 +124,17 @@ def _parse_effects(specs: list[str]) -> dict[str, PlantedEffect]:
 @experiments_app.command("simulate")
 @reports_user_errors
 def simulate_command(name: Name,
-                     out: Annotated[Path, typer.Option(help="Directory for the generated shop tables.")],
+                     out: Annotated[Path, typer.Option(metavar="DIR", help="Directory for the generated shop tables.")],
                      customers: Annotated[int, typer.Option(help="Customers, one send each.")] = 50_000,
                      effect: Annotated[list[str] | None, typer.Option(
-                         help="Planted effect VARIANT:FIELD=RELATIVE_CHANGE (repeatable), e.g. b:conversion_rate=0.1.")] = None,
-                     exposures: Annotated[Path | None, typer.Option(help="Exposure log to write.")] = None,
-                     seed: int = 0, config: Config = DEFAULT_CONFIG) -> None:
+                         metavar="VARIANT:FIELD=CHANGE",
+                         help="Planted effect, a relative change (repeatable), e.g. b:conversion_rate=0.1.")] = None,
+                     exposures: Annotated[Path | None, typer.Option(
+                         metavar="FILE", help="Exposure log to write (default: OUT/exposures.jsonl).")] = None,
+                     seed: Annotated[int, typer.Option(help="Random seed.")] = 0, config: Config = None,
+                     project: ProjectOption = None) -> None:
     """Generate a shop and an exposure log for the experiment, with planted effects (for trying the analysis)."""
+    config = _config(resolve(project), config)
     refuse_overwriting_inputs(out, [config])
     refuse_overwriting_inputs(exposures or out / "exposures.jsonl", [config], option="--exposures")
     experiment = load_experiments(config).get(name)
@@ -131,21 +150,31 @@ def simulate_command(name: Name,
 
 @experiments_app.command("analyze")
 @reports_user_errors
-def analyze_command(name: Name, data: DataDir,
-                    exposures: Annotated[Path, typer.Option(help="The service's exposure log.")] = DEFAULT_EXPOSURES,
-                    report: Annotated[Path | None, typer.Option(help="HTML report (default: reports/NAME.html).")] = None,
-                    sequential: Annotated[bool, typer.Option(help="Always-valid intervals and p-values (safe to peek).")] = False,
+def analyze_command(name: Name, data: DataOption = None,
+                    exposures: Annotated[Path | None, typer.Option(
+                        metavar="FILE", show_default=False,
+                        help=f"The service's exposure log (default: the project's state/exposures.jsonl, else "
+                             f"{DEFAULT_EXPOSURES}).")] = None,
+                    report: Annotated[Path | None, typer.Option(
+                        metavar="FILE", show_default=False,
+                        help="HTML report (default: the project's reports/NAME.html, else reports/NAME.html).")
+                    ] = None,
+                    sequential: Annotated[bool, typer.Option(
+                        "--sequential", help="Always-valid intervals and p-values (safe to peek).")] = False,
                     tuning: Annotated[float, typer.Option(help="Sequential: sample size where the intervals are tightest.")] = DEFAULT_TUNING,
                     mlflow_run: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the read-out to MLflow.")] = True,
-                    config: Config = DEFAULT_CONFIG) -> None:
+                    config: Config = None, project: ProjectOption = None) -> None:
     """Attribute outcomes to the experiment's exposures and compare the variants."""
-    refuse_overwriting_inputs(report or Path("reports") / f"{name}.html", [exposures, config], data_dir=data,
-                              option="--report")
+    run = resolve(project, data=data)
+    data, config = run.need_data(), _config(run, config)
+    exposures = exposures or (run.project.exposure_log if run.project else DEFAULT_EXPOSURES)
+    html = report or (run.project.reports if run.project else DEFAULT_REPORTS) / f"{name}.html"
+    refuse_overwriting_inputs(html, [exposures, config], data_dir=data, option="--report")
     experiment = load_experiments(config).get(name)
     if not exposures.exists():
         raise NotFoundError(f"exposure log {exposures} does not exist; pass --exposures FILE")
     who = recipients(experiment_exposures(read_exposures(exposures), experiment), experiment)
-    tables = load(data, quiet=True)
+    tables = load(data, run.rejects, quiet=True, timezone=run.timezone)
     end = tables.time_range()[1]
     outcomes = attribute(who.frame, tables, experiment.attribution_window_days, experiment.pre_period_days)
     readout = analyze(outcomes, experiment, who, use_sequential=sequential, sequential_tuning=tuning)
@@ -153,10 +182,11 @@ def analyze_command(name: Name, data: DataDir,
         open_windows = int((outcomes["exposed_at"] + pd.Timedelta(days=experiment.attribution_window_days) > end).sum())
         if open_windows:
             readout.warnings.append(f"{open_windows:,} recipients' attribution windows run past the end of the data "
-                                    f"({end:%Y-%m-%d %H:%M}); their outcomes may still come in")
+                                    f"({iso(end)}); their outcomes may still come in")
     print_readout(readout, console)
-    html = report or Path("reports") / f"{name}.html"
-    run_id = write_report(readout, outcomes, html, log_to_mlflow=mlflow_run)
+    if mlflow_run:
+        run.use_tracking()
+    run_id = write_report(readout, outcomes, html, log_to_mlflow=mlflow_run, mlruns=run.mlruns)
     console.print(f"report: {html}" + (f"; MLflow run {run_id}" if run_id else ""))
 
 
@@ -164,11 +194,15 @@ def analyze_command(name: Name, data: DataDir,
 @reports_user_errors
 def power_command(baseline: Annotated[float, typer.Option(help="Control rate, e.g. 0.04 for 4 % conversion (with --std: the control's mean).")],
                   mde: Annotated[float, typer.Option(help="Minimum detectable effect (relative unless --absolute).")],
-                  absolute: Annotated[bool, typer.Option(help="MDE in rate points (or the mean's units), not relative.")] = False,
-                  alpha: float = 0.05, power: float = 0.8, variants: Annotated[int, typer.Option(help="Variants incl. control.")] = 2,
+                  absolute: Annotated[bool, typer.Option(
+                      "--absolute", help="MDE in rate points (or the mean's units), not relative.")] = False,
+                  alpha: Annotated[float, typer.Option(help="False-positive rate of the test.")] = 0.05,
+                  power: Annotated[float, typer.Option(help="Chance to detect an effect of the MDE.")] = 0.8,
+                  variants: Annotated[int, typer.Option(help="Variants incl. control.")] = 2,
                   std: Annotated[float | None, typer.Option(help="A mean metric (revenue per recipient) with this standard deviation per recipient, instead of a rate.")] = None,
                   recipients: Annotated[int | None, typer.Option(help="Also give the power reached with this many recipients per variant (rates).")] = None,
-                  plot: Annotated[Path | None, typer.Option(help="PNG of sample size against MDE (rates).")] = None) -> None:
+                  plot: Annotated[Path | None, typer.Option(
+                      metavar="FILE", help="PNG of sample size against MDE (rates).")] = None) -> None:
     """Recipients needed per variant to detect an effect: two-proportion z-test for rates, or a
     two-sample test of means with --std."""
     if std is not None:

@@ -1,4 +1,6 @@
-"""``sendwise privacy export`` and ``sendwise privacy forget``."""
+"""``sendwise privacy export`` and ``sendwise privacy forget``. Both read the project (``--project DIR``,
+or the current directory's): its data, its MLflow store, its exposure log and state folder, and (export)
+its model names; options given win."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from rich.table import Table as RichTable
 
 from features.errors import InputError, NotFoundError
 from features.io import Encoding, atomic_write
-from sendwise.commands.data import DataDir, EncodingOption
+from sendwise.commands.common import DataOption, EncodingOption, ProjectOption, Resolved, resolve
 from sendwise.console import console, errors, reports_user_errors
 from sendwise.privacy.export import export_customer
 from sendwise.privacy.forget import forget_customers
@@ -32,13 +34,14 @@ from sendwise.privacy.stores import (
 privacy_app = typer.Typer(help="Customers' data: export everything held about one, forget some.",
                           no_args_is_help=True)
 
-MlrunsDir = Annotated[Path | None, typer.Option(help=MLRUNS_HELP, show_default=False)]
+MlrunsDir = Annotated[Path | None, typer.Option(metavar="DIR", help=MLRUNS_HELP, show_default=False)]
 NoMlruns = Annotated[bool, typer.Option("--no-mlruns", help=NO_MLRUNS_HELP)]
-ExposureLogFile = Annotated[Path | None, typer.Option(help=EXPOSURE_LOG_HELP, show_default=False)]
+ExposureLogFile = Annotated[Path | None, typer.Option(metavar="FILE", help=EXPOSURE_LOG_HELP, show_default=False)]
 NoExposureLog = Annotated[bool, typer.Option("--no-exposure-log", help=NO_EXPOSURE_LOG_HELP)]
-StateDir = Annotated[Path | None, typer.Option(help=STATE_DIR_HELP, show_default=False)]
+StateDir = Annotated[Path | None, typer.Option(metavar="DIR", help=STATE_DIR_HELP, show_default=False)]
 ExtraFiles = Annotated[list[Path] | None, typer.Option(
-    "--file", help="Another file (or folder) with customer rows: snapshot, training set, scores; repeat.")]
+    "--file", metavar="PATH",
+    help="Another file (or folder) with customer rows: snapshot, training set, scores; repeat.")]
 PRIVATE = 0o600  # a new export file: personal data, readable by its owner only
 
 
@@ -50,10 +53,26 @@ class ForgetIncompleteError(InputError):
     """Some files could not be searched: the customers may remain in them."""
 
 
+def _stores(run: Resolved, mlruns: Path | None, no_mlruns: bool, exposure_log: Path | None,
+            no_exposure_log: bool, state_dir: Path | None, file: list[Path] | None
+            ) -> tuple[Path | None, Path | None, list[Path]]:
+    """The MLflow store, the exposure log and the files to search: the options, else the project's
+    stores (mlruns/ or its tracking_uri's folder, state/exposures.jsonl, state/), else the defaults."""
+    project = run.project
+    if project is None:
+        mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
+        state = resolve_state_dir(state_dir, exposure_log)
+    else:
+        mlruns = resolve_mlruns(mlruns, no_mlruns, project.mlruns, project.settings.tracking_uri)
+        exposure_log = resolve_exposure_log(exposure_log, no_exposure_log, project.exposure_log)
+        state = resolve_state_dir(state_dir, exposure_log, project.state)
+    return mlruns, exposure_log, [*(file or []), *filter(None, [state])]
+
+
 @privacy_app.command("export")
 @reports_user_errors
 def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")],
-           data: DataDir,
+           data: DataOption = None,
            mlruns: MlrunsDir = None,
            no_mlruns: NoMlruns = False,
            exposure_log: ExposureLogFile = None,
@@ -62,19 +81,23 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
            file: ExtraFiles = None,
            encoding: EncodingOption = Encoding.UTF_8,
            out: Annotated[Path | None, typer.Option(
+               metavar="FILE", show_default=False,
                help="Write the JSON here, outside --data, --mlruns and the --file folders (forget does not "
                     "look for exports there); a new file is readable by its owner only "
                     "(default: standard output).")] = None,
+           project: ProjectOption = None,
            ) -> None:
     """Everything held about CUSTOMER_ID (input rows, features, scores, recommendations, model rows,
-    exposures) as one JSON document."""
-    mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
-    files = [*(file or []), *filter(None, [resolve_state_dir(state_dir, exposure_log)])]
+    exposures) as one JSON document; with a project, scores and recommendations come from its
+    champions."""
+    run = resolve(project, data=data)
+    data = run.need_data()
+    mlruns, exposure_log, files = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log, state_dir, file)
     if out is not None:
         check_outside(out, [("the data directory", data)] + ([("the MLflow store", mlruns)] if mlruns else [])
                       + [("--file", f) for f in files]
                       + ([("the exposure log", exposure_log)] if exposure_log else []))
-    doc = export_customer(customer_id, data, mlruns, exposure_log, files, encoding=encoding)
+    doc = export_customer(customer_id, data, mlruns, exposure_log, files, encoding=encoding, project=run.name)
     text = json.dumps(doc, indent=1, default=str)
     if out is None:
         typer.echo(text)
@@ -96,14 +119,15 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
 @privacy_app.command("forget")
 @reports_user_errors
 def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers' ids.")],
-           data: DataDir,
+           data: DataOption = None,
            mlruns: MlrunsDir = None,
            no_mlruns: NoMlruns = False,
            exposure_log: ExposureLogFile = None,
            no_exposure_log: NoExposureLog = False,
            state_dir: StateDir = None,
            file: ExtraFiles = None,
-           encoding: EncodingOption = Encoding.UTF_8) -> None:
+           encoding: EncodingOption = Encoding.UTF_8,
+           project: ProjectOption = None) -> None:
     """Remove CUSTOMER_IDS from the data, the files named, the exposure log (pseudonymised), the
     service's state folder and the saved recommenders; a tombstone keeps them out of later imports
     and the running service.
@@ -112,8 +136,9 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
     the command before anything is written; say --no-mlruns / --no-exposure-log where there is none.
     An id that matched nothing anywhere (and was not forgotten before), or a file that could not be
     read, fails the command with exit code 2 after everything else is done; the tombstone stays."""
-    mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
-    files = [*(file or []), *filter(None, [resolve_state_dir(state_dir, exposure_log)])]
+    run = resolve(project, data=data)
+    data = run.need_data()
+    mlruns, exposure_log, files = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log, state_dir, file)
     report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding)
     table = RichTable(title=f"Forgot {len(report.forgotten)} customer(s)", title_justify="left")
     table.add_column("store")

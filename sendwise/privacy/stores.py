@@ -5,6 +5,9 @@ A store that is named, or left at its default, but is not there is an error, nev
 a misspelled path, or a default the service never wrote to, would otherwise let ``forget`` report
 success while the customer's data stays where it really is. Saying that there is none is explicit
 (``--no-mlruns``, ``--no-exposure-log``).
+
+With a project the defaults are its own stores (``DIR/mlruns`` or the folder of its sqlite
+``tracking_uri``, ``DIR/state/exposures.jsonl``, ``DIR/state``): the same rule applies to them.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ DEFAULT_EXPOSURE_LOG = Path("exposures/exposures.jsonl")
 MLFLOW_DB = "mlflow.db"  # what makes a folder an MLflow store (training.tracking.configure_tracking)
 SQLITE = "sqlite:///"
 
-MLRUNS_HELP = ("MLflow store root: the folder holding mlflow.db where the models were trained "
-               f"(default: {DEFAULT_MLRUNS}, or the folder of a sqlite MLFLOW_TRACKING_URI); it must exist.")
+MLRUNS_HELP = ("MLflow store root: the folder holding mlflow.db where the models were trained (default: the "
+               f"folder of a sqlite MLFLOW_TRACKING_URI, else the project's, else {DEFAULT_MLRUNS}); it must exist.")
 NO_MLRUNS_HELP = "No MLflow store was ever used for this data: search no models."
 EXPOSURE_LOG_HELP = ("The service's exposure log (`sendwise serve --exposure-log`; the demo writes "
-                     f"WORKDIR/exposures.jsonl; default: {DEFAULT_EXPOSURE_LOG}); it must exist.")
+                     "WORKDIR/exposures.jsonl; default: the project's state/exposures.jsonl, else "
+                     f"{DEFAULT_EXPOSURE_LOG}); it must exist.")
 NO_EXPOSURE_LOG_HELP = "No service ever logged exposures for this data: search no exposure log."
 STATE_DIR_HELP = ("The service's state folder, holding the data's rejected rows it wrote (`sendwise serve "
-                  "--state-dir`); default: state/ next to the exposure log, searched when it exists.")
+                  "--state-dir`); default: the project's state/, else state/ next to the exposure log, "
+                  "searched when it exists.")
 
 
 def check_mlruns(path: Path | str) -> Path:
@@ -55,49 +60,56 @@ def check_exposure_log(path: Path | str) -> Path:
     return path
 
 
-def resolve_mlruns(given: Path | None, none: bool) -> Path | None:
+def resolve_mlruns(given: Path | None, none: bool, default: Path = DEFAULT_MLRUNS,
+                   tracking_uri: str | None = None) -> Path | None:
     """The MLflow store a command searches: ``--mlruns``, else the folder of the user's sqlite
-    ``MLFLOW_TRACKING_URI``, else ``mlruns``; None with ``--no-mlruns``. Checked to exist; a
-    tracking URI that points at another store is refused (the models the command would load and
-    the files it would clean must be the same)."""
+    ``MLFLOW_TRACKING_URI``, else of ``tracking_uri`` (a project's setting), else ``default`` (a
+    project's ``mlruns``, else ``mlruns``); None with ``--no-mlruns``. Checked to exist; a tracking
+    URI that points at another store is refused (the models the command would load and the files it
+    would clean must be the same)."""
     if none:
         if given is not None:
             raise InputError("--mlruns and --no-mlruns contradict each other; pass one of them.")
         return None
-    uri = user_tracking_uri()
+    user = user_tracking_uri()
+    uri, source = (user, "MLFLOW_TRACKING_URI") if user is not None else (tracking_uri, "the project's tracking_uri")
     if uri is None:
-        return check_mlruns(DEFAULT_MLRUNS if given is None else given)
+        return check_mlruns(default if given is None else given)
     if not uri.startswith(SQLITE):
-        raise InputError(f"MLFLOW_TRACKING_URI is {uri}: privacy export and forget search a local MLflow store "
-                         "only. Unset it and pass --mlruns DIR with the store's folder, or pass --no-mlruns and "
-                         "remove the customer from that server's artifacts yourself.")
+        raise InputError(f"{source} is {uri}: privacy export and forget search a local MLflow store only. "
+                         + ("Unset it" if user is not None else "Pass") + " --mlruns DIR with the store's folder, "
+                         "or pass --no-mlruns and remove the customer from that server's artifacts yourself.")
     root = Path(uri.removeprefix(SQLITE)).parent
     if given is not None and os.path.realpath(given) != os.path.realpath(root):
-        raise InputError(f"MLFLOW_TRACKING_URI points at the store in {root} but --mlruns at {given}: unset "
-                         "MLFLOW_TRACKING_URI or pass the same folder.")
+        raise InputError(f"{source} points at the store in {root} but --mlruns at {given}: "
+                         + ("unset MLFLOW_TRACKING_URI" if user is not None else "leave --mlruns out")
+                         + " or pass the same folder.")
     return check_mlruns(root)
 
 
-def resolve_exposure_log(given: Path | None, none: bool) -> Path | None:
-    """The exposure log a command searches: ``--exposure-log``, else the default; None with
-    ``--no-exposure-log``. Checked to exist."""
+def resolve_exposure_log(given: Path | None, none: bool, default: Path = DEFAULT_EXPOSURE_LOG) -> Path | None:
+    """The exposure log a command searches: ``--exposure-log``, else ``default`` (a project's
+    ``state/exposures.jsonl``, else ``exposures/exposures.jsonl``); None with ``--no-exposure-log``.
+    Checked to exist."""
     if none:
         if given is not None:
             raise InputError("--exposure-log and --no-exposure-log contradict each other; pass one of them.")
         return None
-    return check_exposure_log(DEFAULT_EXPOSURE_LOG if given is None else given)
+    return check_exposure_log(default if given is None else given)
 
 
-def resolve_state_dir(given: Path | None, exposure_log: Path | None) -> Path | None:
-    """The service's state folder (rejected rows of the data it loaded): ``--state-dir``, which must
-    exist, else ``state/`` next to the exposure log (as :attr:`serving.config.ServeConfig.rejects_dir`)
-    when there is one: a service that rejected no row wrote none."""
+def resolve_state_dir(given: Path | None, exposure_log: Path | None, default: Path | None = None) -> Path | None:
+    """The service's state folder (rejected rows of the data it loaded, a project's snapshot):
+    ``--state-dir``, which must exist, else ``default`` (a project's ``state/``), else ``state/``
+    next to the exposure log (as :attr:`serving.config.ServeConfig.rejects_dir`); a default is
+    searched when it exists: a service that rejected no row wrote none."""
     if given is not None:
         if not Path(given).is_dir():
             raise NotFoundError(f"state folder {given} does not exist. Pass --state-dir DIR as given to "
                                 "`sendwise serve --state-dir`, or leave it out for state/ next to the exposure log.")
         return Path(given)
-    default = None if exposure_log is None else Path(exposure_log).parent / "state"
+    if default is None and exposure_log is not None:
+        default = Path(exposure_log).parent / "state"
     return default if default is not None and default.is_dir() else None
 
 
