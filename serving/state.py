@@ -3,9 +3,11 @@
 Scores are computed once at startup from the feature snapshot (a request is then a lookup);
 recommendations are computed per request from the recommender's factors and the business rules.
 The data directory is only read: rejected rows go to the state directory
-(:attr:`~serving.config.ServeConfig.rejects_dir`). Catalog links that are not absolute http(s) URLs
-and control characters in product names are removed as the catalog is loaded
-(:func:`safe_catalog`), so no business rule, list or block ever sees them.
+(:attr:`~serving.config.ServeConfig.rejects_dir`); its naive timestamps are local times of the
+shop's time zone (:attr:`~serving.config.ServeConfig.timezone`), as in training. Catalog links that
+are not absolute http(s) URLs and control characters in product names are removed as the catalog is
+loaded (:func:`safe_catalog`), so no business rule, list or block ever sees them; a product left
+without a link gets one from the shop's link template, when it has one.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from features.snapshot import read_snapshot, snapshot_as_of
 from features.tables import Tables
 from serving.config import ServeConfig
 from serving.lookup import Lookup
-from serving.product_block import clean_text
+from serving.product_block import clean_text, product_link
 from training.design import trained_feature_config
 from training.model import ModelBundle
 from training.recommenders.batch import RecommendationContext
@@ -207,20 +209,27 @@ def catalog_coverage(recommender: Recommender, tables: Tables) -> str | None:
 @dataclass(frozen=True)
 class CatalogCheck:
     """What :func:`safe_catalog` removed: links that were not absolute http(s) URLs (per column)
-    and product names or categories that held control characters."""
+    and product names or categories that held control characters; and how many products without a
+    safe ``url`` got one from the link template."""
 
     unsafe_links: dict[str, int]
     example: str | None  # a product with an unsafe link
     cleaned_text: int
+    templated_links: int = 0
+    templated_example: str | None = None  # a link made from the template
 
     @property
     def message(self) -> str | None:
-        """One line for the log or the console, or None when nothing was removed."""
+        """One line for the log or the console, or None when nothing was removed or templated."""
         parts, links = [], [f"{n:,} {column}" for column, n in self.unsafe_links.items() if n]
         if links:
+            instead = ("link through the product_url template, or show their name in place of the image"
+                       if self.templated_links else "get no link, or their name in place of the image")
             parts.append(f"{' and '.join(links)} value(s) are not absolute http(s) URLs and are left out "
-                         f"(e.g. product {self.example!r}): such products get no link, or their name in place "
-                         "of the image")
+                         f"(e.g. product {self.example!r}): such products {instead}")
+        if self.templated_links:
+            parts.append(f"{self.templated_links:,} product(s) without a safe url link through the product_url "
+                         f"template (e.g. {self.templated_example})")
         if self.cleaned_text:
             parts.append(f"control characters removed from {self.cleaned_text:,} product name(s) or categories")
         return "catalog: " + "; ".join(parts) + "." if parts else None
@@ -234,36 +243,47 @@ def _sql_text(value: str | None) -> str | None:
     return None if value is None else clean_text(value)
 
 
-def safe_catalog(tables: Tables) -> CatalogCheck:
+def safe_catalog(tables: Tables, product_url: str | None = None) -> CatalogCheck:
     """Replace the products table (in memory) by one whose ``url`` and ``image_url`` are absolute
     http(s) URLs or NULL (:func:`features.links.safe_http_url`) and whose ``name`` and ``category``
-    hold no control character; returns what was removed."""
+    hold no control character; returns what was removed. With a link template ``product_url`` (one
+    :func:`serving.product_block.check_product_url` accepted), a ``url`` that is missing or unsafe
+    becomes the template's link of the product (:func:`serving.product_block.product_link`)."""
     con, products = tables.con, Table.PRODUCTS.value
     con.create_function("_sendwise_safe_url", _sql_url, ["VARCHAR"], "VARCHAR", null_handling="special")
     con.create_function("_sendwise_clean_text", _sql_text, ["VARCHAR"], "VARCHAR", null_handling="special")
+    templated = "CAST(NULL AS VARCHAR)"
+    if product_url is not None:
+        con.create_function("_sendwise_product_link", lambda pid: product_link(product_url, pid), ["VARCHAR"],
+                            "VARCHAR", null_handling="special")
+        templated = f"_sendwise_product_link(CAST({PRODUCT_ID} AS VARCHAR))"
     given = "IS NOT NULL AND trim({0}) <> '' AND _sendwise_safe_url({0}) IS NULL"
     try:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _safe_products AS SELECT *,
                           {URL} {given.format(URL)} AS _bad_url, {IMAGE_URL} {given.format(IMAGE_URL)} AS _bad_image,
                           {NAME} IS DISTINCT FROM _sendwise_clean_text({NAME})
-                            OR {CATEGORY} IS DISTINCT FROM _sendwise_clean_text({CATEGORY}) AS _dirty_text
+                            OR {CATEGORY} IS DISTINCT FROM _sendwise_clean_text({CATEGORY}) AS _dirty_text,
+                          CASE WHEN _sendwise_safe_url({URL}) IS NULL THEN {templated} END AS _templated
                         FROM {products}""")
         counts = con.execute(f"""SELECT count(*) FILTER (WHERE _bad_url), count(*) FILTER (WHERE _bad_image),
                                         min({PRODUCT_ID}) FILTER (WHERE _bad_url OR _bad_image),
-                                        count(*) FILTER (WHERE _dirty_text)
+                                        count(*) FILTER (WHERE _dirty_text), count(_templated),
+                                        arg_min(_templated, {PRODUCT_ID}) FILTER (WHERE _templated IS NOT NULL)
                                  FROM _safe_products""").fetchall()[0]
-        con.execute(f"""UPDATE _safe_products SET {URL} = _sendwise_safe_url({URL}),
+        con.execute(f"""UPDATE _safe_products SET {URL} = coalesce(_templated, _sendwise_safe_url({URL})),
                           {IMAGE_URL} = _sendwise_safe_url({IMAGE_URL}), {NAME} = _sendwise_clean_text({NAME}),
                           {CATEGORY} = _sendwise_clean_text({CATEGORY})""")
         is_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [products]).fetchall()[0][0]
         con.execute(f"DROP {'VIEW' if is_view else 'TABLE'} {products}")
-        con.execute(f"CREATE TEMP VIEW {products} AS SELECT * EXCLUDE (_bad_url, _bad_image, _dirty_text) "
+        con.execute(f"CREATE TEMP VIEW {products} AS SELECT * EXCLUDE (_bad_url, _bad_image, _dirty_text, _templated) "
                     "FROM _safe_products")
     finally:
         con.remove_function("_sendwise_safe_url")
         con.remove_function("_sendwise_clean_text")
+        if product_url is not None:
+            con.remove_function("_sendwise_product_link")
     return CatalogCheck({URL: counts[0], IMAGE_URL: counts[1]}, clean_text(counts[2]) if counts[2] else None,
-                        counts[3])
+                        counts[3], counts[4], counts[5])
 
 
 def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] = ()) -> dict[Aliases, ServingState]:
@@ -272,8 +292,8 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
     if not config.data.is_dir():
         raise NotReadyError(f"data directory {config.data} does not exist; pass --data DIR with the shop's tables.")
     models = {aliases: load_champions(config, aliases) for aliases in dict.fromkeys([config_aliases(config), *extra])}
-    tables, _ = load_data_dir(config.data, config.rejects_dir)
-    check = safe_catalog(tables)
+    tables, _ = load_data_dir(config.data, config.rejects_dir, timezone=config.timezone)
+    check = safe_catalog(tables, config.product_url)
     if check.message:
         logger.warning(check.message)
     for warning in dict.fromkeys(w for m in models.values() for w in m.warnings):

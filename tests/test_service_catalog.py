@@ -17,8 +17,10 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from features.links import safe_http_url
+from features.tables import Tables
 from sendwise.cli import app
 from serving.config import ServeConfig
+from serving.state import safe_catalog
 
 UTM = "utm_source=sendwise&utm_medium=email&utm_campaign=spring&utm_content=product_block"
 # A product's url or image_url, and the link it must become (None: no link / no image).
@@ -251,3 +253,35 @@ def test_an_empty_api_key_refuses_to_serve(shop: Path, served_env: dict, monkeyp
     monkeypatch.setenv("SENDWISE_API_KEY", "")
     with pytest.raises(ValueError, match="SENDWISE_API_KEY: set but empty"):
         ServeConfig.from_env()
+
+
+def _catalog_links(tables: Tables) -> dict[str, str | None]:
+    return dict(tables.con.execute("SELECT product_id, url FROM products").fetchall())
+
+
+def test_products_without_a_safe_url_link_through_the_template(tiny_frames: dict[str, pd.DataFrame]) -> None:
+    """With a product link template (SENDWISE_PRODUCT_URL), a product whose url is missing, empty or
+    unsafe gets the template's link with its id percent-encoded; a safe url is kept; an id that is
+    no path segment ('..') gets none. The check counts the templated links and says so."""
+    ids = ["ok", "none", "empty", "js", '"><script>', "../x?y#z", ".."]
+    urls = ["https://shop.example/own/ok?size=M", None, "  ", "javascript:alert(1)", None, "//evil.example/x", None]
+    products = pd.DataFrame({"product_id": ids, "name": ids, "category": "c", "price": 1.0, "image_url": None,
+                             "url": urls, "in_stock": True})
+    tables = Tables.from_frames(tiny_frames["orders"], products=products)
+    check = safe_catalog(tables, product_url="https://shop.example/products/{product_id}")
+    assert _catalog_links(tables) == {
+        "ok": "https://shop.example/own/ok?size=M", "none": "https://shop.example/products/none",
+        "empty": "https://shop.example/products/empty", "js": "https://shop.example/products/js",
+        '"><script>': "https://shop.example/products/%22%3E%3Cscript%3E",
+        "../x?y#z": "https://shop.example/products/..%2Fx%3Fy%23z", "..": None}
+    assert (check.unsafe_links["url"], check.templated_links) == (2, 5)
+    assert check.message == (
+        "catalog: 2 url value(s) are not absolute http(s) URLs and are left out (e.g. product '../x?y#z'): such "
+        "products link through the product_url template, or show their name in place of the image; 5 product(s) "
+        "without a safe url link through the product_url template (e.g. https://shop.example/products/%22%3E%3Cscript%3E).")
+
+
+def test_without_a_template_nothing_is_templated(tiny_tables: Tables) -> None:
+    before = _catalog_links(tiny_tables)
+    check = safe_catalog(tiny_tables)
+    assert _catalog_links(tiny_tables) == before and check.templated_links == 0 and check.message is None
