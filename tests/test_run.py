@@ -127,3 +127,27 @@ def test_the_project_in_the_current_directory_is_found(project_dir: Path, monkey
     assert find_project(None).name == "shop-a"
     monkeypatch.chdir(project_dir.parent)
     assert find_project(None) is None
+
+
+def test_a_new_recipe_is_backtested_against_the_champions_on_one_holdout(project_dir: Path) -> None:
+    assert runner.invoke(app, ["run", "--project", str(project_dir)]).exit_code == ExitCode.OK
+    file = project_dir / PROJECT_FILE
+    settings = yaml.safe_load(file.read_text())
+    settings["run"] |= {"trials": 2, "recommender": "itemknn"}  # other parameters, another recommender
+    file.write_text(yaml.safe_dump(settings))
+    second = runner.invoke(app, ["run", "--project", str(project_dir)])
+    assert second.exit_code == ExitCode.OK, second.output
+    backtests = [line for line in second.output.splitlines() if line.startswith("backtest at")]
+    assert len(backtests) == 3 and all("champion 0." in line for line in backtests)  # both on one holdout
+    project = load_project(project_dir)
+    report = sorted(project.reports.glob("run-*.html"))[-1].read_text()
+    assert report.count("Paired bootstrap, challenger minus champion") == 3
+    project.use_tracking()
+    client = MlflowClient()
+    tables, _ = load_data_dir(project.data)
+    for model in ("churn", "propensity", "recommender"):
+        champion = client.get_model_version_by_alias(f"shop-a.{model}", CHAMPION)
+        challenger = client.get_model_version_by_alias(f"shop-a.{model}", "challenger")
+        assert int(challenger.version) == 2  # the new recipe, refitted, is registered whatever it scored
+        assert int(champion.version) >= 2  # the winner's recipe, refitted through the data's end, serves
+        assert champion.tags["sendwise.trained_through"] == data_end(tables).isoformat()
