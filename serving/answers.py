@@ -22,7 +22,15 @@ from serving.experiment_config import Experiment
 from serving.exposures import exposure_record
 from serving.lookup import PRECOMPUTED_K
 from serving.policy import SUPPRESS, decide
-from serving.product_block import BlockItem, ProductBlock, clean_text, format_price, render_html, with_utm
+from serving.product_block import (
+    BlockItem,
+    BlockSettings,
+    ProductBlock,
+    clean_text,
+    format_price,
+    render_html,
+    with_utm,
+)
 from serving.schemas import (
     Item,
     LoadedClassifier,
@@ -86,10 +94,10 @@ def because(recs: Recommendations, state: ServingState) -> dict[str, str]:
 
 
 def product_blocks(recs: list[Recommendations], campaign: str, heading: str | None, state: ServingState,
-                   currency: str) -> list[ProductBlock]:
-    """A product block per recommendation list: items with price, image, tracked link and reason, and
-    the email-safe HTML."""
-    lookup = state.lookup
+                   settings: BlockSettings) -> list[ProductBlock]:
+    """A product block per recommendation list: items with price (in the shop's currency), image,
+    link tracked with the shop's UTM parameters, and reason; and the email-safe HTML."""
+    lookup, currency = state.lookup, settings.currency
     blocks = []
     heading = clean_text(heading).strip() or None
     for r in recs:
@@ -99,7 +107,8 @@ def product_blocks(recs: list[Recommendations], campaign: str, heading: str | No
         items = [BlockItem.model_construct(product_id=i.product_id, name=clean_text(i.name or i.product_id),
                            price=clean_text(format_price(i.price, currency)) if i.price is not None else None,
                            image_url=safe_http_url(i.image_url),
-                           link=with_utm(lookup.catalog[URL][lookup.column[i.product_id]], campaign),
+                           link=with_utm(lookup.catalog[URL][lookup.column[i.product_id]], campaign,
+                                         source=settings.utm_source, medium=settings.utm_medium),
                            reason=clean_text(reasons.get(
                                i.product_id, "Popular right now" if i.source == "popular" else "Picked for you")))
                  for i in r.items]
@@ -111,7 +120,7 @@ def product_blocks(recs: list[Recommendations], campaign: str, heading: str | No
 
 def next_best_actions(arms: list[Arm], customer_ids: list[str], mask: Callable[[list[str]], list[str]], k: int,
                       campaign: str, rng: random.Random, consent: ConsentRule,
-                      currency: str) -> tuple[list[NextBestAction], list[dict]]:
+                      settings: BlockSettings) -> tuple[list[NextBestAction], list[dict]]:
     """Per customer, in order, the answer of their arm's policy and models (``arms[i]`` is customer i's:
     the running experiment's variant, else the defaults) and its exposure record; the answers'
     ``request_id`` is left empty. ``mask`` gives the customer ids as the states know them."""
@@ -121,13 +130,14 @@ def next_best_actions(arms: list[Arm], customer_ids: list[str], mask: Callable[[
     decided: dict[int, tuple[NextBestAction, dict]] = {}
     for arm, rows in groups.values():
         ids = [customer_ids[i] for i in rows]
-        decided.update(zip(rows, _arm_actions(arm, ids, mask(ids), k, campaign, rng, consent, currency), strict=True))
+        decided.update(zip(rows, _arm_actions(arm, ids, mask(ids), k, campaign, rng, consent, settings), strict=True))
     results, exposures = zip(*(decided[i] for i in range(len(customer_ids))), strict=True)
     return list(results), list(exposures)
 
 
 def _arm_actions(arm: Arm, customer_ids: list[str], keys: list[str], k: int, campaign: str,
-                 rng: random.Random, consent: ConsentRule, currency: str) -> list[tuple[NextBestAction, dict]]:
+                 rng: random.Random, consent: ConsentRule,
+                 settings: BlockSettings) -> list[tuple[NextBestAction, dict]]:
     """(answer, exposure record) per customer of one arm."""
     state = arm.state
     signals = [state.customers.signals(key) for key in keys]
@@ -139,7 +149,7 @@ def _arm_actions(arm: Arm, customer_ids: list[str], keys: list[str], k: int, cam
     blocks = {}
     if wanted:
         recs = recommendations(state, [c for c, _ in wanted], [key for _, key in wanted], k, RuleOptions())
-        blocks = {b.customer_id: b for b in product_blocks(recs, campaign, None, state, currency)}
+        blocks = {b.customer_id: b for b in product_blocks(recs, campaign, None, state, settings)}
     versions = state.versions
     out = []
     for c, key, d in zip(customer_ids, keys, decisions, strict=True):

@@ -70,7 +70,7 @@ class Sendwise:
         self.state: ServingState = self.router.default.state
         self.forgotten = ForgottenCustomers(config.data)  # answered as unknown, logged without their id
         self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
-        self.currency = config.currency
+        self.block_settings = config.block_settings  # currency, utm_source, utm_medium
         self.consent = config.consent
         self.rng = random.Random()
         # Everything loaded so far lives as long as the process: move it out of the collector's
@@ -118,7 +118,7 @@ class Sendwise:
     def _product_blocks(self, customer_ids: list[str], k: int, options: RuleOptions, campaign: str,
                         heading: str | None) -> list[ProductBlock]:
         blocks = answers.product_blocks(self._recommend(customer_ids, k, options, log=False), campaign, heading, self.state,
-                                        self.currency)
+                                        self.block_settings)
         self._log(answers.recommend_exposures(blocks, "product_block", self.state))
         return blocks
 
@@ -140,7 +140,7 @@ class Sendwise:
         else the defaults); one exposure record per customer, logged before answering."""
         arms = self.router.route(customer_ids, datetime.now(UTC).replace(tzinfo=None))
         results, exposures = answers.next_best_actions(arms, customer_ids, self.forgotten.mask, k, campaign, self.rng,
-                                                       self.consent, self.currency)
+                                                       self.consent, self.block_settings)
         request_id = self._log(exposures)
         for answer in results:
             answer.request_id = request_id
