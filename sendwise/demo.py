@@ -1,64 +1,68 @@
-"""The end-to-end demo: generate a shop, validate it, build features and a snapshot, train the churn,
-propensity and recommender models, score and recommend, and ask the send-time service (in process)
-for next-best-actions with their product blocks."""
+"""The end-to-end demo: a project for a generated shop, its retraining job (``sendwise run``: validate,
+backtest, refit and promote the churn, propensity and recommender models, serving snapshot, report),
+scores and recommendations for every customer, and next-best-actions with their product blocks from
+the send-time service (in process). Run again, it retrains the same project: the champions are
+refreshed with the data they have not seen."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
-from features.dates import parse_iso_date
-from features.demo import DemoShop
-from features.training_set import Target
+from features.errors import SendwiseError
+from features.io import load_data_dir
+from features.snapshot import snapshot_as_of
 from sendwise import pipeline
 from sendwise.console import console
+from sendwise.project import PROJECT_FILE, Project, create_project, load_project, serve_settings
+from sendwise.run import run_project
+from serving.config import ServeConfig
 
-AS_OF = datetime(2025, 10, 1)  # the demo's last 90 days are the holdout's label window
 ASKED = 1_000  # customers asked of the service
 MODEL_ACTIONS = ("winback", "cross_sell", "upsell", "loyalty_reward")  # the example shown: one the models drove
 
 
+def demo_project(workdir: Path, customers: int, seed: int) -> Project:
+    """The demo's project in ``workdir``: created (with a generated shop) the first time, reused after."""
+    if (workdir / PROJECT_FILE).exists():
+        console.print(f"the demo project in {workdir} exists: retraining it on its data")
+        return load_project(workdir)
+    return create_project(workdir, demo=True, customers=customers, seed=seed, name="demo")
+
+
 def run_demo(workdir: Path, customers: int, seed: int) -> None:
-    data = workdir / "data"
-    console.rule("1. generate a demo shop")
-    shop = DemoShop()
-    pipeline.generate(out=data, customers=customers, seed=seed, start=parse_iso_date(shop.start),
-                      end=parse_iso_date(shop.end))
-    console.rule("2. validate it against the data contract")
-    pipeline.validate(data)
-    console.rule("3. churn training set (monthly as_of dates, 90-day label window)")
-    pipeline.training_set(data=data, out=workdir / "churn_training.parquet", target=Target.CHURNED)
-    console.rule("4. serving snapshot (latest features per customer)")
-    pipeline.snapshot(data=data, out=workdir / "snapshot.parquet")
-    console.rule(f"5. churn model, trained before {AS_OF}, evaluated at it")
-    pipeline.train_churn(data=data, as_of=AS_OF)
-    console.rule(f"6. purchase-propensity model (30 days), trained before {AS_OF}")
-    pipeline.train_propensity(data=data, as_of=AS_OF)
-    console.rule(f"7. recommender (implicit ALS), trained before {AS_OF}, evaluated against popularity")
-    pipeline.train_recommender(data=data, as_of=AS_OF)
-    pipeline.list_models()
-    console.rule("8. score every customer with the champions")
-    pipeline.score(data=data, as_of=AS_OF, out=workdir / "scores.csv")
+    console.rule("1. a project for a generated shop (sendwise init --demo)")
+    project = demo_project(workdir, customers, seed)
+    console.rule("2. the retraining job (sendwise run)")
+    result = run_project(project)
+    if result.failures:
+        raise SendwiseError("the demo's run failed: " + "; ".join(f"{f.model}: {f.error}" for f in result.failures))
+    pipeline.list_models(project=project.name, mlruns=project.mlruns)
+    tables, _ = load_data_dir(project.data, project.rejects)
+    as_of = snapshot_as_of(tables)
+    tables.con.close()
+    console.rule(f"3. score every customer with the champions, at the data's end ({as_of:%Y-%m-%dT%H:%M:%S})")
+    pipeline.score(data=project.data, as_of=as_of, out=workdir / "scores.csv", project=project.name,
+                   timezone=project.settings.timezone, mlruns=project.mlruns, consent=project.settings.consent)
     console.print(pd.read_csv(workdir / "scores.csv").head(5).to_string(index=False))
-    console.rule("9. recommend 10 products to every customer")
-    pipeline.recommend(data=data, as_of=AS_OF, out=workdir / "recommendations.csv")
-    console.rule(f"10. next-best-actions from the send-time service (in process) for {ASKED:,} customers")
-    ask_the_service(data, workdir)
-    console.print(f"[green]done[/]: outputs in {workdir}. Serve them over HTTP with "
-                  f"`sendwise serve --data {data} --snapshot {workdir / 'snapshot.parquet'}`.")
+    console.rule("4. recommend 10 products to every customer")
+    pipeline.recommend(data=project.data, as_of=as_of, out=workdir / "recommendations.csv",
+                       project=project.name, timezone=project.settings.timezone, mlruns=project.mlruns)
+    console.rule(f"5. next-best-actions from the send-time service (in process) for {ASKED:,} customers")
+    ask_the_service(project, workdir)
+    console.print(f"[green]done[/] in {result.seconds:.0f} s of training: outputs in {workdir}, the run's report "
+                  f"{result.report}. Serve over HTTP with `sendwise serve --project {workdir}`.")
 
 
-def ask_the_service(data: Path, workdir: Path) -> None:
-    """Start the BentoML service in this process on the demo's champions and snapshot and ask it for
-    a batch of next-best-actions; prints the actions chosen and one answer in full."""
+def ask_the_service(project: Project, workdir: Path) -> None:
+    """Start the BentoML service in this process on the project's champions and snapshot and ask it
+    for a batch of next-best-actions; prints the actions chosen and one answer in full."""
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    os.environ.update({"SENDWISE_DATA": str(data), "SENDWISE_SNAPSHOT": str(workdir / "snapshot.parquet"),
-                       "SENDWISE_EXPOSURE_LOG": str(workdir / "exposures.jsonl")})
+    os.environ.update(ServeConfig(**serve_settings(project)).to_env())
     with warnings.catch_warnings():  # starlette's note about httpx concerns its own test client, not us
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
         from starlette.testclient import TestClient
@@ -79,4 +83,4 @@ def ask_the_service(data: Path, workdir: Path) -> None:
         block = example["product_block"]
         console.print(f"product block '{block['heading']}': " + ", ".join(
             f"{item['name']} {item['price']} ({item['reason']})" for item in block["items"]))
-    console.print(f"every decision is in the exposure log {workdir / 'exposures.jsonl'}")
+    console.print(f"every decision is in the exposure log {project.exposure_log}")

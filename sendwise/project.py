@@ -181,7 +181,8 @@ class Project:
 
     def use_tracking(self) -> str:
         """Point MLflow at this project's store (``MLFLOW_TRACKING_URI`` wins); returns the URI."""
-        return configure_tracking(self.mlruns, uri=self.settings.tracking_uri)
+        apply_tracking_uri(self)
+        return configure_tracking(self.mlruns)
 
 
 def load_project(root: Path) -> Project:
@@ -210,10 +211,11 @@ def load_project(root: Path) -> Project:
 def find_project(option: Path | None) -> Project | None:
     """The project of ``--project DIR``, else the current directory's when it holds ``sendwise.yaml``,
     else None (commands then work from their options alone)."""
-    if option is not None:
-        return load_project(option)
     here = Path.cwd()
-    return load_project(here) if (here / PROJECT_FILE).is_file() else None
+    project = load_project(option) if option is not None else (
+        load_project(here) if (here / PROJECT_FILE).is_file() else None)
+    apply_tracking_uri(project)  # every later configure_tracking of this process uses the project's store
+    return project
 
 
 def render_settings(settings: ProjectSettings) -> str:
@@ -316,8 +318,8 @@ def serve_settings(project: Project) -> dict[str, object]:
 
 
 def apply_tracking_uri(project: Project | None) -> None:
-    """Make the project's ``tracking_uri`` the store of this process and of the service it starts,
-    unless ``MLFLOW_TRACKING_URI`` names one already."""
+    """Make the project's ``tracking_uri`` (when it sets one) the store of this process and of the
+    service it starts, unless ``MLFLOW_TRACKING_URI`` names one already."""
     if project is not None and project.settings.tracking_uri:
         os.environ.setdefault("MLFLOW_TRACKING_URI", project.settings.tracking_uri)
 

@@ -73,6 +73,7 @@ def test_the_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     scores, recs = pd.read_csv(tmp_path / "d/scores.csv"), pd.read_csv(tmp_path / "d/recommendations.csv")
     assert len(scores) > 1000 and set(recs["customer_id"]) == set(scores["customer_id"])
-    decisions = read_exposures(tmp_path / "d/exposures.jsonl")
+    decisions = read_exposures(tmp_path / "d/state/exposures.jsonl")
     assert len(decisions) == 1000 and {d["action"] for d in decisions} > {"suppress"}
-    assert "actions: " in run.stdout and "product block" in run.stdout
+    assert "actions: " in run.stdout and "product block" in run.stdout and "emailable: " in run.stdout
+    assert len(list((tmp_path / "d/reports").glob("run-*.html"))) == 1  # the demo is a project's run

@@ -17,7 +17,7 @@ from features.snapshot import read_snapshot, snapshot_as_of
 from sendwise.commands.common import ProjectOption
 from sendwise.console import console, errors, reports_user_errors
 from sendwise.pipeline import print_emailable
-from sendwise.project import apply_feature_settings, apply_tracking_uri, find_project, serve_settings
+from sendwise.project import apply_feature_settings, find_project, serve_settings
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
 from serving.experiment_config import load_experiments
@@ -114,7 +114,6 @@ def serve(
         if snapshot is None and not found.snapshot.exists():
             raise NotReadyError(f"project {found.name} has no serving snapshot yet ({found.snapshot}): run "
                                 f"`sendwise run --project {found.root}` first; it trains the models and writes it.")
-        apply_tracking_uri(found)
         apply_feature_settings(found)
         config = ServeConfig.from_env(**(serve_settings(found) | given))
         port = port or found.settings.serve.port
