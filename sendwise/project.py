@@ -30,7 +30,9 @@ from features.errors import InputError, NotFoundError, validation_problems
 from features.importers import ImportFormat, run_import
 from features.timezones import check_timezone
 from sendwise import pipeline
+from serving.config import UTM_VALUE
 from serving.consent import ConsentRule
+from serving.product_block import check_product_url
 from training.recommenders.models import TUNABLE
 from training.registry import check_project_name
 from training.tracking import configure_tracking
@@ -61,10 +63,13 @@ class LinkSettings(BaseModel):
     @field_validator("product_url")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
-        if value is not None and "{product_id}" not in value:
-            raise ValueError("must contain {product_id}, e.g. https://shop.example/products/{product_id}")
-        if value is not None and not value.lower().startswith(("https://", "http://")):
-            raise ValueError("must be an absolute http(s) URL template")
+        return None if value is None else check_product_url(value)
+
+    @field_validator("utm_source", "utm_medium")
+    @classmethod
+    def _utm(cls, value: str) -> str:
+        if not UTM_VALUE.fullmatch(value):  # as the service checks SENDWISE_UTM_*
+            raise ValueError(f"must be 1-100 letters, digits, '_', '.' or '-'; got {value!r}")
         return value
 
 

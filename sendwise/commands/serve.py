@@ -50,7 +50,7 @@ def preflight(config: ServeConfig) -> None:
     if report.rejects_dir is not None:
         errors.print(f"[yellow]warning:[/] {report.rejected:,} rejected row(s) written to {report.rejects_dir}",
                      highlight=False, soft_wrap=True)
-    if (message := safe_catalog(tables).message) is not None:
+    if (message := safe_catalog(tables, config.product_url).message) is not None:
         errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     if (message := catalog_coverage(champions.recommender, tables)) is not None:
         errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
