@@ -65,7 +65,7 @@ from training.registry import (
     registered_name,
 )
 from training.tracking import experiment_id, git_commit
-from training.train import MODEL_NAMES, Folds, check_rows, make_folds
+from training.train import MODEL_NAMES, Folds, NotEnoughDataError, check_rows, make_folds
 
 CLASSIFIER_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_at_10", "capture_at_10")
 Progress = Callable[[str], None]
@@ -181,6 +181,9 @@ def refit_folds(tables: Tables, target: Target, horizon: int, periods: int, conf
     the rest train (no holdout: the backtest measured the recipe)."""
     end = data_end(tables)
     dates = monthly_as_of_dates(tables, horizon, periods=periods, last=latest_labelled_as_of(end, horizon))
+    if len(dates) < 3:
+        raise NotEnoughDataError(f"need at least 3 monthly as_of dates whose {horizon}-day label windows close by "
+                                 f"{end:%Y-%m-%d} (training, validation, calibration); the data gives {len(dates)}.")
     stacked = build_training_set(tables, dates, target, horizon, config).frame
     frames = {pd.Timestamp(d): f for d, f in stacked.groupby("as_of")}
     folds = Folds(pd.concat([frames[pd.Timestamp(d)] for d in dates[:-2]], ignore_index=True),
@@ -271,9 +274,10 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
         champion_scores = pd.Series(champion_bundle.predict_proba(champion_folds.holdout),
                                     index=champion_folds.holdout[CUSTOMER_ID].to_numpy())
         scores["champion"] = champion_scores.reindex(folds.holdout[CUSTOMER_ID].to_numpy()).to_numpy()
-        comparison = paired_auc(y, scores["champion"], scores["challenger"])
+        both = ~np.isnan(scores["champion"])  # the same customers unless the feature settings changed who is known
+        comparison = paired_auc(y[both], scores["champion"][both], scores["challenger"][both])
     promoted, reason = _decision(champion_version, same, comparison, settings.margin, end, mismatch)
-    figures = {who: classification_metrics(y, s) for who, s in scores.items()}
+    figures = {who: classification_metrics(y[~np.isnan(s)], s[~np.isnan(s)]) for who, s in scores.items()}
     backtest = {"as_of": as_of, "fit_dates": folds.fit_dates, "example": folds.holdout.head(100),
                 "figures": {"model": figures["challenger"], "recency_rule": figures["recency rule"],
                             "logistic_log_rfm": figures["logistic log-RFM"]},
