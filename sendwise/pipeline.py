@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from rich import box
 from rich.table import Table as RichTable
 
 from features.attributes import current_attributes, with_current_attributes
@@ -59,6 +60,7 @@ from training.train import MODEL_NAMES, TrainResult, train_classifier
 HEADLINE_COLUMNS = {"churn": ("roc_auc", "baseline_logistic_log_rfm_roc_auc"),
                     "propensity": ("roc_auc", "baseline_logistic_log_rfm_roc_auc"),
                     "recommender": ("ndcg_at_10", "baseline_popular_ndcg_at_10")}
+WIDE_MODELS_TABLE = 150  # columns the one-line-per-version models table needs; narrower: a cell per subject
 TRAIN_HINT = "Train one first: `sendwise train churn --data DIR --as-of DATE` (and `train propensity`)."
 RECOMMENDER_HINT = "Train one first: `sendwise train recommender --data DIR --as-of DATE`."
 FOREIGN_OVERRIDE = "pass --allow-foreign-models (allow_foreign_models=True)"
@@ -200,16 +202,22 @@ def snapshot(data: Path, out: Path, as_of: datetime | None = None, rejects: Path
     console.print(f"snapshot of {len(features):,} customers at {iso(when)} written to {out}")
 
 
+def _compact(title: str) -> RichTable:
+    """A table without vertical rules, for output that must read in an 80-column terminal."""
+    return RichTable(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+
+
 def print_training(result: TrainResult) -> None:
-    table = RichTable(title=f"{result.name} v{result.version}: holdout at {result.holdout_as_of:%Y-%m-%d} "
-                            f"({result.holdout_rows:,} customers)", title_justify="left")
-    columns = ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_at_10", "capture_at_10", "lift_at_20"]
-    table.add_column("model")
-    for col in columns:
-        table.add_column(col, justify="right")
-    rows = {"xgboost (calibrated)": result.metrics} | result.baselines
-    for name, metrics in rows.items():
-        table.add_row(name, *(f"{metrics[c]:.3f}" if metrics[c] == metrics[c] else "-" for c in columns))
+    """The holdout metrics of the model and its baselines, one row per metric (fits 80 columns)."""
+    table = _compact(f"{result.name} v{result.version}: holdout at {iso(result.holdout_as_of)} "
+                     f"({result.holdout_rows:,} customers)")
+    metrics = ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_at_10", "capture_at_10", "lift_at_20"]
+    models = {"xgboost (calibrated)": result.metrics} | result.baselines
+    table.add_column("metric")
+    for name in models:
+        table.add_column(name, justify="right")
+    for metric in metrics:
+        table.add_row(metric, *(f"{m[metric]:.3f}" if m[metric] == m[metric] else "-" for m in models.values()))
     console.print(table)
     console.print("positives per fold (probabilities are calibrated to the calibration fold's): " + ", ".join(
         f"{fold} {rate:.1%}" for fold, rate in result.positive_rates.items()))
@@ -258,14 +266,19 @@ def train_propensity(data: Path, as_of: datetime, horizon: int = 30, trials: int
 
 
 def print_metrics(table: pd.DataFrame, k: int, title: str) -> None:
-    out = RichTable(title=title, title_justify="left")
-    for col in ("model", "variant", "customers", *(f"{m}@{k}" for m in METRICS), "coverage"):
-        out.add_column(col, justify="left" if col in ("model", "variant") else "right")
-    for row in table.sort_values(["variant", "ndcg"], ascending=[False, False]).itertuples(index=False):
-        r = row._asdict()
-        out.add_row(r["model"], r["variant"], f"{r['customers']:,}", *(f"{r[m]:.4f}" for m in METRICS),
-                    f"{r['coverage']:.3f}")
-    console.print(out)
+    """The recommenders' holdout metrics: one table per variant (new items first: every model is
+    evaluated on the same customers), the best NDCG first; fits 80 columns."""
+    console.print(title, highlight=False)
+    for variant, rows in sorted(table.groupby("variant"), key=lambda item: item[0], reverse=True):
+        out = _compact(f"{variant}: {int(rows['customers'].iloc[0]):,} customers")
+        out.add_column("model")
+        for metric in METRICS:
+            out.add_column(f"{metric.replace('_', ' ')}\n@{k}", justify="right")
+        out.add_column("coverage", justify="right")
+        for row in rows.sort_values("ndcg", ascending=False).itertuples(index=False):
+            r = row._asdict()
+            out.add_row(r["model"], *(f"{r[m]:.4f}" for m in METRICS), f"{r['coverage']:.3f}")
+        console.print(out)
 
 
 def train_recommender(data: Path, as_of: datetime, model: str = "als", trials: int = 0, k: int = 10,
@@ -298,23 +311,32 @@ def list_models(names: list[str] | None = None, project: str | None = None, *, m
     title = "Registered models"
     if project:
         title += f" of project {project} ({', '.join(registered_name(n, project) for n in names)})"
-    table = RichTable(title=title, title_justify="left")
-    for col in ("model", "v", "aliases", "created", "project", "data", "trained through", "holdout", "metric",
-                "value", "baseline"):
+    wide = console.width >= WIDE_MODELS_TABLE
+    table = RichTable(title=title, title_justify="left") if wide else _compact(title)
+    columns = ("model", "v", "aliases", "created", "project", "data", "trained through", "holdout", "metric",
+               "value", "baseline") if wide else ("model", "v", "aliases", "holdout", "trained through")
+    for col in columns:
         table.add_column(col, justify="right" if col in ("value", "baseline") else "left",
-                         no_wrap=col in ("data", "trained through", "holdout", "value", "baseline"))
+                         no_wrap=wide and col in ("data", "trained through", "holdout", "value", "baseline"))
     baselines = {}
     for name in names:
         metric, baseline = HEADLINE_COLUMNS.get(name, HEADLINE_COLUMNS["churn"])
         for row in list_versions(name, project):
             m, provenance = row.metrics, row.provenance
             baselines.setdefault(baseline.split("_", 1)[1].rsplit(f"_{metric}", 1)[0], []).append(name)
-            table.add_row(name, row.version, ", ".join(sorted(row.aliases)),
-                          f"{datetime.fromtimestamp(row.created / 1000):%Y-%m-%dT%H:%M}",
-                          provenance.project or "-", (provenance.data_fingerprint or "-")[:12],
-                          (provenance.through or "-")[:19], row.tags.get("holdout_as_of", "")[:10], metric,
-                          f"{m[f'holdout_{metric}']:.4f}" if f"holdout_{metric}" in m else "-",
-                          f"{m[baseline]:.4f}" if baseline in m else "-")
+            cells = {"created": f"{datetime.fromtimestamp(row.created / 1000):%Y-%m-%dT%H:%M}",
+                     "project": provenance.project or "-", "data": (provenance.data_fingerprint or "-")[:12],
+                     "through": (provenance.through or "-")[:19], "holdout": row.tags.get("holdout_as_of", "")[:10],
+                     "value": f"{m[f'holdout_{metric}']:.4f}" if f"holdout_{metric}" in m else "-",
+                     "baseline": f"{m[baseline]:.4f}" if baseline in m else "-"}
+            head = (name, row.version, ", ".join(sorted(row.aliases)))
+            if wide:
+                table.add_row(*head, *(cells[c] for c in ("created", "project", "data", "through", "holdout")),
+                              metric, cells["value"], cells["baseline"])
+            else:  # a cell per subject, one fact per line
+                table.add_row(*head, f"{cells['holdout']}\n{metric} {cells['value']}\nbaseline {cells['baseline']}",
+                              f"{cells['through']}\ndata {cells['data']}\nproject {cells['project']}\n"
+                              f"created {cells['created'][:10]}", end_section=True)
     console.print(table)
     if baselines:
         console.print("data: the fingerprint of the rows training read; baseline: " + "; ".join(

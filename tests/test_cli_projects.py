@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from features.io import load_data_dir
 from features.snapshot import read_snapshot, snapshot_as_of
 from sendwise.cli import app
+from sendwise.console import console
 from sendwise.project import PROJECT_FILE, load_project
 from training.registry import CHALLENGER
 
@@ -101,8 +102,20 @@ def test_without_project_or_data_the_error_names_both(command: list[str], tmp_pa
     assert "pass --data DIR" in out and "--project DIR" in out, out
 
 
-def test_train_score_and_recommend_with_a_project(project: Path, tmp_path: Path, demo_dir: Path) -> None:
-    out = run("train", "churn", "--project", project, "--as-of", "2025-10-01")
+def narrow(*args: object) -> str:
+    """The command's output in an 80-column terminal: no line of ours wider, no cell cut off."""
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    ours = [line for line in result.stdout.splitlines()  # not the libraries' warnings; the copyable paths aside
+            if not line.startswith(("plots: ", "open with: "))]
+    assert not [line for line in ours if len(line) > 80 or "…" in line], result.output
+    return " ".join(result.output.split())
+
+
+def test_train_score_and_recommend_with_a_project(project: Path, tmp_path: Path, demo_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "width", 80)
+    out = narrow("train", "churn", "--project", project, "--as-of", "2025-10-01")
     assert "registered as shop-a.churn v1" in out
     uri = f"sqlite:///{project.resolve() / 'mlruns' / 'mlflow.db'}"
     assert "plots: " in out and "/plots" in out and f"open with: mlflow ui --backend-store-uri {uri}" in out
@@ -114,9 +127,9 @@ def test_train_score_and_recommend_with_a_project(project: Path, tmp_path: Path,
     assert churn.tags["sendwise.project"] == "shop-a"
     assert client.get_run(churn.run_id).data.params["horizon_days"] == "60"  # the project's run settings
 
-    out = run("models", "list", "--project", project)
-    assert "shop-a.churn" in out and "shop-a.propensity" in out
-    out = run("score", "--project", project, "--out", tmp_path / "scores.csv")  # no --as-of: the data's end
+    out = narrow("models", "list", "--project", project)
+    assert "shop-a.churn" in out and "shop-a.propensity" in out and "roc_auc" in out
+    out = narrow("score", "--project", project, "--out", tmp_path / "scores.csv")  # no --as-of: the data's end
     tables, _ = load_data_dir(demo_dir, None)
     end = snapshot_as_of(tables)
     assert f"scored at {end:%Y-%m-%dT%H:%M:%S}" in out
@@ -126,7 +139,7 @@ def test_train_score_and_recommend_with_a_project(project: Path, tmp_path: Path,
               "--as-of", "2025-10-01")
     assert "scored at 2025-10-01 " in out and "under consent rule unless-refused" in out
 
-    out = run("train", "recommender", "--project", project, "--as-of", "2025-10-01", "--model", "itemknn")
+    out = narrow("train", "recommender", "--project", project, "--as-of", "2025-10-01", "--model", "itemknn")
     assert "shop-a.recommender v1 (itemknn)" in out and "plots: " in out
     out = run("recommend", "--project", project, "--out", tmp_path / "recs.csv", "--k", "3")
     assert "with shop-a.recommender v1 (itemknn)" in out and f"at {end:%Y-%m-%dT%H:%M:%S}" in out
