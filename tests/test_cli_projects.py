@@ -144,3 +144,37 @@ def test_train_score_and_recommend_with_a_project(project: Path, tmp_path: Path,
     out = run("recommend", "--project", project, "--out", tmp_path / "recs.csv", "--k", "3")
     assert "with shop-a.recommender v1 (itemknn)" in out and f"at {end:%Y-%m-%dT%H:%M:%S}" in out
     assert pd.read_csv(tmp_path / "recs.csv").groupby("customer_id").size().eq(3).all()
+
+
+EXPERIMENT = ("experiments: [{name: welcome, start: 2025-01-01, end: 2025-02-01T12:30, "
+              "variants: [{name: a, weight: 0.5}, {name: b, weight: 0.5}]}]\n")
+
+
+def test_experiments_read_the_projects_file(project: Path, tmp_path: Path) -> None:
+    (project / "exp.yaml").write_text(EXPERIMENT)  # relative to the project folder
+    file = project / PROJECT_FILE
+    file.write_text(file.read_text() + "experiments: exp.yaml\n")
+    out = run("experiments", "validate", "--project", project)
+    assert f"{project.resolve() / 'exp.yaml'}: 1 experiments" in out
+    assert "2025-01-01 " in out and "2025-02-01T12:30:00" in out  # ISO 8601
+    (tmp_path / "other.yaml").write_text(EXPERIMENT.replace("welcome", "other"))
+    out = run("experiments", "validate", "--project", project, "--config", tmp_path / "other.yaml")
+    assert "other" in out and "welcome" not in out
+    out = fails("experiments", "analyze", "welcome", "--project", project, "--no-mlflow")
+    assert f"exposure log {project.resolve() / 'state' / 'exposures.jsonl'} does not exist" in out
+
+
+def test_privacy_uses_the_projects_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    run("data", "generate", "--customers", "40", "--seed", "5", "--products", "15", "--out", "tables")
+    run("init", "p", "--data", "tables")
+    run("features", "snapshot", "--project", "p")  # p/state/snapshot.parquet holds every customer
+    who = pd.read_parquet(tmp_path / "p" / "state" / "snapshot.parquet")["customer_id"].iloc[0]
+    out = fails("privacy", "export", who, "--project", "p")
+    assert f"MLflow store {tmp_path.resolve() / 'p' / 'mlruns'} does not exist" in out  # the project's, not ./mlruns
+    result = runner.invoke(app, ["privacy", "export", who, "--project", "p", "--no-mlruns", "--no-exposure-log"])
+    assert result.exit_code == 0 and f'"customer_id": "{who}"' in result.output, result.output
+    out = run("privacy", "forget", who, "--project", "p", "--no-mlruns", "--no-exposure-log")
+    assert "snapshot.parquet" in out  # the project's state folder is searched
+    assert who not in set(pd.read_parquet(tmp_path / "p" / "state" / "snapshot.parquet")["customer_id"])
