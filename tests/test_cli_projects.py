@@ -178,3 +178,19 @@ def test_privacy_uses_the_projects_stores(tmp_path: Path, monkeypatch: pytest.Mo
     out = run("privacy", "forget", who, "--project", "p", "--no-mlruns", "--no-exposure-log")
     assert "snapshot.parquet" in out  # the project's state folder is searched
     assert who not in set(pd.read_parquet(tmp_path / "p" / "state" / "snapshot.parquet")["customer_id"])
+
+
+def test_the_projects_time_zone_reads_naive_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orders at 08:00 on Jan 1 and Jan 10 in Tokyo are 23:00 UTC the day before: at 2024-01-09T23:30Z the
+    Tokyo shop's customer has 2 orders; read as UTC, the Jan 10 order (08:00 UTC) is still to come."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "orders.csv").write_text(
+        "order_id,customer_id,product_id,quantity,unit_price,ordered_at\n"
+        "o1,c1,p1,1,5.0,2024-01-01 08:00:00\no2,c1,p1,1,5.0,2024-01-10 08:00:00\n")
+    run("init", "tokyo", "--data", "tables", "--timezone", "Asia/Tokyo")
+    as_of = ["--as-of", "2024-01-09T23:30Z"]
+    run("features", "build", "--project", "tokyo", *as_of, "--out", "tokyo.parquet")
+    run("features", "build", "--data", "tables", *as_of, "--out", "utc.parquet")  # no project: UTC
+    assert pd.read_parquet(tmp_path / "tokyo.parquet")["orders_count"].tolist() == [2]
+    assert pd.read_parquet(tmp_path / "utc.parquet")["orders_count"].tolist() == [1]
