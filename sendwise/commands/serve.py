@@ -85,7 +85,8 @@ def serve(
     mlruns: Annotated[Path | None, typer.Option(
         help="MLflow store root (default: the project's mlruns/, else mlruns; MLFLOW_TRACKING_URI overrides).")] = None,
     exposure_log: Annotated[Path | None, typer.Option(
-        help="Append-only exposure log (default: the project's state/exposures.jsonl, else exposures/exposures.jsonl).")
+        help="Append-only exposure log (default: the project's state/exposures.jsonl, else exposures.jsonl in "
+             "the folder exposures).")
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(
         help="Where the service writes besides the exposure log (the data's rejected rows); the data "
