@@ -97,7 +97,8 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
         check_outside(out, [("the data directory", data)] + ([("the MLflow store", mlruns)] if mlruns else [])
                       + [("--file", f) for f in files]
                       + ([("the exposure log", exposure_log)] if exposure_log else []))
-    doc = export_customer(customer_id, data, mlruns, exposure_log, files, encoding=encoding, project=run.name)
+    doc = export_customer(customer_id, data, mlruns, exposure_log, files, encoding=encoding, project=run.name,
+                          timezone=run.timezone)
     text = json.dumps(doc, indent=1, default=str)
     if out is None:
         typer.echo(text)

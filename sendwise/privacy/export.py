@@ -41,12 +41,14 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str | None = None,
                     exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
-                    k: int = 10, encoding: Encoding | str = Encoding.UTF_8, project: str | None = None) -> dict:
+                    k: int = 10, encoding: Encoding | str = Encoding.UTF_8, project: str | None = None,
+                    timezone: str | None = None) -> dict:
     """The export document of ``customer_id``; ``notes`` says what could not be included and why.
     ``mlruns`` and ``exposure_log`` are None where there is no such store; a path given must exist.
     CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded).
     Scores and recommendations come from ``project``'s champions (none: the global names); one
-    registered for another project is left out with a note."""
+    registered for another project is left out with a note. Naive timestamps are read in ``timezone``
+    (the shop's, as when the models were trained; None: UTC)."""
     customer_id, data_dir = customer_id.strip(), Path(data_dir)  # ids are trimmed on import, as here
     if not customer_id:
         raise InputError("the customer id must be non-empty text")
@@ -61,7 +63,7 @@ def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str |
             if rows is not None and len(rows):
                 doc["input_rows"][str(path)] = _records(rows)
     with tempfile.TemporaryDirectory() as rejects:  # an export writes nothing into the data directory
-        tables, _ = load_data_dir(data_dir, rejects, encoding)
+        tables, _ = load_data_dir(data_dir, rejects, encoding, timezone=timezone)
     as_of = snapshot_as_of(tables)
     features = build_features(tables, as_of)
     features = features[features[CUSTOMER_ID] == customer_id].reset_index(drop=True)
