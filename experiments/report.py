@@ -107,7 +107,7 @@ def render_html(readout: Readout, images: list[tuple[str, Path]]) -> str:
         weights={v.name: f"{v.weight:g}" for v in experiment.variants},
         verdicts=[(t, readout.verdict(t)) for t in experiment.treatments],
         images=[(title, base64.b64encode(path.read_bytes()).decode()) for title, path in images],
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), pct=pct, fmt_value=fmt_value, fmt_abs=fmt_abs,
+        generated=datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"), pct=pct, fmt_value=fmt_value, fmt_abs=fmt_abs,
         fmt_loss=fmt_loss, fmt_p=fmt_p)
 
 

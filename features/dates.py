@@ -31,6 +31,6 @@ def check_not_future(when: datetime) -> datetime:
     """``when`` itself; an InputError when it is after now (UTC)."""
     now = now_utc()
     if when > now:
-        raise InputError(f"{when:%Y-%m-%d %H:%M:%S} is in the future (it is now {now:%Y-%m-%d %H:%M} UTC): "
+        raise InputError(f"{when:%Y-%m-%dT%H:%M:%S} is in the future (it is now {now:%Y-%m-%dT%H:%M}Z): "
                          "no data exists there yet. Expected a moment in the past.")
     return when

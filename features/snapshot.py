@@ -33,7 +33,7 @@ def write_snapshot(tables: Tables, out: Path | str, as_of: object | None = None,
     is an InputError: the snapshot would age every customer by time that has not passed."""
     when = snapshot_as_of(tables) if as_of is None else to_timestamp(as_of)
     if as_of is not None and when > now_utc():
-        raise InputError(f"as_of {when} is in the future (it is now {now_utc():%Y-%m-%d %H:%M} UTC); "
+        raise InputError(f"as_of {when:%Y-%m-%dT%H:%M:%S} is in the future (it is now {now_utc():%Y-%m-%dT%H:%M}Z); "
                          "a snapshot is of a moment whose data can exist.")
     features = build_features(tables, when, config)
     table = pa.Table.from_pandas(features, preserve_index=False)

@@ -167,7 +167,7 @@ def validate_raw(
 
     rule_case = " ".join(
         f"WHEN {with_now(r.failing_sql, moment.isoformat(' '))} "
-        f"THEN {_literal(rename(with_now(r.reason, f'{moment:%Y-%m-%d %H:%M:%S} UTC')))}"
+        f"THEN {_literal(rename(with_now(r.reason, f'{moment:%Y-%m-%dT%H:%M:%S}Z')))}"
         for r in spec.rules)
     rejected = f"_rejected_{name}"
     # Rows breaking a rule, then exact duplicates (every column equal) of an earlier passing row.

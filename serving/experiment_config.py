@@ -142,8 +142,8 @@ class ExperimentSet(BaseModel):
         for a, b in pairwise(ordered):
             if b.start < a.end:
                 raise InputError(
-                    f"experiments '{a.name}' ({a.start:%Y-%m-%d %H:%M} to {a.end:%Y-%m-%d %H:%M}) and '{b.name}' "
-                    f"({b.start:%Y-%m-%d %H:%M} to {b.end:%Y-%m-%d %H:%M}) overlap: a customer would be in both. "
+                    f"experiments '{a.name}' ({a.start:%Y-%m-%dT%H:%M} to {a.end:%Y-%m-%dT%H:%M}) and '{b.name}' "
+                    f"({b.start:%Y-%m-%dT%H:%M} to {b.end:%Y-%m-%dT%H:%M}) overlap: a customer would be in both. "
                     "Give them windows that do not overlap.")
         return self
 

@@ -65,7 +65,7 @@ def score_customers(tables: Tables, as_of: object, churn: ModelBundle, propensit
     when = to_timestamp(as_of)
     start, _ = tables.time_range()
     if start is None or when <= start:
-        raise ContractError(f"--as-of {when} is not after the first row of the data ({start}).")
+        raise ContractError(f"--as-of {when:%Y-%m-%dT%H:%M:%S} is not after the first row of the data ({start:%Y-%m-%dT%H:%M:%S}).")
     features = build_features(tables.before(when), when, models_feature_config(churn, propensity))
     return score_features(features, churn, propensity, progress), when
 

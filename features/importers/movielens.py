@@ -60,7 +60,7 @@ def import_movielens(src: Path | str, out_dir: Path | str, min_rating: float = 4
                         WHEN {seconds} IS NULL
                           THEN 'unparseable timestamp (expected unix seconds)'
                         WHEN to_timestamp({seconds})::TIMESTAMP > $now
-                          THEN 'timestamp is in the future (after {now:%Y-%m-%d %H:%M:%S} UTC)'
+                          THEN 'timestamp is in the future (after {now:%Y-%m-%dT%H:%M:%S}Z)'
                         WHEN row_number() OVER (PARTITION BY userId, movieId, rating, "timestamp"
                                                 ORDER BY {ROW_ID}) > 1 THEN '{DUPLICATE_REASON}'
                    END AS reason
