@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from features.errors import InputError
 from features.io import CSV_READ_OPTIONS, Encoding, atomic_write
+from features.schema import sql_literal
 
 _EMPTY = "(empty)"  # how sniff_csv reports an option that is not set
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+\Z")  # a physical line with its ending
@@ -86,8 +87,7 @@ class CsvFile:
         return CSV_READ_OPTIONS + ("" if self.encoding is Encoding.UTF_8 else f", encoding = '{self.encoding.value}'")
 
     def _sql(self, function: str, columns: str = "*") -> str:
-        quoted = str(self.path).replace("'", "''")
-        return f"SELECT {columns} FROM {function}('{quoted}', {self._options()})"
+        return f"SELECT {columns} FROM {function}({sql_literal(self.path)}, {self._options()})"
 
     def read(self) -> pa.Table:
         """Every row as text, with the loader's column names; an empty file has no rows."""

@@ -29,7 +29,7 @@ import pandas as pd
 
 from features.errors import InputError
 from features.links import safe_http_url
-from features.schema import CUSTOMER_ID, IMAGE_URL, SPECS, URL, Table
+from features.schema import CUSTOMER_ID, IMAGE_URL, SPECS, URL, Table, sql_literal
 from features.tables import Tables, create_empty, new_connection
 from features.timezones import check_timezone
 from features.tombstones import Tombstones
@@ -92,17 +92,17 @@ def read_raw(con: duckdb.DuckDBPyConnection, path: Path, name: str,
     into the file) is a ContractError in the same words."""
     encoding = Encoding(encoding)
     check_file(path, encoding)
-    p = str(path).replace("'", "''")
+    p = sql_literal(path)
     try:
         if path.name.endswith(".parquet"):
-            scan = f"read_parquet('{p}', file_row_number = true)"
+            scan = f"read_parquet({p}, file_row_number = true)"
             con.execute(
                 f"CREATE OR REPLACE TEMP VIEW {name} AS "
                 f"SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS {ROW_ID} FROM {scan}"
             )
         else:
             options = "" if encoding is Encoding.UTF_8 else f", encoding = '{encoding.value}'"
-            scan = f"read_csv('{p}', {CSV_READ_OPTIONS}{options})"
+            scan = f"read_csv({p}, {CSV_READ_OPTIONS}{options})"
             con.execute(  # materialised, so that row numbers are fixed once
                 f"CREATE OR REPLACE TEMP TABLE {name} AS "
                 f"SELECT *, row_number() OVER () AS {ROW_ID} FROM {scan}"
@@ -484,7 +484,7 @@ def write_rejects(tables: Tables, reports: list[TableReport], rejects_dir: Path)
     for report in with_rejects:
         target = rejects_dir / f"{report.table}.csv"
         atomic_write(target, lambda tmp, t=report.table: tables.con.execute(
-            f"COPY {t}_rejects TO '{tmp}' (HEADER, DELIMITER ',')").fetchall())
+            f"COPY {t}_rejects TO {sql_literal(tmp)} (HEADER, DELIMITER ',')").fetchall())
     return rejects_dir
 
 
@@ -569,7 +569,7 @@ def write_tables(tables: Tables, out_dir: Path | str) -> dict[Table, int]:
         if n == 0:
             continue
         atomic_write(out_dir / f"{table.value}.parquet", lambda tmp, t=table: tables.con.execute(
-            f"COPY ({_instants_select(tables.con, t.value)}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
+            f"COPY ({_instants_select(tables.con, t.value)}) TO {sql_literal(tmp)} (FORMAT parquet, COMPRESSION zstd)"
         ).fetchall())
         counts[table] = n
     return counts

@@ -299,3 +299,8 @@ SPECS: dict[Table, TableSpec] = {
 }
 
 DUPLICATE_REASON = "exact duplicate of an earlier row"
+
+
+def sql_literal(text: object) -> str:
+    """``text`` as a SQL string literal (quotes doubled): for file paths and values in generated SQL."""
+    return "'" + str(text).replace("'", "''") + "'"

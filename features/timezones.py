@@ -30,6 +30,7 @@ import functools
 import duckdb
 
 from features.errors import InputError
+from features.schema import sql_literal
 
 UTC = "UTC"
 EXAMPLES = "Europe/London or America/New_York"
@@ -70,14 +71,10 @@ def check_timezone(name: str | None) -> str | None:
     return known
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _local_to_utc(timestamp: str, zone: str) -> str:
     """SQL: naive TIMESTAMP ``timestamp``, a local time in ``zone``, as naive UTC."""
     return (f"(CASE WHEN {timestamp} BETWEEN TIMESTAMP '{SHIFTED_FROM}' AND TIMESTAMP '{SHIFTED_UNTIL}' "
-            f"THEN timezone('UTC', timezone({_literal(zone)}, {timestamp})) ELSE {timestamp} END)")
+            f"THEN timezone('UTC', timezone({sql_literal(zone)}, {timestamp})) ELSE {timestamp} END)")
 
 
 def glued_offset_sql(text: str) -> str:

@@ -30,6 +30,7 @@ from features.schema import (
     SOURCE_ROW,
     Column,
     TableSpec,
+    sql_literal,
 )
 from features.tables import canonical_select
 from features.timezones import check_timezone, utc_timestamp_sql
@@ -84,10 +85,6 @@ def _renamer(names: Mapping[str, str] | None):
         return lambda text: text
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")\b")
     return lambda text: pattern.sub(lambda m: names[m.group(1)], text)
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def now_utc() -> datetime:
@@ -167,7 +164,7 @@ def validate_raw(
 
     rule_case = " ".join(
         f"WHEN {with_now(r.failing_sql, moment.isoformat(' '))} "
-        f"THEN {_literal(rename(with_now(r.reason, f'{moment:%Y-%m-%dT%H:%M:%S}Z')))}"
+        f"THEN {sql_literal(rename(with_now(r.reason, f'{moment:%Y-%m-%dT%H:%M:%S}Z')))}"
         for r in spec.rules)
     rejected = f"_rejected_{name}"
     # Rows breaking a rule, then exact duplicates (every column equal) of an earlier passing row.
@@ -195,13 +192,13 @@ def validate_raw(
             f"""INSERT INTO {rejected}
                 WITH passing AS (SELECT * FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID})),
                 conflicting AS (SELECT {group.key} FROM passing GROUP BY {group.key} HAVING {group.disagree_sql})
-                SELECT {ROW_ID}, {_literal(rename(group.reason))} FROM passing SEMI JOIN conflicting USING ({group.key})"""
+                SELECT {ROW_ID}, {sql_literal(rename(group.reason))} FROM passing SEMI JOIN conflicting USING ({group.key})"""
         )
     if spec.unique_key:
         key = spec.unique_key
         con.execute(
             f"""INSERT INTO {rejected}
-                SELECT {ROW_ID}, {_literal(f"duplicate {rename(key)} (first in row ")} || first_row || ')' FROM (
+                SELECT {ROW_ID}, {sql_literal(f"duplicate {rename(key)} (first in row ")} || first_row || ')' FROM (
                   SELECT {ROW_ID}, min({ROW_ID}) OVER (PARTITION BY {key}) AS first_row
                   FROM {typed} ANTI JOIN {rejected} USING ({ROW_ID}))
                 WHERE {ROW_ID} <> first_row"""

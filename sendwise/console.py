@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import typer
@@ -119,3 +120,11 @@ def plain_help_types() -> None:
 
 
 plain_help_types()
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` for printing: without a password or token (``https://user:token@host`` -> ``https://host``)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))

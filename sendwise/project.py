@@ -24,10 +24,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.config import CONFIG_ENV
 from features.dates import parse_iso_date
 from features.demo import DemoShop
 from features.errors import InputError, NotFoundError, validation_problems
 from features.importers import ImportFormat, run_import
+from features.importers.mapping import check_mapping
+from features.io import Encoding
 from features.timezones import check_timezone
 from sendwise import pipeline
 from serving.config import UTM_VALUE
@@ -35,7 +38,7 @@ from serving.consent import ConsentRule
 from serving.product_block import check_product_url
 from training.recommenders.models import TUNABLE
 from training.registry import check_project_name
-from training.tracking import configure_tracking
+from training.tracking import configure_tracking, use_project_store
 
 PROJECT_FILE = "sendwise.yaml"
 DEFAULT_DATA = Path("data")
@@ -48,7 +51,23 @@ class ImportSettings(BaseModel):
 
     format: ImportFormat
     source: Path
-    map: dict[str, str] = Field(default_factory=dict, description="contract column: source column (csv)")
+    map: dict[str, str] = Field(default_factory=dict, description="contract column: source column (csv, shopify)")
+    encoding: Encoding = Encoding.UTF_8
+
+    @field_validator("format")
+    @classmethod
+    def _shop_format(cls, value: ImportFormat) -> ImportFormat:
+        if value is ImportFormat.MOVIELENS:
+            raise ValueError("movielens ratings are a recommender benchmark, not a shop's export")
+        return value
+
+    @field_validator("map")
+    @classmethod
+    def _mapping(cls, value: dict[str, str]) -> dict[str, str]:
+        try:
+            return check_mapping(value)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class LinkSettings(BaseModel):
@@ -184,9 +203,17 @@ class Project:
     def optional(self, path: Path | None) -> Path | None:
         return None if path is None else self.path(path)
 
+    @property
+    def tracking_uri(self) -> str | None:
+        """The ``tracking_uri`` setting, a relative SQLite path resolved against the project folder."""
+        uri = self.settings.tracking_uri
+        if uri and uri.startswith("sqlite:///") and not uri.removeprefix("sqlite:///").startswith("/"):
+            return f"sqlite:///{self.root / uri.removeprefix('sqlite:///')}"
+        return uri
+
     def use_tracking(self) -> str:
         """Point MLflow at this project's store (``MLFLOW_TRACKING_URI`` wins); returns the URI."""
-        apply_tracking_uri(self)
+        use_project_store(self.tracking_uri)
         return configure_tracking(self.mlruns)
 
 
@@ -219,7 +246,7 @@ def find_project(option: Path | None) -> Project | None:
     here = Path.cwd()
     project = load_project(option) if option is not None else (
         load_project(here) if (here / PROJECT_FILE).is_file() else None)
-    apply_tracking_uri(project)  # every later configure_tracking of this process uses the project's store
+    use_project_store(None if project is None else project.tracking_uri)  # later configure_tracking calls use it
     return project
 
 
@@ -276,6 +303,7 @@ def create_project(directory: Path, *, data: Path | None = None, import_: tuple[
         raise InputError("--map goes with --import csv FILE.")
     if (directory / PROJECT_FILE).exists():
         raise InputError(f"{directory / PROJECT_FILE} already exists; edit it, or choose another folder.")
+    check_project_name(name or directory.resolve().name, "given with --name" if name else "the folder's name; pass --name")
     fields: dict[str, object] = {"name": name, "timezone": timezone, "currency": currency.upper(), "consent": consent}
     if data is not None:
         if not data.is_dir():
@@ -322,15 +350,9 @@ def serve_settings(project: Project) -> dict[str, object]:
             "utm_medium": settings.links.utm_medium}
 
 
-def apply_tracking_uri(project: Project | None) -> None:
-    """Make the project's ``tracking_uri`` (when it sets one) the store of this process and of the
-    service it starts, unless ``MLFLOW_TRACKING_URI`` names one already."""
-    if project is not None and project.settings.tracking_uri:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", project.settings.tracking_uri)
-
-
 def apply_feature_settings(project: Project | None) -> None:
-    """Make the project's feature settings file the one :meth:`FeatureConfig.current` reads, unless
-    the environment names one already."""
+    """Make the project's feature settings file (when it names one) the one :meth:`FeatureConfig.current`
+    reads in this process and the service it starts: the project's file wins over the environment's,
+    as in ``sendwise run``."""
     if project is not None and project.settings.feature_config is not None:
-        os.environ.setdefault("SENDWISE_FEATURE_CONFIG", str(project.path(project.settings.feature_config)))
+        os.environ[CONFIG_ENV] = str(project.path(project.settings.feature_config))

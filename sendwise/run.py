@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,14 +24,15 @@ from enum import IntEnum
 from pathlib import Path
 
 from features.config import FeatureConfig
-from features.errors import SendwiseError
+from features.errors import InputError, SendwiseError
 from features.importers import run_import
 from features.snapshot import write_snapshot
 from features.training_set import Target, data_end
-from sendwise.console import console, errors, progress_bar
+from sendwise.console import console, errors, progress_bar, shown_uri
 from sendwise.pipeline import load, print_emailable, print_import
 from sendwise.project import Project
 from sendwise.run_report import write_report
+from training.registry import CHAMPION, alias_version, registered_name
 from training.retrain import RetrainOutcome, RetrainSettings, retrain_classifier, retrain_recommender
 
 
@@ -61,6 +63,9 @@ def run_lock(project: Project) -> Iterator[None]:
             holder = handle.read().strip() or "unknown"
             raise RunLockedError(f"another `sendwise run` of project {project.name} is running ({holder}); "
                                  f"it holds {path}. Try again when it has finished.") from None
+        except OSError as exc:  # a file system without locks (some network and FUSE mounts)
+            raise InputError(f"cannot lock {path} ({exc.strerror}): put the project's state/ folder on a local "
+                             "file system, where two runs can be kept from overlapping.") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}, started {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n")
@@ -109,12 +114,13 @@ def run_project(project: Project) -> RunResult:
     started, clock = datetime.now(UTC), time.perf_counter()
     with run_lock(project):
         uri = project.use_tracking()
-        console.print(f"project {project.name} ({project.root}); MLflow store {uri}")
+        console.print(f"project {project.name} ({project.root}); MLflow store {shown_uri(uri)}")
         if project.settings.import_ is not None:
             source = project.settings.import_
             console.rule(f"import {source.format.value} export {project.path(source.source)}")
             print_import(run_import(source.format, project.path(source.source), project.data,
-                                    mapping=source.map or None, timezone=project.settings.timezone))
+                                    mapping=source.map or None, timezone=project.settings.timezone,
+                                    encoding=source.encoding))
         console.rule("validate")
         tables = load(project.data, project.rejects, timezone=project.settings.timezone)
         end = data_end(tables)
@@ -122,6 +128,9 @@ def run_project(project: Project) -> RunResult:
             if project.settings.feature_config else FeatureConfig.current()
         settings = retrain_settings(project)
         result = RunResult(project.name, started, 0.0, end, 0)
+        def champion(model: str) -> str | None:
+            return alias_version(registered_name(model, project.name), CHAMPION)
+
         steps = [("churn", lambda say: retrain_classifier(tables, Target.CHURNED, settings, config, say)),
                  ("propensity", lambda say: retrain_classifier(tables, Target.PURCHASED, settings, config, say)),
                  ("recommender", lambda say: retrain_recommender(tables, settings, say))]
@@ -132,10 +141,14 @@ def run_project(project: Project) -> RunResult:
                     task = bar.add_task(name, total=None)
                     outcome = step(lambda what, task=task, bar=bar, name=name: bar.update(
                         task, description=f"{name}: {what}"))
-            except SendwiseError as exc:
-                errors.print(f"[bold red]{name} failed:[/] {exc}; its champion stays.", highlight=False,
+            except Exception as exc:  # noqa: BLE001 - one model's failure (a store outage, a bug) stops only its step
+                if not isinstance(exc, SendwiseError):
+                    errors.print_exception(max_frames=8)
+                message = str(exc).rstrip(".") if isinstance(exc, SendwiseError) else f"{type(exc).__name__}: {exc}"
+                kept = "no champion yet" if champion(name) is None else f"its champion v{champion(name)} stays"
+                errors.print(f"[bold red]{name} failed:[/] {message}. {kept.capitalize()}.", highlight=False,
                              soft_wrap=True)
-                result.failures.append(ModelFailure(name, str(exc)))
+                result.failures.append(ModelFailure(name, f"{message}. {kept.capitalize()}."))
                 continue
             print_outcome(outcome)
             result.outcomes.append(outcome)
@@ -147,7 +160,7 @@ def run_project(project: Project) -> RunResult:
         result.seconds = time.perf_counter() - clock
         result.report = write_report(project, result)
         console.print(f"report: {result.report} (and the MLflow experiment sendwise-runs); "
-                      f"plots and runs: `mlflow ui --backend-store-uri {uri}`")
+                      f"plots and runs: `mlflow ui --backend-store-uri {shlex.quote(shown_uri(uri))}`")
         tables.con.close()
     return result
 
@@ -157,7 +170,10 @@ def print_outcome(outcome: RetrainOutcome) -> None:
     figures = ", ".join(f"{who} {values[metric]:.4f}" for who, values in outcome.figures.items() if metric in values)
     console.print(f"backtest at {outcome.backtest_as_of:%Y-%m-%d} ({outcome.holdout_rows:,} customers), "
                   f"{metric}: {figures}")
-    verdict = "[green]promoted[/]" if outcome.promoted else "[yellow]kept the champion[/]"
+    verdict = "[green]promoted[/]" if outcome.promoted else "[yellow]kept the champion's recipe[/]"
+    now = (f"champion now v{outcome.champion_after}" if outcome.promoted
+           else f"refitted as v{outcome.champion_after}, the champion")
     console.print(f"{outcome.registered_name} v{outcome.challenger_version} registered (challenger); {verdict}: "
-                  f"{outcome.reason}; champion now v{outcome.champion_after}, trained through "
-                  f"{outcome.trained_through:%Y-%m-%dT%H:%M:%S}")
+                  f"{outcome.reason}; {now}, trained through {outcome.trained_through:%Y-%m-%dT%H:%M:%S}")
+    for warning in outcome.warnings:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

@@ -89,7 +89,7 @@ def test_run_refits_every_model_through_the_data_end_and_reports(project_dir: Pa
     assert "same recipe as champion" in second.output
     for model, version in versions.items():  # the same recipe, refreshed: a new version serves
         assert int(client.get_model_version_by_alias(f"shop-a.{model}", CHAMPION).version) > int(version)
-    latest = sorted(project.reports.glob("run-*.html"))[-1].read_text()
+    latest = max(project.reports.glob("run-*.html")).read_text()
     assert "last run&#39;s challenger" in latest or "last run's challenger" in latest
 
 
@@ -140,7 +140,7 @@ def test_a_new_recipe_is_backtested_against_the_champions_on_one_holdout(project
     backtests = [line for line in second.output.splitlines() if line.startswith("backtest at")]
     assert len(backtests) == 3 and all("champion 0." in line for line in backtests)  # both on one holdout
     project = load_project(project_dir)
-    report = sorted(project.reports.glob("run-*.html"))[-1].read_text()
+    report = max(project.reports.glob("run-*.html")).read_text()
     assert report.count("Paired bootstrap, challenger minus champion") == 3
     project.use_tracking()
     client = MlflowClient()
@@ -151,3 +151,49 @@ def test_a_new_recipe_is_backtested_against_the_champions_on_one_holdout(project
         assert int(challenger.version) == 2  # the new recipe, refitted, is registered whatever it scored
         assert int(champion.version) >= 2  # the winner's recipe, refitted through the data's end, serves
         assert champion.tags["sendwise.trained_through"] == data_end(tables).isoformat()
+
+
+def test_a_project_folder_with_a_quote_and_a_space_in_its_path(tmp_path: Path) -> None:
+    folder, tables = tmp_path / "bob's shop", tmp_path / "bob's tables"
+    tables.mkdir()
+    (tables / "orders.csv").write_text("order_id,customer_id,product_id,quantity,unit_price,ordered_at\n"
+                                       "o1,c1,p1,1,9.5,2024-01-02T10:00:00\no2,c1,p1,1,9.5,2099-01-03T10:00:00\n")
+    refused = runner.invoke(app, ["init", str(folder), "--data", str(tables)])
+    assert refused.exit_code == 2 and "not valid" in refused.output and "--name" in refused.output
+    assert not folder.exists()  # a bad name fails before anything is written
+    result = runner.invoke(app, ["init", str(folder), "--data", str(tables), "--name", "bobs"])
+    assert result.exit_code == 0, result.output
+    assert "2099-01-03" in (folder / "state" / "rejects" / "orders.csv").read_text()  # rejects written under the quote
+
+
+def test_two_projects_in_one_process_keep_their_own_stores(tmp_path: Path, demo_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name, uri in (("a", "sqlite:///store/mlflow.db"), ("b", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / PROJECT_FILE).write_text(yaml.safe_dump({"data": str(demo_dir), "tracking_uri": uri}))
+    (tmp_path / "a" / "store").mkdir()
+    a_uri = f"sqlite:///{(tmp_path / 'a').resolve()}/store/mlflow.db"  # relative to the project's folder
+    for _ in range(2):  # either order, each project its own store
+        assert find_project(tmp_path / "a").use_tracking() == a_uri
+        assert find_project(tmp_path / "b").use_tracking() == f"sqlite:///{(tmp_path / 'b').resolve()}/mlruns/mlflow.db"
+
+
+def test_new_feature_settings_replace_the_champions_and_the_service_starts(project_dir: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from sendwise.commands.serve import preflight
+    from sendwise.project import apply_feature_settings, serve_settings
+    from serving.config import ServeConfig
+
+    assert runner.invoke(app, ["run", "--project", str(project_dir)]).exit_code == ExitCode.OK
+    (project_dir / "features.yaml").write_text("order_windows_days: [14, 60]\n")
+    file = project_dir / PROJECT_FILE
+    settings = yaml.safe_load(file.read_text()) | {"feature_config": "features.yaml"}
+    file.write_text(yaml.safe_dump(settings))
+    second = runner.invoke(app, ["run", "--project", str(project_dir)])
+    assert second.exit_code == ExitCode.OK, second.output
+    assert second.output.count("other feature settings than the project's") == 2  # churn and propensity
+    monkeypatch.setenv("SENDWISE_FEATURE_CONFIG", "other.yaml")  # restored after the test; the project's wins
+    project = load_project(project_dir)
+    apply_feature_settings(project)
+    preflight(ServeConfig(**serve_settings(project)))  # models, snapshot and policy agree: no NotReadyError

@@ -173,12 +173,13 @@ def check_provenance(name: str, version: str, provenance: ModelProvenance, proje
 
 
 def log_and_register(bundle: ModelBundle, name: str, example_features, example_proba,
-                     provenance: ModelProvenance | Mapping[str, str] | None = None) -> str:
+                     provenance: ModelProvenance | Mapping[str, str] | None = None, aliases: bool = True) -> str:
     """Log ``bundle`` in the active run and register it as ``name``; returns the new version.
 
     ``provenance`` (a :class:`ModelProvenance`, or its tags: tag -> value) is recorded on the
-    version; its project is the name's (:func:`project_of`). The new version becomes the
-    ``challenger``, and also the ``champion`` when there is none.
+    version; its project is the name's (:func:`project_of`). With ``aliases``, the new version
+    becomes the ``challenger``, and also the ``champion`` when there is none; without, no alias
+    moves (the caller moves them when its whole step has succeeded).
     """
     tags = provenance_tags(name, provenance)
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +190,7 @@ def log_and_register(bundle: ModelBundle, name: str, example_features, example_p
             bundle.booster, name="model", signature=infer_signature(x, example_proba),
             extra_files=[str(descriptor)], pip_requirements=PIP_REQUIREMENTS,
         )
-    return register(info.model_uri, name, tags)
+    return register(info.model_uri, name, tags, aliases)
 
 
 def provenance_tags(name: str, provenance: ModelProvenance | Mapping[str, str] | None) -> dict[str, str]:
@@ -203,11 +204,11 @@ def provenance_tags(name: str, provenance: ModelProvenance | Mapping[str, str] |
     return {PROJECT_TAG: project} | {k: str(v) for k, v in given.items()}
 
 
-def register(model_uri: str, name: str, tags: Mapping[str, str]) -> str:
-    """Register the logged model ``model_uri`` as a new version of ``name`` with ``tags``; make it
-    the challenger (and the champion when there is none); returns the version."""
-    version = mlflow.register_model(model_uri, name, tags=dict(tags))
-    return assign_aliases(name, str(version.version))
+def register(model_uri: str, name: str, tags: Mapping[str, str], aliases: bool = True) -> str:
+    """Register the logged model ``model_uri`` as a new version of ``name`` with ``tags``; with
+    ``aliases``, make it the challenger (and the champion when there is none); returns the version."""
+    version = str(mlflow.register_model(model_uri, name, tags=dict(tags)).version)
+    return assign_aliases(name, version) if aliases else version
 
 
 def assign_aliases(name: str, version: str) -> str:

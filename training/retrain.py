@@ -40,6 +40,7 @@ from features.config import FeatureConfig
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import Target, build_training_set, data_end, monthly_as_of_dates
+from features.validate import ContractError
 from training import plots
 from training.baselines import LogRFMLogistic, recency_rule
 from training.bootstrap import PairedDifference, paired_auc, paired_mean
@@ -67,6 +68,7 @@ from training.registry import (
 from training.tracking import experiment_id, git_commit
 from training.train import MODEL_NAMES, Folds, NotEnoughDataError, check_rows, make_folds
 
+MIN_RECOMMENDER_CUSTOMERS = 20  # holdout customers the recommender's backtest needs (a bootstrap over fewer says little)
 CLASSIFIER_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_at_10", "capture_at_10")
 Progress = Callable[[str], None]
 
@@ -111,6 +113,7 @@ class RetrainOutcome:
     trained_through: datetime
     comparison: PairedDifference | None = None
     plots: dict[str, bytes] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. the challenger does not beat a simple baseline
 
 
 def latest_labelled_as_of(end: datetime, days: int) -> datetime:
@@ -213,12 +216,13 @@ def _classifier_plots(y: np.ndarray, scores: dict[str, np.ndarray], bundle: Mode
 
 
 def _register_classifier(bundle: ModelBundle, name: str, run_name: str, settings: RetrainSettings,
-                         backtest: dict, tables: Tables, end: datetime) -> str:
-    """Log one refitted classifier with its backtest and register it; returns the version."""
+                         backtest: dict, refit: Folds, tables: Tables, end: datetime) -> str:
+    """Log one refitted classifier with its backtest and register it (no alias moves); returns the version."""
     with mlflow.start_run(run_name=run_name):
         mlflow.log_params({"target": bundle.target, "horizon_days": bundle.horizon_days,
                            "backtest_as_of": backtest["as_of"].isoformat(), "trained_through": end.isoformat(),
-                           "fit_as_of_dates": ",".join(f"{d:%Y-%m-%d}" for d in backtest["fit_dates"]),
+                           "fit_as_of_dates": ",".join(f"{d:%Y-%m-%d}" for d in refit.fit_dates),
+                           "backtest_fit_as_of_dates": ",".join(f"{d:%Y-%m-%d}" for d in backtest["fit_dates"]),
                            "trials": settings.trials, **{f"xgb_{k}": v for k, v in bundle.meta["xgb_params"].items()}})
         mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": tables.fingerprint(),
                          "holdout_as_of": backtest["as_of"].isoformat(), "target": bundle.target, "job": "sendwise run"})
@@ -228,7 +232,7 @@ def _register_classifier(bundle: ModelBundle, name: str, run_name: str, settings
         log_holdout_scores(backtest["scores"])
         _log_plots(backtest["plots"])
         return log_and_register(bundle, name, backtest["example"], bundle.predict_proba(backtest["example"]),
-                                provenance=_provenance(settings, tables))
+                                provenance=_provenance(settings, tables), aliases=False)
 
 
 def _log_plots(pngs: dict[str, bytes]) -> None:
@@ -238,16 +242,44 @@ def _log_plots(pngs: dict[str, bytes]) -> None:
             mlflow.log_artifact(str(Path(tmp) / file), artifact_path="plots")
 
 
+def _backtest_folds(tables: Tables, target: Target, as_of: datetime, settings: RetrainSettings,
+                    config: FeatureConfig) -> Folds:
+    """The backtest's folds, or :class:`NotEnoughDataError` saying in the run's terms what is missing."""
+    horizon = settings.horizon(target)
+    try:
+        return make_folds(tables, target, as_of, horizon, settings.periods, config)
+    except ContractError as exc:
+        start, end = tables.time_range()
+        days = (end - start).days if start is not None else 0
+        setting = f"run.{MODEL_NAMES[target]}_horizon_days"
+        raise NotEnoughDataError(
+            f"the data covers {days} days ({start:%Y-%m-%d} to {end:%Y-%m-%d}); the backtest needs a {horizon}-day "
+            f"label window at its end and, before it, three monthly training dates whose own {horizon}-day windows "
+            f"close in time ({exc}). Lower {setting} or run.periods in sendwise.yaml, or wait for more data."
+        ) from None
+
+
+def quality_warning(model: str, metric: str, figures: dict[str, dict[str, float]], baselines: tuple[str, ...]) -> str | None:
+    """A warning when the challenger does not beat the best simple baseline on the backtest."""
+    best = max(baselines, key=lambda b: figures[b][metric])
+    ours, theirs = figures["challenger"][metric], figures[best][metric]
+    if ours > theirs:
+        return None
+    return (f"{model}: the challenger's backtest {metric} {ours:.4f} does not beat the {best} baseline's "
+            f"{theirs:.4f}: too little data or signal for the model to learn from; treat its answers with care")
+
+
 def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings, config: FeatureConfig,
                        progress: Progress | None = None) -> RetrainOutcome:
-    """Backtest, compare, refit and register one classifier (see the module)."""
+    """Backtest, compare, refit and register one classifier (see the module). Aliases move only
+    once every version of the step is registered."""
     say = progress or (lambda _: None)
     model = MODEL_NAMES[target]
     name = registered_name(model, settings.project)
     horizon, end = settings.horizon(target), data_end(tables)
     as_of = latest_labelled_as_of(end, horizon)
     say("building the backtest folds")
-    folds = make_folds(tables, target, as_of, horizon, settings.periods, config)
+    folds = _backtest_folds(tables, target, as_of, settings, config)
     label, y = target.value, folds.holdout[target.value].to_numpy(int)
     columns = feature_columns(folds.train, config)
     say("choosing parameters" if settings.trials else "backtesting")
@@ -266,18 +298,16 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     if champion is not None and champion.horizon_days != horizon:
         mismatch = (f"champion v{champion_version} predicts a {champion.horizon_days}-day window and the project "
                     f"configures {horizon} days: the configured one replaces it")
+    elif champion is not None and champion.feature_config != config:
+        mismatch = (f"champion v{champion_version} was trained with other feature settings than the project's: "
+                    "the project's replace them (the service builds one set of features for every model)")
     elif champion is not None and not same:
         say(f"backtesting champion v{champion_version}'s recipe")
-        champion_folds = folds if champion.feature_config == config else make_folds(
-            tables, target, as_of, horizon, settings.periods, champion.feature_config)
-        champion_bundle = _fit(champion_folds, champion, target, settings, {})
-        champion_scores = pd.Series(champion_bundle.predict_proba(champion_folds.holdout),
-                                    index=champion_folds.holdout[CUSTOMER_ID].to_numpy())
-        scores["champion"] = champion_scores.reindex(folds.holdout[CUSTOMER_ID].to_numpy()).to_numpy()
-        both = ~np.isnan(scores["champion"])  # the same customers unless the feature settings changed who is known
-        comparison = paired_auc(y[both], scores["champion"][both], scores["challenger"][both])
+        scores["champion"] = _fit(folds, champion, target, settings, {}).predict_proba(folds.holdout)
+        comparison = paired_auc(y, scores["champion"], scores["challenger"])
     promoted, reason = _decision(champion_version, same, comparison, settings.margin, end, mismatch)
-    figures = {who: classification_metrics(y[~np.isnan(s)], s[~np.isnan(s)]) for who, s in scores.items()}
+    figures = {who: classification_metrics(y, s) for who, s in scores.items()}
+    warning = quality_warning(model, "roc_auc", figures, ("recency rule", "logistic log-RFM"))
     backtest = {"as_of": as_of, "fit_dates": folds.fit_dates, "example": folds.holdout.head(100),
                 "figures": {"model": figures["challenger"], "recency_rule": figures["recency rule"],
                             "logistic_log_rfm": figures["logistic log-RFM"]},
@@ -292,18 +322,16 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     mlflow.set_experiment(experiment_id=experiment_id(f"sendwise-{model}"))
     say("registering")
     version = _register_classifier(_fit(refit, challenger, target, settings, meta), name, f"run-{model}-{end:%Y-%m-%d}",
-                                   settings, backtest, tables, end)
+                                   settings, backtest, refit, tables, end)
     champion_after = version
     if not promoted:
         say(f"refitting champion v{champion_version}'s recipe")
-        champion_refit = refit if champion.feature_config == config else refit_folds(
-            tables, target, horizon, settings.periods, champion.feature_config)
         champion_backtest = backtest | {"figures": {"model": figures["champion"]}, "scores": backtest["scores"].assign(
             probability=scores["champion"])}
         champion_meta = meta | {"holdout_metrics": figures["champion"], "refresh_of": champion_version}
-        champion_after = _register_classifier(_fit(champion_refit, champion, target, settings, champion_meta), name,
+        champion_after = _register_classifier(_fit(refit, champion, target, settings, champion_meta), name,
                                               f"run-{model}-{end:%Y-%m-%d}-champion", settings, champion_backtest,
-                                              tables, end)
+                                              refit, tables, end)
     client = MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, version)
     client.set_registered_model_alias(name, CHAMPION, champion_after)
@@ -312,7 +340,7 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
                           f"{as_of:%Y-%m-%d}, labelled from the {horizon} days after it (the latest fully labelled "
                           "window); the registered model is refitted on every labelled month up to the data's end.",
                           figures, version, champion_version, champion_after, promoted, reason,
-                          latest_row_time(tables), comparison, backtest["plots"])
+                          latest_row_time(tables), comparison, backtest["plots"], [warning] if warning else [])
 
 
 # --- recommender -------------------------------------------------------------------------------
@@ -347,6 +375,11 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
                        "trending": make_recommender("trending")}.items():
         figures[who], per_customer[who] = _recommender_scores(model.fit_tables(cut, as_of), tables, test, k)
 
+    if len(per_customer["challenger"]) < MIN_RECOMMENDER_CUSTOMERS:
+        raise NotEnoughDataError(
+            f"only {len(per_customer['challenger']):,} customer(s) bought something after {as_of:%Y-%m-%d} having bought "
+            f"before it: the recommender's backtest needs at least {MIN_RECOMMENDER_CUSTOMERS}. Raise run.window_days "
+            "in sendwise.yaml, or wait for more data.")
     champion_version = alias_version(name, CHAMPION)
     champion = load_recommender_version(champion_version, settings.project) if champion_version else None
     same = champion is not None and (champion.kind, champion.params) == (kind, params)
@@ -359,6 +392,7 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
         joined = pd.concat({w: per_customer[w] for w in ("champion", "challenger")}, axis=1).dropna()
         comparison = paired_mean(joined["champion"].to_numpy(), joined["challenger"].to_numpy(), metric)
     promoted, reason = _decision(champion_version, same, comparison, settings.margin, end)
+    warning = quality_warning("recommender", metric, figures, ("popular", "trending"))
     ranking = pd.DataFrame([{"model": w, "variant": evaluation.NEW_ITEMS,
                              **{m.removesuffix(f"_at_{k}"): v for m, v in f.items()}} for w, f in figures.items()])
     plot = {"ranking.png": _plot_bytes(lambda p: plots.ranking_plot(ranking, p, k))}
@@ -381,7 +415,7 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
             _log_plots(plot)
             example = pd.DataFrame({CUSTOMER_ID: final.customer_ids_[:5].astype(str)})
             return register_recommender(final, example, project=settings.project,
-                                        provenance=_provenance(settings, tables))
+                                        provenance=_provenance(settings, tables), aliases=False)
 
     mlflow.set_experiment(experiment_id=experiment_id("sendwise-recommender"))
     version = register(kind, params, "challenger", f"run-recommender-{end:%Y-%m-%d}")
@@ -394,4 +428,4 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
                           f"fitted on the rows before {as_of:%Y-%m-%d}; truth: the products each customer bought "
                           f"from then to the data's end (new items); the registered model is refitted on every row.",
                           figures, version, champion_version, champion_after, promoted, reason,
-                          latest_row_time(tables), comparison, plot)
+                          latest_row_time(tables), comparison, plot, [warning] if warning else [])

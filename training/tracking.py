@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 DEFAULT_ROOT = Path("mlruns")
 _set_by_us: set[str] = set()  # MLflow copies the URI we set into MLFLOW_TRACKING_URI; that is not the user's
+_project_uri: list[str] = []  # the tracking_uri of the project in use, see use_project_store
 _store_root: list[Path] = []  # the root of the SQLite store configure_tracking set last (its artifacts live there)
 
 
@@ -19,15 +20,24 @@ def user_tracking_uri() -> str | None:
     return None if uri in _set_by_us else uri
 
 
-def configure_tracking(root: Path | str | None = None, uri: str | None = None) -> str:
-    """Point MLflow at ``MLFLOW_TRACKING_URI``, else at ``uri`` (a project's ``tracking_uri``), else at
-    ``sqlite:///<root>/mlflow.db``; returns the URI.
+def use_project_store(uri: str | None) -> None:
+    """Make ``uri`` (the ``tracking_uri`` of the project in use; None: it has none) the store
+    :func:`configure_tracking` points at when the user's ``MLFLOW_TRACKING_URI`` names none."""
+    _project_uri[:] = [uri] if uri else []
+
+
+def configure_tracking(root: Path | str | None = None) -> str:
+    """Point MLflow at ``MLFLOW_TRACKING_URI``, else at the project's store (:func:`use_project_store`),
+    else at ``sqlite:///<root>/mlflow.db``; returns the URI.
 
     The file store (plain ``./mlruns`` folders) raises in MLflow 3.17, hence SQLite.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = user_tracking_uri() or uri
+    uri = user_tracking_uri()
+    if not uri and _project_uri:
+        uri = _project_uri[0]
+        _set_by_us.add(uri)
     if not uri:
         root = Path(root or DEFAULT_ROOT).resolve()
         root.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from features.io import (
     unsafe_link_warnings,
     write_tables,
 )
-from features.schema import Table
+from features.schema import Table, sql_literal
 from features.tables import Tables, new_connection
 from features.validate import ROW_ID, ContractError
 
@@ -133,6 +133,6 @@ def write_import(tables: Tables, source: str, rejects_table: str, out_dir: Path 
     if rejected:
         rejects_file = out_dir / REJECTS_DIRNAME / f"{Path(source).name.split('.')[0]}.csv"
         atomic_write(rejects_file, lambda tmp: con.execute(
-            f"COPY {rejects_table} TO '{tmp}' (HEADER, DELIMITER ',')").fetchall())
+            f"COPY {rejects_table} TO {sql_literal(tmp)} (HEADER, DELIMITER ',')").fetchall())
     return ImportReport(source, read, read - rejected - forgotten, rejected, reasons, counts, out_dir, rejects_file,
                         forgotten, timezone, [*warnings, *unsafe_link_warnings(tables)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -37,8 +38,9 @@ def init(
     """Create a project for one shop: DIRECTORY/sendwise.yaml, then check its data."""
     project = create_project(directory, data=data, import_=import_, mapping=parse_mapping(mapping or []), demo=demo,
                              name=name, timezone=timezone, currency=currency, consent=consent, customers=customers)
+    folder = shlex.quote(str(directory))
     console.print(f"project [bold]{project.name}[/] written to {project.file}; next: "
-                  f"`sendwise run --project {directory}` trains, then `sendwise serve --project {directory}`.")
+                  f"`sendwise run --project {folder}` trains, then `sendwise serve --project {folder}`.")
 
 
 def project_or_here(option: Path | None) -> Project:

@@ -15,14 +15,21 @@ from features.errors import InputError
 from features.io import load_data_dir
 from features.snapshot import read_snapshot, snapshot_as_of
 from sendwise.commands.common import ProjectOption
-from sendwise.console import console, errors, reports_user_errors
+from sendwise.console import console, errors, reports_user_errors, shown_uri
 from sendwise.pipeline import print_emailable
 from sendwise.project import apply_feature_settings, find_project, serve_settings
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
 from serving.experiment_config import load_experiments
 from serving.policy import Policy
-from serving.state import NotReadyError, catalog_coverage, load_champions, safe_catalog
+from serving.state import (
+    NotReadyError,
+    catalog_coverage,
+    check_snapshot,
+    load_champions,
+    safe_catalog,
+    serving_feature_config,
+)
 from serving.variants import variant_aliases
 from training.tracking import configure_tracking
 
@@ -54,7 +61,10 @@ def preflight(config: ServeConfig) -> None:
         errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     if (message := catalog_coverage(champions.recommender, tables)) is not None:
         errors.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    # the models, the snapshot and the policy's signals must share one set of feature settings
+    settings = serving_feature_config([champions.churn, champions.propensity])
     features = read_snapshot(config.snapshot)[0] if config.snapshot else build_features(tables, snapshot_as_of(tables))
+    check_snapshot(features, settings, config)
     print_emailable(tables, features, config.consent)
     tables.con.close()
     if config.experiments is not None:
@@ -121,10 +131,17 @@ def serve(
         host = host or found.settings.serve.host
     port, host = port or 3000, host or "127.0.0.1"
     preflight(config)
+    store = configure_tracking(config.mlruns)
     console.print(f"serving on http://{host}:{port} (API docs: /docs); models "
-                  + (f"of project {config.project} " if config.project else "") + f"from {configure_tracking(config.mlruns)}"
+                  + (f"of project {config.project} " if config.project else "") + f"from {shown_uri(store)}"
                   + ("; every route but the health checks needs header x-api-key" if config.api_key else ""))
-    env = os.environ | config.to_env() | {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    if host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
+        errors.print(f"[yellow]warning:[/] {host} exposes the service beyond this machine without an API key: set "
+                     "SENDWISE_API_KEY so that every route but the health checks needs it.", highlight=False,
+                     soft_wrap=True)
+    # the store this process found (the project's tracking_uri included) is the server's
+    env = os.environ | config.to_env() | {"MLFLOW_TRACKING_URI": store, "BENTOML_DO_NOT_TRACK": "true",
+                                          "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", host, "--port", str(port)]
     sys.stdout.flush()
     os.chdir(ROOT)

@@ -55,10 +55,10 @@ def predict_known(model: Recommender, customers: pd.DataFrame, k: int = 10) -> p
 
 
 def log_and_register(model: Recommender, example_customers: pd.DataFrame, project: str | None = None,
-                     provenance: Mapping[str, str] | None = None) -> str:
+                     provenance: Mapping[str, str] | None = None, aliases: bool = True) -> str:
     """Log ``model`` in the active run, register it as ``project``'s recommender with the version
     tags ``provenance`` (see :class:`~training.registry.ModelProvenance`); returns the new version
-    (challenger; champion too when there is none)."""
+    (with ``aliases``: challenger, champion too when there is none; without: no alias moves)."""
     name = registered_name(REGISTERED_NAME, project)
     tags = provenance_tags(name, provenance)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -71,7 +71,7 @@ def log_and_register(model: Recommender, example_customers: pd.DataFrame, projec
             name="model", python_model=str(PYFUNC_ENTRY_POINT), artifacts={ARTIFACT_KEY: tmp},
             signature=infer_signature(example_customers, output), pip_requirements=PIP_REQUIREMENTS,
         )
-    return register(info.model_uri, name, tags)
+    return register(info.model_uri, name, tags, aliases)
 
 
 def load_version(version: str, project: str | None = None) -> Recommender:
