@@ -23,4 +23,5 @@ class NotFoundError(SendwiseError, LookupError):
 
 def validation_problems(exc: ValidationError) -> str:
     """A pydantic error as one line, ``field.path: message; ...``, for a settings file's error message."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors())
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors())

@@ -54,7 +54,7 @@ def run_demo(workdir: Path, customers: int, seed: int) -> None:
                        project=project.name, timezone=project.settings.timezone, mlruns=project.mlruns)
     console.rule(f"5. next-best-actions from the send-time service (in process) for {ASKED:,} customers")
     ask_the_service(project, workdir)
-    console.print(f"[green]done[/] in {result.seconds:.0f} s of training: outputs in {workdir}, the run's report "
+    console.print(f"[green]done[/]: the run took {result.seconds:.0f} s; outputs in {workdir}, the run's report "
                   f"{result.report}. Serve over HTTP with `sendwise serve --project {workdir}`.")
 
 

@@ -310,7 +310,7 @@ def create_project(directory: Path, *, data: Path | None = None, import_: tuple[
             raise InputError(f"--data {data}: not a directory of contract tables.")
         fields["data"] = data.resolve()
     if import_ is not None:
-        fields["import_"] = ImportSettings(format=import_[0], source=import_[1].resolve(), map=mapping or {})
+        fields["import"] = {"format": import_[0], "source": import_[1].resolve(), "map": mapping or {}}
     try:
         settings = ProjectSettings(**fields)  # a bad setting fails before anything is written
     except ValidationError as exc:

@@ -24,9 +24,9 @@ def init(
     import_: Annotated[tuple[ImportFormat, Path] | None, typer.Option(
         "--import", metavar="FORMAT FILE",
         help=f"A shop's export, converted into DIRECTORY/data now and at every run; FORMAT: "
-             f"{', '.join(f.value for f in ImportFormat)}.")] = None,
+             f"{', '.join(f.value for f in ImportFormat if f is not ImportFormat.MOVIELENS)}.")] = None,
     mapping: Annotated[list[str] | None, typer.Option(
-        "--map", metavar="COLUMN=SOURCE", help='For --import csv: contract column = source column, e.g. '
+        "--map", metavar="COLUMN=SOURCE", help='For --import csv or shopify: contract column = source column, e.g. '
                                               'ordered_at="Paid at" (repeatable).')] = None,
     demo: Annotated[bool, typer.Option("--demo", help="The built-in demo shop (generated into DIRECTORY/data).")] = False,
     name: Annotated[str | None, typer.Option(help="Project name (default: the folder's name).")] = None,

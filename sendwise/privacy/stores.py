@@ -28,7 +28,7 @@ MLRUNS_HELP = ("MLflow store root: the folder holding mlflow.db where the models
                f"folder of a sqlite MLFLOW_TRACKING_URI, else the project's, else {DEFAULT_MLRUNS}); it must exist.")
 NO_MLRUNS_HELP = "No MLflow store was ever used for this data: search no models."
 EXPOSURE_LOG_HELP = ("The service's exposure log (`sendwise serve --exposure-log`; the demo writes "
-                     "WORKDIR/exposures.jsonl; default: the project's state/exposures.jsonl, else "
+                     "WORKDIR/state/exposures.jsonl; default: the project's state/exposures.jsonl, else "
                      f"{DEFAULT_EXPOSURE_LOG}); it must exist.")
 NO_EXPOSURE_LOG_HELP = "No service ever logged exposures for this data: search no exposure log."
 STATE_DIR_HELP = ("The service's state folder, holding the data's rejected rows it wrote (`sendwise serve "
@@ -56,7 +56,7 @@ def check_exposure_log(path: Path | str) -> Path:
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise NotFoundError(f"exposure log {path} {what}. Pass --exposure-log FILE with the "
                             "log the service writes (`sendwise serve --exposure-log`; the demo writes "
-                            "WORKDIR/exposures.jsonl), or --no-exposure-log if no service ever ran on this data.")
+                            "WORKDIR/state/exposures.jsonl), or --no-exposure-log if no service ever ran on this data.")
     return path
 
 
