@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -12,13 +14,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from features.demo import DemoShop, generate_demo  # noqa: E402
-from features.io import load_data_dir  # noqa: E402
-from features.tables import Tables  # noqa: E402
-from features.training_set import Target  # noqa: E402
-from training.recommenders.train import train_recommender  # noqa: E402
-from training.tracking import configure_tracking  # noqa: E402
-from training.train import train_classifier  # noqa: E402
+from features.demo import DemoShop, generate_demo
+from features.io import load_data_dir
+from features.tables import Tables
+from features.training_set import Target
+from training.recommenders.train import train_recommender
+from training.tracking import configure_tracking
+from training.train import train_classifier
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ONLINE_RETAIL = SHARED_DATA / "online-retail" / "online_retail.csv.gz"
@@ -136,3 +138,17 @@ def served_env(demo_dir: Path, demo_tables: Tables, tmp_path_factory: pytest.Tem
            "SENDWISE_EXPOSURE_LOG": str(root / "exposures.jsonl")}
     yield env
     mp.undo()
+
+
+def wait_until_ready(server, base: str, log: Path, seconds: float = 180) -> None:
+    """Wait for a server started as a subprocess to answer ``/readyz``; fail with its log's tail if it
+    exits or is not ready within ``seconds``."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)

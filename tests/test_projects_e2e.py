@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+from conftest import wait_until_ready
 from mlflow.tracking import MlflowClient
 
 from training.registry import CHAMPION
@@ -38,15 +39,7 @@ def _model_info(project: Path, cwd: Path, env: dict[str, str], log: Path) -> dic
         server = subprocess.Popen([sys.executable, "-m", "sendwise.cli", "serve", "--project", str(project),
                                    "--port", str(port)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
+        wait_until_ready(server, f"http://127.0.0.1:{port}", log)
         return httpx.post(f"http://127.0.0.1:{port}/model_info", timeout=30).json()
     finally:
         server.terminate()

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from conftest import wait_until_ready
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 
@@ -254,15 +255,7 @@ def test_real_server_unknown_paths_cost_no_memory_and_4xx_are_one_quiet_line(ser
                                   stderr=subprocess.STDOUT)
     base, rng = f"http://127.0.0.1:{port}", random.Random(1)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "log").read_text()[-3000:]
-            time.sleep(0.3)
+        wait_until_ready(server, base, tmp_path / "log")
         with httpx.Client(base_url=base, timeout=30, headers={"x-api-key": KEY}) as http:
 
             def unknown(n: int) -> None:
