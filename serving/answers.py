@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -192,9 +193,9 @@ def scores(state: ServingState, customer_ids: list[str], keys: list[str]) -> lis
     return out
 
 
-def model_info(state: ServingState, running: Experiment | None) -> ModelInfo:
+def model_info(state: ServingState, running: Experiment | None, loaded_at: datetime | None = None) -> ModelInfo:
     """Versions, provenance (project, data fingerprint, trained through), training dates and headline
-    holdout metrics of the loaded models."""
+    holdout metrics of the loaded models, and when they were loaded (UTC)."""
     classifiers = {}
     for name, bundle in (("churn", state.churn), ("propensity", state.propensity)):
         meta = bundle.meta
@@ -209,4 +210,5 @@ def model_info(state: ServingState, running: Experiment | None) -> ModelInfo:
     return ModelInfo(snapshot_as_of=state.as_of.isoformat(), customers=len(state.customers),
                      products=len(state.recommendations.products),
                      models=LoadedModels(recommender=recommender, **classifiers),
-                     experiment=running.name if running else None)
+                     experiment=running.name if running else None,
+                     loaded_at=loaded_at.isoformat(timespec="seconds") if loaded_at else None)

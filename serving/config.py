@@ -22,6 +22,9 @@
 
 A variable that is set must hold a value: an empty one is an error naming it (an empty
 ``SENDWISE_API_KEY`` would otherwise mean an open service).
+
+Read by the module it belongs to, not a setting here: how often a running service checks for a moved
+alias or a new snapshot, SENDWISE_RELOAD_SECONDS (default 30, 0: never; see :mod:`serving.reload`).
 """
 
 from __future__ import annotations

@@ -162,6 +162,8 @@ class ModelInfo(BaseModel):
     products: int
     models: LoadedModels
     experiment: str | None = Field(None, description="the experiment running now, if any")
+    loaded_at: str | None = Field(None, description="when the models and snapshot in use were loaded (UTC, ISO 8601): "
+                                  "at startup, or at the last live reload", examples=["2025-10-01T06:00:12"])
 
 
 Campaign = Field("sendwise", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$", examples=["spring_sale"])

@@ -1,7 +1,9 @@
 """The send-time service (BentoML): scores and product recommendations for the email renderer.
 
 Start it with ``sendwise serve --data DIR`` (binds 127.0.0.1). Models, snapshot and catalog are
-loaded in ``__init__`` (see :mod:`serving.state`), never at import. Every request passes
+loaded in ``__init__`` (see :mod:`serving.state`), never at import, and loaded again in the background
+when a served alias moves or the snapshot file changes (:mod:`serving.reload`): a request reads
+:attr:`LiveModels.current` once and answers from it alone. Every request passes
 :mod:`serving.metrics` (bounded labels) and :mod:`serving.guard` (API key, known paths, body checked
 against the route's request model, one batch at a time) before BentoML sees it.
 """
@@ -24,6 +26,7 @@ from serving.forgotten import ForgottenCustomers
 from serving.guard import protect
 from serving.policy import Policy
 from serving.product_block import ProductBlock
+from serving.reload import LiveModels, reload_seconds
 from serving.schemas import (
     ModelInfo,
     NextBestAction,
@@ -64,10 +67,10 @@ class Sendwise:
 
     def __init__(self) -> None:
         config = ServeConfig.from_env()
-        self.policy = Policy.load(config.policy) if config.policy else Policy.load()
+        interval = reload_seconds()
+        self.policy = policy = Policy.load(config.policy) if config.policy else Policy.load()
         experiments = load_experiments(config.experiments) if config.experiments else ExperimentSet()
-        self.router = VariantRouter.load(config, experiments, self.policy, datetime.now(UTC).replace(tzinfo=None))
-        self.state: ServingState = self.router.default.state
+        self.live = LiveModels(config, experiments, lambda now: VariantRouter.load(config, experiments, policy, now))
         self.forgotten = ForgottenCustomers(config.data)  # answered as unknown, logged without their id
         self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
         self.block_settings = config.block_settings  # currency, utm_source, utm_medium
@@ -77,18 +80,38 @@ class Sendwise:
         # sight, or each full collection rescans it (100+ ms pauses in a batch request).
         gc.freeze()
         atexit.register(gc.unfreeze)  # let it be freed normally at exit
+        self.live.start(interval)
+
+    @property
+    def state(self) -> ServingState:
+        """The default arm's state in use now (a request takes ``self.live.current`` once instead)."""
+        return self.live.current.state
+
+    @property
+    def router(self) -> VariantRouter:
+        return self.live.current.router
+
+    def reload_now(self) -> bool:
+        """Check for a moved alias or a new snapshot now and swap it in (see :mod:`serving.reload`)."""
+        return self.live.reload_now()
+
+    @bentoml.on_shutdown
+    def stop_reloading(self) -> None:
+        self.live.stop()
 
     def _log(self, exposures: list[dict]) -> str:
         """Append one request's exposures; a forgotten customer is logged as ``forgotten``, never by id."""
         return self.exposures.append_request(exposures, self.forgotten.mask([e["customer_id"] for e in exposures]))
 
     def _scores(self, customer_ids: list[str]) -> list[Score]:
-        return answers.scores(self.state, customer_ids, self.forgotten.mask(customer_ids))
+        return answers.scores(self.live.current.state, customer_ids, self.forgotten.mask(customer_ids))
 
-    def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True) -> list[Recommendations]:
-        recs = answers.recommendations(self.state, customer_ids, self.forgotten.mask(customer_ids), k, options)
+    def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True,
+                   state: ServingState | None = None) -> list[Recommendations]:
+        state = self.live.current.state if state is None else state
+        recs = answers.recommendations(state, customer_ids, self.forgotten.mask(customer_ids), k, options)
         if log:
-            self._log(answers.recommend_exposures(recs, "recommend", self.state))
+            self._log(answers.recommend_exposures(recs, "recommend", state))
         return recs
 
     @bentoml.api(route="/score")
@@ -117,9 +140,10 @@ class Sendwise:
 
     def _product_blocks(self, customer_ids: list[str], k: int, options: RuleOptions, campaign: str,
                         heading: str | None) -> list[ProductBlock]:
-        blocks = answers.product_blocks(self._recommend(customer_ids, k, options, log=False), campaign, heading, self.state,
-                                        self.block_settings)
-        self._log(answers.recommend_exposures(blocks, "product_block", self.state))
+        state = self.live.current.state
+        blocks = answers.product_blocks(self._recommend(customer_ids, k, options, log=False, state=state), campaign,
+                                        heading, state, self.block_settings)
+        self._log(answers.recommend_exposures(blocks, "product_block", state))
         return blocks
 
     @bentoml.api(route="/product_block")
@@ -138,7 +162,7 @@ class Sendwise:
     def _next_best_actions(self, customer_ids: list[str], k: int, campaign: str) -> list[NextBestAction]:
         """Decide per customer with their arm's policy and models (the running experiment's variant,
         else the defaults); one exposure record per customer, logged before answering."""
-        arms = self.router.route(customer_ids, datetime.now(UTC).replace(tzinfo=None))
+        arms = self.live.current.router.route(customer_ids, datetime.now(UTC).replace(tzinfo=None))
         results, exposures = answers.next_best_actions(arms, customer_ids, self.forgotten.mask, k, campaign, self.rng,
                                                        self.consent, self.block_settings)
         request_id = self._log(exposures)
@@ -167,8 +191,10 @@ class Sendwise:
 
     @bentoml.api(route="/model_info")
     def model_info(self) -> ModelInfo:
-        """Versions, training dates and headline holdout metrics of the loaded models."""
-        return answers.model_info(self.state, self.router.experiments.running(datetime.now(UTC).replace(tzinfo=None)))
+        """Versions, training dates and headline holdout metrics of the models in use, and when they were loaded."""
+        live = self.live.current
+        return answers.model_info(live.state, live.router.experiments.running(datetime.now(UTC).replace(tzinfo=None)),
+                                  live.loaded_at)
 
 
 protect(Sendwise, ServeConfig.from_env)  # metrics and guard (API key of the service's settings) before every route
