@@ -4,8 +4,9 @@ feature snapshot without a restart.
 Every ``SENDWISE_RELOAD_SECONDS`` (default 30; ``0``: never, the service keeps what it started with)
 a background thread reads what the service was loaded from (:class:`Source`): the version behind each
 alias it serves (the configured ones and those of the experiment variants not yet ended, in the
-service's project) and the snapshot file's identity (inode, size, mtime). Those are a few registry
-reads and one ``stat``. When they differ from what is loaded, the whole router (every arm's state:
+service's project), the snapshot file's identity (inode, size, mtime) and the data directory's files'
+(catalog, customers' consent; and the features when no snapshot is configured). Those are a few
+registry reads and a ``stat`` per file. When they differ from what is loaded, the whole router (every arm's state:
 models, scores, catalog, lookups) is built again off the request path, with the same code as at
 startup, and then swapped in by assigning one attribute (:attr:`LiveModels.current`), which is
 atomic in CPython. A request reads that attribute once and answers from that :class:`Loaded` only,
@@ -75,10 +76,12 @@ def _now() -> datetime:
 @dataclass(frozen=True)
 class Source:
     """What a load reads: the version behind each (registered name, alias) served, None where no
-    version carries the alias; and the snapshot file's (inode, size, mtime_ns), None without one."""
+    version carries the alias; the snapshot file's (inode, size, mtime_ns), None without one; and
+    (relative path, inode, size, mtime_ns) of each file of the data directory."""
 
     versions: tuple[tuple[str, str, str | None], ...]
     snapshot: tuple[int, int, int] | None
+    data: tuple[tuple[str, int, int, int], ...] = ()
 
     def changes(self, before: Source) -> str:
         """What changed since ``before``, for the log: ``churn@champion 3 -> 4; snapshot``."""
@@ -86,6 +89,8 @@ class Source:
         parts = [f"{n}@{a} {old.get((n, a))} -> {v}" for n, a, v in self.versions if old.get((n, a)) != v]
         if self.snapshot != before.snapshot:
             parts.append("snapshot file")
+        if self.data != before.data:
+            parts.append("data directory")
         return "; ".join(parts) or "served aliases"
 
 
@@ -123,6 +128,19 @@ def _snapshot_identity(path: Path | None) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def _data_identity(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
+    files = []
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            path = Path(root, name)
+            try:
+                stat = path.stat()
+            except OSError:  # removed while listed: the next check sees the directory as it is then
+                continue
+            files.append((str(path.relative_to(directory)), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(files))
+
+
 class LiveModels:
     """The service's models and snapshot, loaded by ``load(now)`` at construction and again, in the
     background, whenever :class:`Source` changes (:meth:`reload_now`, called by the thread of
@@ -154,7 +172,7 @@ class LiveModels:
                     version = None
                 versions.append((name, alias, version))
         return Source(tuple(sorted(set(versions), key=lambda v: (v[0], v[1]))),
-                      _snapshot_identity(self._config.snapshot))
+                      _snapshot_identity(self._config.snapshot), _data_identity(self._config.data))
 
     def _loaded_source(self, router: VariantRouter, source: Source) -> Source:
         """``source`` with the default arm's versions as they were loaded: if an alias moved between the
@@ -164,7 +182,7 @@ class LiveModels:
         defaults = set(zip((registered_name(m, self._config.project) for m in MODELS), config_aliases(self._config),
                            strict=True))
         return Source(tuple((n, a, loaded[n] if (n, a) in defaults else v) for n, a, v in source.versions),
-                      source.snapshot)
+                      source.snapshot, source.data)
 
     def reload_now(self) -> bool:
         """Check the source; when it changed, load everything again and swap it in. True when swapped;

@@ -5,6 +5,7 @@ from one complete state; a broken new version keeps the old one serving, with on
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -153,6 +154,19 @@ def test_a_new_snapshot_file_is_swapped_in(service, demo_tables: Tables, snapsho
     write_snapshot(demo_tables, snapshot, "2025-09-27")  # atomic replace, as `sendwise run` does
     assert svc.reload_now() is True
     assert client.get("/model_info").json()["snapshot_as_of"].startswith("2025-09-27")
+
+
+
+def test_a_changed_data_file_is_loaded_again(service, demo_dir: Path) -> None:
+    """A new export of a table (catalog, consent) is read again, as a restart would."""
+    svc, client = service
+    loaded = svc.live.current
+    table = min(p for p in demo_dir.iterdir() if p.is_file())
+    stat = table.stat()
+    os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # same rows, a newer file
+    assert svc.reload_now() is True
+    assert svc.live.current is not loaded and svc.live.current.versions == loaded.versions
+    assert client.get("/model_info").json()["loaded_at"] >= loaded.loaded_at.isoformat(timespec="seconds")
 
 
 def test_a_broken_version_keeps_the_old_one_serving(service, demo_tables: Tables, tmp_path: Path,
