@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -43,6 +42,7 @@ from serving.state import Aliases, ServingState, config_aliases
 from serving.variants import VariantRouter, variant_aliases
 from training.recommenders.store import REGISTERED_NAME
 from training.registry import registered_name
+from training.tracking import configure_tracking
 
 __all__ = ["DEFAULT_RELOAD_SECONDS", "RELOAD_ENV", "LiveModels", "Loaded", "Source", "reload_seconds"]
 
@@ -155,9 +155,9 @@ class LiveModels:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         now = _now()
+        self._uri = configure_tracking(config.mlruns)  # the store the load uses (load_champions): checks read it
+        source = self._read_source(now)  # before the load: a file changed during it is loaded again later
         router = load(now)
-        self._uri = mlflow.get_registry_uri()  # the store the load used (configure_tracking): checks read it
-        source = self._read_source(now)  # with the default versions as loaded, so no move is missed
         self.current = Loaded(router, self._loaded_source(router, source), _now())
 
     def _read_source(self, now: datetime) -> Source:
