@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -152,3 +153,12 @@ def wait_until_ready(server, base: str, log: Path, seconds: float = 180) -> None
             pass
         assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.3)
+
+
+def stop_server(server) -> None:
+    """Terminate a server started as a subprocess; kill it if it has not exited within a minute."""
+    server.terminate()
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()

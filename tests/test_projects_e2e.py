@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import wait_until_ready
+from conftest import stop_server, wait_until_ready
 from mlflow.tracking import MlflowClient
 
 from training.registry import CHAMPION
@@ -42,11 +42,7 @@ def _model_info(project: Path, cwd: Path, env: dict[str, str], log: Path) -> dic
         wait_until_ready(server, f"http://127.0.0.1:{port}", log)
         return httpx.post(f"http://127.0.0.1:{port}/model_info", timeout=30).json()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 def test_two_shops_in_one_store_each_served_its_own_models(demo_dir: Path, online_retail_path: Path,

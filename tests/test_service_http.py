@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import wait_until_ready
+from conftest import stop_server, wait_until_ready
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 
@@ -273,11 +273,7 @@ def test_real_server_unknown_paths_cost_no_memory_and_4xx_are_one_quiet_line(ser
             assert bad.status_code == 400 and not any(leak in bad.text for leak in LEAKS), bad.text
             time.sleep(0.5)  # let the log be written
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     print(f"worker RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MB, "
           f"/metrics {metrics_before} -> {metrics_after} bytes after 3,000 unknown paths")
     assert rss_after - rss_before < 8 * 2**20, (rss_before, rss_after)
