@@ -18,6 +18,8 @@
 | ``SENDWISE_CONSENT`` | ``recorded``: email only with consent on record; ``unless-refused``: unless refused (see :mod:`serving.consent`) | ``recorded`` |
 | ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`serving.experiment_config`); variants of the running one | none |
 | ``SENDWISE_PROJECT`` | the project whose models are served (registered as ``<project>.churn`` ...); none: the global names | none |
+| ``SENDWISE_CLOCK`` | the service's clock (see :mod:`serving.clock`): ``wall``, ``data`` (the data's end plus the time since the start) or ``auto`` (``data`` when the data ended over 2 days ago) | ``auto`` |
+| ``SENDWISE_EVENT_LOG`` | durable log of the events taken by ``POST /events`` and the Redis consumer (see :mod:`features.event_log`) | ``events.jsonl`` in the state directory |
 | ``SENDWISE_ALLOW_FOREIGN_MODELS`` | ``true``: serve a version registered for another project (with a warning) instead of refusing to start | ``false`` |
 
 A variable that is set must hold a value: an empty one is an error naming it (an empty
@@ -37,6 +39,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import InputError
 from features.timezones import check_timezone
+from serving.clock import ClockMode
 from serving.consent import ConsentRule
 from serving.product_block import UTM_MEDIUM, UTM_SOURCE, BlockSettings, check_product_url
 from training.registry import check_project_name
@@ -77,6 +80,8 @@ class ServeConfig(BaseModel):
     product_url: str | None = None  # link template of products without a safe url: https://.../{product_id}
     utm_source: str = UTM_SOURCE
     utm_medium: str = UTM_MEDIUM
+    clock: ClockMode = ClockMode.AUTO
+    event_log: Path | None = None  # default: events.jsonl in the state directory
 
     @field_validator("*", mode="before")
     @classmethod
@@ -130,10 +135,20 @@ class ServeConfig(BaseModel):
         return ServeConfig(**dict(settings))
 
     @property
+    def state_folder(self) -> Path:
+        """What the service writes besides the exposure log: ``state_dir``, or ``state/`` next to the log."""
+        return self.state_dir or self.exposure_log.parent / "state"
+
+    @property
     def rejects_dir(self) -> Path:
         """Where the data's rejected rows are written: never inside the data directory, which the
         service only reads (it may be a read-only mount)."""
-        return (self.state_dir or self.exposure_log.parent / "state") / "rejects"
+        return self.state_folder / "rejects"
+
+    @property
+    def events_path(self) -> Path:
+        """The event log: ``event_log``, or ``events.jsonl`` in the state folder."""
+        return self.event_log or self.state_folder / "events.jsonl"
 
     def to_env(self) -> dict[str, str]:
         env = {"SENDWISE_DATA": str(self.data.resolve()), "SENDWISE_MLRUNS": str(self.mlruns.resolve()),
@@ -162,6 +177,9 @@ class ServeConfig(BaseModel):
             env["SENDWISE_PRODUCT_URL"] = self.product_url
         env["SENDWISE_UTM_SOURCE"] = self.utm_source
         env["SENDWISE_UTM_MEDIUM"] = self.utm_medium
+        env["SENDWISE_CLOCK"] = self.clock.value
+        if self.event_log:
+            env["SENDWISE_EVENT_LOG"] = str(self.event_log.resolve())
         return env
 
 

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from features.errors import InputError
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
+from serving.clock import ClockMode
 from serving.product_block import BlockSettings
 
 KEY = "sk-config-test-9f8e7d"
@@ -22,7 +23,8 @@ EVERY = {"SENDWISE_DATA": "/srv/shop", "SENDWISE_SNAPSHOT": "/srv/snap.parquet",
          "SENDWISE_CURRENCY": "EUR", "SENDWISE_EXPERIMENTS": "/srv/experiments.yaml",
          "SENDWISE_CONSENT": "unless-refused", "SENDWISE_PROJECT": "shop-a", "SENDWISE_ALLOW_FOREIGN_MODELS": "true",
          "SENDWISE_TIMEZONE": "asia/tokyo", "SENDWISE_PRODUCT_URL": "https://shop.example/products/{product_id}?ref=mail",
-         "SENDWISE_UTM_SOURCE": "newsletter", "SENDWISE_UTM_MEDIUM": "e-mail_v2"}
+         "SENDWISE_UTM_SOURCE": "newsletter", "SENDWISE_UTM_MEDIUM": "e-mail_v2", "SENDWISE_CLOCK": "data",
+         "SENDWISE_EVENT_LOG": "/var/lib/sendwise/events.jsonl"}
 BOOLEANS = ("SENDWISE_EXPOSURE_FSYNC", "SENDWISE_ALLOW_FOREIGN_MODELS")
 
 
@@ -51,7 +53,7 @@ def test_every_variable_is_read(env) -> None:
         policy=Path("/srv/policy.yaml"), currency="EUR", experiments=Path("/srv/experiments.yaml"),
         consent=ConsentRule.UNLESS_REFUSED, project="shop-a", allow_foreign_models=True, timezone="Asia/Tokyo",
         product_url="https://shop.example/products/{product_id}?ref=mail", utm_source="newsletter",
-        utm_medium="e-mail_v2")
+        utm_medium="e-mail_v2", clock=ClockMode.DATA, event_log=Path("/var/lib/sendwise/events.jsonl"))
     assert config.rejects_dir == Path("/var/lib/sendwise/rejects")
     assert KEY not in repr(config) and KEY not in str(config.model_dump()) and KEY not in config.model_dump_json()
     assert ServeConfig.from_env() == config and ServeConfig.from_env(currency="USD").currency == "USD"
@@ -70,6 +72,7 @@ def test_defaults_with_only_the_data(env) -> None:
     assert (config.utm_source, config.utm_medium) == ("sendwise", "email")
     assert config.block_settings == BlockSettings("GBP", "sendwise", "email")
     assert config.rejects_dir == Path("exposures/state/rejects")  # next to the exposure log, never in the data
+    assert config.events_path == Path("exposures/state/events.jsonl") and config.clock is ClockMode.AUTO
 
 
 @pytest.mark.parametrize(("value", "expected"), [("true", True), ("1", True), ("yes", True), ("false", False),
@@ -85,7 +88,7 @@ def test_the_environment_round_trips(env, tmp_path: Path) -> None:
                         state_dir=tmp_path / "state", consent=ConsentRule.UNLESS_REFUSED, exposure_fsync=True,
                         exposure_log=tmp_path / "log.jsonl", mlruns=tmp_path / "mlruns", currency="USD",
                         timezone="America/New_York", product_url="https://shop.example/p?id={product_id}",
-                        utm_source="crm", utm_medium="mail")
+                        utm_source="crm", utm_medium="mail", clock=ClockMode.WALL, event_log=tmp_path / "ev.jsonl")
     env(given.to_env())
     assert ServeConfig.from_env() == given
     assert given.block_settings == BlockSettings("USD", "crm", "mail")
@@ -130,6 +133,7 @@ def test_a_variable_set_but_empty_is_an_error(env, name: str, value: str) -> Non
 
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("SENDWISE_CONSENT", "maybe", "'recorded' or 'unless-refused'"),
+    ("SENDWISE_CLOCK", "sundial", "'auto', 'wall' or 'data'"),
     ("SENDWISE_EXPOSURE_FSYNC", "perhaps", "boolean"),
     ("SENDWISE_TIMEZONE", "Europe/Londn", "unknown time zone 'Europe/Londn'.* Did you mean 'Europe/London'"),
     ("SENDWISE_TIMEZONE", "+09:00", "IANA time zone name"),
