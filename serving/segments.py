@@ -394,7 +394,8 @@ class Trigger(BaseModel):
     def _window(cls, value: str, info: ValidationInfo) -> str:
         match = WINDOW.match(str(value))
         if match is None or int(match["n"]) * WINDOW_UNITS[match["unit"]] > MAX_WINDOW:
-            raise ValueError(f"trigger {info.data.get('name')!r}: a window such as 30m, 1h or 2d (minutes, hours or days, at most "
+            raise ValueError(f"trigger {info.data.get('name')!r}: a window such as 30m, 1h or 2d (minutes, hours "
+                             f"or days, at most "
                              f"{MAX_WINDOW.days}d); got {value!r}")
         return value
 
