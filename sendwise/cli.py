@@ -12,6 +12,7 @@ from sendwise.commands.experiments import experiments_app
 from sendwise.commands.models import models_app, score, train_app
 from sendwise.commands.project import init, run
 from sendwise.commands.recommenders import evaluate_app, recommend, train_recommender_command
+from sendwise.commands.segments import segments_app
 from sendwise.commands.serve import serve
 from sendwise.console import reports_user_errors
 from sendwise.demo import run_demo
@@ -32,6 +33,7 @@ app.command("score")(score)
 app.command("recommend")(recommend)
 app.command("serve")(serve)
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(segments_app, name="segments")
 
 
 @app.command("demo")
