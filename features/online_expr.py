@@ -74,7 +74,7 @@ def compile_aggregate(sql: str) -> Callable[[list[Env]], object]:
     """``sql``, an aggregate call (``sum(x * y)``, ``min(ordered_at)``), as a function of a group's rows."""
     node = _parse(sql)
     kinds: dict[type, Callable[[list[object]], object]] = {
-        exp.Sum: _sum,
+        exp.Sum: sql_sum,
         exp.Min: lambda vs: min(vs) if vs else None,
         exp.Max: lambda vs: max(vs) if vs else None,
         exp.Avg: lambda vs: math.fsum(vs) / len(vs) if vs else None,
@@ -94,7 +94,7 @@ def compile_aggregate(sql: str) -> Callable[[list[Env]], object]:
 # -- SQL semantics ------------------------------------------------------------------------------------
 
 
-def _sum(values: list) -> object:
+def sql_sum(values: list) -> object:
     """SQL ``sum``: NULL for no values; a float sum correctly rounded (DuckDB's order of addition is
     unspecified, so agreement is to rounding, not bit for bit)."""
     if not values:
@@ -314,4 +314,4 @@ def _pick(pick: Callable, values: list[object]) -> object:
     return pick(present) if present else None
 
 
-__all__ = ["Scalar", "compile_aggregate", "compile_scalar", "sql_round"]
+__all__ = ["Scalar", "compile_aggregate", "compile_scalar", "sql_round", "sql_sum"]
