@@ -28,12 +28,13 @@ import duckdb
 import pandas as pd
 
 from features.errors import InputError
+from features.event_log import event_log_frames
 from features.links import safe_http_url
-from features.schema import CUSTOMER_ID, IMAGE_URL, SPECS, URL, Table, sql_literal
-from features.tables import Tables, create_empty, new_connection
+from features.schema import CUSTOMER_ID, IMAGE_URL, ORDER_ID, SPECS, URL, Table, sql_literal
+from features.tables import Tables, canonical_select, create_empty, new_connection
 from features.timezones import check_timezone
 from features.tombstones import Tombstones
-from features.validate import ROW_ID, ContractError, TableReport, validate_raw
+from features.validate import ROW_ID, ContractError, TableReport, now_utc, validate_raw
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
 REJECTS_DIRNAME = "_rejects"
@@ -56,6 +57,7 @@ class ValidationReport:
     rejects_dir: Path | None
     warnings: list[str] = field(default_factory=list)
     forgotten: dict[str, int] = field(default_factory=dict)  # rows of forgotten customers skipped, per table
+    event_log: dict[Table, int] = field(default_factory=dict)  # rows added from the event log, per table
 
     @property
     def rejected(self) -> int:
@@ -316,7 +318,7 @@ def read_error(path: Path, exc: duckdb.Error, encoding: Encoding | str = Encodin
 
 def load_data_dir(
     data_dir: Path | str, rejects_dir: Path | str | None = None, encoding: Encoding | str = Encoding.UTF_8,
-    now: datetime | None = None, timezone: str | None = None,
+    now: datetime | None = None, timezone: str | None = None, event_log: Path | str | None = None,
 ) -> tuple[Tables, ValidationReport]:
     """Read and validate a contract directory.
 
@@ -330,6 +332,12 @@ def load_data_dir(
     timestamps with an offset keep it (see :mod:`features.timezones`). Timestamps after ``now``
     (default: now, UTC), after conversion, are rejected. An orders file without rows is an error, and
     so is an unknown ``timezone``, before anything is read.
+
+    ``event_log`` (:mod:`features.event_log`; skipped when the file does not exist) adds its events and
+    orders after the directory's validation (its events were validated when taken), except those of
+    forgotten customers, those after ``now``, orders whose ``order_id`` the orders table holds and
+    events equal to one of the events table (the shop's export already has them); the rows added per
+    table are in ``event_log`` of the report, the others counted in its warnings.
     """
     zone = check_timezone(timezone)
     data_dir = Path(data_dir)
@@ -358,11 +366,51 @@ def load_data_dir(
             create_empty(con, SPECS[table])
     tables = Tables(con)
     written = write_rejects(tables, reports, Path(rejects_dir) if rejects_dir else data_dir / REJECTS_DIRNAME)
-    warnings = cross_table_warnings(tables, files) + unsafe_link_warnings(tables)
+    added, warnings = {}, []
+    if event_log is not None and Path(event_log).exists():
+        added, warnings = add_event_log(con, Path(event_log), tombstones, now or now_utc(), forgotten)
+    present = {**files, **{t: Path(event_log) for t in added}}  # tables with rows, for the cross-table checks
+    warnings = cross_table_warnings(tables, present) + unsafe_link_warnings(tables) + warnings
     if sum(forgotten.values()):
         warnings.append(f"{sum(forgotten.values()):,} row(s) of forgotten customers skipped "
                         f"({data_dir / TOMBSTONES_FILE})")
-    return tables, ValidationReport(reports, written, warnings, forgotten)
+    return tables, ValidationReport(reports, written, warnings, forgotten, added)
+
+
+def add_event_log(con: duckdb.DuckDBPyConnection, path: Path, tombstones: Tombstones, now: datetime,
+                  forgotten: dict[str, int]) -> tuple[dict[Table, int], list[str]]:
+    """Add the event log's rows to the validated ``events`` and ``orders`` of ``con`` (see
+    :func:`load_data_dir`); returns the rows added per table and warnings for the rows left out.
+    Rows of forgotten customers are counted in ``forgotten``."""
+    added, warnings = {}, []
+    for table, frame in event_log_frames(path).items():
+        if frame.empty:
+            continue
+        spec, log = SPECS[table], f"_log_{table.value}"
+        con.register(f"{log}_frame", frame)
+        con.execute(f"CREATE TEMP TABLE {log} AS {canonical_select(spec, f'{log}_frame', set(frame.columns))}")
+        con.unregister(f"{log}_frame")
+        if tombstones:
+            forgotten[table.value] = forgotten.get(table.value, 0) + skip_forgotten(con, log, tombstones)
+        late = con.execute(f"DELETE FROM {log} WHERE {spec.time_column} > $now", {"now": now}).fetchall()[0][0]
+        if late:
+            warnings.append(f"{late:,} {table.value} row(s) of the event log {path} are after {now:%Y-%m-%dT%H:%M:%S}Z, "
+                            "the moment the data was read: left out this time")
+        if table is Table.ORDERS:  # the export holds the order: it is one order, not two
+            known, what = f"{ORDER_ID} IN (SELECT {ORDER_ID} FROM {table.value})", "orders the orders table holds"
+        else:
+            same = " AND ".join(f"d.{c} IS NOT DISTINCT FROM l.{c}" for c in spec.column_names)
+            known, what = f"EXISTS (SELECT 1 FROM {table.value} d WHERE {same})", "events the events table holds"
+        dropped = con.execute(f"DELETE FROM {log} l WHERE {known}").fetchall()[0][0]
+        if dropped:
+            warnings.append(f"{dropped:,} {table.value} row(s) of the event log {path} left out: {what} already")
+        kind = "VIEW" if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?",
+                                     [table.value]).fetchall()[0][0] else "TABLE"
+        con.execute(f"ALTER {kind} {table.value} RENAME TO _directory_{table.value}")
+        con.execute(f"CREATE TEMP VIEW {table.value} AS SELECT * FROM _directory_{table.value} "
+                    f"UNION ALL BY NAME SELECT * FROM {log}")
+        added[table] = con.execute(f"SELECT count(*) FROM {log}").fetchall()[0][0]
+    return added, warnings
 
 
 def table_paths(data_dir: Path | str) -> dict[Path, Table]:

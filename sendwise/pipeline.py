@@ -128,11 +128,13 @@ def print_import(report: ImportReport) -> None:
 
 
 def load(data: Path, rejects: Path | None = None, quiet: bool = False,
-         encoding: Encoding | str = Encoding.UTF_8, require_orders: bool = True, timezone: str | None = None) -> Tables:
+         encoding: Encoding | str = Encoding.UTF_8, require_orders: bool = True, timezone: str | None = None,
+         event_log: Path | None = None) -> Tables:
     """Validate ``data`` (printing the summary unless ``quiet`` and clean); with ``require_orders``,
     orders with every row rejected are an error (nothing to compute from). Naive timestamps are local
-    times of ``timezone`` (default: UTC), see :func:`features.io.load_data_dir`."""
-    tables, report = load_data_dir(data, rejects, encoding, timezone=timezone)
+    times of ``timezone`` (default: UTC), see :func:`features.io.load_data_dir`; ``event_log``'s events
+    are added to the data."""
+    tables, report = load_data_dir(data, rejects, encoding, timezone=timezone, event_log=event_log)
     if not quiet or report.rejected or report.warnings:
         print_validation(report)
     orders = next(t for t in report.tables if t.table == Table.ORDERS.value)

@@ -7,7 +7,7 @@ in the file are relative to ``DIR``. What a project writes::
     DIR/sendwise.yaml      the settings (written once by init, only read after)
     DIR/data/              contract tables (when the project imports a shop's export)
     DIR/mlruns/            MLflow store (unless tracking_uri or MLFLOW_TRACKING_URI says otherwise)
-    DIR/state/             serving snapshot, rejected rows, exposure log, the run lock
+    DIR/state/             serving snapshot, rejected rows, exposure log, event log, the run lock
     DIR/reports/           one HTML report per `sendwise run`
 
 Registered models are named ``<name>.churn``, ``<name>.propensity`` and ``<name>.recommender``
@@ -191,6 +191,11 @@ class Project:
     @property
     def exposure_log(self) -> Path:
         return self.state / "exposures.jsonl"
+
+    @property
+    def event_log(self) -> Path:
+        """The events taken by the service (``POST /events``, the stream consumer): ``sendwise run`` trains on them."""
+        return self.state / "events.jsonl"
 
     @property
     def mlruns(self) -> Path:

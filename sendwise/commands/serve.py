@@ -51,7 +51,8 @@ def preflight(config: ServeConfig) -> None:
         errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     # The data as the service will read it: a wrong column or type fails here (ContractError), and
     # rejected rows go to the state directory, never into the data directory.
-    tables, report = load_data_dir(config.data, config.rejects_dir, timezone=config.timezone)
+    tables, report = load_data_dir(config.data, config.rejects_dir, timezone=config.timezone,
+                                   event_log=config.events_path)
     for warning in report.warnings:
         errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if report.rejects_dir is not None:

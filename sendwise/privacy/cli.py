@@ -1,6 +1,6 @@
 """``sendwise privacy export`` and ``sendwise privacy forget``. Both read the project (``--project DIR``,
-or the current directory's): its data, its MLflow store, its exposure log and state folder, and (export)
-its model names; options given win."""
+or the current directory's): its data, its MLflow store, its exposure log, state folder and event log,
+and (export) its model names; options given win."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ from sendwise.console import console, errors, reports_user_errors
 from sendwise.privacy.export import export_customer
 from sendwise.privacy.forget import forget_customers
 from sendwise.privacy.stores import (
+    EVENT_LOG_HELP,
     EXPOSURE_LOG_HELP,
     MLRUNS_HELP,
     NO_EXPOSURE_LOG_HELP,
     NO_MLRUNS_HELP,
     STATE_DIR_HELP,
     check_outside,
+    resolve_event_log,
     resolve_exposure_log,
     resolve_mlruns,
     resolve_state_dir,
@@ -38,6 +40,7 @@ MlrunsDir = Annotated[Path | None, typer.Option(metavar="DIR", help=MLRUNS_HELP,
 NoMlruns = Annotated[bool, typer.Option("--no-mlruns", help=NO_MLRUNS_HELP)]
 ExposureLogFile = Annotated[Path | None, typer.Option(metavar="FILE", help=EXPOSURE_LOG_HELP, show_default=False)]
 NoExposureLog = Annotated[bool, typer.Option("--no-exposure-log", help=NO_EXPOSURE_LOG_HELP)]
+EventLogFile = Annotated[Path | None, typer.Option(metavar="FILE", help=EVENT_LOG_HELP, show_default=False)]
 StateDir = Annotated[Path | None, typer.Option(metavar="DIR", help=STATE_DIR_HELP, show_default=False)]
 ExtraFiles = Annotated[list[Path] | None, typer.Option(
     "--file", metavar="PATH",
@@ -54,10 +57,11 @@ class ForgetIncompleteError(InputError):
 
 
 def _stores(run: Resolved, mlruns: Path | None, no_mlruns: bool, exposure_log: Path | None,
-            no_exposure_log: bool, state_dir: Path | None, file: list[Path] | None
-            ) -> tuple[Path | None, Path | None, list[Path]]:
-    """The MLflow store, the exposure log and the files to search: the options, else the project's
-    stores (mlruns/ or its tracking_uri's folder, state/exposures.jsonl, state/), else the defaults."""
+            no_exposure_log: bool, state_dir: Path | None, file: list[Path] | None, event_log: Path | None
+            ) -> tuple[Path | None, Path | None, list[Path], Path | None]:
+    """The MLflow store, the exposure log, the files and the event log to search: the options, else the
+    project's stores (mlruns/ or its tracking_uri's folder, state/exposures.jsonl, state/,
+    state/events.jsonl), else the defaults."""
     project = run.project
     if project is None:
         mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
@@ -66,7 +70,7 @@ def _stores(run: Resolved, mlruns: Path | None, no_mlruns: bool, exposure_log: P
         mlruns = resolve_mlruns(mlruns, no_mlruns, project.mlruns, project.settings.tracking_uri)
         exposure_log = resolve_exposure_log(exposure_log, no_exposure_log, project.exposure_log)
         state = resolve_state_dir(state_dir, exposure_log, project.state)
-    return mlruns, exposure_log, [*(file or []), *filter(None, [state])]
+    return mlruns, exposure_log, [*(file or []), *filter(None, [state])], resolve_event_log(event_log, state)
 
 
 @privacy_app.command("export")
@@ -78,6 +82,7 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
            exposure_log: ExposureLogFile = None,
            no_exposure_log: NoExposureLog = False,
            state_dir: StateDir = None,
+           event_log: EventLogFile = None,
            file: ExtraFiles = None,
            encoding: EncodingOption = Encoding.UTF_8,
            out: Annotated[Path | None, typer.Option(
@@ -87,18 +92,20 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
                     "(default: standard output).")] = None,
            project: ProjectOption = None,
            ) -> None:
-    """Everything held about CUSTOMER_ID (input rows, features, scores, recommendations, model rows,
-    exposures) as one JSON document; with a project, scores and recommendations come from its
+    """Everything held about CUSTOMER_ID (input rows, events, features, scores, recommendations, model
+    rows, exposures) as one JSON document; with a project, scores and recommendations come from its
     champions."""
     run = resolve(project, data=data)
     data = run.need_data()
-    mlruns, exposure_log, files = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log, state_dir, file)
+    mlruns, exposure_log, files, event_log = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log,
+                                                     state_dir, file, event_log)
     if out is not None:
         check_outside(out, [("the data directory", data)] + ([("the MLflow store", mlruns)] if mlruns else [])
                       + [("--file", f) for f in files]
-                      + ([("the exposure log", exposure_log)] if exposure_log else []))
+                      + ([("the exposure log", exposure_log)] if exposure_log else [])
+                      + ([("the event log", event_log)] if event_log else []))
     doc = export_customer(customer_id, data, mlruns, exposure_log, files, encoding=encoding, project=run.name,
-                          timezone=run.timezone)
+                          timezone=run.timezone, event_log=event_log)
     text = json.dumps(doc, indent=1, default=str)
     if out is None:
         typer.echo(text)
@@ -126,12 +133,13 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
            exposure_log: ExposureLogFile = None,
            no_exposure_log: NoExposureLog = False,
            state_dir: StateDir = None,
+           event_log: EventLogFile = None,
            file: ExtraFiles = None,
            encoding: EncodingOption = Encoding.UTF_8,
            project: ProjectOption = None) -> None:
     """Remove CUSTOMER_IDS from the data, the files named, the exposure log (pseudonymised), the
-    service's state folder and the saved recommenders; a tombstone keeps them out of later imports
-    and the running service.
+    service's state folder and event log, and the saved recommenders; a tombstone keeps them out of
+    later imports and the running service.
 
     Every store must exist: a --mlruns or --exposure-log (given or default) that is not there stops
     the command before anything is written; say --no-mlruns / --no-exposure-log where there is none.
@@ -139,8 +147,9 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
     read, fails the command with exit code 2 after everything else is done; the tombstone stays."""
     run = resolve(project, data=data)
     data = run.need_data()
-    mlruns, exposure_log, files = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log, state_dir, file)
-    report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding)
+    mlruns, exposure_log, files, event_log = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log,
+                                                     state_dir, file, event_log)
+    report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding, event_log)
     table = RichTable(title=f"Forgot {len(report.forgotten)} customer(s)", title_justify="left")
     table.add_column("store")
     table.add_column("removed", justify="right")
@@ -151,6 +160,8 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
         table.add_row("exposure log: none (--no-exposure-log)", "")
     else:
         table.add_row(f"exposure log: {exposure_log}", f"{report.exposures:,} records pseudonymised")
+    if event_log is not None:
+        table.add_row(f"event log: {event_log}", f"{report.events:,} events removed")
     if mlruns is None:
         table.add_row("MLflow store: none (--no-mlruns)", "")
     for path, n in report.recommender_rows.items():

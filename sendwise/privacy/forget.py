@@ -3,7 +3,7 @@
 In order: a tombstone in the data directory (from then on imports, loads and the running service
 skip the customer); their rows in the data directory's tables and rejects and in the other files
 named (snapshots, training sets, score or recommendation outputs); their records in the exposure
-log, pseudonymised; their rows in every recommender saved in the local MLflow store and in the
+log, pseudonymised; their events in the event log (the log rewritten without them); their rows in every recommender saved in the local MLflow store and in the
 models' holdout score files there.
 
 Every path is checked before anything is written: a folder, file or store that is named but not
@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from features.errors import InputError, NotFoundError
+from features.event_log import forget_customers as forget_events
 from features.io import Encoding, read_tombstones, write_tombstones
 from features.privacy import drop_customer_rows, tabular_files
-from sendwise.privacy.stores import check_exposure_log, check_mlruns
+from sendwise.privacy.stores import check_event_log, check_exposure_log, check_mlruns
 from serving.exposures import pseudonymise_customers
 from training.holdout_scores import score_files
 from training.recommenders.store import forget_in_store
@@ -35,6 +36,7 @@ class ForgetReport:
     tombstones: Path
     file_rows: dict[str, int] = field(default_factory=dict)  # rows removed per file that held any
     exposures: int = 0  # exposure records pseudonymised
+    events: int = 0  # events removed from the event log
     recommender_rows: dict[str, int] = field(default_factory=dict)  # rows removed per saved recommender
     holdout_rows: dict[str, int] = field(default_factory=dict)  # rows removed per holdout score file
     found: Counter[str] = field(default_factory=Counter)  # rows and records removed per customer, everywhere
@@ -60,9 +62,9 @@ class ForgetReport:
 
 def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: Path | str | None = None,
                      exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
-                     encoding: Encoding | str = Encoding.UTF_8) -> ForgetReport:
-    """Forget ``customer_ids`` everywhere; returns what was removed where. ``mlruns`` and
-    ``exposure_log`` are None where there is no such store; a path given must exist. CSV files
+                     encoding: Encoding | str = Encoding.UTF_8, event_log: Path | str | None = None) -> ForgetReport:
+    """Forget ``customer_ids`` everywhere; returns what was removed where. ``mlruns``, ``exposure_log``
+    and ``event_log`` are None where there is no such store; a path given must exist. CSV files
     that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded)."""
     given = list(customer_ids)
     ids = sorted({c.strip() for c in given})  # ids are trimmed on import, as here
@@ -79,6 +81,8 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
         mlruns = check_mlruns(mlruns)
     if exposure_log is not None:
         exposure_log = check_exposure_log(exposure_log)
+    if event_log is not None:
+        event_log = check_event_log(event_log)
 
     before = read_tombstones(data_dir)
     report = ForgetReport(ids, write_tombstones(data_dir, before.adding(ids)),
@@ -100,6 +104,15 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
         removed = pseudonymise_customers(exposure_log, ids)
         report.exposures = removed.total()
         report.found += removed
+    if event_log is not None:
+        report.stores.append(f"event log {event_log}")
+        try:
+            removed = forget_events(event_log, ids)
+        except InputError as exc:  # a damaged line: the log is left as it was, and the command fails
+            report.failed[str(event_log)] = str(exc)
+        else:
+            report.events = removed.total()
+            report.found += removed
     if mlruns is not None:
         report.stores.append(f"MLflow store {mlruns}")
         for directory, removed in forget_in_store(mlruns, ids).items():

@@ -1,5 +1,5 @@
 """The stores ``privacy export`` and ``forget`` search besides the data directory (the MLflow store,
-the exposure log), and the checks made before anything is read or written.
+the exposure log, the event log), and the checks made before anything is read or written.
 
 A store that is named, or left at its default, but is not there is an error, never "nothing found":
 a misspelled path, or a default the service never wrote to, would otherwise let ``forget`` report
@@ -23,6 +23,7 @@ DEFAULT_MLRUNS = Path("mlruns")
 DEFAULT_EXPOSURE_LOG = Path("exposures/exposures.jsonl")
 MLFLOW_DB = "mlflow.db"  # what makes a folder an MLflow store (training.tracking.configure_tracking)
 SQLITE = "sqlite:///"
+EVENT_LOG_NAME = "events.jsonl"  # in the state folder, as serving.config.ServeConfig.events_path
 
 MLRUNS_HELP = ("MLflow store root: the folder holding mlflow.db where the models were trained (default: the "
                f"folder of a sqlite MLFLOW_TRACKING_URI, else the project's, else {DEFAULT_MLRUNS}); it must exist.")
@@ -31,6 +32,8 @@ EXPOSURE_LOG_HELP = ("The service's exposure log (`sendwise serve --exposure-log
                      "WORKDIR/state/exposures.jsonl; default: the project's state/exposures.jsonl, else "
                      f"{DEFAULT_EXPOSURE_LOG}); it must exist.")
 NO_EXPOSURE_LOG_HELP = "No service ever logged exposures for this data: search no exposure log."
+EVENT_LOG_HELP = ("The event log (`POST /events`, the stream consumer; the service's SENDWISE_EVENT_LOG); it must exist "
+                  "(default: events.jsonl in the state folder, searched when it exists).")
 STATE_DIR_HELP = ("The service's state folder, holding the data's rejected rows it wrote (`sendwise serve "
                   "--state-dir`); default: the project's state/, else state/ next to the exposure log, "
                   "searched when it exists.")
@@ -58,6 +61,27 @@ def check_exposure_log(path: Path | str) -> Path:
                             "log the service writes (`sendwise serve --exposure-log`; the demo writes "
                             "WORKDIR/state/exposures.jsonl), or --no-exposure-log if no service ever ran on this data.")
     return path
+
+
+def check_event_log(path: Path | str) -> Path:
+    """``path`` when it is a file; a clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise NotFoundError(f"event log {path} {what}. Pass --event-log FILE with the log the service appends "
+                            "events to (its SENDWISE_EVENT_LOG; default events.jsonl in its state folder), or leave "
+                            "it out to search the state folder's.")
+    return path
+
+
+def resolve_event_log(given: Path | None, state_dir: Path | None) -> Path | None:
+    """The event log a command searches: ``--event-log``, which must exist, else ``events.jsonl`` in the
+    state folder (where the service keeps it by default) when it exists: a service that took no event
+    wrote none."""
+    if given is not None:
+        return check_event_log(given)
+    default = None if state_dir is None else Path(state_dir) / EVENT_LOG_NAME
+    return default if default is not None and default.is_file() else None
 
 
 def resolve_mlruns(given: Path | None, none: bool, default: Path = DEFAULT_MLRUNS,
