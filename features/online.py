@@ -482,19 +482,20 @@ class OnlineFeatures:
     """The online features of one shop from the snapshot time ``as_of`` on (see the module's docstring).
 
     ``tables`` holds the shop's rows before ``as_of`` (none at or after it: later rows arrive through
-    ``apply_*``); it is read, never written. Thread-safe: one lock around every call.
+    ``apply_*``); it is read, never written. ``snapshot``: ``build_features(tables, as_of, config)`` when
+    the caller already has it (built here otherwise). Thread-safe: one lock around every call.
     """
 
-    def __init__(self, tables: Tables, as_of: datetime, config: FeatureConfig | None = None) -> None:
+    def __init__(self, tables: Tables, as_of: datetime, config: FeatureConfig | None = None,
+                 snapshot: pd.DataFrame | None = None) -> None:
         self.config = config or FeatureConfig.current()
         self.as_of = to_timestamp(as_of)
         self._plan = _plan(self.config)
         self._con = tables.con.cursor()
         self._lock = threading.RLock()
-        self._check_before(tables)
+        self._check_before()
         self._products = self._load_products()
-        batch = build_features(tables, self.as_of, self.config)
-        self._ids = batch[CUSTOMER_ID].to_numpy(dtype=object)
+        batch = build_features(tables, self.as_of, self.config) if snapshot is None else snapshot
         self._keys = self._batch_keys(batch)
         self._customers: dict[str, _Customer] = {}
         self._untouched: OrderedDict[str, _Customer] = OrderedDict()
@@ -502,10 +503,11 @@ class OnlineFeatures:
         self._dirty: set[str] = set()
 
     # -- construction ------------------------------------------------------------------------------
-    def _check_before(self, tables: Tables) -> None:
-        for table in self._plan.tables:
-            col = SPECS[table].time_column
-            (late,) = self._con.execute(f"SELECT max({col}) FROM {table.value}").fetchone()
+    def _check_before(self) -> None:
+        checks = [(t, SPECS[t].time_column) for t in self._plan.tables]
+        latest = self._con.execute(f"SELECT {', '.join(f'(SELECT max({c}) FROM {t.value})' for t, c in checks)}"
+                                   ).fetchone()
+        for (table, col), late in zip(checks, latest, strict=True):
             if late is not None and late >= self.as_of:
                 raise InputError(f"table {table.value} has rows at or after the online store's as_of "
                                  f"{self.as_of:%Y-%m-%d %H:%M:%S} (latest {col} {late}); start the store at "
@@ -527,21 +529,31 @@ class OnlineFeatures:
         return out
 
     def _batch_keys(self, batch: pd.DataFrame) -> dict[str, _Keys]:
-        if len(batch) > 1 and not (batch[CUSTOMER_ID].iloc[1:].to_numpy() > batch[CUSTOMER_ID].iloc[:-1].to_numpy()
-                                   ).all():
-            raise InputError("the batch features are not ordered by customer_id")
+        """The ranking keys and population membership of every customer in the batch, by customer id."""
+        missing = sorted({CUSTOMER_ID, *self._plan.reg.outputs} - set(batch.columns))
+        if missing:
+            raise InputError(f"the snapshot lacks the feature columns {', '.join(missing)}; build it with "
+                             f"build_features under the same feature settings")
+        if len(batch) and not (pd.to_datetime(batch["as_of"]) == pd.Timestamp(self.as_of)).all():
+            raise InputError(f"the snapshot's as_of is {batch['as_of'].iloc[0]}, the store's {self.as_of}; "
+                             f"build it at the store's as_of")
+        columns = []
+        for i, rank in enumerate(self._plan.ranks.values()):
+            f = rank.feature
+            columns += [f"{f.score_of or f.population_median} AS k{i}",
+                        f"coalesce({f.population or 'true'}, false) AS m{i}"]
         self._con.register("_online_batch", batch)
         try:
-            keys = {}
-            for name, rank in self._plan.ranks.items():
-                f = rank.feature
-                member = f"({f.population})" if f.population else "true"
-                frame = self._con.execute(f"SELECT {f.score_of or f.population_median} AS k, coalesce({member}, false)"
-                                          f" AS m FROM _online_batch ORDER BY {CUSTOMER_ID}").df()
-                keys[name] = _Keys(frame["k"].to_numpy(dtype=object), frame["m"].to_numpy(dtype=bool))
-            return keys
+            frame = self._con.execute(f"SELECT {CUSTOMER_ID}, {', '.join(columns)} FROM _online_batch "
+                                      f"ORDER BY {CUSTOMER_ID}").df()
         finally:
             self._con.unregister("_online_batch")
+        ids = frame[CUSTOMER_ID].to_numpy(dtype=object)
+        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+            raise InputError("the snapshot repeats a customer_id (or ids do not sort as text)")
+        self._ids = ids
+        return {name: _Keys(frame[f"k{i}"].to_numpy(dtype=object), frame[f"m{i}"].to_numpy(dtype=bool))
+                for i, name in enumerate(self._plan.ranks)}
 
     # -- customers' rows -----------------------------------------------------------------------------
     def _batch_index(self, customer_id: str) -> int | None:
