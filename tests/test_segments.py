@@ -21,7 +21,9 @@ from features.snapshot import read_snapshot, write_snapshot
 from features.tables import Tables
 from sendwise.cli import app
 from sendwise.commands.segments import with_scores
+from serving.policy import SCORE_SIGNALS
 from serving.segments import SegmentSet, known_signals
+from serving.state import SCORE_FIELDS
 
 runner = CliRunner()
 
@@ -123,6 +125,7 @@ def test_signals_are_every_output_feature_and_the_scores() -> None:
     assert {"orders_30d", "views_1d", "cart_abandoned_1d", "intent_score", "top_category", "churn_probability",
             "purchase_probability", "churn_risk", "rfm_segment", "lifecycle_stage"} <= set(signals)
     assert not any(name.startswith("_") for name in signals)
+    assert set(SCORE_SIGNALS) | set(SCORE_FIELDS) <= set(signals)  # what the service scores, a segment may read
 
 
 A, B = {"signal": "orders_count", "op": ">=", "value": 3}, {"signal": "views_1d", "op": ">", "value": 0}
