@@ -276,7 +276,7 @@ class Event(BaseModel):
             raise ValueError(f"{'missing' if value is None else 'empty'}; expected an order's lines: "
                              f"{EXPECTED['lines']}")
         if kind is not None and kind != ORDER and value is not None:
-            raise ValueError(f"given on a {kind} event; expected lines only on an {ORDER}")
+            raise ValueError(f"given on an event of type {kind}; expected lines only on an {ORDER}")
         first: dict[OrderLine, int] = {}
         for i, line in enumerate(value or []):
             if line in first:  # the contract rejects an exact duplicate row
@@ -430,9 +430,10 @@ def _read_lines(fd: int, start: int, end: int) -> Iterator[bytes]:
         yield from parts
 
 
-def _warn_torn(path: Path, size: int, end: int) -> None:
-    logger.warning("%s: the last %d byte(s) are a line a killed writer left unfinished; skipped (the next append "
-                   "cuts them off; the event was never acknowledged)", path, size - end)
+def _warn_torn(path: Path, size: int, end: int, cut: bool = False) -> None:
+    done = "cut off" if cut else "skipped (the next append cuts them off)"
+    logger.warning("%s: the last %d byte(s) are a line a killed writer left unfinished, its event never "
+                   "acknowledged: %s", path, size - end, done)
 
 
 def _records(path: Path) -> Iterator[dict]:
@@ -539,7 +540,7 @@ class EventLog:
             self._ids.add(_event_id(line, self.path, self._number))
         self._end = end
         if end < size and cut:
-            _warn_torn(self.path, size, end)
+            _warn_torn(self.path, size, end, cut=True)
             os.ftruncate(self._fd, end)
 
     def append(self, events: list[Event]) -> AppendResult:
