@@ -185,18 +185,25 @@ class SegmentTracker:
         """Evaluate the segments on ``values`` (the customer's signals at ``at``, the service's clock),
         append an enter or exit for each segment whose membership changed and return them. A segment
         no longer in the file is left as it was (no exit is written for it)."""
-        now_in = set(self.segments.members(values))
+        return self.update_many([(customer_id, values)], at)
+
+    def update_many(self, updates: Sequence[tuple[str, dict]], at: datetime) -> list[Transition]:
+        """:meth:`update` for several ``(customer_id, values)`` in order (a customer may repeat), with one
+        write (and one fsync) for all their transitions."""
+        evaluated = [(customer_id, set(self.segments.members(values))) for customer_id, values in updates]
         with self._lock:
-            seqs = dict(self._seq.get(customer_id, {}))
+            pending: dict[str, dict[str, int]] = {}
             changes = []
-            for name in self.segments.names:
-                was_in = seqs.get(name, 0) % 2 == 1
-                if was_in != (name in now_in):
-                    seqs[name] = seqs.get(name, 0) + 1
-                    kind = EXIT if was_in else ENTER
-                    changes.append(Transition(transition_id(customer_id, name, kind, seqs[name]), customer_id, name,
-                                              kind, at, seq=seqs[name]))
+            for customer_id, now_in in evaluated:
+                seqs = pending.setdefault(customer_id, dict(self._seq.get(customer_id, {})))
+                for name in self.segments.names:
+                    was_in = seqs.get(name, 0) % 2 == 1
+                    if was_in != (name in now_in):
+                        seqs[name] = seqs.get(name, 0) + 1
+                        kind = EXIT if was_in else ENTER
+                        changes.append(Transition(transition_id(customer_id, name, kind, seqs[name]), customer_id,
+                                                  name, kind, at, seq=seqs[name]))
             if changes:
                 self.outbox.append(changes)  # raises before memory changes when the write fails
-                self._seq[customer_id] = seqs
+                self._seq.update((c, seqs) for c, seqs in pending.items() if seqs)
             return changes

@@ -98,6 +98,17 @@ def test_the_tracker_writes_enters_and_exits_and_rebuilds_membership_after_a_res
     assert len({r["id"] for r in records}) == 4
 
 
+def test_a_batch_of_updates_is_one_write_in_order(outbox: TriggerOutbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker, writes = SegmentTracker(SEGMENTS, outbox), []
+    append = outbox.append
+    monkeypatch.setattr(outbox, "append", lambda transitions: writes.append(len(transitions)) or append(transitions))
+    changes = tracker.update_many([("c1", {"orders_count": 3}), ("c2", {"views_1d": 1}), ("c1", {"orders_count": 0}),
+                                   ("c3", {"orders_count": 0})], T0)
+    assert [(t.customer_id, t.name, t.kind, t.seq) for t in changes] == [
+        ("c1", "regulars", ENTER, 1), ("c2", "browsing", ENTER, 1), ("c1", "regulars", EXIT, 2)]
+    assert writes == [3] and tracker.members("c1") == [] and tracker.members("c2") == ["browsing"]
+
+
 def test_a_failed_write_changes_no_membership(outbox: TriggerOutbox, monkeypatch: pytest.MonkeyPatch) -> None:
     tracker = SegmentTracker(SEGMENTS, outbox)
 
