@@ -62,6 +62,15 @@ def test_the_issues_examples_load_and_say_who_is_in() -> None:
     assert segments.members(just_bought) == []
 
 
+def test_the_docs_example_file_loads() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "segments.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    segments = SegmentSet.parse(yaml.safe_load(example))
+    assert segments.names[:3] == [s["name"] for s in ISSUE_EXAMPLES["segments"]]
+    assert segments.members({"lifecycle_stage": "at-risk", "churn_risk": "high"}) == ["lapsing-loyals"]
+    assert [t.delay.total_seconds() for t in segments.triggers] == [3600, 1800]
+
+
 def segment_file(when: object) -> dict:
     return {"segments": [{"name": "vip", "when": when}]}
 
