@@ -84,6 +84,7 @@ _STORED = "stored"  # validation context key: a line of the log (naive UTC, no f
 _INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}  # control, formatting, surrogate, private use, line breaks
 _SHIFTED = (datetime.fromisoformat(SHIFTED_FROM), datetime.fromisoformat(SHIFTED_UNTIL))
 _READ_CHUNK = 1 << 24
+_ID_PREFIX = b'{"event_id":"'  # how every line of the log starts
 
 
 def _expected_id() -> str:
@@ -119,7 +120,7 @@ def _identifier(value: object, info: ValidationInfo) -> str:
         raise ValueError(f"empty; expected {EXPECTED[info.field_name]}")
     if len(text) > MAX_ID_LENGTH:
         raise ValueError(f"{len(text):,} characters; expected {EXPECTED[info.field_name]}")
-    bad = next((c for c in text if unicodedata.category(c) in _INVISIBLE), None)
+    bad = None if text.isprintable() else next((c for c in text if unicodedata.category(c) in _INVISIBLE), None)
     if bad is not None:
         raise ValueError(f"holds the control character U+{ord(bad):04X}; expected {EXPECTED[info.field_name]}")
     return text
@@ -388,6 +389,11 @@ def _line(event: Event) -> bytes:
 
 
 def _event_id(line: bytes, path: Path, number: int) -> str:
+    """The event_id of a line of the log; the log writes it first, so most lines need no full parse."""
+    if line.startswith(_ID_PREFIX):
+        end = line.find(b'"', len(_ID_PREFIX))
+        if end > 0 and b"\\" not in line[len(_ID_PREFIX):end]:
+            return line[len(_ID_PREFIX):end].decode()
     try:
         record = json.loads(line)
         event_id = record["event_id"]
@@ -615,20 +621,33 @@ class EventLog:
 
 def event_log_frames(path: Path | str) -> dict[Table, pd.DataFrame]:
     """The log as contract tables: ``events`` (every event but orders) and ``orders`` (a row per line,
-    ``order_id`` = ``event_id``), timestamps naive UTC; empty frames for a log that does not exist."""
+    ``order_id`` = ``event_id``), timestamps naive UTC; empty frames for a log that does not exist.
+
+    The lines are read as the log wrote them (validated when appended), without validating each event
+    again; a line that lacks a field is an InputError naming the event."""
+    path = Path(path)
     events, orders = [], []
-    for event in (_stored_event(r, Path(path)) for r in _records(Path(path))):
-        if event.event_type == ORDER:
-            orders.extend((event.event_id, event.customer_id, line.product_id, float(line.quantity),
-                           line.unit_price, event.occurred_at) for line in event.lines or [])
-        else:
-            events.append((event.customer_id, event.event_type, event.product_id, event.occurred_at))
+    for record in _records(path):
+        try:
+            if record[EVENT_TYPE] == ORDER:
+                orders.extend((record["event_id"], record[CUSTOMER_ID], line[PRODUCT_ID], line[QUANTITY],
+                               line[UNIT_PRICE], record[OCCURRED_AT]) for line in record["lines"])
+            else:
+                events.append((record[CUSTOMER_ID], record[EVENT_TYPE], record.get(PRODUCT_ID), record[OCCURRED_AT]))
+        except (KeyError, TypeError):
+            _stored_event(record, path)  # names what is wrong
+            raise
     frames = {Table.EVENTS: pd.DataFrame(events, columns=[CUSTOMER_ID, EVENT_TYPE, PRODUCT_ID, OCCURRED_AT]),
               Table.ORDERS: pd.DataFrame(orders, columns=[ORDER_ID, CUSTOMER_ID, PRODUCT_ID, QUANTITY, UNIT_PRICE,
                                                           ORDERED_AT])}
-    for table, time_column in ((Table.EVENTS, OCCURRED_AT), (Table.ORDERS, ORDERED_AT)):
-        frames[table][time_column] = pd.to_datetime(frames[table][time_column])
-    frames[Table.ORDERS] = frames[Table.ORDERS].astype({QUANTITY: "float64", UNIT_PRICE: "float64"})
+    try:
+        for table, time_column in ((Table.EVENTS, OCCURRED_AT), (Table.ORDERS, ORDERED_AT)):
+            frames[table][time_column] = pd.to_datetime(frames[table][time_column], format="ISO8601",
+                                                        utc=True).dt.tz_localize(None)
+        frames[Table.ORDERS] = frames[Table.ORDERS].astype({QUANTITY: "float64", UNIT_PRICE: "float64"})
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: a time or number the event log did not write ({exc}); expected events as the "
+                         "event log writes them. Restore the file from a backup.") from None
     return frames
 
 

@@ -159,6 +159,8 @@ def test_an_event_id_is_taken_once_and_one_id_for_two_events_is_refused(tmp_path
     assert log.append(events(event("e6"), event("e7"))).duplicates == ["e6"]  # what the other appended is seen
     assert [e.event_id for e in EventLog(path).read()] == ["e1", "e2", "e3", "e6", "e7"]
     assert len(path.read_text().splitlines()) == 5 and path.stat().st_mode & 0o777 == 0o600
+    log.append(events(event('é"\\8')))  # escaped in the line: read back whole
+    assert 'é"\\8' in EventLog(path) and log.append(events(event('é"\\8'))).duplicates == ['é"\\8']
 
 
 def test_threads_appending_the_same_ids_write_each_once(tmp_path: Path) -> None:
