@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work"  # git-ignored
 STREAM, GROUP = "shop-events", "sendwise"
 TARGET_EVENTS_PER_S, TARGET_BATCH = 5_000, 500
-console = Console()
+console = Console(width=110)
 
 
 def free_port() -> int:
@@ -162,13 +162,15 @@ def main() -> None:
         server.kill()
         server.wait()
     results["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    table = Table(title=f"Redis stream -> event log (fsync), {args.events:,} events, {os.cpu_count()} cores",
+    table = Table(title=f"Redis stream -> event log (fsync), {args.events:,} events, {os.cpu_count()} cores, "
+                        f"median of {args.runs}",
                   title_justify="left")
-    for col in ("batch", "events/s (median)", "runs", "in ingest", "consumer CPU s/1k", "redis CPU s/1k"):
-        table.add_column(col, justify="right")
+    for col in ("batch", "events/s", "min-max", "in ingest", "consumer CPU s/1k", "redis CPU s/1k"):
+        table.add_column(col, justify="right", no_wrap=True)
     for batch, r in results["batches"].items():
-        mid = sorted(r["runs"], key=lambda x: x["events_per_s"])[len(r["runs"]) // 2]
-        table.add_row(batch, f"{r['median_events_per_s']:,}", " / ".join(f"{x['events_per_s']:,}" for x in r["runs"]),
+        rates = sorted(x["events_per_s"] for x in r["runs"])
+        mid = next(x for x in r["runs"] if x["events_per_s"] == rates[len(rates) // 2])
+        table.add_row(batch, f"{r['median_events_per_s']:,}", f"{rates[0]:,}-{rates[-1]:,}",
                       f"{mid['ingest_share']:.0%}", f"{mid['consumer_cpu_s_per_1000']}", f"{mid['redis_cpu_s_per_1000']}")
     console.print(table)
     default = results["batches"].get(str(TARGET_BATCH))
