@@ -45,32 +45,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A redis-server of this module's own, on a free port of 127.0.0.1, with nothing written to disk."""
+def start_redis(port: int) -> subprocess.Popen:
+    """A redis-server on ``port`` of 127.0.0.1 with nothing written to disk, once it answers PING."""
     server_bin = shutil.which("redis-server")
     if server_bin is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it), "
                     "and the stream consumer is tested against a real one only")
-    port = free_port()
     server = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    probe, deadline = redis.Redis.from_url(url), time.monotonic() + 10
+    probe, deadline = redis.Redis(host="127.0.0.1", port=port), time.monotonic() + 10
     try:
         while True:
             try:
                 probe.ping()
-                break
+                return server
             except redis.ConnectionError:
-                assert server.poll() is None, f"redis-server exited with {server.returncode} on port {port}"
-                assert time.monotonic() < deadline, f"redis-server did not answer PING on port {port} within 10 s"
+                if server.poll() is not None or time.monotonic() > deadline:
+                    server.kill()
+                    pytest.fail(f"redis-server did not answer PING on port {port} within 10 s "
+                                f"(exit code {server.poll()})")
                 time.sleep(0.02)
-        yield url
     finally:
         probe.close()
-        server.kill()
-        server.wait()
+
+
+def stop_redis(server: subprocess.Popen) -> None:
+    server.kill()
+    server.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """This module's own redis-server, on a free port."""
+    port = free_port()
+    server = start_redis(port)
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_redis(server)
 
 
 @pytest.fixture
@@ -251,13 +261,15 @@ def test_a_consumer_killed_between_append_and_ack_loses_and_doubles_nothing(
     log_path, appended = tmp_path / "events.jsonl", tmp_path / "appended"
     worker = subprocess.Popen([sys.executable, "-c", CRASHING_CONSUMER, redis_url, str(log_path), str(appended)],
                               cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while not appended.exists():
-        assert worker.poll() is None, "the consumer exited before its second batch"
-        assert time.monotonic() < deadline, "the consumer never appended its second batch"
-        time.sleep(0.005)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    try:
+        deadline = time.monotonic() + 60
+        while not appended.exists():
+            assert worker.poll() is None, "the consumer exited before its second batch"
+            assert time.monotonic() < deadline, "the consumer never appended its second batch"
+            time.sleep(0.005)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
     assert logged_ids(log_path) == [f"e{i}" for i in range(20)]  # two batches appended, the second not acked
     assert pending(client) == 10
 
@@ -268,6 +280,37 @@ def test_a_consumer_killed_between_append_and_ack_loses_and_doubles_nothing(
     assert ingest.new == [f"e{i}" for i in range(20, 30)]
     assert logged_ids(log_path) == [f"e{i}" for i in range(30)]
     assert pending(client) == 0
+
+
+def test_the_background_consumer_outlives_a_redis_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    server = start_redis(port)
+    client = redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+    ingest = Recording(tmp_path / "events.jsonl")
+    consumer = StreamConsumer(client, STREAM, GROUP, "worker-1", ingest, block_ms=50)
+
+    def delivered(count: int) -> bool:
+        deadline = time.monotonic() + 10
+        while len(ingest.new) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(ingest.new) == count
+
+    consumer.start()
+    try:
+        publish(client, event(0), event(1))
+        assert delivered(2)
+        with caplog.at_level(logging.WARNING, logger="serving.stream"):
+            stop_redis(server)
+            time.sleep(0.3)
+            server = start_redis(port)  # empty: stream and group are gone, created again on the next read
+            publish(client, event(2))
+            assert delivered(3)
+    finally:
+        consumer.stop()
+        stop_redis(server)
+    assert ingest.new == ["e0", "e1", "e2"]
+    assert any(f"Redis at redis://127.0.0.1:{port}/0 cannot be reached" in r.message for r in caplog.records)
+    assert any("was deleted; created again" in r.message for r in caplog.records)
 
 
 def test_redis_out_of_reach_is_an_error_naming_the_url() -> None:
