@@ -468,9 +468,10 @@ class SegmentSet(BaseModel):
         missing = [c for c in [CUSTOMER_ID, *self.signals] if c not in frame.columns]
         if missing:
             raise InputError(f"the customer frame lacks the columns {', '.join(missing)} the segments read")
+        frame = frame.reset_index(drop=True)
         out = pd.DataFrame({CUSTOMER_ID: frame[CUSTOMER_ID].to_numpy()})
         for segment in self.segments:
-            out[segment.name] = segment.rule.mask(frame.reset_index(drop=True)).astype("int8")
+            out[segment.name] = segment.rule.mask(frame).astype("int8")
         return out
 
     def trigger(self, name: str) -> Trigger:

@@ -283,3 +283,12 @@ def test_export_errors_say_what_fixes_them(project: Path, setup, args: list[str]
     assert result.exit_code == 2, result.output
     assert expected in " ".join(result.output.split()), result.output
     assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before  # nothing written
+
+
+def test_export_loads_the_champions_only_for_a_segment_reading_a_score(project: Path) -> None:
+    write(project, {"segments": ISSUE_EXAMPLES["segments"][2:]})  # churn_probability >= 0.6 and ...
+    result = runner.invoke(app, ["segments", "export", "--project", str(project)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "no 'shop.churn' model has the alias 'champion'" in text and "Train one first" in text, text
+    assert not (project / "exports").exists()
