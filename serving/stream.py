@@ -37,7 +37,7 @@ from features.event_log import Event, parse_events
 from features.timezones import check_timezone
 
 __all__ = ["DEFAULT_GROUP", "EVENT_FIELD", "GROUP_ENV", "MAX_EVENT_BYTES", "REJECTS_SUFFIX", "STREAM_ENV", "URL_ENV",
-           "RedisUnavailableError", "StreamConsumer", "consumer_from_env"]
+           "RedisUnavailableError", "StreamConsumer", "consumer_from_env", "redis_location"]
 
 logger = logging.getLogger(__name__)
 
@@ -297,9 +297,12 @@ def consumer_from_env(ingest: Callable[[list[Event]], object], timezone: str | N
                       environ: Mapping[str, str] = os.environ) -> StreamConsumer | None:
     """The consumer the environment asks for: ``SENDWISE_REDIS_URL`` and ``SENDWISE_REDIS_STREAM`` (both
     or neither; neither: None), ``SENDWISE_REDIS_GROUP`` (default ``sendwise``), named after this host
-    and process. Not started. :class:`InputError` naming the variable when one is wrong,
+    and process. Not started. :class:`InputError` naming the variable when one is wrong or set but empty,
     :class:`RedisUnavailableError` naming the URL when Redis cannot be reached."""
-    url, stream = environ.get(URL_ENV) or None, environ.get(STREAM_ENV) or None
+    for name in (URL_ENV, STREAM_ENV, GROUP_ENV):
+        if name in environ and not environ[name].strip():
+            raise InputError(f"service settings: {name} is set but empty; expected a value, or the variable unset.")
+    url, stream = environ.get(URL_ENV), environ.get(STREAM_ENV)
     if url is None and stream is None:
         return None
     if url is None or stream is None:
@@ -311,6 +314,6 @@ def consumer_from_env(ingest: Callable[[list[Event]], object], timezone: str | N
     except ValueError as exc:
         raise InputError(f"service settings: {URL_ENV}: expected a Redis URL such as redis://host:6379/0 "
                          f"(rediss:// for TLS, unix:///path/redis.sock); got {_redacted(url)!r} ({exc}).") from None
-    group = environ.get(GROUP_ENV) or DEFAULT_GROUP
+    group = environ.get(GROUP_ENV, DEFAULT_GROUP)
     return StreamConsumer(client, stream, group, f"{socket.gethostname()}-{os.getpid()}", ingest, timezone=timezone,
                           clock=clock)

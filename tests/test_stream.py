@@ -335,6 +335,8 @@ def test_consumer_from_env(client: redis.Redis, redis_url: str) -> None:
         consumer_from_env(lambda events: None, environ={URL_ENV: redis_url})
     with pytest.raises(InputError, match=f"{STREAM_ENV} is set but {URL_ENV} is not"):
         consumer_from_env(lambda events: None, environ={STREAM_ENV: STREAM})
+    with pytest.raises(InputError, match=f"{GROUP_ENV} is set but empty"):
+        consumer_from_env(lambda events: None, environ={URL_ENV: redis_url, STREAM_ENV: STREAM, GROUP_ENV: " "})
     with pytest.raises(InputError, match=f"{URL_ENV}: expected a Redis URL") as bad:
         consumer_from_env(lambda events: None, environ={URL_ENV: "http://admin:s3cret@host/0", STREAM_ENV: STREAM})
     assert "s3cret" not in str(bad.value)
