@@ -154,6 +154,8 @@ def test_a_cart_add_then_its_order_then_an_unsubscribe(store: OnlineFeatures) ->
     assert (at["cart_abandoned_1d"], at["abandoned_cart_value"], at["orders_count"]) == (False, 0.0, 3)
     assert at["recency_days"] == pytest.approx(1 / 24)
     assert at["unsubscribed"] is False
+    store.apply_event("a", EventType.ADD_TO_CART, AS_OF + timedelta(hours=4), "p1")  # at the order's moment
+    assert store.features("a", AS_OF + timedelta(hours=5))["cart_abandoned_1d"] is False  # only later adds count
     store.apply_event("a", EventType.UNSUBSCRIBE, AS_OF + timedelta(hours=6))
     assert store.features("a", AS_OF + timedelta(hours=7))["unsubscribed"] is True
     assert store.touched() == {"a"}
@@ -210,7 +212,8 @@ _MINUTE = timedelta(minutes=1)
 def _streams(draw: st.DrawFn) -> tuple[list[tuple], datetime]:
     ops = []
     for i in range(draw(st.integers(0, 12))):
-        at = AS_OF + draw(st.integers(0, 50 * 24 * 60)) * _MINUTE
+        # a coarse grid of times, so that rows often share a moment (a cart add at its order's time)
+        at = AS_OF + timedelta(days=draw(st.integers(0, 40))) + draw(st.sampled_from([0, 0, 1, 720])) * _MINUTE
         customer = draw(st.sampled_from(_CUSTOMERS))
         kind = draw(st.sampled_from(["event", "event", "order", "signup", "change"]))
         if kind == "event":
@@ -226,7 +229,10 @@ def _streams(draw: st.DrawFn) -> tuple[list[tuple], datetime]:
             ops.append(("change", customer, draw(st.sampled_from(["country", "email_consent"])),
                         draw(st.sampled_from(["Spain", "yes", "no", None])), at))
     last = max([op[-1] for op in ops], default=AS_OF)
-    return ops, last + draw(st.integers(1, 40 * 24 * 60)) * _MINUTE
+    # t sometimes exactly a window after the last row (windows hold rows at or after t - days)
+    after = st.one_of(st.integers(1, 40 * 24 * 60).map(lambda m: m * _MINUTE),
+                      st.sampled_from([1, 7, 30]).map(lambda d: timedelta(days=d)))
+    return ops, last + draw(after)
 
 
 def test_online_equals_batch_after_any_stream(tiny_frames: dict[str, pd.DataFrame]) -> None:
