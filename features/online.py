@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+import duckdb
 import numpy as np
 import pandas as pd
 import sqlglot
@@ -55,7 +56,7 @@ from features.schema import (
     VALUE,
     Table,
 )
-from features.tables import Tables
+from features.tables import Tables, new_connection
 
 DAY_US = 86_400_000_000
 _EPOCH = datetime(1970, 1, 1)
@@ -96,6 +97,8 @@ class _Plan:
     ranks: dict[str, _Rank]
     needs_rank: frozenset[str]  # features that read a population-relative one (directly or not)
     windowed: frozenset[str]  # sources whose rows depend on the as_of through a window
+    reads: dict[str, frozenset[Table]]  # the contract tables each source's rows come from
+    rank_inputs: frozenset[str]  # the features a ranking key or population filter reads (directly or not)
 
 
 def _names(text: str | None, names: list[str]) -> set[str]:
@@ -205,7 +208,23 @@ def _plan(config: FeatureConfig) -> _Plan:
             read.setdefault(src.table, set()).update(src.read or SPECS[src.table].column_names)
     tables = {t: tuple(sorted(cols | {CUSTOMER_ID})) for t, cols in read.items()}
     windowed = frozenset(s.name for s in reg.sources if _windowed(reg, s))
-    return _Plan(reg, tables, tuple(f for f in ordered if f.agg is None), ranks, frozenset(needs_rank), windowed)
+    reads = {s.name: frozenset(_tables_of(reg, s)) for s in reg.sources}
+    inputs: set[str] = set()
+    pending = [n for r in ranks.values() for n in _names(r.feature.score_of or r.feature.population_median, names)
+               | _names(r.feature.population, names)]
+    while pending:
+        name = pending.pop()
+        if name not in inputs:
+            inputs.add(name)
+            pending += references(reg.by_name[name], names)
+    return _Plan(reg, tables, tuple(f for f in ordered if f.agg is None), ranks, frozenset(needs_rank), windowed,
+                 reads, frozenset(inputs))
+
+
+def _tables_of(reg: Registry, src: Source) -> set[Table]:
+    upstream = [src.rows_of, src.rollup_of, src.intervals_of, src.after_last_of, *src.union_of]
+    own = {src.table} if src.table is not None else set()
+    return own.union(*(_tables_of(reg, reg.source(n)) for n in upstream if n))
 
 
 def compile_registry(config: FeatureConfig | None = None) -> None:
@@ -220,7 +239,7 @@ def compile_registry(config: FeatureConfig | None = None) -> None:
 class _Customer:
     rows: dict[Table, list[dict]]
     last_at: datetime | None = None  # the latest timestamp among the rows
-    cache: dict = field(default_factory=dict)  # source -> rows, valid while every row is before t (cleared on apply)
+    cache: dict = field(default_factory=dict)  # source -> rows while every row is before t (dropped when its table grows)
 
 
 class _Evaluation:
@@ -360,15 +379,16 @@ class _Evaluation:
         return bool(self.source(POPULATION_SOURCE))
 
     def values(self, rank: Callable[[Feature, dict], object] | None) -> dict[str, object]:
-        """Every feature; population-relative ones (and those reading them) through ``rank``, or left
-        out when ``rank`` is None (a ranking key's evaluation)."""
+        """Every feature, population-relative ones through ``rank``; or, when ``rank`` is None (a ranking
+        key's evaluation), only those the ranking keys read."""
         env: dict[str, object] = {}
+        wanted = None if rank is not None else self.plan.rank_inputs
         for f in self.reg.features:
-            if f.agg is not None:
+            if f.agg is not None and (wanted is None or f.name in wanted):
                 value = self.aggregate(f)
                 env[f.name] = f.default if value is None else value
         for f in self.plan.derived:
-            if f.name in self.plan.needs_rank and rank is None:
+            if wanted is not None and f.name not in wanted:
                 continue
             value = compile_scalar(f.expr).fn(env) if f.expr else rank(f, env)
             env[f.name] = f.default if value is None else value
@@ -491,12 +511,13 @@ class OnlineFeatures:
         self.config = config or FeatureConfig.current()
         self.as_of = to_timestamp(as_of)
         self._plan = _plan(self.config)
-        self._con = tables.con.cursor()
+        self._con = tables.con  # not a cursor: a loaded directory's tables can be views local to it
         self._lock = threading.RLock()
         self._check_before()
         self._products = self._load_products()
         batch = build_features(tables, self.as_of, self.config) if snapshot is None else snapshot
         self._keys = self._batch_keys(batch)
+        self._rows_con = self._copy_rows()
         self._customers: dict[str, _Customer] = {}
         self._untouched: OrderedDict[str, _Customer] = OrderedDict()
         self._touched: set[str] = set()
@@ -555,6 +576,18 @@ class OnlineFeatures:
         return {name: _Keys(frame[f"k{i}"].to_numpy(dtype=object), frame[f"m{i}"].to_numpy(dtype=bool))
                 for i, name in enumerate(self._plan.ranks)}
 
+    def _copy_rows(self) -> duckdb.DuckDBPyConnection:
+        """The columns the sources read, copied into a private connection ordered by customer (so that one
+        customer's rows are a short range: a table of the shop may be a view over a file, scanned whole
+        by every query)."""
+        con = new_connection()
+        for table, cols in self._plan.tables.items():
+            rows = self._con.sql(f"SELECT {', '.join(cols)} FROM {table.value} ORDER BY {CUSTOMER_ID}").to_arrow_table()
+            con.register("_rows", rows)
+            con.execute(f"CREATE TABLE {table.value} AS SELECT * FROM _rows")
+            con.unregister("_rows")
+        return con
+
     # -- customers' rows -----------------------------------------------------------------------------
     def _batch_index(self, customer_id: str) -> int | None:
         i = int(np.searchsorted(self._ids, customer_id))
@@ -569,7 +602,7 @@ class OnlineFeatures:
         rows: dict[Table, list[dict]] = {}
         last = None
         for table, cols in self._plan.tables.items():
-            cur = self._con.execute(f"SELECT {', '.join(cols)} FROM {table.value} WHERE {CUSTOMER_ID} = $c",
+            cur = self._rows_con.execute(f"SELECT {', '.join(cols)} FROM {table.value} WHERE {CUSTOMER_ID} = $c",
                                     {"c": customer_id})
             rows[table] = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
             col = SPECS[table].time_column
@@ -595,7 +628,8 @@ class OnlineFeatures:
                 self._customers[customer_id] = self._untouched.pop(customer_id)
             cols = self._plan.tables[table]
             customer.rows.setdefault(table, []).extend({c: row.get(c) for c in cols} for row in rows)
-            customer.cache.clear()
+            for name in [n for n in customer.cache if table in self._plan.reads[n]]:
+                del customer.cache[name]
             moment = max(row[col] for row in rows)
             customer.last_at = moment if customer.last_at is None else max(customer.last_at, moment)
             self._touched.add(customer_id)
