@@ -6,7 +6,7 @@ against them before the service sees it, so what they refuse is a 4xx naming the
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
@@ -164,6 +164,26 @@ class ModelInfo(BaseModel):
     experiment: str | None = Field(None, description="the experiment running now, if any")
     loaded_at: str | None = Field(None, description="when the models and snapshot in use were loaded (UTC, ISO 8601): "
                                   "at startup, or at the last live reload", examples=["2025-10-01T06:00:12"])
+    now: str | None = Field(None, description="the service's clock (UTC, ISO 8601) that events and windows use: the "
+                            "wall clock, or the data's end plus the time since the start", examples=["2011-12-09T13:02:41"])
+    clock: str | None = Field(None, description="how the clock runs: wall or data", examples=["data"])
+
+
+class EventsRequest(BaseModel):
+    """``POST /events``: a batch of events, all accepted or none (see :mod:`features.event_log` for each event's fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+    events: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_BATCH, examples=[[
+        {"event_id": "e-1001", "customer_id": "17850", "event_type": "add_to_cart", "occurred_at":
+         "2011-12-09T13:00:00Z", "product_id": "85123A"},
+        {"event_id": "o-536365", "customer_id": "17850", "event_type": "order", "occurred_at": "2011-12-09T13:05:00Z",
+         "lines": [{"product_id": "85123A", "quantity": 6, "unit_price": 2.55}]}]])
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events new to the service, durably logged and applied")
+    duplicates: list[str] = Field(description="event ids seen before (or repeated in the batch): acknowledged, ignored")
+    now: str = Field(description="the service's clock when they were applied")
 
 
 Campaign = Field("sendwise", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$", examples=["spring_sale"])

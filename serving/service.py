@@ -17,17 +17,25 @@ import random
 from datetime import UTC, datetime
 
 import bentoml
+from starlette.responses import JSONResponse
 
+from features.errors import InputError
+from features.event_log import EventLog, parse_events
+from features.online import OnlineFeatures
 from serving import answers
+from serving.clock import ServiceClock
 from serving.config import ServeConfig
 from serving.experiment_config import ExperimentSet, load_experiments
 from serving.exposures import ExposureLog
 from serving.forgotten import ForgottenCustomers
 from serving.guard import protect
+from serving.live import LiveProfiles
 from serving.policy import Policy
 from serving.product_block import ProductBlock
 from serving.reload import LiveModels, reload_seconds
 from serving.schemas import (
+    EventsAccepted,
+    EventsRequest,
     ModelInfo,
     NextBestAction,
     NextBestActionBatch,
@@ -70,7 +78,12 @@ class Sendwise:
         interval = reload_seconds()
         self.policy = policy = Policy.load(config.policy) if config.policy else Policy.load()
         experiments = load_experiments(config.experiments) if config.experiments else ExperimentSet()
-        self.live = LiveModels(config, experiments, lambda now: VariantRouter.load(config, experiments, policy, now))
+        self.profiles: LiveProfiles | None = None  # attached to each router's tables as it is loaded
+        self.live = LiveModels(config, experiments, lambda now: self._attach(VariantRouter.load(config, experiments,
+                                                                                                  policy, now)))
+        self.timezone = config.timezone
+        self.profiles = self._open_profiles(config, self.live.current.state)
+        self._attach(self.live.current.router)
         self.forgotten = ForgottenCustomers(config.data)  # answered as unknown, logged without their id
         self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
         self.block_settings = config.block_settings  # currency, utm_source, utm_medium
@@ -81,6 +94,20 @@ class Sendwise:
         gc.freeze()
         atexit.register(gc.unfreeze)  # let it be freed normally at exit
         self.live.start(interval)
+
+    @staticmethod
+    def _open_profiles(config: ServeConfig, state: ServingState) -> LiveProfiles:
+        """The event log replayed onto online features over the data the service loaded."""
+        # a copy in a connection of its own (the store reads it from its own thread), cut at the snapshot
+        online = OnlineFeatures(state.tables.before(state.as_of), state.as_of, state.customers.config)
+        return LiveProfiles.open(EventLog(config.events_path), online, ServiceClock(config.clock, state.as_of))
+
+    def _attach(self, router: VariantRouter) -> VariantRouter:
+        """Answer touched customers of every arm of ``router`` from their live profiles."""
+        if self.profiles is not None:
+            for arm in router.all_arms():
+                arm.state.customers.live = self.profiles.fresh_view
+        return router
 
     @property
     def state(self) -> ServingState:
@@ -184,6 +211,19 @@ class Sendwise:
         return answers.batch_response(NextBestActionBatch.model_construct(results=self._next_best_actions(
             list(dict.fromkeys(request.customer_ids)), request.k, request.campaign)), ctx is not None)
 
+    @bentoml.api(route="/events")
+    def events(self, request: EventsRequest, /) -> EventsAccepted:
+        """Take a batch of events (all or none): durably logged before the answer, applied once (an
+        ``event_id`` seen before is acknowledged and ignored); the next answer for their customers
+        reflects them."""
+        try:
+            events = parse_events(request.model_dump(), timezone=self.timezone, now=self.profiles.clock.now())
+        except InputError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        result = self.profiles.ingest(events)
+        return EventsAccepted(accepted=len(result.new), duplicates=result.duplicates,
+                              now=self.profiles.clock.now().isoformat())
+
     @bentoml.api(route="/ping")
     def ping(self) -> dict:
         """A trivial endpoint: the latency floor of this service, for benchmarks."""
@@ -193,8 +233,10 @@ class Sendwise:
     def model_info(self) -> ModelInfo:
         """Versions, training dates and headline holdout metrics of the models in use, and when they were loaded."""
         live = self.live.current
-        return answers.model_info(live.state, live.router.experiments.running(datetime.now(UTC).replace(tzinfo=None)),
+        info = answers.model_info(live.state, live.router.experiments.running(datetime.now(UTC).replace(tzinfo=None)),
                                   live.loaded_at)
+        info.now, info.clock = self.profiles.clock.now().isoformat(), self.profiles.clock.mode.value
+        return info
 
 
 protect(Sendwise, ServeConfig.from_env)  # metrics and guard (API key of the service's settings) before every route

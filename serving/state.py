@@ -69,28 +69,42 @@ class NotReadyError(SendwiseError):
 
 class CustomerTable:
     """Scores, reasons and policy signals of every customer in the snapshot, held column-wise
-    (arrays, one row per customer) so that a million customers stay cheap for the garbage collector."""
+    (arrays, one row per customer) so that a million customers stay cheap for the garbage collector.
+
+    With live profiles attached (:attr:`live`, see :mod:`serving.live`), a customer touched by an
+    event is answered from their fresh features instead, scored with this table's models
+    (:meth:`score_one`) and cached in :attr:`fresh`."""
 
     def __init__(self, features: pd.DataFrame, churn: ModelBundle, propensity: ModelBundle,
                  current: pd.DataFrame | None = None, config: FeatureConfig | None = None) -> None:
+        self.churn, self.propensity, self.config = churn, propensity, config
         scores = score_features(features, churn, propensity)
         self.row = {cid: i for i, cid in enumerate(scores[CUSTOMER_ID])}
         signals = features[[CUSTOMER_ID, *signal_features(config)]].reset_index(drop=True)
         if current is not None:  # consent and country as of today: checked at send time
             signals = with_current_attributes(signals, current)
+        self._today = current.set_index(CUSTOMER_ID) if current is not None else None
         combined = scores[list(SCORE_FIELDS)].join(signals.drop(columns=CUSTOMER_ID))
         self.columns = {c: combined[c].astype(object).where(combined[c].notna(), None).to_numpy()
                         for c in combined.columns}
         self.reasons = scores[[f"reason_{i + 1}" for i in range(REASONS)]].to_numpy(object)
+        self.live: LiveView | None = None
+        self.fresh: dict[str, tuple[int, float, dict, dict]] = {}  # customer -> (version, at, scores, signals)
 
     def __len__(self) -> int:
         return len(self.row)
 
     def __contains__(self, customer_id: str) -> bool:
-        return customer_id in self.row
+        return customer_id in self.row or self._live(customer_id) is not None
+
+    def _live(self, customer_id: str) -> tuple[dict, dict] | None:
+        return None if self.live is None else self.live(self, customer_id)
 
     def scores(self, customer_id: str) -> dict | None:
-        """Score fields and reasons, or None for a customer not in the snapshot."""
+        """Score fields and reasons, or None for a customer not in the snapshot nor seen in an event."""
+        fresh = self._live(customer_id)
+        if fresh is not None:
+            return fresh[0]
         row = self.row.get(customer_id)
         if row is None:
             return None
@@ -100,8 +114,32 @@ class CustomerTable:
     def signals(self, customer_id: str) -> dict:
         """Policy signals (score fields and :func:`signal_features`, attributes as of today); empty for an
         unknown customer."""
+        fresh = self._live(customer_id)
+        if fresh is not None:
+            return fresh[1]
         row = self.row.get(customer_id)
         return {} if row is None else {c: v[row] for c, v in self.columns.items()}
+
+    def score_one(self, features: pd.DataFrame) -> tuple[dict, dict]:
+        """(scores, signals) of the one customer in ``features`` (a row of feature values), as the
+        snapshot's rows are: attributes as of today where on record."""
+        scores = score_features(features, self.churn, self.propensity).iloc[0]
+        signals = features[[CUSTOMER_ID, *signal_features(self.config)]]
+        customer_id = features[CUSTOMER_ID].iloc[0]
+        if self._today is not None and customer_id in self._today.index:
+            signals = with_current_attributes(signals, self._today.loc[[customer_id]].reset_index())
+        record = {c: _plain(scores[c]) for c in SCORE_FIELDS}
+        values = {c: _plain(v) for c, v in signals.iloc[0].items() if c != CUSTOMER_ID}
+        reasons = [scores[f"reason_{i + 1}"] for i in range(REASONS)]
+        return record | {"reasons": [r for r in reasons if isinstance(r, str)]}, record | values
+
+
+LiveView = Callable[[CustomerTable, str], "tuple[dict, dict] | None"]
+
+
+def _plain(value: object) -> object:
+    """None for a missing value (NaN, NA), the value otherwise, as the snapshot's arrays hold them."""
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
 
 
 @dataclass
@@ -115,6 +153,7 @@ class ServingState:
     recommendations: RecommendationContext
     lookup: Lookup
     recommender_provenance: ModelProvenance = field(default_factory=lambda: ModelProvenance(None, None, None, None))
+    tables: Tables | None = None  # the data it was loaded from (the online features read customers' rows)
 
     @property
     def versions(self) -> dict[str, str]:
@@ -315,7 +354,7 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
         context = RecommendationContext(tables, as_of, m.recommender)
         customers = CustomerTable(features, m.churn, m.propensity, current, feature_config)
         states[aliases] = ServingState(as_of, customers, m.churn, m.propensity, m.recommender, m.recommender_version,
-                                       context, Lookup(context), m.provenance["recommender"])
+                                       context, Lookup(context), m.provenance["recommender"], tables)
     return states
 
 

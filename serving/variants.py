@@ -67,6 +67,10 @@ class VariantRouter:
                                                     experiment.name, v.name, v.subject_line, v.content_block)
         return cls(experiments, Arm(states[config_aliases(config)], default_policy), arms)
 
+    def all_arms(self) -> list[Arm]:
+        """The default arm and every variant's."""
+        return [self.default, *self.arms.values()]
+
     def route(self, customer_ids: list[str], now: datetime) -> list[Arm]:
         """The arm of each customer, in order (an experiment running now was live at startup, so
         its arms are loaded)."""

@@ -1,0 +1,150 @@
+"""Events in, fresh decisions out (serving/live.py): ``POST /events`` logs durably and applies once,
+the very next next-best-action reflects an event, a bad batch is refused whole with the field
+named, and a restart replays the log."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from features.event_log import EventLog
+from serving.reload import RELOAD_ENV
+
+
+def _service(env: dict[str, str], log: Path):
+    """The service in-process (no reload thread) over ``log``, and its client."""
+    mp = pytest.MonkeyPatch()
+    for key, value in env.items():
+        mp.setenv(key, value)
+    mp.setenv("SENDWISE_EVENT_LOG", str(log))
+    mp.setenv(RELOAD_ENV, "0")
+    import bentoml
+
+    from serving.service import Sendwise
+
+    return mp, bentoml, Sendwise
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("events") / "events.jsonl"
+
+
+@pytest.fixture(scope="module")
+def live(served_env: dict[str, str], log: Path, tmp_path_factory: pytest.TempPathFactory):
+    env = served_env | {"SENDWISE_EXPOSURE_LOG": str(tmp_path_factory.mktemp("exp") / "exposures.jsonl")}
+    mp, bentoml, sendwise = _service(env, log)
+    with TestClient(sendwise.to_asgi()) as client:
+        yield bentoml.get_current_service(), client, env
+    mp.undo()
+
+
+def _now(client: TestClient) -> datetime:
+    info = client.get("/model_info").json()
+    assert info["clock"] == "data"  # the demo shop's data is historical
+    return datetime.fromisoformat(info["now"])
+
+
+def _emailable_newsletter_customer(service) -> str:
+    """A customer the policy would send a plain newsletter: consent, no cart, no views, no suppression."""
+    table = service.state.customers
+    for cid in table.row:
+        s = table.signals(cid)
+        if (s.get("email_consent") and not s.get("unsubscribed") and not s.get("cart_abandoned_1d")
+                and not s.get("views_1d") and (s.get("emails_sent_7d") or 0) < 3):
+            return cid
+    raise AssertionError("the demo shop has no emailable customer without a cart")
+
+
+def _action(client: TestClient, cid: str) -> str:
+    response = client.post("/next_best_action", json={"customer_id": cid})
+    assert response.status_code == 200, response.text
+    return response.json()["action"]
+
+
+def _post(client: TestClient, *events: dict):
+    return client.post("/events", json={"events": list(events)})
+
+
+def test_model_info_reports_the_service_clock(live) -> None:
+    service, client, _ = live
+    now = _now(client)
+    assert now >= service.state.as_of and now - service.state.as_of < timedelta(hours=1)
+
+
+def test_an_add_to_cart_then_the_order_then_an_unsubscribe_change_the_very_next_decision(live, log: Path) -> None:
+    service, client, _ = live
+    cid = _emailable_newsletter_customer(service)
+    product = str(service.state.lookup.product_ids[0])
+    before = _action(client, cid)
+    assert before != "cart_recovery"
+    at = _now(client)
+    cart = {"event_id": f"cart-{cid}", "customer_id": cid, "event_type": "add_to_cart", "product_id": product,
+            "occurred_at": at.isoformat() + "Z"}
+    answer = _post(client, cart)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
+    assert f"cart-{cid}" in EventLog(log)  # logged before the answer
+    assert _action(client, cid) == "cart_recovery"
+
+    order = {"event_id": f"order-{cid}", "customer_id": cid, "event_type": "order", "occurred_at":
+             (_now(client)).isoformat() + "Z", "lines": [{"product_id": product, "quantity": 1, "unit_price": 9.5}]}
+    assert _post(client, order).json()["accepted"] == 1
+    assert _action(client, cid) != "cart_recovery"
+    assert client.post("/score", json={"customer_id": cid}).json()["known"] is True
+
+    unsubscribe = {"event_id": f"unsub-{cid}", "customer_id": cid, "event_type": "unsubscribe",
+                   "occurred_at": _now(client).isoformat() + "Z"}
+    assert _post(client, unsubscribe).json()["accepted"] == 1
+    assert _action(client, cid) == "suppress"
+
+
+def test_a_repeated_event_id_is_acknowledged_and_ignored(live, log: Path) -> None:
+    service, client, _ = live
+    cid = next(iter(service.state.customers.row))
+    event = {"event_id": f"view-{cid}", "customer_id": cid, "event_type": "product_view",
+             "product_id": str(service.state.lookup.product_ids[1]), "occurred_at": _now(client).isoformat() + "Z"}
+    version = service.profiles.version(cid) or 0
+    first = _post(client, event).json()
+    n = len(EventLog(log))
+    again = _post(client, event).json()
+    assert (first["accepted"], again["accepted"], again["duplicates"]) == (1, 0, [f"view-{cid}"])
+    assert len(EventLog(log)) == n
+    assert service.profiles.version(cid) == version + 1  # applied once
+
+
+def test_a_bad_event_refuses_the_whole_batch_naming_the_field(live, log: Path) -> None:
+    service, client, _ = live
+    cid = next(iter(service.state.customers.row))
+    n = len(EventLog(log))
+    good = {"event_id": "fine-1", "customer_id": cid, "event_type": "email_open",
+            "occurred_at": _now(client).isoformat() + "Z"}
+    bad = dict(good, event_id="bad-1", occurred_at="yesterday-ish")
+    answer = _post(client, good, bad)
+    assert answer.status_code == 400
+    assert "events[1].occurred_at" in answer.json()["error"]
+    future = dict(good, event_id="bad-2", occurred_at=(_now(client) + timedelta(days=3)).isoformat() + "Z")
+    assert "events[0].occurred_at" in _post(client, future).json()["error"]
+    assert client.post("/events", json={"events": []}).status_code == 400  # at least one event
+    assert len(EventLog(log)) == n and "fine-1" not in EventLog(log)  # all or nothing
+
+
+def test_a_restarted_service_replays_the_log(live, log: Path) -> None:
+    service, client, env = live
+    cid = _emailable_newsletter_customer(service)
+    at = _now(client)
+    cart = {"event_id": f"restart-cart-{cid}", "customer_id": cid, "event_type": "add_to_cart",
+            "product_id": str(service.state.lookup.product_ids[2]), "occurred_at": at.isoformat() + "Z"}
+    assert _post(client, cart).json()["accepted"] == 1
+    features = service.profiles.features(cid)
+    mp, _, sendwise = _service(env, log)
+    try:
+        restarted = sendwise()
+        assert restarted.profiles.version(cid) == service.profiles.version(cid)
+        again = restarted.profiles.features(cid)
+        assert again["cart_abandoned_1d"] is True and features["cart_abandoned_1d"] is True
+        assert restarted.profiles.clock.now() >= at  # the data clock is past every logged event
+    finally:
+        mp.undo()
