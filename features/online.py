@@ -168,8 +168,7 @@ def _score(f: Feature) -> tuple[Callable, bool]:
 
 
 @lru_cache(maxsize=32)
-def _plan(config: FeatureConfig) -> _Plan:
-    reg = registry(config)
+def _plan(reg: Registry) -> _Plan:
     names = [f.name for f in reg.features]
     # every expression compiles now: an unsupported declaration fails at construction
     for src in reg.sources:
@@ -227,9 +226,10 @@ def _tables_of(reg: Registry, src: Source) -> set[Table]:
     return own.union(*(_tables_of(reg, reg.source(n)) for n in upstream if n))
 
 
-def compile_registry(config: FeatureConfig | None = None) -> None:
-    """Compile every declaration of ``config`` for the online path; a RegistryError names one it cannot."""
-    _plan(config or FeatureConfig.current())
+def compile_registry(reg: Registry | FeatureConfig | None = None) -> None:
+    """Compile every declaration of a registry (or of the registry of a configuration; default the current
+    one) for the online path; a RegistryError names a declaration it cannot evaluate or rank."""
+    _plan(reg if isinstance(reg, Registry) else registry(reg or FeatureConfig.current()))
 
 
 # -- one customer's rows and their evaluation --------------------------------------------------------
@@ -510,7 +510,7 @@ class OnlineFeatures:
                  snapshot: pd.DataFrame | None = None) -> None:
         self.config = config or FeatureConfig.current()
         self.as_of = to_timestamp(as_of)
-        self._plan = _plan(self.config)
+        self._plan = _plan(registry(self.config))
         self._con = tables.con  # not a cursor: a loaded directory's tables can be views local to it
         self._lock = threading.RLock()
         self._check_before()
@@ -639,6 +639,10 @@ class OnlineFeatures:
     def apply_event(self, customer_id: str, event_type: str, occurred_at: datetime,
                     product_id: str | None = None) -> None:
         """A behavioural or email event (``unsubscribe`` included)."""
+        if not isinstance(event_type, str) or not event_type:
+            raise InputError(f"event_type must be a non-empty string; got {event_type!r}")
+        if product_id is not None and not isinstance(product_id, str):
+            raise InputError(f"product_id must be a string or None; got {product_id!r}")
         self._append(customer_id, Table.EVENTS, [{CUSTOMER_ID: customer_id, EVENT_TYPE: event_type,
                                                   PRODUCT_ID: product_id, OCCURRED_AT: occurred_at}])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from datetime import datetime, timedelta
 
 import duckdb
@@ -16,7 +17,7 @@ from features.config import FeatureConfig
 from features.errors import InputError
 from features.online import OnlineFeatures, compile_registry
 from features.online_expr import compile_aggregate, compile_scalar
-from features.registry import RegistryError, registry
+from features.registry import Dtype, Feature, Registry, RegistryError, Unit, registry
 from features.schema import EventType
 from features.tables import Tables
 
@@ -89,6 +90,14 @@ def test_every_declaration_compiles(config: FeatureConfig) -> None:
 def test_an_unsupported_expression_names_itself(sql: str) -> None:
     with pytest.raises(RegistryError, match="online feature path cannot"):
         compile_scalar(sql)
+
+
+def test_a_score_of_a_windowed_feature_is_refused_online() -> None:
+    reg = registry(FeatureConfig())
+    odd = Feature("rfm_recent_orders", "RFM", "1-5 by orders in 30 days", Dtype.INT, Unit.SCORE,
+                  score_of="orders_30d", population="orders_count > 0", model_input=False)
+    with pytest.raises(RegistryError, match="rfm_recent_orders: the online path ranks only keys fixed in time"):
+        compile_registry(Registry(reg.config, reg.sources, (*reg.features, odd)))
 
 
 def test_an_unsupported_aggregate_names_itself() -> None:
@@ -184,6 +193,20 @@ def test_new_and_unknown_customers(store: OnlineFeatures) -> None:
     new = store.features("n1", datetime(2024, 2, 4))
     assert (new["tenure_days"], new["orders_count"], new["rfm_recency"], new["lifecycle_stage"]) == (
         1.0, 0, None, "prospect")
+
+
+def test_events_from_several_threads_all_count(store: OnlineFeatures) -> None:
+    def send(n: int) -> None:
+        for i in range(50):
+            store.apply_event("c", EventType.PRODUCT_VIEW, AS_OF + timedelta(minutes=n * 50 + i), "p2")
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # c viewed p1 on Jan 31 before the as_of; 200 views since
+    assert store.features("c", AS_OF + timedelta(days=1))["views_7d"] == 201
 
 
 def test_a_store_over_tables_with_later_rows_is_refused(tiny_tables: Tables) -> None:
