@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -102,10 +103,10 @@ class _Plan:
 
 
 def _names(text: str | None, names: list[str]) -> set[str]:
-    if not text:
-        return set()
-    probe = Feature("_probe", "", "", None, None, expr=text)  # type: ignore[arg-type]
-    return references(probe, names)
+    """The features (of ``names``) an expression reads (a population filter: :func:`references` reads
+    only a feature's expression, score or median)."""
+    words = set(re.findall(r"\b[a-z_][a-z0-9_]*\b", re.sub(r"'[^']*'", "", text or "")))
+    return words & set(names)
 
 
 def _windowed(reg: Registry, src: Source) -> bool:
