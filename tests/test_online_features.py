@@ -59,7 +59,8 @@ def _differences(batch: pd.DataFrame, store: OnlineFeatures, t: datetime, custom
     return out
 
 
-def _batch_with(tables: Tables, t: datetime, rows: dict[str, list[dict]]) -> pd.DataFrame:
+def _batch_with(tables: Tables, t: datetime, rows: dict[str, list[dict]],
+                config: FeatureConfig | None = None) -> pd.DataFrame:
     """The batch features at ``t`` of ``tables`` with ``rows`` (table -> rows) appended, in a transaction
     that is rolled back (``tables`` is left as it was)."""
     con = tables.con
@@ -70,7 +71,7 @@ def _batch_with(tables: Tables, t: datetime, rows: dict[str, list[dict]]) -> pd.
                 names = list(item)
                 con.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                             list(item.values()))
-        return build_features(tables, t)
+        return build_features(tables, t, config)
     finally:
         con.rollback()
 
@@ -207,6 +208,20 @@ def test_events_from_several_threads_all_count(store: OnlineFeatures) -> None:
         thread.join()
     # c viewed p1 on Jan 31 before the as_of; 200 views since
     assert store.features("c", AS_OF + timedelta(days=1))["views_7d"] == 201
+
+
+def test_other_windows_equal_the_batch_too(tiny_tables: Tables) -> None:
+    store = OnlineFeatures(tiny_tables.before(AS_OF), AS_OF, OTHER_WINDOWS)
+    at = AS_OF + timedelta(days=2)
+    store.apply_event("b", EventType.ADD_TO_CART, at, "p1")
+    store.apply_order("c", "o9", [("p1", 1, 10.0), ("p2", -1, 5.0)], at)
+    events = [{"customer_id": "b", "event_type": "add_to_cart", "product_id": "p1", "occurred_at": at}]
+    orders = [{"order_id": "o9", "customer_id": "c", "product_id": p, "quantity": q, "unit_price": u, "ordered_at": at}
+              for p, q, u in (("p1", 1.0, 10.0), ("p2", -1.0, 5.0))]
+    for t in (at + timedelta(hours=1), at + timedelta(days=3), at + timedelta(days=20)):
+        batch = _batch_with(tiny_tables.before(AS_OF), t, {"orders": orders, "events": events}, OTHER_WINDOWS)
+        assert "orders_14d" in batch.columns
+        assert _differences(batch, store, t, {"d"}) == []
 
 
 def test_a_store_over_tables_with_later_rows_is_refused(tiny_tables: Tables) -> None:
