@@ -9,8 +9,9 @@ and ranks them against a population index for the features relative to all custo
 scores, the population median). The result equals :func:`features.build.build_features` over the
 tables with the same rows appended, at as_of ``t`` (the tests hold it to that).
 
-A customer's own rows are read from the tables lazily (one query per table), the first time the
-customer is asked about or gets an event. The population index starts from the batch features at
+A customer's own rows are read lazily (one query per table, from copies of the tables ordered by
+customer), the first time the customer is asked about or gets an event; :meth:`OnlineFeatures.prefetch`
+reads many at once. The population index starts from the batch features at
 ``as_of`` (one DuckDB query, no per-customer Python work): untouched customers keep their batch
 ranking keys (those that move with time, days since an order, move uniformly, so their order is
 kept; a key is stored as its value at ``as_of``), touched customers' keys are recomputed from their
@@ -23,13 +24,13 @@ import bisect
 import math
 import re
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-import duckdb
 import numpy as np
 import pandas as pd
 import sqlglot
@@ -57,7 +58,7 @@ from features.schema import (
     VALUE,
     Table,
 )
-from features.tables import Tables, new_connection
+from features.tables import Tables
 
 DAY_US = 86_400_000_000
 _EPOCH = datetime(1970, 1, 1)
@@ -518,7 +519,7 @@ class OnlineFeatures:
         self._products = self._load_products()
         batch = build_features(tables, self.as_of, self.config) if snapshot is None else snapshot
         self._keys = self._batch_keys(batch)
-        self._rows_con = self._copy_rows()
+        self._copies = self._copy_rows()
         self._customers: dict[str, _Customer] = {}
         self._untouched: OrderedDict[str, _Customer] = OrderedDict()
         self._touched: set[str] = set()
@@ -577,17 +578,25 @@ class OnlineFeatures:
         return {name: _Keys(frame[f"k{i}"].to_numpy(dtype=object), frame[f"m{i}"].to_numpy(dtype=bool))
                 for i, name in enumerate(self._plan.ranks)}
 
-    def _copy_rows(self) -> duckdb.DuckDBPyConnection:
-        """The columns the sources read, copied into a private connection ordered by customer (so that one
-        customer's rows are a short range: a table of the shop may be a view over a file, scanned whole
-        by every query)."""
-        con = new_connection()
+    def _copy_rows(self) -> dict[Table, str]:
+        """The columns the sources read, copied into temporary tables of the shop's connection ordered by
+        customer, so that one customer's rows are a short range (a table of the shop may be a view over a
+        file, scanned whole by every query). DuckDB holds them (compressed, spilling past its memory limit);
+        :meth:`close` drops them."""
+        token = uuid.uuid4().hex[:12]
+        copies = {}
         for table, cols in self._plan.tables.items():
-            rows = self._con.sql(f"SELECT {', '.join(cols)} FROM {table.value} ORDER BY {CUSTOMER_ID}").to_arrow_table()
-            con.register("_rows", rows)
-            con.execute(f"CREATE TABLE {table.value} AS SELECT * FROM _rows")
-            con.unregister("_rows")
-        return con
+            copies[table] = f"_online_{table.value}_{token}"
+            self._con.execute(f"CREATE TEMP TABLE {copies[table]} AS SELECT {', '.join(cols)} FROM {table.value} "
+                              f"ORDER BY {CUSTOMER_ID}")
+        return copies
+
+    def close(self) -> None:
+        """Drop the store's copies of the shop's rows (the store answers no more questions after)."""
+        with self._lock:
+            for name in self._copies.values():
+                self._con.execute(f"DROP TABLE IF EXISTS {name}")
+            self._copies = {}
 
     # -- customers' rows -----------------------------------------------------------------------------
     def _batch_index(self, customer_id: str) -> int | None:
@@ -597,24 +606,39 @@ class OnlineFeatures:
     def _customer(self, customer_id: str) -> _Customer:
         if customer_id in self._customers:
             return self._customers[customer_id]
-        if customer_id in self._untouched:
-            self._untouched.move_to_end(customer_id)
-            return self._untouched[customer_id]
-        rows: dict[Table, list[dict]] = {}
-        last = None
+        if customer_id not in self._untouched:
+            self._fetch([customer_id])
+        self._untouched.move_to_end(customer_id)
+        return self._untouched[customer_id]
+
+    def _fetch(self, customer_ids: list[str]) -> None:
+        """Read the rows of customers not held yet (one query per table for all of them)."""
+        if not self._copies and self._plan.tables:
+            raise InputError("this online store is closed")
+        rows: dict[str, dict[Table, list[dict]]] = {c: {t: [] for t in self._plan.tables} for c in customer_ids}
         for table, cols in self._plan.tables.items():
-            cur = self._rows_con.execute(f"SELECT {', '.join(cols)} FROM {table.value} WHERE {CUSTOMER_ID} = $c",
-                                    {"c": customer_id})
-            rows[table] = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-            col = SPECS[table].time_column
-            moments = [r[col] for r in rows[table] if r[col] is not None]
-            if moments:
-                last = max(moments) if last is None else max(last, *moments)
-        customer = _Customer(rows, last_at=last)
-        self._untouched[customer_id] = customer
-        if len(self._untouched) > UNTOUCHED_CACHE:
+            match = (f"{CUSTOMER_ID} = $ids" if len(customer_ids) == 1 else  # a range the zone maps find
+                     f"{CUSTOMER_ID} IN (SELECT unnest($ids))")  # one scan for many
+            cur = self._con.execute(f"SELECT {', '.join(cols)} FROM {self._copies[table]} WHERE {match}",
+                                    {"ids": customer_ids[0] if len(customer_ids) == 1 else customer_ids})
+            at = cols.index(CUSTOMER_ID)
+            for values in cur.fetchall():
+                rows[values[at]][table].append(dict(zip(cols, values, strict=True)))
+        for customer_id, held in rows.items():
+            moments = [r[SPECS[t].time_column] for t, rs in held.items() for r in rs]
+            last = max((m for m in moments if m is not None), default=None)
+            self._untouched[customer_id] = _Customer(held, last_at=last)
+        while len(self._untouched) > max(UNTOUCHED_CACHE, len(customer_ids)):
             self._untouched.popitem(last=False)
-        return customer
+
+    def prefetch(self, customer_ids: list[str]) -> None:
+        """Read the rows of many customers at once (before a batch of events: one query per table, not one
+        per table and customer)."""
+        with self._lock:
+            wanted = list(dict.fromkeys(c for c in customer_ids
+                                        if c not in self._customers and c not in self._untouched))
+            if wanted:
+                self._fetch(wanted)
 
     def _append(self, customer_id: str, table: Table, rows: list[dict]) -> None:
         if not isinstance(customer_id, str) or not customer_id:

@@ -224,6 +224,18 @@ def test_other_windows_equal_the_batch_too(tiny_tables: Tables) -> None:
         assert _differences(batch, store, t, {"d"}) == []
 
 
+def test_prefetched_customers_answer_alike_and_a_closed_store_reads_no_more(tiny_tables: Tables) -> None:
+    t = AS_OF + timedelta(days=1)
+    one, many = (OnlineFeatures(tiny_tables.before(AS_OF), AS_OF) for _ in range(2))
+    many.prefetch(["a", "b", "c", "nobody"])
+    assert [many.features(c, t) for c in "abc"] == [one.features(c, t) for c in "abc"]
+    many.close()
+    assert many.features("a", t) == one.features("a", t)  # held before the close
+    one.close()
+    with pytest.raises(InputError, match="closed"):
+        one.apply_event("d", EventType.PRODUCT_VIEW, t)
+
+
 def test_a_store_over_tables_with_later_rows_is_refused(tiny_tables: Tables) -> None:
     with pytest.raises(InputError, match="rows at or after the online store's as_of"):
         OnlineFeatures(tiny_tables, AS_OF)
