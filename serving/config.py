@@ -20,6 +20,9 @@
 | ``SENDWISE_PROJECT`` | the project whose models are served (registered as ``<project>.churn`` ...); none: the global names | none |
 | ``SENDWISE_CLOCK`` | the service's clock (see :mod:`serving.clock`): ``wall``, ``data`` (the data's end plus the time since the start) or ``auto`` (``data`` when the data ended over 2 days ago) | ``auto`` |
 | ``SENDWISE_EVENT_LOG`` | durable log of the events taken by ``POST /events`` and the Redis consumer (see :mod:`features.event_log`) | ``events.jsonl`` in the state directory |
+| ``SENDWISE_SEGMENTS`` | segments and delayed triggers YAML (see :mod:`serving.segments`): membership per event, ``GET /segments/{customer_id}``, the trigger outbox | none |
+| ``SENDWISE_WEBHOOK_URL`` | where the outbox's transitions are POSTed, signed (see :mod:`serving.webhook`) | none: the outbox only |
+| ``SENDWISE_WEBHOOK_SECRET`` | the key of the deliveries' HMAC-SHA256 signature; required with a webhook URL | none |
 | ``SENDWISE_ALLOW_FOREIGN_MODELS`` | ``true``: serve a version registered for another project (with a warning) instead of refusing to start | ``false`` |
 
 A variable that is set must hold a value: an empty one is an error naming it (an empty
@@ -34,7 +37,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import InputError
@@ -42,6 +45,7 @@ from features.timezones import check_timezone
 from serving.clock import ClockMode
 from serving.consent import ConsentRule
 from serving.product_block import UTM_MEDIUM, UTM_SOURCE, BlockSettings, check_product_url
+from serving.webhook import check_webhook
 from training.registry import check_project_name
 
 ENV_PREFIX = "SENDWISE_"
@@ -82,6 +86,9 @@ class ServeConfig(BaseModel):
     utm_medium: str = UTM_MEDIUM
     clock: ClockMode = ClockMode.AUTO
     event_log: Path | None = None  # default: events.jsonl in the state directory
+    segments: Path | None = None
+    webhook_secret: SecretStr | None = None  # hidden in repr and dumps (before the URL: its check reads it)
+    webhook_url: str | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -102,6 +109,14 @@ class ServeConfig(BaseModel):
     @classmethod
     def _product_url(cls, value: str | None) -> str | None:
         return None if value is None else check_product_url(value)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is not None:
+            secret = info.data.get("webhook_secret")
+            check_webhook(url, secret.get_secret_value() if secret else None)
+        return url
 
     @field_validator("utm_source", "utm_medium")
     @classmethod
@@ -180,6 +195,12 @@ class ServeConfig(BaseModel):
         env["SENDWISE_CLOCK"] = self.clock.value
         if self.event_log:
             env["SENDWISE_EVENT_LOG"] = str(self.event_log.resolve())
+        if self.segments:
+            env["SENDWISE_SEGMENTS"] = str(self.segments.resolve())
+        if self.webhook_url:
+            env["SENDWISE_WEBHOOK_URL"] = self.webhook_url
+        if self.webhook_secret:
+            env["SENDWISE_WEBHOOK_SECRET"] = self.webhook_secret.get_secret_value()
         return env
 
 

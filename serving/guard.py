@@ -10,6 +10,8 @@
   against the route's request model: a body that is not JSON or has a wrong field is a 400, a batch
   over :data:`serving.schemas.MAX_ITEMS` a 422; the body names each field and what was expected, and
   the server log gets one line (BentoML's own handling logs a traceback and names internal classes).
+- ``GET /segments/{customer_id}`` is answered by the route ``/segments`` with the body
+  ``{"customer_id": ...}`` (:data:`PATH_ROUTES`: a route whose one field is the path's last part).
 - One batch runs at a time per worker (the others wait here, not in a thread), so a big batch
   holds one of the worker's threads and single requests keep the others.
 """
@@ -45,12 +47,16 @@ SYSTEM_PATHS = (*HEALTH_PATHS, METRICS_PATH, "/docs.json", "/schema.json", *DOCS
 # Body types BentoML would not read as JSON (forms, multipart, its pickle format): the API takes JSON.
 NOT_JSON = ("multipart/form-data", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle")
 THREAD_VALIDATION_BYTES = 100_000  # bigger bodies are checked in a thread, off the event loop
+PATH_ROUTES = {"/segments/": ("/segments", "customer_id")}  # GET <prefix><value>: POST route {field: value}
 
 
 def endpoint_label(path: str, api_routes: Mapping[str, object]) -> str:
     """The metrics label of ``path``: the route itself, ``/static_content``, or ``other``."""
     if path in api_routes or path in SYSTEM_PATHS:
         return path
+    for prefix, (_, field) in PATH_ROUTES.items():
+        if path.startswith(prefix):
+            return f"{prefix}{{{field}}}"
     return STATIC if path.startswith(STATIC + "/") else OTHER
 
 
@@ -108,6 +114,8 @@ class GuardMiddleware:
             headers = dict(scope.get("headers") or [])
             if self.api_key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.api_key):
                 raise _Refused(401, "missing or wrong x-api-key header")
+            if method == "GET" and any(path.startswith(prefix) for prefix in PATH_ROUTES):
+                return await self._path_route(scope, receive, send)
             if path in DOCS_PATHS and method in ("GET", "HEAD"):
                 return await docs_page()(scope, receive, send)
             if path == METRICS_PATH and method in ("GET", "HEAD"):
@@ -145,6 +153,27 @@ class GuardMiddleware:
             self._batch_slot = asyncio.Semaphore(1)
         async with self._batch_slot:
             return await self.app(scope, replay, send)
+
+    async def _path_route(self, scope, receive, send) -> None:
+        """``GET <prefix><value>`` as ``POST <route>`` with ``{field: value}``, checked as any body is."""
+        path = scope["path"]
+        prefix = next(p for p in PATH_ROUTES if path.startswith(p))
+        route, field = PATH_ROUTES[prefix]
+        body = json.dumps({field: path[len(prefix):]}).encode()  # the ASGI path is percent-decoded already
+        await self._check(self.routes[route], {}, body)
+        headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        rewritten = dict(scope, path=route, raw_path=route.encode(), method="POST", headers=headers, query_string=b"")
+        return await self.app(rewritten, replay, send)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Callable[[], Awaitable[dict]]) -> bytes | None:
         """The whole body, or :class:`_Refused` 413 as soon as it is announced or seen to be too big."""

@@ -52,13 +52,16 @@ class LiveProfiles:
         self._listeners: list[Listener] = []
 
     @classmethod
-    def open(cls, log: EventLog, online: OnlineFeatures, clock: ServiceClock) -> LiveProfiles:
-        """Replay every event of ``log`` onto ``online`` (a restart: the state before the crash) and
-        move a data clock past the last one."""
+    def open(cls, log: EventLog, online: OnlineFeatures, clock: ServiceClock,
+             replayed: Callable[[int, Event], None] | None = None) -> LiveProfiles:
+        """Replay every event of ``log`` onto ``online`` (a restart: the state before the crash), show
+        each to ``replayed`` with its position, and move a data clock past the last one."""
         live = cls(log, online, clock)
         started, last = time.perf_counter(), None
-        for event in log.read():
+        for index, event in enumerate(log.read()):
             live._apply(event)
+            if replayed is not None:
+                replayed(index, event)
             last = event.occurred_at if last is None else max(last, event.occurred_at)
         if last is not None:
             clock.later_data(last)

@@ -180,9 +180,21 @@ class EventsRequest(BaseModel):
          "lines": [{"product_id": "85123A", "quantity": 6, "unit_price": 2.55}]}]])
 
 
+class SegmentsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: CustomerIdText = CustomerId
+
+
+class SegmentMembership(BaseModel):
+    customer_id: str
+    known: bool = Field(description="false for a customer the service has no row or event of (or forgot)")
+    segments: list[str] = Field(description="the names of the segments the customer is in now, sorted")
+
+
 class EventsAccepted(BaseModel):
     accepted: int = Field(description="events new to the service, durably logged and applied")
     duplicates: list[str] = Field(description="event ids seen before (or repeated in the batch): acknowledged, ignored")
+    forgotten: int = Field(0, description="events of forgotten customers: acknowledged, not kept")
     now: str = Field(description="the service's clock when they were applied")
 
 

@@ -20,16 +20,17 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from features.errors import InputError
-from features.event_log import EventLog, parse_events
+from features.event_log import AppendResult, Event, EventLog, parse_events
 from features.online import OnlineFeatures
 from serving import answers
 from serving.clock import ServiceClock
 from serving.config import ServeConfig
 from serving.experiment_config import ExperimentSet, load_experiments
 from serving.exposures import ExposureLog
-from serving.forgotten import ForgottenCustomers
+from serving.forgotten import FORGOTTEN, ForgottenCustomers
 from serving.guard import protect
 from serving.live import LiveProfiles
+from serving.live_segments import LiveSegments
 from serving.policy import Policy
 from serving.product_block import ProductBlock
 from serving.reload import LiveModels, reload_seconds
@@ -53,8 +54,12 @@ from serving.schemas import (
     ScoreBatch,
     ScoreBatchRequest,
     ScoreRequest,
+    SegmentMembership,
+    SegmentsRequest,
 )
-from serving.state import ServingState
+from serving.segments import SegmentSet
+from serving.state import SCORE_FIELDS, ServingState
+from serving.stream import consumer_from_env
 from serving.variants import VariantRouter
 
 # BentoML's TimeoutMiddleware schedules a timer per request that keeps the request's context, with its
@@ -82,9 +87,21 @@ class Sendwise:
         self.live = LiveModels(config, experiments, lambda now: self._attach(VariantRouter.load(config, experiments,
                                                                                                   policy, now)))
         self.timezone = config.timezone
-        self.profiles = self._open_profiles(config, self.live.current.state)
-        self._attach(self.live.current.router)
         self.forgotten = ForgottenCustomers(config.data)  # answered as unknown, logged without their id
+        state = self.live.current.state
+        clock = ServiceClock(config.clock, state.as_of)
+        self.segments = self._open_segments(config, clock, state)
+        # the online store gets a copy of the data in a connection of its own, cut at the snapshot
+        online = OnlineFeatures(state.tables.before(state.as_of), state.as_of, state.customers.config)
+        self.profiles = LiveProfiles.open(EventLog(config.events_path), online, clock,
+                                          self.segments.replayed if self.segments else None)
+        self._attach(self.live.current.router)
+        if self.segments is not None:
+            self.profiles.on_events(self.segments.on_events)
+            self.segments.start()
+        self.consumer = consumer_from_env(self._ingest, timezone=config.timezone, clock=clock.now)
+        if self.consumer is not None:
+            self.consumer.start()
         self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)
         self.block_settings = config.block_settings  # currency, utm_source, utm_medium
         self.consent = config.consent
@@ -95,12 +112,28 @@ class Sendwise:
         atexit.register(gc.unfreeze)  # let it be freed normally at exit
         self.live.start(interval)
 
-    @staticmethod
-    def _open_profiles(config: ServeConfig, state: ServingState) -> LiveProfiles:
-        """The event log replayed onto online features over the data the service loaded."""
-        # a copy in a connection of its own (the store reads it from its own thread), cut at the snapshot
-        online = OnlineFeatures(state.tables.before(state.as_of), state.as_of, state.customers.config)
-        return LiveProfiles.open(EventLog(config.events_path), online, ServiceClock(config.clock, state.as_of))
+    def _open_segments(self, config: ServeConfig, clock: ServiceClock, state: ServingState) -> LiveSegments | None:
+        """The segments file's online half (membership per event, triggers, outbox, webhook), if one is set."""
+        if config.segments is None:
+            return None
+        segments = SegmentSet.load(config.segments, state.customers.config)
+        scored = bool(set(segments.signals) & set(SCORE_FIELDS))
+
+        def values(customer_id: str) -> dict | None:
+            features = self.profiles.features(customer_id) if self.profiles is not None else None
+            if features is None or not scored:
+                return features
+            scores = self.live.current.state.customers.scores(customer_id) or {}
+            return features | {name: scores.get(name) for name in SCORE_FIELDS}
+
+        webhook = ((config.webhook_url, config.webhook_secret.get_secret_value())
+                   if config.webhook_url and config.webhook_secret else None)
+        return LiveSegments(segments, config.state_folder, clock, values, webhook)
+
+    def _ingest(self, events: list[Event]) -> AppendResult:
+        """Log and apply ``events``, but none of a forgotten customer's (they are acknowledged, not kept)."""
+        keys = self.forgotten.mask([e.customer_id for e in events])
+        return self.profiles.ingest([e for e, key in zip(events, keys, strict=True) if key != FORGOTTEN])
 
     def _attach(self, router: VariantRouter) -> VariantRouter:
         """Answer touched customers of every arm of ``router`` from their live profiles."""
@@ -125,6 +158,10 @@ class Sendwise:
     @bentoml.on_shutdown
     def stop_reloading(self) -> None:
         self.live.stop()
+        if self.consumer is not None:
+            self.consumer.stop()
+        if self.segments is not None:
+            self.segments.stop()
 
     def _log(self, exposures: list[dict]) -> str:
         """Append one request's exposures; a forgotten customer is logged as ``forgotten``, never by id."""
@@ -220,9 +257,20 @@ class Sendwise:
             events = parse_events(request.model_dump(), timezone=self.timezone, now=self.profiles.clock.now())
         except InputError as exc:
             return JSONResponse({"error": str(exc)}, 400)
-        result = self.profiles.ingest(events)
+        result = self._ingest(events)
         return EventsAccepted(accepted=len(result.new), duplicates=result.duplicates,
+                              forgotten=len(events) - len(result.new) - len(result.duplicates),
                               now=self.profiles.clock.now().isoformat())
+
+    @bentoml.api(route="/segments")
+    def segments_of(self, request: SegmentsRequest, /) -> SegmentMembership:
+        """The segments of ``segments.yaml`` a customer is in now (also ``GET /segments/{customer_id}``)."""
+        if self.segments is None:
+            return JSONResponse({"error": "no segments file: set SENDWISE_SEGMENTS (or put segments.yaml in the "
+                                          "project) and restart the service"}, 404)
+        [key] = self.forgotten.mask([request.customer_id])
+        members = None if key == FORGOTTEN else self.segments.members(key)
+        return SegmentMembership(customer_id=request.customer_id, known=members is not None, segments=members or [])
 
     @bentoml.api(route="/ping")
     def ping(self) -> dict:

@@ -148,3 +148,25 @@ def test_a_restarted_service_replays_the_log(live, log: Path) -> None:
         assert restarted.profiles.clock.now() >= at  # the data clock is past every logged event
     finally:
         mp.undo()
+
+
+def test_a_forgotten_customers_events_are_acknowledged_but_not_kept(live, log: Path, tmp_path: Path) -> None:
+    from features.io import write_tombstones
+    from features.tombstones import Tombstones
+    from serving.forgotten import ForgottenCustomers
+
+    service, client, _ = live
+    write_tombstones(tmp_path, Tombstones().adding(["gone-42"]))
+    kept_forgotten = service.forgotten
+    service.forgotten = ForgottenCustomers(tmp_path)
+    try:
+        at = _now(client).isoformat() + "Z"
+        answer = _post(client, {"event_id": "gone-view", "customer_id": "gone-42", "event_type": "email_open",
+                                "occurred_at": at},
+                       {"event_id": "kept-view", "customer_id": "still-here", "event_type": "email_open",
+                        "occurred_at": at}).json()
+    finally:
+        service.forgotten = kept_forgotten
+    assert (answer["accepted"], answer["forgotten"]) == (1, 1)
+    assert "gone-view" not in EventLog(log) and "kept-view" in EventLog(log)
+    assert service.profiles.version("gone-42") is None

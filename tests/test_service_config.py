@@ -10,9 +10,9 @@ import pytest
 from pydantic import SecretStr
 
 from features.errors import InputError
+from serving.clock import ClockMode
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
-from serving.clock import ClockMode
 from serving.product_block import BlockSettings
 
 KEY = "sk-config-test-9f8e7d"
@@ -24,7 +24,8 @@ EVERY = {"SENDWISE_DATA": "/srv/shop", "SENDWISE_SNAPSHOT": "/srv/snap.parquet",
          "SENDWISE_CONSENT": "unless-refused", "SENDWISE_PROJECT": "shop-a", "SENDWISE_ALLOW_FOREIGN_MODELS": "true",
          "SENDWISE_TIMEZONE": "asia/tokyo", "SENDWISE_PRODUCT_URL": "https://shop.example/products/{product_id}?ref=mail",
          "SENDWISE_UTM_SOURCE": "newsletter", "SENDWISE_UTM_MEDIUM": "e-mail_v2", "SENDWISE_CLOCK": "data",
-         "SENDWISE_EVENT_LOG": "/var/lib/sendwise/events.jsonl"}
+         "SENDWISE_EVENT_LOG": "/var/lib/sendwise/events.jsonl", "SENDWISE_SEGMENTS": "/srv/segments.yaml",
+         "SENDWISE_WEBHOOK_URL": "https://crm.example/hooks/sendwise", "SENDWISE_WEBHOOK_SECRET": "whsec-5c1e"}
 BOOLEANS = ("SENDWISE_EXPOSURE_FSYNC", "SENDWISE_ALLOW_FOREIGN_MODELS")
 
 
@@ -53,9 +54,12 @@ def test_every_variable_is_read(env) -> None:
         policy=Path("/srv/policy.yaml"), currency="EUR", experiments=Path("/srv/experiments.yaml"),
         consent=ConsentRule.UNLESS_REFUSED, project="shop-a", allow_foreign_models=True, timezone="Asia/Tokyo",
         product_url="https://shop.example/products/{product_id}?ref=mail", utm_source="newsletter",
-        utm_medium="e-mail_v2", clock=ClockMode.DATA, event_log=Path("/var/lib/sendwise/events.jsonl"))
+        utm_medium="e-mail_v2", clock=ClockMode.DATA, event_log=Path("/var/lib/sendwise/events.jsonl"),
+        segments=Path("/srv/segments.yaml"), webhook_url="https://crm.example/hooks/sendwise",
+        webhook_secret=SecretStr("whsec-5c1e"))
     assert config.rejects_dir == Path("/var/lib/sendwise/rejects")
     assert KEY not in repr(config) and KEY not in str(config.model_dump()) and KEY not in config.model_dump_json()
+    assert "whsec-5c1e" not in repr(config) and "whsec-5c1e" not in config.model_dump_json()
     assert ServeConfig.from_env() == config and ServeConfig.from_env(currency="USD").currency == "USD"
 
 
@@ -134,6 +138,7 @@ def test_a_variable_set_but_empty_is_an_error(env, name: str, value: str) -> Non
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("SENDWISE_CONSENT", "maybe", "'recorded' or 'unless-refused'"),
     ("SENDWISE_CLOCK", "sundial", "'auto', 'wall' or 'data'"),
+    ("SENDWISE_WEBHOOK_URL", "ftp://crm.example/hooks", r"absolute http\(s\) URL"),
     ("SENDWISE_EXPOSURE_FSYNC", "perhaps", "boolean"),
     ("SENDWISE_TIMEZONE", "Europe/Londn", "unknown time zone 'Europe/Londn'.* Did you mean 'Europe/London'"),
     ("SENDWISE_TIMEZONE", "+09:00", "IANA time zone name"),
@@ -162,3 +167,10 @@ def test_the_service_refuses_to_start_with_an_empty_key(env, served_env: dict) -
 
     with pytest.raises(InputError, match="SENDWISE_API_KEY: set but empty"), TestClient(Sendwise.to_asgi()):
         pass
+
+
+def test_a_webhook_without_a_secret_is_refused(env) -> None:
+    """Deliveries are signed: a URL alone would send customers' segment changes unsigned."""
+    env({"SENDWISE_DATA": "shop", "SENDWISE_WEBHOOK_URL": "https://crm.example/hooks"})
+    with pytest.raises(InputError, match="SENDWISE_WEBHOOK_URL: a webhook URL needs a secret"):
+        ServeConfig.from_env()

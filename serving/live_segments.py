@@ -1,0 +1,134 @@
+"""Segments and triggers kept current as events arrive (the online half of :mod:`serving.segments`).
+
+A background worker follows the event log: every batch of new events (from :meth:`LiveProfiles.ingest`)
+arms or disarms the delayed triggers (:mod:`serving.triggers`) and re-evaluates the segments of the
+customers it touched (:class:`serving.outbox.SegmentTracker`); every enter, exit and fire goes to the
+durable outbox (``outbox.jsonl`` in the state folder) and, with a webhook set, to it
+(:mod:`serving.webhook`). A timer fires the triggers whose deadline passed on the service's clock.
+How far the worker got is a cursor file (events of the log handled); after a restart the worker takes
+the log from there, so no event is skipped, and handling one twice changes nothing (memberships are
+compared with the outbox's, a fired cart is never armed again).
+
+``/events`` answers before this work is done: it is measured in milliseconds (``lag``), and
+``GET /segments/{customer_id}`` evaluates the segments on the customer's features at the clock's now.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from features.event_log import Event
+from features.io import atomic_write
+from serving.clock import ServiceClock
+from serving.outbox import SegmentTracker, TriggerOutbox
+from serving.segments import SegmentSet
+from serving.triggers import DelayedTriggers
+from serving.webhook import WebhookSender
+
+__all__ = ["TICK_SECONDS", "LiveSegments"]
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0  # how often armed triggers are checked against the clock
+
+Values = Callable[[str], "dict | None"]  # a customer's features and scores now; None when unknown
+
+
+class LiveSegments:
+    """The outbox, tracker, delayed triggers and webhook of one service, fed by a worker thread."""
+
+    def __init__(self, segments: SegmentSet, state: Path, clock: ServiceClock, values: Values,
+                 webhook: tuple[str, str] | None = None) -> None:
+        self.segments, self.clock, self.values = segments, clock, values
+        self.outbox = TriggerOutbox(state / "outbox.jsonl")
+        self.tracker = SegmentTracker(segments, self.outbox)
+        self.triggers = DelayedTriggers(segments.triggers, self.outbox, state / "timers.jsonl")
+        self.sender = WebhookSender(webhook[0], webhook[1], self.outbox, state / "webhook.cursor") if webhook else None
+        self._cursor_path = state / "segments.cursor"
+        self.handled = int(self._cursor_path.read_text()) if self._cursor_path.exists() else 0
+        self._queue: queue.Queue[list[Event]] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def members(self, customer_id: str) -> list[str] | None:
+        """The segments ``customer_id`` is in now (evaluated on their features and scores); None when unknown."""
+        values = self.values(customer_id)
+        return None if values is None else self.segments.members(values)
+
+    def replayed(self, index: int, event: Event) -> None:
+        """Queue a logged event (the ``index``-th of the log) replayed at startup if this worker had not
+        handled it before the restart."""
+        if index >= self.handled:
+            self._queue.put([event])
+
+    def on_events(self, events: list[Event]) -> None:
+        """A listener of :meth:`serving.live.LiveProfiles.on_events`: queue a batch of new events."""
+        self._queue.put(events)
+
+    def start(self) -> None:
+        for target in (self._work, self._tick):
+            thread = threading.Thread(target=target, name=f"sendwise-segments{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.sender is not None:
+            self.sender.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put([])
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self.sender is not None:
+            self.sender.stop()
+        self.triggers.close()
+        self.outbox.close()
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until every queued event is handled (tests, shutdown)."""
+        done = threading.Event()
+        self._queue.put([_Flush(done)])  # type: ignore[list-item]
+        done.wait(timeout)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            batch = self._queue.get()
+            while not self._queue.empty() and len(batch) < 10_000:
+                batch = batch + self._queue.get_nowait()
+            flushes = [e for e in batch if isinstance(e, _Flush)]
+            events = [e for e in batch if not isinstance(e, _Flush)]
+            try:
+                if events:
+                    self.handle(events)
+            except Exception:  # a full disk, a broken file: logged, retried with the next batch's
+                logger.exception("segments: %d events not handled; they will be when the service restarts",
+                                 len(events))
+            for flush in flushes:
+                flush.done.set()
+
+    def handle(self, events: list[Event]) -> None:
+        """Arm or disarm triggers, re-evaluate the touched customers' segments, move the cursor."""
+        for event in events:
+            self.triggers.on_event(event.customer_id, event.event_type, event.occurred_at, event.event_id)
+        updates = [(cid, values) for cid in dict.fromkeys(e.customer_id for e in events)
+                   if (values := self.values(cid)) is not None]
+        self.tracker.update_many(updates, self.clock.now())
+        self.handled += len(events)
+        atomic_write(self._cursor_path, lambda tmp: Path(tmp).write_text(str(self.handled)))
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.triggers.due(self.clock.now())
+            except Exception:
+                logger.exception("segments: delayed triggers not checked")
+
+
+class _Flush:
+    """A marker in the queue: set ``done`` when everything before it is handled."""
+
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
