@@ -101,6 +101,7 @@ class _Plan:
     windowed: frozenset[str]  # sources whose rows depend on the as_of through a window
     reads: dict[str, frozenset[Table]]  # the contract tables each source's rows come from
     rank_inputs: frozenset[str]  # the features a ranking key or population filter reads (directly or not)
+    rank_tables: frozenset[Table]  # the tables those features come from
 
 
 def _names(text: str | None, names: list[str]) -> set[str]:
@@ -218,8 +219,9 @@ def _plan(reg: Registry) -> _Plan:
         if name not in inputs:
             inputs.add(name)
             pending += references(reg.by_name[name], names)
+    rank_tables = frozenset().union(*(reads[reg.by_name[n].source] for n in inputs if reg.by_name[n].agg))
     return _Plan(reg, tables, tuple(f for f in ordered if f.agg is None), ranks, frozenset(needs_rank), windowed,
-                 reads, frozenset(inputs))
+                 reads, frozenset(inputs), rank_tables)
 
 
 def _tables_of(reg: Registry, src: Source) -> set[Table]:
@@ -658,7 +660,8 @@ class OnlineFeatures:
             moment = max(row[col] for row in rows)
             customer.last_at = moment if customer.last_at is None else max(customer.last_at, moment)
             self._touched.add(customer_id)
-            self._dirty.add(customer_id)
+            if table in self._plan.rank_tables or self._batch_index(customer_id) is None:
+                self._dirty.add(customer_id)  # its ranking keys, or whether it is known at all, may change
 
     # -- events in -----------------------------------------------------------------------------------
     def apply_event(self, customer_id: str, event_type: str, occurred_at: datetime,
