@@ -33,6 +33,7 @@ from features.importers.mapping import check_mapping
 from features.io import Encoding
 from features.timezones import check_timezone
 from sendwise import pipeline
+from serving.clock import ClockMode
 from serving.config import UTM_VALUE
 from serving.consent import ConsentRule
 from serving.product_block import check_product_url
@@ -97,6 +98,9 @@ class ServeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
+    clock: ClockMode = Field(ClockMode.AUTO, description="wall, data (the data's end + time since start) or auto")
+    webhook_url: str | None = Field(None, description="segment and trigger transitions POSTed here, signed with "
+                                    "the secret in SENDWISE_WEBHOOK_SECRET")
 
 
 class RunSettings(BaseModel):
@@ -136,6 +140,7 @@ class ProjectSettings(BaseModel):
     tracking_uri: str | None = Field(None, description="default: a SQLite store in mlruns/ (MLFLOW_TRACKING_URI wins)")
     serve: ServeSettings = ServeSettings()
     policy: Path | None = None
+    segments: Path | None = Field(None, description="default: segments.yaml in the project folder, when there")
     experiments: Path | None = None
     feature_config: Path | None = None
     run: RunSettings = RunSettings()
@@ -207,6 +212,14 @@ class Project:
 
     def optional(self, path: Path | None) -> Path | None:
         return None if path is None else self.path(path)
+
+    @property
+    def segments(self) -> Path | None:
+        """The segments file: the ``segments`` setting, else ``segments.yaml`` here when there is one."""
+        if self.settings.segments is not None:
+            return self.path(self.settings.segments)
+        default = self.root / "segments.yaml"
+        return default if default.exists() else None
 
     @property
     def tracking_uri(self) -> str | None:
@@ -285,8 +298,9 @@ def render_settings(settings: ProjectSettings) -> str:
         "# MLflow store; default: SQLite under mlruns/ (the MLFLOW_TRACKING_URI variable wins)",
         block("tracking_uri"),
         block("serve"),
-        "# next-best-action policy, experiments and feature settings files (default: built-in)",
-        block("policy"), block("experiments"), block("feature_config"),
+        "# next-best-action policy, experiments and feature settings files (default: built-in); segments and",
+        "# delayed triggers (default: segments.yaml here, when there; docs/segments.md)",
+        block("policy"), block("segments"), block("experiments"), block("feature_config"),
         "# sendwise run: Optuna trials, label horizons, the recommender, the margin a challenger must win by",
         block("run"),
     ]
@@ -352,7 +366,8 @@ def serve_settings(project: Project) -> dict[str, object]:
             "policy": project.optional(settings.policy), "experiments": project.optional(settings.experiments),
             "currency": settings.currency, "consent": settings.consent, "timezone": settings.timezone,
             "product_url": settings.links.product_url, "utm_source": settings.links.utm_source,
-            "utm_medium": settings.links.utm_medium}
+            "utm_medium": settings.links.utm_medium, "clock": settings.serve.clock, "event_log": project.event_log,
+            "segments": project.segments, "webhook_url": settings.serve.webhook_url}
 
 
 def apply_feature_settings(project: Project | None) -> None:

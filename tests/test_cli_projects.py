@@ -194,3 +194,22 @@ def test_the_projects_time_zone_reads_naive_times(tmp_path: Path, monkeypatch: p
     run("features", "build", "--data", "tables", *as_of, "--out", "utc.parquet")  # no project: UTC
     assert pd.read_parquet(tmp_path / "tokyo.parquet")["orders_count"].tolist() == [2]
     assert pd.read_parquet(tmp_path / "utc.parquet")["orders_count"].tolist() == [1]
+
+
+def test_the_service_settings_of_a_project_include_its_clock_segments_and_event_log(project: Path) -> None:
+    from sendwise.project import serve_settings
+    from serving.clock import ClockMode
+    from serving.config import ServeConfig
+
+    found = load_project(project)
+    assert serve_settings(found)["segments"] is None  # no segments.yaml yet
+    (project / "segments.yaml").write_text("segments:\n  - {name: regulars, when: 'orders_count >= 2'}\n")
+    settings = yaml.safe_load((project / PROJECT_FILE).read_text())
+    settings["serve"] |= {"clock": "data"}
+    (project / PROJECT_FILE).write_text(yaml.safe_dump(settings))
+    config = ServeConfig(**serve_settings(load_project(project)))
+    assert config.segments == project / "segments.yaml" and config.clock is ClockMode.DATA
+    assert config.events_path == project / "state" / "events.jsonl"
+    settings["serve"] |= {"clock": "sundial"}
+    (project / PROJECT_FILE).write_text(yaml.safe_dump(settings))
+    assert "serve.clock" in fails("models", "list", "--project", project)

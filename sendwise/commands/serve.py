@@ -18,10 +18,12 @@ from sendwise.commands.common import ProjectOption
 from sendwise.console import console, errors, reports_user_errors, shown_uri
 from sendwise.pipeline import print_emailable
 from sendwise.project import apply_feature_settings, find_project, serve_settings
+from serving.clock import ClockMode
 from serving.config import ServeConfig
 from serving.consent import ConsentRule
 from serving.experiment_config import load_experiments
 from serving.policy import Policy
+from serving.segments import SegmentSet
 from serving.state import (
     NotReadyError,
     catalog_coverage,
@@ -68,6 +70,8 @@ def preflight(config: ServeConfig) -> None:
     check_snapshot(features, settings, config)
     print_emailable(tables, features, config.consent)
     tables.con.close()
+    if config.segments is not None:
+        SegmentSet.load(config.segments, settings)  # a bad file fails here, naming the segment and field
     if config.experiments is not None:
         now = datetime.now(UTC).replace(tzinfo=None)
         for experiment in load_experiments(config.experiments).experiments:  # a bad file fails here
@@ -111,12 +115,19 @@ def serve(
              "refusals and unsubscribes (for shops that keep consent upstream). Default: recorded.")] = None,
     allow_foreign_models: Annotated[bool, typer.Option(
         "--allow-foreign-models", help="Serve models registered for another project.")] = False,
+    clock: Annotated[ClockMode | None, typer.Option(
+        help="The clock events and windows use: wall, data (the data's end plus the time since the start, for "
+             "historical data) or auto (data when the data ended over 2 days ago). Default: the project's, else auto."
+    )] = None,
+    segments: Annotated[Path | None, typer.Option(
+        help="Segments and delayed triggers YAML (docs/segments.md). Default: the project's segments.yaml.")] = None,
 ) -> None:
     """Start the send-time service (BentoML) with the champion models (of the project, when there is one)."""
     found = find_project(project)
     flags = {"data": data, "snapshot": snapshot, "mlruns": mlruns, "exposure_log": exposure_log,
              "state_dir": state_dir, "policy": policy, "currency": currency, "experiments": experiments,
-             "consent": consent, "allow_foreign_models": allow_foreign_models or None}
+             "consent": consent, "allow_foreign_models": allow_foreign_models or None, "clock": clock,
+             "segments": segments}
     given = {k: v for k, v in flags.items() if v is not None}
     if found is None:
         if data is None:
