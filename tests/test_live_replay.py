@@ -1,0 +1,113 @@
+"""Online equals batch through the service: the demo shop's last 7 days, posted to ``POST /events`` in
+time order onto a service whose snapshot is 7 days old, give every customer the features the batch
+build computes at the data's end."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from features.build import build_features
+from features.io import load_data_dir
+from features.schema import (
+    CHANGED_AT,
+    CUSTOMER_ID,
+    EVENT_TYPE,
+    OCCURRED_AT,
+    ORDER_ID,
+    ORDERED_AT,
+    PRODUCT_ID,
+    QUANTITY,
+    SIGNUP_AT,
+    UNIT_PRICE,
+    Table,
+)
+from features.snapshot import data_end, write_snapshot
+from features.tables import Tables
+from serving.reload import RELOAD_ENV
+
+DAYS = 7
+
+
+def _frames(tables: Tables) -> dict[Table, pd.DataFrame]:
+    return {t: tables.con.execute(f"SELECT * FROM {t.value}").df() for t in Table}
+
+
+def _events(frames: dict[Table, pd.DataFrame], cut: pd.Timestamp) -> list[dict]:
+    """The orders and events at or after ``cut`` as ``/events`` bodies, in time order."""
+    events = frames[Table.EVENTS]
+    events = events[events[OCCURRED_AT] >= cut]
+    out = [(row[OCCURRED_AT], {"event_id": f"ev-{i}", "customer_id": row[CUSTOMER_ID], "event_type": row[EVENT_TYPE],
+                               "occurred_at": row[OCCURRED_AT].isoformat() + "Z",
+                               **({"product_id": row[PRODUCT_ID]} if isinstance(row[PRODUCT_ID], str) else {})})
+           for i, row in events.iterrows()]
+    orders = frames[Table.ORDERS]
+    for order_id, lines in orders[orders[ORDERED_AT] >= cut].groupby(ORDER_ID):
+        first = lines.iloc[0]
+        out.append((first[ORDERED_AT], {
+            "event_id": str(order_id), "customer_id": first[CUSTOMER_ID], "event_type": "order",
+            "occurred_at": first[ORDERED_AT].isoformat() + "Z",
+            "lines": [{"product_id": r[PRODUCT_ID], "quantity": int(r[QUANTITY]), "unit_price": float(r[UNIT_PRICE])}
+                      for _, r in lines.iterrows()]}))
+    return [body for _, body in sorted(out, key=lambda pair: pair[0])]
+
+
+def _same(online: object, batch: object) -> bool:
+    if batch is None or (isinstance(batch, float) and math.isnan(batch)) or batch is pd.NA:
+        return online is None or (isinstance(online, float) and math.isnan(online))
+    if isinstance(batch, float | int) and not isinstance(batch, bool):
+        return online is not None and math.isclose(float(online), float(batch), rel_tol=1e-9, abs_tol=1e-9)
+    return online == batch
+
+
+def test_the_last_week_posted_to_events_equals_the_batch_build(served_env: dict[str, str], demo_tables: Tables,
+                                                               tmp_path: Path) -> None:
+    end = data_end(demo_tables) + timedelta(microseconds=1)
+    cut = pd.Timestamp(end - timedelta(days=DAYS))
+    frames = _frames(demo_tables)
+    # the service's data: signups and attribute changes of the week left out (no event carries them)
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    for table, frame in frames.items():
+        if table is Table.CUSTOMERS:
+            frame = frame[frame[SIGNUP_AT].isna() | (frame[SIGNUP_AT] < cut)]
+        if table is Table.CUSTOMER_CHANGES:
+            frame = frame[frame[CHANGED_AT] < cut]
+        frame.to_parquet(shop / f"{table.value}.parquet", index=False)
+    served, _ = load_data_dir(shop, tmp_path / "rejects")
+    write_snapshot(served.before(cut.to_pydatetime()), tmp_path / "snapshot.parquet", cut.to_pydatetime())
+
+    mp = pytest.MonkeyPatch()
+    env = served_env | {"SENDWISE_DATA": str(shop), "SENDWISE_SNAPSHOT": str(tmp_path / "snapshot.parquet"),
+                        "SENDWISE_EXPOSURE_LOG": str(tmp_path / "exposures.jsonl"), "SENDWISE_CLOCK": "wall",
+                        RELOAD_ENV: "0"}
+    for key, value in env.items():
+        mp.setenv(key, value)
+    import bentoml
+
+    from serving.service import Sendwise
+
+    bodies = _events(frames, cut)
+    assert len(bodies) > 100  # a real week of traffic
+    try:
+        with TestClient(Sendwise.to_asgi()) as client:
+            for start in range(0, len(bodies), 200):
+                answer = client.post("/events", json={"events": bodies[start:start + 200]})
+                assert answer.status_code == 200, answer.text
+            service = bentoml.get_current_service()
+            batch = build_features(served, end).set_index(CUSTOMER_ID)
+            mismatches = []
+            for cid, row in batch.iterrows():
+                online = service.profiles.features(cid, end)
+                assert online is not None, cid
+                mismatches += [(cid, name, online[name], value) for name, value in row.items()
+                               if name != "as_of" and not _same(online[name], value)]
+            assert mismatches == []
+            assert len(service.profiles.online.touched()) > 50
+    finally:
+        mp.undo()
