@@ -19,6 +19,7 @@ from sendwise.commands.common import DataOption, EncodingOption, ProjectOption, 
 from sendwise.console import console, errors, reports_user_errors
 from sendwise.privacy.export import export_customer
 from sendwise.privacy.forget import forget_customers
+from sendwise.privacy.live_stores import OUTBOX, TIMERS
 from sendwise.privacy.stores import (
     EVENT_LOG_HELP,
     EXPOSURE_LOG_HELP,
@@ -58,10 +59,10 @@ class ForgetIncompleteError(InputError):
 
 def _stores(run: Resolved, mlruns: Path | None, no_mlruns: bool, exposure_log: Path | None,
             no_exposure_log: bool, state_dir: Path | None, file: list[Path] | None, event_log: Path | None
-            ) -> tuple[Path | None, Path | None, list[Path], Path | None]:
-    """The MLflow store, the exposure log, the files and the event log to search: the options, else the
-    project's stores (mlruns/ or its tracking_uri's folder, state/exposures.jsonl, state/,
-    state/events.jsonl), else the defaults."""
+            ) -> tuple[Path | None, Path | None, list[Path], Path | None, Path | None]:
+    """The MLflow store, the exposure log, the files, the event log and the state folder (its outbox and
+    timers) to search: the options, else the project's stores (mlruns/ or its tracking_uri's folder,
+    state/exposures.jsonl, state/, state/events.jsonl), else the defaults."""
     project = run.project
     if project is None:
         mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
@@ -70,7 +71,8 @@ def _stores(run: Resolved, mlruns: Path | None, no_mlruns: bool, exposure_log: P
         mlruns = resolve_mlruns(mlruns, no_mlruns, project.mlruns, project.settings.tracking_uri)
         exposure_log = resolve_exposure_log(exposure_log, no_exposure_log, project.exposure_log)
         state = resolve_state_dir(state_dir, exposure_log, project.state)
-    return mlruns, exposure_log, [*(file or []), *filter(None, [state])], resolve_event_log(event_log, state)
+    return (mlruns, exposure_log, [*(file or []), *filter(None, [state])], resolve_event_log(event_log, state),
+            state)
 
 
 @privacy_app.command("export")
@@ -93,19 +95,19 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
            project: ProjectOption = None,
            ) -> None:
     """Everything held about CUSTOMER_ID (input rows, events, features, scores, recommendations, model
-    rows, exposures) as one JSON document; with a project, scores and recommendations come from its
+    rows, exposures, the service's segment transitions, trigger fires and timers) as one JSON document; with a project, scores and recommendations come from its
     champions."""
     run = resolve(project, data=data)
     data = run.need_data()
-    mlruns, exposure_log, files, event_log = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log,
-                                                     state_dir, file, event_log)
+    mlruns, exposure_log, files, event_log, state = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log,
+                                                            state_dir, file, event_log)
     if out is not None:
         check_outside(out, [("the data directory", data)] + ([("the MLflow store", mlruns)] if mlruns else [])
                       + [("--file", f) for f in files]
                       + ([("the exposure log", exposure_log)] if exposure_log else [])
                       + ([("the event log", event_log)] if event_log else []))
     doc = export_customer(customer_id, data, mlruns, exposure_log, files, encoding=encoding, project=run.name,
-                          timezone=run.timezone, event_log=event_log)
+                          timezone=run.timezone, event_log=event_log, state_dir=state)
     text = json.dumps(doc, indent=1, default=str)
     if out is None:
         typer.echo(text)
@@ -138,8 +140,11 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
            encoding: EncodingOption = Encoding.UTF_8,
            project: ProjectOption = None) -> None:
     """Remove CUSTOMER_IDS from the data, the files named, the exposure log (pseudonymised), the
-    service's state folder and event log, and the saved recommenders; a tombstone keeps them out of
-    later imports and the running service.
+    service's state folder (rejected rows, trigger outbox, timers) and event log, and the saved
+    recommenders; a tombstone keeps them out of later imports and the running service.
+
+    A service with segments must be stopped first (it holds the trigger outbox; the command refuses,
+    changing nothing, while it does); start it again afterwards.
 
     Every store must exist: a --mlruns or --exposure-log (given or default) that is not there stops
     the command before anything is written; say --no-mlruns / --no-exposure-log where there is none.
@@ -147,9 +152,9 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
     read, fails the command with exit code 2 after everything else is done; the tombstone stays."""
     run = resolve(project, data=data)
     data = run.need_data()
-    mlruns, exposure_log, files, event_log = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log,
-                                                     state_dir, file, event_log)
-    report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding, event_log)
+    mlruns, exposure_log, files, event_log, state = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log,
+                                                            state_dir, file, event_log)
+    report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding, event_log, state)
     table = RichTable(title=f"Forgot {len(report.forgotten)} customer(s)", title_justify="left")
     table.add_column("store")
     table.add_column("removed", justify="right")
@@ -162,6 +167,10 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
         table.add_row(f"exposure log: {exposure_log}", f"{report.exposures:,} records pseudonymised")
     if event_log is not None:
         table.add_row(f"event log: {event_log}", f"{report.events:,} events removed")
+    if state is not None and (state / OUTBOX).exists():
+        table.add_row(f"trigger outbox: {state / OUTBOX}", f"{report.outbox:,} transitions removed")
+    if state is not None and (state / TIMERS).exists():
+        table.add_row(f"timers: {state / TIMERS}", f"{report.timers:,} records removed")
     if mlruns is None:
         table.add_row("MLflow store: none (--no-mlruns)", "")
     for path, n in report.recommender_rows.items():

@@ -4,7 +4,8 @@ Input rows (raw, from every table and rejects file of the data directory and the
 named), their latest features (built just after the last row of the data), scores with the champion
 models, recommendations of the champion recommender under the default rules, what each saved
 recommender holds about them (their factor row or history) and their rows in the models' holdout
-score files, their exposure records, and their events in the event log (which the features include).
+score files, their exposure records, their events in the event log (which the features include), and
+their segment transitions and trigger fires in the service's outbox and their armed timers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from features.io import Encoding, load_data_dir, read_tombstones
 from features.privacy import customer_rows, tabular_files
 from features.schema import CUSTOMER_ID
 from features.snapshot import snapshot_as_of
+from sendwise.privacy.live_stores import customer_records
 from sendwise.privacy.stores import check_event_log, check_exposure_log, check_mlruns
 from serving.exposures import customer_exposures
 from training.holdout_scores import score_files
@@ -43,23 +45,26 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str | None = None,
                     exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
                     k: int = 10, encoding: Encoding | str = Encoding.UTF_8, project: str | None = None,
-                    timezone: str | None = None, event_log: Path | str | None = None) -> dict:
+                    timezone: str | None = None, event_log: Path | str | None = None,
+                    state_dir: Path | str | None = None) -> dict:
     """The export document of ``customer_id``; ``notes`` says what could not be included and why.
     ``mlruns`` and ``exposure_log`` are None where there is no such store; a path given must exist.
     CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded).
     Scores and recommendations come from ``project``'s champions (none: the global names); one
     registered for another project is left out with a note. Naive timestamps are read in ``timezone``
     (the shop's, as when the models were trained; None: UTC). ``event_log`` (None: none) adds the
-    customer's events as stored there, and its rows to the data the features are built from."""
+    customer's events as stored there, and its rows to the data the features are built from. ``state_dir``
+    (None: none) adds their records in the service's outbox and timers journal (``outbox``, ``timers``)."""
     customer_id, data_dir = customer_id.strip(), Path(data_dir)  # ids are trimmed on import, as here
     if not customer_id:
         raise InputError("the customer id must be non-empty text")
     mlruns = None if mlruns is None else check_mlruns(mlruns)  # a store named must be there: no silent gaps
     exposure_log = None if exposure_log is None else check_exposure_log(exposure_log)
     event_log = None if event_log is None else check_event_log(event_log)
+    live = {"outbox": [], "timers": []} if state_dir is None else customer_records(state_dir, customer_id)
     doc: dict = {"customer_id": customer_id, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
                  "forgotten": customer_id in read_tombstones(data_dir), "input_rows": {}, "features": None,
-                 "scores": None, "recommendations": [], "model_rows": {}, "exposures": [], "events": [], "notes": []}
+                 "scores": None, "recommendations": [], "model_rows": {}, "exposures": [], "events": [], **live, "notes": []}
     for root in (data_dir, *files):
         for path in tabular_files(root):
             rows = customer_rows(path, [customer_id], encoding)

@@ -3,11 +3,14 @@
 In order: a tombstone in the data directory (from then on imports, loads and the running service
 skip the customer); their rows in the data directory's tables and rejects and in the other files
 named (snapshots, training sets, score or recommendation outputs); their records in the exposure
-log, pseudonymised; their events in the event log (the log rewritten without them); their rows in every recommender saved in the local MLflow store and in the
-models' holdout score files there.
+log, pseudonymised; their events in the event log (the log rewritten without them); their lines in the
+service's trigger outbox and timers journal (:mod:`sendwise.privacy.live_stores`, with the webhook's and
+the segments worker's cursors kept right); their rows in every recommender saved in the local MLflow
+store and in the models' holdout score files there.
 
 Every path is checked before anything is written: a folder, file or store that is named but not
-there stops the command (a typo must not turn into "0 rows removed"). The report counts what was
+there stops the command (a typo must not turn into "0 rows removed"), and so does an outbox, timers
+journal or cursor that cannot be read, or an outbox a running service holds (stop it first). The report counts what was
 removed per customer: an id that matched nothing anywhere, and had no tombstone before, is named
 in :attr:`ForgetReport.unmatched`, and a file that could not be read (the others are still
 searched) in :attr:`ForgetReport.failed`; the command then fails, saying so (the tombstone stays).
@@ -24,6 +27,7 @@ from features.errors import InputError, NotFoundError
 from features.event_log import forget_customers as forget_events
 from features.io import Encoding, read_tombstones, write_tombstones
 from features.privacy import drop_customer_rows, tabular_files
+from sendwise.privacy.live_stores import LiveStores
 from sendwise.privacy.stores import check_event_log, check_exposure_log, check_mlruns
 from serving.exposures import pseudonymise_customers
 from training.holdout_scores import score_files
@@ -37,6 +41,8 @@ class ForgetReport:
     file_rows: dict[str, int] = field(default_factory=dict)  # rows removed per file that held any
     exposures: int = 0  # exposure records pseudonymised
     events: int = 0  # events removed from the event log
+    outbox: int = 0  # transitions removed from the trigger outbox
+    timers: int = 0  # records removed from the timers journal
     recommender_rows: dict[str, int] = field(default_factory=dict)  # rows removed per saved recommender
     holdout_rows: dict[str, int] = field(default_factory=dict)  # rows removed per holdout score file
     found: Counter[str] = field(default_factory=Counter)  # rows and records removed per customer, everywhere
@@ -62,10 +68,13 @@ class ForgetReport:
 
 def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: Path | str | None = None,
                      exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
-                     encoding: Encoding | str = Encoding.UTF_8, event_log: Path | str | None = None) -> ForgetReport:
+                     encoding: Encoding | str = Encoding.UTF_8, event_log: Path | str | None = None,
+                     state_dir: Path | str | None = None) -> ForgetReport:
     """Forget ``customer_ids`` everywhere; returns what was removed where. ``mlruns``, ``exposure_log``
-    and ``event_log`` are None where there is no such store; a path given must exist. CSV files
-    that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded)."""
+    and ``event_log`` are None where there is no such store; a path given must exist. ``state_dir``
+    (None: none) is the service's state folder, whose outbox, timers and cursors are cleaned (the
+    service stopped). CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the
+    data was loaded)."""
     given = list(customer_ids)
     ids = sorted({c.strip() for c in given})  # ids are trimmed on import, as here
     if not ids or any(not c for c in ids):
@@ -83,7 +92,15 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
         exposure_log = check_exposure_log(exposure_log)
     if event_log is not None:
         event_log = check_event_log(event_log)
+    if state_dir is None:
+        return _forget(ids, data_dir, mlruns, exposure_log, files, encoding, event_log, None)
+    with LiveStores.open(state_dir) as live:  # locked and read: refused while the service runs, or one is damaged
+        return _forget(ids, data_dir, mlruns, exposure_log, files, encoding, event_log, live)
 
+
+def _forget(ids: list[str], data_dir: Path, mlruns: Path | None, exposure_log: Path | None, files: list[Path],
+            encoding: Encoding | str, event_log: Path | None, live: LiveStores | None) -> ForgetReport:
+    """:func:`forget_customers` once every path is checked (and the live stores locked)."""
     before = read_tombstones(data_dir)
     report = ForgetReport(ids, write_tombstones(data_dir, before.adding(ids)),
                           already_forgotten=[c for c in ids if c in before])
@@ -107,12 +124,24 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
     if event_log is not None:
         report.stores.append(f"event log {event_log}")
         try:
+            if live is not None:  # lowered first: a crash between the two replays events, never skips one
+                live.lower_segments_cursor(event_log, ids)
             removed = forget_events(event_log, ids)
         except InputError as exc:  # a damaged line: the log is left as it was, and the command fails
             report.failed[str(event_log)] = str(exc)
         else:
             report.events = removed.total()
             report.found += removed
+    if live is not None:
+        report.stores.extend(live.names)
+        try:
+            removed_live = live.forget(ids)
+        except InputError as exc:  # changed since it was checked: a service started on it after all
+            report.failed[str(live.state)] = str(exc)
+        else:
+            report.outbox, report.timers = removed_live["outbox"].total(), removed_live["timers"].total()
+            for removed in removed_live.values():
+                report.found += removed
     if mlruns is not None:
         report.stores.append(f"MLflow store {mlruns}")
         for directory, removed in forget_in_store(mlruns, ids).items():
