@@ -3,17 +3,18 @@
 In order: a tombstone in the data directory (from then on imports, loads and the running service
 skip the customer); their rows in the data directory's tables and rejects and in the other files
 named (snapshots, training sets, score or recommendation outputs); their records in the exposure
-log, pseudonymised; their events in the event log (the log rewritten without them); their lines in the
-service's trigger outbox and timers journal (:mod:`sendwise.privacy.live_stores`, with the webhook's and
-the segments worker's cursors kept right); their rows in every recommender saved in the local MLflow
-store and in the models' holdout score files there.
+log, pseudonymised; their events in the event log (the log rewritten without them, the segments
+worker's cursor lowered first); their rows in every recommender saved in the local MLflow store and
+in the models' holdout score files there; their lines in the service's trigger outbox and timers
+journal (:mod:`sendwise.privacy.live_stores`, the webhook's cursor kept right).
 
 Every path is checked before anything is written: a folder, file or store that is named but not
 there stops the command (a typo must not turn into "0 rows removed"), and so does an outbox, timers
-journal or cursor that cannot be read, or an outbox a running service holds (stop it first). The report counts what was
-removed per customer: an id that matched nothing anywhere, and had no tombstone before, is named
-in :attr:`ForgetReport.unmatched`, and a file that could not be read (the others are still
-searched) in :attr:`ForgetReport.failed`; the command then fails, saying so (the tombstone stays).
+journal or cursor that cannot be read, or an outbox a running service holds (stop it first). The
+report counts what was removed per customer: an id that matched nothing anywhere, and had no
+tombstone before, is named in :attr:`ForgetReport.unmatched`, and a file that could not be read (the
+others are still searched) in :attr:`ForgetReport.failed`; the command then fails, saying so (the
+tombstone stays).
 """
 
 from __future__ import annotations
@@ -132,16 +133,6 @@ def _forget(ids: list[str], data_dir: Path, mlruns: Path | None, exposure_log: P
         else:
             report.events = removed.total()
             report.found += removed
-    if live is not None:
-        report.stores.extend(live.names)
-        try:
-            removed_live = live.forget(ids)
-        except InputError as exc:  # changed since it was checked: a service started on it after all
-            report.failed[str(live.state)] = str(exc)
-        else:
-            report.outbox, report.timers = removed_live["outbox"].total(), removed_live["timers"].total()
-            for removed in removed_live.values():
-                report.found += removed
     if mlruns is not None:
         report.stores.append(f"MLflow store {mlruns}")
         for directory, removed in forget_in_store(mlruns, ids).items():
@@ -151,5 +142,15 @@ def _forget(ids: list[str], data_dir: Path, mlruns: Path | None, exposure_log: P
             removed = drop_customer_rows(path, ids)
             if removed:
                 report.holdout_rows[str(path)] = removed.total()
+                report.found += removed
+    if live is not None:
+        report.stores.extend(live.names)
+        try:
+            removed_live = live.forget(ids)
+        except InputError as exc:  # changed since it was checked: a service started on it after all
+            report.failed[str(live.state)] = str(exc)
+        else:
+            report.outbox, report.timers = removed_live["outbox"].total(), removed_live["timers"].total()
+            for removed in removed_live.values():
                 report.found += removed
     return report
