@@ -172,7 +172,7 @@ class LiveStores:
     def _check(self) -> None:
         self._outbox = _read(self.outbox, "transition", True) if self.outbox.exists() else []
         self._timers = _read(self.timers, "timer", False) if self.timers.exists() else []
-        self._offset, self._delivered = self._read_webhook_cursor()
+        self._offset, self._cursor = self._read_webhook_cursor()
         self._handled = self._read_segments_cursor()
         self._seen = {p: os.stat(p) if p.exists() else None
                       for p in (self.outbox, self.timers, self.webhook_cursor, self.segments_cursor)}
@@ -255,20 +255,20 @@ class LiveStores:
             removed["outbox"] = Counter()
             return removed
         _unchanged(self.outbox, self._seen[self.outbox])
-        if self._offset:
+        passed = [line for line in kept if line.start < self._offset]
+        cursor = dict(self._cursor, offset=sum(len(line.data) for line in passed))
+        gone = {line.record["id"] for line in self._outbox if line.record is not None and line.customer in wanted}
+        if cursor.get("last_delivered") in gone:  # an id derived from the customer's
+            cursor["last_delivered"] = passed[-1].record["id"] if passed else ""
+        if cursor != self._cursor and self.webhook_cursor.exists():
             _unchanged(self.webhook_cursor, self._seen[self.webhook_cursor])
-            passed = [line for line in kept if line.start < self._offset]
-            cursor = dict(self._delivered, offset=sum(len(line.data) for line in passed))
-            gone = {line.record["id"] for line in self._outbox if line.record is not None and line.customer in wanted}
-            if cursor.get("last_delivered") in gone:  # an id derived from the customer's
-                cursor["last_delivered"] = passed[-1].record["id"] if passed else ""
             _write(self.webhook_cursor, json.dumps(cursor).encode())
         removed["outbox"] = self._rewrite(self.outbox, self._outbox, wanted)
         return removed
 
     def _rewrite(self, path: Path, lines: list[_Line], wanted: set[str]) -> Counter[str]:
         kept = [line for line in lines if line.record is not None and line.customer not in wanted]
-        removed = Counter(line.customer for line in lines if line.record is not None and line.customer in wanted)
+        removed = Counter(c for line in lines if (c := line.customer) is not None and c in wanted)
         if len(kept) < len(lines):
             _unchanged(path, self._seen[path])
             _write(path, b"".join(line.data for line in kept))
