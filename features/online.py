@@ -521,6 +521,7 @@ class OnlineFeatures:
         self._products = self._load_products()
         batch = build_features(tables, self.as_of, self.config) if snapshot is None else snapshot
         self._keys = self._batch_keys(batch)
+        self._row_ids, self._row_starts, self._row_counts = np.array([], dtype=object), None, None
         self._copies = self._copy_rows()
         self._customers: dict[str, _Customer] = {}
         self._untouched: OrderedDict[str, _Customer] = OrderedDict()
@@ -582,15 +583,26 @@ class OnlineFeatures:
 
     def _copy_rows(self) -> dict[Table, str]:
         """The columns the sources read, copied into temporary tables of the shop's connection ordered by
-        customer, so that one customer's rows are a short range (a table of the shop may be a view over a
-        file, scanned whole by every query). DuckDB holds them (compressed, spilling past its memory limit);
-        :meth:`close` drops them."""
+        customer, with an index of where each customer's rows start (a table of the shop may be a view over
+        a file, and a filter on a text column scans the whole table: a row-id range does not). DuckDB holds
+        the copies (compressed, spilling past its memory limit); :meth:`close` drops them."""
         token = uuid.uuid4().hex[:12]
-        copies = {}
+        copies = {t: f"_online_{t.value}_{token}" for t in self._plan.tables}
         for table, cols in self._plan.tables.items():
-            copies[table] = f"_online_{table.value}_{token}"
             self._con.execute(f"CREATE TEMP TABLE {copies[table]} AS SELECT {', '.join(cols)} FROM {table.value} "
-                              f"ORDER BY {CUSTOMER_ID}")
+                              f"WHERE {CUSTOMER_ID} IS NOT NULL ORDER BY {CUSTOMER_ID}")
+        if copies:
+            counts = [f"(SELECT {CUSTOMER_ID}, count(*) AS n{i} FROM {name} GROUP BY ALL)"
+                      for i, name in enumerate(copies.values())]
+            joined = " FULL JOIN ".join(f"{c} c{i}" + (f" USING ({CUSTOMER_ID})" if i else "")
+                                        for i, c in enumerate(counts))
+            frame = self._con.execute(f"SELECT {CUSTOMER_ID}, "
+                                      f"{', '.join(f'coalesce(n{i}, 0) AS n{i}' for i in range(len(copies)))} "
+                                      f"FROM {joined} ORDER BY {CUSTOMER_ID}").df()
+            self._row_ids = frame[CUSTOMER_ID].to_numpy(dtype=object)
+            n = frame[[f"n{i}" for i in range(len(copies))]].to_numpy(dtype=np.int64)
+            self._row_starts = np.cumsum(n, axis=0) - n  # customer i's rows of table j: [start, start + n)
+            self._row_counts = n
         return copies
 
     def close(self) -> None:
@@ -614,17 +626,28 @@ class OnlineFeatures:
         return self._untouched[customer_id]
 
     def _fetch(self, customer_ids: list[str]) -> None:
-        """Read the rows of customers not held yet (one query per table for all of them)."""
+        """Read the rows of customers not held yet: a row-id range per table for one customer, one scan
+        per table for several."""
         if not self._copies and self._plan.tables:
             raise InputError("this online store is closed")
         rows: dict[str, dict[Table, list[dict]]] = {c: {t: [] for t in self._plan.tables} for c in customer_ids}
-        for table, cols in self._plan.tables.items():
-            match = (f"{CUSTOMER_ID} = $ids" if len(customer_ids) == 1 else  # a range the zone maps find
-                     f"{CUSTOMER_ID} IN (SELECT unnest($ids))")  # one scan for many
-            cur = self._con.execute(f"SELECT {', '.join(cols)} FROM {self._copies[table]} WHERE {match}",
-                                    {"ids": customer_ids[0] if len(customer_ids) == 1 else customer_ids})
-            at = cols.index(CUSTOMER_ID)
-            for values in cur.fetchall():
+        where = np.searchsorted(self._row_ids, customer_ids) if len(self._row_ids) else np.zeros(len(customer_ids))
+        for j, (table, cols) in enumerate(self._plan.tables.items()):
+            select, at = f"SELECT {', '.join(cols)} FROM {self._copies[table]}", cols.index(CUSTOMER_ID)
+            if len(customer_ids) > 1:
+                found = self._con.execute(f"{select} WHERE {CUSTOMER_ID} IN (SELECT unnest($ids))",
+                                          {"ids": customer_ids}).fetchall()
+            else:
+                i = int(where[0])
+                if i >= len(self._row_ids) or self._row_ids[i] != customer_ids[0] or not self._row_counts[i, j]:
+                    continue
+                start = int(self._row_starts[i, j])
+                found = self._con.execute(f"{select} WHERE rowid >= $a AND rowid < $b",
+                                          {"a": start, "b": start + int(self._row_counts[i, j])}).fetchall()
+            for values in found:
+                if values[at] not in rows:
+                    raise RuntimeError(f"the copy of {table.value} is not in customer order: read a row of "
+                                       f"{values[at]!r} for {customer_ids[:3]}")
                 rows[values[at]][table].append(dict(zip(cols, values, strict=True)))
         for customer_id, held in rows.items():
             moments = [r[SPECS[t].time_column] for t, rs in held.items() for r in rs]
