@@ -297,7 +297,7 @@ def test_openapi_fuzz_never_5xx(client: TestClient) -> None:
     schema = schemathesis.openapi.from_dict(client.get("/docs.json").json())
     failures, unsupported = [], []
     operations = [op.ok() for op in schema.get_all_operations() if op.ok().method.upper() == "POST"]
-    assert len(operations) == 10
+    assert len(operations) == 12
     for operation in operations:
 
         @settings(max_examples=25, deadline=None, database=None, derandomize=True,
@@ -319,7 +319,7 @@ def test_openapi_fuzz_never_5xx(client: TestClient) -> None:
 
 
 API_ROUTES = ["/score", "/score_batch", "/recommend", "/recommend_batch", "/product_block", "/product_block_batch",
-              "/next_best_action", "/next_best_action_batch", "/model_info", "/ping"]
+              "/next_best_action", "/next_best_action_batch", "/model_info", "/ping", "/events", "/segments"]
 
 
 def test_malformed_bodies_get_a_4xx_never_a_5xx(client: TestClient) -> None:
