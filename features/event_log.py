@@ -44,8 +44,17 @@ from pathlib import Path
 from typing import Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import duckdb
 import pandas as pd
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from features.errors import InputError
 from features.schema import (
@@ -68,7 +77,7 @@ from features.validate import now_utc
 
 __all__ = ["EVENT_TYPES", "FUTURE_TOLERANCE", "MAX_EVENTS", "MAX_ID_LENGTH", "ORDER", "AppendResult", "Event",
            "EventBatch", "EventLog", "EventsError", "OrderLine", "customer_events", "event_log_frames",
-           "forget_customers", "parse_events"]
+           "forget_customers", "held_by_tables", "parse_events"]
 
 logger = logging.getLogger(__name__)
 
@@ -649,6 +658,40 @@ def event_log_frames(path: Path | str) -> dict[Table, pd.DataFrame]:
         raise InputError(f"{path}: a time or number the event log did not write ({exc}); expected events as the "
                          "event log writes them. Restore the file from a backup.") from None
     return frames
+
+
+def held_by_tables(con: duckdb.DuckDBPyConnection, path: Path | str) -> set[str]:
+    """Ids of the log's events that the contract tables of ``con`` hold already: an order whose order id
+    the ``orders`` table has, an event whose row the ``events`` table has (every column equal). The
+    shop's next export may hold what the service took as events: replaying the log onto such data
+    would count them twice (:func:`features.io.load_data_dir` leaves the same rows out)."""
+    orders, events = [], []
+    for record in _records(Path(path)):
+        if record.get(EVENT_TYPE) == ORDER:
+            orders.append(record["event_id"])
+        else:
+            events.append((record["event_id"], record[CUSTOMER_ID], record[EVENT_TYPE], record.get(PRODUCT_ID),
+                           record[OCCURRED_AT]))
+    held: set[str] = set()
+    if orders:
+        con.register("_log_order_ids", pd.DataFrame({"event_id": orders}))
+        try:
+            held |= {r[0] for r in con.execute(f"SELECT event_id FROM _log_order_ids WHERE event_id IN "
+                                               f"(SELECT CAST({ORDER_ID} AS VARCHAR) FROM orders)").fetchall()}
+        finally:
+            con.unregister("_log_order_ids")
+    if events:
+        frame = pd.DataFrame(events, columns=["event_id", CUSTOMER_ID, EVENT_TYPE, PRODUCT_ID, OCCURRED_AT])
+        frame[OCCURRED_AT] = pd.to_datetime(frame[OCCURRED_AT], format="ISO8601", utc=True).dt.tz_localize(None)
+        same = " AND ".join(f"d.{c} IS NOT DISTINCT FROM l.{c}" for c in (CUSTOMER_ID, EVENT_TYPE, PRODUCT_ID,
+                                                                           OCCURRED_AT))
+        con.register("_log_events", frame)
+        try:
+            held |= {r[0] for r in con.execute(f"SELECT l.event_id FROM _log_events l WHERE EXISTS "
+                                               f"(SELECT 1 FROM events d WHERE {same})").fetchall()}
+        finally:
+            con.unregister("_log_events")
+    return held
 
 
 def customer_events(path: Path | str, customer_id: str) -> list[dict]:

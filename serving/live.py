@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -53,13 +53,15 @@ class LiveProfiles:
 
     @classmethod
     def open(cls, log: EventLog, online: OnlineFeatures, clock: ServiceClock,
-             replayed: Callable[[int, Event], None] | None = None) -> LiveProfiles:
-        """Replay every event of ``log`` onto ``online`` (a restart: the state before the crash), show
-        each to ``replayed`` with its position, and move a data clock past the last one."""
+             replayed: Callable[[int, Event], None] | None = None, held: Collection[str] = ()) -> LiveProfiles:
+        """Replay every event of ``log`` onto ``online`` (a restart: the state before the crash) but
+        those the data holds already (``held``: :func:`features.event_log.held_by_tables`), show each
+        to ``replayed`` with its position, and move a data clock past the last one."""
         live = cls(log, online, clock)
         started, last = time.perf_counter(), None
         for index, event in enumerate(log.read()):
-            live._apply(event)
+            if event.event_id not in held:
+                live._apply(event)
             if replayed is not None:
                 replayed(index, event)
             last = event.occurred_at if last is None else max(last, event.occurred_at)

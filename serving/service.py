@@ -20,7 +20,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from features.errors import InputError
-from features.event_log import AppendResult, Event, EventLog, parse_events
+from features.event_log import AppendResult, Event, EventLog, held_by_tables, parse_events
 from features.online import OnlineFeatures
 from serving import answers
 from serving.clock import ServiceClock
@@ -93,8 +93,9 @@ class Sendwise:
         self.segments = self._open_segments(config, clock, state)
         # the online store gets a copy of the data in a connection of its own, cut at the snapshot
         online = OnlineFeatures(state.tables.before(state.as_of), state.as_of, state.customers.config)
+        held = held_by_tables(state.tables.con, config.events_path)  # the shop's export holds them: not twice
         self.profiles = LiveProfiles.open(EventLog(config.events_path), online, clock,
-                                          self.segments.replayed if self.segments else None)
+                                          self.segments.replayed if self.segments else None, held)
         self._attach(self.live.current.router)
         if self.segments is not None:
             self.profiles.on_events(self.segments.on_events)

@@ -356,3 +356,25 @@ def test_forget_while_a_writer_appends_loses_none_of_the_others_events(tmp_path:
     assert all(r["c3"] for r in removed)
     others = {a for a in acked if int(a[1:]) % 10 != 3}
     assert others <= {r["event_id"] for r in stored}
+
+
+def test_held_by_tables_names_the_logged_orders_and_events_the_data_holds(tiny_tables, tmp_path: Path) -> None:
+    """What the shop's next export also holds is replayed once, not twice (serving/live.py skips these)."""
+    from features.event_log import held_by_tables
+
+    con = tiny_tables.con
+    order_id, customer, ordered_at = con.execute("SELECT order_id, customer_id, ordered_at FROM orders "
+                                                 "ORDER BY order_id LIMIT 1").fetchall()[0]
+    event = con.execute("SELECT customer_id, event_type, product_id, occurred_at FROM events LIMIT 1").fetchall()[0]
+    log = EventLog(tmp_path / "events.jsonl")
+    at = ordered_at.isoformat() + "Z"
+    log.append(parse_events({"events": [
+        {"event_id": str(order_id), "customer_id": customer, "event_type": "order", "occurred_at": at,
+         "lines": [{"product_id": "p-x", "quantity": 1, "unit_price": 1.0}]},
+        {"event_id": "same-row", "customer_id": event[0], "event_type": event[1], "occurred_at":
+         event[3].isoformat() + "Z", **({"product_id": event[2]} if event[2] else {})},
+        {"event_id": "new-order", "customer_id": customer, "event_type": "order", "occurred_at": at,
+         "lines": [{"product_id": "p-x", "quantity": 1, "unit_price": 1.0}]},
+        {"event_id": "new-event", "customer_id": event[0], "event_type": "email_open", "occurred_at": at}]},
+        now=datetime(2030, 1, 1)))
+    assert held_by_tables(con, log.path) == {str(order_id), "same-row"}
