@@ -9,7 +9,7 @@ and ranks them against a population index for the features relative to all custo
 scores, the population median). The result equals :func:`features.build.build_features` over the
 tables with the same rows appended, at as_of ``t`` (the tests hold it to that).
 
-A customer's own rows are read lazily (one query per table, from copies of the tables ordered by
+A customer's own rows are read lazily (a row-id range per table, from copies of the tables ordered by
 customer), the first time the customer is asked about or gets an event; :meth:`OnlineFeatures.prefetch`
 reads many at once. The population index starts from the batch features at
 ``as_of`` (one DuckDB query, no per-customer Python work): untouched customers keep their batch
@@ -506,7 +506,8 @@ class OnlineFeatures:
     """The online features of one shop from the snapshot time ``as_of`` on (see the module's docstring).
 
     ``tables`` holds the shop's rows before ``as_of`` (none at or after it: later rows arrive through
-    ``apply_*``); it is read, never written. ``snapshot``: ``build_features(tables, as_of, config)`` when
+    ``apply_*``); its rows are never changed, its connection gets temporary, ordered copies of the columns
+    the sources read (:meth:`close` drops them). ``snapshot``: ``build_features(tables, as_of, config)`` when
     the caller already has it (built here otherwise). Thread-safe: one lock around every call.
     """
 
