@@ -627,24 +627,25 @@ class OnlineFeatures:
         return self._untouched[customer_id]
 
     def _fetch(self, customer_ids: list[str]) -> None:
-        """Read the rows of customers not held yet: a row-id range per table for one customer, one scan
-        per table for several."""
+        """Read the rows of customers not held yet: a row-id range per table and customer, or, for a
+        batch of at least 1 in 1,000 customers, one scan per table for all of them."""
         if not self._copies and self._plan.tables:
             raise InputError("this online store is closed")
         rows: dict[str, dict[Table, list[dict]]] = {c: {t: [] for t in self._plan.tables} for c in customer_ids}
+        scan = len(customer_ids) > 1 and len(customer_ids) * 1000 >= len(self._row_ids)
         where = np.searchsorted(self._row_ids, customer_ids) if len(self._row_ids) else np.zeros(len(customer_ids))
         for j, (table, cols) in enumerate(self._plan.tables.items()):
             select, at = f"SELECT {', '.join(cols)} FROM {self._copies[table]}", cols.index(CUSTOMER_ID)
-            if len(customer_ids) > 1:
+            found = []
+            if scan:
                 found = self._con.execute(f"{select} WHERE {CUSTOMER_ID} IN (SELECT unnest($ids))",
                                           {"ids": customer_ids}).fetchall()
-            else:
-                i = int(where[0])
-                if i >= len(self._row_ids) or self._row_ids[i] != customer_ids[0] or not self._row_counts[i, j]:
+            for customer_id, i in zip(customer_ids, map(int, where), strict=True):
+                if scan or i >= len(self._row_ids) or self._row_ids[i] != customer_id or not self._row_counts[i, j]:
                     continue
                 start = int(self._row_starts[i, j])
-                found = self._con.execute(f"{select} WHERE rowid >= $a AND rowid < $b",
-                                          {"a": start, "b": start + int(self._row_counts[i, j])}).fetchall()
+                found += self._con.execute(f"{select} WHERE rowid >= $a AND rowid < $b",
+                                           {"a": start, "b": start + int(self._row_counts[i, j])}).fetchall()
             for values in found:
                 if values[at] not in rows:
                     raise RuntimeError(f"the copy of {table.value} is not in customer order: read a row of "
