@@ -40,7 +40,16 @@ from features.build import build_features, to_timestamp
 from features.config import FeatureConfig
 from features.errors import InputError
 from features.online_expr import compile_aggregate, compile_scalar, sql_sum
-from features.registry import POPULATION_SOURCE, Agg, Feature, Registry, RegistryError, Source, references, registry
+from features.registry import (
+    POPULATION_SOURCE,
+    Agg,
+    Feature,
+    Registry,
+    RegistryError,
+    Source,
+    references,
+    registry,
+)
 from features.rfm import score_sql
 from features.schema import (
     ATTRIBUTE,
@@ -525,6 +534,7 @@ class OnlineFeatures:
         self._row_ids, self._row_starts, self._row_counts = np.array([], dtype=object), None, None
         self._copies = self._copy_rows()
         self._customers: dict[str, _Customer] = {}
+        self._pending: dict[str, dict[Table, list[dict]]] = {}  # rows applied to customers whose own are not read yet
         self._untouched: OrderedDict[str, _Customer] = OrderedDict()
         self._touched: set[str] = set()
         self._dirty: set[str] = set()
@@ -621,6 +631,9 @@ class OnlineFeatures:
     def _customer(self, customer_id: str) -> _Customer:
         if customer_id in self._customers:
             return self._customers[customer_id]
+        if customer_id in self._pending:
+            self._resolve([customer_id])
+            return self._customers[customer_id]
         if customer_id not in self._untouched:
             self._fetch([customer_id])
         self._untouched.move_to_end(customer_id)
@@ -659,13 +672,28 @@ class OnlineFeatures:
             self._untouched.popitem(last=False)
 
     def prefetch(self, customer_ids: list[str]) -> None:
-        """Read the rows of many customers at once (before a batch of events: one query per table, not one
-        per table and customer)."""
+        """Read the rows of many customers at once (one query per table, not one per table and customer)."""
         with self._lock:
-            wanted = list(dict.fromkeys(c for c in customer_ids
-                                        if c not in self._customers and c not in self._untouched))
-            if wanted:
-                self._fetch(wanted)
+            wanted = list(dict.fromkeys(c for c in customer_ids if c not in self._customers and c not in self._untouched))
+            pending = [c for c in wanted if c in self._pending]
+            if pending:
+                self._resolve(pending)
+            rest = [c for c in wanted if c not in pending]
+            if rest:
+                self._fetch(rest)
+
+    def _resolve(self, customer_ids: list[str]) -> None:
+        """Read the own rows of customers with rows applied before theirs were read, and add those."""
+        self._fetch(customer_ids)
+        for customer_id in customer_ids:
+            customer = self._untouched.pop(customer_id)
+            for table, rows in self._pending.pop(customer_id).items():
+                customer.rows.setdefault(table, []).extend(rows)
+                col = SPECS[table].time_column
+                moment = max(row[col] for row in rows)
+                customer.last_at = moment if customer.last_at is None else max(customer.last_at, moment)
+            customer.cache.clear()
+            self._customers[customer_id] = customer
 
     def _append(self, customer_id: str, table: Table, rows: list[dict]) -> None:
         if not isinstance(customer_id, str) or not customer_id:
@@ -675,15 +703,21 @@ class OnlineFeatures:
             if not isinstance(row[col], datetime) or row[col].tzinfo is not None:
                 raise InputError(f"{col} must be a naive UTC datetime; got {row[col]!r}")
         with self._lock:
-            customer = self._customer(customer_id)
-            if customer_id not in self._customers:
-                self._customers[customer_id] = self._untouched.pop(customer_id)
+            if not self._copies and self._plan.tables:
+                raise InputError("this online store is closed")
             cols = self._plan.tables[table]
-            customer.rows.setdefault(table, []).extend({c: row.get(c) for c in cols} for row in rows)
-            for name in [n for n in customer.cache if table in self._plan.reads[n]]:
-                del customer.cache[name]
-            moment = max(row[col] for row in rows)
-            customer.last_at = moment if customer.last_at is None else max(customer.last_at, moment)
+            kept = [{c: row.get(c) for c in cols} for row in rows]
+            if customer_id not in self._customers and customer_id in self._untouched:
+                self._customers[customer_id] = self._untouched.pop(customer_id)
+            customer = self._customers.get(customer_id)
+            if customer is None:  # its own rows are read when it is asked about (an event is then cheap)
+                self._pending.setdefault(customer_id, {}).setdefault(table, []).extend(kept)
+            else:
+                customer.rows.setdefault(table, []).extend(kept)
+                for name in [n for n in customer.cache if table in self._plan.reads[n]]:
+                    del customer.cache[name]
+                moment = max(row[col] for row in rows)
+                customer.last_at = moment if customer.last_at is None else max(customer.last_at, moment)
             self._touched.add(customer_id)
             if table in self._plan.rank_tables or self._batch_index(customer_id) is None:
                 self._dirty.add(customer_id)  # its ranking keys, or whether it is known at all, may change
@@ -729,7 +763,7 @@ class OnlineFeatures:
         t = to_timestamp(t)
         with self._lock:
             index = self._batch_index(customer_id)
-            if index is None and customer_id not in self._customers:
+            if index is None and customer_id not in self._customers and customer_id not in self._pending:
                 return None
             self._refresh()
             evaluation = _Evaluation(self._plan, self._customer(customer_id), self._products, t, epoch_us(t))
@@ -753,6 +787,9 @@ class OnlineFeatures:
         """Recompute the ranking keys of customers with rows applied since the last call."""
         if not self._dirty:
             return
+        pending = [c for c in self._dirty if c in self._pending]
+        if pending:
+            self._resolve(pending)
         for customer_id in self._dirty:
             customer = self._customers[customer_id]
             after = max(self.as_of, customer.last_at) + _US

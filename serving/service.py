@@ -92,7 +92,8 @@ class Sendwise:
         clock = ServiceClock(config.clock, state.as_of)
         self.segments = self._open_segments(config, clock, state)
         # the online store gets a copy of the data in a connection of its own, cut at the snapshot
-        online = OnlineFeatures(state.tables.before(state.as_of), state.as_of, state.customers.config)
+        online = OnlineFeatures(state.tables.before(state.as_of), state.as_of, state.customers.config,
+                                snapshot=state.snapshot)
         held = held_by_tables(state.tables.con, config.events_path)  # the shop's export holds them: not twice
         self.profiles = LiveProfiles.open(EventLog(config.events_path), online, clock,
                                           self.segments.replayed if self.segments else None, held)
@@ -141,6 +142,7 @@ class Sendwise:
         if self.profiles is not None:
             for arm in router.all_arms():
                 arm.state.customers.live = self.profiles.fresh_view
+                arm.state.snapshot = None  # the online store has read it: free it
         return router
 
     @property

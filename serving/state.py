@@ -154,6 +154,7 @@ class ServingState:
     lookup: Lookup
     recommender_provenance: ModelProvenance = field(default_factory=lambda: ModelProvenance(None, None, None, None))
     tables: Tables | None = None  # the data it was loaded from (the online features read customers' rows)
+    snapshot: pd.DataFrame | None = None  # the features it was scored from, until the online store has its keys
 
     @property
     def versions(self) -> dict[str, str]:
@@ -354,7 +355,7 @@ def load_states(config: ServeConfig, extra: list[Aliases] | tuple[Aliases, ...] 
         context = RecommendationContext(tables, as_of, m.recommender)
         customers = CustomerTable(features, m.churn, m.propensity, current, feature_config)
         states[aliases] = ServingState(as_of, customers, m.churn, m.propensity, m.recommender, m.recommender_version,
-                                       context, Lookup(context), m.provenance["recommender"], tables)
+                                       context, Lookup(context), m.provenance["recommender"], tables, features)
     return states
 
 
