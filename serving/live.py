@@ -23,11 +23,8 @@ from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from features.event_log import AppendResult, Event, EventLog
 from features.online import OnlineFeatures
-from features.schema import CUSTOMER_ID
 from serving.clock import ServiceClock
 
 if TYPE_CHECKING:
@@ -116,6 +113,6 @@ class LiveProfiles:
         values = self.features(customer_id)
         if values is None:
             return None
-        scores, signals = table.score_one(pd.DataFrame([{CUSTOMER_ID: customer_id, **values}]))
+        scores, signals = table.score_one(customer_id, values)
         table.fresh[customer_id] = (version, now, scores, signals)
         return scores, signals

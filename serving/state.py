@@ -21,7 +21,7 @@ from datetime import datetime
 import mlflow
 import pandas as pd
 
-from features.attributes import current_attributes, with_current_attributes
+from features.attributes import CURRENT_ATTRIBUTES, current_attributes, with_current_attributes
 from features.build import build_features
 from features.config import CONFIG_ENV, FeatureConfig
 from features.errors import SendwiseError
@@ -49,7 +49,7 @@ from training.registry import (
     registered_name,
     version_provenance,
 )
-from training.scoring import REASONS, score_features
+from training.scoring import REASONS, score_features, score_row
 from training.tracking import configure_tracking
 
 logger = logging.getLogger(__name__)
@@ -120,18 +120,19 @@ class CustomerTable:
         row = self.row.get(customer_id)
         return {} if row is None else {c: v[row] for c, v in self.columns.items()}
 
-    def score_one(self, features: pd.DataFrame) -> tuple[dict, dict]:
-        """(scores, signals) of the one customer in ``features`` (a row of feature values), as the
-        snapshot's rows are: attributes as of today where on record."""
-        scores = score_features(features, self.churn, self.propensity).iloc[0]
-        signals = features[[CUSTOMER_ID, *signal_features(self.config)]]
-        customer_id = features[CUSTOMER_ID].iloc[0]
+    def score_one(self, customer_id: str, values: dict) -> tuple[dict, dict]:
+        """(scores, signals) of one customer from their feature ``values``, as the snapshot's rows are:
+        attributes as of today where on record."""
+        scored = score_row(values, self.churn, self.propensity)
+        record = {c: _plain(scored[c]) for c in SCORE_FIELDS}
+        signals = {c: _plain(values.get(c)) for c in signal_features(self.config)}
         if self._today is not None and customer_id in self._today.index:
-            signals = with_current_attributes(signals, self._today.loc[[customer_id]].reset_index())
-        record = {c: _plain(scores[c]) for c in SCORE_FIELDS}
-        values = {c: _plain(v) for c, v in signals.iloc[0].items() if c != CUSTOMER_ID}
-        reasons = [scores[f"reason_{i + 1}"] for i in range(REASONS)]
-        return record | {"reasons": [r for r in reasons if isinstance(r, str)]}, record | values
+            for name in CURRENT_ATTRIBUTES:
+                today = self._today.at[customer_id, name] if name in self._today else None
+                if name in signals and _plain(today) is not None:
+                    signals[name] = today
+        reasons = [scored[f"reason_{i + 1}"] for i in range(REASONS)]
+        return record | {"reasons": [r for r in reasons if isinstance(r, str)]}, record | signals
 
 
 LiveView = Callable[[CustomerTable, str], "tuple[dict, dict] | None"]

@@ -170,3 +170,28 @@ def test_a_forgotten_customers_events_are_acknowledged_but_not_kept(live, log: P
     assert (answer["accepted"], answer["forgotten"]) == (1, 1)
     assert "gone-view" not in EventLog(log) and "kept-view" in EventLog(log)
     assert service.profiles.version("gone-42") is None
+
+
+def test_one_customers_fresh_scores_equal_the_batch_scoring_of_the_same_features(live) -> None:
+    """score_row (no frame, used after an event) and score_features (the snapshot's) agree: buyers and prospects."""
+    import pandas as pd
+
+    from training.scoring import score_features, score_row
+
+    service = live[0]
+    state = service.state
+    ids = list(state.customers.row)[:60]
+    values = [service.profiles.features(cid) for cid in ids]
+    batch = score_features(pd.DataFrame([{"customer_id": c, **v} for c, v in zip(ids, values, strict=True)]),
+                           state.churn, state.propensity)
+    assert (batch["churn_probability"].isna().any() and batch["churn_probability"].notna().any())  # both kinds
+    for (_, row), v in zip(batch.iterrows(), values, strict=True):
+        one = score_row(v, state.churn, state.propensity)
+        for name, expected in row.items():
+            if name == "customer_id":
+                continue
+            got = one[name]
+            if isinstance(expected, float):
+                assert (pd.isna(got) and pd.isna(expected)) or got == pytest.approx(expected, rel=1e-6), (name, got)
+            else:
+                assert got == expected or (pd.isna(got) and pd.isna(expected)), (name, got, expected)

@@ -16,7 +16,7 @@ from features.config import FeatureConfig
 from features.errors import InputError
 from features.registry import LIFECYCLE_STAGES, registry
 
-__all__ = ["LIFECYCLE_STAGES", "design_matrix", "feature_columns", "trained_feature_config"]
+__all__ = ["LIFECYCLE_STAGES", "design_matrix", "design_row", "feature_columns", "trained_feature_config"]
 
 FEATURE_CONFIG = "feature_config"  # a model's metadata key: the feature settings it was trained with
 
@@ -38,6 +38,9 @@ def feature_columns(features: pd.DataFrame | None = None, config: FeatureConfig 
 def design_matrix(features: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """``features`` as float32 columns ``columns``: booleans 0/1, missing values NaN, one-hot
     levels ``name=level`` expanded; a column absent from ``features`` is all NaN."""
+    if len(features) == 1:  # one customer (the service, after an event): per-column pandas work is most of it
+        row = design_row(features.iloc[0].to_dict(), columns)
+        return pd.DataFrame(row[None, :], columns=columns, index=features.index)
     out = {}
     for col in columns:
         name, _, level = col.partition("=")
@@ -49,6 +52,23 @@ def design_matrix(features: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         else:
             out[col] = np.full(len(features), np.nan, np.float32)
     return pd.DataFrame(out, index=features.index)
+
+
+def design_row(values: dict, columns: list[str]) -> np.ndarray:
+    """One customer's ``values`` as :func:`design_matrix` makes a row of them: float32, NaN for missing."""
+    out = np.full(len(columns), np.nan, np.float32)
+    for i, col in enumerate(columns):
+        name, _, level = col.partition("=")
+        if level and name in values:
+            value = values[name]
+            out[i] = 1.0 if isinstance(value, str) and value == level else 0.0
+        elif col in values:
+            value = values[col]
+            try:
+                out[i] = np.nan if value is None or value is pd.NA else float(value)
+            except (TypeError, ValueError):  # as to_numeric(errors="coerce")
+                out[i] = np.nan
+    return out
 
 
 def trained_feature_config(meta: dict) -> FeatureConfig:

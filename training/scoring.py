@@ -14,7 +14,7 @@ from features.errors import InputError
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.validate import ContractError
-from training.design import trained_feature_config
+from training.design import design_row, trained_feature_config
 from training.model import ModelBundle
 from training.reasons import reasons_frame, top_reasons
 
@@ -57,6 +57,20 @@ def score_features(features: pd.DataFrame, churn: ModelBundle, propensity: Model
         if progress:
             progress(min(start + CHUNK, len(features)))
     return pd.concat(parts, ignore_index=True)
+
+
+def score_row(values: dict, churn: ModelBundle, propensity: ModelBundle) -> dict:
+    """One customer's scores from their feature ``values``, as :func:`score_features` gives their row
+    (without a frame: the service scores one customer right after an event)."""
+    buyer = (values.get("orders_count") or 0) > 0
+    x_churn, x_prop = design_row(values, churn.columns)[None, :], design_row(values, propensity.columns)[None, :]
+    churn_p = float(churn.predict_proba(None, x_churn)[0]) if buyer else np.nan
+    model, x = (churn, x_churn) if buyer else (propensity, x_prop)
+    reasons = top_reasons(model.contributions(None, matrix=x), x, model.columns, REASONS)[0]
+    return {"churn_probability": churn_p, "purchase_probability": float(propensity.predict_proba(None, x_prop)[0]),
+            "churn_risk": risk_band(np.array([churn_p]))[0] if buyer else None,
+            "rfm_segment": values.get("rfm_segment"), "lifecycle_stage": values.get("lifecycle_stage"),
+            **{f"reason_{i + 1}": reason for i, reason in enumerate(reasons)}}
 
 
 def score_customers(tables: Tables, as_of: object, churn: ModelBundle, propensity: ModelBundle,
