@@ -149,8 +149,12 @@ def _number(value: object, name: str) -> float:
             raise ValueError(f"got {_shown(value)}; expected {EXPECTED[name]}") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"got {type(value).__name__} {_shown(value)}; expected {EXPECTED[name]}")  # noqa: TRY004 - pydantic reports ValueError
-    if not math.isfinite(value):
-        raise ValueError(f"got {value}; expected {EXPECTED[name]}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise ValueError(f"got {_shown(value)}; expected {EXPECTED[name]}")
     return value
 
 
@@ -257,12 +261,16 @@ class Event(BaseModel):
     def _occurred_at(cls, value: object, info: ValidationInfo) -> datetime:
         context = info.context or {}
         moment = _moment(value)
-        if context.get(_STORED):
-            return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC).replace(tzinfo=None)
-        else:
-            moment = _local_to_utc(moment, _zone(context.get("timezone")))
+        try:
+            if context.get(_STORED):
+                return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC).replace(tzinfo=None)
+            else:
+                moment = _local_to_utc(moment, _zone(context.get("timezone")))
+        except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it
+            raise ValueError(f"got {_shown(value)}, outside the years a moment in UTC can hold; expected an ISO 8601 "
+                             "time such as 2024-03-01T12:30:00Z") from None
         now = context.get("now") or now_utc()
         now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
         if moment > now + FUTURE_TOLERANCE:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -378,3 +379,17 @@ def test_held_by_tables_names_the_logged_orders_and_events_the_data_holds(tiny_t
         {"event_id": "new-event", "customer_id": event[0], "event_type": "email_open", "occurred_at": at}]},
         now=datetime(2030, 1, 1)))
     assert held_by_tables(con, log.path) == {str(order_id), "same-row"}
+
+
+@pytest.mark.parametrize(("field", "value"), [("occurred_at", "0001-01-01T00:00:00+05:00"),
+                                              ("occurred_at", "9999-12-31T23:59:59-05:00"),
+                                              ("lines.0.unit_price", 10**400), ("lines.0.quantity", 10**400)])
+def test_values_beyond_what_a_float_or_utc_can_hold_are_named_not_a_crash(field: str, value: object) -> None:
+    event = {"event_id": "o-1", "customer_id": "c", "event_type": "order", "occurred_at": "2024-01-01T00:00:00Z",
+             "lines": [{"product_id": "p", "quantity": 1, "unit_price": 1.0}]}
+    if field == "occurred_at":
+        event["occurred_at"] = value
+    else:
+        event["lines"][0][field.rsplit(".", 1)[1]] = value
+    with pytest.raises(InputError, match=re.escape(f"events[0].{field.replace('.0.', '[0].')}: ")):
+        parse_events({"events": [event]}, now=datetime(2030, 1, 1))
