@@ -37,7 +37,7 @@ import tempfile
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,7 +77,7 @@ from features.validate import now_utc
 
 __all__ = ["EVENT_TYPES", "FUTURE_TOLERANCE", "MAX_EVENTS", "MAX_ID_LENGTH", "ORDER", "AppendResult", "Event",
            "EventBatch", "EventLog", "EventsError", "OrderLine", "customer_events", "event_log_frames",
-           "forget_customers", "held_by_tables", "parse_events"]
+           "forget_customers", "held_by_tables", "held_rows", "parse_events"]
 
 logger = logging.getLogger(__name__)
 
@@ -669,12 +669,17 @@ def event_log_frames(path: Path | str) -> dict[Table, pd.DataFrame]:
 
 
 def held_by_tables(con: duckdb.DuckDBPyConnection, path: Path | str) -> set[str]:
-    """Ids of the log's events that the contract tables of ``con`` hold already: an order whose order id
-    the ``orders`` table has, an event whose row the ``events`` table has (every column equal). The
-    shop's next export may hold what the service took as events: replaying the log onto such data
-    would count them twice (:func:`features.io.load_data_dir` leaves the same rows out)."""
+    """Ids of the log's events that the contract tables of ``con`` hold already (see :func:`held_rows`)."""
+    return held_rows(con, _records(Path(path)))
+
+
+def held_rows(con: duckdb.DuckDBPyConnection, records: Iterable[dict]) -> set[str]:
+    """Ids of the events (as the log stores them) that the contract tables of ``con`` hold already: an
+    order whose order id the ``orders`` table has, an event whose row the ``events`` table has (every
+    column equal). The shop's next export may hold what the service took as events: applying them onto
+    such data would count them twice (:func:`features.io.load_data_dir` leaves the same rows out)."""
     orders, events = [], []
-    for record in _records(Path(path)):
+    for record in records:
         if record.get(EVENT_TYPE) == ORDER:
             orders.append(record["event_id"])
         else:

@@ -4,17 +4,21 @@ A shop whose data is live uses the wall clock. A shop whose data is historical (
 Retail: its last order was years ago) would see every window empty and every event "in the
 future" of its data; for it the clock starts at the data's end and runs at the wall clock's pace
 from the moment the service started. ``auto`` (the default) picks the data clock when the data
-ended more than :data:`HISTORICAL_AFTER` before the wall clock, else the wall clock.
-``GET /model_info`` reports the clock's mode and ``now``.
+ended more than :data:`HISTORICAL_AFTER` before the wall clock (a live shop whose retraining failed
+for a few days keeps the wall clock: on the data clock its events would be "in the future"), else the
+wall clock; the choice is logged at startup. ``GET /model_info`` reports the clock's mode and ``now``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-HISTORICAL_AFTER = timedelta(days=2)
+logger = logging.getLogger(__name__)
+
+HISTORICAL_AFTER = timedelta(days=30)
 
 
 class ClockMode(StrEnum):
@@ -36,6 +40,8 @@ class ServiceClock:
         wall = wall or wall_now()
         if mode is ClockMode.AUTO:
             mode = ClockMode.DATA if data_end < wall - HISTORICAL_AFTER else ClockMode.WALL
+            logger.info("clock: %s (auto: the data ends %s, the wall clock says %s)", mode.value,
+                        data_end.isoformat(timespec="seconds"), wall.isoformat(timespec="seconds"))
         self.mode = mode
         self.data_end = data_end
         self._started = time.monotonic() if started is None else started

@@ -18,7 +18,7 @@
 | ``SENDWISE_CONSENT`` | ``recorded``: email only with consent on record; ``unless-refused``: unless refused (see :mod:`serving.consent`) | ``recorded`` |
 | ``SENDWISE_EXPERIMENTS`` | experiments YAML (see :mod:`serving.experiment_config`); variants of the running one | none |
 | ``SENDWISE_PROJECT`` | the project whose models are served (registered as ``<project>.churn`` ...); none: the global names | none |
-| ``SENDWISE_CLOCK`` | the service's clock (see :mod:`serving.clock`): ``wall``, ``data`` (the data's end plus the time since the start) or ``auto`` (``data`` when the data ended over 2 days ago) | ``auto`` |
+| ``SENDWISE_CLOCK`` | the service's clock (see :mod:`serving.clock`): ``wall``, ``data`` (the data's end plus the time since the start) or ``auto`` (``data`` when the data ended over 30 days ago) | ``auto`` |
 | ``SENDWISE_EVENT_LOG`` | durable log of the events taken by ``POST /events`` and the Redis consumer (see :mod:`features.event_log`) | ``events.jsonl`` in the state directory |
 | ``SENDWISE_SEGMENTS`` | segments and delayed triggers YAML (see :mod:`serving.segments`): membership per event, ``GET /segments/{customer_id}``, the trigger outbox | none |
 | ``SENDWISE_WEBHOOK_URL`` | where the outbox's transitions are POSTed, signed (see :mod:`serving.webhook`) | none: the outbox only |

@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from features.event_log import AppendResult, Event, EventLog
+from features.event_log import AppendResult, Event, EventLog, held_by_tables, held_rows
 from features.online import OnlineFeatures
+from features.tables import Tables
 from serving.clock import ServiceClock
 
 if TYPE_CHECKING:
@@ -42,22 +43,24 @@ Listener = Callable[[list[Event]], None]
 class LiveProfiles:
     """The event log, the online features and the version (events applied) of each touched customer."""
 
-    def __init__(self, log: EventLog, online: OnlineFeatures, clock: ServiceClock) -> None:
-        self.log, self.online, self.clock = log, online, clock
+    def __init__(self, log: EventLog, online: OnlineFeatures, clock: ServiceClock, tables: Tables) -> None:
+        self.log, self.online, self.clock, self._tables = log, online, clock, tables
         self._versions: dict[str, int] = {}
-        self._lock = threading.Lock()  # the log's order is the order events are applied in
+        self._lock = threading.Lock()  # the log's order is the order events are applied and handed on in
         self._listeners: list[Listener] = []
 
     @classmethod
-    def open(cls, log: EventLog, online: OnlineFeatures, clock: ServiceClock,
-             replayed: Callable[[int, Event], None] | None = None, held: Collection[str] = ()) -> LiveProfiles:
-        """Replay every event of ``log`` onto ``online`` (a restart: the state before the crash) but
-        those the data holds already (``held``: :func:`features.event_log.held_by_tables`), show each
-        to ``replayed`` with its position, and move a data clock past the last one."""
-        live = cls(log, online, clock)
+    def open(cls, log: EventLog, online: OnlineFeatures, clock: ServiceClock, tables: Tables,
+             replayed: Callable[[int, Event], None] | None = None,
+             forgotten: Callable[[str], bool] = lambda _: False) -> LiveProfiles:
+        """Replay every event of ``log`` onto ``online`` (a restart: the state before the crash) but those
+        ``tables`` (the data ``online`` reads) hold already and those of forgotten customers; show each to
+        ``replayed`` with its position; move a data clock past the last one."""
+        live = cls(log, online, clock, tables)
+        held = held_by_tables(tables.con, log.path)
         started, last = time.perf_counter(), None
         for index, event in enumerate(log.read()):
-            if event.event_id not in held:
+            if event.event_id not in held and not forgotten(event.customer_id):
                 live._apply(event)
             if replayed is not None:
                 replayed(index, event)
@@ -69,18 +72,23 @@ class LiveProfiles:
         return live
 
     def on_events(self, listener: Listener) -> None:
-        """Call ``listener`` with every batch of new events, after they were applied (segments, triggers)."""
+        """Call ``listener`` with every batch of new events, in the log's order, once they are applied
+        (segments, triggers); it is called holding the ingest lock, so it must only queue them."""
         self._listeners.append(listener)
 
     def ingest(self, events: list[Event]) -> AppendResult:
-        """Append ``events`` durably, then apply the new ones; returns what was new and what repeated."""
+        """Append ``events`` durably, then apply the new ones but those the data holds already (an event
+        from before the snapshot that the shop's export has too); returns what was new and what repeated."""
         with self._lock:
             result = self.log.append(events)
+            late = [e for e in result.new if e.occurred_at < self.online.as_of]
+            held = held_rows(self._tables.con.cursor(), [e.model_dump(mode="json") for e in late]) if late else set()
             for event in result.new:
-                self._apply(event)
-        if result.new:
-            for listener in self._listeners:
-                listener(result.new)
+                if event.event_id not in held:
+                    self._apply(event)
+            if result.new:
+                for listener in self._listeners:
+                    listener(result.new)
         return result
 
     def _apply(self, event: Event) -> None:

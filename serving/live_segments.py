@@ -1,16 +1,23 @@
 """Segments and triggers kept current as events arrive (the online half of :mod:`serving.segments`).
 
-A background worker follows the event log: every batch of new events (from :meth:`LiveProfiles.ingest`)
-arms or disarms the delayed triggers (:mod:`serving.triggers`) and re-evaluates the segments of the
-customers it touched (:class:`serving.outbox.SegmentTracker`); every enter, exit and fire goes to the
-durable outbox (``outbox.jsonl`` in the state folder) and, with a webhook set, to it
-(:mod:`serving.webhook`). A timer fires the triggers whose deadline passed on the service's clock.
-How far the worker got is a cursor file (events of the log handled); after a restart the worker takes
-the log from there, so no event is skipped, and handling one twice changes nothing (memberships are
-compared with the outbox's, a fired cart is never armed again).
+A background worker follows the event log, in its order: every batch of new events (from
+:meth:`LiveProfiles.ingest`) arms or disarms the delayed triggers (:mod:`serving.triggers`) and
+re-evaluates the segments of the customers it touched (:class:`serving.outbox.SegmentTracker`); every
+enter, exit and fire goes to the durable outbox (``outbox.jsonl`` in the state folder) and, with a
+webhook set, to it (:mod:`serving.webhook`). Every second a tick in the same queue fires the triggers
+whose deadline passed on the service's clock: after the events acknowledged before it, so an order
+that came in time always disarms its cart first. A cart older than its trigger's window when it is
+handled (a backfill, a replayed stream) arms nothing.
 
-``/events`` answers before this work is done: it is measured in milliseconds (``lag``), and
-``GET /segments/{customer_id}`` evaluates the segments on the customer's features at the clock's now.
+How far the worker got is a cursor file (events of the log handled, in order); after a restart the
+worker takes the log from there, so no event is skipped, and handling one twice changes nothing
+(memberships are compared with the outbox's, a fired cart is never armed again). A batch that fails
+(a full disk) is retried, the cursor staying where it was.
+
+``/events`` answers before this work is done; ``GET /segments/{customer_id}`` evaluates the segments
+on the customer's features at the clock's now. Membership is re-evaluated when a customer has an
+event: a customer whose window empties with time (``cart_abandoned_1d`` a day later) leaves the
+segment in ``GET /segments`` at once, and in the outbox at their next event.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from features.errors import InputError
 from features.event_log import Event
 from features.io import atomic_write
 from serving.clock import ServiceClock
@@ -34,6 +42,7 @@ __all__ = ["TICK_SECONDS", "LiveSegments"]
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0  # how often armed triggers are checked against the clock
+RETRY_SECONDS = 1.0  # wait before a failed batch is tried again
 
 Values = Callable[[str], "dict | None"]  # a customer's features and scores now; None when unknown
 
@@ -49,7 +58,7 @@ class LiveSegments:
         self.triggers = DelayedTriggers(segments.triggers, self.outbox, state / "timers.jsonl")
         self.sender = WebhookSender(webhook[0], webhook[1], self.outbox, state / "webhook.cursor") if webhook else None
         self._cursor_path = state / "segments.cursor"
-        self.handled = int(self._cursor_path.read_text()) if self._cursor_path.exists() else 0
+        self.handled = _read_cursor(self._cursor_path)
         self._queue: queue.Queue[list[Event]] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -98,20 +107,30 @@ class LiveSegments:
             batch = self._queue.get()
             while not self._queue.empty() and len(batch) < 10_000:
                 batch = batch + self._queue.get_nowait()
-            flushes = [e for e in batch if isinstance(e, _Flush)]
-            events = [e for e in batch if not isinstance(e, _Flush)]
-            try:
-                if events:
+            events = [e for e in batch if isinstance(e, Event)]
+            while events and not self._stop.is_set():
+                try:
                     self.handle(events)
-            except Exception:  # a full disk, a broken file: logged, retried with the next batch's
-                logger.exception("segments: %d events not handled; they will be when the service restarts",
-                                 len(events))
-            for flush in flushes:
+                    break
+                except Exception:  # a full disk, a broken file: the same events again, the cursor unmoved
+                    logger.exception("segments: %d events not handled; trying again in %.0f s", len(events),
+                                     RETRY_SECONDS)
+                    self._stop.wait(RETRY_SECONDS)
+            if any(isinstance(e, _Tick) for e in batch):
+                try:
+                    self.triggers.due(self.clock.now())
+                except Exception:
+                    logger.exception("segments: delayed triggers not checked")
+            for flush in (e for e in batch if isinstance(e, _Flush)):
                 flush.done.set()
 
     def handle(self, events: list[Event]) -> None:
         """Arm or disarm triggers, re-evaluate the touched customers' segments, move the cursor."""
+        now = self.clock.now()
         for event in events:
+            windows = [t.delay for t in self.triggers.triggers if t.after == event.event_type]
+            if windows and all(event.occurred_at + w <= now for w in windows):
+                continue  # a cart older than its window: nothing to remind of any more
             self.triggers.on_event(event.customer_id, event.event_type, event.occurred_at, event.event_id)
         updates = [(cid, values) for cid in dict.fromkeys(e.customer_id for e in events)
                    if (values := self.values(cid)) is not None]
@@ -121,10 +140,23 @@ class LiveSegments:
 
     def _tick(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
-            try:
-                self.triggers.due(self.clock.now())
-            except Exception:
-                logger.exception("segments: delayed triggers not checked")
+            self._queue.put([_Tick()])  # type: ignore[list-item]
+
+
+def _read_cursor(path: Path) -> int:
+    """The events of the log handled so far, or an InputError naming the file."""
+    if not path.exists():
+        return 0
+    text = path.read_text().strip()
+    if not text.isdigit():
+        raise InputError(f"{path}: expected the number of events of the log the segments worker handled; got "
+                         f"{text[:40]!r}. Restore it from a backup, or delete it to handle the whole log again "
+                         "(memberships are compared with the outbox's: nothing is written twice).")
+    return int(text)
+
+
+class _Tick:
+    """A marker in the queue: check the delayed triggers against the clock."""
 
 
 class _Flush:

@@ -20,7 +20,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from features.errors import InputError
-from features.event_log import AppendResult, Event, EventLog, held_by_tables, parse_events
+from features.event_log import AppendResult, Event, EventLog, parse_events
 from features.online import OnlineFeatures
 from serving import answers
 from serving.clock import ServiceClock
@@ -31,7 +31,7 @@ from serving.forgotten import FORGOTTEN, ForgottenCustomers
 from serving.guard import protect
 from serving.live import LiveProfiles
 from serving.live_segments import LiveSegments
-from serving.policy import Policy
+from serving.policy import SCORE_SIGNALS, Policy
 from serving.product_block import ProductBlock
 from serving.reload import LiveModels, reload_seconds
 from serving.schemas import (
@@ -58,7 +58,7 @@ from serving.schemas import (
     SegmentsRequest,
 )
 from serving.segments import SegmentSet
-from serving.state import SCORE_FIELDS, ServingState
+from serving.state import ServingState
 from serving.stream import consumer_from_env
 from serving.variants import VariantRouter
 
@@ -92,11 +92,10 @@ class Sendwise:
         clock = ServiceClock(config.clock, state.as_of)
         self.segments = self._open_segments(config, clock, state)
         # the online store gets a copy of the data in a connection of its own, cut at the snapshot
-        online = OnlineFeatures(state.tables.before(state.as_of), state.as_of, state.customers.config,
-                                snapshot=state.snapshot)
-        held = held_by_tables(state.tables.con, config.events_path)  # the shop's export holds them: not twice
-        self.profiles = LiveProfiles.open(EventLog(config.events_path), online, clock,
-                                          self.segments.replayed if self.segments else None, held)
+        tables = state.tables.before(state.as_of)
+        online = OnlineFeatures(tables, state.as_of, state.customers.config, snapshot=state.snapshot)
+        self.profiles = LiveProfiles.open(EventLog(config.events_path), online, clock, tables,
+                                          self.segments.replayed if self.segments else None, self._is_forgotten)
         self._attach(self.live.current.router)
         if self.segments is not None:
             self.profiles.on_events(self.segments.on_events)
@@ -119,18 +118,23 @@ class Sendwise:
         if config.segments is None:
             return None
         segments = SegmentSet.load(config.segments, state.customers.config)
-        scored = bool(set(segments.signals) & set(SCORE_FIELDS))
+        scored = bool(set(segments.signals) & set(SCORE_SIGNALS))
 
         def values(customer_id: str) -> dict | None:
-            features = self.profiles.features(customer_id) if self.profiles is not None else None
+            if self.profiles is None or self._is_forgotten(customer_id):
+                return None
+            features = self.profiles.features(customer_id)
             if features is None or not scored:
                 return features
             scores = self.live.current.state.customers.scores(customer_id) or {}
-            return features | {name: scores.get(name) for name in SCORE_FIELDS}
+            return features | {name: scores.get(name) for name in SCORE_SIGNALS}
 
         webhook = ((config.webhook_url, config.webhook_secret.get_secret_value())
                    if config.webhook_url and config.webhook_secret else None)
         return LiveSegments(segments, config.state_folder, clock, values, webhook)
+
+    def _is_forgotten(self, customer_id: str) -> bool:
+        return self.forgotten.mask([customer_id])[0] == FORGOTTEN
 
     def _ingest(self, events: list[Event]) -> AppendResult:
         """Log and apply ``events``, but none of a forgotten customer's (they are acknowledged, not kept)."""

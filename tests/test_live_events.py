@@ -195,3 +195,20 @@ def test_one_customers_fresh_scores_equal_the_batch_scoring_of_the_same_features
                 assert (pd.isna(got) and pd.isna(expected)) or got == pytest.approx(expected, rel=1e-6), (name, got)
             else:
                 assert got == expected or (pd.isna(got) and pd.isna(expected)), (name, got, expected)
+
+
+def test_an_event_the_data_already_holds_is_logged_but_not_counted_twice(live, demo_tables, log: Path) -> None:
+    """A late event from before the snapshot that the shop's files hold too (a stream's history, an
+    export that overlaps) changes no feature; the batch load leaves the same row out."""
+    service, client, _ = live
+    as_of = service.profiles.online.as_of
+    cid, kind, product, at = demo_tables.con.execute(
+        "SELECT customer_id, event_type, product_id, occurred_at FROM events WHERE event_type = 'product_view' "
+        "AND occurred_at < ? ORDER BY occurred_at DESC LIMIT 1", [as_of]).fetchall()[0]
+    moment = service.profiles.clock.now() + timedelta(minutes=1)
+    before = service.profiles.features(cid, moment)
+    event = {"event_id": f"held-{cid}", "customer_id": cid, "event_type": kind, "occurred_at": at.isoformat() + "Z",
+             **({"product_id": product} if product else {})}
+    assert _post(client, event).json()["accepted"] == 1
+    assert service.profiles.features(cid, moment) == before
+    assert f"held-{cid}" in EventLog(log)

@@ -131,3 +131,17 @@ def test_without_a_segments_file_the_route_says_how_to_set_one(served_env: dict[
         assert answer.status_code == 404 and "SENDWISE_SEGMENTS" in answer.json()["error"]
     finally:
         mp.undo()
+
+
+def test_a_cart_older_than_its_window_arms_nothing(live) -> None:
+    """A backfilled or replayed add-to-cart of three hours ago would fire a reminder at once: it arms nothing."""
+    service, client, _ = live
+    table = service.state.customers
+    cid = list(table.row)[-1]
+    old = service.profiles.clock.now() - timedelta(hours=3)
+    event = {"event_id": f"old-cart-{cid}", "customer_id": cid, "event_type": "add_to_cart",
+             "product_id": str(service.state.lookup.product_ids[0]), "occurred_at": old.isoformat() + "Z"}
+    assert client.post("/events", json={"events": [event]}).json()["accepted"] == 1
+    service.segments.drain()
+    assert cid not in {a.customer_id for a in service.segments.triggers.armed}
+    assert service.segments.handled >= 1

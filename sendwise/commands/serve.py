@@ -117,7 +117,7 @@ def serve(
         "--allow-foreign-models", help="Serve models registered for another project.")] = False,
     clock: Annotated[ClockMode | None, typer.Option(
         help="The clock events and windows use: wall, data (the data's end plus the time since the start, for "
-             "historical data) or auto (data when the data ended over 2 days ago). Default: the project's, else auto."
+             "historical data) or auto (data when the data ended over 30 days ago). Default: the project's, else auto."
     )] = None,
     segments: Annotated[Path | None, typer.Option(
         help="Segments and delayed triggers YAML (docs/segments.md). Default: the project's segments.yaml.")] = None,
