@@ -525,7 +525,7 @@ class EventLog:
     def _open(self) -> None:
         created = not self.path.exists()
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._ids: set[str] = set()
+        self._ids: dict[str, int] = {}  # event_id -> hash of its line (this process's), to tell a resend from a reuse
         self._end = 0  # bytes of complete lines read into _ids
         self._number = 0  # lines read
         if created and self.fsync:  # the new file's name must survive a power cut too
@@ -554,13 +554,13 @@ class EventLog:
         """Read the ids other writers appended; with ``cut`` (exclusive lock held), cut off a torn last line."""
         size = os.fstat(self._fd).st_size
         if size < self._end:  # shortened by something else than a writer: read it again
-            self._ids, self._end, self._number = set(), 0, 0
+            self._ids, self._end, self._number = {}, 0, 0
         if size == self._end:
             return
         end = _complete_end(self._fd, size)
         for line in _read_lines(self._fd, self._end, end):
             self._number += 1
-            self._ids.add(_event_id(line, self.path, self._number))
+            self._ids[_event_id(line, self.path, self._number)] = hash(line.rstrip(b"\n"))
         self._end = end
         if end < size and cut:
             _warn_torn(self.path, size, end, cut=True)
@@ -584,8 +584,10 @@ class EventLog:
                         batch.add(event.event_id)
                         result.new.append(event)
                 if result.new:
-                    self._write(b"".join(_line(e) for e in result.new))
-                    self._ids |= batch
+                    lines = [_line(e) for e in result.new]
+                    self._write(b"".join(lines))
+                    self._ids.update((e.event_id, hash(line.rstrip(b"\n")))
+                                     for e, line in zip(result.new, lines, strict=True))
                     self._number += len(result.new)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -608,7 +610,13 @@ class EventLog:
         for record in _records(self.path):
             yield _stored_event(record, self.path)
 
-    def _synced(self) -> set[str]:
+    def conflicts(self, events: list[Event]) -> list[str]:
+        """The ids of ``events`` that the log holds for a different event (a resend of the same event is
+        no conflict: :meth:`append` takes it as a repeat)."""
+        ids = self._synced()
+        return [e.event_id for e in events if e.event_id in ids and ids[e.event_id] != hash(_line(e).rstrip(b"\n"))]
+
+    def _synced(self) -> dict[str, int]:
         with self._lock:
             self._hold(fcntl.LOCK_SH)
             try:

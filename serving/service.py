@@ -264,6 +264,14 @@ class Sendwise:
             events = parse_events(request.model_dump(), timezone=self.timezone, now=self.profiles.clock.now())
         except InputError as exc:
             return JSONResponse({"error": str(exc)}, 400)
+        conflicts = self.profiles.log.conflicts(events)
+        if conflicts:
+            shown = ", ".join(repr(c) for c in conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5
+                                                                 else "")
+            return JSONResponse({"error": f"event_id {shown} already names a different event (another customer, "
+                                          "type, time, product or lines); nothing of this batch was taken. Give each "
+                                          "event an id of its own; resending the same event is fine.",
+                                 "conflicts": conflicts}, 409)
         result = self._ingest(events)
         return EventsAccepted(accepted=len(result.new), duplicates=result.duplicates,
                               forgotten=len(events) - len(result.new) - len(result.duplicates),

@@ -212,3 +212,18 @@ def test_an_event_the_data_already_holds_is_logged_but_not_counted_twice(live, d
     assert _post(client, event).json()["accepted"] == 1
     assert service.profiles.features(cid, moment) == before
     assert f"held-{cid}" in EventLog(log)
+
+
+def test_an_event_id_reused_for_another_event_is_a_409_and_nothing_is_taken(live, log: Path) -> None:
+    service, client, _ = live
+    cid = list(service.state.customers.row)[3]
+    at = _now(client).isoformat() + "Z"
+    first = {"event_id": f"reused-{cid}", "customer_id": cid, "event_type": "email_open", "occurred_at": at}
+    assert _post(client, first).json()["accepted"] == 1
+    assert _post(client, first).json()["duplicates"] == [f"reused-{cid}"]  # a resend: fine
+    n = len(EventLog(log))
+    other = dict(first, event_type="unsubscribe")
+    fresh = {"event_id": f"fresh-{cid}", "customer_id": cid, "event_type": "email_open", "occurred_at": at}
+    answer = _post(client, fresh, other)
+    assert answer.status_code == 409 and answer.json()["conflicts"] == [f"reused-{cid}"]
+    assert len(EventLog(log)) == n and f"fresh-{cid}" not in EventLog(log)
