@@ -292,3 +292,15 @@ def test_export_loads_the_champions_only_for_a_segment_reading_a_score(project: 
     text = " ".join(result.output.split())
     assert "no 'shop.churn' model has the alias 'champion'" in text and "Train one first" in text, text
     assert not (project / "exports").exists()
+
+
+def test_an_id_a_spreadsheet_would_run_is_written_as_text(tmp_path: Path) -> None:
+    """Customer ids reach the export from /events too: one starting with = + - @ is prefixed with '."""
+    import pandas as pd
+
+    from sendwise.commands.segments import ExportFormat, write_membership
+
+    membership = pd.DataFrame({"customer_id": ['=HYPERLINK("http://x.example","y")', "-2", "17850"], "vip": [1, 0, 1]})
+    write_membership(membership, tmp_path / "m.csv", ExportFormat.CSV)
+    back = pd.read_csv(tmp_path / "m.csv", dtype=str)
+    assert back["customer_id"].tolist() == ['\'=HYPERLINK("http://x.example","y")', "'-2", "17850"]

@@ -73,10 +73,21 @@ def champion_scores(project: Project, features: pd.DataFrame) -> pd.DataFrame:
     return score_features(features, churn, propensity)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (``=HYPERLINK(...)``), prefixed with ``'`` (OWASP's
+    advice for CSV injection); anything else as it is. Customer ids come from the shop and from ``/events``."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def write_membership(membership: pd.DataFrame, out: Path, fmt: ExportFormat) -> None:
-    """Write ``membership`` to ``out`` atomically: a CSV with a header, or one JSON object per line."""
+    """Write ``membership`` to ``out`` atomically: a CSV with a header (ids that would read as a formula
+    prefixed with ``'``), or one JSON object per line."""
     if fmt is ExportFormat.CSV:
-        atomic_write(out, lambda tmp: membership.to_csv(tmp, index=False))
+        safe = membership.assign(**{CUSTOMER_ID: membership[CUSTOMER_ID].map(spreadsheet_safe)})
+        atomic_write(out, lambda tmp: safe.to_csv(tmp, index=False))
         return
     columns = list(membership.columns)
     text = "".join(json.dumps(dict(zip(columns, row, strict=True)), default=int) + "\n"
