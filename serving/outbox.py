@@ -101,6 +101,15 @@ def parse_line(line: bytes) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("id"), str) else None
 
 
+def write_all(fd: int, data: bytes, fsync: bool) -> None:
+    """Append ``data`` to ``fd`` whole (a short write is finished before anything else), then fsync it."""
+    written = os.write(fd, data)
+    while written < len(data):
+        written += os.write(fd, data[written:])
+    if fsync:
+        os.fsync(fd)
+
+
 class TriggerOutbox:
     """Append-only JSON lines of transitions, each id at most once."""
 
@@ -149,11 +158,7 @@ class TriggerOutbox:
             return new
 
     def _write(self, data: bytes) -> None:
-        written = os.write(self._fd, data)
-        while written < len(data):  # a short write: finish it before anything else is appended
-            written += os.write(self._fd, data[written:])
-        if self.fsync:
-            os.fsync(self._fd)
+        write_all(self._fd, data, self.fsync)
 
     def close(self) -> None:
         """Release the file (and its lock)."""

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from features.io import atomic_write
-from serving.outbox import FIRE, Transition, TriggerOutbox, parse_line, read_lines, transition_id
+from serving.outbox import FIRE, Transition, TriggerOutbox, parse_line, read_lines, transition_id, write_all
 from serving.segments import Trigger
 
 
@@ -122,11 +122,7 @@ class DelayedTriggers:
         if not records:
             return
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
-        written = os.write(self._fd, data)
-        while written < len(data):
-            written += os.write(self._fd, data[written:])
-        if self.fsync:
-            os.fsync(self._fd)
+        write_all(self._fd, data, self.fsync)
 
     def close(self) -> None:
         with self._lock:
