@@ -109,9 +109,11 @@ class Server:
         sampler.start()
         try:
             ready_s = wait_until_ready(self.process, self.base, "the server exited or did not get ready", limit_s)
-        except RuntimeError as exc:
+        except RuntimeError:
+            code = self.process.poll()
             self.kill(signal.SIGKILL)
-            reason = f"above {max_rss_mb:,.0f} MB RSS" if over[0] else str(exc)
+            reason = (f"above {max_rss_mb:,.0f} MB RSS" if over[0] else f"exited with code {code}"
+                      if code is not None else f"not ready after {limit_s:.0f} s")
             return {"ready": False, "reason": reason, "peak_rss_mb": round(peak[0])}
         finally:
             stop.set()
