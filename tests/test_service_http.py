@@ -94,7 +94,8 @@ def test_unknown_paths_are_404_and_share_one_metrics_label(client: TestClient) -
     second = client.get("/metrics").text
     labels = set(re.findall(r'endpoint="([^"]*)"', second))
     assert labels <= {"/ping", "other", "/metrics", "/score", "/docs.json", "/", "/docs", "/schema.json",
-                      "/static_content", "/model_info", "/readyz", "/healthz", "/livez"} | {
+                      "/static_content", "/model_info", "/readyz", "/healthz", "/livez",
+                      "/segments/{customer_id}"} | {  # GET /segments/<id>: one label for every id
                          r for r in labels if r.startswith("/") and r in client.get("/docs.json").json()["paths"]}
     assert "other" in labels and 'http_response_code="404"' in second
     assert abs(len(second) - len(first.text)) < 2_000, (len(first.text), len(second))
@@ -285,3 +286,11 @@ def test_real_server_unknown_paths_cost_no_memory_and_4xx_are_one_quiet_line(ser
     assert KEY not in "\n".join(lines)
 
 
+
+
+def test_get_segments_of_many_ids_shares_one_metrics_label(client: TestClient) -> None:
+    """GET /segments/{customer_id} is counted under one label, however many ids are asked for."""
+    for i in range(30):
+        client.get(f"/segments/someone-{i}")
+    labels = set(re.findall(r'endpoint="([^"]*)"', client.get("/metrics").text))
+    assert "/segments/{customer_id}" in labels and not any(label.startswith("/segments/someone") for label in labels)
