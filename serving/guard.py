@@ -88,6 +88,20 @@ def describe(error: ValidationError) -> list[dict]:
     return problems
 
 
+def _replaying(body: bytes, receive: Callable[[], Awaitable[dict]]) -> Callable[[], Awaitable[dict]]:
+    """An ASGI ``receive`` that hands the app ``body`` (read already) once, then the client's messages."""
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class _Refused(Exception):
     def __init__(self, status: int, message: str, problems: list[dict] | None = None) -> None:
         super().__init__(message)
@@ -138,15 +152,7 @@ class GuardMiddleware:
         except _Refused as refused:
             return await self._refuse(refused, scope, receive, send)
 
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
+        replay = _replaying(body, receive)
         if path not in self.batch_routes:
             return await self.app(scope, replay, send)
         if self._batch_slot is None:
@@ -163,17 +169,8 @@ class GuardMiddleware:
         await self._check(self.routes[route], {}, body)
         headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         rewritten = dict(scope, path=route, raw_path=route.encode(), method="POST", headers=headers, query_string=b"")
-        return await self.app(rewritten, replay, send)
+        return await self.app(rewritten, _replaying(body, receive), send)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Callable[[], Awaitable[dict]]) -> bytes | None:
         """The whole body, or :class:`_Refused` 413 as soon as it is announced or seen to be too big."""
