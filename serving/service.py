@@ -146,7 +146,7 @@ class Sendwise:
         if self.profiles is not None:
             for arm in router.all_arms():
                 arm.state.customers.live = self.profiles.fresh_view
-                arm.state.snapshot = None  # the online store has read it: free it
+                arm.state.snapshot = arm.state.tables = None  # the online store has read them (and copied the rows)
         return router
 
     @property

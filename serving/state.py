@@ -154,7 +154,7 @@ class ServingState:
     recommendations: RecommendationContext
     lookup: Lookup
     recommender_provenance: ModelProvenance = field(default_factory=lambda: ModelProvenance(None, None, None, None))
-    tables: Tables | None = None  # the data it was loaded from (the online features read customers' rows)
+    tables: Tables | None = None  # the data it was loaded from, until the online store has copied it
     snapshot: pd.DataFrame | None = None  # the features it was scored from, until the online store has its keys
 
     @property
