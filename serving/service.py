@@ -100,7 +100,8 @@ class Sendwise:
         if self.segments is not None:
             self.profiles.on_events(self.segments.on_events)
             self.segments.start()
-        self.consumer = consumer_from_env(self._ingest, timezone=config.timezone, clock=clock.now)
+        self.consumer = consumer_from_env(self._ingest, timezone=config.timezone, clock=clock.now,
+                                          conflicts=self.profiles.log.conflicts)
         if self.consumer is not None:
             self.consumer.start()
         self.exposures = ExposureLog(config.exposure_log, config.exposure_fsync)

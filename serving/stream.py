@@ -97,7 +97,8 @@ class StreamConsumer:
     def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str,
                  ingest: Callable[[list[Event]], object], *, batch: int = 500, block_ms: int = 1000,
                  claim_idle_ms: int = 60_000, timezone: str | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 conflicts: Callable[[list[Event]], list[str]] | None = None) -> None:
         for name, value in (("stream", stream), ("group", group), ("consumer", consumer)):
             if not isinstance(value, str) or not value:
                 raise InputError(f"The {name!r} parameter of StreamConsumer must be a non-empty str. Got {value!r} instead.")
@@ -106,6 +107,7 @@ class StreamConsumer:
         self.block_ms = _check_int("block_ms", block_ms, 0)
         self.claim_idle_ms = _check_int("claim_idle_ms", claim_idle_ms, 0)
         self.timezone, self.clock = check_timezone(timezone), clock  # a wrong zone is no event's fault
+        self.conflicts = conflicts  # the ids the log holds for a different event (EventLog.conflicts)
         self.rejects_stream = stream + REJECTS_SUFFIX
         self.location = redis_location(client)
         self._claim_from = "0-0"
@@ -190,6 +192,10 @@ class StreamConsumer:
                     if earlier != e:
                         raise InputError(f"event_id: {e.event_id!r} is also entry {where}'s, a different event "
                                          "read with it; expected one event per event_id (the first is kept)")
+                reused = self.conflicts(parsed) if self.conflicts is not None else []
+                if reused:
+                    raise InputError(f"event_id: {reused[0]!r} already names a different event in the log; expected "
+                                     "one event per event_id (sending the same event again is fine)")
             except InputError as exc:
                 rejected.append((entry, str(exc)))
                 continue
@@ -294,7 +300,8 @@ def _redacted(url: str) -> str:
 
 def consumer_from_env(ingest: Callable[[list[Event]], object], timezone: str | None = None,
                       clock: Callable[[], datetime] | None = None,
-                      environ: Mapping[str, str] = os.environ) -> StreamConsumer | None:
+                      environ: Mapping[str, str] = os.environ,
+                      conflicts: Callable[[list[Event]], list[str]] | None = None) -> StreamConsumer | None:
     """The consumer the environment asks for: ``SENDWISE_REDIS_URL`` and ``SENDWISE_REDIS_STREAM`` (both
     or neither; neither: None), ``SENDWISE_REDIS_GROUP`` (default ``sendwise``), named after this host
     and process. Not started. :class:`InputError` naming the variable when one is wrong or set but empty,
@@ -316,4 +323,4 @@ def consumer_from_env(ingest: Callable[[list[Event]], object], timezone: str | N
                          f"(rediss:// for TLS, unix:///path/redis.sock); got {_redacted(url)!r} ({exc}).") from None
     group = environ.get(GROUP_ENV, DEFAULT_GROUP)
     return StreamConsumer(client, stream, group, f"{socket.gethostname()}-{os.getpid()}", ingest, timezone=timezone,
-                          clock=clock)
+                          clock=clock, conflicts=conflicts)

@@ -167,6 +167,20 @@ def test_an_event_published_twice_is_applied_once(client: redis.Redis, tmp_path:
     assert pending(client) == 0
 
 
+def test_an_id_the_log_holds_for_another_event_goes_to_the_rejects_stream(client: redis.Redis, tmp_path: Path) -> None:
+    """As POST /events answers 409: a later entry reusing e1's id for an unsubscribe is not silently dropped."""
+    ingest = Recording(tmp_path / "events.jsonl")
+    consumer = StreamConsumer(client, STREAM, GROUP, "worker-1", ingest, block_ms=0, conflicts=ingest.log.conflicts)
+    publish(client, event(1))
+    assert consumer.run_once() == 1
+    reused, _ = publish(client, event(1, event_type="unsubscribe", product_id=None), event(1))  # the resend is fine
+    assert consumer.run_once() == 2
+    assert ingest.new == ["e1"] and ingest.duplicates == ["e1"]
+    [(_, rejected)] = client.xrange(f"{STREAM}.rejects")
+    assert rejected[b"entry_id"].decode() == reused and b"already names a different event" in rejected[b"reason"]
+    assert pending(client) == 0
+
+
 def test_an_invalid_message_goes_to_the_rejects_stream_and_blocks_nothing(client: redis.Redis, tmp_path: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     no_customer = event(1)
