@@ -41,6 +41,9 @@ __all__ = ["TICK_SECONDS", "LiveSegments"]
 
 logger = logging.getLogger(__name__)
 
+# the files it keeps in the state folder (sendwise.privacy.live_stores rewrites them for a forget)
+OUTBOX_FILE, TIMERS_FILE, WEBHOOK_CURSOR_FILE, SEGMENTS_CURSOR_FILE = (
+    "outbox.jsonl", "timers.jsonl", "webhook.cursor", "segments.cursor")
 TICK_SECONDS = 1.0  # how often armed triggers are checked against the clock
 RETRY_SECONDS = 1.0  # wait before a failed batch is tried again
 
@@ -53,11 +56,11 @@ class LiveSegments:
     def __init__(self, segments: SegmentSet, state: Path, clock: ServiceClock, values: Values,
                  webhook: tuple[str, str] | None = None) -> None:
         self.segments, self.clock, self.values = segments, clock, values
-        self.outbox = TriggerOutbox(state / "outbox.jsonl")
+        self.outbox = TriggerOutbox(state / OUTBOX_FILE)
         self.tracker = SegmentTracker(segments, self.outbox)
-        self.triggers = DelayedTriggers(segments.triggers, self.outbox, state / "timers.jsonl")
-        self.sender = WebhookSender(webhook[0], webhook[1], self.outbox, state / "webhook.cursor") if webhook else None
-        self._cursor_path = state / "segments.cursor"
+        self.triggers = DelayedTriggers(segments.triggers, self.outbox, state / TIMERS_FILE)
+        self.sender = WebhookSender(webhook[0], webhook[1], self.outbox, state / WEBHOOK_CURSOR_FILE) if webhook else None
+        self._cursor_path = state / SEGMENTS_CURSOR_FILE
         self.handled = _read_cursor(self._cursor_path)
         self._queue: queue.Queue[list[Event]] = queue.Queue()
         self._stop = threading.Event()

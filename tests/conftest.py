@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import time
@@ -162,3 +163,13 @@ def stop_server(server) -> None:
         server.wait(timeout=60)
     except subprocess.TimeoutExpired:
         server.kill()
+
+
+def same_feature_value(online: object, batch: object) -> bool:
+    """An online feature value equals the batch build's: both missing (None, NaN, NA), numbers within
+    1e-9 (relative and absolute), anything else equal."""
+    if batch is None or batch is pd.NA or (isinstance(batch, float) and math.isnan(batch)):
+        return online is None or (isinstance(online, float) and math.isnan(online))
+    if isinstance(batch, int | float) and not isinstance(batch, bool):
+        return online is not None and math.isclose(float(online), float(batch), rel_tol=1e-9, abs_tol=1e-9)
+    return online == batch

@@ -4,12 +4,12 @@ build computes at the data's end; and so does the same service restarted over it
 
 from __future__ import annotations
 
-import math
 from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import same_feature_value
 from starlette.testclient import TestClient
 
 from features.build import build_features
@@ -57,13 +57,6 @@ def _events(frames: dict[Table, pd.DataFrame], cut: pd.Timestamp) -> list[dict]:
     return [body for _, body in sorted(out, key=lambda pair: pair[0])]
 
 
-def _same(online: object, batch: object) -> bool:
-    if batch is None or (isinstance(batch, float) and math.isnan(batch)) or batch is pd.NA:
-        return online is None or (isinstance(online, float) and math.isnan(online))
-    if isinstance(batch, float | int) and not isinstance(batch, bool):
-        return online is not None and math.isclose(float(online), float(batch), rel_tol=1e-9, abs_tol=1e-9)
-    return online == batch
-
 
 def _mismatches(service, batch: pd.DataFrame, end) -> list[tuple]:
     """(customer, feature, online, batch) wherever the service's online features at ``end`` differ."""
@@ -72,7 +65,7 @@ def _mismatches(service, batch: pd.DataFrame, end) -> list[tuple]:
         online = service.profiles.features(cid, end)
         assert online is not None, cid
         out += [(cid, name, online[name], value) for name, value in row.items()
-                if name != "as_of" and not _same(online[name], value)]
+                if name != "as_of" and not same_feature_value(online[name], value)]
     return out
 
 

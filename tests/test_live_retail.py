@@ -4,27 +4,18 @@ for every customer the week touched and a sample of the others (whose RFM ranks 
 
 from __future__ import annotations
 
-import math
 import random
 from datetime import timedelta
 from itertools import groupby
 from pathlib import Path
 
-import pandas as pd
+from conftest import same_feature_value
 
 from features.build import build_features
 from features.importers.uci_retail import import_online_retail
 from features.io import load_data_dir
 from features.online import OnlineFeatures
 from features.snapshot import data_end
-
-
-def _same(online: object, batch: object) -> bool:
-    if batch is None or batch is pd.NA or (isinstance(batch, float) and math.isnan(batch)):
-        return online is None or (isinstance(online, float) and math.isnan(online))
-    if isinstance(batch, int | float) and not isinstance(batch, bool):
-        return online is not None and math.isclose(float(online), float(batch), rel_tol=1e-9, abs_tol=1e-9)
-    return online == batch
 
 
 def test_online_retails_last_week_online_equals_the_batch_build(online_retail_path: Path, tmp_path: Path) -> None:
@@ -48,5 +39,5 @@ def test_online_retails_last_week_online_equals_the_batch_build(online_retail_pa
     for cid in [*sorted(touched), *others]:
         online = store.features(cid, end)
         mismatches += [(cid, name, online[name], value) for name, value in batch.loc[cid].items()
-                       if name != "as_of" and not _same(online[name], value)]
+                       if name != "as_of" and not same_feature_value(online[name], value)]
     assert len(touched) > 300 and mismatches == []

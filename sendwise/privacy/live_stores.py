@@ -48,13 +48,14 @@ from typing import Self
 from features.errors import InputError
 from features.io import atomic_write
 from features.schema import CUSTOMER_ID
+from serving.live_segments import OUTBOX_FILE, SEGMENTS_CURSOR_FILE, TIMERS_FILE, WEBHOOK_CURSOR_FILE
 from serving.outbox import read_lines
 
 __all__ = ["OUTBOX", "SEGMENTS_CURSOR", "TIMERS", "WEBHOOK_CURSOR", "LiveStores", "ServiceRunningError",
            "customer_records"]
 
 # the names serving.live_segments.LiveSegments gives them in the state folder
-OUTBOX, TIMERS, WEBHOOK_CURSOR, SEGMENTS_CURSOR = "outbox.jsonl", "timers.jsonl", "webhook.cursor", "segments.cursor"
+OUTBOX, TIMERS, WEBHOOK_CURSOR, SEGMENTS_CURSOR = OUTBOX_FILE, TIMERS_FILE, WEBHOOK_CURSOR_FILE, SEGMENTS_CURSOR_FILE
 _RECORD_START = b'{"id":"'  # how the outbox writes every record: a torn one starts so
 
 
