@@ -77,7 +77,7 @@ from features.validate import now_utc
 
 __all__ = ["EVENT_TYPES", "FUTURE_TOLERANCE", "MAX_EVENTS", "MAX_ID_LENGTH", "ORDER", "AppendResult", "Event",
            "EventBatch", "EventLog", "EventsError", "OrderLine", "customer_events", "event_log_frames",
-           "forget_customers", "held_by_tables", "held_rows", "parse_events"]
+           "Position", "forget_customers", "held_by_tables", "held_rows", "parse_events"]
 
 logger = logging.getLogger(__name__)
 
@@ -499,16 +499,26 @@ def _stored_event(record: dict, path: Path) -> Event:
                          "expected events as the event log writes them. Restore the file from a backup.") from None
 
 
+Position = int | str  # where a log ends: a byte offset in a file, a stream entry id in Redis
+
+
 @dataclass
 class AppendResult:
     """What :meth:`EventLog.append` did: the events written, and the ids it acknowledged and ignored."""
 
     new: list[Event] = field(default_factory=list)  # not seen before, in order: now in the log
     duplicates: list[str] = field(default_factory=list)  # already in the log, or repeated in the batch
+    start: Position | None = None  # the log's end just before the new events (None: nothing written)
+    end: Position | None = None  # the log's end just after them
 
 
 class EventLog:
-    """An append-only JSON-lines file of events, each event_id once; shared by threads and processes."""
+    """An append-only JSON-lines file of events, each event_id once; shared by threads and processes.
+
+    Positions are byte offsets; one service process writes it (``shared`` is False: nothing it did not
+    append itself appears in it while it runs, but for a forget's rewrite)."""
+
+    shared = False
 
     def __init__(self, path: Path | str, fsync: bool = True) -> None:
         self.path, self.fsync = Path(path), fsync
@@ -585,7 +595,9 @@ class EventLog:
                         result.new.append(event)
                 if result.new:
                     lines = [_line(e) for e in result.new]
+                    result.start = self._end
                     self._write(b"".join(lines))
+                    result.end = self._end
                     self._ids.update((e.event_id, hash(line.rstrip(b"\n")))
                                      for e, line in zip(result.new, lines, strict=True))
                     self._number += len(result.new)
