@@ -41,7 +41,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Protocol, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
@@ -76,8 +76,8 @@ from features.timezones import SHIFTED_FROM, SHIFTED_UNTIL, check_timezone
 from features.validate import now_utc
 
 __all__ = ["EVENT_TYPES", "FUTURE_TOLERANCE", "MAX_EVENTS", "MAX_ID_LENGTH", "ORDER", "AppendResult", "Event",
-           "EventBatch", "EventLog", "EventsError", "OrderLine", "customer_events", "event_log_frames",
-           "Position", "forget_customers", "held_by_tables", "held_rows", "parse_events"]
+           "EventBatch", "EventLog", "EventLogLike", "EventsError", "OrderLine", "Position", "customer_events",
+           "event_log_frames", "forget_customers", "held_by_tables", "held_rows", "parse_events"]
 
 logger = logging.getLogger(__name__)
 
@@ -512,6 +512,25 @@ class AppendResult:
     end: Position | None = None  # the log's end just after them
 
 
+CHUNK_EVENTS = 10_000  # events read at a time when a log is replayed
+
+
+class EventLogLike(Protocol):
+    """What the service needs of an event log: a file (:class:`EventLog`) or the shared one in Redis
+    (:class:`features.redis_log.RedisEventLog`)."""
+
+    shared: bool  # other processes append too: follow it with read_after
+    start_position: Position  # the position of an empty log
+
+    def append(self, events: list[Event]) -> AppendResult: ...
+    def conflicts(self, events: list[Event]) -> list[str]: ...
+    def read_after(self, position: Position) -> tuple[list[Event], Position]: ...
+    def chunks(self) -> Iterator[tuple[list[Event], Position]]: ...
+    def records(self) -> Iterator[dict]: ...
+    def __len__(self) -> int: ...
+    def close(self) -> None: ...
+
+
 class EventLog:
     """An append-only JSON-lines file of events, each event_id once; shared by threads and processes.
 
@@ -519,6 +538,7 @@ class EventLog:
     append itself appears in it while it runs, but for a forget's rewrite)."""
 
     shared = False
+    start_position: Position = 0
 
     def __init__(self, path: Path | str, fsync: bool = True) -> None:
         self.path, self.fsync = Path(path), fsync
@@ -621,6 +641,37 @@ class EventLog:
         """Every event of the log, in the order appended."""
         for record in _records(self.path):
             yield _stored_event(record, self.path)
+
+    def records(self) -> Iterator[dict]:
+        """Every event of the log as stored (parsed JSON), in order."""
+        return _records(self.path)
+
+    def chunks(self) -> Iterator[tuple[list[Event], Position]]:
+        """The log's events in order, :data:`CHUNK_EVENTS` at a time, each with the log's end when the
+        read began (its one writer, the service, replays it before it takes events)."""
+        end, chunk = self.end(), []
+        for record in _records(self.path):
+            chunk.append(_stored_event(record, self.path))
+            if len(chunk) == CHUNK_EVENTS:
+                yield chunk, end
+                chunk = []
+        yield chunk, end
+
+    def end(self) -> int:
+        """The log's end now (after its last complete line)."""
+        self._synced()
+        return self._end
+
+    def read_after(self, position: Position) -> tuple[list[Event], Position]:
+        """The events after byte ``position`` up to the log's end now, and that end."""
+        with self._lock:
+            self._hold(fcntl.LOCK_SH)
+            try:
+                end = _complete_end(self._fd, os.fstat(self._fd).st_size)
+                lines = list(_read_lines(self._fd, int(position), end))
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return [_stored_event(json.loads(line), self.path) for line in lines], end
 
     def conflicts(self, events: list[Event]) -> list[str]:
         """The ids of ``events`` that the log holds for a different event (a resend of the same event is

@@ -12,6 +12,12 @@ them with the arm's models and caches the answer until another event of theirs a
 :data:`FRESH_SECONDS` pass (windows expire as time goes by). Everyone else is answered from the
 snapshot. After a restart the log is replayed over the data the service loaded, so every
 acknowledged event is applied again.
+
+With several workers or replicas the log is shared (:class:`features.redis_log.RedisEventLog`, the
+online store in Redis): each worker applies the events in the log's order, its own and the others',
+from a position it keeps. :meth:`LiveProfiles.follow` catches up before each answer (an event
+acknowledged by any worker is in the next answer of every worker) and a background thread every
+:data:`FOLLOW_SECONDS` (so the segments worker, in one of them, sees every event).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from features.event_log import AppendResult, Event, EventLog, held_by_tables, held_rows
+from features.event_log import AppendResult, Event, EventLogLike, Position, held_rows
 from features.online import OnlineFeatures
 from features.tables import Tables
 from serving.clock import ServiceClock
@@ -31,11 +37,12 @@ from serving.clock import ServiceClock
 if TYPE_CHECKING:
     from serving.state import CustomerTable
 
-__all__ = ["FRESH_SECONDS", "LiveProfiles"]
+__all__ = ["FOLLOW_SECONDS", "FRESH_SECONDS", "LiveProfiles"]
 
 logger = logging.getLogger(__name__)
 
 FRESH_SECONDS = 60.0  # a touched customer's cached answer is recomputed after this long (windows expire)
+FOLLOW_SECONDS = 0.05  # how often a worker on a shared log looks for the other workers' events
 
 Listener = Callable[[list[Event]], None]
 
@@ -43,33 +50,63 @@ Listener = Callable[[list[Event]], None]
 class LiveProfiles:
     """The event log, the online features and the version (events applied) of each touched customer."""
 
-    def __init__(self, log: EventLog, online: OnlineFeatures, clock: ServiceClock, tables: Tables) -> None:
+    def __init__(self, log: EventLogLike, online: OnlineFeatures, clock: ServiceClock, tables: Tables) -> None:
         self.log, self.online, self.clock, self._tables = log, online, clock, tables
         self._versions: dict[str, int] = {}
         self._lock = threading.Lock()  # the log's order is the order events are applied and handed on in
         self._listeners: list[Listener] = []
+        self._position: Position = log.start_position  # how far this worker applied the log
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
 
     @classmethod
-    def open(cls, log: EventLog, online: OnlineFeatures, clock: ServiceClock, tables: Tables,
+    def open(cls, log: EventLogLike, online: OnlineFeatures, clock: ServiceClock, tables: Tables,
              replayed: Callable[[int, Event], None] | None = None,
              forgotten: Callable[[str], bool] = lambda _: False) -> LiveProfiles:
         """Replay every event of ``log`` onto ``online`` (a restart: the state before the crash) but those
         ``tables`` (the data ``online`` reads) hold already and those of forgotten customers; show each to
         ``replayed`` with its position; move a data clock past the last one."""
         live = cls(log, online, clock, tables)
-        held = held_by_tables(tables.con, log.path)
-        started, last = time.perf_counter(), None
-        for index, event in enumerate(log.read()):
-            if event.event_id not in held and not forgotten(event.customer_id):
-                live._apply(event)
-            if replayed is not None:
-                replayed(index, event)
-            last = event.occurred_at if last is None else max(last, event.occurred_at)
+        held = held_rows(tables.con, log.records())
+        started, last, index = time.perf_counter(), None, 0
+        for events, live._position in log.chunks():
+            for event in events:
+                if event.event_id not in held and not forgotten(event.customer_id):
+                    live._apply(event)
+                if replayed is not None:
+                    replayed(index, event)
+                index += 1
+                last = event.occurred_at if last is None else max(last, event.occurred_at)
         if last is not None:
             clock.later_data(last)
-            logger.info("replayed %d logged events of %d customers in %.1f s", len(log), len(live._versions),
+            logger.info("replayed %d logged events of %d customers in %.1f s", index, len(live._versions),
                         time.perf_counter() - started)
         return live
+
+    def start_following(self) -> None:
+        """On a shared log: apply the other workers' events every :data:`FOLLOW_SECONDS` in a thread."""
+        if self.log.shared and self._follower is None:
+            self._follower = threading.Thread(target=self._follow_loop, name="sendwise-follow", daemon=True)
+            self._follower.start()
+
+    def stop_following(self) -> None:
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=10)
+
+    def _follow_loop(self) -> None:
+        while not self._stop.wait(FOLLOW_SECONDS):
+            try:
+                self.follow()
+            except Exception:  # Redis away for a moment: the next round (or request) tries again
+                logger.exception("live profiles: the shared event log could not be read; trying again")
+
+    def follow(self) -> None:
+        """Apply the events other workers appended to a shared log since this one last looked (nothing
+        to do on a log only this process writes)."""
+        if self.log.shared:
+            with self._lock:
+                self._take(*self.log.read_after(self._position))
 
     def on_events(self, listener: Listener) -> None:
         """Call ``listener`` with every batch of new events, in the log's order, once they are applied
@@ -81,15 +118,28 @@ class LiveProfiles:
         from before the snapshot that the shop's export has too); returns what was new and what repeated."""
         with self._lock:
             result = self.log.append(events)
-            late = [e for e in result.new if e.occurred_at < self.online.as_of]
-            held = held_rows(self._tables.con.cursor(), [e.model_dump(mode="json") for e in late]) if late else set()
-            for event in result.new:
-                if event.event_id not in held:
-                    self._apply(event)
-            if result.new:
-                for listener in self._listeners:
-                    listener(result.new)
+            if not result.new:
+                return result
+            if result.start == self._position or not self.log.shared:
+                self._take(result.new, result.end)
+            else:  # other workers wrote since this one looked: theirs first, in the log's order
+                self._take(*self.log.read_after(self._position))
         return result
+
+    def _take(self, events: list[Event], position: Position) -> None:
+        """Apply the log's ``events`` up to ``position`` (holding the lock), but those the data holds
+        already (an event from before the snapshot that the shop's export has too); hand them to the
+        listeners. (No worker logs a forgotten customer's events.)"""
+        self._position = position
+        if not events:
+            return
+        late = [e for e in events if e.occurred_at < self.online.as_of]
+        held = held_rows(self._tables.con.cursor(), [e.model_dump(mode="json") for e in late]) if late else set()
+        for event in events:
+            if event.event_id not in held:
+                self._apply(event)
+        for listener in self._listeners:
+            listener(events)
 
     def _apply(self, event: Event) -> None:
         if event.lines is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis_server import free_port, start_redis, stop_redis
 
 from features.errors import InputError
 from features.event_log import Event, EventLog
@@ -37,41 +37,6 @@ from serving.stream import (
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM, GROUP = "shop-events", "sendwise"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(port: int) -> subprocess.Popen:
-    """A redis-server on ``port`` of 127.0.0.1 with nothing written to disk, once it answers PING."""
-    server_bin = shutil.which("redis-server")
-    if server_bin is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it), "
-                    "and the stream consumer is tested against a real one only")
-    server = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    probe, deadline = redis.Redis(host="127.0.0.1", port=port), time.monotonic() + 10
-    try:
-        while True:
-            try:
-                probe.ping()
-                return server
-            except redis.ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server.kill()
-                    pytest.fail(f"redis-server did not answer PING on port {port} within 10 s "
-                                f"(exit code {server.poll()})")
-                time.sleep(0.02)
-    finally:
-        probe.close()
-
-
-def stop_redis(server: subprocess.Popen) -> None:
-    server.kill()
-    server.wait()
 
 
 @pytest.fixture(scope="module")
