@@ -32,7 +32,16 @@ import redis
 from pydantic import ValidationError
 
 from features.errors import InputError
-from features.event_log import _STORED, AppendResult, Event, _check_repeats, _line, _problem
+from features.event_log import (
+    _STORED,
+    CHUNK_EVENTS,
+    AppendResult,
+    Event,
+    Position,
+    _check_repeats,
+    _line,
+    _problem,
+)
 from features.schema import CUSTOMER_ID
 
 __all__ = ["NAMESPACE_RULE", "READ_CHUNK", "RedisEventLog", "RedisLocation", "Removal"]
@@ -62,10 +71,10 @@ for i = 1, #ARGV, 3 do
 end
 return {start, stop, flags}
 """
-# KEYS: the stream; ARGV: the lowest id ("-" or "(ID"), how many. Returns {count, the entries' ids joined by
+# KEYS: the stream; ARGV: the lowest id ("-" or "(ID"), the highest ("+": the end), how many. Returns {count, the entries' ids joined by
 # spaces, their lines joined by newlines (a line never holds one)}: two strings to parse, not 3 per entry.
 _RANGE = """
-local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
 local ids, lines = {}, {}
 for i, entry in ipairs(entries) do
   ids[i] = entry[1]
@@ -212,12 +221,13 @@ class RedisEventLog:
         return [e.event_id for e, fingerprint in zip(events, held, strict=True)
                 if fingerprint is not None and _text(fingerprint) != _fingerprint(_line(e).rstrip(b"\n"))]
 
-    def _entries(self, after: str | None = None) -> Iterator[tuple[str, dict]]:
-        """(entry id, stored record) of every entry after ``after`` (None: from the first), in order."""
+    def _entries(self, after: str | None = None, until: str = "+") -> Iterator[tuple[str, dict]]:
+        """(entry id, stored record) of every entry after ``after`` (None: from the first) up to ``until``
+        (included; "+": the end), in order."""
         low = "-" if after is None else f"({after}"
         while True:
             try:
-                count, ids, lines = self._range(keys=[self.location.stream], args=[low, READ_CHUNK])
+                count, ids, lines = self._range(keys=[self.location.stream], args=[low, until, READ_CHUNK])
             except redis.ResponseError as exc:
                 raise InputError(f"{self.location}: cannot read after position {after!r} ({exc}); expected a "
                                  "stream entry id such as 1700000000000-0, or 0-0 for the start") from None
@@ -263,14 +273,31 @@ class RedisEventLog:
         for entry_id, record in self._entries():
             yield self._event(entry_id, record)
 
-    def read_after(self, position: str) -> tuple[list[Event], str]:
+    def read_after(self, position: Position) -> tuple[list[Event], str]:
         """The events after the entry id ``position`` up to the end, and the id of the last one (``position``
         when there is none)."""
-        events = []
+        events, position = [], str(position)
         for entry_id, record in self._entries(position):
             events.append(self._event(entry_id, record))
             position = entry_id
         return events, position
+
+    def end(self) -> str:
+        """The id of the log's last entry now (:attr:`start_position` for an empty log)."""
+        last = self._client.xrevrange(self.location.stream, count=1)
+        return _text(last[0][0]) if last else self.start_position
+
+    def chunks(self) -> Iterator[tuple[list[Event], str]]:
+        """The log's events in order, :data:`CHUNK_EVENTS` at a time, each with the log's end when the
+        read began (what is appended meanwhile is left to :meth:`read_after` that end)."""
+        end, chunk = self.end(), []
+        if end != self.start_position:
+            for entry_id, record in self._entries(until=end):
+                chunk.append(self._event(entry_id, record))
+                if len(chunk) == CHUNK_EVENTS:
+                    yield chunk, end
+                    chunk = []
+        yield chunk, end
 
     def customer_events(self, customer_id: str) -> list[dict]:
         """The events of ``customer_id`` (compared as trimmed text), as stored."""

@@ -153,6 +153,21 @@ def test_reads_in_chunks(log: RedisEventLog, monkeypatch: pytest.MonkeyPatch) ->
     assert middle == [view("e10")]
 
 
+def test_chunks_end_where_the_log_ended_when_the_read_began(log: RedisEventLog,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert list(log.chunks()) == [([], "0-0")]
+    events = [view(f"e{i}") for i in range(5)]
+    end = log.append(events).end
+    monkeypatch.setattr(redis_log, "CHUNK_EVENTS", 2)
+    monkeypatch.setattr(redis_log, "READ_CHUNK", 3)
+    chunks = []
+    for chunk in log.chunks():
+        chunks.append(chunk)
+        log.append([view(f"late{len(chunks)}")])  # after the read began: left to read_after(end)
+    assert chunks == [(events[:2], end), (events[2:4], end), (events[4:], end)]
+    assert [e.event_id for e in log.read_after(end)[0]] == ["late1", "late2", "late3"]
+
+
 def test_namespaces_are_apart(location: RedisLocation) -> None:
     other = RedisLocation(location.url, "other-shop")
     with RedisEventLog(location) as shop, RedisEventLog(other) as second:
