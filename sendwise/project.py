@@ -31,10 +31,11 @@ from features.errors import InputError, NotFoundError, validation_problems
 from features.importers import ImportFormat, run_import
 from features.importers.mapping import check_mapping
 from features.io import Encoding
+from features.redis_log import RedisLocation
 from features.timezones import check_timezone
 from sendwise import pipeline
 from serving.clock import ClockMode
-from serving.config import UTM_VALUE
+from serving.config import ONLINE_STORE_ENV, UTM_VALUE
 from serving.consent import ConsentRule
 from serving.product_block import check_product_url
 from training.recommenders.models import TUNABLE
@@ -101,6 +102,9 @@ class ServeSettings(BaseModel):
     clock: ClockMode = Field(ClockMode.AUTO, description="wall, data (the data's end + time since start) or auto")
     webhook_url: str | None = Field(None, description="segment and trigger transitions POSTed here, signed with "
                                     "the secret in SENDWISE_WEBHOOK_SECRET")
+    online_store: str | None = Field(None, description="a Redis URL: the event log lives there, shared by every "
+                                     "worker (SENDWISE_ONLINE_STORE overrides, e.g. to keep a password out of here)")
+    workers: int = Field(1, ge=1, le=64, description="worker processes; more than one needs online_store")
 
 
 class RunSettings(BaseModel):
@@ -201,6 +205,18 @@ class Project:
     def event_log(self) -> Path:
         """The events taken by the service (``POST /events``, the stream consumer): ``sendwise run`` trains on them."""
         return self.state / "events.jsonl"
+
+    @property
+    def online_store(self) -> str | None:
+        """The Redis URL of the online store: ``SENDWISE_ONLINE_STORE``, else ``serve.online_store``; None: none."""
+        return os.environ.get(ONLINE_STORE_ENV) or self.settings.serve.online_store
+
+    @property
+    def event_source(self) -> Path | RedisLocation:
+        """Where the service logs events: in the online store (keys of this project) when there is one,
+        else :attr:`event_log`."""
+        url = self.online_store
+        return self.event_log if url is None else RedisLocation(url, self.name)
 
     @property
     def mlruns(self) -> Path:
@@ -367,7 +383,8 @@ def serve_settings(project: Project) -> dict[str, object]:
             "currency": settings.currency, "consent": settings.consent, "timezone": settings.timezone,
             "product_url": settings.links.product_url, "utm_source": settings.links.utm_source,
             "utm_medium": settings.links.utm_medium, "clock": settings.serve.clock, "event_log": project.event_log,
-            "segments": project.segments, "webhook_url": settings.serve.webhook_url}
+            "segments": project.segments, "webhook_url": settings.serve.webhook_url,
+            "online_store": project.online_store, "workers": settings.serve.workers}
 
 
 def apply_feature_settings(project: Project | None) -> None:

@@ -122,7 +122,7 @@ def run_project(project: Project) -> RunResult:
                                     mapping=source.map or None, timezone=project.settings.timezone,
                                     encoding=source.encoding))
         console.rule("validate")
-        tables = load(project.data, project.rejects, timezone=project.settings.timezone, event_log=project.event_log)
+        tables = load(project.data, project.rejects, timezone=project.settings.timezone, event_log=project.event_source)
         end = data_end(tables)
         config = FeatureConfig.load(project.path(project.settings.feature_config)) \
             if project.settings.feature_config else FeatureConfig.current()

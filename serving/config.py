@@ -23,6 +23,8 @@
 | ``SENDWISE_SEGMENTS`` | segments and delayed triggers YAML (see :mod:`serving.segments`): membership per event, ``GET /segments/{customer_id}``, the trigger outbox | none |
 | ``SENDWISE_WEBHOOK_URL`` | where the outbox's transitions are POSTed, signed (see :mod:`serving.webhook`) | none: the outbox only |
 | ``SENDWISE_WEBHOOK_SECRET`` | the key of the deliveries' HMAC-SHA256 signature; required with a webhook URL | none |
+| ``SENDWISE_ONLINE_STORE`` | a Redis URL (``redis://host:6379/0``): the event log lives there (keys ``sendwise:<project>:*``), shared by every worker and replica (see :mod:`features.redis_log`); the server must fsync its AOF (``appendonly yes``, ``appendfsync always``) | none: the file log, one worker |
+| ``SENDWISE_WORKERS`` | worker processes of the service; more than one needs ``SENDWISE_ONLINE_STORE`` | 1 |
 | ``SENDWISE_ALLOW_FOREIGN_MODELS`` | ``true``: serve a version registered for another project (with a warning) instead of refusing to start | ``false`` |
 
 A variable that is set must hold a value: an empty one is an error naming it (an empty
@@ -34,13 +36,26 @@ alias or a new snapshot, SENDWISE_RELOAD_SECONDS (default 30, 0: never; see :mod
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import InputError
+from features.event_log import EventLog, EventLogLike
+from features.redis_log import RedisEventLog, RedisLocation
 from features.timezones import check_timezone
 from serving.clock import ClockMode
 from serving.consent import ConsentRule
@@ -49,6 +64,9 @@ from serving.webhook import check_webhook
 from training.registry import check_project_name
 
 ENV_PREFIX = "SENDWISE_"
+WORKERS_ENV, MAX_WORKERS, ONLINE_STORE_ENV = "SENDWISE_WORKERS", 64, "SENDWISE_ONLINE_STORE"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_NAMESPACE = "default"  # the online store's keys of a service without a project
 UTM_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # as a request's campaign (serving.schemas)
 
 
@@ -89,6 +107,8 @@ class ServeConfig(BaseModel):
     segments: Path | None = None
     webhook_secret: SecretStr | None = None  # hidden in repr and dumps (before the URL: its check reads it)
     webhook_url: str | None = None
+    online_store: SecretStr | None = None  # a Redis URL; hidden in repr and dumps (it may hold a password)
+    workers: int = Field(1, ge=1, le=MAX_WORKERS)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -118,6 +138,22 @@ class ServeConfig(BaseModel):
             check_webhook(url, secret.get_secret_value() if secret else None)
         return url
 
+    @field_validator("online_store")
+    @classmethod
+    def _online_store(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and urlsplit(value.get_secret_value()).scheme not in REDIS_SCHEMES:
+            raise ValueError(f"expected a Redis URL ({', '.join(f'{s}://' for s in REDIS_SCHEMES)}...), such as "
+                             "redis://127.0.0.1:6379/0")
+        return value
+
+    @model_validator(mode="after")
+    def _workers_share_through_redis(self) -> ServeConfig:
+        if self.workers > 1 and self.online_store is None:
+            raise ValueError(f"{self.workers} workers need an online store they share: set SENDWISE_ONLINE_STORE "
+                             "(serve.online_store in sendwise.yaml) to a Redis URL; the embedded file log serves "
+                             "one worker")
+        return self
+
     @field_validator("utm_source", "utm_medium")
     @classmethod
     def _utm(cls, value: str) -> str:
@@ -140,7 +176,7 @@ class ServeConfig(BaseModel):
         except ValidationError as exc:
             problems = []
             for error in exc.errors(include_url=False, include_input=False):
-                field = str(error["loc"][0]) if error["loc"] else ""
+                field = str(error["loc"][0]) if error["loc"] else "workers"  # the one rule across fields
                 name = f"{ENV_PREFIX}{field.upper()}" if field not in given else f"--{field.replace('_', '-')}"
                 message = error["msg"].removeprefix("Value error, ")
                 if field == "data" and error["type"] == "missing":
@@ -164,6 +200,19 @@ class ServeConfig(BaseModel):
     def events_path(self) -> Path:
         """The event log: ``event_log``, or ``events.jsonl`` in the state folder."""
         return self.event_log or self.state_folder / "events.jsonl"
+
+    @property
+    def event_source(self) -> Path | RedisLocation:
+        """Where the event log is: in the online store (Redis, keys of this project) when one is set, else
+        the file :attr:`events_path`."""
+        if self.online_store is None:
+            return self.events_path
+        return RedisLocation(self.online_store.get_secret_value(), self.project or DEFAULT_NAMESPACE)
+
+    def open_event_log(self) -> EventLogLike:
+        """The event log at :attr:`event_source`, opened for appending (a Redis one checked to be durable)."""
+        source = self.event_source
+        return RedisEventLog(source) if isinstance(source, RedisLocation) else EventLog(source)
 
     def to_env(self) -> dict[str, str]:
         env = {"SENDWISE_DATA": str(self.data.resolve()), "SENDWISE_MLRUNS": str(self.mlruns.resolve()),
@@ -201,7 +250,20 @@ class ServeConfig(BaseModel):
             env["SENDWISE_WEBHOOK_URL"] = self.webhook_url
         if self.webhook_secret:
             env["SENDWISE_WEBHOOK_SECRET"] = self.webhook_secret.get_secret_value()
+        if self.online_store:
+            env[ONLINE_STORE_ENV] = self.online_store.get_secret_value()
+        env[WORKERS_ENV] = str(self.workers)
         return env
+
+
+def workers_from_env() -> int:
+    """``SENDWISE_WORKERS`` for the service's decorator (read when the module is imported); 1 when unset.
+    The whole setting, with its rule about the online store, is checked when the service starts."""
+    text = os.environ.get(WORKERS_ENV, "1").strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise InputError(f"service settings: {WORKERS_ENV} is {text[:20]!r}; expected a whole number of worker "
+                         f"processes from 1 to {MAX_WORKERS}.")
+    return int(text)
 
 
 class _EnvConfig(ServeConfig, BaseSettings):

@@ -66,11 +66,6 @@ class LiveSegments:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def members(self, customer_id: str) -> list[str] | None:
-        """The segments ``customer_id`` is in now (evaluated on their features and scores); None when unknown."""
-        values = self.values(customer_id)
-        return None if values is None else self.segments.members(values)
-
     def replayed(self, index: int, event: Event) -> None:
         """Queue a logged event (the ``index``-th of the log) replayed at startup if this worker had not
         handled it before the restart."""

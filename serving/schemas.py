@@ -167,6 +167,8 @@ class ModelInfo(BaseModel):
     now: str | None = Field(None, description="the service's clock (UTC, ISO 8601) that events and windows use: the "
                             "wall clock, or the data's end plus the time since the start", examples=["2011-12-09T13:02:41"])
     clock: str | None = Field(None, description="how the clock runs: wall or data", examples=["data"])
+    worker: int | None = Field(None, description="the process id of the worker that answered (one of "
+                               "SENDWISE_WORKERS)", examples=[4242])
 
 
 class EventsRequest(BaseModel):

@@ -20,17 +20,18 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from features.errors import InputError
-from features.event_log import AppendResult, Event, EventLog, parse_events
+from features.event_log import AppendResult, Event, parse_events
 from features.online import OnlineFeatures
 from serving import answers
 from serving.clock import ServiceClock
-from serving.config import ServeConfig
+from serving.config import ServeConfig, workers_from_env
 from serving.experiment_config import ExperimentSet, load_experiments
 from serving.exposures import ExposureLog
 from serving.forgotten import FORGOTTEN, ForgottenCustomers
 from serving.guard import protect
 from serving.live import LiveProfiles
 from serving.live_segments import LiveSegments
+from serving.outbox import OutboxBusyError
 from serving.policy import SCORE_SIGNALS, Policy
 from serving.product_block import ProductBlock
 from serving.reload import LiveModels, reload_seconds
@@ -73,7 +74,7 @@ THREADS = 4  # a batch holds one (one at a time, see serving.guard); single requ
 
 # BentoML's HTTP metrics are off: they label series by raw path (serving/metrics.py keeps the same
 # series with bounded labels).
-@bentoml.service(name="sendwise", workers=1, threads=THREADS, logging={"access": {"enabled": False}},
+@bentoml.service(name="sendwise", workers=workers_from_env(), threads=THREADS, logging={"access": {"enabled": False}},
                  metrics={"enabled": False}, http={"host": "127.0.0.1"})
 class Sendwise:
     """Routes: answers are built by :mod:`serving.answers`, exposures recorded by :mod:`serving.exposures`."""
@@ -90,16 +91,17 @@ class Sendwise:
         self.forgotten = ForgottenCustomers(config.data)  # answered as unknown, logged without their id
         state = self.live.current.state
         clock = ServiceClock(config.clock, state.as_of)
-        self.segments = self._open_segments(config, clock, state)
+        self.segment_set, self.segments = self._open_segments(config, clock, state)
         # the online store gets a copy of the data in a connection of its own, cut at the snapshot
         tables = state.tables.before(state.as_of)
         online = OnlineFeatures(tables, state.as_of, state.customers.config, snapshot=state.snapshot)
-        self.profiles = LiveProfiles.open(EventLog(config.events_path), online, clock, tables,
+        self.profiles = LiveProfiles.open(config.open_event_log(), online, clock, tables,
                                           self.segments.replayed if self.segments else None, self._is_forgotten)
         self._attach(self.live.current.router)
         if self.segments is not None:
             self.profiles.on_events(self.segments.on_events)
             self.segments.start()
+        self.profiles.start_following()
         self.consumer = consumer_from_env(self._ingest, timezone=config.timezone, clock=clock.now,
                                           conflicts=self.profiles.log.conflicts)
         if self.consumer is not None:
@@ -114,25 +116,32 @@ class Sendwise:
         atexit.register(gc.unfreeze)  # let it be freed normally at exit
         self.live.start(interval)
 
-    def _open_segments(self, config: ServeConfig, clock: ServiceClock, state: ServingState) -> LiveSegments | None:
-        """The segments file's online half (membership per event, triggers, outbox, webhook), if one is set."""
+    def _open_segments(self, config: ServeConfig, clock: ServiceClock,
+                       state: ServingState) -> tuple[SegmentSet | None, LiveSegments | None]:
+        """The segments file, if one is set, and its online half (membership per event, triggers, outbox,
+        webhook) in the one worker that holds the outbox (another worker's is None: it answers
+        ``GET /segments`` and leaves the outbox to that one; every worker applies every event)."""
         if config.segments is None:
-            return None
+            return None, None
         segments = SegmentSet.load(config.segments, state.customers.config)
-        scored = bool(set(segments.signals) & set(SCORE_SIGNALS))
-
-        def values(customer_id: str) -> dict | None:
-            if self.profiles is None or self._is_forgotten(customer_id):
-                return None
-            features = self.profiles.features(customer_id)
-            if features is None or not scored:
-                return features
-            scores = self.live.current.state.customers.scores(customer_id) or {}
-            return features | {name: scores.get(name) for name in SCORE_SIGNALS}
-
         webhook = ((config.webhook_url, config.webhook_secret.get_secret_value())
                    if config.webhook_url and config.webhook_secret else None)
-        return LiveSegments(segments, config.state_folder, clock, values, webhook)
+        try:
+            return segments, LiveSegments(segments, config.state_folder, clock, self._segment_values, webhook)
+        except OutboxBusyError:
+            if config.workers == 1:
+                raise
+            return segments, None
+
+    def _segment_values(self, customer_id: str) -> dict | None:
+        """What the segments' rules read of a customer now: features, and scores where a rule reads them."""
+        if self.profiles is None or self.segment_set is None or self._is_forgotten(customer_id):
+            return None
+        features = self.profiles.features(customer_id)
+        if features is None or not set(self.segment_set.signals) & set(SCORE_SIGNALS):
+            return features
+        scores = self.live.current.state.customers.scores(customer_id) or {}
+        return features | {name: scores.get(name) for name in SCORE_SIGNALS}
 
     def _is_forgotten(self, customer_id: str) -> bool:
         return self.forgotten.mask([customer_id])[0] == FORGOTTEN
@@ -170,17 +179,21 @@ class Sendwise:
             self.consumer.stop()
         if self.segments is not None:
             self.segments.stop()
+        if self.profiles is not None:
+            self.profiles.stop_following()
 
     def _log(self, exposures: list[dict]) -> str:
         """Append one request's exposures; a forgotten customer is logged as ``forgotten``, never by id."""
         return self.exposures.append_request(exposures, self.forgotten.mask([e["customer_id"] for e in exposures]))
 
     def _scores(self, customer_ids: list[str]) -> list[Score]:
+        self.profiles.follow()
         return answers.scores(self.live.current.state, customer_ids, self.forgotten.mask(customer_ids))
 
     def _recommend(self, customer_ids: list[str], k: int, options: RuleOptions, log: bool = True,
                    state: ServingState | None = None) -> list[Recommendations]:
         state = self.live.current.state if state is None else state
+        self.profiles.follow()
         recs = answers.recommendations(state, customer_ids, self.forgotten.mask(customer_ids), k, options)
         if log:
             self._log(answers.recommend_exposures(recs, "recommend", state))
@@ -234,6 +247,7 @@ class Sendwise:
     def _next_best_actions(self, customer_ids: list[str], k: int, campaign: str) -> list[NextBestAction]:
         """Decide per customer with their arm's policy and models (the running experiment's variant,
         else the defaults); one exposure record per customer, logged before answering."""
+        self.profiles.follow()
         arms = self.live.current.router.route(customer_ids, datetime.now(UTC).replace(tzinfo=None))
         results, exposures = answers.next_best_actions(arms, customer_ids, self.forgotten.mask, k, campaign, self.rng,
                                                        self.consent, self.block_settings)
@@ -281,11 +295,13 @@ class Sendwise:
     @bentoml.api(route="/segments")
     def segments_of(self, request: SegmentsRequest, /) -> SegmentMembership:
         """The segments of ``segments.yaml`` a customer is in now (also ``GET /segments/{customer_id}``)."""
-        if self.segments is None:
+        if self.segment_set is None:
             return JSONResponse({"error": "no segments file: set SENDWISE_SEGMENTS (or put segments.yaml in the "
                                           "project) and restart the service"}, 404)
         [key] = self.forgotten.mask([request.customer_id])
-        members = None if key == FORGOTTEN else self.segments.members(key)
+        self.profiles.follow()
+        values = None if key == FORGOTTEN else self._segment_values(key)
+        members = None if values is None else self.segment_set.members(values)
         return SegmentMembership(customer_id=request.customer_id, known=members is not None, segments=members or [])
 
     @bentoml.api(route="/ping")
@@ -300,6 +316,7 @@ class Sendwise:
         info = answers.model_info(live.state, live.router.experiments.running(datetime.now(UTC).replace(tzinfo=None)),
                                   live.loaded_at)
         info.now, info.clock = self.profiles.clock.now().isoformat(), self.profiles.clock.mode.value
+        info.worker = os.getpid()
         return info
 
 

@@ -25,7 +25,8 @@ EVERY = {"SENDWISE_DATA": "/srv/shop", "SENDWISE_SNAPSHOT": "/srv/snap.parquet",
          "SENDWISE_TIMEZONE": "asia/tokyo", "SENDWISE_PRODUCT_URL": "https://shop.example/products/{product_id}?ref=mail",
          "SENDWISE_UTM_SOURCE": "newsletter", "SENDWISE_UTM_MEDIUM": "e-mail_v2", "SENDWISE_CLOCK": "data",
          "SENDWISE_EVENT_LOG": "/var/lib/sendwise/events.jsonl", "SENDWISE_SEGMENTS": "/srv/segments.yaml",
-         "SENDWISE_WEBHOOK_URL": "https://crm.example/hooks/sendwise", "SENDWISE_WEBHOOK_SECRET": "whsec-5c1e"}
+         "SENDWISE_WEBHOOK_URL": "https://crm.example/hooks/sendwise", "SENDWISE_WEBHOOK_SECRET": "whsec-5c1e",
+         "SENDWISE_ONLINE_STORE": "redis://:r3dis-pw@cache.internal:6379/2", "SENDWISE_WORKERS": "4"}
 BOOLEANS = ("SENDWISE_EXPOSURE_FSYNC", "SENDWISE_ALLOW_FOREIGN_MODELS")
 
 
@@ -56,10 +57,15 @@ def test_every_variable_is_read(env) -> None:
         product_url="https://shop.example/products/{product_id}?ref=mail", utm_source="newsletter",
         utm_medium="e-mail_v2", clock=ClockMode.DATA, event_log=Path("/var/lib/sendwise/events.jsonl"),
         segments=Path("/srv/segments.yaml"), webhook_url="https://crm.example/hooks/sendwise",
-        webhook_secret=SecretStr("whsec-5c1e"))
+        webhook_secret=SecretStr("whsec-5c1e"), online_store=SecretStr("redis://:r3dis-pw@cache.internal:6379/2"),
+        workers=4)
     assert config.rejects_dir == Path("/var/lib/sendwise/rejects")
     assert KEY not in repr(config) and KEY not in str(config.model_dump()) and KEY not in config.model_dump_json()
     assert "whsec-5c1e" not in repr(config) and "whsec-5c1e" not in config.model_dump_json()
+    assert "r3dis-pw" not in repr(config) and "r3dis-pw" not in config.model_dump_json()
+    assert "r3dis-pw" not in str(config.event_source)  # the online store's keys of the project, shown redacted
+    assert (config.event_source.url, config.event_source.namespace) == (
+        "redis://:r3dis-pw@cache.internal:6379/2", "shop-a")
     assert ServeConfig.from_env() == config and ServeConfig.from_env(currency="USD").currency == "USD"
 
 
@@ -77,6 +83,7 @@ def test_defaults_with_only_the_data(env) -> None:
     assert config.block_settings == BlockSettings("GBP", "sendwise", "email")
     assert config.rejects_dir == Path("exposures/state/rejects")  # next to the exposure log, never in the data
     assert config.events_path == Path("exposures/state/events.jsonl") and config.clock is ClockMode.AUTO
+    assert config.event_source == config.events_path and (config.workers, config.online_store) == (1, None)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("true", True), ("1", True), ("yes", True), ("false", False),
@@ -92,7 +99,8 @@ def test_the_environment_round_trips(env, tmp_path: Path) -> None:
                         state_dir=tmp_path / "state", consent=ConsentRule.UNLESS_REFUSED, exposure_fsync=True,
                         exposure_log=tmp_path / "log.jsonl", mlruns=tmp_path / "mlruns", currency="USD",
                         timezone="America/New_York", product_url="https://shop.example/p?id={product_id}",
-                        utm_source="crm", utm_medium="mail", clock=ClockMode.WALL, event_log=tmp_path / "ev.jsonl")
+                        utm_source="crm", utm_medium="mail", clock=ClockMode.WALL, event_log=tmp_path / "ev.jsonl",
+                        online_store=SecretStr("redis://127.0.0.1:6390/0"), workers=3)
     env(given.to_env())
     assert ServeConfig.from_env() == given
     assert given.block_settings == BlockSettings("USD", "crm", "mail")
@@ -151,11 +159,26 @@ def test_a_variable_set_but_empty_is_an_error(env, name: str, value: str) -> Non
     ("SENDWISE_UTM_SOURCE", "a&utm_campaign=x", "letters, digits"),
     ("SENDWISE_UTM_MEDIUM", "x" * 101, "1 to 100"),
     ("SENDWISE_UTM_MEDIUM", "e/mail", "letters, digits"),
+    ("SENDWISE_ONLINE_STORE", "http://cache.internal:6379", r"a Redis URL \(redis://, rediss://, unix://"),
+    ("SENDWISE_WORKERS", "0", "greater than or equal to 1"),
+    ("SENDWISE_WORKERS", "2", "2 workers need an online store they share: set SENDWISE_ONLINE_STORE"),
 ])
 def test_a_wrong_value_names_the_variable_and_what_it_takes(env, name: str, value: str, message: str) -> None:
     env({"SENDWISE_DATA": "shop", name: value})
     with pytest.raises(InputError, match=rf"{name}: .*{message}"):
         ServeConfig.from_env()
+
+
+@pytest.mark.parametrize("value", ["two", "0", "65", ""])
+def test_a_wrong_worker_count_is_refused_when_the_service_module_reads_it(env, value: str) -> None:
+    """The service's decorator takes SENDWISE_WORKERS when the module is imported."""
+    from serving.config import workers_from_env
+
+    env({"SENDWISE_WORKERS": value})
+    with pytest.raises(InputError, match=rf"SENDWISE_WORKERS is '{value}'; expected a whole number .* from 1 to 64"):
+        workers_from_env()
+    env({"SENDWISE_WORKERS": " 3 "})
+    assert workers_from_env() == 3
 
 
 def test_the_service_refuses_to_start_with_an_empty_key(env, served_env: dict) -> None:

@@ -54,7 +54,7 @@ def preflight(config: ServeConfig) -> None:
     # The data as the service will read it: a wrong column or type fails here (ContractError), and
     # rejected rows go to the state directory, never into the data directory.
     tables, report = load_data_dir(config.data, config.rejects_dir, timezone=config.timezone,
-                                   event_log=config.events_path)
+                                   event_log=config.event_source)
     for warning in report.warnings:
         errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if report.rejects_dir is not None:
@@ -70,6 +70,7 @@ def preflight(config: ServeConfig) -> None:
     check_snapshot(features, settings, config)
     print_emailable(tables, features, config.consent)
     tables.con.close()
+    config.open_event_log().close()  # an online store that is down, or would lose events, fails here
     if config.segments is not None:
         SegmentSet.load(config.segments, settings)  # a bad file fails here, naming the segment and field
     if config.experiments is not None:
@@ -121,13 +122,18 @@ def serve(
     )] = None,
     segments: Annotated[Path | None, typer.Option(
         help="Segments and delayed triggers YAML (docs/segments.md). Default: the project's segments.yaml.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes (default: the project's, else 1); more than one needs an online store.")] = None,
+    online_store: Annotated[str | None, typer.Option(
+        help="Redis URL of the online store, where the event log is shared by every worker and replica "
+             "(default: SENDWISE_ONLINE_STORE, else the project's; none: the file log, one worker).")] = None,
 ) -> None:
     """Start the send-time service (BentoML) with the champion models (of the project, when there is one)."""
     found = find_project(project)
     flags = {"data": data, "snapshot": snapshot, "mlruns": mlruns, "exposure_log": exposure_log,
              "state_dir": state_dir, "policy": policy, "currency": currency, "experiments": experiments,
              "consent": consent, "allow_foreign_models": allow_foreign_models or None, "clock": clock,
-             "segments": segments}
+             "segments": segments, "workers": workers, "online_store": online_store}
     given = {k: v for k, v in flags.items() if v is not None}
     if found is None:
         if data is None:
