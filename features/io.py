@@ -28,8 +28,9 @@ import duckdb
 import pandas as pd
 
 from features.errors import InputError
-from features.event_log import event_log_frames
+from features.event_store import EventSource, source_frames
 from features.links import safe_http_url
+from features.redis_log import RedisLocation
 from features.schema import CUSTOMER_ID, IMAGE_URL, ORDER_ID, SPECS, URL, Table, sql_literal
 from features.tables import Tables, canonical_select, create_empty, new_connection
 from features.timezones import check_timezone
@@ -318,7 +319,7 @@ def read_error(path: Path, exc: duckdb.Error, encoding: Encoding | str = Encodin
 
 def load_data_dir(
     data_dir: Path | str, rejects_dir: Path | str | None = None, encoding: Encoding | str = Encoding.UTF_8,
-    now: datetime | None = None, timezone: str | None = None, event_log: Path | str | None = None,
+    now: datetime | None = None, timezone: str | None = None, event_log: EventSource | str | None = None,
 ) -> tuple[Tables, ValidationReport]:
     """Read and validate a contract directory.
 
@@ -333,7 +334,8 @@ def load_data_dir(
     (default: now, UTC), after conversion, are rejected. An orders file without rows is an error, and
     so is an unknown ``timezone``, before anything is read.
 
-    ``event_log`` (:mod:`features.event_log`; skipped when the file does not exist) adds its events and
+    ``event_log``, a file (:mod:`features.event_log`; skipped when it does not exist) or a log in Redis
+    (a :class:`~features.redis_log.RedisLocation`, :mod:`features.event_store`), adds its events and
     orders after the directory's validation (its events were validated when taken), except those of
     forgotten customers, those after ``now``, orders whose ``order_id`` the orders table holds and
     events equal to one of the events table (the shop's export already has them); the rows added per
@@ -367,9 +369,12 @@ def load_data_dir(
     tables = Tables(con)
     written = write_rejects(tables, reports, Path(rejects_dir) if rejects_dir else data_dir / REJECTS_DIRNAME)
     added, warnings = {}, []
-    if event_log is not None and Path(event_log).exists():
-        added, warnings = add_event_log(con, Path(event_log), tombstones, now or now_utc(), forgotten)
-    present = {**files, **{t: Path(event_log) for t in added}}  # tables with rows, for the cross-table checks
+    if isinstance(event_log, str):
+        event_log = Path(event_log)
+    if isinstance(event_log, RedisLocation) or (event_log is not None and event_log.exists()):
+        added, warnings = add_event_log(con, event_log, tombstones, now or now_utc(), forgotten)
+    # tables with rows, for the cross-table checks (which read only the keys)
+    present = {**files, **dict.fromkeys(added, Path(str(event_log)))}
     warnings = cross_table_warnings(tables, present) + unsafe_link_warnings(tables) + warnings
     if sum(forgotten.values()):
         warnings.append(f"{sum(forgotten.values()):,} row(s) of forgotten customers skipped "
@@ -377,13 +382,13 @@ def load_data_dir(
     return tables, ValidationReport(reports, written, warnings, forgotten, added)
 
 
-def add_event_log(con: duckdb.DuckDBPyConnection, path: Path, tombstones: Tombstones, now: datetime,
+def add_event_log(con: duckdb.DuckDBPyConnection, source: EventSource, tombstones: Tombstones, now: datetime,
                   forgotten: dict[str, int]) -> tuple[dict[Table, int], list[str]]:
-    """Add the event log's rows to the validated ``events`` and ``orders`` of ``con`` (see
-    :func:`load_data_dir`); returns the rows added per table and warnings for the rows left out.
+    """Add the rows of the event log at ``source`` (a file or Redis) to the validated ``events`` and
+    ``orders`` of ``con`` (see :func:`load_data_dir`); returns the rows added per table and warnings for the rows left out.
     Rows of forgotten customers are counted in ``forgotten``."""
     added, warnings = {}, []
-    for table, frame in event_log_frames(path).items():
+    for table, frame in source_frames(source).items():
         if frame.empty:
             continue
         spec, log = SPECS[table], f"_log_{table.value}"
@@ -394,7 +399,7 @@ def add_event_log(con: duckdb.DuckDBPyConnection, path: Path, tombstones: Tombst
             forgotten[table.value] = forgotten.get(table.value, 0) + skip_forgotten(con, log, tombstones)
         late = con.execute(f"DELETE FROM {log} WHERE {spec.time_column} > $now", {"now": now}).fetchall()[0][0]
         if late:
-            warnings.append(f"{late:,} {table.value} row(s) of the event log {path} are after {now:%Y-%m-%dT%H:%M:%S}Z, "
+            warnings.append(f"{late:,} {table.value} row(s) of the event log {source} are after {now:%Y-%m-%dT%H:%M:%S}Z, "
                             "the moment the data was read: left out this time")
         if table is Table.ORDERS:  # the export holds the order: it is one order, not two
             known, what = f"{ORDER_ID} IN (SELECT {ORDER_ID} FROM {table.value})", "orders the orders table holds"
@@ -403,7 +408,7 @@ def add_event_log(con: duckdb.DuckDBPyConnection, path: Path, tombstones: Tombst
             known, what = f"EXISTS (SELECT 1 FROM {table.value} d WHERE {same})", "events the events table holds"
         dropped = con.execute(f"DELETE FROM {log} l WHERE {known}").fetchall()[0][0]
         if dropped:
-            warnings.append(f"{dropped:,} {table.value} row(s) of the event log {path} left out: {what} already")
+            warnings.append(f"{dropped:,} {table.value} row(s) of the event log {source} left out: {what} already")
         kind = "VIEW" if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?",
                                      [table.value]).fetchall()[0][0] else "TABLE"
         con.execute(f"ALTER {kind} {table.value} RENAME TO _directory_{table.value}")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from features.build import build_features
 from features.errors import InputError
-from features.event_log import customer_events
+from features.event_store import EventSource, source_customer_events
 from features.io import Encoding, load_data_dir, read_tombstones
 from features.privacy import customer_rows, tabular_files
 from features.schema import CUSTOMER_ID
@@ -45,15 +45,15 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str | None = None,
                     exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
                     k: int = 10, encoding: Encoding | str = Encoding.UTF_8, project: str | None = None,
-                    timezone: str | None = None, event_log: Path | str | None = None,
+                    timezone: str | None = None, event_log: EventSource | str | None = None,
                     state_dir: Path | str | None = None) -> dict:
     """The export document of ``customer_id``; ``notes`` says what could not be included and why.
     ``mlruns`` and ``exposure_log`` are None where there is no such store; a path given must exist.
     CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded).
     Scores and recommendations come from ``project``'s champions (none: the global names); one
     registered for another project is left out with a note. Naive timestamps are read in ``timezone``
-    (the shop's, as when the models were trained; None: UTC). ``event_log`` (None: none) adds the
-    customer's events as stored there, and its rows to the data the features are built from. ``state_dir``
+    (the shop's, as when the models were trained; None: UTC). ``event_log`` (None: none), a file or
+    a log in Redis, adds the customer's events as stored there, and its rows to the data the features are built from. ``state_dir``
     (None: none) adds their records in the service's outbox and timers journal (``outbox``, ``timers``)."""
     customer_id, data_dir = customer_id.strip(), Path(data_dir)  # ids are trimmed on import, as here
     if not customer_id:
@@ -110,5 +110,5 @@ def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str |
     if exposure_log is not None:
         doc["exposures"] = customer_exposures(exposure_log, customer_id)
     if event_log is not None:
-        doc["events"] = customer_events(event_log, customer_id)
+        doc["events"] = source_customer_events(event_log, customer_id)
     return doc

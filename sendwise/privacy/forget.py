@@ -3,8 +3,8 @@
 In order: a tombstone in the data directory (from then on imports, loads and the running service
 skip the customer); their rows in the data directory's tables and rejects and in the other files
 named (snapshots, training sets, score or recommendation outputs); their records in the exposure
-log, pseudonymised; their events in the event log (the log rewritten without them, the segments
-worker's cursor lowered first); their rows in every recommender saved in the local MLflow store and
+log, pseudonymised; their events in the event log (a file rewritten without them, or in Redis their
+entries deleted; the segments worker's cursor lowered first); their rows in every recommender saved in the local MLflow store and
 in the models' holdout score files there; their lines in the service's trigger outbox and timers
 journal (:mod:`sendwise.privacy.live_stores`, the webhook's cursor kept right).
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from features.errors import InputError, NotFoundError
-from features.event_log import forget_customers as forget_events
+from features.event_store import EventSource, forget_in_source
 from features.io import Encoding, read_tombstones, write_tombstones
 from features.privacy import drop_customer_rows, tabular_files
 from sendwise.privacy.live_stores import LiveStores
@@ -69,10 +69,11 @@ class ForgetReport:
 
 def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: Path | str | None = None,
                      exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
-                     encoding: Encoding | str = Encoding.UTF_8, event_log: Path | str | None = None,
+                     encoding: Encoding | str = Encoding.UTF_8, event_log: EventSource | str | None = None,
                      state_dir: Path | str | None = None) -> ForgetReport:
     """Forget ``customer_ids`` everywhere; returns what was removed where. ``mlruns``, ``exposure_log``
-    and ``event_log`` are None where there is no such store; a path given must exist. ``state_dir``
+    and ``event_log`` are None where there is no such store; a path given must exist (``event_log`` may
+    be a log in Redis, a :class:`~features.redis_log.RedisLocation`, whose server must answer). ``state_dir``
     (None: none) is the service's state folder, whose outbox, timers and cursors are cleaned (the
     service stopped). CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the
     data was loaded)."""
@@ -100,7 +101,7 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
 
 
 def _forget(ids: list[str], data_dir: Path, mlruns: Path | None, exposure_log: Path | None, files: list[Path],
-            encoding: Encoding | str, event_log: Path | None, live: LiveStores | None) -> ForgetReport:
+            encoding: Encoding | str, event_log: EventSource | None, live: LiveStores | None) -> ForgetReport:
     """:func:`forget_customers` once every path is checked (and the live stores locked)."""
     before = read_tombstones(data_dir)
     report = ForgetReport(ids, write_tombstones(data_dir, before.adding(ids)),
@@ -127,7 +128,7 @@ def _forget(ids: list[str], data_dir: Path, mlruns: Path | None, exposure_log: P
         try:
             if live is not None:  # lowered first: a crash between the two replays events, never skips one
                 live.lower_segments_cursor(event_log, ids)
-            removed = forget_events(event_log, ids)
+            removed = forget_in_source(event_log, ids)
         except InputError as exc:  # a damaged line: the log is left as it was, and the command fails
             report.failed[str(event_log)] = str(exc)
         else:

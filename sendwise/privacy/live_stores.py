@@ -40,13 +40,15 @@ import fcntl
 import json
 import os
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 from features.errors import InputError
+from features.event_store import EventSource, source_records
 from features.io import atomic_write
+from features.redis_log import RedisLocation
 from features.schema import CUSTOMER_ID
 from serving.live_segments import OUTBOX_FILE, SEGMENTS_CURSOR_FILE, TIMERS_FILE, WEBHOOK_CURSOR_FILE
 from serving.outbox import read_lines
@@ -104,6 +106,22 @@ def _damaged(path: Path, what: str, number: int, how: str) -> InputError:
     return InputError(f"{path}: line {number:,} {how}; expected one {what} as JSON per line, as the service writes "
                       "it. Something else changed the file: restore it from a backup, or move the line out, and run "
                       "the same command again. Nothing was changed.")
+
+
+def _log_records(event_log: EventSource | str) -> Iterator[dict]:
+    """The events of the log as stored, in order (each with a text ``event_id``); a line of a file log that
+    is not an event is an InputError naming it."""
+    if isinstance(event_log, RedisLocation):
+        yield from source_records(event_log)
+        return
+    for number, (_, data) in enumerate(read_lines(Path(event_log)), 1):
+        try:
+            record = json.loads(data)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("event_id"), str):
+            raise _damaged(Path(event_log), "event", number, "is not an event")
+        yield record
 
 
 def customer_records(state: Path | str, customer_id: str) -> dict[str, list[dict]]:
@@ -213,24 +231,18 @@ class LiveStores:
         return [f"{what} {path}" for what, path in (("trigger outbox", self.outbox), ("timers", self.timers))
                 if path.exists()]
 
-    def lower_segments_cursor(self, event_log: Path | str, customer_ids: Collection[str]) -> int:
-        """Before ``event_log`` is rewritten without ``customer_ids``: lower ``segments.cursor`` by their
-        events it counted; returns by how many. An event log that cannot be read is an InputError (and
-        the cursor is left)."""
+    def lower_segments_cursor(self, event_log: EventSource | str, customer_ids: Collection[str]) -> int:
+        """Before ``event_log`` (a file, or a log in Redis) loses the events of ``customer_ids``: lower
+        ``segments.cursor`` by their events it counted; returns by how many. An event log that cannot be
+        read is an InputError (and the cursor is left)."""
         if not self.segments_cursor.exists() or not self._handled:
             return 0
         _unchanged(self.segments_cursor, self._seen[self.segments_cursor])
         wanted = {c.strip() for c in customer_ids}
         counted, kept, old_ids, new_ids = 0, 0, set(), set()
-        for number, (_, data) in enumerate(read_lines(Path(event_log)), 1):
+        for record in _log_records(event_log):
             if counted >= self._handled:
                 break
-            try:
-                record = json.loads(data)
-            except ValueError:
-                record = None
-            if not isinstance(record, dict) or not isinstance(record.get("event_id"), str):
-                raise _damaged(Path(event_log), "event", number, "is not an event")
             event_id, customer = record["event_id"], record.get(CUSTOMER_ID)
             if event_id not in old_ids:
                 old_ids.add(event_id)

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from features.errors import InputError, NotFoundError
+from features.event_store import EventSource
+from features.redis_log import RedisEventLog, RedisLocation
 from training.tracking import user_tracking_uri
 
 DEFAULT_MLRUNS = Path("mlruns")
@@ -63,8 +65,11 @@ def check_exposure_log(path: Path | str) -> Path:
     return path
 
 
-def check_event_log(path: Path | str) -> Path:
-    """``path`` when it is a file; a clear error otherwise."""
+def check_event_log(path: EventSource | str) -> EventSource:
+    """``path`` when it is a file, or a log in Redis whose server answers; a clear error otherwise."""
+    if isinstance(path, RedisLocation):
+        RedisEventLog(path, check_durability=False).close()  # an InputError naming it when it cannot be reached
+        return path
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
