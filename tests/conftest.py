@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,8 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+
+from redis_server import free_port, start_redis, stop_redis
 
 from features.demo import DemoShop, generate_demo
 from features.io import load_data_dir
@@ -173,3 +176,13 @@ def same_feature_value(online: object, batch: object) -> bool:
     if isinstance(batch, int | float) and not isinstance(batch, bool):
         return online is not None and math.isclose(float(online), float(batch), rel_tol=1e-9, abs_tol=1e-9)
     return online == batch
+
+
+@pytest.fixture(scope="session")
+def online_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real redis-server as the online store asks for one (an AOF fsync'd on every write),
+    shared by the tests of the Redis path; skipped where redis-server is not installed."""
+    port = free_port()
+    server = start_redis(port, tmp_path_factory.mktemp("online-store"))
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_redis(server)

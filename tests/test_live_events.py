@@ -1,6 +1,7 @@
 """Events in, fresh decisions out (serving/live.py): ``POST /events`` logs durably and applies once,
 the very next next-best-action reflects an event, a bad batch is refused whole with the field
-named, and a restart replays the log."""
+named, and a restart replays the log. Every test runs on both paths: the embedded file log, and the
+online store in Redis that several workers share."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from starlette.testclient import TestClient
 
-from features.event_log import EventLog
+from features.event_log import EventLogLike
 from serving.reload import RELOAD_ENV
 
 
@@ -33,13 +35,23 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("events") / "events.jsonl"
 
 
-@pytest.fixture(scope="module")
-def live(served_env: dict[str, str], log: Path, tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["file", "redis"])
+def live(request: pytest.FixtureRequest, served_env: dict[str, str], log: Path,
+         tmp_path_factory: pytest.TempPathFactory):
     env = served_env | {"SENDWISE_EXPOSURE_LOG": str(tmp_path_factory.mktemp("exp") / "exposures.jsonl")}
+    if request.param == "redis":
+        url = request.getfixturevalue("online_store")
+        redis.Redis.from_url(url).flushall()
+        env |= {"SENDWISE_ONLINE_STORE": url}
     mp, bentoml, sendwise = _service(env, log)
     with TestClient(sendwise.to_asgi()) as client:
         yield bentoml.get_current_service(), client, env
     mp.undo()
+
+
+def _logged(service) -> EventLogLike:
+    """The service's event log (the file, or the stream in Redis), read again."""
+    return service.profiles.log
 
 
 def _now(client: TestClient) -> datetime:
@@ -86,7 +98,7 @@ def test_an_add_to_cart_then_the_order_then_an_unsubscribe_change_the_very_next_
             "occurred_at": at.isoformat() + "Z"}
     answer = _post(client, cart)
     assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
-    assert f"cart-{cid}" in EventLog(log)  # logged before the answer
+    assert f"cart-{cid}" in _logged(service)  # logged before the answer
     assert _action(client, cid) == "cart_recovery"
 
     order = {"event_id": f"order-{cid}", "customer_id": cid, "event_type": "order", "occurred_at":
@@ -108,17 +120,17 @@ def test_a_repeated_event_id_is_acknowledged_and_ignored(live, log: Path) -> Non
              "product_id": str(service.state.lookup.product_ids[1]), "occurred_at": _now(client).isoformat() + "Z"}
     version = service.profiles.version(cid) or 0
     first = _post(client, event).json()
-    n = len(EventLog(log))
+    n = len(_logged(service))
     again = _post(client, event).json()
     assert (first["accepted"], again["accepted"], again["duplicates"]) == (1, 0, [f"view-{cid}"])
-    assert len(EventLog(log)) == n
+    assert len(_logged(service)) == n
     assert service.profiles.version(cid) == version + 1  # applied once
 
 
 def test_a_bad_event_refuses_the_whole_batch_naming_the_field(live, log: Path) -> None:
     service, client, _ = live
     cid = next(iter(service.state.customers.row))
-    n = len(EventLog(log))
+    n = len(_logged(service))
     good = {"event_id": "fine-1", "customer_id": cid, "event_type": "email_open",
             "occurred_at": _now(client).isoformat() + "Z"}
     bad = dict(good, event_id="bad-1", occurred_at="yesterday-ish")
@@ -128,7 +140,7 @@ def test_a_bad_event_refuses_the_whole_batch_naming_the_field(live, log: Path) -
     future = dict(good, event_id="bad-2", occurred_at=(_now(client) + timedelta(days=3)).isoformat() + "Z")
     assert "events[0].occurred_at" in _post(client, future).json()["error"]
     assert client.post("/events", json={"events": []}).status_code == 400  # at least one event
-    assert len(EventLog(log)) == n and "fine-1" not in EventLog(log)  # all or nothing
+    assert len(_logged(service)) == n and "fine-1" not in _logged(service)  # all or nothing
 
 
 def test_a_restarted_service_replays_the_log(live, log: Path) -> None:
@@ -168,7 +180,7 @@ def test_a_forgotten_customers_events_are_acknowledged_but_not_kept(live, log: P
     finally:
         service.forgotten = kept_forgotten
     assert (answer["accepted"], answer["forgotten"]) == (1, 1)
-    assert "gone-view" not in EventLog(log) and "kept-view" in EventLog(log)
+    assert "gone-view" not in _logged(service) and "kept-view" in _logged(service)
     assert service.profiles.version("gone-42") is None
 
 
@@ -211,7 +223,7 @@ def test_an_event_the_data_already_holds_is_logged_but_not_counted_twice(live, d
              **({"product_id": product} if product else {})}
     assert _post(client, event).json()["accepted"] == 1
     assert service.profiles.features(cid, moment) == before
-    assert f"held-{cid}" in EventLog(log)
+    assert f"held-{cid}" in _logged(service)
 
 
 def test_an_event_id_reused_for_another_event_is_a_409_and_nothing_is_taken(live, log: Path) -> None:
@@ -221,9 +233,9 @@ def test_an_event_id_reused_for_another_event_is_a_409_and_nothing_is_taken(live
     first = {"event_id": f"reused-{cid}", "customer_id": cid, "event_type": "email_open", "occurred_at": at}
     assert _post(client, first).json()["accepted"] == 1
     assert _post(client, first).json()["duplicates"] == [f"reused-{cid}"]  # a resend: fine
-    n = len(EventLog(log))
+    n = len(_logged(service))
     other = dict(first, event_type="unsubscribe")
     fresh = {"event_id": f"fresh-{cid}", "customer_id": cid, "event_type": "email_open", "occurred_at": at}
     answer = _post(client, fresh, other)
     assert answer.status_code == 409 and answer.json()["conflicts"] == [f"reused-{cid}"]
-    assert len(EventLog(log)) == n and f"fresh-{cid}" not in EventLog(log)
+    assert len(_logged(service)) == n and f"fresh-{cid}" not in _logged(service)
