@@ -20,16 +20,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_redis(port: int, data_dir: Path | None = None) -> subprocess.Popen:
+def start_redis(port: int, data_dir: Path | None = None, *options: str) -> subprocess.Popen:
     """A redis-server on ``port`` of 127.0.0.1, once it answers PING: with nothing written to disk, or
-    with ``data_dir`` (its ``--dir``) running ``appendonly yes`` and ``appendfsync always``."""
+    with ``data_dir`` (its ``--dir``) running ``appendonly yes`` and ``appendfsync always``; ``options``
+    are more of its command-line settings."""
     server_bin = shutil.which("redis-server")
     if server_bin is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it), "
                     "and Redis is tested against a real one only")
     storage = (["--appendonly", "no"] if data_dir is None else
                ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(data_dir)])
-    server = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *storage],
+    server = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *storage,
+                               *options],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     probe, deadline = redis.Redis(host="127.0.0.1", port=port), time.monotonic() + 10
     try:

@@ -197,6 +197,20 @@ def test_a_server_that_does_not_fsync_every_write_is_refused(tmp_path: Path) -> 
         stop_redis(server)
 
 
+def test_a_server_that_refuses_config_is_trusted_with_a_warning(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    server = start_redis(port, tmp_path, "--rename-command", "CONFIG", "")  # as managed Redis services do
+    try:
+        with caplog.at_level("WARNING", logger="features.redis_log"), \
+                RedisEventLog(RedisLocation(f"redis://127.0.0.1:{port}/0", "shop")) as log:
+            assert log.append([view("e1")]).new == [view("e1")]
+        assert [r.getMessage() for r in caplog.records if "CONFIG GET is refused" in r.getMessage()
+                and "appendonly yes and appendfsync always" in r.getMessage()]
+    finally:
+        stop_redis(server)
+
+
 def test_a_server_not_running_is_named_without_its_password() -> None:
     location = RedisLocation(f"redis://worker:s3cret@127.0.0.1:{free_port()}/0", "shop")
     with pytest.raises(InputError, match=r"redis://worker:\*\*\*@127.0.0.1:\d+/0 stream sendwise:shop:events cannot "
