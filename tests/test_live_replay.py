@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import redis
 from conftest import same_feature_value
 from starlette.testclient import TestClient
 
@@ -69,8 +70,12 @@ def _mismatches(service, batch: pd.DataFrame, end) -> list[tuple]:
     return out
 
 
-def test_the_last_week_posted_to_events_equals_the_batch_build(served_env: dict[str, str], demo_tables: Tables,
-                                                               tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["file", "redis"])
+def test_the_last_week_posted_to_events_equals_the_batch_build(store: str, served_env: dict[str, str],
+                                                               demo_tables: Tables, tmp_path: Path,
+                                                               request: pytest.FixtureRequest) -> None:
+    """File: a restart replays the log. Redis: a second worker on the same online store replays what
+    is there, then follows what the first takes after it started."""
     end = data_end(demo_tables) + timedelta(microseconds=1)
     cut = pd.Timestamp(end - timedelta(days=DAYS))
     frames = _frames(demo_tables)
@@ -90,6 +95,10 @@ def test_the_last_week_posted_to_events_equals_the_batch_build(served_env: dict[
     env = served_env | {"SENDWISE_DATA": str(shop), "SENDWISE_SNAPSHOT": str(tmp_path / "snapshot.parquet"),
                         "SENDWISE_EXPOSURE_LOG": str(tmp_path / "exposures.jsonl"), "SENDWISE_CLOCK": "wall",
                         RELOAD_ENV: "0"}
+    if store == "redis":
+        url = request.getfixturevalue("online_store")
+        redis.Redis.from_url(url).flushall()
+        env |= {"SENDWISE_ONLINE_STORE": url}
     for key, value in env.items():
         mp.setenv(key, value)
     import bentoml
@@ -100,16 +109,27 @@ def test_the_last_week_posted_to_events_equals_the_batch_build(served_env: dict[
     assert len(bodies) > 100  # a real week of traffic
     try:
         with TestClient(Sendwise.to_asgi()) as client:
-            for start in range(0, len(bodies), 200):
-                answer = client.post("/events", json={"events": bodies[start:start + 200]})
-                assert answer.status_code == 200, answer.text
+            def post(part: list[dict]) -> None:
+                for start in range(0, len(part), 200):
+                    answer = client.post("/events", json={"events": part[start:start + 200]})
+                    assert answer.status_code == 200, answer.text
+
+            half = len(bodies) // 2
+            post(bodies[:half])
+            second = Sendwise() if store == "redis" else None  # a second worker, started half-way
+            post(bodies[half:])
             service = bentoml.get_current_service()
             batch = build_features(served, end).set_index(CUSTOMER_ID)
             assert _mismatches(service, batch, end) == []
             assert len(service.profiles.online.touched()) > 50
+            if second is not None:  # it followed the first worker's events
+                second.profiles.follow()
+                assert _mismatches(second, batch, end) == []
+                second.stop_reloading()
             # a restart replays the log onto the data from before the snapshot: the same, although the
             # shop's files hold the week too (held rows are those of the data the store reads)
             restarted = Sendwise()
             assert _mismatches(restarted, batch, end) == []
+            restarted.stop_reloading()
     finally:
         mp.undo()
