@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def start_redis(port: int, data_dir: Path | None = None, *options: str) -> subpr
     if server_bin is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it), "
                     "and Redis is tested against a real one only")
-    storage = (["--appendonly", "no"] if data_dir is None else
+    # a server without a data_dir still gets a folder of its own: an option turning the AOF on would
+    # otherwise write it into the working directory (the repository)
+    storage = (["--appendonly", "no", "--dir", tempfile.mkdtemp(prefix="redis-")] if data_dir is None else
                ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(data_dir)])
     server = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *storage,
                                *options],
