@@ -77,7 +77,7 @@ from features.validate import now_utc
 
 __all__ = ["EVENT_TYPES", "FUTURE_TOLERANCE", "MAX_EVENTS", "MAX_ID_LENGTH", "ORDER", "AppendResult", "Event",
            "EventBatch", "EventLog", "EventLogLike", "EventsError", "OrderLine", "Position", "customer_events",
-           "event_log_frames", "forget_customers", "held_by_tables", "held_rows", "parse_events"]
+           "event_log_frames", "forget_customers", "held_rows", "parse_events", "records_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ def _records(path: Path) -> Iterator[dict]:
         os.close(fd)
 
 
-def _stored_event(record: dict, path: Path) -> Event:
+def _stored_event(record: dict, path: Path | str) -> Event:
     try:
         return Event.model_validate(record, context={_STORED: True})
     except ValidationError as exc:
@@ -709,14 +709,18 @@ class EventLog:
 
 
 def event_log_frames(path: Path | str) -> dict[Table, pd.DataFrame]:
-    """The log as contract tables: ``events`` (every event but orders) and ``orders`` (a row per line,
-    ``order_id`` = ``event_id``), timestamps naive UTC; empty frames for a log that does not exist.
+    """The log file as contract tables (see :func:`records_frames`); empty frames for a log that does not exist."""
+    return records_frames(_records(Path(path)), str(path))
 
-    The lines are read as the log wrote them (validated when appended), without validating each event
-    again; a line that lacks a field is an InputError naming the event."""
-    path = Path(path)
+
+def records_frames(records: Iterable[dict], where: str) -> dict[Table, pd.DataFrame]:
+    """Stored events as contract tables: ``events`` (every event but orders) and ``orders`` (a row per
+    line, ``order_id`` = ``event_id``), timestamps naive UTC.
+
+    The records are taken as the log wrote them (validated when appended), without validating each
+    event again; one that lacks a field is an InputError naming ``where`` and the event."""
     events, orders = [], []
-    for record in _records(path):
+    for record in records:
         try:
             if record[EVENT_TYPE] == ORDER:
                 orders.extend((record["event_id"], record[CUSTOMER_ID], line[PRODUCT_ID], line[QUANTITY],
@@ -724,7 +728,7 @@ def event_log_frames(path: Path | str) -> dict[Table, pd.DataFrame]:
             else:
                 events.append((record[CUSTOMER_ID], record[EVENT_TYPE], record.get(PRODUCT_ID), record[OCCURRED_AT]))
         except (KeyError, TypeError):
-            _stored_event(record, path)  # names what is wrong
+            _stored_event(record, where)  # names what is wrong
             raise
     frames = {Table.EVENTS: pd.DataFrame(events, columns=[CUSTOMER_ID, EVENT_TYPE, PRODUCT_ID, OCCURRED_AT]),
               Table.ORDERS: pd.DataFrame(orders, columns=[ORDER_ID, CUSTOMER_ID, PRODUCT_ID, QUANTITY, UNIT_PRICE,
@@ -735,14 +739,9 @@ def event_log_frames(path: Path | str) -> dict[Table, pd.DataFrame]:
                                                         utc=True).dt.tz_localize(None)
         frames[Table.ORDERS] = frames[Table.ORDERS].astype({QUANTITY: "float64", UNIT_PRICE: "float64"})
     except (ValueError, TypeError) as exc:
-        raise InputError(f"{path}: a time or number the event log did not write ({exc}); expected events as the "
-                         "event log writes them. Restore the file from a backup.") from None
+        raise InputError(f"{where}: a time or number the event log did not write ({exc}); expected events as the "
+                         "event log writes them. Restore it from a backup.") from None
     return frames
-
-
-def held_by_tables(con: duckdb.DuckDBPyConnection, path: Path | str) -> set[str]:
-    """Ids of the log's events that the contract tables of ``con`` hold already (see :func:`held_rows`)."""
-    return held_rows(con, _records(Path(path)))
 
 
 def held_rows(con: duckdb.DuckDBPyConnection, records: Iterable[dict]) -> set[str]:

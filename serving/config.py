@@ -54,8 +54,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import InputError
-from features.event_log import EventLog, EventLogLike
-from features.redis_log import RedisEventLog, RedisLocation
+from features.event_log import EventLogLike
+from features.event_store import open_event_log
+from features.redis_log import RedisLocation
 from features.timezones import check_timezone
 from serving.clock import ClockMode
 from serving.consent import ConsentRule
@@ -211,8 +212,7 @@ class ServeConfig(BaseModel):
 
     def open_event_log(self) -> EventLogLike:
         """The event log at :attr:`event_source`, opened for appending (a Redis one checked to be durable)."""
-        source = self.event_source
-        return RedisEventLog(source) if isinstance(source, RedisLocation) else EventLog(source)
+        return open_event_log(self.event_source)
 
     def to_env(self) -> dict[str, str]:
         env = {"SENDWISE_DATA": str(self.data.resolve()), "SENDWISE_MLRUNS": str(self.mlruns.resolve()),

@@ -359,9 +359,9 @@ def test_forget_while_a_writer_appends_loses_none_of_the_others_events(tmp_path:
     assert others <= {r["event_id"] for r in stored}
 
 
-def test_held_by_tables_names_the_logged_orders_and_events_the_data_holds(tiny_tables, tmp_path: Path) -> None:
+def test_held_rows_names_the_logged_orders_and_events_the_data_holds(tiny_tables, tmp_path: Path) -> None:
     """What the shop's next export also holds is replayed once, not twice (serving/live.py skips these)."""
-    from features.event_log import held_by_tables
+    from features.event_log import held_rows
 
     con = tiny_tables.con
     order_id, customer, ordered_at = con.execute("SELECT order_id, customer_id, ordered_at FROM orders "
@@ -378,7 +378,7 @@ def test_held_by_tables_names_the_logged_orders_and_events_the_data_holds(tiny_t
          "lines": [{"product_id": "p-x", "quantity": 1, "unit_price": 1.0}]},
         {"event_id": "new-event", "customer_id": event[0], "event_type": "email_open", "occurred_at": at}]},
         now=datetime(2030, 1, 1)))
-    assert held_by_tables(con, log.path) == {str(order_id), "same-row"}
+    assert held_rows(con, log.records()) == {str(order_id), "same-row"}
 
 
 @pytest.mark.parametrize(("field", "value"), [("occurred_at", "0001-01-01T00:00:00+05:00"),
