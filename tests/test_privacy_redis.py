@@ -5,6 +5,7 @@ lowered by those it had counted) and refuses a server it cannot reach before wri
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -112,3 +113,33 @@ def test_a_redis_log_out_of_reach_stops_the_forget_before_anything_is_written(da
     with pytest.raises(InputError, match=r"sendwise:shop:events cannot be reached"):
         forget_customers([VICTIM], data, event_log=gone)
     assert {p: p.read_bytes() for p in data.rglob("*")} == files  # no tombstone either
+
+
+def test_the_project_commands_search_its_online_store_and_the_file_log_from_before(redis_url: str, data: Path,
+                                                                                   tmp_path: Path) -> None:
+    """`sendwise privacy export/forget --project` of a project with `serve.online_store` read and clean
+    the log in Redis (the project's keys) and a file log the service wrote before the move."""
+    from typer.testing import CliRunner
+
+    from sendwise.cli import app
+    from sendwise.project import create_project
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    project = create_project(tmp_path / "shop", data=data)
+    settings = project.root / "sendwise.yaml"
+    settings.write_text(settings.read_text() + f"\nserve:\n  online_store: {redis_url}\n")
+    with RedisEventLog(RedisLocation(redis_url, project.name)) as log:
+        log.append(EVENTS[:3])  # w1, e2 of the victim, e1 of c1
+    with EventLog(project.event_log) as old:
+        old.append(log_events(("old-1", VICTIM, "product_view"), ("old-2", "c1", "product_view")))
+    runner = CliRunner()
+    base = ["--project", str(project.root), "--no-mlruns", "--no-exposure-log"]
+    exported = runner.invoke(app, ["privacy", "export", VICTIM, *base])
+    assert exported.exit_code == 0, exported.output
+    assert sorted(e["event_id"] for e in json.loads(exported.output)["events"]) == ["e2", "old-1", "w1"]
+    forgot = runner.invoke(app, ["privacy", "forget", VICTIM, *base])
+    assert forgot.exit_code == 0, forgot.output
+    with RedisEventLog(RedisLocation(redis_url, project.name)) as log:
+        assert [r["event_id"] for r in log.records()] == ["e1"]
+    assert [r["event_id"] for r in EventLog(project.event_log).records()] == ["old-2"]

@@ -14,7 +14,9 @@ import typer
 from rich.table import Table as RichTable
 
 from features.errors import InputError, NotFoundError
+from features.event_store import EventSource
 from features.io import Encoding, atomic_write
+from features.redis_log import RedisLocation
 from sendwise.commands.common import DataOption, EncodingOption, ProjectOption, Resolved, resolve
 from sendwise.console import console, errors, reports_user_errors
 from sendwise.privacy.export import export_customer
@@ -33,6 +35,7 @@ from sendwise.privacy.stores import (
     resolve_mlruns,
     resolve_state_dir,
 )
+from serving.config import DEFAULT_NAMESPACE, ONLINE_STORE_ENV
 
 privacy_app = typer.Typer(help="Customers' data: export everything held about one, forget some.",
                           no_args_is_help=True)
@@ -59,10 +62,12 @@ class ForgetIncompleteError(InputError):
 
 def _stores(run: Resolved, mlruns: Path | None, no_mlruns: bool, exposure_log: Path | None,
             no_exposure_log: bool, state_dir: Path | None, file: list[Path] | None, event_log: Path | None
-            ) -> tuple[Path | None, Path | None, list[Path], Path | None, Path | None]:
-    """The MLflow store, the exposure log, the files, the event log and the state folder (its outbox and
-    timers) to search: the options, else the project's stores (mlruns/ or its tracking_uri's folder,
-    state/exposures.jsonl, state/, state/events.jsonl), else the defaults."""
+            ) -> tuple[Path | None, Path | None, list[Path], EventSource | None, Path | None, Path | None]:
+    """The MLflow store, the exposure log, the files, the event log, the state folder (its outbox and
+    timers) and an earlier file event log to search: the options, else the project's stores (mlruns/
+    or its tracking_uri's folder, state/exposures.jsonl, state/, its online store or state/events.jsonl),
+    else the defaults. With an online store (the project's, or SENDWISE_ONLINE_STORE) the event log is
+    there; a file log left from before it is searched too."""
     project = run.project
     if project is None:
         mlruns, exposure_log = resolve_mlruns(mlruns, no_mlruns), resolve_exposure_log(exposure_log, no_exposure_log)
@@ -71,8 +76,12 @@ def _stores(run: Resolved, mlruns: Path | None, no_mlruns: bool, exposure_log: P
         mlruns = resolve_mlruns(mlruns, no_mlruns, project.mlruns, project.settings.tracking_uri)
         exposure_log = resolve_exposure_log(exposure_log, no_exposure_log, project.exposure_log)
         state = resolve_state_dir(state_dir, exposure_log, project.state)
-    return (mlruns, exposure_log, [*(file or []), *filter(None, [state])], resolve_event_log(event_log, state),
-            state)
+    file_log = resolve_event_log(event_log, state)
+    online = project.online_store if project is not None else os.environ.get(ONLINE_STORE_ENV)
+    if event_log is not None or online is None:
+        return mlruns, exposure_log, [*(file or []), *filter(None, [state])], file_log, state, None
+    location = RedisLocation(online, project.name if project is not None else DEFAULT_NAMESPACE)
+    return mlruns, exposure_log, [*(file or []), *filter(None, [state])], location, state, file_log
 
 
 @privacy_app.command("export")
@@ -99,15 +108,15 @@ def export(customer_id: Annotated[str, typer.Argument(help="The customer's id.")
     champions."""
     run = resolve(project, data=data)
     data = run.need_data()
-    mlruns, exposure_log, files, event_log, state = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log,
-                                                            state_dir, file, event_log)
+    mlruns, exposure_log, files, event_log, state, earlier = _stores(run, mlruns, no_mlruns, exposure_log,
+                                                                     no_exposure_log, state_dir, file, event_log)
     if out is not None:
         check_outside(out, [("the data directory", data)] + ([("the MLflow store", mlruns)] if mlruns else [])
                       + [("--file", f) for f in files]
                       + ([("the exposure log", exposure_log)] if exposure_log else [])
-                      + ([("the event log", event_log)] if event_log else []))
+                      + [("the event log", log) for log in (event_log, earlier) if isinstance(log, Path)])
     doc = export_customer(customer_id, data, mlruns, exposure_log, files, encoding=encoding, project=run.name,
-                          timezone=run.timezone, event_log=event_log, state_dir=state)
+                          timezone=run.timezone, event_log=event_log, state_dir=state, earlier_event_log=earlier)
     text = json.dumps(doc, indent=1, default=str)
     if out is None:
         typer.echo(text)
@@ -152,9 +161,9 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
     read, fails the command with exit code 2 after everything else is done; the tombstone stays."""
     run = resolve(project, data=data)
     data = run.need_data()
-    mlruns, exposure_log, files, event_log, state = _stores(run, mlruns, no_mlruns, exposure_log, no_exposure_log,
-                                                            state_dir, file, event_log)
-    report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding, event_log, state)
+    mlruns, exposure_log, files, event_log, state, earlier = _stores(run, mlruns, no_mlruns, exposure_log,
+                                                                     no_exposure_log, state_dir, file, event_log)
+    report = forget_customers(customer_ids, data, mlruns, exposure_log, files, encoding, event_log, state, earlier)
     table = RichTable(title=f"Forgot {len(report.forgotten)} customer(s)", title_justify="left")
     table.add_column("store")
     table.add_column("removed", justify="right")
@@ -166,7 +175,8 @@ def forget(customer_ids: Annotated[list[str], typer.Argument(help="The customers
     else:
         table.add_row(f"exposure log: {exposure_log}", f"{report.exposures:,} records pseudonymised")
     if event_log is not None:
-        table.add_row(f"event log: {event_log}", f"{report.events:,} events removed")
+        logs = f"{event_log} and {earlier}" if earlier is not None else str(event_log)
+        table.add_row(f"event log: {logs}", f"{report.events:,} events removed")
     if state is not None and (state / OUTBOX).exists():
         table.add_row(f"trigger outbox: {state / OUTBOX}", f"{report.outbox:,} transitions removed")
     if state is not None and (state / TIMERS).exists():

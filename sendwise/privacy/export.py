@@ -46,7 +46,7 @@ def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str |
                     exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
                     k: int = 10, encoding: Encoding | str = Encoding.UTF_8, project: str | None = None,
                     timezone: str | None = None, event_log: EventSource | str | None = None,
-                    state_dir: Path | str | None = None) -> dict:
+                    state_dir: Path | str | None = None, earlier_event_log: Path | None = None) -> dict:
     """The export document of ``customer_id``; ``notes`` says what could not be included and why.
     ``mlruns`` and ``exposure_log`` are None where there is no such store; a path given must exist.
     CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the data was loaded).
@@ -54,7 +54,9 @@ def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str |
     registered for another project is left out with a note. Naive timestamps are read in ``timezone``
     (the shop's, as when the models were trained; None: UTC). ``event_log`` (None: none), a file or
     a log in Redis, adds the customer's events as stored there, and its rows to the data the features are built from. ``state_dir``
-    (None: none) adds their records in the service's outbox and timers journal (``outbox``, ``timers``)."""
+    (None: none) adds their records in the service's outbox and timers journal (``outbox``, ``timers``).
+    ``earlier_event_log``, the file log from before the project moved its log into an online store,
+    adds its events of the customer too."""
     customer_id, data_dir = customer_id.strip(), Path(data_dir)  # ids are trimmed on import, as here
     if not customer_id:
         raise InputError("the customer id must be non-empty text")
@@ -109,6 +111,6 @@ def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str |
                 doc["model_rows"][str(path)] = _records(rows)
     if exposure_log is not None:
         doc["exposures"] = customer_exposures(exposure_log, customer_id)
-    if event_log is not None:
-        doc["events"] = source_customer_events(event_log, customer_id)
+    for log in filter(None, (earlier_event_log, event_log)):
+        doc["events"] += source_customer_events(check_event_log(log), customer_id)
     return doc

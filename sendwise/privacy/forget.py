@@ -70,13 +70,14 @@ class ForgetReport:
 def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: Path | str | None = None,
                      exposure_log: Path | str | None = None, files: Iterable[Path | str] = (),
                      encoding: Encoding | str = Encoding.UTF_8, event_log: EventSource | str | None = None,
-                     state_dir: Path | str | None = None) -> ForgetReport:
+                     state_dir: Path | str | None = None, earlier_event_log: Path | None = None) -> ForgetReport:
     """Forget ``customer_ids`` everywhere; returns what was removed where. ``mlruns``, ``exposure_log``
     and ``event_log`` are None where there is no such store; a path given must exist (``event_log`` may
     be a log in Redis, a :class:`~features.redis_log.RedisLocation`, whose server must answer). ``state_dir``
     (None: none) is the service's state folder, whose outbox, timers and cursors are cleaned (the
-    service stopped). CSV files that are not UTF-8 are read in ``encoding`` (the shop's, as when the
-    data was loaded)."""
+    service stopped). ``earlier_event_log`` is the file log a service wrote before the project moved its
+    log into an online store: cleaned too. CSV files that are not UTF-8 are read in ``encoding`` (the
+    shop's, as when the data was loaded)."""
     given = list(customer_ids)
     ids = sorted({c.strip() for c in given})  # ids are trimmed on import, as here
     if not ids or any(not c for c in ids):
@@ -92,17 +93,19 @@ def forget_customers(customer_ids: Iterable[str], data_dir: Path | str, mlruns: 
         mlruns = check_mlruns(mlruns)
     if exposure_log is not None:
         exposure_log = check_exposure_log(exposure_log)
-    if event_log is not None:
-        event_log = check_event_log(event_log)
+    logs = [(check_event_log(log), lowers) for log, lowers in ((event_log, True), (earlier_event_log, False))
+            if log is not None]
     if state_dir is None:
-        return _forget(ids, data_dir, mlruns, exposure_log, files, encoding, event_log, None)
+        return _forget(ids, data_dir, mlruns, exposure_log, files, encoding, logs, None)
     with LiveStores.open(state_dir) as live:  # locked and read: refused while the service runs, or one is damaged
-        return _forget(ids, data_dir, mlruns, exposure_log, files, encoding, event_log, live)
+        return _forget(ids, data_dir, mlruns, exposure_log, files, encoding, logs, live)
 
 
 def _forget(ids: list[str], data_dir: Path, mlruns: Path | None, exposure_log: Path | None, files: list[Path],
-            encoding: Encoding | str, event_log: EventSource | None, live: LiveStores | None) -> ForgetReport:
-    """:func:`forget_customers` once every path is checked (and the live stores locked)."""
+            encoding: Encoding | str, event_logs: list[tuple[EventSource, bool]],
+            live: LiveStores | None) -> ForgetReport:
+    """:func:`forget_customers` once every path is checked (and the live stores locked); ``event_logs``
+    are (log, whether the segments worker's cursor counts its events)."""
     before = read_tombstones(data_dir)
     report = ForgetReport(ids, write_tombstones(data_dir, before.adding(ids)),
                           already_forgotten=[c for c in ids if c in before])
@@ -123,16 +126,16 @@ def _forget(ids: list[str], data_dir: Path, mlruns: Path | None, exposure_log: P
         removed = pseudonymise_customers(exposure_log, ids)
         report.exposures = removed.total()
         report.found += removed
-    if event_log is not None:
+    for event_log, counted in event_logs:
         report.stores.append(f"event log {event_log}")
         try:
-            if live is not None:  # lowered first: a crash between the two replays events, never skips one
+            if live is not None and counted:  # lowered first: a crash between the two replays events, never skips one
                 live.lower_segments_cursor(event_log, ids)
             removed = forget_in_source(event_log, ids)
         except InputError as exc:  # a damaged line: the log is left as it was, and the command fails
             report.failed[str(event_log)] = str(exc)
         else:
-            report.events = removed.total()
+            report.events += removed.total()
             report.found += removed
     if mlruns is not None:
         report.stores.append(f"MLflow store {mlruns}")
