@@ -29,6 +29,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from redis.exceptions import RedisError
+
 from features.event_log import AppendResult, Event, EventLogLike, Position, held_rows
 from features.online import OnlineFeatures
 from features.tables import Tables
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 FRESH_SECONDS = 60.0  # a touched customer's cached answer is recomputed after this long (windows expire)
 FOLLOW_SECONDS = 0.05  # how often a worker on a shared log looks for the other workers' events
+WARN_EVERY_SECONDS = 10.0  # a log that cannot be read is logged at most this often
 
 Listener = Callable[[list[Event]], None]
 
@@ -58,6 +61,7 @@ class LiveProfiles:
         self._position: Position = log.start_position  # how far this worker applied the log
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
+        self._warned = -WARN_EVERY_SECONDS  # when the log could not be read was last logged
 
     @classmethod
     def open(cls, log: EventLogLike, online: OnlineFeatures, clock: ServiceClock, tables: Tables,
@@ -96,17 +100,22 @@ class LiveProfiles:
 
     def _follow_loop(self) -> None:
         while not self._stop.wait(FOLLOW_SECONDS):
-            try:
-                self.follow()
-            except Exception:  # Redis away for a moment: the next round (or request) tries again
-                logger.exception("live profiles: the shared event log could not be read; trying again")
+            self.follow()
 
     def follow(self) -> None:
         """Apply the events other workers appended to a shared log since this one last looked (nothing
-        to do on a log only this process writes)."""
-        if self.log.shared:
+        to do on a log only this process writes). The online store away for a moment is logged, not
+        raised: the answer is given from what this worker has (the next call catches up)."""
+        if not self.log.shared:
+            return
+        try:
             with self._lock:
                 self._take(*self.log.read_after(self._position))
+        except (OSError, RedisError) as exc:
+            if time.monotonic() - self._warned > WARN_EVERY_SECONDS:
+                self._warned = time.monotonic()
+                logger.warning("live profiles: the shared event log could not be read (%s: %s); answering from "
+                               "the events applied so far", type(exc).__name__, exc)
 
     def on_events(self, listener: Listener) -> None:
         """Call ``listener`` with every batch of new events, in the log's order, once they are applied

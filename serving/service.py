@@ -17,6 +17,7 @@ import random
 from datetime import UTC, datetime
 
 import bentoml
+from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 
 from features.errors import InputError
@@ -279,15 +280,20 @@ class Sendwise:
             events = parse_events(request.model_dump(), timezone=self.timezone, now=self.profiles.clock.now())
         except InputError as exc:
             return JSONResponse({"error": str(exc)}, 400)
-        conflicts = self.profiles.log.conflicts(events)
-        if conflicts:
+        try:
+            conflicts = self.profiles.log.conflicts(events)
+            result = None if conflicts else self._ingest(events)
+        except (OSError, RedisError) as exc:  # a full disk, the online store away: nothing acknowledged
+            return JSONResponse({"error": f"the event log could not take the batch ({type(exc).__name__}: {exc}); "
+                                          "nothing of it was acknowledged: send it again (a resent event_id is "
+                                          "taken once)."}, 503)
+        if result is None:
             shown = ", ".join(repr(c) for c in conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5
                                                                  else "")
             return JSONResponse({"error": f"event_id {shown} already names a different event (another customer, "
                                           "type, time, product or lines); nothing of this batch was taken. Give each "
                                           "event an id of its own; resending the same event is fine.",
                                  "conflicts": conflicts}, 409)
-        result = self._ingest(events)
         return EventsAccepted(accepted=len(result.new), duplicates=result.duplicates,
                               forgotten=len(events) - len(result.new) - len(result.duplicates),
                               now=self.profiles.clock.now().isoformat())

@@ -239,3 +239,21 @@ def test_an_event_id_reused_for_another_event_is_a_409_and_nothing_is_taken(live
     answer = _post(client, fresh, other)
     assert answer.status_code == 409 and answer.json()["conflicts"] == [f"reused-{cid}"]
     assert len(_logged(service)) == n and f"fresh-{cid}" not in _logged(service)
+
+
+def test_a_log_that_cannot_take_events_is_a_503_and_answers_go_on(live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk (file) or the online store away (Redis): nothing acknowledged, the sender told to send
+    again; the send-time answers keep coming from what the worker has applied."""
+    service, client, _ = live
+    cid = next(iter(service.state.customers.row))
+    error = redis.ConnectionError("Connection refused") if service.profiles.log.shared else OSError(28, "No space")
+
+    def fail(*_: object) -> None:
+        raise error
+
+    monkeypatch.setattr(service.profiles.log, "append", fail)
+    monkeypatch.setattr(service.profiles.log, "read_after", fail)
+    answer = _post(client, {"event_id": f"lost-{cid}", "customer_id": cid, "event_type": "email_open",
+                            "occurred_at": _now(client).isoformat() + "Z"})
+    assert answer.status_code == 503 and "nothing of it was acknowledged: send it again" in answer.json()["error"]
+    assert client.post("/next_best_action", json={"customer_id": cid}).status_code == 200
