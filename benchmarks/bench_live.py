@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import queue
 import random
 import signal
 import statistics
@@ -52,10 +54,12 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import psutil
+import redis
 from bench_service import WORK, free_port, percentile, prepare, wait_until_ready
 from rich.console import Console
 from rich.table import Table
@@ -64,10 +68,15 @@ from features.demo import DemoShop, generate_demo
 from features.event_log import EventLog, parse_events
 from features.io import load_data_dir
 
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event as EventType
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {"freshness_p99_ms": 50.0, "freshness_first_try_share": 1.0, "ingestion_events_per_s": 5_000,
            "busy_vs_idle_max_ratio": 1.10}
+REDIS_SERVER = "/usr/bin/redis-server"
 JSON_HEADERS = {"content-type": "application/json"}
 console = Console(width=130)
 
@@ -76,11 +85,13 @@ console = Console(width=130)
 class Server:
     """``bentoml serve`` and its worker; killed process by process."""
 
-    def __init__(self, data: Path, mlruns: Path, log: Path, work: Path) -> None:
+    def __init__(self, data: Path, mlruns: Path, log: Path, work: Path, workers: int = 1,
+                 online_store: str | None = None) -> None:
         self.env = os.environ | {"SENDWISE_DATA": str(data), "SENDWISE_MLRUNS": str(mlruns),
                                  "SENDWISE_EXPOSURE_LOG": str(work / "exposures.jsonl"),
-                                 "SENDWISE_EVENT_LOG": str(log), "SENDWISE_RELOAD_SECONDS": "0",
-                                 "SENDWISE_CLOCK": "auto"}
+                                 "SENDWISE_RELOAD_SECONDS": "0", "SENDWISE_CLOCK": "auto"}
+        self.env |= ({"SENDWISE_WORKERS": str(workers), "SENDWISE_ONLINE_STORE": online_store} if online_store
+                     else {"SENDWISE_EVENT_LOG": str(log)})
         self.work = work
         self.process: subprocess.Popen | None = None
         self.base = ""
@@ -156,6 +167,36 @@ class Server:
             p.kill()
 
 
+class RedisServer:
+    """Debian's redis-server on a free port of 127.0.0.1, its append-only file fsync'd on every write in
+    ``work`` (as the Redis event log requires), nothing else saved."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "yes", "--appendfsync", "always", "--dir", str(work)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe, deadline = redis.Redis(host="127.0.0.1", port=self.port), time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    self.version = probe.info("server")["redis_version"]
+                    return
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(f"{REDIS_SERVER} did not answer on port {self.port} within 10 s "
+                                           f"(exit code {self.process.poll()})") from None
+                    time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
 class ServiceClock:
     """The service's ``now`` (``/model_info``) followed on this side with a monotonic clock."""
 
@@ -226,27 +267,63 @@ def actions(base: str, ids: list[str]) -> dict[str, str]:
     return out
 
 
+# -- connections (a keep-alive connection stays with one worker) -----------------------------------------
+def connect(base: str, worker: int | None = None, avoid: int | None = None) -> tuple[httpx.Client, int]:
+    """A keep-alive connection (it stays with the worker that accepted it) and that worker's pid: to
+    ``worker`` when given, to another than ``avoid`` when given, else to any; 200 tries at most."""
+    for _ in range(200):
+        client = httpx.Client(base_url=base, timeout=30)
+        pid = client.get("/model_info").json()["worker"]
+        if (worker is None or pid == worker) and (avoid is None or pid != avoid):
+            return client, pid
+        client.close()
+    wanted = f"worker {worker}" if worker is not None else f"a worker other than {avoid}"
+    raise RuntimeError(f"200 new connections to {base} never reached {wanted}")
+
+
+def connect_each(base: str, workers: int) -> dict[int, httpx.Client]:
+    """One keep-alive connection per worker, by pid."""
+    found: dict[int, httpx.Client] = {}
+    for _ in range(200):
+        client, pid = connect(base)
+        if pid in found:
+            client.close()
+        else:
+            found[pid] = client
+        if len(found) == workers:
+            return found
+    raise RuntimeError(f"only {len(found)} of {workers} workers ({sorted(found)}) answered 200 new connections")
+
+
+def worker_of(client: httpx.Client) -> int:
+    return client.get("/model_info").json()["worker"]
+
+
 # -- phases ------------------------------------------------------------------------------------------------
-def freshness(base: str, clock: ServiceClock, customers: list[str], products: list[str]) -> dict:
-    """add_to_cart, then next_best_action until cart_recovery: ms from the 2xx to that answer."""
+def freshness(base: str, clock: ServiceClock, customers: list[str], products: list[str], workers: int) -> dict:
+    """add_to_cart, then next_best_action until cart_recovery: ms from the 2xx to that answer; with several
+    workers the event goes to one worker and the questions to the next one (connections kept per worker)."""
     rng = random.Random(1)
     before, after, first_try, tries = [], [], 0, []
-    with httpx.Client(base_url=base, timeout=30) as client:
+    clients = list(connect_each(base, workers).values()) if workers > 1 else [httpx.Client(base_url=base, timeout=30)]
+    try:
         for customer in customers[:10]:  # warm-up of the snapshot path (not counted)
-            nba(client, customer)
+            for client in clients:
+                nba(client, customer)
         for i, customer in enumerate(customers):
+            taker, asked = clients[i % len(clients)], clients[(i + 1) % len(clients)]
             start = time.perf_counter()
-            nba(client, customer)
+            nba(asked, customer)
             before.append((time.perf_counter() - start) * 1000)
             body = json.dumps({"events": [{"event_id": f"fresh-{i:06d}", "customer_id": customer,
                                            "event_type": "add_to_cart", "product_id": rng.choice(products),
                                            "occurred_at": stamp(clock.now() - timedelta(seconds=2))}]}).encode()
-            post_events(client, body, 1)
+            post_events(taker, body, 1)
             acked = time.perf_counter()
             n = 0
             while True:
                 n += 1
-                action = nba(client, customer)
+                action = nba(asked, customer)
                 if action == "cart_recovery" or time.perf_counter() - acked > 2.0:
                     break
             if action != "cart_recovery":
@@ -254,72 +331,114 @@ def freshness(base: str, clock: ServiceClock, customers: list[str], products: li
             after.append((time.perf_counter() - acked) * 1000)
             first_try += n == 1
             tries.append(n)
-    return {"samples": len(after), "p50_ms": round(statistics.median(after), 2), "p99_ms": round(percentile(after, 99), 2),
-            "max_ms": round(max(after), 2), "first_try_share": first_try / len(after), "max_tries": max(tries),
-            "baseline_nba_before_event_p50_ms": round(statistics.median(before), 2),
-            "baseline_nba_before_event_p99_ms": round(percentile(before, 99), 2)}
+        stayed = workers == 1 or len({worker_of(c) for c in clients}) == workers
+    finally:
+        for client in clients:
+            client.close()
+    out = {"samples": len(after), "p50_ms": round(statistics.median(after), 2), "p99_ms": round(percentile(after, 99), 2),
+           "max_ms": round(max(after), 2), "first_try_share": first_try / len(after), "max_tries": max(tries),
+           "baseline_nba_before_event_p50_ms": round(statistics.median(before), 2),
+           "baseline_nba_before_event_p99_ms": round(percentile(before, 99), 2)}
+    if workers > 1:
+        out["across_workers"] = {"workers": workers, "event_to": "worker i mod N", "asked": "worker i+1 mod N",
+                                 "connections_stayed_with_their_worker": stayed}
+    return out
+
+
+def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, acks: Queue) -> None:
+    """The busy windows' feeder, run in a process of its own (``spawn``): posts ``bodies`` (100 events
+    each) one every 0.1 s from its start, on a connection to a worker other than ``avoid`` when given;
+    puts ``("ready", worker)``, then ``("ack", index, perf_counter)`` at each 2xx, then
+    ``("done", events posted, seconds fed, max lag s)`` once ``stop`` is set or the bodies are spent."""
+    client, worker = connect(base, avoid=avoid)
+    with client:
+        acks.put(("ready", worker))
+        start, posted, lag = time.perf_counter(), 0, 0.0
+        for i, body in enumerate(bodies):
+            wait = start + i * 0.1 - time.perf_counter()
+            if (wait > 0 and stop.wait(wait)) or stop.is_set():
+                break
+            lag = max(lag, -wait)
+            post_events(client, body, 100)
+            acks.put(("ack", i, time.perf_counter()))
+            posted += 100
+        acks.put(("done", posted, time.perf_counter() - start, lag))
 
 
 def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouched: list[str], products: list[str],
-                    rounds: int, seconds: float) -> dict:
-    """Alternating idle and busy (1,000 events/s posted) windows of single next-best-actions."""
+                    rounds: int, seconds: float, workers: int) -> dict:
+    """Alternating idle and busy (1,000 events/s posted by another process) windows of single
+    next-best-actions on one connection; with several workers the feeder posts to another worker."""
     feeder = Events("busy", touched, products, seed=2)
     last_event: dict[str, float] = {}  # customer -> perf_counter of the 2xx of their latest event
-    with httpx.Client(base_url=base, timeout=30) as client:  # touch and answer each once: idle has them cached
-        for body in feeder.bodies(len(touched) // 100 + 1, 100, clock.now()):
-            post_events(client, body, 100)
-        for customer in touched + untouched[:200]:
-            nba(client, customer)
+    spawn = multiprocessing.get_context("spawn")
+    client, measured = connect(base)
+    for body in feeder.bodies(len(touched) // 100 + 1, 100, clock.now()):  # touch and answer each once
+        post_events(client, body, 100)
+    for customer in touched + untouched[:200]:
+        nba(client, customer)
 
     def window(busy: bool) -> dict:
-        stop, posted, lag = threading.Event(), [0], [0.0]
-
-        def feed() -> None:
-            bodies = feeder.bodies(int(seconds * 10) + 20, 100, clock.now())
-            with httpx.Client(base_url=base, timeout=30) as client:
-                start = time.perf_counter()
-                for i, body in enumerate(bodies):
-                    due = start + i * 0.1
-                    wait = due - time.perf_counter()
-                    if wait > 0 and stop.wait(wait):
-                        return
-                    if stop.is_set():
-                        return
-                    lag[0] = max(lag[0], -wait)
-                    post_events(client, body, 100)
-                    acked = time.perf_counter()
-                    for event in json.loads(body)["events"]:
-                        last_event[event["customer_id"]] = acked
-                    posted[0] += 100
-
+        nonlocal client
+        if worker_of(client) != measured:  # the connection was closed meanwhile: back to the same worker
+            client.close()
+            client, _ = connect(base, worker=measured)
         if not busy:  # every touched customer answered once since their last event: idle reads cached answers
-            with httpx.Client(base_url=base, timeout=30) as client:
-                for customer in touched:
-                    nba(client, customer)
-        thread = threading.Thread(target=feed) if busy else None
-        if thread:
-            thread.start()
+            for customer in touched:
+                nba(client, customer)
+        process, acks, stop, fed = None, spawn.Queue(), spawn.Event(), {}
+        if busy:
+            bodies = feeder.bodies(int(seconds * 10) + 20, 100, clock.now())  # encoded before the window
+            batch_customers = [[e["customer_id"] for e in json.loads(body)["events"]] for body in bodies]
+            process = spawn.Process(target=feed, args=(base, bodies, measured if workers > 1 else None, stop, acks),
+                                    daemon=True)
+            process.start()
+            kind, fed["worker"] = acks.get(timeout=120)
+            if kind != "ready":
+                raise RuntimeError(f"the feeder process sent {kind!r} before 'ready'")
             time.sleep(0.3)  # the feed runs before the first measured request
+
+        def take(message: tuple) -> None:
+            if message[0] == "ack":
+                for customer in batch_customers[message[1]]:
+                    last_event[customer] = message[2]
+            elif message[0] == "done":
+                fed.update(posted=message[1], seconds=message[2], lag=message[3])
+
+        def drain() -> None:
+            while True:
+                try:
+                    take(acks.get_nowait())
+                except queue.Empty:
+                    return
+
         rng = random.Random(int(busy))
         times, fresh_times, other_times, untouched_times, last_answer = [], [], [], [], {}
         started = time.perf_counter()
-        with httpx.Client(base_url=base, timeout=30) as client:
-            while time.perf_counter() - started < seconds:
-                pick_touched = rng.random() < 0.5
-                customer = rng.choice(touched) if pick_touched else rng.choice(untouched)
-                fresh = last_event.get(customer, -1.0) > last_answer.get(customer, -1.0)
-                start = time.perf_counter()
-                nba(client, customer)
-                ms = (time.perf_counter() - start) * 1000
-                last_answer[customer] = start
-                times.append(ms)
-                (fresh_times if fresh else other_times).append(ms)
-                if not pick_touched:
-                    untouched_times.append(ms)
+        while time.perf_counter() - started < seconds:
+            if busy:
+                drain()
+            pick_touched = rng.random() < 0.5
+            customer = rng.choice(touched) if pick_touched else rng.choice(untouched)
+            fresh = last_event.get(customer, -1.0) > last_answer.get(customer, -1.0)
+            start = time.perf_counter()
+            nba(client, customer)
+            ms = (time.perf_counter() - start) * 1000
+            last_answer[customer] = start
+            times.append(ms)
+            (fresh_times if fresh else other_times).append(ms)
+            if not pick_touched:
+                untouched_times.append(ms)
         elapsed = time.perf_counter() - started
-        stop.set()
-        if thread:
-            thread.join()
+        if process:
+            stop.set()
+            while "posted" not in fed:
+                try:
+                    take(acks.get(timeout=60))
+                except queue.Empty:
+                    raise RuntimeError(f"the feeder process ended (exit code {process.exitcode}) "
+                                       "without reporting what it posted") from None
+            process.join(60)
         out = {"requests": len(times), "p50_ms": round(statistics.median(times), 2),
                "p99_ms": round(percentile(times, 99), 2), "max_ms": round(max(times), 1),
                "untouched_p50_ms": round(statistics.median(untouched_times), 2),
@@ -327,42 +446,60 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
                "not_fresh_p50_ms": round(statistics.median(other_times), 2),
                "not_fresh_p99_ms": round(percentile(other_times, 99), 2)}
         if busy:
-            out |= {"events_per_s": round(posted[0] / (time.perf_counter() - started + 0.3)),
-                    "feeder_max_lag_ms": round(lag[0] * 1000, 1), "fresh_share": round(len(fresh_times) / len(times), 3),
+            out |= {"events_per_s": round(fed["posted"] / fed["seconds"]),
+                    "feeder_max_lag_ms": round(fed["lag"] * 1000, 1),
+                    "fresh_share": round(len(fresh_times) / len(times), 3),
                     "fresh_p50_ms": round(statistics.median(fresh_times), 2) if fresh_times else None,
                     "fresh_p99_ms": round(percentile(fresh_times, 99), 2) if fresh_times else None}
+            if workers > 1:
+                out["feeder_worker"] = fed["worker"]
         out["seconds"] = round(elapsed, 1)
+        if workers > 1:
+            out["measured_worker"] = worker_of(client)
         return out
 
     idle, busy = [], []
-    for _ in range(rounds):
-        idle.append(window(False))
-        busy.append(window(True))
+    try:
+        for _ in range(rounds):
+            idle.append(window(False))
+            busy.append(window(True))
+    finally:
+        client.close()
 
     def med(rows: list[dict], key: str) -> float:
         return round(statistics.median(r[key] for r in rows), 2)
 
-    return {"mix": "50 % customers the feed touches, 50 % never touched", "rounds": rounds, "window_s": seconds,
-            "touched_customers": len(touched), "untouched_customers": len(untouched),
-            "idle": idle, "busy": busy,
-            "idle_p50_ms": med(idle, "p50_ms"), "idle_p99_ms": med(idle, "p99_ms"),
-            "busy_p50_ms": med(busy, "p50_ms"), "busy_p99_ms": med(busy, "p99_ms"),
-            "busy_events_per_s": med(busy, "events_per_s"), "busy_fresh_share": med(busy, "fresh_share"),
-            "busy_fresh_p50_ms": med(busy, "fresh_p50_ms"), "busy_fresh_p99_ms": med(busy, "fresh_p99_ms"),
-            "idle_untouched_p50_ms": med(idle, "untouched_p50_ms"), "idle_untouched_p99_ms": med(idle, "untouched_p99_ms"),
-            "busy_untouched_p50_ms": med(busy, "untouched_p50_ms"), "busy_untouched_p99_ms": med(busy, "untouched_p99_ms"),
-            "busy_not_fresh_p50_ms": med(busy, "not_fresh_p50_ms"), "busy_not_fresh_p99_ms": med(busy, "not_fresh_p99_ms")}
+    out = {"mix": "50 % customers the feed touches, 50 % never touched", "rounds": rounds, "window_s": seconds,
+           "feeder": "a process of its own (multiprocessing, spawn): bodies encoded before the window, each "
+                     "acknowledged batch's 2xx time sent back through a queue drained between requests",
+           "touched_customers": len(touched), "untouched_customers": len(untouched),
+           "idle": idle, "busy": busy,
+           "idle_p50_ms": med(idle, "p50_ms"), "idle_p99_ms": med(idle, "p99_ms"),
+           "busy_p50_ms": med(busy, "p50_ms"), "busy_p99_ms": med(busy, "p99_ms"),
+           "busy_events_per_s": med(busy, "events_per_s"), "busy_fresh_share": med(busy, "fresh_share"),
+           "busy_fresh_p50_ms": med(busy, "fresh_p50_ms"), "busy_fresh_p99_ms": med(busy, "fresh_p99_ms"),
+           "idle_untouched_p50_ms": med(idle, "untouched_p50_ms"), "idle_untouched_p99_ms": med(idle, "untouched_p99_ms"),
+           "busy_untouched_p50_ms": med(busy, "untouched_p50_ms"), "busy_untouched_p99_ms": med(busy, "untouched_p99_ms"),
+           "busy_not_fresh_p50_ms": med(busy, "not_fresh_p50_ms"), "busy_not_fresh_p99_ms": med(busy, "not_fresh_p99_ms")}
+    if workers > 1:
+        out["workers"] = "the measured connection stays with one worker; the feeder posts to another one"
+    return out
 
 
 def ingestion(base: str, clock: ServiceClock, customers: list[str], products: list[str], seconds: float,
-              runs: int) -> dict:
+              runs: int, workers: int) -> dict:
     """Events/s acknowledged: first one product_view per customer of ``customers`` (each one's first event
-    since the start: cold), then per (batch size, clients) the median of ``runs`` runs of ``seconds``."""
+    since the start: cold), then per (batch size, clients) the median of ``runs`` runs of ``seconds``; with
+    several workers client ``c`` posts to worker ``c mod N``."""
     moment, rng = clock.now(), random.Random(4)
     first = [{"event_id": f"cold-{i:07d}", "customer_id": c, "event_type": "product_view",
               "product_id": rng.choice(products), "occurred_at": stamp(moment - timedelta(seconds=5))}
              for i, c in enumerate(customers)]
     bodies = [json.dumps({"events": first[i:i + 500]}).encode() for i in range(0, len(first), 500)]
+    each = connect_each(base, workers) if workers > 1 else {}
+    pids = sorted(each)
+    for connection in each.values():
+        connection.close()
     with httpx.Client(base_url=base, timeout=120) as client:
         start = time.perf_counter()
         for body in bodies:
@@ -380,9 +517,12 @@ def ingestion(base: str, clock: ServiceClock, customers: list[str], products: li
                           for c in range(clients)]
                 bodies = [m.bodies(per_client, size, clock.now()) for m in makers]
                 acked, ends = [0] * clients, [0.0] * clients
+                connections = [connect(base, worker=pids[c % workers])[0] if pids else
+                               httpx.Client(base_url=base, timeout=60) for c in range(clients)]
                 start = time.perf_counter()
-                threads = [threading.Thread(target=_post_for, args=(base, bodies[c], size, start, start + seconds,
-                                                                    acked, ends, c)) for c in range(clients)]
+                threads = [threading.Thread(target=_post_for, args=(connections[c], bodies[c], size, start,
+                                                                    start + seconds, acked, ends, c))
+                           for c in range(clients)]
                 for t in threads:
                     t.start()
                 for t in threads:
@@ -390,21 +530,24 @@ def ingestion(base: str, clock: ServiceClock, customers: list[str], products: li
                 elapsed = max(ends)
                 rates.append({"events": sum(acked), "seconds": round(elapsed, 2),
                               "events_per_s": round(sum(acked) / elapsed)})
+                if pids:
+                    rates[-1]["workers"] = [worker_of(connection) for connection in connections]
+                for connection in connections:
+                    connection.close()
             out[f"batch_{size}_clients_{clients}"] = {
                 "batch": size, "clients": clients, "runs": rates,
                 "median_events_per_s": round(statistics.median(r["events_per_s"] for r in rates))}
     return out
 
 
-def _post_for(base: str, bodies: list[bytes], size: int, start: float, stop: float, acked: list[int],
+def _post_for(client: httpx.Client, bodies: list[bytes], size: int, start: float, stop: float, acked: list[int],
               ends: list[float], c: int) -> None:
     """Client ``c`` of an ingestion run: post ``bodies`` until ``stop``; events acknowledged and end time."""
-    with httpx.Client(base_url=base, timeout=60) as client:
-        for body in bodies:
-            if time.perf_counter() >= stop:
-                break
-            post_events(client, body, size)
-            acked[c] += size
+    for body in bodies:
+        if time.perf_counter() >= stop:
+            break
+        post_events(client, body, size)
+        acked[c] += size
     ends[c] = time.perf_counter() - start
 
 
