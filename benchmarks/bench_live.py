@@ -2,6 +2,7 @@
 
     python benchmarks/bench_live.py            # 10,000 customers (~15 min), writes results/live.json
     python benchmarks/bench_live.py --quick    # 2,000 customers (~3 min), writes results/live_quick.json
+    python benchmarks/bench_live.py --workers 2 [--quick]   # 2 workers on Redis, results/live_workers[_quick].json
     python benchmarks/bench_live.py --scale 100000,300000   # time to ready only, writes results/live_scale.json
 
 One server (event log in a fresh work dir, ``SENDWISE_RELOAD_SECONDS=0``, clock ``auto``: the data clock
@@ -12,13 +13,16 @@ for the generated shop) serves, one phase after the other (2 shared cores: nothi
   right after its 2xx the client asks ``/next_best_action`` (again until ``cart_recovery``, at most 2 s):
   the time from the 2xx to that answer, and the share answered ``cart_recovery`` on the first try.
   Baseline in the same run: the same customers' ``/next_best_action`` before their event.
-- **Send-time latency under ingestion**: single ``/next_best_action`` one after another, half for
-  customers that the ingestion touches, half for customers it never touches; idle windows and windows
-  while another client posts 100-event batches every 0.1 s (open loop: 1,000 events/s) alternate.
-  Before an idle window each touched customer is answered once (idle then reads cached answers). p50 / p99
-  per window, medians over the windows, also for the untouched half alone; the share of busy requests for a
-  customer with an event acknowledged since their previous answer (computed fresh by the service, not a
-  cached answer) and their p50 / p99.
+- **Send-time latency under ingestion**: single ``/next_best_action`` one after another on one keep-alive
+  connection, half for customers that the ingestion touches, half for customers it never touches; idle
+  windows and windows while a feeder posts 100-event batches every 0.1 s (open loop: 1,000 events/s)
+  alternate. The feeder is a process of its own (``multiprocessing``, spawn: it shares no GIL with the
+  measuring client), its bodies encoded before the window; it sends the 2xx time of each batch back through
+  a queue that the measuring loop drains, without waiting, between requests. Before an idle window each
+  touched customer is answered once (idle then reads cached answers). p50 / p99 per window, medians over
+  the windows, also for the untouched half alone; the share of busy requests for a customer with an event
+  acknowledged since their previous answer (computed fresh by the service, not a cached answer) and their
+  p50 / p99.
 - **Ingestion**: first, cold, one event for each customer of the pool (each one's first event since the
   start: the service reads that customer's rows then), batches of 500; then events/s acknowledged through
   ``/events`` batches of 500 and 100, from 1 and 2 concurrent clients, for a fixed time each, median of 3
@@ -29,6 +33,14 @@ for the generated shop) serves, one phase after the other (2 shared cores: nothi
   posts. The server starts again on the same log: time to ready, then every acknowledged event_id must
   be in the log and every checked customer with an acknowledged ``add_to_cart`` must get
   ``cart_recovery`` (so must the freshness phase's customers).
+
+``--workers N`` (N >= 2): this script starts a redis-server (``/usr/bin/redis-server`` on 127.0.0.1, a free
+port, ``appendonly yes``, ``appendfsync always``, in the work dir, nothing else saved; stopped at the end)
+and the server with ``SENDWISE_WORKERS=N`` and ``SENDWISE_ONLINE_STORE`` on it (the event log a Redis
+stream every worker follows). A keep-alive connection stays with one worker (``/model_info`` names it):
+freshness posts customer i's ``add_to_cart`` to worker i mod N and asks worker i+1 mod N; the latency
+windows measure one worker while the feeder posts to another; ingestion client c posts to worker c mod N.
+No restart phase (the JSON says so).
 
 ``--scale N,...``: the time to ready of a server on a generated shop of N customers (models trained once
 on the 10,000-customer shop, as bench_models.py does), with an empty event log and with a log of
@@ -351,7 +363,7 @@ def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, ack
     puts ``("ready", worker)``, then ``("ack", index, perf_counter)`` at each 2xx, then
     ``("done", events posted, seconds fed, max lag s)`` once ``stop`` is set or the bodies are spent."""
     client, worker = connect(base, avoid=avoid)
-    with client:
+    try:
         acks.put(("ready", worker))
         start, posted, lag = time.perf_counter(), 0, 0.0
         for i, body in enumerate(bodies):
@@ -363,6 +375,19 @@ def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, ack
             acks.put(("ack", i, time.perf_counter()))
             posted += 100
         acks.put(("done", posted, time.perf_counter() - start, lag))
+    finally:
+        client.close()
+
+
+def receive(process: multiprocessing.Process, acks: Queue, waiting_for: str) -> tuple:
+    """The feeder's next message; RuntimeError naming ``waiting_for`` if its process ends without one."""
+    while True:
+        try:
+            return acks.get(timeout=1)
+        except queue.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the feeder process exited with code {process.exitcode} while this waited "
+                                   f"for {waiting_for} (its traceback is above)") from None
 
 
 def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouched: list[str], products: list[str],
@@ -393,9 +418,9 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
             process = spawn.Process(target=feed, args=(base, bodies, measured if workers > 1 else None, stop, acks),
                                     daemon=True)
             process.start()
-            kind, fed["worker"] = acks.get(timeout=120)
+            kind, fed["worker"] = receive(process, acks, "'ready'")
             if kind != "ready":
-                raise RuntimeError(f"the feeder process sent {kind!r} before 'ready'")
+                raise RuntimeError(f"the feeder process sent {kind!r}; expected 'ready' first")
             time.sleep(0.3)  # the feed runs before the first measured request
 
         def take(message: tuple) -> None:
@@ -433,11 +458,7 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
         if process:
             stop.set()
             while "posted" not in fed:
-                try:
-                    take(acks.get(timeout=60))
-                except queue.Empty:
-                    raise RuntimeError(f"the feeder process ended (exit code {process.exitcode}) "
-                                       "without reporting what it posted") from None
+                take(receive(process, acks, "'done' (what it posted)"))
             process.join(60)
         out = {"requests": len(times), "p50_ms": round(statistics.median(times), 2),
                "p99_ms": round(percentile(times, 99), 2), "max_ms": round(max(times), 1),
