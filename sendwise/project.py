@@ -39,6 +39,7 @@ from serving.config import ONLINE_STORE_ENV, UTM_VALUE
 from serving.consent import ConsentRule
 from serving.product_block import check_product_url
 from training.recommenders.models import TUNABLE
+from training.recommenders.selection import AUTO
 from training.registry import check_project_name
 from training.tracking import configure_tracking, use_project_store
 
@@ -117,15 +118,16 @@ class RunSettings(BaseModel):
     churn_horizon_days: int = Field(90, ge=7, le=730)
     propensity_horizon_days: int = Field(30, ge=7, le=365)
     periods: int = Field(12, ge=3, le=60, description="monthly as_of dates stacked at most")
-    recommender: str = "als"
+    recommender: str = Field(AUTO, description="auto (chosen per shop on the validation fold) or one of "
+                             f"{', '.join(TUNABLE)}")
     k: int = Field(10, ge=1, le=100)
     window_days: int = Field(90, ge=7, le=365, description="the recommender's holdout and tuning windows")
 
     @field_validator("recommender")
     @classmethod
     def _kind(cls, value: str) -> str:
-        if value not in TUNABLE:
-            raise ValueError(f"must be one of {', '.join(TUNABLE)}")
+        if value not in (AUTO, *TUNABLE):
+            raise ValueError(f"must be one of {', '.join((AUTO, *TUNABLE))}")
         return value
 
 

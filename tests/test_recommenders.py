@@ -25,6 +25,7 @@ CHECKERBOARD_PARAMS = {
     "als": {"factors": 4, "regularization": 0.01, "iterations": 15},
     "bpr": {"factors": 4, "learning_rate": 0.05, "regularization": 0.0, "iterations": 200},
     "itemknn": {"neighbours": 20},
+    "ease": {"regularization": 10.0},
     "reranker": {"trees": 30, "window_days": 60},
     "popular": {},
     "trending": {},

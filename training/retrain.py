@@ -17,9 +17,12 @@ Per classifier (target, label horizon ``h``), the data ending at ``E``:
    is refitted the same way and registered as the new champion, so that whatever is served has seen
    the data up to its end.
 
-The recommender follows the same steps with ``B = day(E) - window``: fitted on the rows before
-``B``, evaluated on the purchases in ``[B, E]`` (NDCG@k over customers, new items), and refitted on
-every row.
+The recommender follows the same steps on the protocol that suits the data
+(:func:`training.protocols.choose_protocol`): the time split with ``B = day(E) - window`` (fitted on
+the rows before ``B``, evaluated on the purchases in ``[B, E]``), or leave-latest-out (each
+customer's latest day held out); NDCG@k over customers, new items; refitted on every row. With
+``recommender: auto`` (the default) the recipe is chosen first on the validation fold before the
+holdout (:mod:`training.recommenders.selection`), and the choice is logged with the run.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ from training.holdout_scores import log_holdout_scores
 from training.metrics import classification_metrics
 from training.model import ModelBundle
 from training.promotion import DEFAULT_MARGIN, decide
+from training.protocols import LEAVE_LATEST_OUT, choose_protocol, leave_latest_out, validation_fold
 from training.recommenders import evaluation
-from training.recommenders.models import Recommender, make_recommender
+from training.recommenders.models import TUNABLE, Recommender, make_recommender
+from training.recommenders.selection import AUTO, DEFAULT_BUDGET_S, ModelChoice, choose_model, log_choice
 from training.recommenders.store import load_version as load_recommender_version
 from training.recommenders.store import log_and_register as register_recommender
 from training.recommenders.train import tune as tune_recommender
@@ -83,7 +88,8 @@ class RetrainSettings:
     periods: int = 12
     churn_horizon_days: int = 90
     propensity_horizon_days: int = 30
-    recommender: str = "als"
+    recommender: str = AUTO
+    recommender_budget_s: float = DEFAULT_BUDGET_S  # auto's time budget
     k: int = 10
     window_days: int = 90
     data_source: str | None = None
@@ -353,33 +359,53 @@ def _recommender_scores(model: Recommender, tables: Tables, test: evaluation.Hol
         per_customer
 
 
+def _recommender_recipe(tables: Tables, test: evaluation.Holdout, settings: RetrainSettings, reason: str,
+                        say: Progress) -> tuple[str, dict, ModelChoice | None]:
+    """(kind, parameters, the auto comparison or None) of the challenger, chosen and tuned on the
+    validation fold before ``test``."""
+    kind, params, choice = settings.recommender, {}, None
+    fold = validation_fold(tables, test, settings.window_days) if kind == AUTO or settings.trials else None
+    if kind == AUTO:
+        choice = choose_model(tables, fold, settings.k, settings.recommender_budget_s, settings.window_days, reason,
+                              say)
+        kind, params = choice.chosen.kind, choice.chosen.params
+    params = make_recommender(kind, **params).params
+    if settings.trials and kind in TUNABLE:
+        say(f"tuning {kind} ({settings.trials} trials)")
+        fixed = {"random_state": settings.random_state} if kind != "itemknn" else {}
+        params = make_recommender(kind, **tune_recommender(tables, kind, fold, settings.trials, settings.k, None,
+                                                           settings.random_state, fixed=fixed)).params
+    return kind, params, choice
+
+
 def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Progress | None = None) -> RetrainOutcome:
     """Backtest, compare, refit on every row and register the recommender (see the module)."""
     say = progress or (lambda _: None)
     name = registered_name("recommender", settings.project)
     k, window, end = settings.k, settings.window_days, data_end(tables)
-    as_of = latest_labelled_as_of(end, window)
-    cut = tables.before(as_of)
-    test = evaluation.holdout(tables, as_of)
-    kind = settings.recommender
-    params = make_recommender(kind).params
-    if settings.trials:
-        say(f"tuning ({settings.trials} trials)")
-        fold = evaluation.holdout(cut, as_of - timedelta(days=window), as_of)
-        fixed = {"random_state": settings.random_state} if kind != "itemknn" else {}
-        params = make_recommender(kind, **tune_recommender(cut, kind, fold, settings.trials, k, None,
-                                                           settings.random_state, fixed=fixed)).params
+    protocol, protocol_reason = choose_protocol(tables, window)
+    say(f"protocol: {protocol}")
+    if protocol == LEAVE_LATEST_OUT:
+        test = leave_latest_out(tables)
+        as_of, held = test.as_of, "each customer's latest day of purchases (new items), their earlier rows the input"
+    else:
+        as_of = latest_labelled_as_of(end, window)
+        test = evaluation.holdout(tables, as_of)
+        held = f"the products each customer bought from {as_of:%Y-%m-%d} to the data's end (new items)"
+    cut = tables if protocol == LEAVE_LATEST_OUT else tables.before(as_of)  # leave-latest-out fits on its input
+    kind, params, choice = _recommender_recipe(tables, test, settings, protocol_reason, say)
     say("backtesting")
     figures, per_customer = {}, {}
     for who, model in {"challenger": make_recommender(kind, **params), "popular": make_recommender("popular"),
                        "trending": make_recommender("trending")}.items():
-        figures[who], per_customer[who] = _recommender_scores(model.fit_tables(cut, as_of), tables, test, k)
+        fitted = evaluation.fit_for_test(model, cut, test)
+        figures[who], per_customer[who] = _recommender_scores(fitted, tables, test, k)
 
     if len(per_customer["challenger"]) < MIN_RECOMMENDER_CUSTOMERS:
         raise NotEnoughDataError(
-            f"only {len(per_customer['challenger']):,} customer(s) bought something after {as_of:%Y-%m-%d} having bought "
-            f"before it: the recommender's backtest needs at least {MIN_RECOMMENDER_CUSTOMERS}. Raise run.window_days "
-            "in sendwise.yaml, or wait for more data.")
+            f"only {len(per_customer['challenger']):,} customer(s) in the backtest ({protocol}: {held}) bought a "
+            f"product new to them having bought before: the recommender's backtest needs at least "
+            f"{MIN_RECOMMENDER_CUSTOMERS}. Raise run.window_days in sendwise.yaml, or wait for more data.")
     champion_version = alias_version(name, CHAMPION)
     champion = load_recommender_version(champion_version, settings.project) if champion_version else None
     same = champion is not None and (champion.kind, champion.params) == (kind, params)
@@ -387,8 +413,8 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
     metric = f"ndcg_at_{k}"
     if champion is not None and not same:
         say(f"backtesting champion v{champion_version}'s recipe ({champion.kind})")
-        figures["champion"], per_customer["champion"] = _recommender_scores(
-            make_recommender(champion.kind, **champion.params).fit_tables(cut, as_of), tables, test, k)
+        figures["champion"], per_customer["champion"] = _recommender_scores(evaluation.fit_for_test(
+            make_recommender(champion.kind, **champion.params), cut, test), tables, test, k)
         joined = pd.concat({w: per_customer[w] for w in ("champion", "challenger")}, axis=1).dropna()
         comparison = paired_mean(joined["champion"].to_numpy(), joined["challenger"].to_numpy(), metric)
     promoted, reason = _decision(champion_version, same, comparison, settings.margin, end)
@@ -403,8 +429,12 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
         with mlflow.start_run(run_name=run_name):
             mlflow.log_params({"model": recipe_kind, "backtest_as_of": as_of.isoformat(), "k": k,
                                "trained_through": end.isoformat(), "trials": settings.trials,
+                               "protocol": protocol, "protocol_reason": protocol_reason[:500],
+                               "model_requested": settings.recommender,
                                **{f"rec_{p}": v for p, v in recipe_params.items()},
                                "customers": len(final.customer_ids_), "products": len(final.product_ids_)})
+            if choice is not None and who == "challenger":
+                log_choice(choice)
             mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": tables.fingerprint(),
                              "holdout_as_of": as_of.isoformat(), "model_kind": recipe_kind, "job": "sendwise run"})
             mlflow.log_metrics({f"holdout_{m}": v for m, v in figures[who].items()})
@@ -424,8 +454,10 @@ def retrain_recommender(tables: Tables, settings: RetrainSettings, progress: Pro
     client = MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, version)
     client.set_registered_model_alias(name, CHAMPION, champion_after)
+    described = (f"{protocol} ({protocol_reason}): fitted on the input, truth = {held}; the registered model is "
+                 "refitted on every row.")
+    if choice is not None:
+        described += "\n" + choice.render()
     return RetrainOutcome("recommender", name, metric, tuple(figures["challenger"]), as_of, len(per_customer["challenger"]),
-                          f"fitted on the rows before {as_of:%Y-%m-%d}; truth: the products each customer bought "
-                          f"from then to the data's end (new items); the registered model is refitted on every row.",
-                          figures, version, champion_version, champion_after, promoted, reason,
+                          described, figures, version, champion_version, champion_after, promoted, reason,
                           latest_row_time(tables), comparison, plot, [warning] if warning else [])

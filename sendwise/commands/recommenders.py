@@ -20,12 +20,13 @@ from sendwise.pipeline import load, print_metrics
 from training.recommenders.evaluation import evaluate
 from training.recommenders.models import MODELS, TUNABLE, make_recommender
 from training.recommenders.rules import BusinessRules
+from training.recommenders.selection import AUTO
 from training.recommenders.store import REGISTERED_NAME, load_alias
 from training.recommenders.train import DEFAULT_WINDOW_DAYS
 from training.registry import CHAMPION, alias_version
 
-# the kinds train recommender tunes and registers, shown in --help as choices
-RecommenderKind = StrEnum("RecommenderKind", {kind.upper(): kind for kind in TUNABLE})
+# the kinds train recommender tunes and registers (auto: chosen on the validation fold), shown in --help
+RecommenderKind = StrEnum("RecommenderKind", {kind.upper(): kind for kind in (AUTO, *TUNABLE)})
 
 evaluate_app = typer.Typer(help="Evaluate models on a time-based holdout.", no_args_is_help=True)
 
@@ -38,7 +39,9 @@ K = Annotated[int | None, typer.Option(
 def train_recommender_command(
     as_of: AsOf,
     model: Annotated[RecommenderKind | None, typer.Option(
-        "--model", show_default=False, help="The recommender (default: the project's run.recommender, else als).")
+        "--model", show_default=False, help="The recommender; auto compares every candidate on the validation "
+                                            "fold and takes the best, or a simpler one it does not beat "
+                                            "significantly (default: the project's run.recommender, else auto).")
     ] = None,
     trials: Annotated[int | None, typer.Option(
         show_default=False, help="Optuna trials on the fold before the holdout (default: the project's "
@@ -54,7 +57,7 @@ def train_recommender_command(
     run = resolve(project, data=data, rejects=rejects)
     data = run.need_data()
     run.use_tracking()
-    kind = run.pick(model.value if model else None, lambda s: s.run.recommender, "als")
+    kind = run.pick(model.value if model else None, lambda s: s.run.recommender, AUTO)
     pipeline.train_recommender(data, as_of, kind, run.pick(trials, lambda s: s.run.trials, 0),
                                run.pick(k, lambda s: s.run.k, 10),
                                run.pick(window, lambda s: s.run.window_days, DEFAULT_WINDOW_DAYS), run.rejects,

@@ -1,4 +1,4 @@
-"""The time-based evaluation protocol of the recommenders.
+"""Scoring recommenders on a holdout of :mod:`training.protocols` (time split or leave-latest-out).
 
 ``evaluate(tables, as_of, models)``: every model is fitted on rows before ``as_of``; the truth is
 the products each customer bought in ``[as_of, until)`` (``until`` defaults to the end of the data).
@@ -8,69 +8,45 @@ The test customers bought something before ``as_of`` and something in the window
   exclude products the customer bought before ``as_of``;
 * ``all items``: truth = every product bought in the window (repurchases count); nothing excluded.
 
+A holdout with its own ``inputs`` (leave-latest-out) is scored the same way on those inputs.
 Metrics: :mod:`training.recommenders.metrics` at ``k`` plus catalog coverage.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
 
-from features.errors import NotFoundError
-from features.interactions import InteractionConfig, build_interactions, pairs_matrix, purchases, select_rows
-from features.schema import CUSTOMER_ID, PRODUCT_ID
+from features.interactions import InteractionConfig, build_interactions, pairs_matrix, select_rows
+from features.schema import CUSTOMER_ID
 from features.tables import Tables
+from training.protocols import ALL_ITEMS, NEW_ITEMS, Holdout, time_split
 from training.recommenders.batch import top_k_frame
 from training.recommenders.metrics import catalog_coverage, per_customer, ranking_metrics
 from training.recommenders.models import Recommender
 
-NEW_ITEMS, ALL_ITEMS = "new items", "all items"
+holdout = time_split  # the protocol of ``evaluate`` and ``train recommender``
+__all__ = ["ALL_ITEMS", "NEW_ITEMS", "Holdout", "evaluate", "fit_for_test", "holdout", "per_customer_metrics",
+           "recommend_for_test", "score"]
 
 
-class NoTestCustomersError(NotFoundError):
-    """The evaluation window has no customer with history before it."""
+def fit_for_test(model: Recommender, tables: Tables, test: Holdout,
+                 base_config: InteractionConfig | None = None) -> Recommender:
+    """``model`` fitted on the holdout's input: ``test.inputs`` (or ``tables``) before ``test.as_of``."""
+    return model.fit_tables(_inputs(tables, test), test.as_of, base_config)
 
 
-@dataclass
-class Holdout:
-    """Truth pairs per variant and what was bought before ``as_of``."""
-
-    as_of: datetime
-    until: datetime
-    before: pd.DataFrame  # (customer_id, product_id) bought before as_of
-    truth: dict[str, pd.DataFrame]  # variant -> (customer_id, product_id) in the window
-
-    @property
-    def customers(self) -> pd.Index:
-        return pd.Index(sorted(set(self.truth[ALL_ITEMS][CUSTOMER_ID])), name=CUSTOMER_ID)
-
-
-def holdout(tables: Tables, as_of: datetime, until: datetime | None = None) -> Holdout:
-    end = until or tables.time_range()[1]
-    if end is None or end <= as_of:
-        raise NoTestCustomersError(f"the data has no order at or after {as_of:%Y-%m-%d} to evaluate on.")
-    if until is None:  # the window is closed: include the last order
-        end = pd.Timestamp(end) + pd.Timedelta(microseconds=1)
-    before = purchases(tables, None, as_of)[[CUSTOMER_ID, PRODUCT_ID]]
-    window = purchases(tables, as_of, end)[[CUSTOMER_ID, PRODUCT_ID]]
-    window = window[window[CUSTOMER_ID].isin(before[CUSTOMER_ID])]
-    seen = window.merge(before.assign(_seen=True), on=[CUSTOMER_ID, PRODUCT_ID], how="left")["_seen"].notna()
-    truth = {ALL_ITEMS: window, NEW_ITEMS: window[~seen.to_numpy()]}
-    if truth[NEW_ITEMS].empty:
-        raise NoTestCustomersError(
-            f"no customer with orders before {as_of:%Y-%m-%d} bought a new product between then and {end}; "
-            "pick an earlier --as-of.")
-    return Holdout(as_of, end, before, truth)
+def _inputs(tables: Tables, test: Holdout) -> Tables:
+    return test.inputs if test.inputs is not None else tables
 
 
 def recommend_for_test(model: Recommender, tables: Tables, test: Holdout, k: int, variant: str,
                        base_config: InteractionConfig | None = None) -> pd.DataFrame:
     """The fitted ``model``'s top ``k`` for the test customers of ``variant``."""
     customers = pd.Index(sorted(set(test.truth[variant][CUSTOMER_ID])))
-    interactions = build_interactions(tables, test.as_of, model.interaction_config(base_config),
+    interactions = build_interactions(_inputs(tables, test), test.as_of, model.interaction_config(base_config),
                                       product_ids=model.product_ids_)
     rows = model.rows_for(customers, interactions)
     user_items = select_rows(interactions.matrix, interactions.rows(customers))

@@ -1,5 +1,5 @@
-"""Recommender models behind one factory: implicit ALS and BPR, item-item neighbours, a two-stage
-reranker, popularity and recently-popular baselines.
+"""Recommender models behind one factory: implicit ALS and BPR, item-item neighbours, EASE, a
+two-stage reranker, popularity and recently-popular baselines.
 
 Every model follows one contract (scikit-learn style: the constructor only stores parameters,
 ``fit`` returns ``self``, fitted state ends in ``_``):
@@ -492,6 +492,65 @@ class ItemKNNRecommender(Recommender):
         self.user_items_ = _csr_from("hist", arrays)
 
 
+class CatalogTooLargeError(InputError):
+    """A model that keeps a dense products x products matrix was given more products than its cap."""
+
+
+class EASERecommender(Recommender):
+    """EASE (Steck 2019): the closed-form item-item linear model with a zero diagonal; a customer's
+    score for a product sums the weights from the products they bought (0/1). It covers the
+    products with at least one customer and keeps their dense weight matrix (4 bytes per pair);
+    fitting inverts a dense matrix of that size, so more than ``max_products`` such products is
+    a :class:`CatalogTooLargeError` (10,000 products: 400 MB of weights, about 2 GB while fitting)."""
+
+    kind = "ease"
+    source = "similar-to"
+    scores_from_history = True
+    defaults: ClassVar[dict] = {"regularization": 300.0, "max_products": 10_000, "half_life_days": None}
+
+    def _fit(self, matrix: sp.csr_matrix) -> None:
+        binary = (matrix > 0).astype(np.float32).tocsr()
+        columns = np.flatnonzero(np.asarray(binary.sum(axis=0)).ravel() > 0)
+        if len(columns) > int(self.params["max_products"]):
+            gigabytes = 3 * 8 * len(columns) ** 2 / 1e9
+            raise CatalogTooLargeError(
+                f"EASE keeps a dense products x products matrix: {len(columns):,} products with customers need "
+                f"about {gigabytes:,.1f} GB to fit, beyond its cap of max_products={self.params['max_products']:,}")
+        self.columns_ = columns
+        self.weights_ = reranking.ease_weights(binary[:, columns], float(self.params["regularization"]))
+        self.user_items_ = matrix
+
+    def history(self, rows):
+        return select_rows(self.user_items_, rows)
+
+    def most_similar(self, items, candidates):
+        position = np.full(len(self.product_ids_), -1)
+        position[self.columns_] = np.arange(len(self.columns_))
+        weights = np.zeros((len(items), len(candidates)), np.float32)
+        known = (position[items] >= 0)[:, None] & (position[candidates] >= 0)[None, :]
+        weights[known] = self.weights_[np.ix_(np.maximum(position[items], 0), np.maximum(position[candidates], 0))][known]
+        return weights.argmax(axis=1)
+
+    def _dense_scores(self, rows, user_items):
+        scores = np.full((user_items.shape[0], len(self.product_ids_)), -np.inf, np.float32)
+        bought = (user_items[:, self.columns_] > 0).astype(np.float32)
+        scores[:, self.columns_] = np.asarray(bought @ self.weights_)
+        return scores
+
+    def _customer_arrays(self):
+        return {"history": self.user_items_}
+
+    def _keep_customer_rows(self, rows):
+        self.user_items_ = self.user_items_[rows]
+
+    def _arrays(self):
+        return {"weights": self.weights_, "columns": self.columns_, **_csr_arrays("hist", self.user_items_)}
+
+    def _restore(self, arrays):
+        self.weights_, self.columns_ = arrays["weights"], arrays["columns"]
+        self.user_items_ = _csr_from("hist", arrays)
+
+
 class PopularRecommender(Recommender):
     """Baseline: the products with the most distinct customers, the same list for everyone."""
 
@@ -599,14 +658,14 @@ class RerankerRecommender(Recommender):
 
 
 MODELS: dict[str, type[Recommender]] = {
-    cls.kind: cls for cls in (ALSRecommender, BPRRecommender, ItemKNNRecommender, RerankerRecommender,
-                              PopularRecommender, TrendingRecommender)
+    cls.kind: cls for cls in (ALSRecommender, BPRRecommender, ItemKNNRecommender, EASERecommender,
+                              RerankerRecommender, PopularRecommender, TrendingRecommender)
 }
-TUNABLE = ("als", "bpr", "itemknn", "reranker")
+TUNABLE = ("als", "bpr", "itemknn", "reranker")  # what --trials can tune
 
 
 def make_recommender(kind: str, **params: object) -> Recommender:
-    """The recommender called ``kind`` (als, bpr, itemknn, reranker, popular, trending) with ``params``."""
+    """The recommender called ``kind`` (als, bpr, itemknn, ease, reranker, popular, trending) with ``params``."""
     if kind not in MODELS:
         raise InputError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
     return MODELS[kind](**params)

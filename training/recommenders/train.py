@@ -1,20 +1,29 @@
 """Train, tune, evaluate, log and register a recommender.
 
-Time protocol of ``train_recommender(tables, as_of=DATE)``: nothing at or after DATE is read for
-fitting or tuning. The holdout window starts at DATE when the data goes on after it (to the end of
-the data), otherwise it is the last ``window_days`` before DATE. Optuna tunes on the window of the
-same length just before the holdout, with models fitted on the rows before that window. The model
-registered is refitted on every row before DATE; the metrics logged are those of the same
-parameters fitted on the rows before the holdout, next to the popular and trending baselines. The
-version records its provenance (:class:`~training.registry.ModelProvenance`): the fingerprint of
-the rows before DATE and the latest timestamp among them.
+Protocol of ``train_recommender(tables, as_of=DATE)``: nothing at or after DATE is read for
+fitting, choosing or tuning. :func:`~training.protocols.choose_protocol` picks it from the rows
+before DATE (printed and logged):
+
+* time split: the holdout window starts at DATE when the data goes on after it (to the end of the
+  data), otherwise it is the last ``window_days`` before DATE; the validation fold (model choice,
+  Optuna) is the window of the same length just before the holdout, with models fitted on the rows
+  before that window;
+* leave-latest-out: each customer's latest day of purchases before DATE is the holdout, the day
+  before that (of the rest) the validation fold.
+
+``kind="auto"`` (the default) chooses the model on the validation fold
+(:mod:`training.recommenders.selection`). The model registered is refitted on every row before
+DATE; the metrics logged are those of the same parameters fitted on the holdout's input, next to the
+popular and trending baselines. The version records its provenance
+(:class:`~training.registry.ModelProvenance`): the fingerprint of the rows before DATE and the
+latest timestamp among them.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,9 +39,11 @@ from features.tables import Tables
 from features.validate import ContractError
 from training import plots
 from training.holdout_scores import log_holdout_scores
+from training.protocols import LEAVE_LATEST_OUT, choose_protocol, leave_latest_out, validation_fold
 from training.recommenders import evaluation
 from training.recommenders.evaluation import NEW_ITEMS, Holdout, holdout
 from training.recommenders.models import TUNABLE, Recommender, make_recommender
+from training.recommenders.selection import AUTO, DEFAULT_BUDGET_S, ModelChoice, choose_model, log_choice
 from training.recommenders.store import REGISTERED_NAME, log_and_register
 from training.registry import PROJECT_TAG, ModelProvenance, registered_name
 from training.tracking import configure_tracking, experiment_id, git_commit
@@ -81,6 +92,8 @@ class RecommenderTrainResult:
     params: dict
     holdout: Holdout
     table: pd.DataFrame  # one row per (model, variant) on the holdout, baselines included
+    protocol: str = ""  # the protocol and why it suits the data
+    choice: ModelChoice | None = None  # the comparison that chose the model (kind auto)
 
 
 def _windows(tables: Tables, date: datetime, window_days: int) -> tuple[datetime, datetime | None, datetime]:
@@ -109,7 +122,7 @@ def tune(tables: Tables, kind: str, fold: Holdout, trials: int, k: int, base_con
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, kind) | fixed
-        model = make_recommender(kind, **params).fit_tables(tables, fold.as_of, base_config)
+        model = evaluation.fit_for_test(make_recommender(kind, **params), tables, fold, base_config)
         row = evaluation.score(model, tables, fold, k, base_config)[0]
         if on_trial:
             on_trial(trial, params, row["ndcg"])
@@ -130,32 +143,44 @@ def _metrics(rows: list[dict], prefix: str, k: int) -> dict[str, float]:
     return out
 
 
-def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: int = 0, k: int = 10,
+def train_recommender(tables: Tables, as_of: object, kind: str = AUTO, trials: int = 0, k: int = 10,
                       window_days: int = DEFAULT_WINDOW_DAYS, params: dict | None = None,
                       base_config: InteractionConfig | None = None, random_state: int = 0,
                       mlruns=None, progress: Callable[[str], None] | None = None, project: str | None = None,
-                      data_source: str | None = None) -> RecommenderTrainResult:
-    """Tune (``trials`` > 0), fit, evaluate against baselines, log to MLflow and register as
-    ``project``'s recommender (none: the global name); ``data_source`` (the data directory, when
-    known) is recorded on the version."""
-    if kind not in TUNABLE:
-        raise InputError(f"--model must be one of {', '.join(TUNABLE)}; got {kind!r}")
+                      data_source: str | None = None, budget_s: float = DEFAULT_BUDGET_S) -> RecommenderTrainResult:
+    """Choose (``kind`` auto, within ``budget_s`` seconds) or tune (``trials`` > 0), fit, evaluate
+    against baselines, log to MLflow and register as ``project``'s recommender (none: the global
+    name); ``data_source`` (the data directory, when known) is recorded on the version."""
+    if kind not in (AUTO, *TUNABLE):
+        raise InputError(f"--model must be one of {', '.join((AUTO, *TUNABLE))}; got {kind!r}")
+    if kind == AUTO and params:
+        raise InputError(f"parameters go with a named model, not {AUTO}; got {sorted(params)}")
     registered_name(REGISTERED_NAME, project)  # a bad project name fails before any work
     date = to_timestamp(as_of)
     say = progress or (lambda _: None)
     holdout_start, until, tune_start = _windows(tables, date, window_days)
     cut = tables.before(date)
-    test = holdout(tables if until is None else cut, holdout_start, until)
-    # the reranker's ranker learns from windows as long as the one it is evaluated on
-    fixed = {"window_days": window_days} if kind == "reranker" else {}
-    chosen = make_recommender(kind, **(fixed | (params or {}))).params
+    protocol, protocol_reason = choose_protocol(cut, window_days)
+    say(f"protocol: {protocol} ({protocol_reason})")
+    if protocol == LEAVE_LATEST_OUT:
+        test, scored_on = leave_latest_out(cut, date), cut
+        fold = validation_fold(cut, test, window_days)
+    else:
+        test, scored_on = holdout(tables if until is None else cut, holdout_start, until), cut if until else tables
+        fold = replace(holdout(cut, tune_start, holdout_start), inputs=cut)
 
     configure_tracking(mlruns)
     mlflow.set_experiment(experiment_id=experiment_id("sendwise-recommender", mlruns))
     with mlflow.start_run(run_name=f"{kind}-{date:%Y-%m-%d}") as run:
-        if trials > 0:
-            fold = holdout(cut, tune_start, holdout_start)
-
+        choice, name, base = None, kind, {}
+        if kind == AUTO:
+            choice = choose_model(cut, fold, k, budget_s, window_days, protocol_reason, say)
+            log_choice(choice)
+            name, kind, base = choice.chosen.name, choice.chosen.kind, choice.chosen.params
+        # the reranker's ranker learns from windows as long as the one it is evaluated on
+        fixed = {"window_days": window_days} if kind == "reranker" else {}
+        chosen = make_recommender(kind, **(base | fixed | (params or {}))).params
+        if trials > 0 and kind in TUNABLE:
             def log_trial(trial, trial_params, ndcg):
                 with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
                     mlflow.log_params(trial_params)
@@ -166,28 +191,29 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
                                                    log_trial, fixed)).params
         say("evaluating on the holdout")
         rows = []
-        models = {kind: make_recommender(kind, **chosen), "popular": make_recommender("popular"),
-                  "trending": make_recommender("trending")}
-        for name, model in models.items():
-            model.fit_tables(cut, holdout_start, base_config)
-            rows += [{"model": name, **r} for r in evaluation.score(model, cut if until else tables, test, k, base_config)]
+        models = {"popular": make_recommender("popular"), "trending": make_recommender("trending"),
+                  name: make_recommender(kind, **chosen)}
+        for who, model in models.items():
+            evaluation.fit_for_test(model, cut, test, base_config)
+            rows += [{"model": who, **r} for r in evaluation.score(model, scored_on, test, k, base_config)]
         table = pd.DataFrame(rows)
-        per_customer = evaluation.per_customer_metrics(models[kind], cut if until else tables, test, k, base_config)
+        per_customer = evaluation.per_customer_metrics(models[name], scored_on, test, k, base_config)
         say("fitting on every row before the as_of")
         final = make_recommender(kind, **chosen).fit_tables(cut, date, base_config)
 
-        mlflow.log_params({"model": kind, "as_of": date.isoformat(), "holdout_start": holdout_start.isoformat(),
-                           "holdout_end": test.until.isoformat(), "tuning_start": tune_start.isoformat(),
+        mlflow.log_params({"model": kind, "as_of": date.isoformat(), "holdout_start": test.as_of.isoformat(),
+                           "holdout_end": test.until.isoformat(), "validation_start": fold.as_of.isoformat(),
+                           "protocol": protocol, "protocol_reason": protocol_reason[:500],
                            "trials": trials, "k": k, **{f"rec_{p}": v for p, v in chosen.items()},
                            **{f"interactions_{p}": v for p, v in (base_config or InteractionConfig()).model_dump().items()},
                            "customers": len(final.customer_ids_), "products": len(final.product_ids_)})
         provenance = ModelProvenance.of_data(cut, project, data_source)
         mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": provenance.data_fingerprint,
-                         "holdout_as_of": holdout_start.isoformat(), "model_kind": kind, PROJECT_TAG: project or ""})
-        by_model = {name: group.to_dict("records") for name, group in table.groupby("model")}
-        mlflow.log_metrics(_metrics(by_model[kind], "holdout_", k))
-        for base in ("popular", "trending"):
-            mlflow.log_metrics(_metrics(by_model[base], f"baseline_{base}_", k))
+                         "holdout_as_of": test.as_of.isoformat(), "model_kind": kind, PROJECT_TAG: project or ""})
+        by_model = {who: group.to_dict("records") for who, group in table.groupby("model")}
+        mlflow.log_metrics(_metrics(by_model[name], "holdout_", k))
+        for baseline in ("popular", "trending"):
+            mlflow.log_metrics(_metrics(by_model[baseline], f"baseline_{baseline}_", k))
         mlflow.log_table(table, "holdout_metrics.json")
         log_holdout_scores(pd.DataFrame({CUSTOMER_ID: per_customer.index.astype(str),
                                          f"ndcg_at_{k}": per_customer["ndcg"].to_numpy()}))
@@ -196,5 +222,5 @@ def train_recommender(tables: Tables, as_of: object, kind: str = "als", trials: 
         say("registering")
         example = pd.DataFrame({CUSTOMER_ID: final.customer_ids_[:5].astype(str)})
         version = log_and_register(final, example, project, provenance.tags())
-    return RecommenderTrainResult(kind, version, run.info.run_id, final, chosen, test, table)
-
+    return RecommenderTrainResult(kind, version, run.info.run_id, final, chosen, test, table,
+                                  f"{protocol}: {protocol_reason}", choice)
