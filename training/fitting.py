@@ -1,6 +1,7 @@
 """Fit one calibrated classifier from its folds: parameters (defaults or Optuna), XGBoost with early
-stopping on the validation fold, a calibrator on the calibration fold. Used by ``train_classifier``
-(training/train.py) and by ``sendwise run``'s backtest and refit (training/retrain.py)."""
+stopping on the validation fold, a calibrator on the calibration fold; or the logistic model on
+log-RFM (:mod:`training.linear`) on the training and validation folds, calibrated the same way. Used by
+``train_classifier`` (training/train.py) and by ``sendwise run``'s backtest and refit (training/retrain.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from training.calibration import fit_calibrator
 from training.design import design_matrix
+from training.linear import COLUMNS, LogRFMModel
 from training.model import ModelBundle
 from training.tuning import BASE_PARAMS, dmatrix, fit_booster, tune
 
@@ -44,3 +46,14 @@ def fit_bundle(train: pd.DataFrame, valid: pd.DataFrame, calibration: pd.DataFra
     bundle = ModelBundle(label, horizon_days, columns, booster, calibrator, meta | {"xgb_params": dict(params)})
     bundle.meta["valid_log_loss"] = float(booster.eval(d_valid).split(":")[-1])
     return bundle, losses
+
+
+def fit_logistic_bundle(train: pd.DataFrame, valid: pd.DataFrame, calibration: pd.DataFrame, label: str,
+                        horizon_days: int, random_state: int, meta: dict) -> ModelBundle:
+    """The logistic model on log-RFM, fitted on the training and validation folds (it has nothing to
+    stop early), calibrated on the calibration fold."""
+    fitted = pd.concat([train, valid], ignore_index=True)
+    linear = LogRFMModel.fit(fitted, fitted[label].to_numpy(int))
+    raw = linear.raw_proba(LogRFMModel.matrix(calibration))
+    calibrator, _ = fit_calibrator(raw, calibration[label].to_numpy(int), random_state)
+    return ModelBundle(label, horizon_days, list(COLUMNS), None, calibrator, dict(meta), linear)

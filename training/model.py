@@ -1,4 +1,5 @@
-"""A trained classifier as one bundle: XGBoost booster, calibrator, input columns and metadata."""
+"""A trained classifier as one bundle: the model (an XGBoost booster, or the logistic regression on
+log-RFM of :mod:`training.linear`), calibrator, input columns and metadata."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import xgboost as xgb
 
 from training.calibration import Calibrator
 from training.design import design_matrix
+from training.linear import LogRFMModel
 
 BUNDLE_FILE = "sendwise_bundle.json"
+XGBOOST, LOGISTIC = "xgboost", "logistic"  # the kinds of model a bundle holds
 
 
 @dataclass
@@ -21,15 +24,26 @@ class ModelBundle:
     target: str  # churned or purchased
     horizon_days: int
     columns: list[str]
-    booster: xgb.Booster
+    booster: xgb.Booster | None  # None: the logistic model
     calibrator: Calibrator
     meta: dict = field(default_factory=dict)  # trained_as_of, holdout metrics, version, ...
+    linear: LogRFMModel | None = None  # the logistic model, when there is no booster
+
+    def __post_init__(self) -> None:
+        if (self.booster is None) == (self.linear is None):
+            raise ValueError("a model bundle holds exactly one model: an XGBoost booster or a logistic model")
+
+    @property
+    def kind(self) -> str:
+        """``xgboost`` or ``logistic``."""
+        return XGBOOST if self.booster is not None else LOGISTIC
 
     def matrix(self, features: pd.DataFrame) -> np.ndarray:
         return design_matrix(features, self.columns).to_numpy(np.float32)
 
     def raw_proba(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
-        return self.booster.inplace_predict(self.matrix(features) if matrix is None else matrix)
+        x = self.matrix(features) if matrix is None else matrix
+        return self.booster.inplace_predict(x) if self.booster is not None else self.linear.raw_proba(x)
 
     def predict_proba(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probability of the target within the horizon (``matrix``: a precomputed
@@ -42,30 +56,41 @@ class ModelBundle:
         the default (Saabas approximation) is many times faster and ranks the same top reasons in
         most rows."""
         x = self.matrix(features) if matrix is None else matrix
+        if self.linear is not None:
+            return self.linear.contributions(x)
         dmatrix = xgb.DMatrix(x, feature_names=self.columns, missing=np.nan)
         return self.booster.predict(dmatrix, pred_contribs=True, approx_contribs=not exact)
 
     def descriptor(self) -> dict:
         return {"target": self.target, "horizon_days": self.horizon_days, "columns": self.columns,
-                "calibrator": self.calibrator.to_dict(), "meta": self.meta}
+                "calibrator": self.calibrator.to_dict(), "meta": self.meta, "kind": self.kind,
+                **({"linear": self.linear.to_dict()} if self.linear is not None else {})}
 
     def save(self, directory: Path | str) -> Path:
-        """Write ``model.ubj`` and the bundle descriptor; returns the descriptor's path."""
+        """Write ``model.ubj`` (an XGBoost model) and the bundle descriptor; returns the descriptor's path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(directory / "model.ubj")
+        if self.booster is not None:
+            self.booster.save_model(directory / "model.ubj")
         path = directory / BUNDLE_FILE
         path.write_text(json.dumps(self.descriptor(), indent=1, default=str))
         return path
 
     @classmethod
-    def from_parts(cls, booster: xgb.Booster, descriptor: dict) -> ModelBundle:
+    def from_parts(cls, booster: xgb.Booster | None, descriptor: dict) -> ModelBundle:
+        """A bundle from its descriptor and, for an XGBoost one, its booster (bundles saved before the
+        logistic kind existed have no ``kind``: XGBoost)."""
+        linear = LogRFMModel.from_dict(descriptor["linear"]) if descriptor.get("kind") == LOGISTIC else None
         return cls(descriptor["target"], int(descriptor["horizon_days"]), list(descriptor["columns"]),
-                   booster, Calibrator.from_dict(descriptor["calibrator"]), dict(descriptor.get("meta", {})))
+                   booster if linear is None else None, Calibrator.from_dict(descriptor["calibrator"]),
+                   dict(descriptor.get("meta", {})), linear)
 
     @classmethod
     def load(cls, directory: Path | str) -> ModelBundle:
         directory = Path(directory)
-        booster = xgb.Booster()
-        booster.load_model(directory / "model.ubj")
-        return cls.from_parts(booster, json.loads((directory / BUNDLE_FILE).read_text()))
+        descriptor = json.loads((directory / BUNDLE_FILE).read_text())
+        booster = None
+        if descriptor.get("kind", XGBOOST) == XGBOOST:
+            booster = xgb.Booster()
+            booster.load_model(directory / "model.ubj")
+        return cls.from_parts(booster, descriptor)

@@ -19,7 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
 import mlflow.xgboost
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -28,11 +30,13 @@ from mlflow.tracking import MlflowClient
 from features.errors import InputError, NotFoundError
 from features.schema import SPECS
 from features.tables import Tables
-from training.model import BUNDLE_FILE, ModelBundle
+from training.model import BUNDLE_FILE, XGBOOST, ModelBundle
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PIP_REQUIREMENTS = ["xgboost-cpu>=3.0", "scikit-learn>=1.5", "numpy", "pandas"]
+CLASSIFIER_ENTRY_POINT = Path(__file__).with_name("classifier_pyfunc.py")  # models from code: nothing pickled
+BUNDLE_ARTIFACT = "bundle"
 
 PROJECT_RULE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _PROJECT = re.compile(PROJECT_RULE)
@@ -186,11 +190,27 @@ def log_and_register(bundle: ModelBundle, name: str, example_features, example_p
         descriptor = Path(tmp) / BUNDLE_FILE
         descriptor.write_text(json.dumps(bundle.descriptor(), indent=1, default=str))
         x = pd.DataFrame(bundle.matrix(example_features), columns=bundle.columns)
-        info = mlflow.xgboost.log_model(
-            bundle.booster, name="model", signature=infer_signature(x, example_proba),
-            extra_files=[str(descriptor)], pip_requirements=PIP_REQUIREMENTS,
-        )
+        signature = infer_signature(x, example_proba)
+        if bundle.booster is not None:
+            info = mlflow.xgboost.log_model(bundle.booster, name="model", signature=signature,
+                                            extra_files=[str(descriptor)], pip_requirements=PIP_REQUIREMENTS)
+        else:  # the logistic model: its descriptor is the whole model, served by a pyfunc from code
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(CLASSIFIER_ENTRY_POINT),
+                                           artifacts={BUNDLE_ARTIFACT: str(descriptor)}, signature=signature,
+                                           pip_requirements=PIP_REQUIREMENTS)
     return register(info.model_uri, name, tags, aliases)
+
+
+class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
+    """A registered logistic bundle as an MLflow pyfunc: ``predict`` takes the bundle's input columns
+    and returns the calibrated probability."""
+
+    def load_context(self, context) -> None:
+        descriptor = json.loads(Path(context.artifacts[BUNDLE_ARTIFACT]).read_text())
+        self.bundle = ModelBundle.from_parts(None, descriptor)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+        return self.bundle.predict_proba(model_input)
 
 
 def provenance_tags(name: str, provenance: ModelProvenance | Mapping[str, str] | None) -> dict[str, str]:
@@ -242,10 +262,10 @@ def load_version(name: str, version: str, project: str | None = None) -> ModelBu
     the ``project``, ``data_fingerprint``, ``trained_through`` and ``data`` it was registered with."""
     registered = registered_name(name, project)
     uri = f"models:/{registered}/{version}"
-    booster = mlflow.xgboost.load_model(uri)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         descriptor = json.loads(next(local.rglob(BUNDLE_FILE)).read_text())
+    booster = mlflow.xgboost.load_model(uri) if descriptor.get("kind", XGBOOST) == XGBOOST else None
     bundle = ModelBundle.from_parts(booster, descriptor)
     bundle.meta.update(version_provenance(registered, version).meta())
     bundle.meta["version"] = version
