@@ -1,0 +1,334 @@
+"""Customer lifetime value: expected orders, P(alive), predicted spend and the next order date.
+
+Two buy-till-you-die models, fitted by maximum likelihood (PyMC-Marketing's MAP fit with flat priors)
+on the orders before an as_of:
+
+* **BG/NBD** (Fader, Hardie & Lee 2005): while alive a customer orders at a Poisson rate (rates across
+  customers Gamma(r, alpha)); after each order they drop out with probability p (Beta(a, b) across
+  customers). Gives P(alive) and the expected number of orders in the next t days.
+* **Gamma-Gamma** (Fader & Hardie 2013, "The Gamma-Gamma model of monetary value"): the spend per
+  order, fitted on repeat buyers (parameters p, q, v). A customer's expected spend per order is a
+  weighted mean of the population mean ``p v / (q - 1)`` and their own mean repeat-order value; a
+  customer with no repeat order gets the population mean.
+
+Fitting needs ``pymc_marketing`` (imported only by :func:`fit_clv`); predictions are closed forms of
+the seven fitted numbers (:class:`ClvModel`), so scoring a customer needs numpy and scipy only.
+
+Units, as ``pymc_marketing.clv.utils.rfm_summary`` defines them (time unit: a UTC day): an *order* is
+an order id's lines with a positive quantity (value: the sum of quantity x unit_price), as the
+``orders_count`` and ``revenue`` features count them. Returns (negative quantities) are neither orders
+nor subtracted from spend: the models predict gross spend. Orders on the same day count as one
+purchase occasion with their values summed. ``frequency`` is the number of days with an order after
+the first, ``recency`` the days from the first to the last such day, ``T`` the days from the first to
+the as_of's day, ``monetary_value`` the mean value of the repeat days (0 without one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit, hyp2f1
+from scipy.stats import spearmanr
+
+from features.build import to_timestamp
+from features.errors import InputError
+from features.schema import CUSTOMER_ID, ORDER_ID, ORDERED_AT, QUANTITY, UNIT_PRICE, Table
+from features.tables import Tables
+
+DEFAULT_HORIZON_DAYS = 365
+SHORT_HORIZONS_DAYS = (180, 90)  # for a history before the as_of shorter than the asked horizon
+MIN_REPEAT_BUYERS = 30  # customers with a second order day needed to fit either model
+PARAMETERS = ("r", "alpha", "a", "b", "p", "q", "v")
+SUMMARY_COLUMNS = (CUSTOMER_ID, "frequency", "recency", "T", "monetary_value", "spend")
+PREDICTION_COLUMNS = (CUSTOMER_ID, "expected_orders", "p_alive", "predicted_clv", "next_order_date")
+HOLDOUT_COLUMNS = (CUSTOMER_ID, "actual_orders", "actual_spend")
+COMPILE_MODE = "FAST_COMPILE"
+_BISECTIONS = 40  # halvings of the horizon when solving for the next order date: far below a minute
+
+
+def _day_sql(column: str) -> str:
+    return f"date_trunc('day', {column})"
+
+
+def clv_summary(tables: Tables, as_of: datetime | str | pd.Timestamp) -> pd.DataFrame:
+    """One row per customer with an order before ``as_of``: ``frequency``, ``recency``, ``T``,
+    ``monetary_value`` (see the module docstring; equal to PyMC-Marketing's ``rfm_summary`` with its
+    observation end at ``as_of``) and ``spend`` (every order's value before ``as_of``, the first
+    included), sorted by customer id."""
+    when = to_timestamp(as_of)
+    sql = f"""
+        WITH purchases AS (
+            SELECT {CUSTOMER_ID}, {ORDER_ID}, min({ORDERED_AT}) AS placed, sum({QUANTITY} * {UNIT_PRICE}) AS value
+            FROM {Table.ORDERS.value} WHERE {ORDERED_AT} < $as_of AND {QUANTITY} > 0
+            GROUP BY {CUSTOMER_ID}, {ORDER_ID}),
+        days AS (
+            SELECT {CUSTOMER_ID}, {_day_sql('placed')} AS day, sum(value) AS value FROM purchases GROUP BY 1, 2),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY {CUSTOMER_ID} ORDER BY day) AS k FROM days)
+        SELECT {CUSTOMER_ID},
+               CAST(count(*) - 1 AS DOUBLE) AS frequency,
+               CAST(date_diff('day', min(day), max(day)) AS DOUBLE) AS recency,
+               CAST(date_diff('day', min(day), {_day_sql('$as_of')}) AS DOUBLE) AS "T",
+               CAST(coalesce(avg(value) FILTER (WHERE k > 1), 0) AS DOUBLE) AS monetary_value,
+               CAST(sum(value) AS DOUBLE) AS spend
+        FROM ranked GROUP BY {CUSTOMER_ID} ORDER BY {CUSTOMER_ID}"""
+    return tables.con.sql(sql, params={"as_of": when}).df()[list(SUMMARY_COLUMNS)]
+
+
+def choose_horizon(history_days: float, asked_days: int = DEFAULT_HORIZON_DAYS) -> tuple[int, str]:
+    """The horizon to predict over and a sentence saying why: ``asked_days`` when the history before
+    the as_of is at least that long, else the longest of :data:`SHORT_HORIZONS_DAYS` it covers (the
+    shortest when it covers none)."""
+    if asked_days < 1:
+        raise InputError(f"The CLV horizon must be a whole number of days of at least 1. Got {asked_days} instead.")
+    if history_days >= asked_days:
+        return asked_days, f"horizon {asked_days} days"
+    shorter = [h for h in SHORT_HORIZONS_DAYS if h < asked_days]
+    if not shorter:
+        return asked_days, f"horizon {asked_days} days"
+    chosen = next((h for h in shorter if h <= history_days), shorter[-1])
+    return chosen, (f"horizon {chosen} days: the history before the as_of is {history_days:.0f} days, "
+                    f"shorter than the {asked_days} days asked")
+
+
+def _flat_priors() -> dict[str, Any]:
+    from pymc_extras.prior import Prior
+
+    return {name: Prior("HalfFlat") for name in ("r", "alpha", "a", "b")}
+
+
+def fit_library_models(summary: pd.DataFrame) -> tuple[Any, Any]:
+    """PyMC-Marketing's BetaGeoModel (every customer) and GammaGammaModel (repeat buyers with a
+    positive mean value), fitted by MAP with flat priors (maximum likelihood)."""
+    import pytensor
+    from pymc_marketing import clv
+
+    repeat = int((summary["frequency"] > 0).sum())
+    if repeat < MIN_REPEAT_BUYERS:
+        raise InputError(f"Too few repeat buyers to fit the CLV models: {repeat} customers ordered on more than "
+                         f"one day before the as_of; at least {MIN_REPEAT_BUYERS} are needed. Use a later --as-of "
+                         "or more history.")
+    bg, gg = clv.BetaGeoModel(model_config=_flat_priors()), clv.GammaGammaModel()
+    spenders = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+    # The data are constants of the compiled graph, so every as_of compiles anew; pytensor's fast-compile
+    # mode halves that and the optimisation itself stays a few seconds (docs/clv.md).
+    with pytensor.config.change_flags(mode=COMPILE_MODE):
+        bg.fit(data=summary[[CUSTOMER_ID, "frequency", "recency", "T"]], method="map", progressbar=False)
+        gg.fit(data=spenders[[CUSTOMER_ID, "frequency", "monetary_value"]], method="map", progressbar=False)
+    return bg, gg
+
+
+def library_parameters(bg: Any, gg: Any) -> dict[str, float]:
+    """The fitted BG/NBD (r, alpha, a, b) and Gamma-Gamma (p, q, v) point estimates."""
+    return {name: float(np.asarray(model.fit_result[name]).reshape(-1)[0])
+            for model, names in ((bg, ("r", "alpha", "a", "b")), (gg, ("p", "q", "v"))) for name in names}
+
+
+@dataclass(frozen=True)
+class ClvModel:
+    """The fitted BG/NBD (r, alpha, a, b) and Gamma-Gamma (p, q, v) parameters, in days and the
+    shop's currency, with the as_of they were fitted at and the horizon predictions default to."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+    p: float
+    q: float
+    v: float
+    as_of: datetime
+    horizon_days: int
+    customers: int
+    repeat_buyers: int
+    report: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean_spend(self) -> float:
+        """The population's expected spend per order (Gamma-Gamma: p v / (q - 1))."""
+        return self.p * self.v / (self.q - 1)
+
+    def expected_orders(self, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray,
+                        t: float | np.ndarray) -> np.ndarray:
+        """BG/NBD expected orders in the next ``t`` days (Fader, Hardie & Lee 2005, eq. 10)."""
+        x, tx, T = np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
+        r, alpha, a, b = self.r, self.alpha, self.a, self.b
+        t = np.asarray(t, float)
+        head = (a + b + x - 1) / (a - 1)
+        tail = 1 - np.exp((r + x) * np.log((alpha + T) / (alpha + T + t))) * hyp2f1(
+            r + x, b + x, a + b + x - 1, t / (alpha + T + t))
+        odds = np.where(x > 0, a / (b + np.maximum(x, 1) - 1) * np.exp((r + x) * np.log((alpha + T) / (alpha + tx))), 0)
+        return head * tail / (1 + odds)
+
+    def p_alive(self, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """BG/NBD P(alive) at the as_of (Fader, Hardie & Lee 2008): 1 without a repeat order."""
+        x, tx, T = np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
+        log_odds = (self.r + x) * np.log((self.alpha + T) / (self.alpha + tx)) + np.log(
+            self.a / (self.b + np.maximum(x, 1) - 1))
+        return np.where(x == 0, 1.0, expit(-log_odds))
+
+    def spend_per_order(self, frequency: np.ndarray, monetary_value: np.ndarray) -> np.ndarray:
+        """Gamma-Gamma expected spend per order (Fader & Hardie 2013, eq. 5): the population mean for a
+        customer without a repeat order."""
+        x, z = np.asarray(frequency, float), np.asarray(monetary_value, float)
+        weight = self.p * x / (self.p * x + self.q - 1)
+        return (1 - weight) * self.mean_spend + weight * z
+
+    def predict(self, summary: pd.DataFrame, horizon_days: int | None = None) -> pd.DataFrame:
+        """``expected_orders`` (order days) and ``predicted_clv`` (spend, undiscounted) in the
+        ``horizon_days`` after the as_of (default: the model's horizon), ``p_alive`` at the as_of and
+        ``next_order_date``: the day on which the expected number of orders since the as_of reaches
+        one, NaT when fewer than one order is expected within the horizon. ``summary``: rows of
+        :func:`clv_summary` at the model's as_of."""
+        h = self.horizon_days if horizon_days is None else int(horizon_days)
+        if h < 1:
+            raise InputError(f"horizon_days must be at least 1. Got {h} instead.")
+        x, tx, T = (summary[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+        orders = self.expected_orders(x, tx, T, h)
+        return pd.DataFrame({
+            CUSTOMER_ID: summary[CUSTOMER_ID].to_numpy(),
+            "expected_orders": orders,
+            "p_alive": self.p_alive(x, tx, T),
+            "predicted_clv": orders * self.spend_per_order(x, summary["monetary_value"].to_numpy(float)),
+            "next_order_date": self._next_order_date(x, tx, T, orders >= 1, h),
+        })
+
+    def _next_order_date(self, x: np.ndarray, tx: np.ndarray, T: np.ndarray, reached: np.ndarray,
+                         h: int) -> np.ndarray:
+        """Bisection on the expected orders (increasing in t) for the t where they reach one."""
+        lo, hi = np.zeros(int(reached.sum())), np.full(int(reached.sum()), float(h))
+        xs, txs, Ts = x[reached], tx[reached], T[reached]
+        for _ in range(_BISECTIONS):
+            mid = (lo + hi) / 2
+            below = self.expected_orders(xs, txs, Ts, mid) < 1
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        dates = np.full(len(x), np.datetime64("NaT"), dtype="datetime64[ns]")
+        start = np.datetime64(pd.Timestamp(self.as_of).normalize().to_datetime64(), "ns")
+        dates[reached] = start + (np.floor(hi) * 86_400e9).astype("timedelta64[ns]")
+        return dates
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe parameters and fit facts, for saving with a registered model."""
+        return {**asdict(self), "as_of": self.as_of.isoformat(), "report": dict(self.report)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClvModel:
+        """The model :meth:`to_dict` gave; an InputError naming a missing key."""
+        missing = sorted({*PARAMETERS, "as_of", "horizon_days", "customers", "repeat_buyers"} - set(data))
+        if missing:
+            raise InputError(f"The saved CLV model lacks {', '.join(missing)}; expected the keys of ClvModel.to_dict().")
+        return cls(**{**{k: float(data[k]) for k in PARAMETERS}, "as_of": datetime.fromisoformat(data["as_of"]),
+                      "horizon_days": int(data["horizon_days"]), "customers": int(data["customers"]),
+                      "repeat_buyers": int(data["repeat_buyers"]), "report": dict(data.get("report", {}))})
+
+
+def fit_clv(tables: Tables, as_of: datetime | str | pd.Timestamp,
+            horizon_days: int = DEFAULT_HORIZON_DAYS) -> ClvModel:
+    """Fit BG/NBD and Gamma-Gamma on the orders strictly before ``as_of``; the model's horizon is
+    ``horizon_days`` or a shorter one when the history is short (:func:`choose_horizon`; its reason in
+    ``report["horizon"]``). An InputError with too few repeat buyers or a spend model without a mean."""
+    when = to_timestamp(as_of)
+    summary = clv_summary(tables, when)
+    first = tables.con.sql(f"SELECT min({ORDERED_AT}) FROM {Table.ORDERS.value} WHERE {ORDERED_AT} < $as_of",
+                           params={"as_of": when}).fetchall()[0][0]
+    history = 0.0 if first is None else (when - first).total_seconds() / 86_400
+    horizon, why = choose_horizon(history, horizon_days)
+    started = time.perf_counter()
+    params = library_parameters(*fit_library_models(summary))
+    if not params["q"] > 1:
+        raise InputError(f"The Gamma-Gamma spend model has no finite mean spend (q = {params['q']:.3g}, must be above "
+                         "1): spend per order is too heavy-tailed before this as_of.")
+    bad = [k for k, v in params.items() if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise InputError(f"The CLV fit did not converge: {', '.join(bad)} not a positive finite number ({params}).")
+    report = {"history_days": round(history, 1), "horizon": why, "fit_seconds": round(time.perf_counter() - started, 2),
+              "spend_customers": int(((summary["frequency"] > 0) & (summary["monetary_value"] > 0)).sum())}
+    return ClvModel(**params, as_of=when, horizon_days=horizon, customers=len(summary),
+                    repeat_buyers=int((summary["frequency"] > 0).sum()), report=report)
+
+
+def clv_holdout(tables: Tables, as_of: datetime | str | pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+    """The CLV evaluation protocol: calibration = orders before ``as_of``; holdout = the next
+    ``horizon_days`` days. One row per calibration customer (an order before ``as_of``):
+    ``actual_orders`` (days with an order in ``[as_of, as_of + horizon)``, the unit the model predicts)
+    and ``actual_spend`` (those orders' value). An InputError when the data ends before the window."""
+    when = to_timestamp(as_of)
+    end = when + pd.Timedelta(days=int(horizon_days))
+    _, last = tables.time_range()
+    if last is None or last < end - pd.Timedelta(days=1):
+        raise InputError(f"The CLV holdout [{when:%Y-%m-%d}, {end:%Y-%m-%d}) is not inside the data, whose last row "
+                         f"is at {last}; use an earlier as_of or a shorter horizon.")
+    sql = f"""
+        WITH purchases AS (
+            SELECT {CUSTOMER_ID}, min({ORDERED_AT}) AS placed, sum({QUANTITY} * {UNIT_PRICE}) AS value
+            FROM {Table.ORDERS.value} WHERE {ORDERED_AT} < $end AND {QUANTITY} > 0
+            GROUP BY {CUSTOMER_ID}, {ORDER_ID}),
+        calibration AS (SELECT DISTINCT {CUSTOMER_ID} FROM purchases WHERE placed < $as_of)
+        SELECT c.{CUSTOMER_ID},
+               CAST(count(DISTINCT {_day_sql('p.placed')}) AS DOUBLE) AS actual_orders,
+               CAST(coalesce(sum(p.value), 0) AS DOUBLE) AS actual_spend
+        FROM calibration c LEFT JOIN purchases p ON p.{CUSTOMER_ID} = c.{CUSTOMER_ID} AND p.placed >= $as_of
+        GROUP BY c.{CUSTOMER_ID} ORDER BY c.{CUSTOMER_ID}"""
+    return tables.con.sql(sql, params={"as_of": when, "end": end}).df()[list(HOLDOUT_COLUMNS)]
+
+
+def historic_rate(summary: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """The baseline: a customer's spend and order days per day since their first order (at least one
+    day) before the as_of, times the horizon."""
+    days = np.maximum(summary["T"].to_numpy(float), 1.0)
+    return pd.DataFrame({CUSTOMER_ID: summary[CUSTOMER_ID].to_numpy(),
+                         "expected_orders": (summary["frequency"].to_numpy(float) + 1) / days * horizon_days,
+                         "predicted_clv": summary["spend"].to_numpy(float) / days * horizon_days})
+
+
+def top_decile_share(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """Share of the total ``actual`` held by the ceil(n / 10) rows with the highest ``predicted``
+    (ties broken by position, so the figure does not depend on luck in sorting)."""
+    n = len(actual)
+    top = np.argsort(-np.asarray(predicted, float), kind="stable")[: math.ceil(n / 10)]
+    total = float(np.sum(actual))
+    return float(np.sum(np.asarray(actual, float)[top]) / total) if total > 0 else float("nan")
+
+
+def orders_calibration(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Mean expected and actual orders per decile (``bins`` equal-count groups, ties by position) of the
+    expected orders: ``decile`` 1 is the lowest."""
+    expected, actual = np.asarray(expected, float), np.asarray(actual, float)
+    order = np.argsort(expected, kind="stable")
+    group = np.empty(len(expected), dtype=int)
+    group[order] = np.arange(len(expected)) * bins // max(len(expected), 1)
+    frame = pd.DataFrame({"decile": group + 1, "expected_orders": expected, "actual_orders": actual})
+    out = frame.groupby("decile").agg(customers=("expected_orders", "size"), expected_orders=("expected_orders", "mean"),
+                                      actual_orders=("actual_orders", "mean"))
+    return out.reset_index()
+
+
+def evaluate_clv(holdout: pd.DataFrame, predictions: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+    """Each named prediction frame (``customer_id``, ``expected_orders``, ``predicted_clv``) against the
+    holdout of :func:`clv_holdout`: spend ``mae``, ``spearman``, ``top_decile_share`` of the holdout
+    spend, ``total_ratio`` (predicted over actual total spend), ``orders_mae`` and the ``calibration``
+    of expected orders (records of :func:`orders_calibration`)."""
+    results = {}
+    for name, predicted in predictions.items():
+        joined = holdout.merge(predicted, on=CUSTOMER_ID, how="left", validate="one_to_one")
+        if joined["predicted_clv"].isna().any():
+            missing = joined.loc[joined["predicted_clv"].isna(), CUSTOMER_ID].iloc[0]
+            raise InputError(f"The {name} predictions lack holdout customers, e.g. {missing!r}: predict every "
+                             "customer of clv_holdout.")
+        spend, clv = joined["actual_spend"].to_numpy(float), joined["predicted_clv"].to_numpy(float)
+        results[name] = {
+            "customers": len(joined),
+            "mae": float(np.mean(np.abs(clv - spend))),
+            "spearman": float(spearmanr(clv, spend).statistic),
+            "top_decile_share": top_decile_share(clv, spend),
+            "total_ratio": float(clv.sum() / spend.sum()) if spend.sum() > 0 else float("nan"),
+            "orders_mae": float(np.mean(np.abs(joined["expected_orders"] - joined["actual_orders"]))),
+            "calibration": orders_calibration(joined["expected_orders"], joined["actual_orders"]).to_dict("records"),
+        }
+    return results
