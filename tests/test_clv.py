@@ -89,6 +89,8 @@ def test_historic_rate_pinned(pinned: Tables) -> None:
     got = historic_rate(clv_summary(pinned, AS_OF), 10)
     assert got["predicted_clv"].tolist() == [40.0, 30.0]
     assert got["expected_orders"].tolist() == [3.0, 10.0]
+    # per day of a 20-day shop history instead: 40 / 20 x 10 and 3 / 20 x 10
+    assert historic_rate(clv_summary(pinned, AS_OF), 10, history_days=20)["predicted_clv"].tolist() == [20.0, 1.5]
 
 
 def test_too_few_repeat_buyers(pinned: Tables) -> None:

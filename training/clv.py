@@ -278,10 +278,11 @@ def clv_holdout(tables: Tables, as_of: datetime | str | pd.Timestamp, horizon_da
     return tables.con.sql(sql, params={"as_of": when, "end": end}).df()[list(HOLDOUT_COLUMNS)]
 
 
-def historic_rate(summary: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
-    """The baseline: a customer's spend and order days per day since their first order (at least one
-    day) before the as_of, times the horizon."""
-    days = np.maximum(summary["T"].to_numpy(float), 1.0)
+def historic_rate(summary: pd.DataFrame, horizon_days: int, history_days: float | None = None) -> pd.DataFrame:
+    """The baseline: a customer's spend and order days before the as_of per day, times the horizon; per
+    day since their own first order (at least one day), or per day of ``history_days`` when given
+    (the shop's whole history before the as_of: then it ranks customers by their past spend)."""
+    days = np.maximum(summary["T"].to_numpy(float), 1.0) if history_days is None else float(history_days)
     return pd.DataFrame({CUSTOMER_ID: summary[CUSTOMER_ID].to_numpy(),
                          "expected_orders": (summary["frequency"].to_numpy(float) + 1) / days * horizon_days,
                          "predicted_clv": summary["spend"].to_numpy(float) / days * horizon_days})
