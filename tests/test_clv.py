@@ -4,6 +4,8 @@ PyMC-Marketing's own on one fitted model (a 400-customer generated shop, fitted 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -221,3 +223,30 @@ def test_to_dict_round_trip(fitted: tuple[ClvModel, pd.DataFrame]) -> None:
     pd.testing.assert_frame_equal(again.predict(summary), model.predict(summary))
     with pytest.raises(InputError, match="lacks alpha, as_of"):
         ClvModel.from_dict({k: v for k, v in model.to_dict().items() if k not in ("alpha", "as_of")})
+
+
+def test_predict_row_equals_predict_and_a_later_as_of_moves_the_date(fitted: tuple[ClvModel, pd.DataFrame]) -> None:
+    model, summary = fitted
+    frame = model.predict(summary)
+    for i in (int(np.argmax(frame["expected_orders"])), int(np.argmin(frame["expected_orders"]))):
+        got = model.predict_row(summary.iloc[i].to_dict())
+        want = frame.iloc[i]
+        assert got["expected_orders"] == want["expected_orders"] and got["predicted_clv"] == want["predicted_clv"]
+        assert got["next_order_date"] == (None if pd.isna(want["next_order_date"]) else want["next_order_date"])
+    later = model.predict(summary, as_of=pd.Timestamp(DEMO_AS_OF) + pd.Timedelta(days=10))
+    dated = frame["next_order_date"].notna()
+    assert ((later.loc[dated, "next_order_date"] - frame.loc[dated, "next_order_date"]) == pd.Timedelta(days=10)).all()
+
+
+def test_predicting_needs_no_pymc(fitted: tuple[ClvModel, pd.DataFrame]) -> None:
+    """The service scores from saved parameters: importing and predicting must not load pymc."""
+    model, summary = fitted
+    code = ("import json, sys, pandas as pd; from training.clv import ClvModel; "
+            "m = ClvModel.from_dict(json.loads(sys.argv[1])); "
+            "print(m.predict(pd.DataFrame(json.loads(sys.argv[2])))['expected_orders'].round(9).tolist()); "
+            "assert not [k for k in sys.modules if k.startswith(('pymc', 'pytensor'))], 'pymc was imported'")
+    rows = summary.head(3).to_dict("records")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(model.to_dict()), json.dumps(rows)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(model.predict(summary.head(3))["expected_orders"].round(9).tolist())
+

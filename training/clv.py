@@ -180,12 +180,14 @@ class ClvModel:
         weight = self.p * x / (self.p * x + self.q - 1)
         return (1 - weight) * self.mean_spend + weight * z
 
-    def predict(self, summary: pd.DataFrame, horizon_days: int | None = None) -> pd.DataFrame:
+    def predict(self, summary: pd.DataFrame, horizon_days: int | None = None,
+                as_of: datetime | str | pd.Timestamp | None = None) -> pd.DataFrame:
         """``expected_orders`` (order days) and ``predicted_clv`` (spend, undiscounted) in the
-        ``horizon_days`` after the as_of (default: the model's horizon), ``p_alive`` at the as_of and
-        ``next_order_date``: the day on which the expected number of orders since the as_of reaches
-        one, NaT when fewer than one order is expected within the horizon. ``summary``: rows of
-        :func:`clv_summary` at the model's as_of."""
+        ``horizon_days`` after ``as_of`` (defaults: the model's horizon and as_of), ``p_alive`` at
+        ``as_of`` and ``next_order_date``: the day on which the expected number of orders since
+        ``as_of`` reaches one, NaT when fewer than one order is expected within the horizon.
+        ``summary``: rows of :func:`clv_summary` taken at ``as_of`` (a later as_of than the fit's
+        scores today's customers with the fitted parameters)."""
         h = self.horizon_days if horizon_days is None else int(horizon_days)
         if h < 1:
             raise InputError(f"horizon_days must be at least 1. Got {h} instead.")
@@ -196,11 +198,21 @@ class ClvModel:
             "expected_orders": orders,
             "p_alive": self.p_alive(x, tx, T),
             "predicted_clv": orders * self.spend_per_order(x, summary["monetary_value"].to_numpy(float)),
-            "next_order_date": self._next_order_date(x, tx, T, orders >= 1, h),
+            "next_order_date": self._next_order_date(x, tx, T, orders >= 1, h,
+                                                     to_timestamp(self.as_of if as_of is None else as_of)),
         })
 
+    def predict_row(self, values: Mapping[str, Any], horizon_days: int | None = None,
+                    as_of: datetime | str | pd.Timestamp | None = None) -> dict[str, Any]:
+        """One customer's :meth:`predict` from their ``frequency``, ``recency``, ``T`` and
+        ``monetary_value``; ``next_order_date`` a Timestamp or None."""
+        row = self.predict(pd.DataFrame([{CUSTOMER_ID: values.get(CUSTOMER_ID), **{
+            c: float(values[c]) for c in SUMMARY_COLUMNS[1:5]}}]), horizon_days, as_of).iloc[0].to_dict()
+        row["next_order_date"] = None if pd.isna(row["next_order_date"]) else row["next_order_date"]
+        return {k: v for k, v in row.items() if k != CUSTOMER_ID}
+
     def _next_order_date(self, x: np.ndarray, tx: np.ndarray, T: np.ndarray, reached: np.ndarray,
-                         h: int) -> np.ndarray:
+                         h: int, as_of: datetime) -> np.ndarray:
         """Bisection on the expected orders (increasing in t) for the t where they reach one."""
         lo, hi = np.zeros(int(reached.sum())), np.full(int(reached.sum()), float(h))
         xs, txs, Ts = x[reached], tx[reached], T[reached]
@@ -209,7 +221,7 @@ class ClvModel:
             below = self.expected_orders(xs, txs, Ts, mid) < 1
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
         dates = np.full(len(x), np.datetime64("NaT"), dtype="datetime64[ns]")
-        start = np.datetime64(pd.Timestamp(self.as_of).normalize().to_datetime64(), "ns")
+        start = np.datetime64(pd.Timestamp(as_of).normalize().to_datetime64(), "ns")
         dates[reached] = start + (np.floor(hi) * 86_400e9).astype("timedelta64[ns]")
         return dates
 
