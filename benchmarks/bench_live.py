@@ -372,7 +372,7 @@ def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, ack
                 break
             lag = max(lag, -wait)
             post_events(client, body, 100)
-            acks.put(("ack", i, time.perf_counter()))
+            acks.put(("ack", i, time.perf_counter()))  # CLOCK_MONOTONIC on Linux: the same in both processes
             posted += 100
         acks.put(("done", posted, time.perf_counter() - start, lag))
     finally:
@@ -403,11 +403,16 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
     for customer in touched + untouched[:200]:
         nba(client, customer)
 
-    def window(busy: bool) -> dict:
+    def stay() -> None:
+        """Back to the measured worker if the server closed the idle connection (a new one may land on
+        another worker)."""
         nonlocal client
-        if worker_of(client) != measured:  # the connection was closed meanwhile: back to the same worker
+        if worker_of(client) != measured:
             client.close()
             client, _ = connect(base, worker=measured)
+
+    def window(busy: bool) -> dict:
+        stay()
         if not busy:  # every touched customer answered once since their last event: idle reads cached answers
             for customer in touched:
                 nba(client, customer)
@@ -422,6 +427,7 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
             if kind != "ready":
                 raise RuntimeError(f"the feeder process sent {kind!r}; expected 'ready' first")
             time.sleep(0.3)  # the feed runs before the first measured request
+            stay()  # the connection idled while the feeder process started
 
         def take(message: tuple) -> None:
             if message[0] == "ack":
@@ -475,8 +481,11 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
             if workers > 1:
                 out["feeder_worker"] = fed["worker"]
         out["seconds"] = round(elapsed, 1)
+        if worker_of(client) != measured:
+            raise RuntimeError(f"the measuring connection left worker {measured} during a window; expected it "
+                               "to stay (keep-alive)")
         if workers > 1:
-            out["measured_worker"] = worker_of(client)
+            out["measured_worker"] = measured
         return out
 
     idle, busy = [], []
