@@ -181,8 +181,10 @@ def choose_model(tables: Tables, fold: Holdout, k: int = 10, budget_s: float = D
         say(f"model choice: {candidate.name}")
         try:
             results.append(_score(candidate, tables, fold, k))
-        except SendwiseError as exc:
+        except SendwiseError as exc:  # the data does not suit it (a catalog over EASE's cap, too short a history)
             results.append(CandidateResult(candidate, f"skipped: {str(exc).rstrip('.')}"))
+        except Exception as exc:  # noqa: BLE001 - one candidate's failure leaves the others to choose from
+            results.append(CandidateResult(candidate, f"failed: {type(exc).__name__}: {exc}"))
     best, reason = winner(results)
     top = max((r for r in results if r.scored), key=lambda r: r.ndcg)
     for r in results:

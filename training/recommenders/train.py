@@ -113,6 +113,32 @@ def _windows(tables: Tables, date: datetime, window_days: int) -> tuple[datetime
     return holdout_start, until, tune_start
 
 
+@dataclass
+class ProtocolFolds:
+    """The folds of ``train_recommender`` at one as_of."""
+
+    protocol: str
+    reason: str
+    cut: Tables  # the rows before the as_of: models fit on them (or on a fold's inputs)
+    test: Holdout  # the holdout
+    validation: Holdout  # the fold before it (model choice, tuning); its inputs set
+    scored_on: Tables  # what the holdout's histories are read from when it has no inputs of its own
+
+
+def protocol_folds(tables: Tables, date: datetime, window_days: int) -> ProtocolFolds:
+    """The protocol :func:`~training.protocols.choose_protocol` picks from the rows before ``date``
+    and its holdout and validation fold (see the module)."""
+    holdout_start, until, tune_start = _windows(tables, date, window_days)
+    cut = tables.before(date)
+    protocol, reason = choose_protocol(cut, window_days)
+    if protocol == LEAVE_LATEST_OUT:
+        test = leave_latest_out(cut, date)
+        return ProtocolFolds(protocol, reason, cut, test, validation_fold(cut, test, window_days), cut)
+    test = holdout(tables if until is None else cut, holdout_start, until)
+    fold = replace(holdout(cut, tune_start, holdout_start), inputs=cut)
+    return ProtocolFolds(protocol, reason, cut, test, fold, cut if until else tables)
+
+
 def tune(tables: Tables, kind: str, fold: Holdout, trials: int, k: int, base_config: InteractionConfig | None,
          random_state: int, on_trial: Callable[[optuna.Trial, dict, float], None] | None = None,
          fixed: dict | None = None) -> dict:
@@ -158,16 +184,10 @@ def train_recommender(tables: Tables, as_of: object, kind: str = AUTO, trials: i
     registered_name(REGISTERED_NAME, project)  # a bad project name fails before any work
     date = to_timestamp(as_of)
     say = progress or (lambda _: None)
-    holdout_start, until, tune_start = _windows(tables, date, window_days)
-    cut = tables.before(date)
-    protocol, protocol_reason = choose_protocol(cut, window_days)
+    folds = protocol_folds(tables, date, window_days)
+    cut, test, fold, scored_on = folds.cut, folds.test, folds.validation, folds.scored_on
+    protocol, protocol_reason = folds.protocol, folds.reason
     say(f"protocol: {protocol} ({protocol_reason})")
-    if protocol == LEAVE_LATEST_OUT:
-        test, scored_on = leave_latest_out(cut, date), cut
-        fold = validation_fold(cut, test, window_days)
-    else:
-        test, scored_on = holdout(tables if until is None else cut, holdout_start, until), cut if until else tables
-        fold = replace(holdout(cut, tune_start, holdout_start), inputs=cut)
 
     configure_tracking(mlruns)
     mlflow.set_experiment(experiment_id=experiment_id("sendwise-recommender", mlruns))
