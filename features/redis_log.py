@@ -44,12 +44,13 @@ from features.event_log import (
 )
 from features.schema import CUSTOMER_ID
 
-__all__ = ["NAMESPACE_RULE", "READ_CHUNK", "RedisEventLog", "RedisLocation", "Removal"]
+__all__ = ["NAMESPACE_RULE", "NO_PROJECT", "READ_CHUNK", "RedisEventLog", "RedisLocation", "Removal", "redacted_url"]
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE_RULE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # a project name's rule (training.registry.PROJECT_RULE)
 _NAMESPACE = re.compile(NAMESPACE_RULE)
+NO_PROJECT = "_"  # the namespace of a service without a project (no project name can be it)
 READ_CHUNK = 10_000  # stream entries per XRANGE
 _DURABLE = {"appendonly": "yes", "appendfsync": "always"}
 
@@ -88,14 +89,27 @@ return {#entries, table.concat(ids, ' '), table.concat(lines, '\\n')}
 """
 
 
-def _redacted(url: str) -> str:
-    """``url`` with its password (if any) shown as ``***``."""
+# KEYS: the clock hash; ARGV: a data end and the wall time it holds at (epoch seconds, as text). The
+# stored origin stays unless its clock reads earlier than the given data end at that wall time; returns
+# the origin in force {data_end, wall}.
+_CLOCK = """
+local data_end, wall = redis.call('HGET', KEYS[1], 'data_end'), redis.call('HGET', KEYS[1], 'wall')
+if data_end and tonumber(data_end) + (tonumber(ARGV[2]) - tonumber(wall)) >= tonumber(ARGV[1]) then
+  return {data_end, wall}
+end
+redis.call('HSET', KEYS[1], 'data_end', ARGV[1], 'wall', ARGV[2])
+return {ARGV[1], ARGV[2]}
+"""
+SOCKET_TIMEOUT = 5.0  # seconds a Redis call may take before it fails (a stalled server must not hang answers)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as it may be shown: scheme, host, port and path only (a password can sit in the user
+    part or in the query, ``?password=``: neither is shown)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except ValueError:
         return "<a URL that does not parse>"
 
@@ -104,16 +118,17 @@ def _redacted(url: str) -> str:
 class RedisLocation:
     """Where a Redis event log lives: the server's URL and the project's namespace of keys."""
 
-    url: str
+    url: str = field(repr=False)  # it may hold a password
     namespace: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.namespace, str) or not _NAMESPACE.fullmatch(self.namespace):
+        if self.namespace != NO_PROJECT and (not isinstance(self.namespace, str)
+                                             or not _NAMESPACE.fullmatch(self.namespace)):
             raise InputError(f"Redis event log namespace {self.namespace!r} is not valid: it must match "
                              f"{NAMESPACE_RULE} (a project name: 1-64 letters, digits, '_' or '-', starting with a "
                              "letter or digit)")
         if not isinstance(self.url, str) or urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
-            raise InputError(f"Redis event log URL {_redacted(str(self.url))!r} is not valid; expected a Redis URL "
+            raise InputError(f"Redis event log URL {redacted_url(str(self.url))!r} is not valid; expected a Redis URL "
                              "such as redis://host:6379/0 (rediss:// for TLS, unix:///path/redis.sock)")
 
     @property
@@ -126,8 +141,13 @@ class RedisLocation:
         """The hash of event_id -> SHA-1 of the line."""
         return f"sendwise:{self.namespace}:ids"
 
+    @property
+    def clock(self) -> str:
+        """The hash of the data clock's origin every worker runs on (see :meth:`RedisEventLog.agree_clock`)."""
+        return f"sendwise:{self.namespace}:clock"
+
     def __str__(self) -> str:
-        return f"{_redacted(self.url)} stream {self.stream}"
+        return f"{redacted_url(self.url)} stream {self.stream}"
 
 
 @dataclass
@@ -157,9 +177,10 @@ class RedisEventLog:
     def __init__(self, location: RedisLocation, check_durability: bool = True) -> None:
         self.location = location
         try:
-            self._client = redis.Redis.from_url(location.url, socket_connect_timeout=5, socket_timeout=30)
+            self._client = redis.Redis.from_url(location.url, socket_connect_timeout=5,
+                                                   socket_timeout=SOCKET_TIMEOUT)
         except ValueError as exc:
-            raise InputError(f"Redis event log URL {_redacted(location.url)!r}: {exc}; expected a Redis URL such as "
+            raise InputError(f"Redis event log URL {redacted_url(location.url)!r}: {exc}; expected a Redis URL such as "
                              "redis://host:6379/0 (rediss:// for TLS, unix:///path/redis.sock)") from None
         try:
             self._client.ping()
@@ -174,6 +195,15 @@ class RedisEventLog:
             raise
         self._append = self._client.register_script(_APPEND)
         self._range = self._client.register_script(_RANGE)
+        self._clock = self._client.register_script(_CLOCK)
+        self._skipped: set[str] = set()  # entries that are not events, warned about once
+
+    def agree_clock(self, data_end: float, wall: float) -> tuple[float, float]:
+        """The data clock's origin every worker shares, (data end, wall time), both epoch seconds: the
+        stored one, unless it reads earlier than ``data_end`` at ``wall`` (a later snapshot, or replayed
+        events past it), which then replaces it."""
+        stored_end, stored_wall = self._clock(keys=[self.location.clock], args=[repr(data_end), repr(wall)])
+        return float(stored_end), float(stored_wall)
 
     def _check_durability(self) -> None:
         try:
@@ -223,7 +253,12 @@ class RedisEventLog:
 
     def _entries(self, after: str | None = None, until: str = "+") -> Iterator[tuple[str, dict]]:
         """(entry id, stored record) of every entry after ``after`` (None: from the first) up to ``until``
-        (included; "+": the end), in order."""
+        (included; "+": the end), in order; an entry that is not an event is an InputError naming it."""
+        for entry_id, line in self._lines(after, until):
+            yield entry_id, self._record(entry_id, line)
+
+    def _lines(self, after: str | None = None, until: str = "+") -> Iterator[tuple[str, bytes]]:
+        """(entry id, line) of every entry after ``after`` up to ``until``, in order."""
         low = "-" if after is None else f"({after}"
         while True:
             try:
@@ -238,8 +273,7 @@ class RedisEventLog:
                 raise InputError(f"{self.location}: an entry among {ids[0]} to {ids[-1]} holds a line break; "
                                  "expected one event as JSON per entry, as the event log writes it. Something "
                                  "else wrote to the stream: delete that entry (XDEL).")
-            for entry_id, line in zip(ids, lines, strict=True):
-                yield entry_id, self._record(entry_id, line)
+            yield from zip(ids, lines, strict=True)
             if count < READ_CHUNK:
                 return
             low = f"({ids[-1]}"
@@ -274,13 +308,26 @@ class RedisEventLog:
             yield self._event(entry_id, record)
 
     def read_after(self, position: Position) -> tuple[list[Event], str]:
-        """The events after the entry id ``position`` up to the end, and the id of the last one (``position``
-        when there is none)."""
+        """The events after the entry id ``position`` up to the end, and the id of the last entry read
+        (``position`` when there is none). An entry that is not an event is skipped with a warning."""
         events, position = [], str(position)
-        for entry_id, record in self._entries(position):
-            events.append(self._event(entry_id, record))
+        for entry_id, event in self._events(position):
+            if event is not None:
+                events.append(event)
             position = entry_id
         return events, position
+
+    def _events(self, after: str | None = None, until: str = "+") -> Iterator[tuple[str, Event | None]]:
+        """(entry id, event) of the entries after ``after``; None for one that is not an event (something
+        else wrote it: logged once, so a worker following the log goes on)."""
+        for entry_id, line in self._lines(after, until):
+            try:
+                yield entry_id, self._event(entry_id, self._record(entry_id, line))
+            except InputError as exc:
+                if entry_id not in self._skipped:
+                    self._skipped.add(entry_id)
+                    logger.warning("%s; skipped", exc)
+                yield entry_id, None
 
     def end(self) -> str:
         """The id of the log's last entry now (:attr:`start_position` for an empty log)."""
@@ -292,8 +339,10 @@ class RedisEventLog:
         read began (what is appended meanwhile is left to :meth:`read_after` that end)."""
         end, chunk = self.end(), []
         if end != self.start_position:
-            for entry_id, record in self._entries(until=end):
-                chunk.append(self._event(entry_id, record))
+            for _, event in self._events(until=end):
+                if event is None:
+                    continue
+                chunk.append(event)
                 if len(chunk) == CHUNK_EVENTS:
                     yield chunk, end
                     chunk = []

@@ -27,10 +27,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from redis.exceptions import RedisError
 
+from features.errors import InputError
 from features.event_log import AppendResult, Event, EventLogLike, Position, held_rows
 from features.online import OnlineFeatures
 from features.tables import Tables
@@ -46,8 +47,11 @@ logger = logging.getLogger(__name__)
 FRESH_SECONDS = 60.0  # a touched customer's cached answer is recomputed after this long (windows expire)
 FOLLOW_SECONDS = 0.05  # how often a worker on a shared log looks for the other workers' events
 WARN_EVERY_SECONDS = 10.0  # a log that cannot be read is logged at most this often
+RETRY_SECONDS = 5.0  # after a failed read of the shared log, answers skip it this long
+CLOCK_SECONDS = 1.0  # how often a worker takes the shared data clock's origin again
 
 Listener = Callable[[list[Event]], None]
+T = TypeVar("T")
 
 
 class LiveProfiles:
@@ -62,6 +66,8 @@ class LiveProfiles:
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self._warned = -WARN_EVERY_SECONDS  # when the log could not be read was last logged
+        self._retry_at = 0.0  # answers do not read the shared log before this (it just failed)
+        self._reading = threading.Lock()  # one read of the shared log at a time
 
     @classmethod
     def open(cls, log: EventLogLike, online: OnlineFeatures, clock: ServiceClock, tables: Tables,
@@ -71,6 +77,8 @@ class LiveProfiles:
         ``tables`` (the data ``online`` reads) hold already and those of forgotten customers; show each to
         ``replayed`` with its position; move a data clock past the last one."""
         live = cls(log, online, clock, tables)
+        if log.shared:  # every worker on the store runs one data clock
+            clock.share(log.agree_clock)
         held = held_rows(tables.con, log.records())
         started, last, index = time.perf_counter(), None, 0
         for events, live._position in log.chunks():
@@ -99,23 +107,41 @@ class LiveProfiles:
             self._follower.join(timeout=10)
 
     def _follow_loop(self) -> None:
+        clock_checked = time.monotonic()
         while not self._stop.wait(FOLLOW_SECONDS):
-            self.follow()
+            self.follow(background=True)
+            if time.monotonic() - clock_checked >= CLOCK_SECONDS:
+                clock_checked = time.monotonic()
+                self._guard(self.clock.refresh)
 
-    def follow(self) -> None:
+    def follow(self, background: bool = False) -> None:
         """Apply the events other workers appended to a shared log since this one last looked (nothing
-        to do on a log only this process writes). The online store away for a moment is logged, not
-        raised: the answer is given from what this worker has (the next call catches up)."""
-        if not self.log.shared:
+        to do on a log only this process writes). The log is read outside the lock that applies, so a
+        slow read holds up no other answer. A store that is away (or slow past its timeout) is logged,
+        not raised, and answers skip it for :data:`RETRY_SECONDS` (the background thread keeps trying):
+        the answer is given from what this worker has applied."""
+        if not self.log.shared or (not background and time.monotonic() < self._retry_at):
             return
-        try:
+        with self._reading:
+            position = self._position
+            read = self._guard(lambda: self.log.read_after(position))
+            if read is None:
+                return
             with self._lock:
-                self._take(*self.log.read_after(self._position))
-        except (OSError, RedisError) as exc:
+                if self._position == position:  # else an ingest caught up meanwhile, past these
+                    self._take(*read)
+
+    def _guard(self, call: Callable[[], T]) -> T | None:
+        """``call()``, or None when the shared store fails it (logged at most every WARN_EVERY_SECONDS)."""
+        try:
+            return call()
+        except (OSError, RedisError, InputError) as exc:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
             if time.monotonic() - self._warned > WARN_EVERY_SECONDS:
                 self._warned = time.monotonic()
                 logger.warning("live profiles: the shared event log could not be read (%s: %s); answering from "
                                "the events applied so far", type(exc).__name__, exc)
+            return None
 
     def on_events(self, listener: Listener) -> None:
         """Call ``listener`` with every batch of new events, in the log's order, once they are applied

@@ -28,12 +28,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from features.errors import InputError, SendwiseError
 from features.event_log import Event, parse_events
+from features.redis_log import redacted_url
 from features.timezones import check_timezone
 
 __all__ = ["DEFAULT_GROUP", "EVENT_FIELD", "GROUP_ENV", "MAX_EVENT_BYTES", "REJECTS_SUFFIX", "STREAM_ENV", "URL_ENV",
@@ -286,18 +286,6 @@ class StreamConsumer:
             self._thread = None
 
 
-def _redacted(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "<a URL that does not parse>"
-
-
 def consumer_from_env(ingest: Callable[[list[Event]], object], timezone: str | None = None,
                       clock: Callable[[], datetime] | None = None,
                       environ: Mapping[str, str] = os.environ,
@@ -320,7 +308,7 @@ def consumer_from_env(ingest: Callable[[list[Event]], object], timezone: str | N
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
     except ValueError as exc:
         raise InputError(f"service settings: {URL_ENV}: expected a Redis URL such as redis://host:6379/0 "
-                         f"(rediss:// for TLS, unix:///path/redis.sock); got {_redacted(url)!r} ({exc}).") from None
+                         f"(rediss:// for TLS, unix:///path/redis.sock); got {redacted_url(url)!r} ({exc}).") from None
     group = environ.get(GROUP_ENV, DEFAULT_GROUP)
     return StreamConsumer(client, stream, group, f"{socket.gethostname()}-{os.getpid()}", ingest, timezone=timezone,
                           clock=clock, conflicts=conflicts)
