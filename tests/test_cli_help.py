@@ -51,7 +51,7 @@ def test_help_at_80_columns(path: tuple[str, ...]) -> None:
 
 def test_flags_choices_and_arguments_read_as_typed() -> None:
     text = " ".join(help_of(("train", "recommender")).split())
-    assert "--model [als|bpr|itemknn|reranker]" in text and "--as-of DATE" in text and "--k INTEGER" in text
+    assert "--model MODEL auto, als, bpr, itemknn, reranker." in text and "--as-of DATE" in text and "--k INTEGER" in text
     text = " ".join(help_of(("recommend",)).split())
     assert "--include-purchased Allow" in text and "--no-include-purchased" not in text
     assert "--category TEXT" in text and "--allow-foreign-models Use" in text

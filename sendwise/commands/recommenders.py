@@ -39,9 +39,10 @@ K = Annotated[int | None, typer.Option(
 def train_recommender_command(
     as_of: AsOf,
     model: Annotated[RecommenderKind | None, typer.Option(
-        "--model", show_default=False, help="The recommender; auto compares every candidate on the validation "
-                                            "fold and takes the best, or a simpler one it does not beat "
-                                            "significantly (default: the project's run.recommender, else auto).")
+        "--model", metavar="MODEL", show_default=False,
+        help=f"{', '.join((AUTO, *TUNABLE))}. auto compares every candidate on the validation fold and takes the "
+             "best, or a simpler one it does not beat significantly (default: the project's run.recommender, "
+             "else auto).")
     ] = None,
     trials: Annotated[int | None, typer.Option(
         show_default=False, help="Optuna trials on the fold before the holdout (default: the project's "
