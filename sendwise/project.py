@@ -35,7 +35,7 @@ from features.redis_log import RedisLocation
 from features.timezones import check_timezone
 from sendwise import pipeline
 from serving.clock import ClockMode
-from serving.config import ONLINE_STORE_ENV, UTM_VALUE
+from serving.config import EVENT_LOG_RECORD, ONLINE_STORE_ENV, UTM_VALUE, recorded_event_log
 from serving.consent import ConsentRule
 from serving.product_block import check_product_url
 from training.recommenders.models import TUNABLE
@@ -218,7 +218,15 @@ class Project:
         """Where the service logs events: in the online store (keys of this project) when there is one,
         else :attr:`event_log`."""
         url = self.online_store
-        return self.event_log if url is None else RedisLocation(url, self.name)
+        if url is None:
+            recorded = recorded_event_log(self.state)
+            if recorded is not None and recorded.get("kind") == "redis":
+                raise InputError(f"the service of project {self.name} keeps its events in Redis "
+                                 f"({recorded.get('where')}, as {self.state / EVENT_LOG_RECORD} says), but no URL "
+                                 f"of it is set here: set {ONLINE_STORE_ENV} (or serve.online_store in sendwise.yaml) "
+                                 "so that this command reads the events there, not a file without them.")
+            return self.event_log
+        return RedisLocation(url, self.name)
 
     @property
     def mlruns(self) -> Path:
@@ -286,6 +294,9 @@ def find_project(option: Path | None) -> Project | None:
     return project
 
 
+UNSET_SERVE = ("workers", "online_store")  # left to the environment unless the file sets them
+
+
 def render_settings(settings: ProjectSettings) -> str:
     """``sendwise.yaml`` for ``settings``, commented so that a user can edit it without the docs."""
     values = settings.model_dump(mode="json", by_alias=True, exclude_none=False)
@@ -315,7 +326,10 @@ def render_settings(settings: ProjectSettings) -> str:
         block("consent"),
         "# MLflow store; default: SQLite under mlruns/ (the MLFLOW_TRACKING_URI variable wins)",
         block("tracking_uri"),
-        block("serve"),
+        yaml.safe_dump({"serve": {k: v for k, v in values["serve"].items() if k not in UNSET_SERVE}}, sort_keys=False,
+                       allow_unicode=True).rstrip(),
+        "  # workers: 2                              # more than one needs the online store they share:",
+        "  # online_store: redis://127.0.0.1:6379/0  # (or SENDWISE_ONLINE_STORE, SENDWISE_WORKERS; docs/live.md)",
         "# next-best-action policy, experiments and feature settings files (default: built-in); segments and",
         "# delayed triggers (default: segments.yaml here, when there; docs/segments.md)",
         block("policy"), block("segments"), block("experiments"), block("feature_config"),
@@ -379,14 +393,17 @@ def write_project(root: Path, settings: ProjectSettings) -> Project:
 def serve_settings(project: Project) -> dict[str, object]:
     """The service's settings (:class:`serving.config.ServeConfig` fields) the project gives."""
     settings = project.settings
-    return {"data": project.data, "snapshot": project.snapshot, "mlruns": project.mlruns,
+    given = {"data": project.data, "snapshot": project.snapshot, "mlruns": project.mlruns,
             "exposure_log": project.exposure_log, "state_dir": project.state, "project": project.name,
             "policy": project.optional(settings.policy), "experiments": project.optional(settings.experiments),
             "currency": settings.currency, "consent": settings.consent, "timezone": settings.timezone,
             "product_url": settings.links.product_url, "utm_source": settings.links.utm_source,
             "utm_medium": settings.links.utm_medium, "clock": settings.serve.clock, "event_log": project.event_log,
             "segments": project.segments, "webhook_url": settings.serve.webhook_url,
-            "online_store": project.online_store, "workers": settings.serve.workers}
+            "online_store": project.online_store}
+    if "workers" in settings.serve.model_fields_set:  # else SENDWISE_WORKERS, or the default
+        given["workers"] = settings.serve.workers
+    return given
 
 
 def apply_feature_settings(project: Project | None) -> None:

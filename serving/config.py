@@ -36,6 +36,7 @@ alias or a new snapshot, SENDWISE_RELOAD_SECONDS (default 30, 0: never; see :mod
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -56,7 +57,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from features.errors import InputError
 from features.event_log import EventLogLike
 from features.event_store import open_event_log
-from features.redis_log import RedisLocation
+from features.io import atomic_write
+from features.redis_log import NO_PROJECT, RedisLocation
 from features.timezones import check_timezone
 from serving.clock import ClockMode
 from serving.consent import ConsentRule
@@ -66,8 +68,9 @@ from training.registry import check_project_name
 
 ENV_PREFIX = "SENDWISE_"
 WORKERS_ENV, MAX_WORKERS, ONLINE_STORE_ENV = "SENDWISE_WORKERS", 64, "SENDWISE_ONLINE_STORE"
+PROJECT_ENV = "SENDWISE_PROJECT"
+EVENT_LOG_RECORD = "event_log.json"  # in the state folder: where the service keeps its event log
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-DEFAULT_NAMESPACE = "default"  # the online store's keys of a service without a project
 UTM_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # as a request's campaign (serving.schemas)
 
 
@@ -208,11 +211,19 @@ class ServeConfig(BaseModel):
         the file :attr:`events_path`."""
         if self.online_store is None:
             return self.events_path
-        return RedisLocation(self.online_store.get_secret_value(), self.project or DEFAULT_NAMESPACE)
+        return RedisLocation(self.online_store.get_secret_value(), self.project or NO_PROJECT)
 
     def open_event_log(self) -> EventLogLike:
-        """The event log at :attr:`event_source`, opened for appending (a Redis one checked to be durable)."""
-        return open_event_log(self.event_source)
+        """The event log at :attr:`event_source`, opened for appending (a Redis one checked to be durable);
+        where it is goes on record in the state folder (:func:`recorded_event_log`)."""
+        log = open_event_log(self.event_source)
+        source = self.event_source
+        record = ({"kind": "redis", "namespace": source.namespace, "where": str(source)}
+                  if isinstance(source, RedisLocation) else {"kind": "file", "path": str(source)})
+        path = self.state_folder / EVENT_LOG_RECORD
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
+        return log
 
     def to_env(self) -> dict[str, str]:
         env = {"SENDWISE_DATA": str(self.data.resolve()), "SENDWISE_MLRUNS": str(self.mlruns.resolve()),
@@ -256,11 +267,27 @@ class ServeConfig(BaseModel):
         return env
 
 
+def recorded_event_log(state_folder: Path) -> dict | None:
+    """Where the service of ``state_folder`` keeps its event log, as it recorded when it started
+    (``{"kind": "redis", "namespace": ..., "where": <URL without password> ...}`` or ``{"kind": "file",
+    "path": ...}``); None when no service recorded one there. The commands that read the log (``run``,
+    ``privacy``) check it, so that none of them reads a file while the events are in Redis."""
+    path = Path(state_folder) / EVENT_LOG_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise InputError(f"{path} is not JSON; expected where the service keeps its event log, as it writes it. "
+                         "Delete it: the service writes it again when it starts.") from None
+    return record if isinstance(record, dict) else None
+
+
 def workers_from_env() -> int:
     """``SENDWISE_WORKERS`` for the service's decorator (read when the module is imported); 1 when unset.
     The whole setting, with its rule about the online store, is checked when the service starts."""
     text = os.environ.get(WORKERS_ENV, "1").strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_WORKERS:
         raise InputError(f"service settings: {WORKERS_ENV} is {text[:20]!r}; expected a whole number of worker "
                          f"processes from 1 to {MAX_WORKERS}.")
     return int(text)

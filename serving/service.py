@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
 import os
 import random
 from datetime import UTC, datetime
@@ -69,6 +70,8 @@ from serving.variants import VariantRouter
 # rate x 60 s of them. Without a tracing exporter the spans record nothing: don't make them (~0.9 kB
 # then). OTEL_SDK_DISABLED=false keeps them for a shop that configures BentoML's tracing.
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+
+logger = logging.getLogger(__name__)
 
 THREADS = 4  # a batch holds one (one at a time, see serving.guard); single requests share the others
 
@@ -130,8 +133,10 @@ class Sendwise:
         try:
             return segments, LiveSegments(segments, config.state_folder, clock, self._segment_values, webhook)
         except OutboxBusyError:
-            if config.workers == 1:
+            if config.online_store is None:
                 raise
+            logger.info("segments: another worker holds the trigger outbox in %s; this one answers GET /segments "
+                        "and leaves the outbox to it", config.state_folder)
             return segments, None
 
     def _segment_values(self, customer_id: str) -> dict | None:

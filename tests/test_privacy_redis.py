@@ -143,3 +143,32 @@ def test_the_project_commands_search_its_online_store_and_the_file_log_from_befo
     with RedisEventLog(RedisLocation(redis_url, project.name)) as log:
         assert [r["event_id"] for r in log.records()] == ["e1"]
     assert [r["event_id"] for r in EventLog(project.event_log).records()] == ["old-2"]
+
+
+def test_commands_refuse_a_file_log_when_the_service_records_redis_and_no_url_is_set(
+        redis_url: str, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service started with SENDWISE_ONLINE_STORE in its own environment records where its log is; a
+    cron `sendwise run` or a `privacy forget` without the variable stops, naming it, instead of reading
+    the file log that lacks the events (and reporting a forget done while Redis holds them)."""
+    from typer.testing import CliRunner
+
+    from sendwise.cli import app
+    from sendwise.project import create_project, load_project, serve_settings
+    from serving.config import ServeConfig
+
+    monkeypatch.delenv("SENDWISE_ONLINE_STORE", raising=False)
+    monkeypatch.delenv("SENDWISE_WORKERS", raising=False)
+    project = create_project(tmp_path / "shop", data=data)
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    started = ServeConfig(**(serve_settings(project) | {"online_store": redis_url, "workers": 2}))
+    started.open_event_log().append(EVENTS[:1])  # what `serve` does with the variable set
+    with pytest.raises(InputError, match="keeps its events in Redis .*set SENDWISE_ONLINE_STORE"):
+        _ = load_project(project.root).event_source
+    forgot = CliRunner().invoke(app, ["privacy", "forget", VICTIM, "--project", str(project.root), "--no-mlruns",
+                                      "--no-exposure-log"])
+    assert forgot.exit_code == 2 and "SENDWISE_ONLINE_STORE" in forgot.output, forgot.output
+    monkeypatch.setenv("SENDWISE_ONLINE_STORE", redis_url)
+    assert load_project(project.root).event_source == RedisLocation(redis_url, project.name)
+    monkeypatch.setenv("SENDWISE_WORKERS", "3")  # not in sendwise.yaml: the variable applies
+    assert ServeConfig.from_env(**serve_settings(load_project(project.root))).workers == 3

@@ -16,7 +16,7 @@ from rich.table import Table as RichTable
 from features.errors import InputError, NotFoundError
 from features.event_store import EventSource
 from features.io import Encoding, atomic_write
-from features.redis_log import RedisLocation
+from features.redis_log import NO_PROJECT, RedisLocation
 from sendwise.commands.common import DataOption, EncodingOption, ProjectOption, Resolved, resolve
 from sendwise.console import console, errors, reports_user_errors
 from sendwise.privacy.export import export_customer
@@ -35,7 +35,7 @@ from sendwise.privacy.stores import (
     resolve_mlruns,
     resolve_state_dir,
 )
-from serving.config import DEFAULT_NAMESPACE, ONLINE_STORE_ENV
+from serving.config import ONLINE_STORE_ENV, PROJECT_ENV, recorded_event_log
 
 privacy_app = typer.Typer(help="Customers' data: export everything held about one, forget some.",
                           no_args_is_help=True)
@@ -77,10 +77,23 @@ def _stores(run: Resolved, mlruns: Path | None, no_mlruns: bool, exposure_log: P
         exposure_log = resolve_exposure_log(exposure_log, no_exposure_log, project.exposure_log)
         state = resolve_state_dir(state_dir, exposure_log, project.state)
     file_log = resolve_event_log(event_log, state)
-    online = project.online_store if project is not None else os.environ.get(ONLINE_STORE_ENV)
-    if event_log is not None or online is None:
+    if event_log is not None:
         return mlruns, exposure_log, [*(file or []), *filter(None, [state])], file_log, state, None
-    location = RedisLocation(online, project.name if project is not None else DEFAULT_NAMESPACE)
+    if project is not None:
+        location = project.event_source  # an error when its service records Redis and no URL is set
+        if not isinstance(location, RedisLocation):
+            return mlruns, exposure_log, [*(file or []), *filter(None, [state])], file_log, state, None
+    else:
+        recorded = recorded_event_log(state) if state is not None else None
+        online = os.environ.get(ONLINE_STORE_ENV)
+        if online is None:
+            if recorded is not None and recorded.get("kind") == "redis":
+                raise InputError(f"the service of {state} keeps its events in Redis ({recorded.get('where')}), but "
+                                 f"{ONLINE_STORE_ENV} is not set: set it so that the command searches them there.")
+            return mlruns, exposure_log, [*(file or []), *filter(None, [state])], file_log, state, None
+        namespace = (recorded.get("namespace") if recorded is not None and recorded.get("kind") == "redis"
+                     else os.environ.get(PROJECT_ENV) or NO_PROJECT)
+        location = RedisLocation(online, namespace)
     return mlruns, exposure_log, [*(file or []), *filter(None, [state])], location, state, file_log
 
 
