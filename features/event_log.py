@@ -510,6 +510,7 @@ class AppendResult:
     duplicates: list[str] = field(default_factory=list)  # already in the log, or repeated in the batch
     start: Position | None = None  # the log's end just before the new events (None: nothing written)
     end: Position | None = None  # the log's end just after them
+    conflicts: list[str] = field(default_factory=list)  # ids the log holds for a different event: nothing written
 
 
 CHUNK_EVENTS = 10_000  # events read at a time when a log is replayed
@@ -601,13 +602,19 @@ class EventLog:
         """Write the events not seen before, one line each, and fsync them (with ``fsync``) before returning.
 
         All or nothing: one event_id for two different events is an :class:`EventsError` and nothing
-        is written; a failed write is cut off again and raised."""
+        is written; an id the log holds for a different event is in ``conflicts`` and nothing is written
+        (checked under the writers' lock: no other writer slips in between); a failed write is cut off
+        again and raised."""
         _check_repeats(events)
         with self._lock:
             self._hold(fcntl.LOCK_EX)
             try:
                 self._catch_up(cut=True)
                 result, batch = AppendResult(), set()
+                result.conflicts = [e.event_id for e in events if e.event_id in self._ids
+                                    and self._ids[e.event_id] != hash(_line(e).rstrip(b"\n"))]
+                if result.conflicts:
+                    return result
                 for event in events:
                     if event.event_id in self._ids or event.event_id in batch:
                         result.duplicates.append(event.event_id)

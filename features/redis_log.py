@@ -56,8 +56,15 @@ _DURABLE = {"appendonly": "yes", "appendfsync": "always"}
 
 # KEYS: the stream, the ids hash; ARGV: (event_id, fingerprint, line) per event, in order.
 # Returns {the last entry's id before the new ones ("0-0": none), the last new entry's id ("": none),
-# a flag per event: 1 appended, 0 a duplicate}.
+# a flag per event: 1 appended, 0 a duplicate, the ids held for a different event}; with any of those,
+# nothing is written.
 _APPEND = """
+local conflicts = {}
+for i = 1, #ARGV, 3 do
+  local held = redis.call('HGET', KEYS[2], ARGV[i])
+  if held and held ~= ARGV[i + 1] then conflicts[#conflicts + 1] = ARGV[i] end
+end
+if #conflicts > 0 then return {'', '', {}, conflicts} end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local start = '0-0'
 if #last > 0 then start = last[1][1] end
@@ -70,7 +77,7 @@ for i = 1, #ARGV, 3 do
     flags[#flags + 1] = 0
   end
 end
-return {start, stop, flags}
+return {start, stop, flags, {}}
 """
 # KEYS: the stream; ARGV: the lowest id ("-" or "(ID"), the highest ("+": the end), how many. Returns {count, the entries' ids joined by
 # spaces, their lines joined by newlines (a line never holds one)}: two strings to parse, not 3 per entry.
@@ -224,7 +231,8 @@ class RedisEventLog:
         """Add the events not seen before, in one atomic step; acknowledged once Redis has fsync'd them.
 
         One event_id for two different events in ``events`` is an :class:`EventsError` and nothing is
-        written; an id the log holds (for any event) is a duplicate (see :meth:`conflicts`)."""
+        written; an id the log holds for this event is a duplicate, one it holds for a different event
+        is in ``conflicts`` and nothing is written (checked in the same atomic step)."""
         _check_repeats(events)
         result = AppendResult()
         if not events:
@@ -233,7 +241,10 @@ class RedisEventLog:
         for event in events:
             line = _line(event).rstrip(b"\n")
             args += [event.event_id, _fingerprint(line), line]
-        start, end, flags = self._append(keys=[self.location.stream, self.location.ids], args=args)
+        start, end, flags, conflicts = self._append(keys=[self.location.stream, self.location.ids], args=args)
+        if conflicts:
+            result.conflicts = [_text(c) for c in conflicts]
+            return result
         for event, flag in zip(events, flags, strict=True):
             if flag:
                 result.new.append(event)

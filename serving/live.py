@@ -153,7 +153,7 @@ class LiveProfiles:
         from before the snapshot that the shop's export has too); returns what was new and what repeated."""
         with self._lock:
             result = self.log.append(events)
-            if not result.new:
+            if not result.new:  # all repeats, or an id held for a different event (nothing written)
                 return result
             if result.start == self._position or not self.log.shared:
                 self._take(result.new, result.end)

@@ -286,13 +286,12 @@ class Sendwise:
         except InputError as exc:
             return JSONResponse({"error": str(exc)}, 400)
         try:
-            conflicts = self.profiles.log.conflicts(events)
-            result = None if conflicts else self._ingest(events)
+            result = self._ingest(events)  # an id held for a different event: nothing written, in one step
         except (OSError, RedisError) as exc:  # a full disk, the online store away: nothing acknowledged
             return JSONResponse({"error": f"the event log could not take the batch ({type(exc).__name__}: {exc}); "
                                           "nothing of it was acknowledged: send it again (a resent event_id is "
                                           "taken once)."}, 503)
-        if result is None:
+        if conflicts := result.conflicts:
             shown = ", ".join(repr(c) for c in conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5
                                                                  else "")
             return JSONResponse({"error": f"event_id {shown} already names a different event (another customer, "

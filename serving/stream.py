@@ -212,7 +212,9 @@ class StreamConsumer:
         if not events:
             return len(rejected) + len(gone)
         try:
-            self.ingest(events)
+            result = self.ingest(events)
+            if getattr(result, "conflicts", None):  # another writer took an id meanwhile: read again, reject then
+                raise InputError(f"event_id {result.conflicts[0]!r} was taken for a different event meanwhile")
         except Exception:
             self._ingest_failed = True
             logger.exception("stream %r: ingesting %d event(s) failed; their %d entries stay pending and are retried",

@@ -393,3 +393,12 @@ def test_values_beyond_what_a_float_or_utc_can_hold_are_named_not_a_crash(field:
         event["lines"][0][field.rsplit(".", 1)[1]] = value
     with pytest.raises(InputError, match=re.escape(f"events[0].{field.replace('.0.', '[0].')}: ")):
         parse_events({"events": [event]}, now=datetime(2030, 1, 1))
+
+
+def test_an_id_another_writer_took_for_a_different_event_is_a_conflict_and_nothing_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    first, second = EventLog(path), EventLog(path)  # two writers (processes) of one file
+    assert first.append(events(event("e1", customer_id="c1"))).new
+    result = second.append(events(event("e2"), event("e1", customer_id="c2")))
+    assert result.conflicts == ["e1"] and result.new == [] and len(EventLog(path)) == 1
+    assert second.append(events(event("e1", customer_id="c1"))).duplicates == ["e1"]

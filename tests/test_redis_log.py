@@ -306,3 +306,16 @@ def test_a_file_log_and_a_redis_log_give_the_same_tables(location: RedisLocation
 
     assert forget_in_source(location, ["c1"]) == forget_in_source(path, ["c1"]) == Counter({"c1": 2})
     assert list(source_records(location)) == list(source_records(path)) != []
+
+
+def test_an_id_another_worker_took_for_a_different_event_is_a_conflict_and_nothing_is_written(
+        log: RedisEventLog, location: RedisLocation) -> None:
+    """The check and the write are one step: a worker whose own check came before the other's write
+    still gets the conflict, not a silent duplicate."""
+    other = RedisEventLog(location)
+    assert other.append([view("e1", customer="c1")]).new
+    result = log.append([view("e2"), view("e1", customer="c2")])  # e1 names another customer's view here
+    assert result.conflicts == ["e1"] and result.new == [] and result.duplicates == []
+    assert entry_ids(location) and len(log) == 1 and "e2" not in log
+    assert log.append([view("e1", customer="c1")]).duplicates == ["e1"]  # the same event again: a repeat
+    other.close()
