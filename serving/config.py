@@ -37,6 +37,7 @@ alias or a new snapshot, SENDWISE_RELOAD_SECONDS (default 30, 0: never; see :mod
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -55,7 +56,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import InputError
-from features.event_log import EventLogLike
+from features.event_log import EventLog, EventLogLike
 from features.event_store import open_event_log
 from features.io import atomic_write
 from features.redis_log import NO_PROJECT, RedisLocation
@@ -65,6 +66,8 @@ from serving.consent import ConsentRule
 from serving.product_block import UTM_MEDIUM, UTM_SOURCE, BlockSettings, check_product_url
 from serving.webhook import check_webhook
 from training.registry import check_project_name
+
+logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "SENDWISE_"
 WORKERS_ENV, MAX_WORKERS, ONLINE_STORE_ENV = "SENDWISE_WORKERS", 64, "SENDWISE_ONLINE_STORE"
@@ -220,10 +223,34 @@ class ServeConfig(BaseModel):
         source = self.event_source
         record = ({"kind": "redis", "namespace": source.namespace, "where": str(source)}
                   if isinstance(source, RedisLocation) else {"kind": "file", "path": str(source)})
+        if isinstance(source, RedisLocation) and self.events_path.is_file():
+            record["imported"] = self._import_file_log(log)
         path = self.state_folder / EVENT_LOG_RECORD
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
         return log
+
+    def _import_file_log(self, log: EventLogLike) -> int:
+        """Copy the file log a service wrote before the project moved to the online store into it (once
+        per size of the file; an event_id Redis holds already is a repeat), so that every event
+        acknowledged before the move is served and trained on; returns the file's size copied."""
+        size = self.events_path.stat().st_size
+        recorded = recorded_event_log(self.state_folder) or {}
+        if recorded.get("kind") == "redis" and recorded.get("imported") == size:
+            return size
+        copied, conflicts = 0, []
+        with EventLog(self.events_path) as file_log:
+            for events, _ in file_log.chunks():
+                if events:
+                    result = log.append(events)
+                    copied, conflicts = copied + len(result.new), conflicts + result.conflicts
+        if conflicts:
+            raise InputError(f"the file log {self.events_path} and the online store {self.event_source} give the "
+                             f"event_ids {', '.join(map(repr, conflicts[:5]))} to different events; expected one "
+                             "event per id. Remove those lines from the file (its events are copied into Redis "
+                             "when the service starts) or from Redis.")
+        logger.info("copied %d event(s) of %s into the online store %s", copied, self.events_path, self.event_source)
+        return size
 
     def to_env(self) -> dict[str, str]:
         env = {"SENDWISE_DATA": str(self.data.resolve()), "SENDWISE_MLRUNS": str(self.mlruns.resolve()),

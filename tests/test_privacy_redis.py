@@ -172,3 +172,23 @@ def test_commands_refuse_a_file_log_when_the_service_records_redis_and_no_url_is
     assert load_project(project.root).event_source == RedisLocation(redis_url, project.name)
     monkeypatch.setenv("SENDWISE_WORKERS", "3")  # not in sendwise.yaml: the variable applies
     assert ServeConfig.from_env(**serve_settings(load_project(project.root))).workers == 3
+
+
+def test_a_file_log_from_before_the_move_is_copied_into_the_online_store_once(redis_url: str, data: Path,
+                                                                               tmp_path: Path) -> None:
+    from serving.config import ServeConfig, recorded_event_log
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    state = tmp_path / "state"
+    with EventLog(state / "events.jsonl") as before:
+        before.append(EVENTS[:2])
+    config = ServeConfig(data=data, state_dir=state, online_store=redis_url, project="shop")
+    config.open_event_log().close()
+    with RedisEventLog(RedisLocation(redis_url, "shop")) as log:
+        assert [r["event_id"] for r in log.records()] == ["w1", "e1"]
+        log.append(EVENTS[2:3])
+    assert recorded_event_log(state)["imported"] == (state / "events.jsonl").stat().st_size
+    config.open_event_log().close()  # again: nothing copied twice, the order kept
+    with RedisEventLog(RedisLocation(redis_url, "shop")) as log:
+        assert [r["event_id"] for r in log.records()] == ["w1", "e1", "e2"]
