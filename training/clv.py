@@ -11,8 +11,13 @@ on the orders before an as_of:
   weighted mean of the population mean ``p v / (q - 1)`` and their own mean repeat-order value; a
   customer with no repeat order gets the population mean.
 
-Fitting needs ``pymc_marketing`` (imported only by :func:`fit_clv`); predictions are closed forms of
-the seven fitted numbers (:class:`ClvModel`), so scoring a customer needs numpy and scipy only.
+:func:`fit_clv` maximises both models' closed-form log-likelihoods with scipy (well under a second on
+Online Retail). PyMC-Marketing (``BetaGeoModel``, ``GammaGammaModel``: the field's library, the successor
+of the unmaintained ``lifetimes``) is the reference: its MAP fit with flat priors is the same maximum
+likelihood, and tests check that both give the same parameters and predictions. It is not what a run
+fits with, because it compiles a new graph for every as_of (8 to 25 s each, 42 s the first time on a
+machine, plus 3 to 9 s to import; docs/clv.md), which ``sendwise run`` and its tests cannot afford; it is
+a test dependency only. Predictions are closed forms of the seven fitted numbers (:class:`ClvModel`).
 
 Units, as ``pymc_marketing.clv.utils.rfm_summary`` defines them (time unit: a UTC day): an *order* is
 an order id's lines with a positive quantity (value: the sum of quantity x unit_price), as the
@@ -27,14 +32,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, hyp2f1
+from scipy.optimize import minimize
+from scipy.special import expit, gammaln, hyp2f1
 from scipy.stats import spearmanr
 
 from features.build import to_timestamp
@@ -98,6 +104,60 @@ def choose_horizon(history_days: float, asked_days: int = DEFAULT_HORIZON_DAYS) 
                     f"shorter than the {asked_days} days asked")
 
 
+_LOG_BOUNDS = (-25.0, 25.0)  # each parameter searched as its log, within e^-25 .. e^25 (a -> 0 happens)
+
+
+def _bgnbd_loglik(log_params: np.ndarray, x: np.ndarray, tx: np.ndarray, T: np.ndarray) -> float:
+    """BG/NBD log-likelihood of every customer (Fader, Hardie & Lee 2005, eq. 6)."""
+    r, alpha, a, b = np.exp(log_params)
+    head = (gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+            + gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x))
+    alive = -(r + x) * np.log(alpha + T)
+    dropped = np.where(x > 0, np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + tx), -np.inf)
+    return float(np.sum(head + np.logaddexp(alive, dropped)))
+
+
+def _gamma_gamma_loglik(log_params: np.ndarray, x: np.ndarray, m: np.ndarray) -> float:
+    """Gamma-Gamma log-likelihood of the repeat buyers' mean order values (Fader & Hardie 2013), of the
+    logs of (p, q, v / q): the likelihood is flat along q, v -> infinity with v / q fixed (order values
+    that hardly vary between customers), which the last coordinate keeps out of the search's way."""
+    p, q, scale = np.exp(log_params)
+    v = q * scale
+    px = p * x
+    return float(np.sum(gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v) + (px - 1) * np.log(m)
+                        + px * np.log(x) - (px + q) * np.log(x * m + v)))
+
+
+def _maximise(loglik: Callable[[np.ndarray], float], n: int) -> np.ndarray:
+    result = minimize(lambda theta: -loglik(theta), np.zeros(n), method="L-BFGS-B", bounds=[_LOG_BOUNDS] * n,
+                      options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 10_000})
+    if not np.isfinite(result.fun):
+        raise InputError(f"the CLV fit did not converge ({result.message}); expected a finite likelihood")
+    return np.exp(result.x)
+
+
+def fit_parameters(summary: pd.DataFrame) -> dict[str, float]:
+    """Maximum-likelihood BG/NBD (r, alpha, a, b) on every customer of ``summary`` and Gamma-Gamma (p,
+    q, v) on the repeat buyers with a positive mean value: what PyMC-Marketing's MAP fit with flat
+    priors gives (:func:`fit_library_models`), without compiling anything."""
+    repeat = _check_repeat_buyers(summary)
+    x, tx, T = (summary[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+    r, alpha, a, b = _maximise(lambda theta: _bgnbd_loglik(theta, x, tx, T), 4)
+    spenders = repeat[repeat["monetary_value"] > 0]
+    p, q, scale = _maximise(lambda theta: _gamma_gamma_loglik(theta, spenders["frequency"].to_numpy(float),
+                                                              spenders["monetary_value"].to_numpy(float)), 3)
+    return {"r": r, "alpha": alpha, "a": a, "b": b, "p": p, "q": q, "v": q * scale}
+
+
+def _check_repeat_buyers(summary: pd.DataFrame) -> pd.DataFrame:
+    repeat = summary[summary["frequency"] > 0]
+    if len(repeat) < MIN_REPEAT_BUYERS:
+        raise InputError(f"Too few repeat buyers to fit the CLV models: {len(repeat)} customers ordered on more than "
+                         f"one day before the as_of; at least {MIN_REPEAT_BUYERS} are needed. Use a later --as-of "
+                         "or more history.")
+    return repeat
+
+
 def _flat_priors() -> dict[str, Any]:
     from pymc_extras.prior import Prior
 
@@ -106,15 +166,12 @@ def _flat_priors() -> dict[str, Any]:
 
 def fit_library_models(summary: pd.DataFrame) -> tuple[Any, Any]:
     """PyMC-Marketing's BetaGeoModel (every customer) and GammaGammaModel (repeat buyers with a
-    positive mean value), fitted by MAP with flat priors (maximum likelihood)."""
+    positive mean value), fitted by MAP with flat priors (maximum likelihood): the reference
+    :func:`fit_parameters` is tested against (needs the ``test`` extra)."""
     import pytensor
     from pymc_marketing import clv
 
-    repeat = int((summary["frequency"] > 0).sum())
-    if repeat < MIN_REPEAT_BUYERS:
-        raise InputError(f"Too few repeat buyers to fit the CLV models: {repeat} customers ordered on more than "
-                         f"one day before the as_of; at least {MIN_REPEAT_BUYERS} are needed. Use a later --as-of "
-                         "or more history.")
+    _check_repeat_buyers(summary)
     bg, gg = clv.BetaGeoModel(model_config=_flat_priors()), clv.GammaGammaModel()
     spenders = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
     # The data are constants of the compiled graph, so every as_of compiles anew; pytensor's fast-compile
@@ -252,7 +309,7 @@ def fit_clv(tables: Tables, as_of: datetime | str | pd.Timestamp,
     history = 0.0 if first is None else (when - first).total_seconds() / 86_400
     horizon, why = choose_horizon(history, horizon_days)
     started = time.perf_counter()
-    params = library_parameters(*fit_library_models(summary))
+    params = fit_parameters(summary)
     if not params["q"] > 1:
         raise InputError(f"The Gamma-Gamma spend model has no finite mean spend (q = {params['q']:.3g}, must be above "
                          "1): spend per order is too heavy-tailed before this as_of.")
