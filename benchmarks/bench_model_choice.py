@@ -93,12 +93,8 @@ def through_cli(data: Path, as_of: str, store: Path) -> tuple[dict, pd.DataFrame
     client = MlflowClient()
     run = client.search_runs([e.experiment_id for e in client.search_experiments()],
                              "params.auto_chosen != ''", order_by=["attributes.start_time DESC"])[0]
-    here = Path.cwd()
-    os.chdir(store)  # the run's artifact location may be relative to where it ran
-    try:
-        table = mlflow.load_table("model_choice.json", run_ids=[run.info.run_id])
-    finally:
-        os.chdir(here)
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "model_choice.json", str(store))).read_text())
+    table = pd.DataFrame(logged["data"], columns=logged["columns"])
     return {**run.data.params, **run.data.metrics}, table, seconds, done.stdout
 
 
