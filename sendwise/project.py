@@ -122,6 +122,8 @@ class RunSettings(BaseModel):
                              f"{', '.join(TUNABLE)}")
     k: int = Field(10, ge=1, le=100)
     window_days: int = Field(90, ge=7, le=365, description="the recommender's holdout and tuning windows")
+    clv_horizon_days: int = Field(365, ge=7, le=3650, description="customer lifetime value over this many days "
+                                  "(180 or 90 when the history is shorter)")
 
     @field_validator("recommender")
     @classmethod

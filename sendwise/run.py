@@ -106,7 +106,8 @@ def retrain_settings(project: Project) -> RetrainSettings:
     return RetrainSettings(project=project.name, margin=run.margin, trials=run.trials, periods=run.periods,
                            churn_horizon_days=run.churn_horizon_days,
                            propensity_horizon_days=run.propensity_horizon_days, recommender=run.recommender,
-                           k=run.k, window_days=run.window_days, data_source=str(project.data))
+                           k=run.k, window_days=run.window_days, clv_horizon_days=run.clv_horizon_days,
+                           data_source=str(project.data))
 
 
 def run_project(project: Project) -> RunResult:

@@ -200,12 +200,13 @@ class LiveProfiles:
         if version is None:
             return None
         cached = table.fresh.get(customer_id)
-        now = time.monotonic()
-        if cached is not None and cached[0] == version and now - cached[1] < FRESH_SECONDS:
+        computed = time.monotonic()
+        if cached is not None and cached[0] == version and computed - cached[1] < FRESH_SECONDS:
             return cached[2], cached[3]
-        values = self.features(customer_id)
+        now = self.clock.now()
+        values = self.features(customer_id, now)
         if values is None:
             return None
-        scores, signals = table.score_one(customer_id, values)
-        table.fresh[customer_id] = (version, now, scores, signals)
+        scores, signals = table.score_one(customer_id, values, now)
+        table.fresh[customer_id] = (version, computed, scores, signals)
         return scores, signals

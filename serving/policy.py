@@ -34,7 +34,8 @@ DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
        ">=": operator.ge, "in": lambda a, b: a in b}
 SUPPRESS = "suppress"
-SCORE_SIGNALS = ("churn_probability", "purchase_probability", "churn_risk")
+SCORE_SIGNALS = ("churn_probability", "purchase_probability", "churn_risk", "expected_orders", "predicted_clv",
+                 "p_alive")
 
 
 def known_signals(config: FeatureConfig | None = None) -> list[str]:

@@ -6,6 +6,7 @@ against them before the service sees it, so what they refuse is a 4xx naming the
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
@@ -55,6 +56,13 @@ class Score(BaseModel):
     churn_risk: str | None = Field(None, description="low < 0.3 <= medium < 0.6 <= high")
     rfm_segment: str | None = None
     lifecycle_stage: str | None = None
+    expected_orders: float | None = Field(None, description="orders expected over the CLV horizon (the churn "
+                                          "model's CLV fit: BG/NBD); none for prospects")
+    predicted_clv: float | None = Field(None, description="spend expected over the CLV horizon, undiscounted, in "
+                                        "the shop's currency (BG/NBD x Gamma-Gamma)")
+    p_alive: float | None = Field(None, description="probability the customer is still a customer (BG/NBD)")
+    next_order_date: date | None = Field(None, description="the day the expected orders reach one; none when under "
+                                         "one order is expected within the horizon")
     reasons: list[str] = Field(default_factory=list, examples=[["no order for 142 days"]])
     model_versions: dict[str, str]
 

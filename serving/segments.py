@@ -76,7 +76,8 @@ def known_signals(config: FeatureConfig | None = None) -> dict[str, Signal]:
     ones): the registry's output features and the model scores."""
     found = {f.name: Signal(f.dtype, f.levels) for f in registry(config).features if not f.internal}
     scores = {"churn_probability": Signal(Dtype.FLOAT), "purchase_probability": Signal(Dtype.FLOAT),
-              "churn_risk": Signal(Dtype.TEXT, RISK_LABELS)}  # serving.policy.SCORE_SIGNALS (a test holds them)
+              "churn_risk": Signal(Dtype.TEXT, RISK_LABELS), "expected_orders": Signal(Dtype.FLOAT),
+              "predicted_clv": Signal(Dtype.FLOAT), "p_alive": Signal(Dtype.FLOAT)}  # serving.policy.SCORE_SIGNALS
     return found | scores
 
 

@@ -49,12 +49,13 @@ from training.registry import (
     registered_name,
     version_provenance,
 )
-from training.scoring import REASONS, score_features, score_row
+from training.scoring import CLV_FIELDS, REASONS, score_features, score_row
 from training.tracking import configure_tracking
 
 logger = logging.getLogger(__name__)
 
-SCORE_FIELDS = ("churn_probability", "purchase_probability", "churn_risk", "rfm_segment", "lifecycle_stage")
+SCORE_FIELDS = ("churn_probability", "purchase_probability", "churn_risk", "rfm_segment", "lifecycle_stage",
+                *CLV_FIELDS)
 
 
 def signal_features(config: FeatureConfig | None = None) -> list[str]:
@@ -85,6 +86,7 @@ class CustomerTable:
             signals = with_current_attributes(signals, current)
         self._today = current.set_index(CUSTOMER_ID) if current is not None else None
         combined = scores[list(SCORE_FIELDS)].join(signals.drop(columns=CUSTOMER_ID))
+        combined["next_order_date"] = combined["next_order_date"].dt.date  # a day, as /score answers it
         self.columns = {c: combined[c].astype(object).where(combined[c].notna(), None).to_numpy()
                         for c in combined.columns}
         self.reasons = scores[[f"reason_{i + 1}" for i in range(REASONS)]].to_numpy(object)
@@ -120,11 +122,13 @@ class CustomerTable:
         row = self.row.get(customer_id)
         return {} if row is None else {c: v[row] for c, v in self.columns.items()}
 
-    def score_one(self, customer_id: str, values: dict) -> tuple[dict, dict]:
-        """(scores, signals) of one customer from their feature ``values``, as the snapshot's rows are:
-        attributes as of today where on record."""
-        scored = score_row(values, self.churn, self.propensity)
+    def score_one(self, customer_id: str, values: dict, at: datetime | None = None) -> tuple[dict, dict]:
+        """(scores, signals) of one customer from their feature ``values`` at ``at``, as the snapshot's
+        rows are: attributes as of today where on record."""
+        scored = score_row(values, self.churn, self.propensity, at)
         record = {c: _plain(scored[c]) for c in SCORE_FIELDS}
+        if record["next_order_date"] is not None:
+            record["next_order_date"] = record["next_order_date"].date()
         signals = {c: _plain(values.get(c)) for c in signal_features(self.config)}
         if self._today is not None and customer_id in self._today.index:
             for name in CURRENT_ATTRIBUTES:

@@ -30,15 +30,12 @@ def _service(env: dict[str, str], log: Path):
     return mp, bentoml, Sendwise
 
 
-@pytest.fixture(scope="module")
-def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("events") / "events.jsonl"
-
-
 @pytest.fixture(scope="module", params=["file", "redis"])
-def live(request: pytest.FixtureRequest, served_env: dict[str, str], log: Path,
-         tmp_path_factory: pytest.TempPathFactory):
-    env = served_env | {"SENDWISE_EXPOSURE_LOG": str(tmp_path_factory.mktemp("exp") / "exposures.jsonl")}
+def live(request: pytest.FixtureRequest, served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    # a file log of its own per path: on the Redis path, a file log left there is copied into Redis
+    log = tmp_path_factory.mktemp(f"events-{request.param}") / "events.jsonl"
+    env = served_env | {"SENDWISE_EXPOSURE_LOG": str(tmp_path_factory.mktemp("exp") / "exposures.jsonl"),
+                        "SENDWISE_EVENT_LOG": str(log)}
     if request.param == "redis":
         url = request.getfixturevalue("online_store")
         redis.Redis.from_url(url).flushall()
@@ -47,6 +44,12 @@ def live(request: pytest.FixtureRequest, served_env: dict[str, str], log: Path,
     with TestClient(sendwise.to_asgi()) as client:
         yield bentoml.get_current_service(), client, env
     mp.undo()
+
+
+@pytest.fixture
+def log(live) -> Path:
+    """The service's file log (on the Redis path: where one would be copied from)."""
+    return Path(live[2]["SENDWISE_EVENT_LOG"])
 
 
 def _logged(service) -> EventLogLike:

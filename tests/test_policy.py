@@ -68,7 +68,8 @@ def test_a_policy_naming_an_unknown_signal_fails_when_loaded_listing_the_known_o
     path = tmp_path / "p.yaml"
     path.write_text("suppress_when: [{signal: emails_sent_7, op: '>=', value: 3}]\nactions:\n  - {action: newsletter}\n")
     with pytest.raises(InputError, match=r"suppress_when\.0\.signal: .*unknown signal 'emails_sent_7'; known signals: "
-                                         r"churn_probability, purchase_probability, churn_risk, country, email_consent"):
+                                         r"churn_probability, purchase_probability, churn_risk, expected_orders, predicted_clv, p_alive, country, "
+                                         r"email_consent"):
         Policy.load(path)
 
 

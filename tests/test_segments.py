@@ -134,7 +134,8 @@ def test_signals_are_every_output_feature_and_the_scores() -> None:
     assert {"orders_30d", "views_1d", "cart_abandoned_1d", "intent_score", "top_category", "churn_probability",
             "purchase_probability", "churn_risk", "rfm_segment", "lifecycle_stage"} <= set(signals)
     assert not any(name.startswith("_") for name in signals)
-    assert set(SCORE_SIGNALS) | set(SCORE_FIELDS) <= set(signals)  # what the service scores, a segment may read
+    # what the service scores, a segment may read (but the next order's date: a rule reads expected_orders)
+    assert set(SCORE_SIGNALS) | set(SCORE_FIELDS) - {"next_order_date"} <= set(signals)
 
 
 A, B = {"signal": "orders_count", "op": ">=", "value": 3}, {"signal": "views_1d", "op": ">", "value": 0}

@@ -299,14 +299,43 @@ class ClvModel:
 
 def fit_clv(tables: Tables, as_of: datetime | str | pd.Timestamp,
             horizon_days: int = DEFAULT_HORIZON_DAYS) -> ClvModel:
-    """Fit BG/NBD and Gamma-Gamma on the orders strictly before ``as_of``; the model's horizon is
-    ``horizon_days`` or a shorter one when the history is short (:func:`choose_horizon`; its reason in
-    ``report["horizon"]``). An InputError with too few repeat buyers or a spend model without a mean."""
+    """Fit BG/NBD and Gamma-Gamma on the orders strictly before ``as_of`` as the library summarises them
+    (:func:`clv_summary`, order days); the model's horizon is ``horizon_days`` or a shorter one when the
+    history is short (:func:`choose_horizon`; its reason in ``report["horizon"]``). An InputError with
+    too few repeat buyers or a spend model without a mean."""
     when = to_timestamp(as_of)
     summary = clv_summary(tables, when)
     first = tables.con.sql(f"SELECT min({ORDERED_AT}) FROM {Table.ORDERS.value} WHERE {ORDERED_AT} < $as_of",
                            params={"as_of": when}).fetchall()[0][0]
     history = 0.0 if first is None else (when - first).total_seconds() / 86_400
+    return _fit(summary, when, history, horizon_days)
+
+
+def features_summary(features: pd.DataFrame) -> pd.DataFrame:
+    """The models' inputs from the feature registry's columns, for every customer with an order:
+    ``frequency`` orders after the first, ``recency`` days from the first order to the last, ``T`` days
+    since the first, ``monetary_value`` the mean order value (0 without a second order). Orders, not
+    order days, and the first order's value is in the mean: what the features hold, so that the
+    service computes a customer's values from their online features exactly as the batch does."""
+    buyers = features[pd.to_numeric(features["orders_count"], errors="coerce").fillna(0) > 0]
+    orders = buyers["orders_count"].to_numpy(float)
+    first = buyers["days_since_first_order"].to_numpy(float)
+    return pd.DataFrame({
+        CUSTOMER_ID: buyers[CUSTOMER_ID].to_numpy(), "frequency": orders - 1,
+        "recency": np.clip(first - buyers["recency_days"].to_numpy(float), 0, None), "T": first,
+        "monetary_value": np.where(orders > 1, buyers["avg_order_value"].to_numpy(float), 0.0)})
+
+
+def fit_clv_features(features: pd.DataFrame, as_of: datetime | str | pd.Timestamp,
+                     horizon_days: int = DEFAULT_HORIZON_DAYS) -> ClvModel:
+    """:func:`fit_clv` on the features of every customer at ``as_of`` (:func:`features_summary`): what
+    ``sendwise run`` fits and the scores, the service and the segments predict with."""
+    summary = features_summary(features)
+    history = float(summary["T"].max()) if len(summary) else 0.0
+    return _fit(summary, to_timestamp(as_of), history, horizon_days)
+
+
+def _fit(summary: pd.DataFrame, when: datetime, history: float, horizon_days: int) -> ClvModel:
     horizon, why = choose_horizon(history, horizon_days)
     started = time.perf_counter()
     params = fit_parameters(summary)
@@ -318,8 +347,8 @@ def fit_clv(tables: Tables, as_of: datetime | str | pd.Timestamp,
         raise InputError(f"The CLV fit did not converge: {', '.join(bad)} not a positive finite number ({params}).")
     report = {"history_days": round(history, 1), "horizon": why, "fit_seconds": round(time.perf_counter() - started, 2),
               "spend_customers": int(((summary["frequency"] > 0) & (summary["monetary_value"] > 0)).sum())}
-    return ClvModel(**params, as_of=when, horizon_days=horizon, customers=len(summary),
-                    repeat_buyers=int((summary["frequency"] > 0).sum()), report=report)
+    return ClvModel(**{k: float(v) for k, v in params.items()}, as_of=when, horizon_days=horizon,
+                    customers=len(summary), repeat_buyers=int((summary["frequency"] > 0).sum()), report=report)
 
 
 def clv_holdout(tables: Tables, as_of: datetime | str | pd.Timestamp, horizon_days: int) -> pd.DataFrame:

@@ -2,10 +2,11 @@
 
 Per classifier (target, label horizon ``h``), the data ending at ``E``:
 
-1. backtest: the configured recipe (XGBoost parameters: the defaults, or the best of ``trials``
-   Optuna trials) is fitted as ``train_classifier(as_of=B)`` fits, with ``B = day(E) - h``: the
-   holdout is every customer at ``B`` labelled from ``[B, B + h)``, the latest fully labelled
-   window; the folds before it are fitted on;
+1. backtest: XGBoost (parameters: the defaults, or the best of ``trials`` Optuna trials) and the
+   logistic model on log-RFM are fitted as ``train_classifier(as_of=B)`` fits, with ``B = day(E) - h``:
+   the holdout is every customer at ``B`` labelled from ``[B, B + h)``, the latest fully labelled
+   window; the folds before it are fitted on; the challenger's recipe is the kind that ranks the
+   validation month (the calibration fold) better (:mod:`training.classifier_choice`);
 2. the champion's recipe (its parameters, feature settings and horizon) is fitted on the same folds
    and scored on the same holdout customers; when the two recipes are the same the challenger is
    the champion refreshed with newer data, and there is nothing to compare;
@@ -15,7 +16,8 @@ Per classifier (target, label horizon ``h``), the data ending at ``E``:
    the one before stops the boosting early), registered with its backtest figures and
    ``trained_through = E``; it becomes the champion when it won. When it lost, the champion's recipe
    is refitted the same way and registered as the new champion, so that whatever is served has seen
-   the data up to its end.
+   the data up to its end. The churn model carries the CLV model (:mod:`training.clv`) fitted on every
+   customer's features at ``E``.
 
 The recommender follows the same steps on the protocol that suits the data
 (:func:`training.protocols.choose_protocol`): the time split with ``B = day(E) - window`` (fitted on
@@ -39,7 +41,9 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from features.build import build_features
 from features.config import FeatureConfig
+from features.errors import InputError
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import Target, build_training_set, data_end, monthly_as_of_dates
@@ -47,11 +51,13 @@ from features.validate import ContractError
 from training import plots
 from training.baselines import LogRFMLogistic, recency_rule
 from training.bootstrap import PairedDifference, paired_auc, paired_mean
+from training.classifier_choice import KINDS, choose_classifier, fit_kind
+from training.clv import DEFAULT_HORIZON_DAYS, fit_clv_features
 from training.design import FEATURE_CONFIG, feature_columns, trained_feature_config
-from training.fitting import choose_params, fit_bundle
+from training.fitting import choose_params
 from training.holdout_scores import log_holdout_scores
 from training.metrics import classification_metrics
-from training.model import ModelBundle
+from training.model import XGBOOST, ModelBundle
 from training.promotion import DEFAULT_MARGIN, decide
 from training.protocols import LEAVE_LATEST_OUT, choose_protocol, leave_latest_out, validation_fold
 from training.recommenders import evaluation
@@ -70,6 +76,7 @@ from training.registry import (
     log_and_register,
     registered_name,
 )
+from training.scoring import CLV_KEY
 from training.tracking import experiment_id, git_commit
 from training.train import MODEL_NAMES, Folds, NotEnoughDataError, check_rows, make_folds
 
@@ -90,6 +97,7 @@ class RetrainSettings:
     propensity_horizon_days: int = 30
     recommender: str = AUTO
     recommender_budget_s: float = DEFAULT_BUDGET_S  # auto's time budget
+    clv_horizon_days: int = DEFAULT_HORIZON_DAYS
     k: int = 10
     window_days: int = 90
     data_source: str | None = None
@@ -153,15 +161,16 @@ def _decision(champion: str | None, same_recipe: bool, comparison: PairedDiffere
 
 @dataclass(frozen=True)
 class ClassifierRecipe:
-    params: dict
+    params: dict  # XGBoost's (none for the logistic model)
     horizon_days: int
     feature_config: FeatureConfig
+    kind: str = XGBOOST
 
     def same_as(self, other: ClassifierRecipe) -> bool:
         def key(recipe: ClassifierRecipe) -> str:
             return json.dumps({k: str(v) for k, v in recipe.params.items()}, sort_keys=True)
-        return (key(self), self.horizon_days, self.feature_config) == (key(other), other.horizon_days,
-                                                                        other.feature_config)
+        return (key(self), self.horizon_days, self.feature_config, self.kind) == (
+            key(other), other.horizon_days, other.feature_config, other.kind)
 
 
 def _typed(value: str) -> object:
@@ -177,6 +186,8 @@ def classifier_recipe(name: str, version: str) -> ClassifierRecipe:
     """The recipe of a registered classifier: parameters from its bundle (or, for versions trained
     before bundles kept them, from its MLflow run's ``xgb_*`` parameters)."""
     bundle = load_version(name, version)
+    if bundle.kind != XGBOOST:
+        return ClassifierRecipe({}, bundle.horizon_days, trained_feature_config(bundle.meta), bundle.kind)
     params = bundle.meta.get("xgb_params")
     if params is None:
         client = MlflowClient()
@@ -204,10 +215,21 @@ def refit_folds(tables: Tables, target: Target, horizon: int, periods: int, conf
 
 def _fit(folds: Folds, recipe: ClassifierRecipe, target: Target, settings: RetrainSettings, meta: dict) -> ModelBundle:
     columns = feature_columns(folds.train, recipe.feature_config)
-    bundle, _ = fit_bundle(folds.train, folds.valid, folds.calibration, columns, target.value, recipe.horizon_days,
-                           recipe.params, settings.random_state,
-                           meta | {FEATURE_CONFIG: recipe.feature_config.to_dict()})
-    return bundle
+    return fit_kind(recipe.kind, folds.train, folds.valid, folds.calibration, columns, target.value,
+                    recipe.horizon_days, recipe.params, settings.random_state,
+                    meta | {FEATURE_CONFIG: recipe.feature_config.to_dict()})
+
+
+def _fit_clv(tables: Tables, end: datetime, config: FeatureConfig, horizon_days: int) -> tuple[dict | None, str]:
+    """The CLV model on every customer's features at the data's end (kept with the churn model), and a
+    line for the run's output; None with the reason when the shop's data cannot fit one."""
+    at = end + timedelta(microseconds=1)
+    try:
+        model = fit_clv_features(build_features(tables, at, config), at, horizon_days)
+    except InputError as exc:
+        return None, f"no CLV model: {exc}"
+    return model.to_dict(), (f"CLV: BG/NBD and Gamma-Gamma on {model.customers:,} customers "
+                             f"({model.repeat_buyers:,} repeat buyers), {model.report['horizon']}")
 
 
 def _classifier_plots(y: np.ndarray, scores: dict[str, np.ndarray], bundle: ModelBundle,
@@ -229,7 +251,8 @@ def _register_classifier(bundle: ModelBundle, name: str, run_name: str, settings
                            "backtest_as_of": backtest["as_of"].isoformat(), "trained_through": end.isoformat(),
                            "fit_as_of_dates": ",".join(f"{d:%Y-%m-%d}" for d in refit.fit_dates),
                            "backtest_fit_as_of_dates": ",".join(f"{d:%Y-%m-%d}" for d in backtest["fit_dates"]),
-                           "trials": settings.trials, **{f"xgb_{k}": v for k, v in bundle.meta["xgb_params"].items()}})
+                           "trials": settings.trials, "model_kind": bundle.kind,
+                           **{f"xgb_{k}": v for k, v in bundle.meta.get("xgb_params", {}).items()}})
         mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": tables.fingerprint(),
                          "holdout_as_of": backtest["as_of"].isoformat(), "target": bundle.target, "job": "sendwise run"})
         for who, values in backtest["figures"].items():
@@ -290,8 +313,11 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     columns = feature_columns(folds.train, config)
     say("choosing parameters" if settings.trials else "backtesting")
     params = choose_params(folds.train, folds.valid, columns, label, settings.trials, settings.random_state)
-    challenger = ClassifierRecipe(params, horizon, config)
-    backtest_bundle = _fit(folds, challenger, target, settings, {})
+    recipes = {kind: ClassifierRecipe(params if kind == XGBOOST else {}, horizon, config, kind) for kind in KINDS}
+    candidates = {kind: _fit(folds, recipe, target, settings, {}) for kind, recipe in recipes.items()}
+    choice = choose_classifier(candidates, folds.calibration, label)
+    say(choice.reason)
+    challenger, backtest_bundle = recipes[choice.kind], candidates[choice.kind]
     scores = {"challenger": backtest_bundle.predict_proba(folds.holdout)}
     fitted = pd.concat([folds.train, folds.valid, folds.calibration], ignore_index=True)
     scores["recency rule"] = recency_rule(folds.holdout, churn=target is Target.CHURNED)
@@ -324,7 +350,15 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     say("refitting on every labelled month")
     refit = refit_folds(tables, target, horizon, settings.periods, config)
     meta = {"trained_as_of": end.isoformat(), "holdout_as_of": as_of.isoformat(),
-            "holdout_metrics": figures["challenger"]}
+            "holdout_metrics": figures["challenger"], "model_choice": choice.reason,
+            **{f"validation_roc_auc_{kind}": auc for kind, auc in choice.roc_auc.items()}}
+    notes = [choice.reason]
+    if target is Target.CHURNED:
+        say("fitting the CLV model")
+        clv, line = _fit_clv(tables, end, config, settings.clv_horizon_days)
+        notes.append(line)
+        if clv is not None:
+            meta[CLV_KEY] = clv
     mlflow.set_experiment(experiment_id=experiment_id(f"sendwise-{model}"))
     say("registering")
     version = _register_classifier(_fit(refit, challenger, target, settings, meta), name, f"run-{model}-{end:%Y-%m-%d}",
@@ -344,8 +378,8 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     return RetrainOutcome(model, name, "roc_auc", CLASSIFIER_METRICS, as_of, len(folds.holdout),
                           f"trained on monthly as_of dates before {as_of:%Y-%m-%d}; holdout: every customer at "
                           f"{as_of:%Y-%m-%d}, labelled from the {horizon} days after it (the latest fully labelled "
-                          "window); the registered model is refitted on every labelled month up to the data's end.",
-                          figures, version, champion_version, champion_after, promoted, reason,
+                          "window); the registered model is refitted on every labelled month up to the data's end.\n"
+                          + "\n".join(notes), figures, version, champion_version, champion_after, promoted, reason,
                           latest_row_time(tables), comparison, backtest["plots"], [warning] if warning else [])
 
 

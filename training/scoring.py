@@ -1,4 +1,6 @@
-"""Batch scoring of every known customer with the champion churn and propensity models."""
+"""Batch scoring of every known customer with the champion churn and propensity models, and their
+lifetime value from the CLV model fitted with the churn model (:mod:`training.clv`, kept in its
+metadata): expected orders and spend over the horizon, P(alive) and the next order date."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from features.errors import InputError
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.validate import ContractError
+from training.clv import ClvModel, features_summary
 from training.design import design_row, trained_feature_config
 from training.model import ModelBundle
 from training.reasons import reasons_frame, top_reasons
@@ -24,16 +27,39 @@ RISK_CUTS = (0.3, 0.6)
 RISK_LABELS = ("low", "medium", "high")
 CHUNK = 200_000
 REASONS = 3
+CLV_KEY = "clv"  # the churn model's metadata key of its CLV model (ClvModel.to_dict())
+CLV_FIELDS = ("expected_orders", "predicted_clv", "p_alive", "next_order_date")
 
 
 def risk_band(p: np.ndarray) -> np.ndarray:
     return np.array(RISK_LABELS, dtype=object)[np.searchsorted(RISK_CUTS, p, side="right")]
 
 
+def clv_model(churn: ModelBundle) -> ClvModel | None:
+    """The CLV model fitted with ``churn`` (None for a model trained without one)."""
+    saved = churn.meta.get(CLV_KEY)
+    return None if saved is None else ClvModel.from_dict(saved)
+
+
+def clv_columns(features: pd.DataFrame, model: ClvModel | None, horizon_days: int | None = None,
+                at: datetime | None = None) -> pd.DataFrame:
+    """:data:`CLV_FIELDS` for each row of ``features`` (in order, one row per customer) over
+    ``horizon_days`` (default: the model's) from ``at`` (default: the features' as_of); missing for a
+    customer without an order, or without a model."""
+    ids = features[CUSTOMER_ID].to_numpy()
+    if model is None or not len(features):
+        empty = pd.DataFrame({name: np.full(len(features), np.nan) for name in CLV_FIELDS[:3]})
+        return empty.assign(next_order_date=pd.Series([pd.NaT] * len(features), dtype="datetime64[ns]"))
+    when = at if at is not None else (features["as_of"].iloc[0] if "as_of" in features else None)
+    predicted = model.predict(features_summary(features), horizon_days, when).set_index(CUSTOMER_ID)
+    return predicted.reindex(ids)[list(CLV_FIELDS)].reset_index(drop=True)
+
+
 def score_features(features: pd.DataFrame, churn: ModelBundle, propensity: ModelBundle,
-                   progress: Callable[[int], None] | None = None) -> pd.DataFrame:
-    """Scores for a feature frame; processed in chunks so that a million rows stay small."""
-    parts = []
+                   progress: Callable[[int], None] | None = None, clv_horizon_days: int | None = None) -> pd.DataFrame:
+    """Scores for a feature frame; processed in chunks so that a million rows stay small. The CLV
+    fields over ``clv_horizon_days`` (default: the CLV model's horizon)."""
+    parts, clv = [], clv_model(churn)
     for start in range(0, len(features), CHUNK):
         chunk = features.iloc[start: start + CHUNK]
         buyer = (chunk["orders_count"] > 0).to_numpy()
@@ -53,15 +79,15 @@ def score_features(features: pd.DataFrame, churn: ModelBundle, propensity: Model
             "rfm_segment": chunk["rfm_segment"].to_numpy(),
             "lifecycle_stage": chunk["lifecycle_stage"].to_numpy(),
         })
-        parts.append(pd.concat([part, reasons_frame(reasons)], axis=1))
+        parts.append(pd.concat([part, clv_columns(chunk, clv, clv_horizon_days), reasons_frame(reasons)], axis=1))
         if progress:
             progress(min(start + CHUNK, len(features)))
     return pd.concat(parts, ignore_index=True)
 
 
-def score_row(values: dict, churn: ModelBundle, propensity: ModelBundle) -> dict:
-    """One customer's scores from their feature ``values``, as :func:`score_features` gives their row
-    (without a frame: the service scores one customer right after an event)."""
+def score_row(values: dict, churn: ModelBundle, propensity: ModelBundle, at: datetime | None = None) -> dict:
+    """One customer's scores from their feature ``values`` at ``at``, as :func:`score_features` gives
+    their row (without a frame: the service scores one customer right after an event)."""
     buyer = (values.get("orders_count") or 0) > 0
     x_churn, x_prop = design_row(values, churn.columns)[None, :], design_row(values, propensity.columns)[None, :]
     churn_p = float(churn.predict_proba(None, x_churn)[0]) if buyer else np.nan
@@ -70,6 +96,7 @@ def score_row(values: dict, churn: ModelBundle, propensity: ModelBundle) -> dict
     return {"churn_probability": churn_p, "purchase_probability": float(propensity.predict_proba(None, x_prop)[0]),
             "churn_risk": risk_band(np.array([churn_p]))[0] if buyer else None,
             "rfm_segment": values.get("rfm_segment"), "lifecycle_stage": values.get("lifecycle_stage"),
+            **clv_columns(pd.DataFrame([{CUSTOMER_ID: "", **values}]), clv_model(churn), at=at).iloc[0].to_dict(),
             **{f"reason_{i + 1}": reason for i, reason in enumerate(reasons)}}
 
 
