@@ -100,6 +100,7 @@ def test_auto_is_the_default_and_its_table_reaches_mlflow(clustered: Tables, fol
     assert RunSettings().recommender == AUTO
     choice = choose_model(clustered, fold, budget_s=0.0, protocol_reason="hand-made")
     configure_tracking(tmp_path / "mlruns")
+    mlflow.set_experiment("model-choice")  # not the experiment an earlier test left active in another store
     with mlflow.start_run() as run:
         log_choice(choice)
     logged = MlflowClient().get_run(run.info.run_id)
