@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from features.tables import Tables
 from sendwise.project import RunSettings
 from training.protocols import time_split
+from training.recommenders.evaluation import evaluate
 from training.recommenders.models import CatalogTooLargeError, make_recommender
 from training.recommenders.selection import (
     AUTO,
@@ -109,3 +110,11 @@ def test_auto_is_the_default_and_its_table_reaches_mlflow(clustered: Tables, fol
     assert list(table["candidate"]) == [c.name for c in candidates()]
     assert list(table["status"]) == list(choice.table()["status"])
     assert "model_choice.txt" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+
+
+def test_evaluate_names_a_model_over_its_catalog_cap(clustered: Tables) -> None:
+    models = {"popular": make_recommender("popular"), "ease": make_recommender("ease", max_products=10)}
+    table = evaluate(clustered, AS_OF - timedelta(days=100), models)
+    skipped = table[table["model"].str.startswith("ease (skipped: EASE keeps a dense")]
+    assert len(skipped) == 2 and skipped["ndcg"].isna().all()
+    assert table.loc[table["model"] == "popular", "ndcg"].notna().all()

@@ -24,8 +24,8 @@ from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from training.protocols import ALL_ITEMS, NEW_ITEMS, Holdout, time_split
 from training.recommenders.batch import top_k_frame
-from training.recommenders.metrics import catalog_coverage, per_customer, ranking_metrics
-from training.recommenders.models import Recommender
+from training.recommenders.metrics import METRICS, catalog_coverage, per_customer, ranking_metrics
+from training.recommenders.models import CatalogTooLargeError, Recommender
 
 holdout = time_split  # the protocol of ``evaluate`` and ``train recommender``
 __all__ = ["ALL_ITEMS", "NEW_ITEMS", "Holdout", "evaluate", "fit_for_test", "holdout", "per_customer_metrics",
@@ -77,12 +77,19 @@ def per_customer_metrics(model: Recommender, tables: Tables, test: Holdout, k: i
 def evaluate(tables: Tables, as_of: datetime, models: dict[str, Recommender], k: int = 10,
              until: datetime | None = None, base_config: InteractionConfig | None = None,
              progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Fit every model before ``as_of`` and score it on the window after: one row per model and variant."""
+    """Fit every model before ``as_of`` and score it on the window after: one row per model and variant
+    (a model over its catalog cap, EASE on a large catalog, gets rows of NaN named with the reason)."""
     test = holdout(tables, as_of, until)
     rows = []
     for name, model in models.items():
         if progress:
             progress(name)
-        model.fit_tables(tables, as_of, base_config)
+        try:
+            model.fit_tables(tables, as_of, base_config)
+        except CatalogTooLargeError as exc:
+            rows += [{"model": f"{name} (skipped: {exc})", "variant": variant,
+                      "customers": test.truth[variant][CUSTOMER_ID].nunique(),
+                      **dict.fromkeys((*METRICS, "coverage"), float("nan"))} for variant in (NEW_ITEMS, ALL_ITEMS)]
+            continue
         rows += [{"model": name, **r} for r in score(model, tables, test, k, base_config)]
     return pd.DataFrame(rows)
