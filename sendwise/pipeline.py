@@ -52,7 +52,7 @@ from training.registry import (
     load_bundle,
     registered_name,
 )
-from training.scoring import models_feature_config, score_features
+from training.scoring import clv_model, models_feature_config, score_features
 from training.tracking import configure_tracking
 from training.train import MODEL_NAMES, TrainResult, train_classifier
 
@@ -365,8 +365,10 @@ def _moment(tables: Tables, as_of: datetime | None) -> pd.Timestamp:
 
 def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = None, project: str | None = None,
           allow_foreign_models: bool = False, *, timezone: str | None = None, mlruns: Path | None = None,
-          consent: ConsentRule = ConsentRule.RECORDED) -> None:
-    """Churn and purchase probabilities, risk band, segment, stage and top 3 reasons per customer at
+          consent: ConsentRule = ConsentRule.RECORDED, clv_horizon_days: int | None = None) -> None:
+    """Churn and purchase probabilities, risk band, segment, stage, lifetime value over
+    ``clv_horizon_days`` (default: the CLV model's, 365 or shorter for a short history; none when the
+    churn model carries no CLV model) and top 3 reasons per customer at
     ``as_of`` (default: just after the data's last row), with ``project``'s champions (none: the
     global names) from the MLflow store of ``mlruns`` (default: ./mlruns); prints how many may be
     emailed under the ``consent`` rule. A champion registered for another project is refused unless
@@ -388,10 +390,17 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
         task = bar.add_task("scoring", total=None)
         # the features of training.scoring.score_customers, kept for the consent line
         features = build_features(tables.before(when), when, models_feature_config(churn, propensity))
-        scores = score_features(features, churn, propensity, progress=lambda done: bar.update(task, completed=done))
+        scores = score_features(features, churn, propensity, progress=lambda done: bar.update(task, completed=done),
+                                clv_horizon_days=clv_horizon_days)
     _write_table(scores, out)
     console.print(f"{len(scores):,} customers scored at {iso(when)} with churn v{churn.meta['version']} and "
                   f"propensity v{propensity.meta['version']}; written to {out}")
+    clv = clv_model(churn)
+    if clv is None:
+        console.print("no lifetime value: the churn model was trained without a CLV model (run `sendwise run`)")
+    else:
+        console.print(f"lifetime value over {clv_horizon_days or clv.horizon_days} days (expected_orders, "
+                      f"predicted_clv, p_alive, next_order_date; CLV model fitted at {iso(clv.as_of)})")
     console.print(scores["churn_risk"].value_counts().rename("customers").to_frame().T.to_string())
     print_emailable(tables, features, consent)
 

@@ -167,6 +167,8 @@ def run_project(project: Project) -> RunResult:
 
 
 def print_outcome(outcome: RetrainOutcome) -> None:
+    for line in outcome.protocol.splitlines()[1:]:  # what was chosen and why (the first line: the protocol)
+        console.print(line, highlight=False, soft_wrap=True)
     metric = outcome.metric
     figures = ", ".join(f"{who} {values[metric]:.4f}" for who, values in outcome.figures.items() if metric in values)
     console.print(f"backtest at {outcome.backtest_as_of:%Y-%m-%d} ({outcome.holdout_rows:,} customers), "

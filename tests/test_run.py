@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -83,6 +84,17 @@ def test_run_refits_every_model_through_the_data_end_and_reports(project_dir: Pa
     assert project.snapshot.exists()
     reports = sorted(project.reports.glob("run-*.html"))
     assert len(reports) == 1 and "data:image/png;base64," in reports[0].read_text()
+    # the kind shipped and why, and the CLV model the churn model carries: in the output and in score
+    assert "validation ROC-AUC" in first.output and "CLV: BG/NBD and Gamma-Gamma" in first.output
+    scored = runner.invoke(app, ["score", "--project", str(project_dir), "--out", str(project_dir / "s.csv")])
+    assert scored.exit_code == ExitCode.OK and "lifetime value over" in scored.output, scored.output
+    shorter = runner.invoke(app, ["score", "--project", str(project_dir), "--out", str(project_dir / "s90.csv"),
+                                  "--clv-horizon", "30"])
+    assert shorter.exit_code == ExitCode.OK and "lifetime value over 30 days" in shorter.output, shorter.output
+    year, month = (pd.read_csv(project_dir / f).set_index("customer_id") for f in ("s.csv", "s90.csv"))
+    buyers = year["predicted_clv"].notna()
+    assert buyers.any() and (year.loc[buyers, "predicted_clv"] >= month.loc[buyers, "predicted_clv"]).all()
+    assert (year.loc[buyers, "predicted_clv"] > month.loc[buyers, "predicted_clv"]).any()
 
     second = runner.invoke(app, ["run", "--project", str(project_dir)])
     assert second.exit_code == ExitCode.OK, second.output

@@ -119,11 +119,16 @@ def score(out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Outpu
               help="Whom the emailable count allows: recorded (consent on record) or unless-refused (all but "
                    "recorded refusals); default: the project's consent, else recorded.")] = None,
           allow_foreign_models: AllowForeign = False,
+          clv_horizon: Annotated[int | None, typer.Option(
+              metavar="DAYS", min=1, max=3650, show_default=False,
+              help="Lifetime value over this many days (default: the CLV model's: 365, or 180 or 90 for a "
+                   "short history).")] = None,
           data: DataOption = None, rejects: RejectsOption = None, project: ProjectOption = None) -> None:
-    """Churn and purchase probabilities, risk band, segment, stage and top 3 reasons per customer,
-    and how many of them may be emailed."""
+    """Churn and purchase probabilities, risk band, segment, stage, lifetime value (expected orders and
+    spend, P(alive), next order date) and top 3 reasons per customer, and how many may be emailed."""
     run = resolve(project, data=data, rejects=rejects)
     data = run.need_data()
     run.use_tracking()
     pipeline.score(data, as_of, out, run.rejects, run.name, allow_foreign_models, timezone=run.timezone,
-                   mlruns=run.mlruns, consent=run.pick(consent, lambda s: s.consent, ConsentRule.RECORDED))
+                   mlruns=run.mlruns, consent=run.pick(consent, lambda s: s.consent, ConsentRule.RECORDED),
+                   clv_horizon_days=clv_horizon)
