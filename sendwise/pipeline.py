@@ -297,8 +297,11 @@ def train_recommender(data: Path, as_of: datetime, model: str = "als", trials: i
         result = fit_recommender(tables, as_of, model, trials, k, window, mlruns=mlruns,
                                  progress=lambda what: bar.update(task, description=what), project=project,
                                  data_source=str(data.resolve()))
-    print_metrics(result.table, k, f"{name} v{result.version} ({model}): holdout "
+    if result.choice is not None:
+        console.print(result.choice.render(), highlight=False)
+    print_metrics(result.table, k, f"{name} v{result.version} ({result.kind}): holdout "
                                    f"{iso(result.holdout.as_of)} to {iso(result.holdout.until)}")
+    console.print(f"protocol: {result.protocol}", highlight=False)
     console.print(f"parameters: {result.params}")
     console.print(f"MLflow run {result.run_id}; registered as {name} v{result.version} (alias challenger)")
     print_plots(result.run_id)

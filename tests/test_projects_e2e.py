@@ -58,8 +58,10 @@ def test_two_shops_in_one_store_each_served_its_own_models(demo_dir: Path, onlin
         started = time.perf_counter()
         init = _sendwise("init", str(tmp_path / name), *source, cwd=tmp_path, env=env)
         assert init.returncode == 0, init.stdout[-3000:] + init.stderr[-3000:]
-        file = tmp_path / name / "sendwise.yaml"  # fewer monthly folds: this test is about two shops, not quality
-        file.write_text(file.read_text().replace("periods: 12", "periods: 4"))
+        # fewer monthly folds and one named recommender (auto compares eight): two shops, not quality
+        file = tmp_path / name / "sendwise.yaml"
+        file.write_text(file.read_text().replace("periods: 12", "periods: 4").replace("recommender: auto",
+                                                                                    "recommender: als"))
         run = _sendwise("run", "--project", str(tmp_path / name), cwd=tmp_path, env=env)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert "emailable: " in run.stdout
