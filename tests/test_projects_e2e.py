@@ -1,6 +1,8 @@
 """Two shops side by side in one MLflow store: `sendwise init` -> `sendwise run` -> `sendwise serve`
 for a generated shop and for the real Online Retail export, each service answering with its own
-project's models (the evidence of issue 15)."""
+project's models (the evidence of issue 15). Marked slow (about two minutes: it imports and trains on
+the whole Online Retail export): `pytest -m slow`. The default run keeps two projects apart in
+tests/test_run.py and tests/test_cli_projects.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import stop_server, wait_until_ready
 from mlflow.tracking import MlflowClient
 
@@ -45,6 +48,7 @@ def _model_info(project: Path, cwd: Path, env: dict[str, str], log: Path) -> dic
         stop_server(server)
 
 
+@pytest.mark.slow
 def test_two_shops_in_one_store_each_served_its_own_models(demo_dir: Path, online_retail_path: Path,
                                                            tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'shared-mlruns' / 'mlflow.db'}"
