@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_server import free_port, start_redis, stop_redis
+from redis_server import free_port
 
 from features.errors import InputError
 from features.event_log import Event, EventLog, parse_events
@@ -38,12 +38,10 @@ EVENTS = log_events(("w1", VICTIM, "order"), ("e1", "c1", "product_view"), ("e2"
                     ("o2", "c2", "order"), ("e3", "c2", "product_view"))  # o2: an order id the files hold
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    server = start_redis(port, tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop_redis(server)
+@pytest.fixture
+def redis_url(online_store: str) -> str:
+    """The session's redis-server (appendonly yes, appendfsync always; conftest.online_store)."""
+    return online_store
 
 
 @pytest.fixture

@@ -44,13 +44,10 @@ def order(event_id: str, customer: str = "c1", at: str = "2024-03-02T09:30:00Z")
                         {"product_id": "p2", "quantity": -1, "unit_price": 10}])
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """This module's redis-server: appendonly yes, appendfsync always."""
-    port = free_port()
-    server = start_redis(port, tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    stop_redis(server)
+@pytest.fixture
+def redis_url(online_store: str) -> str:
+    """The session's redis-server (appendonly yes, appendfsync always; conftest.online_store)."""
+    return online_store
 
 
 @pytest.fixture
