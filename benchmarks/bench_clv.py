@@ -4,7 +4,7 @@ Two fits of the same models: ``served``, what ``sendwise run`` fits and every ou
 (``fit_clv_features``: on the customers' features at the as_of, orders and mean order values), and
 ``order_days``, on the library's summary (``fit_clv``: order days, repeat-order values).
 
-Protocol (``training.clv.clv_holdout``): fit on the orders before the as_of; the holdout is the next 180
+Protocol (``training.protocols.clv_holdout``): fit on the orders before the as_of; the holdout is the next 180
 days. The as_of is chosen by one rule for every data set, not by the figures: the latest midnight
 whose 180-day holdout ends by the start of the data's last day (the last day may be partial). 180
 days because neither data set has room for a 365-day holdout after a year of history (Online Retail
@@ -48,7 +48,6 @@ from features.importers.uci_retail import import_online_retail
 from features.io import load_data_dir
 from features.tables import Tables
 from training.clv import (
-    clv_holdout,
     clv_summary,
     evaluate_clv,
     features_summary,
@@ -56,6 +55,7 @@ from training.clv import (
     fit_clv_features,
     historic_rate,
 )
+from training.protocols import clv_holdout
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work"

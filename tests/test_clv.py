@@ -18,7 +18,6 @@ from training.clv import (
     PREDICTION_COLUMNS,
     ClvModel,
     choose_horizon,
-    clv_holdout,
     clv_summary,
     evaluate_clv,
     fit_clv,
@@ -26,6 +25,7 @@ from training.clv import (
     orders_calibration,
     top_decile_share,
 )
+from training.protocols import clv_holdout
 
 AS_OF = pd.Timestamp("2024-01-11")
 DEMO_AS_OF = "2025-07-01"  # the conftest demo shop (400 customers from 2024-07-02): 136 buyers, 72 repeat

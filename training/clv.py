@@ -54,7 +54,6 @@ MIN_REPEAT_BUYERS = 30  # customers with a second order day needed to fit either
 PARAMETERS = ("r", "alpha", "a", "b", "p", "q", "v")
 SUMMARY_COLUMNS = (CUSTOMER_ID, "frequency", "recency", "T", "monetary_value", "spend")
 PREDICTION_COLUMNS = (CUSTOMER_ID, "expected_orders", "p_alive", "predicted_clv", "next_order_date")
-HOLDOUT_COLUMNS = (CUSTOMER_ID, "actual_orders", "actual_spend")
 COMPILE_MODE = "FAST_COMPILE"
 _BISECTIONS = 40  # halvings of the horizon when solving for the next order date: far below a minute
 
@@ -351,31 +350,6 @@ def _fit(summary: pd.DataFrame, when: datetime, history: float, horizon_days: in
                     customers=len(summary), repeat_buyers=int((summary["frequency"] > 0).sum()), report=report)
 
 
-def clv_holdout(tables: Tables, as_of: datetime | str | pd.Timestamp, horizon_days: int) -> pd.DataFrame:
-    """The CLV evaluation protocol: calibration = orders before ``as_of``; holdout = the next
-    ``horizon_days`` days. One row per calibration customer (an order before ``as_of``):
-    ``actual_orders`` (days with an order in ``[as_of, as_of + horizon)``, the unit the model predicts)
-    and ``actual_spend`` (those orders' value). An InputError when the data ends before the window."""
-    when = to_timestamp(as_of)
-    end = when + pd.Timedelta(days=int(horizon_days))
-    _, last = tables.time_range()
-    if last is None or last < end - pd.Timedelta(days=1):
-        raise InputError(f"The CLV holdout [{when:%Y-%m-%d}, {end:%Y-%m-%d}) is not inside the data, whose last row "
-                         f"is at {last}; use an earlier as_of or a shorter horizon.")
-    sql = f"""
-        WITH purchases AS (
-            SELECT {CUSTOMER_ID}, min({ORDERED_AT}) AS placed, sum({QUANTITY} * {UNIT_PRICE}) AS value
-            FROM {Table.ORDERS.value} WHERE {ORDERED_AT} < $end AND {QUANTITY} > 0
-            GROUP BY {CUSTOMER_ID}, {ORDER_ID}),
-        calibration AS (SELECT DISTINCT {CUSTOMER_ID} FROM purchases WHERE placed < $as_of)
-        SELECT c.{CUSTOMER_ID},
-               CAST(count(DISTINCT {_day_sql('p.placed')}) AS DOUBLE) AS actual_orders,
-               CAST(coalesce(sum(p.value), 0) AS DOUBLE) AS actual_spend
-        FROM calibration c LEFT JOIN purchases p ON p.{CUSTOMER_ID} = c.{CUSTOMER_ID} AND p.placed >= $as_of
-        GROUP BY c.{CUSTOMER_ID} ORDER BY c.{CUSTOMER_ID}"""
-    return tables.con.sql(sql, params={"as_of": when, "end": end}).df()[list(HOLDOUT_COLUMNS)]
-
-
 def historic_rate(summary: pd.DataFrame, horizon_days: int, history_days: float | None = None) -> pd.DataFrame:
     """The baseline: a customer's spend and order days before the as_of per day, times the horizon; per
     day since their own first order (at least one day), or per day of ``history_days`` when given
@@ -410,7 +384,7 @@ def orders_calibration(expected: np.ndarray, actual: np.ndarray, bins: int = 10)
 
 def evaluate_clv(holdout: pd.DataFrame, predictions: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
     """Each named prediction frame (``customer_id``, ``expected_orders``, ``predicted_clv``) against the
-    holdout of :func:`clv_holdout`: spend ``mae``, ``spearman``, ``top_decile_share`` of the holdout
+    holdout of :func:`training.protocols.clv_holdout`: spend ``mae``, ``spearman``, ``top_decile_share`` of the holdout
     spend, ``total_ratio`` (predicted over actual total spend), ``orders_mae`` and the ``calibration``
     of expected orders (records of :func:`orders_calibration`)."""
     results = {}

@@ -9,6 +9,9 @@
   are the input. For data where a customer's history is one short burst (MovieLens-like rating
   sessions), where few customers buy on both sides of any one date.
 * :func:`choose_protocol` ``(tables, window_days)``: which of the two suits the data, with the reason.
+* :func:`clv_holdout` ``(tables, as_of, horizon_days)``: lifetime value's protocol: the orders before
+  ``as_of`` are the input, each of those customers' order days and spend in the next ``horizon_days``
+  the truth (:mod:`training.clv`).
 
 Both return a :class:`Holdout`; truth comes in two variants: *new items* (products the customer had
 not bought in the input) and *all items* (repurchases count). A test customer bought something in
@@ -22,9 +25,19 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from features.errors import NotFoundError
+from features.build import to_timestamp
+from features.errors import InputError, NotFoundError
 from features.interactions import purchases
-from features.schema import CUSTOMER_ID, OCCURRED_AT, ORDERED_AT, PRODUCT_ID, QUANTITY, Table
+from features.schema import (
+    CUSTOMER_ID,
+    OCCURRED_AT,
+    ORDER_ID,
+    ORDERED_AT,
+    PRODUCT_ID,
+    QUANTITY,
+    UNIT_PRICE,
+    Table,
+)
 from features.tables import Tables
 
 NEW_ITEMS, ALL_ITEMS = "new items", "all items"
@@ -136,3 +149,31 @@ def validation_fold(tables: Tables, test: Holdout, window_days: int) -> Holdout:
         return leave_latest_out(test.inputs, test.as_of)
     cut = tables.before(test.as_of)
     return replace(time_split(cut, test.as_of - timedelta(days=window_days), test.as_of), inputs=cut)
+
+
+HOLDOUT_COLUMNS = (CUSTOMER_ID, "actual_orders", "actual_spend")
+
+
+def clv_holdout(tables: Tables, as_of: datetime | str | pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+    """The CLV evaluation protocol: calibration = orders before ``as_of``; holdout = the next
+    ``horizon_days`` days. One row per calibration customer (an order before ``as_of``):
+    ``actual_orders`` (days with an order in ``[as_of, as_of + horizon)``, the unit the model predicts)
+    and ``actual_spend`` (those orders' value). An InputError when the data ends before the window."""
+    when = to_timestamp(as_of)
+    end = when + pd.Timedelta(days=int(horizon_days))
+    _, last = tables.time_range()
+    if last is None or last < end - pd.Timedelta(days=1):
+        raise InputError(f"The CLV holdout [{when:%Y-%m-%d}, {end:%Y-%m-%d}) is not inside the data, whose last row "
+                         f"is at {last}; use an earlier as_of or a shorter horizon.")
+    sql = f"""
+        WITH purchases AS (
+            SELECT {CUSTOMER_ID}, min({ORDERED_AT}) AS placed, sum({QUANTITY} * {UNIT_PRICE}) AS value
+            FROM {Table.ORDERS.value} WHERE {ORDERED_AT} < $end AND {QUANTITY} > 0
+            GROUP BY {CUSTOMER_ID}, {ORDER_ID}),
+        calibration AS (SELECT DISTINCT {CUSTOMER_ID} FROM purchases WHERE placed < $as_of)
+        SELECT c.{CUSTOMER_ID},
+               CAST(count(DISTINCT date_trunc('day', p.placed)) AS DOUBLE) AS actual_orders,
+               CAST(coalesce(sum(p.value), 0) AS DOUBLE) AS actual_spend
+        FROM calibration c LEFT JOIN purchases p ON p.{CUSTOMER_ID} = c.{CUSTOMER_ID} AND p.placed >= $as_of
+        GROUP BY c.{CUSTOMER_ID} ORDER BY c.{CUSTOMER_ID}"""
+    return tables.con.sql(sql, params={"as_of": when, "end": end}).df()[list(HOLDOUT_COLUMNS)]
