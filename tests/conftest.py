@@ -16,6 +16,10 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# The services the tests start in-process do not poll the MLflow store from a thread: a check sets the
+# process-wide tracking URI (serving/reload.py), and one landing in another test's training run made
+# its next call look for the run in the wrong store. The tests of reloading set their own interval.
+os.environ.setdefault("SENDWISE_RELOAD_SECONDS", "0")
 
 from redis_server import free_port, start_redis, stop_redis
 
