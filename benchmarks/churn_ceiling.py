@@ -45,7 +45,7 @@ from features.io import load_data_dir  # noqa: E402
 from features.schema import COUNTRY, CUSTOMER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY  # noqa: E402
 from features.tables import Tables  # noqa: E402
 from features.training_set import Target  # noqa: E402
-from training.baselines import LogRFMLogistic  # noqa: E402
+from training.linear import LogRFMModel  # noqa: E402
 from training.design import design_matrix, feature_columns  # noqa: E402
 from training.train import make_folds  # noqa: E402
 from training.tuning import BASE_PARAMS  # noqa: E402
@@ -128,7 +128,7 @@ def main() -> None:
     # SVD axes are fitted per as_of and comparable only within one: the taste set is measured
     # in-distribution only, where training and test rows share the holdout's axes.
     taste = taste_features(tables, holdout[CUSTOMER_ID], AS_OF)
-    logistic = LogRFMLogistic().fit(fit_rows, fit_rows[LABEL].to_numpy(int))
+    logistic = LogRFMModel.fit(fit_rows, fit_rows[LABEL].to_numpy(int))
     results = {
         "protocol": "Online Retail, churn within 90 days, holdout as_of 2011-09-10, ROC-AUC",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

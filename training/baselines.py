@@ -1,11 +1,10 @@
-"""Simple baselines evaluated next to every model on the same holdout."""
+"""Simple baselines evaluated next to every model on the same holdout (the other one, logistic
+regression on log RFM, is :class:`training.linear.LogRFMModel`, which a shop may also be given)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from training.linear import LogRFMModel
 
 
 def recency_rule(features: pd.DataFrame, churn: bool) -> np.ndarray:
@@ -13,14 +12,3 @@ def recency_rule(features: pd.DataFrame, churn: bool) -> np.ndarray:
     probability. Customers who never ordered rank as the longest absent."""
     recency = features["recency_days"].astype(float).fillna(features["tenure_days"].astype(float)).to_numpy()
     return recency if churn else -recency
-
-
-class LogRFMLogistic:
-    """Logistic regression on log(1 + recency, frequency, monetary) (:class:`training.linear.LogRFMModel`)."""
-
-    def fit(self, features: pd.DataFrame, y: np.ndarray) -> LogRFMLogistic:
-        self.model_ = LogRFMModel.fit(features, y)
-        return self
-
-    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
-        return self.model_.predict_proba(features)

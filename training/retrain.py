@@ -49,13 +49,14 @@ from features.tables import Tables
 from features.training_set import Target, build_training_set, data_end, monthly_as_of_dates
 from features.validate import ContractError
 from training import plots
-from training.baselines import LogRFMLogistic, recency_rule
+from training.baselines import recency_rule
 from training.bootstrap import PairedDifference, paired_auc, paired_mean
 from training.classifier_choice import KINDS, choose_classifier, fit_kind
 from training.clv import DEFAULT_HORIZON_DAYS, fit_clv_features
 from training.design import FEATURE_CONFIG, feature_columns, trained_feature_config
 from training.fitting import choose_params
 from training.holdout_scores import log_holdout_scores
+from training.linear import LogRFMModel
 from training.metrics import classification_metrics
 from training.model import XGBOOST, ModelBundle
 from training.promotion import DEFAULT_MARGIN, decide
@@ -321,7 +322,7 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     scores = {"challenger": backtest_bundle.predict_proba(folds.holdout)}
     fitted = pd.concat([folds.train, folds.valid, folds.calibration], ignore_index=True)
     scores["recency rule"] = recency_rule(folds.holdout, churn=target is Target.CHURNED)
-    scores["logistic log-RFM"] = LogRFMLogistic().fit(fitted, fitted[label].to_numpy(int)).predict_proba(folds.holdout)
+    scores["logistic log-RFM"] = LogRFMModel.fit(fitted, fitted[label].to_numpy(int)).predict_proba(folds.holdout)
 
     champion_version = alias_version(name, CHAMPION)
     champion = classifier_recipe(name, champion_version) if champion_version else None

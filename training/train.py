@@ -36,10 +36,11 @@ from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
 from features.validate import ContractError
 from training import plots
-from training.baselines import LogRFMLogistic, recency_rule
+from training.baselines import recency_rule
 from training.design import FEATURE_CONFIG, feature_columns
 from training.fitting import choose_params, fit_bundle, matrix
 from training.holdout_scores import log_holdout_scores
+from training.linear import LogRFMModel
 from training.metrics import classification_metrics
 from training.model import ModelBundle
 from training.registry import PROJECT_TAG, ModelProvenance, log_and_register, registered_name
@@ -198,7 +199,7 @@ def train_classifier(
         raw_holdout = booster.inplace_predict(matrix(folds.holdout, columns))
         p_holdout = calibrator.apply(raw_holdout)
         fitted = pd.concat([folds.train, folds.valid, folds.calibration], ignore_index=True)
-        logistic = LogRFMLogistic().fit(fitted, fitted[label].to_numpy(int))
+        logistic = LogRFMModel.fit(fitted, fitted[label].to_numpy(int))
         baseline_scores = {
             "recency_rule": recency_rule(folds.holdout, churn=target is Target.CHURNED),
             "logistic_log_rfm": logistic.predict_proba(folds.holdout),
