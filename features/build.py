@@ -3,7 +3,8 @@
 ``build_features(tables, as_of)`` returns one row per customer known before ``as_of`` (signed up,
 ordered or had an event strictly before it) and reads no row at or after ``as_of``. Every feature
 is declared once in :mod:`features.registry`; the query is generated from those declarations by
-:mod:`features.engines.compiler` for an :class:`~features.engines.Engine` (DuckDB here).
+:mod:`features.engines.compiler` for an :class:`~features.engines.Engine`: DuckDB, or Spark for
+tables held in Spark (:mod:`features.spark`).
 :mod:`features._reference` is a slow, hand-written pandas twin that the tests hold this module to.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -20,6 +22,9 @@ from features.engines.compiler import compile_features
 from features.registry import registry
 from features.tables import Tables
 
+if TYPE_CHECKING:
+    from features.spark import SparkTables
+
 
 @lru_cache(maxsize=32)
 def feature_sql(config: FeatureConfig | None = None, engine_name: str = "duckdb") -> str:
@@ -28,13 +33,18 @@ def feature_sql(config: FeatureConfig | None = None, engine_name: str = "duckdb"
     return compile_features(registry(config), engine(engine_name))
 
 
-def build_features(tables: Tables, as_of: datetime | str | pd.Timestamp,
+def build_features(tables: Tables | SparkTables, as_of: datetime | str | pd.Timestamp,
                    config: FeatureConfig | None = None) -> pd.DataFrame:
     """One row of features per customer known before ``as_of``, from rows strictly before it
-    (``config``: the feature settings; default :meth:`FeatureConfig.current`)."""
+    (``config``: the feature settings; default :meth:`FeatureConfig.current`), computed by the
+    engine that holds ``tables`` (Spark's rows collected to this process: for what fits in it)."""
     config = config or FeatureConfig.current()
-    sql = feature_sql(config)
-    return tables.con.execute(sql, engine().parameters(to_timestamp(as_of))).df()
+    when = to_timestamp(as_of)
+    if tables.engine == "spark":
+        from features.spark import spark_features, to_pandas
+
+        return to_pandas(spark_features(tables, when, config))
+    return tables.con.execute(feature_sql(config), engine().parameters(when)).df()
 
 
 def to_timestamp(value: datetime | str | pd.Timestamp) -> datetime:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from implicit.nearest_neighbours import bm25_weight, tfidf_weight
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.engines import Engine, double, engine
 from features.errors import InputError
 from features.schema import (
     CUSTOMER_ID,
@@ -32,6 +33,9 @@ from features.schema import (
     Table,
 )
 from features.tables import Tables
+
+if TYPE_CHECKING:
+    from features.spark import SparkTables
 
 Weighting = Literal["plain", "bm25", "tfidf"]
 WEIGHT = "weight"
@@ -67,49 +71,57 @@ class Interactions:
         return self.matrix.shape
 
 
-def _signals_sql(config: InteractionConfig) -> str:
-    decay = "1.0" if config.half_life_days is None else (
-        f"pow(0.5, (epoch_us($as_of) - epoch_us(t)) / 86400000000.0 / {float(config.half_life_days)})")
+def _signals_sql(config: InteractionConfig, e: Engine) -> str:
+    decay = double(1) if config.half_life_days is None else (
+        f"pow(CAST(0.5 AS DOUBLE), {e.days_between('t', e.as_of())} / {double(config.half_life_days)})")
     returns = "" if config.subtract_returns else f"AND {QUANTITY} > 0"
+    purchase, add_to_cart, product_view = (e.parameter(n) for n in ("purchase", "add_to_cart", "product_view"))
     return f"""
         WITH lines AS (
             SELECT {CUSTOMER_ID}, {PRODUCT_ID}, min({ORDERED_AT}) AS t,
-                   CASE WHEN sum({QUANTITY}) > 0 THEN $purchase ELSE -$purchase END AS w
+                   CASE WHEN sum({QUANTITY}) > 0 THEN {purchase} ELSE -{purchase} END AS w
             FROM {Table.ORDERS.value}
-            WHERE {ORDERED_AT} < $as_of AND {QUANTITY} <> 0 {returns}
+            WHERE {ORDERED_AT} < {e.as_of()} AND {QUANTITY} <> 0 {returns}
             GROUP BY {ORDER_ID}, {CUSTOMER_ID}, {PRODUCT_ID}
         ), browsing AS (
             SELECT {CUSTOMER_ID}, {PRODUCT_ID}, {OCCURRED_AT} AS t,
-                   CASE {EVENT_TYPE} WHEN '{EventType.ADD_TO_CART.value}' THEN $add_to_cart
-                                     ELSE $product_view END AS w
+                   CASE {EVENT_TYPE} WHEN '{EventType.ADD_TO_CART.value}' THEN {add_to_cart}
+                                     ELSE {product_view} END AS w
             FROM {Table.EVENTS.value}
-            WHERE {OCCURRED_AT} < $as_of AND {PRODUCT_ID} IS NOT NULL
+            WHERE {OCCURRED_AT} < {e.as_of()} AND {PRODUCT_ID} IS NOT NULL
               AND {EVENT_TYPE} IN ('{EventType.ADD_TO_CART.value}', '{EventType.PRODUCT_VIEW.value}')
         )
         SELECT {CUSTOMER_ID}, {PRODUCT_ID}, sum(w * {decay}) AS {WEIGHT}
-        FROM (SELECT * FROM lines UNION ALL SELECT * FROM browsing)
-        GROUP BY ALL HAVING sum(w * {decay}) > 1e-9
+        FROM (SELECT * FROM lines UNION ALL SELECT * FROM browsing) signals
+        GROUP BY {CUSTOMER_ID}, {PRODUCT_ID} HAVING sum(w * {decay}) > CAST(1e-9 AS DOUBLE)
     """
 
 
-def catalog_ids(tables: Tables) -> pd.Index:
+def interaction_pairs_sql(config: InteractionConfig, engine_name: str) -> tuple[str, dict[str, float]]:
+    """The weighted (customer_id, product_id, weight) query of ``config`` in an engine's dialect, and
+    its parameters other than the as_of."""
+    params = {"purchase": float(config.purchase), "add_to_cart": float(config.add_to_cart),
+              "product_view": float(config.product_view)}
+    return _signals_sql(config, engine(engine_name)), params
+
+
+def catalog_ids(tables: Tables | SparkTables) -> pd.Index:
     """Product ids of the catalog and of every ordered or browsed product, sorted."""
-    rows = tables.con.sql(
+    rows = tables.query(
         f"""SELECT {PRODUCT_ID} FROM {Table.PRODUCTS.value}
             UNION SELECT {PRODUCT_ID} FROM {Table.ORDERS.value}
-            UNION SELECT {PRODUCT_ID} FROM {Table.EVENTS.value} WHERE {PRODUCT_ID} IS NOT NULL"""
-    ).fetchall()
-    return pd.Index(sorted(r[0] for r in rows), name=PRODUCT_ID)
+            UNION SELECT {PRODUCT_ID} FROM {Table.EVENTS.value} WHERE {PRODUCT_ID} IS NOT NULL""")
+    return pd.Index(sorted(rows[PRODUCT_ID]), name=PRODUCT_ID)
 
 
-def build_interactions(tables: Tables, as_of: datetime, config: InteractionConfig | None = None,
+def build_interactions(tables: Tables | SparkTables, as_of: datetime, config: InteractionConfig | None = None,
                        product_ids: pd.Index | None = None) -> Interactions:
     """The interaction matrix at ``as_of``: rows are customers with a positive total, columns are
-    ``product_ids`` (default: :func:`catalog_ids`; products outside it are ignored)."""
+    ``product_ids`` (default: :func:`catalog_ids`; products outside it are ignored). The weights are
+    summed by the engine holding ``tables`` (DuckDB, or Spark)."""
     config = config or InteractionConfig()
-    params = {"as_of": as_of, "purchase": config.purchase, "add_to_cart": config.add_to_cart,
-              "product_view": config.product_view}
-    pairs = tables.con.sql(_signals_sql(config), params=params).df()
+    sql, params = interaction_pairs_sql(config, tables.engine)
+    pairs = tables.query(sql, params | engine(tables.engine).parameters(as_of))
     products = catalog_ids(tables) if product_ids is None else pd.Index(product_ids, name=PRODUCT_ID)
     cols = products.get_indexer(pairs[PRODUCT_ID])
     pairs = pairs[cols >= 0]

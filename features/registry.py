@@ -34,6 +34,7 @@ from enum import StrEnum
 from functools import lru_cache
 
 from features.config import FeatureConfig
+from features.engines import double as _double
 from features.rfm import SEGMENTS, segment_sql
 from features.schema import (
     ATTRIBUTE,
@@ -269,11 +270,6 @@ def _attribute(name: Attribute) -> str:
 def _ratio(numerator: str, denominator: str) -> str:
     """``numerator / denominator``, NULL unless the denominator is positive (portable: no division by zero)."""
     return f"CASE WHEN {denominator} > 0 THEN {numerator} / {denominator} END"
-
-
-def _double(value: float) -> str:
-    """A float literal every engine reads as DOUBLE (Spark reads ``3.0`` as DECIMAL)."""
-    return f"CAST({float(value)!r} AS DOUBLE)"
 
 
 def sources(config: FeatureConfig) -> tuple[Source, ...]:
@@ -525,7 +521,7 @@ def features(config: FeatureConfig) -> tuple[Feature, ...]:
                 Dtype.INT, Unit.SCORE, score_of="round(revenue, 6)", population=buyers,
                 phrase=lambda v: f"ranks {v:.0f} of 5 for spend", missing="no orders yet"),
         Feature("rfm_segment", "RFM", "the first segment whose R and FM ranges match", Dtype.TEXT, Unit.LEVEL,
-                expr=segment_sql("rfm_recency", "CAST(ceil((rfm_frequency + rfm_monetary) / 2.0) AS INTEGER)",
+                expr=segment_sql("rfm_recency", f"CAST(ceil((rfm_frequency + rfm_monetary) / {_double(2)}) AS INTEGER)",
                                  "orders_count"),
                 levels=SEGMENTS, level_phrases=tuple((f"in the {s} segment", f"not in the {s} segment")
                                                      for s in SEGMENTS),

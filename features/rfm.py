@@ -70,5 +70,5 @@ def score_sql(column: str, descending: bool) -> str:
     """SQL window expression giving the 1-5 score of ``column`` among rows with orders."""
     order = "DESC" if descending else "ASC"
     return (
-        f"CAST(least(5, 1 + floor(5.0 * percent_rank() OVER (ORDER BY {column} {order}))) AS INTEGER)"
+        f"CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY {column} {order} NULLS LAST))) AS INTEGER)"
     )

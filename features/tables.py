@@ -84,6 +84,8 @@ class Tables:
     used by tests and generators).
     """
 
+    engine = "duckdb"  # the feature engine computing on these tables (features.spark.SparkTables: "spark")
+
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
         present = {name for (name,) in con.execute(
@@ -157,6 +159,10 @@ class Tables:
             for batch in rows.to_arrow_reader(FINGERPRINT_BATCH):
                 digest.update(b"".join(batch.column(0).to_pylist()))
         return digest.hexdigest()[:16]
+
+    def query(self, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:
+        """The rows of a DuckDB query on these tables."""
+        return self.con.execute(sql, dict(params or {})).df()
 
     def frame(self, table: Table | str) -> pd.DataFrame:
         return self.con.table(Table(table).value).df()

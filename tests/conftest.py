@@ -101,6 +101,21 @@ def tiny_tables(tiny_frames: dict[str, pd.DataFrame]) -> Tables:
 
 
 @pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local[2] Spark session for the whole run (tests marked ``spark``); skipped, saying why, where
+    pyspark or Java is absent (``.ci/run`` installs both)."""
+    from features.errors import InputError
+    from features.spark import spark_session
+
+    try:
+        session = spark_session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.driver.memory": "2g"})
+    except InputError as exc:
+        pytest.skip(str(exc))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated shop of 400 customers (seed 7)."""
     out = tmp_path_factory.mktemp("demo")

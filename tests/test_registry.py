@@ -125,6 +125,9 @@ class Spelled(Engine):
 
     name = "spelled"
 
+    def parameter(self, name: str) -> str:
+        return f"PARAM({name})"
+
     def as_of(self) -> str:
         return "AS_OF()"
 

@@ -1,11 +1,12 @@
 """SQL engines the feature registry compiles to: one small :class:`Engine` per dialect.
 
 The declarations in :mod:`features.registry` hold only portable SQL (column names, arithmetic,
-comparisons, ``CASE``, ``coalesce``, ``least``/``greatest``, ``row_number() OVER``). Everything a
-dialect spells its own way (the as_of parameter, time arithmetic, filtered, ordered and "latest"
-aggregates, the median) is asked of the engine by :mod:`features.engines.compiler`. A new engine
-(Spark SQL is next) is one module implementing :class:`Engine`, listed in :func:`engine`, plus a
-test that its rows equal DuckDB's.
+comparisons, ``CASE``, ``coalesce``, ``least``/``greatest``, ``row_number() OVER``, fractional
+literals written ``CAST(x AS DOUBLE)``). Everything a dialect spells its own way (the as_of parameter,
+time arithmetic, filtered, ordered and "latest" aggregates, the median) is asked of the engine by
+:mod:`features.engines.compiler`. Engines: DuckDB (:mod:`features.engines.duckdb`, the embedded
+default) and Spark SQL (:mod:`features.engines.spark`). A new engine is one module implementing
+:class:`Engine`, listed in :func:`engine`, plus a test that its rows equal DuckDB's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ class Engine(ABC):
     """How one SQL dialect spells what the portable declarations leave out."""
 
     name: str
+
+    @abstractmethod
+    def parameter(self, name: str) -> str:
+        """A named query parameter, as the query refers to it."""
 
     @abstractmethod
     def as_of(self) -> str:
@@ -53,15 +58,22 @@ class Engine(ABC):
         """The query's parameters for one as_of."""
 
 
+def double(value: float) -> str:
+    """A fractional literal every engine reads as DOUBLE (Spark reads ``3.0`` as DECIMAL, and a DECIMAL
+    ratio is silently truncated)."""
+    return f"CAST({float(value)!r} AS DOUBLE)"
+
+
 def engine(name: str = "duckdb") -> Engine:
     """The engine called ``name``; an InputError listing the known ones otherwise."""
     from features.engines.duckdb import DuckDBEngine
+    from features.engines.spark import SparkEngine
     from features.errors import InputError
 
-    engines: dict[str, type[Engine]] = {DuckDBEngine.name: DuckDBEngine}
+    engines: dict[str, type[Engine]] = {DuckDBEngine.name: DuckDBEngine, SparkEngine.name: SparkEngine}
     if name not in engines:
         raise InputError(f"unknown feature engine {name!r}; expected one of {', '.join(sorted(engines))}")
     return engines[name]()
 
 
-__all__ = ["AGGREGATES", "Engine", "engine"]
+__all__ = ["AGGREGATES", "Engine", "double", "engine"]

@@ -14,7 +14,7 @@ The query has one parameter, the as_of. Its parts, as common table expressions:
 
 from __future__ import annotations
 
-from features.engines import Engine
+from features.engines import Engine, double
 from features.registry import POPULATION_SOURCE, Agg, Feature, Registry, RegistryError, Source, references
 from features.rfm import score_sql
 from features.schema import AS_OF, CUSTOMER_ID
@@ -32,8 +32,10 @@ def _all(*conditions: str | None) -> str | None:
 def _literal(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return repr(value)
+    if isinstance(value, float):
+        return double(value)
     raise RegistryError(f"no SQL literal for default {value!r}")
 
 

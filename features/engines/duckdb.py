@@ -11,6 +11,9 @@ _NAMES = {"count_distinct": "count", "stddev": "stddev_samp", "any": "bool_or"}
 class DuckDBEngine(Engine):
     name = "duckdb"
 
+    def parameter(self, name: str) -> str:
+        return f"${name}"
+
     def as_of(self) -> str:
         return "$as_of"
 

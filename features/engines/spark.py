@@ -1,0 +1,62 @@
+"""Spark SQL, the engine for shops that outgrow one machine (run by :mod:`features.spark`).
+
+The as_of arrives as text (``spark.sql(query, args={"as_of": "2011-06-01 00:00:00"})``) and is cast in
+the query: the session's time zone is UTC, so the text is read as UTC on every machine, whatever the
+driver's local zone (a Python ``datetime`` argument would be converted with it). Numbers that must be
+fractional are cast to DOUBLE: Spark reads a literal such as ``86400000000.0`` as DECIMAL, and a DECIMAL
+ratio is silently truncated.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from features.engines import AGGREGATES, Engine
+
+DAY_US = 86_400_000_000
+_NAMES = {"count_distinct": "count", "stddev": "stddev_samp", "any": "bool_or"}
+
+
+class SparkEngine(Engine):
+    name = "spark"
+
+    def parameter(self, name: str) -> str:
+        return f":{name}"
+
+    def as_of(self) -> str:
+        return "CAST(:as_of AS TIMESTAMP)"
+
+    def days_between(self, earlier: str, later: str) -> str:
+        return f"(unix_micros({later}) - unix_micros({earlier})) / CAST({DAY_US} AS DOUBLE)"
+
+    def days_before(self, days: int) -> str:
+        return f"{self.as_of()} - make_interval(0, 0, 0, {int(days)})"
+
+    def aggregate(self, function: str, argument: str, condition: str | None = None) -> str:
+        if function not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {function!r}; expected one of {', '.join(AGGREGATES)}")
+        if function == "count_distinct":
+            argument = f"DISTINCT {argument}"
+        return self._filtered(f"{_NAMES.get(function, function)}({argument})", condition)
+
+    def latest(self, value: str, timestamp: str, condition: str | None) -> str:
+        # max_by keeps a NULL value (unlike max): a change to NULL clears an attribute, as in DuckDB
+        return self._filtered(f"max_by({value}, {timestamp})", condition)
+
+    def top(self, value: str, by: str, condition: str | None) -> str:
+        # the largest ``by``, ties to the smallest value: the smallest (-by, value); rows without ``by`` last
+        return self._filtered(f"min_by({value}, struct({by} IS NULL, -{by}, {value}))", condition)
+
+    def parameters(self, as_of: object) -> dict[str, object]:
+        return {"as_of": as_of_text(as_of)}
+
+    @staticmethod
+    def _filtered(call: str, condition: str | None) -> str:
+        return f"{call} FILTER (WHERE {condition})" if condition else call
+
+
+def as_of_text(as_of: object) -> str:
+    """A naive-UTC timestamp as the text the query casts (microseconds kept)."""
+    if not isinstance(as_of, datetime):
+        raise TypeError(f"the as_of must be a datetime; got {type(as_of).__name__}")
+    return as_of.strftime("%Y-%m-%d %H:%M:%S.%f")

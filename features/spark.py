@@ -1,0 +1,196 @@
+"""The contract tables in Spark, and the feature query run there (``--engine spark``).
+
+:func:`spark_session` starts (or joins) the session with the settings features need: time zone UTC,
+the venv's Python for the workers, no console progress. :class:`SparkTables` registers each contract
+table as a temporary view (under its plain name: one shop per session), cast to the contract's column types, from Parquet files or folders, a
+catalog table, or (tests, small shops) a DuckDB :class:`~features.tables.Tables`. Rows of forgotten
+customers (the data directory's tombstones) are filtered out as they are read, as
+:func:`features.io.load_data_dir` does. :func:`spark_features` runs the registry's feature query,
+compiled for :class:`~features.engines.spark.SparkEngine`, with the as_of as its one argument.
+
+pyspark (the ``spark`` extra) and Java 17 are needed only here; nothing else imports this module at
+import time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from features.config import FeatureConfig
+from features.errors import InputError
+from features.schema import OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
+from features.tombstones import Tombstones
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from features.tables import Tables
+
+SPARK_EXTRA = "pip install 'sendwise[spark]' (pyspark 4.3) and Java 17 (apt-get install openjdk-17-jre-headless)"
+SESSION_DEFAULTS: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.ansi.enabled": "false",  # NULL for a bad cast, as the contract's casts expect
+}
+EPOCH = datetime(1970, 1, 1)
+_SPARK_TYPES = {"VARCHAR": "STRING", "DOUBLE": "DOUBLE", "BIGINT": "BIGINT", "TIMESTAMP": "TIMESTAMP",
+                "BOOLEAN": "BOOLEAN"}
+
+
+def spark_session(master: str | None = None, conf: Mapping[str, str] | None = None) -> SparkSession:
+    """The active Spark session, or a new one on ``master`` (default: ``SPARK_MASTER`` or ``local[*]``)
+    with :data:`SESSION_DEFAULTS` and ``conf`` over them. An InputError naming what to install when
+    pyspark or Java is missing."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise InputError(f"the spark engine needs pyspark: {SPARK_EXTRA}") from exc
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise InputError(f"the spark engine needs Java (no java on PATH, JAVA_HOME unset): {SPARK_EXTRA}")
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("sendwise").master(master or os.environ.get("SPARK_MASTER", "local[*]"))
+    for key, value in {**SESSION_DEFAULTS, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    zone = session.conf.get("spark.sql.session.timeZone")
+    if zone != "UTC":
+        raise InputError(f"spark.sql.session.timeZone is {zone!r}; sendwise's timestamps are UTC, so the "
+                         "session must be UTC (set it, or let sendwise start the session).")
+    return session
+
+
+def _canonical_select(spec: TableSpec, view: str, present: set[str]) -> str:
+    """Spark SQL casting ``view``'s contract columns to the contract's types, NULL for absent ones."""
+    parts = []
+    for col in spec.columns:
+        kind = _SPARK_TYPES[col.sql_type]
+        value = f"`{col.name}`" if col.name in present else "NULL"
+        if col.sql_type == "VARCHAR" and col.name in present:
+            value = f"CAST({value} AS STRING)"
+        parts.append(f"CAST({value} AS {kind}) AS {col.name}")
+    return f"SELECT {', '.join(parts)} FROM {view}"
+
+
+class SparkTables:
+    """The contract tables as temporary views of one Spark session, under their plain names (every
+    table exists; one not supplied is empty). A session holds one shop's tables at a time."""
+
+    engine = "spark"
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    @classmethod
+    def from_sources(cls, spark: SparkSession, sources: Mapping[Table, str],
+                     tombstones: Tombstones | None = None) -> SparkTables:
+        """Tables read from ``sources``: per table a Parquet file or folder (any path Spark reads:
+        ``s3a://``, ``hdfs://``, a local path) or ``table:<catalog name>``. Orders are required."""
+        if Table.ORDERS not in sources:
+            raise InputError("the spark engine needs an orders table: set spark.tables.orders in sendwise.yaml "
+                             "(a Parquet path, or table:<name> for a catalog table).")
+        tables = cls(spark)
+        for table in Table:
+            source = sources.get(table)
+            if source is None:
+                frame = None
+            elif source.startswith("table:"):
+                frame = spark.table(source.removeprefix("table:"))
+            else:
+                frame = spark.read.parquet(source)
+            tables._register(table, frame, tombstones)
+        return tables
+
+    @classmethod
+    def from_tables(cls, spark: SparkSession, tables: Tables) -> SparkTables:
+        """The (already validated) tables of a DuckDB :class:`~features.tables.Tables`, handed over as
+        Parquet files in a temporary folder that lives as long as the session."""
+        folder = Path(tempfile.mkdtemp(prefix="sendwise-spark-"))
+        sources: dict[Table, str] = {}
+        for table in Table:
+            if tables.count(table):
+                path = folder / f"{table.value}.parquet"
+                tables.con.execute(f"COPY {table.value} TO '{path}' (FORMAT parquet)")
+                sources[table] = str(path)
+        if Table.ORDERS not in sources:
+            raise InputError("the data has no orders; nothing to build features from.")
+        return cls.from_sources(spark, sources)
+
+    def _register(self, table: Table, frame: DataFrame | None, tombstones: Tombstones | None) -> None:
+        spec = SPECS[table]
+        view, raw = table.value, f"_{table.value}_raw"
+        if frame is None:
+            cols = ", ".join(f"CAST(NULL AS {_SPARK_TYPES[c.sql_type]}) AS {c.name}" for c in spec.columns)
+            self.spark.sql(f"SELECT {cols} LIMIT 0").createOrReplaceTempView(view)
+            return
+        frame.createOrReplaceTempView(raw)
+        sql = _canonical_select(spec, raw, set(frame.columns))
+        customer = "customer_id"
+        if tombstones is not None and len(tombstones) and customer in spec.column_names:
+            digests = self.spark.createDataFrame([(d,) for d in sorted(tombstones.digests)], "digest STRING")
+            digests.createOrReplaceTempView("_forgotten_digests")
+            sql += (f" WHERE sha2(concat('{tombstones.salt}:', trim(CAST({customer} AS STRING))), 256) "
+                    "NOT IN (SELECT digest FROM _forgotten_digests)")
+        self.spark.sql(sql).createOrReplaceTempView(view)
+
+    def sql(self, query: str, args: Mapping[str, Any] | None = None) -> DataFrame:
+        return self.spark.sql(query, args=dict(args or {}))
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """The rows of a Spark SQL query on these tables, collected to this process."""
+        return to_pandas(self.sql(sql, params))
+
+    def count(self, table: Table | str) -> int:
+        return self.spark.table(Table(table).value).count()
+
+    def time_range(self) -> tuple[datetime | None, datetime | None]:
+        """First and last timestamp over orders and events (None, None when both are empty); read as
+        microseconds, since ``collect`` would convert timestamps to the driver's local zone."""
+        row = self.spark.sql(
+            f"""SELECT unix_micros(min(t)), unix_micros(max(t)) FROM (
+                  SELECT {ORDERED_AT} AS t FROM {Table.ORDERS.value}
+                  UNION ALL SELECT {OCCURRED_AT} FROM {Table.EVENTS.value})""").collect()[0]
+        return _from_micros(row[0]), _from_micros(row[1])
+
+
+def _from_micros(value: int | None) -> datetime | None:
+    return None if value is None else EPOCH + timedelta(microseconds=value)
+
+
+def spark_features(tables: SparkTables, as_of: datetime, config: FeatureConfig | None = None) -> DataFrame:
+    """The features of every customer known before ``as_of``, as a Spark DataFrame (lazy: nothing
+    runs until it is written or collected)."""
+    from features.build import feature_sql
+    from features.engines import engine
+
+    sql = feature_sql(config or FeatureConfig.current(), "spark")
+    return tables.sql(sql, engine("spark").parameters(as_of))
+
+
+
+def to_pandas(frame: DataFrame) -> pd.DataFrame:
+    """``frame`` collected to this process, with the column types DuckDB's frames have: an integer
+    or boolean column holding NULLs stays a nullable integer or boolean instead of becoming float or
+    object."""
+    from pyspark.sql.types import BooleanType, IntegerType, LongType
+
+    out = frame.toPandas()
+    for field in frame.schema.fields:
+        kind = {IntegerType: "Int32", LongType: "Int64", BooleanType: "boolean"}.get(type(field.dataType))
+        if kind is not None and out[field.name].dtype.kind in "fO":
+            out[field.name] = out[field.name].astype(kind)
+    return out
