@@ -19,7 +19,8 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from features.config import FeatureConfig
+from features.engines import engine
 from features.errors import InputError
-from features.schema import OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
+from features.schema import CUSTOMER_ID, OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
 from features.tombstones import Tombstones
 
 if TYPE_CHECKING:
@@ -175,7 +177,6 @@ def spark_features(tables: SparkTables, as_of: datetime, config: FeatureConfig |
     """The features of every customer known before ``as_of``, as a Spark DataFrame (lazy: nothing
     runs until it is written or collected)."""
     from features.build import feature_sql
-    from features.engines import engine
 
     sql = feature_sql(config or FeatureConfig.current(), "spark")
     return tables.sql(sql, engine("spark").parameters(as_of))
@@ -194,3 +195,72 @@ def to_pandas(frame: DataFrame) -> pd.DataFrame:
         if kind is not None and out[field.name].dtype.kind in "fO":
             out[field.name] = out[field.name].astype(kind)
     return out
+
+
+def spark_training_set(tables: SparkTables, as_of_dates: Sequence[datetime], target: str, horizon_days: int,
+                       config: FeatureConfig | None = None) -> DataFrame:
+    """:func:`features.training_set.build_training_set`'s rows as one lazy Spark DataFrame: features at
+    each date in ``as_of_dates`` (all fully observed: see ``usable_dates``) with the ``target`` label
+    (``churned``: customers with an order before the as_of and none in the window; ``purchased``: an
+    order in the window), stacked. Nothing is collected: write it, or sample it to one node."""
+    from pyspark.sql import functions as F
+
+    from features.training_set import Target, label_sql
+
+    target = Target(target)
+    e = engine("spark")
+    parts = []
+    for as_of in as_of_dates:
+        features = spark_features(tables, as_of, config)
+        buyers = tables.sql(label_sql("spark", horizon_days), e.parameters(as_of)).withColumn("_bought", F.lit(True))
+        labelled = features.join(buyers, on=CUSTOMER_ID, how="left")
+        bought = F.coalesce(F.col("_bought"), F.lit(False))
+        if target is Target.CHURNED:
+            labelled = labelled.where(F.col("orders_count") > 0).withColumn(target.value, ~bought)
+        else:
+            labelled = labelled.withColumn(target.value, bought)
+        parts.append(labelled.drop("_bought"))
+    stacked = parts[0]
+    for part in parts[1:]:
+        stacked = stacked.unionByName(part)
+    return stacked
+
+
+@dataclass(frozen=True)
+class CustomerSample:
+    """Which customers a one-node copy of a Spark shop holds: those whose seeded hash of the id falls
+    under ``fraction`` (every table's rows of a sampled customer; the whole product catalog)."""
+
+    customers: int  # known customers in the shop
+    sampled: int
+    fraction: float
+    seed: int
+
+    def params(self) -> dict[str, float | int]:
+        """The sample as run parameters (``sample_*``), to record with a model trained on it."""
+        return {"sample_customers": self.sampled, "sample_of_customers": self.customers,
+                "sample_fraction": self.fraction, "sample_seed": self.seed}
+
+
+def sample_customers(tables: SparkTables, max_customers: int, seed: int = 0) -> tuple[Tables, CustomerSample]:
+    """A DuckDB copy of the shop holding about ``max_customers`` customers (all when the shop has no more),
+    drawn by a seeded hash of the customer id: the same seed draws the same customers in every table
+    and every run, and each sampled customer keeps their whole history, so their features are exact."""
+    from features.tables import Tables, canonical_select, new_connection
+
+    if max_customers < 1:
+        raise InputError(f"the sample needs at least 1 customer; got max_customers={max_customers}")
+    ids = " UNION ".join(f"SELECT {CUSTOMER_ID} FROM {t.value}" for t in Table if CUSTOMER_ID in SPECS[t].column_names)
+    total = tables.sql(f"SELECT count(*) AS n FROM ({ids}) known").collect()[0]["n"]
+    fraction = 1.0 if total <= max_customers else max_customers / total
+    keep = f"pmod(xxhash64({CUSTOMER_ID}, {int(seed)}), 1000000) < {round(fraction * 1_000_000)}"
+    con = new_connection()
+    for table in Table:
+        spec = SPECS[table]
+        where = f" WHERE {keep}" if CUSTOMER_ID in spec.column_names else ""
+        con.register(f"_sample_{table.value}", tables.sql(f"SELECT * FROM {table.value}{where}").toArrow())
+        con.execute(f"CREATE TABLE {table.value} AS "
+                    + canonical_select(spec, f"_sample_{table.value}", set(spec.column_names)))
+        con.unregister(f"_sample_{table.value}")
+    sampled = con.execute(f"SELECT count(*) FROM ({ids}) known").fetchall()[0][0]
+    return Tables(con), CustomerSample(int(total), int(sampled), fraction, int(seed))

@@ -14,15 +14,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from features.build import build_features, to_timestamp
 from features.config import FeatureConfig
+from features.engines import engine
 from features.errors import InputError
 from features.schema import AS_OF, CUSTOMER_ID, ORDERED_AT, QUANTITY
 from features.tables import Tables
 from features.validate import ContractError
+
+if TYPE_CHECKING:
+    from features.spark import SparkTables
 
 
 class Target(StrEnum):
@@ -42,7 +47,7 @@ class TrainingSet:
     skipped: list[datetime]
 
 
-def data_end(tables: Tables) -> datetime:
+def data_end(tables: Tables | SparkTables) -> datetime:
     """The last timestamp in orders and events."""
     end = tables.time_range()[1]
     if end is None:
@@ -65,17 +70,37 @@ def monthly_as_of_dates(tables: Tables, horizon_days: int, periods: int = 12, la
     return sorted(d.to_pydatetime() for d in dates if d >= earliest)
 
 
-def _labelled_customers(tables: Tables, as_of: datetime, horizon_days: int) -> set[str]:
-    rows = tables.con.execute(
-        f"""SELECT DISTINCT {CUSTOMER_ID} FROM orders
-            WHERE {QUANTITY} > 0 AND {ORDERED_AT} >= $as_of AND {ORDERED_AT} < $as_of + to_days($h)""",
-        {"as_of": as_of, "h": horizon_days},
-    ).fetchall()
-    return {r[0] for r in rows}
+def label_sql(engine_name: str, horizon_days: int) -> str:
+    """The customers with an order (a positive quantity) in ``[as_of, as_of + horizon_days)``, in an
+    engine's dialect; its one parameter is the as_of."""
+    e = engine(engine_name)
+    return (f"SELECT DISTINCT {CUSTOMER_ID} FROM orders WHERE {QUANTITY} > 0 "
+            f"AND {ORDERED_AT} >= {e.as_of()} AND {ORDERED_AT} < {e.days_after(horizon_days)}")
+
+
+def _labelled_customers(tables: Tables | SparkTables, as_of: datetime, horizon_days: int) -> set[str]:
+    rows = tables.query(label_sql(tables.engine, horizon_days), engine(tables.engine).parameters(as_of))
+    return set(rows[CUSTOMER_ID])
+
+
+def usable_dates(as_of_dates: Sequence[object], horizon_days: int, end: datetime) -> tuple[list[datetime], list[datetime]]:
+    """(used, skipped): the as_of dates whose whole label window ends by ``end``, and the others; a
+    ContractError when none is usable."""
+    if horizon_days <= 0:
+        raise InputError(f"horizon_days must be positive; got {horizon_days}")
+    dates = sorted({to_timestamp(d) for d in as_of_dates})
+    used = [d for d in dates if d + timedelta(days=horizon_days) <= end]
+    skipped = [d for d in dates if d not in used]
+    if not used:
+        raise ContractError(
+            f"no as_of date has a fully observed {horizon_days}-day label window: the data is complete until {end}, "
+            f"so the latest usable as_of is {end - timedelta(days=horizon_days)}; got {', '.join(map(str, dates))}."
+        )
+    return used, skipped
 
 
 def build_training_set(
-    tables: Tables,
+    tables: Tables | SparkTables,
     as_of_dates: Sequence[object],
     target: Target | str,
     horizon_days: int | None = None,
@@ -90,17 +115,7 @@ def build_training_set(
     """
     target = Target(target)
     horizon = horizon_days if horizon_days is not None else DEFAULT_HORIZON_DAYS[target]
-    if horizon <= 0:
-        raise InputError(f"horizon_days must be positive; got {horizon}")
-    end = observed_until or data_end(tables)
-    dates = sorted({to_timestamp(d) for d in as_of_dates})
-    used = [d for d in dates if d + timedelta(days=horizon) <= end]
-    skipped = [d for d in dates if d not in used]
-    if not used:
-        raise ContractError(
-            f"no as_of date has a fully observed {horizon}-day label window: the data is complete until {end}, "
-            f"so the latest usable as_of is {end - timedelta(days=horizon)}; got {', '.join(map(str, dates))}."
-        )
+    used, skipped = usable_dates(as_of_dates, horizon, observed_until or data_end(tables))
     frames = []
     for as_of in used:
         features = build_features(tables, as_of, config)

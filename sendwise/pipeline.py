@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -29,12 +30,21 @@ from features.io import (
     refuse_overwriting_inputs,
     write_parquet,
 )
-from features.schema import CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED, Table
+from features.schema import AS_OF, CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED, Table
 from features.snapshot import snapshot_as_of, write_snapshot
+from features.spark import spark_training_set
 from features.tables import Tables
-from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
+from features.training_set import (
+    DEFAULT_HORIZON_DAYS,
+    Target,
+    build_training_set,
+    data_end,
+    monthly_as_of_dates,
+    usable_dates,
+)
 from features.validate import ContractError
 from sendwise.console import console, errors, iso, progress_bar
+from sendwise.engines import EngineName, check_output, is_directory_output, open_tables, write_partitioned
 from serving.consent import ConsentRule, emailable_line, may_email
 from training.promotion import DEFAULT_MARGIN, PromotionDecision, promote
 from training.recommenders.batch import check_k, recommend_all
@@ -55,6 +65,9 @@ from training.registry import (
 from training.scoring import clv_model, models_feature_config, score_features
 from training.tracking import configure_tracking
 from training.train import MODEL_NAMES, TrainResult, train_classifier
+
+if TYPE_CHECKING:
+    from sendwise.project import SparkSettings
 
 # model name -> (headline holdout metric, logged baseline metric shown next to it)
 HEADLINE_COLUMNS = {"churn": ("roc_auc", "baseline_logistic_log_rfm_roc_auc"),
@@ -167,39 +180,57 @@ def generate(out: Path, customers: int = 10_000, seed: int = 0, products: int = 
 def training_set(data: Path, out: Path, target: Target = Target.CHURNED, horizon: int | None = None,
                  as_of: list[datetime] | None = None, last: datetime | None = None, periods: int = 12,
                  rejects: Path | None = None, encoding: Encoding | str = Encoding.UTF_8,
-                 settings: Path | None = None, timezone: str | None = None) -> None:
+                 settings: Path | None = None, timezone: str | None = None,
+                 engine: EngineName = EngineName.DUCKDB, spark: SparkSettings | None = None) -> None:
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon); naive
-    timestamps are local times of ``timezone`` (default: UTC)."""
+    timestamps are local times of ``timezone`` (default: UTC). With Spark and an ``out`` without the
+    ``.parquet`` suffix, nothing is collected: Spark writes Parquet files partitioned by as_of."""
+    check_output(engine, out)
     refuse_overwriting_inputs(out, data_dir=data)
     config = feature_config(settings)
-    tables = load(data, rejects, quiet=True, encoding=encoding, timezone=timezone)
+    tables = open_tables(engine, data, rejects, spark, encoding=encoding, timezone=timezone)
     horizon_days = horizon if horizon is not None else DEFAULT_HORIZON_DAYS[target]
     dates = as_of or monthly_as_of_dates(tables, horizon_days, periods, last)
-    with progress_bar() as bar:
-        task = bar.add_task("as_of dates", total=len(dates))
-        result = build_training_set(tables, dates, target, horizon_days, config,
-                                    progress=lambda _: bar.advance(task))
-    write_parquet(result.frame, out)
-    for skipped in result.skipped:
-        console.print(f"[yellow]skipped[/] as_of {iso(skipped)}: its {horizon_days}-day label window is not "
+    if engine is EngineName.SPARK and is_directory_output(out):
+        used, skipped = usable_dates(dates, horizon_days, data_end(tables))
+        with progress_bar() as bar:
+            bar.add_task(f"Spark: {len(used)} as_of dates", total=None)
+            write_partitioned(spark_training_set(tables, used, target, horizon_days, config), out)
+        written = tables.spark.read.parquet(str(out))
+        rates = f"SELECT {AS_OF}, count(*) AS size, avg(CAST({target.value} AS DOUBLE)) AS mean FROM written GROUP BY 1"
+        written.createOrReplaceTempView("written")
+        summary = tables.spark.sql(rates).toPandas().set_index(AS_OF).sort_index()
+    else:
+        with progress_bar() as bar:
+            task = bar.add_task("as_of dates", total=len(dates))
+            result = build_training_set(tables, dates, target, horizon_days, config,
+                                        progress=lambda _: bar.advance(task))
+        write_parquet(result.frame, out)
+        skipped = result.skipped
+        summary = result.frame.groupby(AS_OF)[target.value].agg(["size", "mean"])
+    for date in skipped:
+        console.print(f"[yellow]skipped[/] as_of {iso(date)}: its {horizon_days}-day label window is not "
                       "fully observed")
-    summary = result.frame.groupby("as_of")[target.value].agg(["size", "mean"])
     table = RichTable(title=f"{target.value} within {horizon_days} days", title_justify="left")
     for col in ("as_of", "rows", f"{target.value} rate"):
         table.add_column(col, justify="right")
     for when, row in summary.iterrows():
         table.add_row(iso(when), f"{int(row['size']):,}", f"{row['mean']:.1%}")
     console.print(table)
-    console.print(f"{len(result.frame):,} rows written to {out}")
+    console.print(f"{int(summary['size'].sum()):,} rows written to {out}")
 
 
 def snapshot(data: Path, out: Path, as_of: datetime | None = None, rejects: Path | None = None,
              encoding: Encoding | str = Encoding.UTF_8, settings: Path | None = None,
-             timezone: str | None = None) -> None:
-    """Latest features of every customer, for serving."""
+             timezone: str | None = None, engine: EngineName = EngineName.DUCKDB,
+             spark: SparkSettings | None = None) -> None:
+    """Latest features of every customer, for serving: one .parquet file (the service reads it),
+    computed by ``engine``."""
+    if is_directory_output(out):
+        raise InputError(f"--out {out}: the snapshot is one .parquet file, which the service reads.")
     refuse_overwriting_inputs(out, data_dir=data)
     config = feature_config(settings)
-    tables = load(data, rejects, quiet=True, encoding=encoding, timezone=timezone)
+    tables = open_tables(engine, data, rejects, spark, encoding=encoding, timezone=timezone)
     features, when = write_snapshot(tables, out, as_of, config)
     console.print(f"snapshot of {len(features):,} customers at {iso(when)} written to {out}")
 

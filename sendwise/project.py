@@ -32,8 +32,10 @@ from features.importers import ImportFormat, run_import
 from features.importers.mapping import check_mapping
 from features.io import Encoding
 from features.redis_log import RedisLocation
+from features.schema import Table
 from features.timezones import check_timezone
 from sendwise import pipeline
+from sendwise.engines import EngineName
 from serving.clock import ClockMode
 from serving.config import EVENT_LOG_RECORD, ONLINE_STORE_ENV, UTM_VALUE, recorded_event_log
 from serving.consent import ConsentRule
@@ -133,6 +135,18 @@ class RunSettings(BaseModel):
         return value
 
 
+class SparkSettings(BaseModel):
+    """Where Spark runs and what it reads, for ``engine: spark`` (docs/scale.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    master: str | None = Field(None, description="default: SPARK_MASTER, else local[*]")
+    conf: dict[str, str] = Field(default_factory=dict, description="Spark settings, e.g. spark.driver.memory: 8g")
+    tables: dict[Table, str] = Field(default_factory=dict, description="per contract table a Parquet path (any "
+                                     "path Spark reads) or table:<catalog name>; default: the project's data")
+    sample_customers: int = Field(2_000_000, ge=1_000, description="customers copied to one node to train a model")
+
+
 class ProjectSettings(BaseModel):
     """The contents of ``sendwise.yaml``."""
 
@@ -152,6 +166,8 @@ class ProjectSettings(BaseModel):
     experiments: Path | None = None
     feature_config: Path | None = None
     run: RunSettings = RunSettings()
+    engine: EngineName = Field(EngineName.DUCKDB, description="duckdb (one machine) or spark (docs/scale.md)")
+    spark: SparkSettings = SparkSettings()
 
     @field_validator("name")
     @classmethod
@@ -184,6 +200,14 @@ class Project:
     @property
     def file(self) -> Path:
         return self.root / PROJECT_FILE
+
+    @property
+    def spark(self) -> SparkSettings:
+        """The Spark settings, a local table path made relative to the project folder (a URI such as
+        ``s3a://...`` and ``table:<name>`` stay as written)."""
+        tables = {table: source if source.startswith("table:") or "://" in source else str(self.path(Path(source)))
+                  for table, source in self.settings.spark.tables.items()}
+        return self.settings.spark.model_copy(update={"tables": tables})
 
     @property
     def data(self) -> Path:
@@ -337,6 +361,8 @@ def render_settings(settings: ProjectSettings) -> str:
         block("policy"), block("segments"), block("experiments"), block("feature_config"),
         "# sendwise run: Optuna trials, label horizons, the recommender, the margin a challenger must win by",
         block("run"),
+        "# engine: spark  # features, training sets, scores and recommendations on Spark (docs/scale.md), with",
+        "# spark: {master: 'spark://host:7077', tables: {orders: 's3a://lake/shop/orders/'}, sample_customers: 2000000}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -137,6 +137,9 @@ class Spelled(Engine):
     def days_before(self, days: int) -> str:
         return f"AS_OF_MINUS({days})"
 
+    def days_after(self, days: int) -> str:
+        return f"AS_OF_PLUS({days})"
+
     def aggregate(self, function: str, argument: str, condition: str | None = None) -> str:
         return f"AGG_{function}({argument}{', ' + condition if condition else ''})"
 

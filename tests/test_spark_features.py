@@ -71,9 +71,17 @@ def test_the_duckdb_spellings_stay_out_of_the_spark_sql() -> None:
 
 # -- the same rows from both engines ---------------------------------------------------------------------
 def assert_same_frames(duckdb_frame: pd.DataFrame, spark_frame: pd.DataFrame) -> None:
+    """Every column equal (floats to 1e-9 relative), of the same type up to nullability (an integer
+    column holding no NULL may be nullable in one frame only)."""
     assert list(spark_frame.columns) == list(duckdb_frame.columns)
     assert len(duckdb_frame) > 0
-    pd.testing.assert_frame_equal(spark_frame, duckdb_frame, check_exact=False, rtol=1e-9, atol=0)
+
+    def kind(dtype: object) -> str:
+        return {"boolean": "bool"}.get(str(dtype).lower(), str(dtype).lower())
+
+    assert [kind(t) for t in spark_frame.dtypes] == [kind(t) for t in duckdb_frame.dtypes]
+    pd.testing.assert_frame_equal(spark_frame, duckdb_frame, check_exact=False, rtol=1e-9, atol=0,
+                                  check_dtype=False)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +143,33 @@ def test_forgotten_customers_are_not_read_from_the_lake(spark: object, tiny_tabl
     customers = set(build_features(tables, datetime(2024, 2, 1))[CUSTOMER_ID])
     assert customers == {"b", "c"}
     assert tables.count(Table.PRODUCTS) == 0
+
+
+@pytest.mark.spark
+def test_a_training_set_built_on_spark_has_the_same_rows_and_labels(spark_demo: object, demo_tables: Tables) -> None:
+    from features.spark import spark_training_set, to_pandas
+    from features.training_set import Target, build_training_set, monthly_as_of_dates
+
+    dates = monthly_as_of_dates(demo_tables, 90, periods=2)
+    local = build_training_set(demo_tables, dates, Target.CHURNED).frame
+    remote = to_pandas(spark_training_set(spark_demo, dates, Target.CHURNED, 90))
+    remote = remote.sort_values(["as_of", CUSTOMER_ID], ignore_index=True)
+    assert local["churned"].any() and not local["churned"].all()
+    assert_same_frames(local, remote)
+
+
+@pytest.mark.spark
+def test_a_sample_keeps_whole_customers_and_is_the_same_each_time(spark_demo: object, demo_tables: Tables) -> None:
+    from features.spark import sample_customers
+
+    sample, drawn = sample_customers(spark_demo, 100, seed=3)
+    again, _ = sample_customers(spark_demo, 100, seed=3)
+    ids = set(sample.frame("orders")[CUSTOMER_ID]) | set(sample.frame("customers")[CUSTOMER_ID])
+    assert drawn.customers == 400 and drawn.fraction == pytest.approx(0.25)
+    assert 50 <= drawn.sampled <= 150 and drawn.params()["sample_seed"] == 3
+    assert ids == set(again.frame("orders")[CUSTOMER_ID]) | set(again.frame("customers")[CUSTOMER_ID])
+    full = demo_tables.frame("orders")
+    mine = full[full[CUSTOMER_ID].isin(ids)]
+    assert len(sample.frame("orders")) == len(mine) > 0
+    assert sample.count("products") == demo_tables.count("products")
+    assert sample.fingerprint() != demo_tables.fingerprint()

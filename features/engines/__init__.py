@@ -39,6 +39,10 @@ class Engine(ABC):
         """The timestamp ``days`` whole days before the as_of."""
 
     @abstractmethod
+    def days_after(self, days: int) -> str:
+        """The timestamp ``days`` whole days after the as_of."""
+
+    @abstractmethod
     def aggregate(self, function: str, argument: str, condition: str | None = None) -> str:
         """An aggregate over the rows where ``condition`` holds (all rows when None). ``function`` is
         one of :data:`AGGREGATES`; ``any`` takes a condition as its argument (true when some row meets

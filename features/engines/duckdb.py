@@ -23,6 +23,9 @@ class DuckDBEngine(Engine):
     def days_before(self, days: int) -> str:
         return f"$as_of - to_days({int(days)})"
 
+    def days_after(self, days: int) -> str:
+        return f"$as_of + to_days({int(days)})"
+
     def aggregate(self, function: str, argument: str, condition: str | None = None) -> str:
         if function not in AGGREGATES:
             raise ValueError(f"unknown aggregate {function!r}; expected one of {', '.join(AGGREGATES)}")

@@ -32,6 +32,9 @@ class SparkEngine(Engine):
     def days_before(self, days: int) -> str:
         return f"{self.as_of()} - make_interval(0, 0, 0, {int(days)})"
 
+    def days_after(self, days: int) -> str:
+        return f"{self.as_of()} + make_interval(0, 0, 0, {int(days)})"
+
     def aggregate(self, function: str, argument: str, condition: str | None = None) -> str:
         if function not in AGGREGATES:
             raise ValueError(f"unknown aggregate {function!r}; expected one of {', '.join(AGGREGATES)}")

@@ -22,7 +22,8 @@ from features.config import CONFIG_ENV
 from features.dates import check_not_future, parse_iso_date
 from features.errors import InputError
 from features.io import Encoding
-from sendwise.project import PROJECT_FILE, Project, ProjectSettings, find_project
+from sendwise.engines import EngineName
+from sendwise.project import PROJECT_FILE, Project, ProjectSettings, SparkSettings, find_project
 from training.tracking import configure_tracking
 
 T = TypeVar("T")
@@ -43,6 +44,10 @@ FeatureConfigOption = Annotated[Path | None, typer.Option(
     "--feature-config", metavar="FILE", show_default=False,
     help=f"YAML file of feature windows and weights (default: the project's feature_config, else "
          f"${CONFIG_ENV}, else the defaults).")]
+
+EngineOption = Annotated[EngineName | None, typer.Option(
+    "--engine", case_sensitive=False, show_default=False,
+    help="duckdb (this machine) or spark (docs/scale.md); default: the project's engine, else duckdb.")]
 
 NO_DATA = ("no data to read: pass --data DIR (a directory of contract tables) or --project DIR (a folder "
            f"holding {PROJECT_FILE}, made by `sendwise init DIR --data TABLES`), or run the command in a "
@@ -98,6 +103,15 @@ class Resolved:
         """The MLflow store's folder (None: ./mlruns); a project's ``tracking_uri`` or the user's
         ``MLFLOW_TRACKING_URI`` wins over it, see :meth:`use_tracking`."""
         return None if self.project is None else self.project.mlruns
+
+    def engine(self, flag: EngineName | None) -> EngineName:
+        """``--engine`` when given, else the project's ``engine``, else DuckDB."""
+        return self.pick(flag, lambda s: s.engine, EngineName.DUCKDB)
+
+    @property
+    def spark(self) -> SparkSettings | None:
+        """The project's Spark settings (None without a project: the defaults)."""
+        return None if self.project is None else self.project.spark
 
     def need_data(self) -> Path:
         """The data directory; an InputError naming both ways to give one when there is none."""

@@ -16,11 +16,13 @@ from features.demo import DemoShop
 from features.errors import InputError
 from features.importers import MAPPABLE, ImportFormat, ImportReport, parse_mapping, run_import
 from features.io import Encoding, refuse_overwriting_inputs, write_parquet
+from features.spark import spark_features
 from features.training_set import Target
 from sendwise import pipeline
 from sendwise.commands.common import (
     DataOption,
     EncodingOption,
+    EngineOption,
     FeatureConfigOption,
     ProjectOption,
     RejectsOption,
@@ -28,7 +30,8 @@ from sendwise.commands.common import (
     resolve,
 )
 from sendwise.console import console, iso, reports_user_errors
-from sendwise.pipeline import feature_config, load, print_import
+from sendwise.engines import check_output, is_directory_output, open_tables, write_partitioned
+from sendwise.pipeline import feature_config, print_import
 
 data_app = typer.Typer(help="Validate, import and generate contract data.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert a shop's export (Shopify, any CSV of order lines) or a public dataset to the "
@@ -36,6 +39,8 @@ import_app = typer.Typer(help="Convert a shop's export (Shopify, any CSV of orde
 data_app.add_typer(import_app, name="import")
 features_app = typer.Typer(help="Point-in-time customer features, training sets, snapshots.", no_args_is_help=True)
 
+OUT_HELP = ("Output .parquet file; with --engine spark, a path without that suffix is a directory of Parquet "
+            "files partitioned by as_of, written by Spark.")
 # a required --data, for a command that reads no project (serve, until it does)
 DataDir = Annotated[Path, typer.Option("--data", metavar="DIR", help="Directory of contract tables (orders required).")]
 
@@ -140,29 +145,38 @@ def generate(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Out
 @features_app.command("build")
 @reports_user_errors
 def build(as_of: Annotated[datetime, date_option("--as-of", help="Features see only rows strictly before this.")],
-          out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output .parquet file.")],
+          out: Annotated[Path, typer.Option("--out", metavar="PATH", help=OUT_HELP)],
           data: DataOption = None, rejects: RejectsOption = None, encoding: EncodingOption = Encoding.UTF_8,
-          settings: FeatureConfigOption = None, project: ProjectOption = None) -> None:
+          settings: FeatureConfigOption = None, engine: EngineOption = None, project: ProjectOption = None) -> None:
     """One row of point-in-time features per customer known before AS_OF."""
     run = resolve(project, data=data, rejects=rejects, feature_config=settings)
     data = run.need_data()
+    chosen = run.engine(engine)
+    check_output(chosen, out)
     refuse_overwriting_inputs(out, data_dir=data)
     config = feature_config(run.feature_config)
-    tables = load(data, run.rejects, quiet=True, encoding=encoding, timezone=run.timezone)
+    tables = open_tables(chosen, data, run.rejects, run.spark, encoding=encoding, timezone=run.timezone)
     when = to_timestamp(as_of)
     first, _ = tables.time_range()
     if first is None or when <= first:
         raise InputError(f"--as-of {iso(when)} is not after the first row of the data ({iso(first)}); "
                          "no customer is known yet.")
-    features = build_features(tables, when, config)
-    write_parquet(features, out)
-    console.print(f"{len(features):,} customers x {features.shape[1]} columns at {iso(when)} written to {out}")
+    if is_directory_output(out):  # Spark writes the files; nothing is collected here
+        frame = spark_features(tables, when, config)
+        write_partitioned(frame, out)
+        rows, columns = tables.spark.read.parquet(str(out)).count(), len(frame.columns)
+        where = f"{out} (Parquet files partitioned by as_of)"
+    else:
+        features = build_features(tables, when, config)
+        write_parquet(features, out)
+        (rows, columns), where = features.shape, str(out)
+    console.print(f"{rows:,} customers x {columns} columns at {iso(when)} computed by {chosen} written to {where}")
 
 
 @features_app.command("training-set")
 @reports_user_errors
 def training_set(
-    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output .parquet file.")],
+    out: Annotated[Path, typer.Option("--out", metavar="PATH", help=OUT_HELP)],
     target: Annotated[Target, typer.Option(help="Label to attach.")] = Target.CHURNED,
     horizon: Annotated[int | None, typer.Option(help="Label window in days (churned 90, purchased 30).")] = None,
     as_of: Annotated[list[datetime] | None, date_option("--as-of", help="An as_of date; repeat for several.")] = None,
@@ -172,12 +186,13 @@ def training_set(
     rejects: RejectsOption = None,
     encoding: EncodingOption = Encoding.UTF_8,
     settings: FeatureConfigOption = None,
+    engine: EngineOption = None,
     project: ProjectOption = None,
 ) -> None:
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon)."""
     run = resolve(project, data=data, rejects=rejects, feature_config=settings)
     pipeline.training_set(run.need_data(), out, target, horizon, as_of, last, periods, run.rejects, encoding,
-                          run.feature_config, timezone=run.timezone)
+                          run.feature_config, timezone=run.timezone, engine=run.engine(engine), spark=run.spark)
 
 
 @features_app.command("snapshot")
@@ -188,7 +203,8 @@ def snapshot(out: Annotated[Path | None, typer.Option(
                       "state/snapshot.parquet, which its service reads).")] = None,
              as_of: Annotated[datetime | None, date_option("--as-of", help="Default: just after the last row.")] = None,
              data: DataOption = None, rejects: RejectsOption = None, encoding: EncodingOption = Encoding.UTF_8,
-             settings: FeatureConfigOption = None, project: ProjectOption = None) -> None:
+             settings: FeatureConfigOption = None, engine: EngineOption = None,
+             project: ProjectOption = None) -> None:
     """Latest features of every customer, for serving."""
     run = resolve(project, data=data, rejects=rejects, feature_config=settings)
     data = run.need_data()
@@ -196,4 +212,5 @@ def snapshot(out: Annotated[Path | None, typer.Option(
     if out is None:
         raise InputError("pass --out FILE (the snapshot to write), or --project DIR to write the project's "
                          "state/snapshot.parquet.")
-    pipeline.snapshot(data, out, as_of, run.rejects, encoding, run.feature_config, timezone=run.timezone)
+    pipeline.snapshot(data, out, as_of, run.rejects, encoding, run.feature_config, timezone=run.timezone,
+                      engine=run.engine(engine), spark=run.spark)

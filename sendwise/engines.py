@@ -1,0 +1,92 @@
+"""Which engine a command computes with (``--engine``, the project's ``engine``), and its tables.
+
+DuckDB, the default, validates the project's data directory and computes in this process. Spark
+(``engine: spark``) reads the tables named in the project's ``spark.tables`` (Parquet paths or catalog
+tables, as they are: validate them upstream, see docs/scale.md), or, when none are named, the validated
+data directory handed over as Parquet; either way the directory's tombstones are honoured. A Spark
+output without a ``.parquet`` suffix is a directory of Parquet files partitioned by as_of, written by
+Spark and swapped in whole (a crash leaves the previous directory); a ``.parquet`` file is collected to
+this process and written as today.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from features.errors import InputError
+from features.io import Encoding, read_tombstones
+from features.schema import AS_OF
+from features.tables import Tables
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from features.spark import SparkTables
+    from sendwise.project import SparkSettings
+
+
+class EngineName(StrEnum):
+    DUCKDB = "duckdb"
+    SPARK = "spark"
+
+
+def open_tables(engine: EngineName, data: Path, rejects: Path | None, spark: SparkSettings | None, *,
+                encoding: Encoding | str = Encoding.UTF_8, timezone: str | None = None) -> Tables | SparkTables:
+    """The shop's tables in ``engine``: DuckDB's validated ``data``, or Spark's tables (``spark``'s
+    ``tables`` when it names any, else ``data`` validated and handed over)."""
+    from sendwise.pipeline import load
+
+    if engine is EngineName.DUCKDB:
+        return load(data, rejects, quiet=True, encoding=encoding, timezone=timezone)
+    from features.spark import SparkTables, spark_session
+
+    settings = spark or _default_spark()
+    session = spark_session(settings.master, settings.conf)
+    if settings.tables:
+        tombstones = read_tombstones(data) if data.is_dir() else None
+        return SparkTables.from_sources(session, dict(settings.tables), tombstones)
+    return SparkTables.from_tables(session, load(data, rejects, quiet=True, encoding=encoding, timezone=timezone))
+
+
+def _default_spark() -> SparkSettings:
+    from sendwise.project import SparkSettings
+
+    return SparkSettings()
+
+
+def is_directory_output(out: Path) -> bool:
+    """Whether ``out`` names a directory of Parquet files (no ``.parquet`` suffix) rather than one file."""
+    return out.suffix != ".parquet"
+
+
+def check_output(engine: EngineName, out: Path) -> None:
+    """An InputError when ``out`` is a directory and the engine writes one file only."""
+    if engine is EngineName.DUCKDB and is_directory_output(out):
+        raise InputError(f"--out {out}: with the duckdb engine the output is one .parquet file; a directory of "
+                         "Parquet files partitioned by as_of is written with --engine spark.")
+
+
+def write_partitioned(frame: DataFrame, out: Path, partition_by: str = AS_OF) -> None:
+    """Write ``frame`` as Parquet files under ``out``, partitioned by ``partition_by``, replacing the
+    directory whole: Spark writes a sibling folder, which is then swapped in (through Hadoop's file
+    system, so ``out`` may be any path Spark writes)."""
+    jvm = frame.sparkSession.sparkContext._jvm
+    hadoop = frame.sparkSession.sparkContext._jsc.hadoopConfiguration()
+    target = jvm.org.apache.hadoop.fs.Path(str(out))
+    fs = target.getFileSystem(hadoop)
+    staging = jvm.org.apache.hadoop.fs.Path(f"{out}.writing")
+    previous = jvm.org.apache.hadoop.fs.Path(f"{out}.previous")
+    fs.delete(staging, True)
+    frame.write.mode("error").partitionBy(partition_by).parquet(str(staging))
+    if fs.exists(target):
+        fs.delete(previous, True)
+        if not fs.rename(target, previous):
+            raise OSError(f"could not move {out} aside; the new files are in {out}.writing")
+    if not fs.rename(staging, target):
+        raise OSError(f"could not move {out}.writing to {out}; the previous files are in {out}.previous")
+    fs.delete(previous, True)
+
+
+__all__ = ["EngineName", "check_output", "is_directory_output", "open_tables", "write_partitioned"]

@@ -1,0 +1,95 @@
+"""One setting switches a project's engine: ``engine: spark`` in sendwise.yaml (or ``--engine``) on the
+feature, training-set and snapshot commands gives DuckDB's rows (issue 18 item 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sendwise.cli import app
+
+runner = CliRunner()
+AS_OF = "2025-09-01"
+
+
+def invoke(*args: object) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def project(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("spark-project")
+    (root / "sendwise.yaml").write_text(yaml.safe_dump({"name": "lake", "data": str(demo_dir), "engine": "spark"}))
+    return root
+
+
+def read_directory(path: Path, like: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """A directory of Parquet files partitioned by as_of, read back with the columns, types and row order
+    of DuckDB's frame ``like`` (pyarrow reads the partition column back as a category, and a nullable
+    integer Spark wrote as a float)."""
+    frame = pd.read_parquet(path)
+    frame["as_of"] = pd.to_datetime(frame["as_of"].astype(str)).astype(like["as_of"].dtype)
+    frame = frame[list(like.columns)].astype(like.dtypes.to_dict())
+    return frame.sort_values(keys, ignore_index=True)
+
+
+def test_duckdb_writes_one_file_and_says_so_for_a_directory(demo_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["features", "build", "--data", str(demo_dir), "--as-of", AS_OF,
+                                 "--out", str(tmp_path / "features"), "--engine", "duckdb"])
+    assert result.exit_code != 0
+    assert "with the duckdb engine the output is one .parquet file" in " ".join(result.output.split())
+    assert not (tmp_path / "features").exists()
+
+
+def test_the_project_setting_is_checked() -> None:
+    from pydantic import ValidationError
+
+    from sendwise.project import ProjectSettings
+
+    with pytest.raises(ValidationError, match="engine"):
+        ProjectSettings.model_validate({"engine": "polars"})
+    with pytest.raises(ValidationError, match="tables"):
+        ProjectSettings.model_validate({"spark": {"tables": {"invoices": "x.parquet"}}})
+
+
+@pytest.mark.spark
+def test_the_project_engine_builds_the_same_features_into_a_partitioned_directory(
+        spark: object, project: Path, demo_dir: Path, tmp_path: Path) -> None:
+    local = tmp_path / "local.parquet"
+    invoke("features", "build", "--data", demo_dir, "--as-of", AS_OF, "--out", local, "--engine", "duckdb")
+    lake = tmp_path / "lake-features"
+    output = invoke("features", "build", "--project", project, "--as-of", AS_OF, "--out", lake)
+    assert "computed by spark" in output and "partitioned by as_of" in " ".join(output.split())
+    assert [p.name for p in lake.iterdir() if p.is_dir()] == ["as_of=2025-09-01 00%3A00%3A00"]
+    expected = pd.read_parquet(local)
+    written = read_directory(lake, expected, ["customer_id"])
+    pd.testing.assert_frame_equal(written, expected, check_exact=False, rtol=1e-9)
+    again = invoke("features", "build", "--project", project, "--as-of", AS_OF, "--out", lake)  # replaced whole
+    assert "computed by spark" in again and not Path(f"{lake}.previous").exists()
+    assert len(pd.read_parquet(lake)) == len(expected)
+
+
+@pytest.mark.spark
+def test_a_training_set_and_a_snapshot_on_spark(spark: object, project: Path, demo_dir: Path, tmp_path: Path) -> None:
+    local = tmp_path / "ts.parquet"
+    args = ("--target", "purchased", "--as-of", "2025-06-01", "--as-of", "2025-08-01")
+    invoke("features", "training-set", "--data", demo_dir, *args, "--out", local, "--engine", "duckdb")
+    lake = tmp_path / "ts"
+    output = invoke("features", "training-set", "--project", project, *args, "--out", lake)
+    expected = pd.read_parquet(local)
+    written = read_directory(lake, expected, ["as_of", "customer_id"])
+    assert f"{len(expected):,} rows written" in output
+    pd.testing.assert_frame_equal(written, expected, check_exact=False, rtol=1e-9)
+
+    snapshot = tmp_path / "snapshot.parquet"
+    invoke("features", "snapshot", "--project", project, "--out", snapshot)
+    duck = tmp_path / "duck-snapshot.parquet"
+    invoke("features", "snapshot", "--data", demo_dir, "--out", duck, "--engine", "duckdb")
+    pd.testing.assert_frame_equal(pd.read_parquet(snapshot), pd.read_parquet(duck), check_exact=False, rtol=1e-9,
+                                  check_dtype=False)
