@@ -42,7 +42,7 @@ def open_tables(engine: EngineName, data: Path, rejects: Path | None, spark: Spa
         return load(data, rejects, quiet=True, encoding=encoding, timezone=timezone)
     from features.spark import SparkTables, spark_session
 
-    settings = spark or _default_spark()
+    settings = spark or default_spark()
     session = spark_session(settings.master, settings.conf)
     if settings.tables:
         tombstones = read_tombstones(data) if data.is_dir() else None
@@ -50,7 +50,8 @@ def open_tables(engine: EngineName, data: Path, rejects: Path | None, spark: Spa
     return SparkTables.from_tables(session, load(data, rejects, quiet=True, encoding=encoding, timezone=timezone))
 
 
-def _default_spark() -> SparkSettings:
+def default_spark() -> SparkSettings:
+    """The Spark settings of a project that sets none (or of no project)."""
     from sendwise.project import SparkSettings
 
     return SparkSettings()
@@ -89,4 +90,4 @@ def write_partitioned(frame: DataFrame, out: Path, partition_by: str = AS_OF) ->
     fs.delete(previous, True)
 
 
-__all__ = ["EngineName", "check_output", "is_directory_output", "open_tables", "write_partitioned"]
+__all__ = ["EngineName", "check_output", "default_spark", "is_directory_output", "open_tables", "write_partitioned"]

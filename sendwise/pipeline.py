@@ -32,7 +32,7 @@ from features.io import (
 )
 from features.schema import AS_OF, CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED, Table
 from features.snapshot import snapshot_as_of, write_snapshot
-from features.spark import spark_training_set
+from features.spark import sample_customers, spark_training_set
 from features.tables import Tables
 from features.training_set import (
     DEFAULT_HORIZON_DAYS,
@@ -44,7 +44,14 @@ from features.training_set import (
 )
 from features.validate import ContractError
 from sendwise.console import console, errors, iso, progress_bar
-from sendwise.engines import EngineName, check_output, is_directory_output, open_tables, write_partitioned
+from sendwise.engines import (
+    EngineName,
+    check_output,
+    default_spark,
+    is_directory_output,
+    open_tables,
+    write_partitioned,
+)
 from serving.consent import ConsentRule, emailable_line, may_email
 from training.promotion import DEFAULT_MARGIN, PromotionDecision, promote
 from training.recommenders.batch import check_k, recommend_all
@@ -67,7 +74,7 @@ from training.tracking import configure_tracking
 from training.train import MODEL_NAMES, TrainResult, train_classifier
 
 if TYPE_CHECKING:
-    from sendwise.project import SparkSettings
+    from sendwise.project import SparkSettings as SparkSettingsType
 
 # model name -> (headline holdout metric, logged baseline metric shown next to it)
 HEADLINE_COLUMNS = {"churn": ("roc_auc", "baseline_logistic_log_rfm_roc_auc"),
@@ -181,7 +188,7 @@ def training_set(data: Path, out: Path, target: Target = Target.CHURNED, horizon
                  as_of: list[datetime] | None = None, last: datetime | None = None, periods: int = 12,
                  rejects: Path | None = None, encoding: Encoding | str = Encoding.UTF_8,
                  settings: Path | None = None, timezone: str | None = None,
-                 engine: EngineName = EngineName.DUCKDB, spark: SparkSettings | None = None) -> None:
+                 engine: EngineName = EngineName.DUCKDB, spark: SparkSettingsType | None = None) -> None:
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon); naive
     timestamps are local times of ``timezone`` (default: UTC). With Spark and an ``out`` without the
     ``.parquet`` suffix, nothing is collected: Spark writes Parquet files partitioned by as_of."""
@@ -223,7 +230,7 @@ def training_set(data: Path, out: Path, target: Target = Target.CHURNED, horizon
 def snapshot(data: Path, out: Path, as_of: datetime | None = None, rejects: Path | None = None,
              encoding: Encoding | str = Encoding.UTF_8, settings: Path | None = None,
              timezone: str | None = None, engine: EngineName = EngineName.DUCKDB,
-             spark: SparkSettings | None = None) -> None:
+             spark: SparkSettingsType | None = None) -> None:
     """Latest features of every customer, for serving: one .parquet file (the service reads it),
     computed by ``engine``."""
     if is_directory_output(out):
@@ -267,35 +274,49 @@ def print_plots(run_id: str) -> None:
 
 def train(target: Target, data: Path, as_of: datetime, horizon: int | None = None, trials: int = 0,
           periods: int = 12, rejects: Path | None = None, settings: Path | None = None,
-          project: str | None = None, *, timezone: str | None = None, mlruns: Path | None = None) -> None:
+          project: str | None = None, *, timezone: str | None = None, mlruns: Path | None = None,
+          engine: EngineName = EngineName.DUCKDB, spark: SparkSettingsType | None = None) -> None:
     """A classifier for ``target`` on rows before ``as_of``, tracked in the MLflow store of ``mlruns``
     (default: ./mlruns; ``MLFLOW_TRACKING_URI`` wins), registered as ``project``'s challenger (none:
-    the global names) with the data directory it was trained on; prints where its plots are."""
+    the global names) with the data directory it was trained on; prints where its plots are. With
+    Spark, the model is trained on one node from a seeded sample of ``spark.sample_customers``
+    customers (each with their whole history), recorded with the run (``sample_*`` parameters)."""
     registered_name(MODEL_NAMES[target], project)  # a bad project name fails before the data is read
     config = feature_config(settings)
-    tables = load(data, rejects, quiet=True, timezone=timezone)
+    tables = open_tables(engine, data, rejects, spark, timezone=timezone)
+    run_params: dict[str, object] = {}
+    if engine is EngineName.SPARK:
+        limit = (spark or default_spark()).sample_customers
+        with progress_bar() as bar:
+            bar.add_task(f"Spark: sampling up to {limit:,} customers", total=None)
+            tables, sample = sample_customers(tables, limit)
+        run_params = sample.params()
+        console.print(f"training on {sample.sampled:,} of {sample.customers:,} customers (a {sample.fraction:.1%} "
+                      f"sample, seed {sample.seed}), each with their whole history")
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
         result = train_classifier(tables, target, as_of, horizon, trials, periods, mlruns=mlruns,
                                   progress=lambda what: bar.update(task, description=what), feature_config=config,
-                                  project=project, data_source=str(data.resolve()))
+                                  project=project, data_source=str(data.resolve()), run_params=run_params)
     print_training(result)
 
 
 def train_churn(data: Path, as_of: datetime, horizon: int = 90, trials: int = 0, periods: int = 12,
                 rejects: Path | None = None, settings: Path | None = None, project: str | None = None, *,
-                timezone: str | None = None, mlruns: Path | None = None) -> None:
+                timezone: str | None = None, mlruns: Path | None = None, engine: EngineName = EngineName.DUCKDB,
+                spark: SparkSettingsType | None = None) -> None:
     """Churn model (no order in the next ``horizon`` days) for customers with an order."""
     train(Target.CHURNED, data, as_of, horizon, trials, periods, rejects, settings, project, timezone=timezone,
-          mlruns=mlruns)
+          mlruns=mlruns, engine=engine, spark=spark)
 
 
 def train_propensity(data: Path, as_of: datetime, horizon: int = 30, trials: int = 0, periods: int = 12,
                      rejects: Path | None = None, settings: Path | None = None, project: str | None = None, *,
-                     timezone: str | None = None, mlruns: Path | None = None) -> None:
+                     timezone: str | None = None, mlruns: Path | None = None,
+                     engine: EngineName = EngineName.DUCKDB, spark: SparkSettingsType | None = None) -> None:
     """Purchase-propensity model (an order in the next ``horizon`` days) for every known customer."""
     train(Target.PURCHASED, data, as_of, horizon, trials, periods, rejects, settings, project, timezone=timezone,
-          mlruns=mlruns)
+          mlruns=mlruns, engine=engine, spark=spark)
 
 
 def print_metrics(table: pd.DataFrame, k: int, title: str) -> None:

@@ -144,7 +144,7 @@ class SparkSettings(BaseModel):
     conf: dict[str, str] = Field(default_factory=dict, description="Spark settings, e.g. spark.driver.memory: 8g")
     tables: dict[Table, str] = Field(default_factory=dict, description="per contract table a Parquet path (any "
                                      "path Spark reads) or table:<catalog name>; default: the project's data")
-    sample_customers: int = Field(2_000_000, ge=1_000, description="customers copied to one node to train a model")
+    sample_customers: int = Field(2_000_000, ge=100, description="customers copied to one node to train a model")
 
 
 class ProjectSettings(BaseModel):

@@ -93,3 +93,20 @@ def test_a_training_set_and_a_snapshot_on_spark(spark: object, project: Path, de
     invoke("features", "snapshot", "--data", demo_dir, "--out", duck, "--engine", "duckdb")
     pd.testing.assert_frame_equal(pd.read_parquet(snapshot), pd.read_parquet(duck), check_exact=False, rtol=1e-9,
                                   check_dtype=False)
+
+
+@pytest.mark.spark
+def test_a_model_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
+        spark: object, demo_dir: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    root = tmp_path / "sampled"
+    root.mkdir()
+    (root / "sendwise.yaml").write_text(yaml.safe_dump(
+        {"name": "sampled", "data": str(demo_dir), "engine": "spark", "spark": {"sample_customers": 300}}))
+    output = invoke("train", "propensity", "--project", root, "--as-of", "2025-10-01")
+    assert "a 75.0% sample, seed 0" in output
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="params.target = 'purchased'").iloc[0]
+    assert run["params.sample_fraction"] == "0.75" and run["params.sample_of_customers"] == "400"
+    assert 200 <= int(run["params.sample_customers"]) <= 400

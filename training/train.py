@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -160,11 +160,13 @@ def train_classifier(
     feature_config: FeatureConfig | None = None,
     project: str | None = None,
     data_source: str | None = None,
+    run_params: Mapping[str, object] | None = None,
 ) -> TrainResult:
     """Fit, tune (``trials`` > 0), calibrate, evaluate against baselines, log and register as
     ``project``'s model (none: today's global names). Features use ``feature_config`` (default:
     :meth:`FeatureConfig.current`); the model records it, so that scoring and serving build the same
-    columns. ``data_source`` (the data directory, when known) is recorded on the version."""
+    columns. ``data_source`` (the data directory, when known) is recorded on the version, and
+    ``run_params`` (say, how ``tables`` were sampled from a larger shop) with the run's parameters."""
     target = Target(target)
     name = registered_name(MODEL_NAMES[target], project)  # a bad project name fails before any work
     feature_config = feature_config or FeatureConfig.current()
@@ -215,7 +217,7 @@ def train_classifier(
             "rows_train": len(folds.train), "rows_valid": len(folds.valid),
             "rows_calibration": len(folds.calibration), "rows_holdout": len(folds.holdout),
             "calibration": calibrator.method, "best_round": booster.num_boosted_rounds(),
-            **{f"xgb_{k}": v for k, v in params.items()},
+            **{f"xgb_{k}": v for k, v in params.items()}, **(run_params or {}),
         })
         provenance = ModelProvenance.of_data(tables.before(date), project, data_source)
         mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": provenance.data_fingerprint,

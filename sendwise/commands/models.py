@@ -13,6 +13,7 @@ import typer
 from sendwise import pipeline
 from sendwise.commands.common import (
     DataOption,
+    EngineOption,
     FeatureConfigOption,
     ProjectOption,
     RejectsOption,
@@ -43,7 +44,7 @@ def train_churn(as_of: AsOf,
                                              "run.churn_horizon_days, else 90).")] = None,
                 trials: Trials = None, periods: Periods = None, data: DataOption = None,
                 rejects: RejectsOption = None, settings: FeatureConfigOption = None,
-                project: ProjectOption = None) -> None:
+                engine: EngineOption = None, project: ProjectOption = None) -> None:
     """Churn model (no order in the next HORIZON days) for customers with an order; a project's
     is registered as <name>.churn."""
     run = resolve(project, data=data, rejects=rejects, feature_config=settings)
@@ -51,7 +52,8 @@ def train_churn(as_of: AsOf,
     run.use_tracking()
     pipeline.train_churn(data, as_of, run.pick(horizon, lambda s: s.run.churn_horizon_days, 90),
                          run.pick(trials, lambda s: s.run.trials, 0), run.pick(periods, lambda s: s.run.periods, 12),
-                         run.rejects, run.feature_config, run.name, timezone=run.timezone, mlruns=run.mlruns)
+                         run.rejects, run.feature_config, run.name, timezone=run.timezone, mlruns=run.mlruns,
+                         engine=run.engine(engine), spark=run.spark)
 
 
 @train_app.command("propensity")
@@ -62,7 +64,7 @@ def train_propensity(as_of: AsOf,
                                                   "run.propensity_horizon_days, else 30).")] = None,
                      trials: Trials = None, periods: Periods = None, data: DataOption = None,
                      rejects: RejectsOption = None, settings: FeatureConfigOption = None,
-                     project: ProjectOption = None) -> None:
+                     engine: EngineOption = None, project: ProjectOption = None) -> None:
     """Purchase-propensity model (an order in the next HORIZON days) for every known customer; a
     project's is registered as <name>.propensity."""
     run = resolve(project, data=data, rejects=rejects, feature_config=settings)
@@ -71,7 +73,8 @@ def train_propensity(as_of: AsOf,
     pipeline.train_propensity(data, as_of, run.pick(horizon, lambda s: s.run.propensity_horizon_days, 30),
                               run.pick(trials, lambda s: s.run.trials, 0),
                               run.pick(periods, lambda s: s.run.periods, 12), run.rejects, run.feature_config,
-                              run.name, timezone=run.timezone, mlruns=run.mlruns)
+                              run.name, timezone=run.timezone, mlruns=run.mlruns, engine=run.engine(engine),
+                              spark=run.spark)
 
 
 @models_app.command("list")
