@@ -1,5 +1,6 @@
-"""A registered logistic classifier's MLflow entry point, logged as code (models from code) rather than
-pickled: MLflow runs this file when it loads the model (see :func:`training.registry.log_and_register`)."""
+"""A registered classifier's (XGBoost or logistic) MLflow entry point, logged as code (models from code)
+rather than pickled: MLflow runs this file when it loads the model (see
+:func:`training.registry.log_and_register`)."""
 
 import mlflow
 

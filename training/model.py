@@ -16,6 +16,7 @@ from training.design import design_matrix
 from training.linear import LogRFMModel
 
 BUNDLE_FILE = "sendwise_bundle.json"
+BOOSTER_FILE = "model.ubj"  # an XGBoost bundle's booster, next to the descriptor
 XGBOOST, LOGISTIC = "xgboost", "logistic"  # the kinds of model a bundle holds
 
 
@@ -67,11 +68,12 @@ class ModelBundle:
                 **({"linear": self.linear.to_dict()} if self.linear is not None else {})}
 
     def save(self, directory: Path | str) -> Path:
-        """Write ``model.ubj`` (an XGBoost model) and the bundle descriptor; returns the descriptor's path."""
+        """Write :data:`BOOSTER_FILE` (an XGBoost model) and the bundle descriptor; returns the
+        descriptor's path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.booster is not None:
-            self.booster.save_model(directory / "model.ubj")
+            self.booster.save_model(directory / BOOSTER_FILE)
         path = directory / BUNDLE_FILE
         path.write_text(json.dumps(self.descriptor(), indent=1, default=str))
         return path
@@ -92,5 +94,5 @@ class ModelBundle:
         booster = None
         if descriptor.get("kind", XGBOOST) == XGBOOST:
             booster = xgb.Booster()
-            booster.load_model(directory / "model.ubj")
+            booster.load_model(directory / BOOSTER_FILE)
         return cls.from_parts(booster, descriptor)

@@ -30,13 +30,13 @@ from mlflow.tracking import MlflowClient
 from features.errors import InputError, NotFoundError
 from features.schema import SPECS
 from features.tables import Tables
-from training.model import BUNDLE_FILE, XGBOOST, ModelBundle
+from training.model import BOOSTER_FILE, BUNDLE_FILE, XGBOOST, ModelBundle
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PIP_REQUIREMENTS = ["xgboost-cpu>=3.0", "scikit-learn>=1.5", "numpy", "pandas"]
 CLASSIFIER_ENTRY_POINT = Path(__file__).with_name("classifier_pyfunc.py")  # models from code: nothing pickled
-BUNDLE_ARTIFACT = "bundle"
+BUNDLE_ARTIFACT, BOOSTER_ARTIFACT = "bundle", "booster"  # the pyfunc's artifacts: descriptor, XGBoost booster
 
 PROJECT_RULE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _PROJECT = re.compile(PROJECT_RULE)
@@ -187,27 +187,23 @@ def log_and_register(bundle: ModelBundle, name: str, example_features, example_p
     """
     tags = provenance_tags(name, provenance)
     with tempfile.TemporaryDirectory() as tmp:
-        descriptor = Path(tmp) / BUNDLE_FILE
-        descriptor.write_text(json.dumps(bundle.descriptor(), indent=1, default=str))
-        x = pd.DataFrame(bundle.matrix(example_features), columns=bundle.columns)
-        signature = infer_signature(x, example_proba)
+        # the bundle's files (descriptor; booster for XGBoost) side by side, served by a pyfunc from code
+        artifacts = {BUNDLE_ARTIFACT: str(bundle.save(tmp))}
         if bundle.booster is not None:
-            info = mlflow.xgboost.log_model(bundle.booster, name="model", signature=signature,
-                                            extra_files=[str(descriptor)], pip_requirements=PIP_REQUIREMENTS)
-        else:  # the logistic model: its descriptor is the whole model, served by a pyfunc from code
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(CLASSIFIER_ENTRY_POINT),
-                                           artifacts={BUNDLE_ARTIFACT: str(descriptor)}, signature=signature,
-                                           pip_requirements=PIP_REQUIREMENTS)
+            artifacts[BOOSTER_ARTIFACT] = str(Path(tmp) / BOOSTER_FILE)
+        x = pd.DataFrame(bundle.matrix(example_features), columns=bundle.columns)
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(CLASSIFIER_ENTRY_POINT),
+                                       artifacts=artifacts, signature=infer_signature(x, example_proba),
+                                       pip_requirements=PIP_REQUIREMENTS)
     return register(info.model_uri, name, tags, aliases)
 
 
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """A registered logistic bundle as an MLflow pyfunc: ``predict`` takes the bundle's input columns
-    and returns the calibrated probability."""
+    """A registered bundle (XGBoost or logistic) as an MLflow pyfunc: ``predict`` takes the bundle's
+    input columns and returns the calibrated probability (``mlflow.pyfunc.spark_udf`` too)."""
 
     def load_context(self, context) -> None:
-        descriptor = json.loads(Path(context.artifacts[BUNDLE_ARTIFACT]).read_text())
-        self.bundle = ModelBundle.from_parts(None, descriptor)
+        self.bundle = ModelBundle.load(Path(context.artifacts[BUNDLE_ARTIFACT]).parent)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         return self.bundle.predict_proba(model_input)
@@ -264,9 +260,13 @@ def load_version(name: str, version: str, project: str | None = None) -> ModelBu
     uri = f"models:/{registered}/{version}"
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        descriptor = json.loads(next(local.rglob(BUNDLE_FILE)).read_text())
-    booster = mlflow.xgboost.load_model(uri) if descriptor.get("kind", XGBOOST) == XGBOOST else None
-    bundle = ModelBundle.from_parts(booster, descriptor)
+        files = next(local.rglob(BUNDLE_FILE)).parent
+        descriptor = json.loads((files / BUNDLE_FILE).read_text())
+        if descriptor.get("kind", XGBOOST) == XGBOOST and not (files / BOOSTER_FILE).exists():
+            # logged with the xgboost flavour (before the pyfunc): the descriptor is an extra file
+            bundle = ModelBundle.from_parts(mlflow.xgboost.load_model(str(local)), descriptor)
+        else:
+            bundle = ModelBundle.load(files)
     bundle.meta.update(version_provenance(registered, version).meta())
     bundle.meta["version"] = version
     return bundle

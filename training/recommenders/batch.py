@@ -17,7 +17,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.errors import InputError
-from features.interactions import InteractionConfig, build_interactions, pairs_matrix, purchases, select_rows
+from features.interactions import (
+    InteractionConfig,
+    Interactions,
+    build_interactions,
+    pairs_matrix,
+    purchases,
+    select_rows,
+)
 from features.schema import (
     CATEGORY,
     COUNTRY,
@@ -44,6 +51,11 @@ def check_k(k: object) -> int:
     if not isinstance(k, int | np.integer) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise InputError(f"k must be an int in [1, {MAX_K}]; got {k!r}")
     return int(k)
+
+
+def fallback_length(k: int) -> int:
+    """How many popular products a fallback list holds for top ``k`` (room for the ones rules take out)."""
+    return 2 * k + 20
 
 
 def known_customers(tables: Tables, as_of: datetime) -> pd.DataFrame:
@@ -122,18 +134,38 @@ class RecommendationContext:
 
     def __init__(self, tables: Tables, as_of: datetime, model: Recommender,
                  base_config: InteractionConfig | None = None) -> None:
-        self.model, self.as_of = model, as_of
-        self.customers = known_customers(tables, as_of).set_index(CUSTOMER_ID)
-        self.products = catalog(tables, model.product_ids_)
-        bought = purchases(tables, None, as_of).sort_values(CUSTOMER_ID, kind="stable", ignore_index=True)
-        self._bought, self._bought_ids = bought, bought[CUSTOMER_ID].to_numpy()
+        interactions = None
+        if model.scores_from_history:
+            interactions = build_interactions(tables, as_of, model.interaction_config(base_config),
+                                              product_ids=model.product_ids_)
+        self._set(model, as_of, known_customers(tables, as_of), catalog(tables, model.product_ids_),
+                  purchases(tables, None, as_of), interactions)
         since = as_of - timedelta(days=FALLBACK_DAYS)
-        recent = bought[bought[ORDERED_AT] >= since]
+        recent = self._bought[self._bought[ORDERED_AT] >= since]
         if recent.empty:  # a quiet spell: use all history
-            recent = bought
+            recent = self._bought
         self._recent = recent.merge(self.customers[[COUNTRY]], left_on=CUSTOMER_ID, right_index=True, how="left")
-        self.interactions = build_interactions(tables, as_of, model.interaction_config(base_config),
-                                               product_ids=model.product_ids_) if model.scores_from_history else None
+
+    @classmethod
+    def from_parts(cls, model: Recommender, as_of: datetime, customers: pd.DataFrame, products: pd.DataFrame,
+                   bought: pd.DataFrame, interactions: Interactions | None, rules: BusinessRules, k: int,
+                   lists: dict[str | None, pd.DataFrame]) -> RecommendationContext:
+        """A context from inputs read elsewhere (Spark: one partition's customers with their purchases
+        and interactions, and the fallback ``lists`` computed once for ``rules`` and ``k``): as
+        :meth:`__init__` reads them, ``customers`` (``customer_id``, ``country``), ``products`` from
+        :func:`catalog`, ``bought`` from :func:`purchases`. It recommends with ``rules`` and ``k`` only."""
+        context = cls.__new__(cls)
+        context._set(model, as_of, customers, products, bought, interactions)
+        key = (blocked_products(products, rules).tobytes(), fallback_length(k))
+        context._recent, context._lists = None, {key: lists}
+        return context
+
+    def _set(self, model: Recommender, as_of: datetime, customers: pd.DataFrame, products: pd.DataFrame,
+             bought: pd.DataFrame, interactions: Interactions | None) -> None:
+        self.model, self.as_of, self.products, self.interactions = model, as_of, products, interactions
+        self.customers = customers.set_index(CUSTOMER_ID)
+        bought = bought.sort_values(CUSTOMER_ID, kind="stable", ignore_index=True)
+        self._bought, self._bought_ids = bought, bought[CUSTOMER_ID].to_numpy()
         self._lists: dict[tuple, dict[str | None, pd.DataFrame]] = {}
 
     def excluded(self, customer_ids: pd.Index, rules: BusinessRules) -> pd.DataFrame:
@@ -155,6 +187,9 @@ class RecommendationContext:
         all countries under the key None; blocked products left out."""
         key = (blocked.tobytes(), length)
         if key not in self._lists:
+            if self._recent is None:
+                raise ValueError("this context was made from parts for other rules or another k; "
+                                 "make one for these")
             recent = self._recent[~self._recent[PRODUCT_ID].isin(self.model.product_ids_[blocked])]
             lists: dict[str | None, pd.DataFrame] = {None: _most_bought(recent, length)}
             buyers = recent.groupby(COUNTRY)[CUSTOMER_ID].nunique()
@@ -169,7 +204,7 @@ class RecommendationContext:
         blocked = blocked_products(self.products, rules)
         excluded = self.excluded(ids, rules)
         exclude = pairs_matrix(excluded, ids, model.product_ids_)
-        lists = self.fallback_lists(blocked, 2 * k + 20)
+        lists = self.fallback_lists(blocked, fallback_length(k))
         categories = self.products[CATEGORY]
         if self.interactions is not None:
             user_items = select_rows(self.interactions.matrix, self.interactions.rows(ids))

@@ -9,6 +9,8 @@ price bound is set). Purchase rules exclude per customer: what they already boug
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from features.errors import InputError
 from features.schema import CATEGORY, IMAGE_URL, IN_STOCK, PRICE, PRODUCT_ID, Table
 from features.tables import Tables
+
+if TYPE_CHECKING:
+    from features.spark import SparkTables
 
 
 class BusinessRules(BaseModel):
@@ -40,10 +45,10 @@ class BusinessRules(BaseModel):
         return self
 
 
-def catalog(tables: Tables, product_ids: pd.Index) -> pd.DataFrame:
-    """The products table indexed by ``product_ids`` (missing products: all-null rows)."""
-    products = tables.frame(Table.PRODUCTS).drop_duplicates(PRODUCT_ID).set_index(PRODUCT_ID)
-    return products.reindex(product_ids)
+def catalog(tables: Tables | SparkTables, product_ids: pd.Index) -> pd.DataFrame:
+    """The products table (of either engine) indexed by ``product_ids`` (missing products: all-null rows)."""
+    products = tables.query(f"SELECT * FROM {Table.PRODUCTS.value}").drop_duplicates(PRODUCT_ID)
+    return products.set_index(PRODUCT_ID).reindex(product_ids)
 
 
 def blocked_products(products: pd.DataFrame, rules: BusinessRules) -> np.ndarray:
