@@ -123,11 +123,17 @@ def build_interactions(tables: Tables | SparkTables, as_of: datetime, config: In
     sql, params = interaction_pairs_sql(config, tables.engine)
     pairs = tables.query(sql, params | engine(tables.engine).parameters(as_of))
     products = catalog_ids(tables) if product_ids is None else pd.Index(product_ids, name=PRODUCT_ID)
-    cols = products.get_indexer(pairs[PRODUCT_ID])
-    pairs = pairs[cols >= 0]
-    cols = cols[cols >= 0]
-    customers = pd.Index(np.sort(pairs[CUSTOMER_ID].unique()), name=CUSTOMER_ID)
-    rows = customers.get_indexer(pairs[CUSTOMER_ID])
+    return interactions_from_pairs(pairs, products, as_of)
+
+
+def interactions_from_pairs(pairs: pd.DataFrame, product_ids: pd.Index, as_of: datetime) -> Interactions:
+    """The matrix of weighted ``(customer_id, product_id, weight)`` pairs on ``product_ids``: products
+    outside it are ignored, and a customer left without a pair has no row."""
+    products = pd.Index(product_ids, name=PRODUCT_ID)
+    cols = products.get_indexer(pairs[PRODUCT_ID].astype(str))
+    pairs, cols = pairs[cols >= 0], cols[cols >= 0]
+    customers = pd.Index(np.sort(pairs[CUSTOMER_ID].astype(str).unique()), name=CUSTOMER_ID)
+    rows = customers.get_indexer(pairs[CUSTOMER_ID].astype(str))
     matrix = sp.csr_matrix((pairs[WEIGHT].to_numpy(np.float32), (rows, cols)),
                            shape=(len(customers), len(products)), dtype=np.float32)
     return Interactions(matrix, customers, products, as_of)

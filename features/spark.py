@@ -35,6 +35,7 @@ from features.tombstones import Tombstones
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
     from features.tables import Tables
 
@@ -183,18 +184,26 @@ def spark_features(tables: SparkTables, as_of: datetime, config: FeatureConfig |
 
 
 
-def to_pandas(frame: DataFrame) -> pd.DataFrame:
-    """``frame`` collected to this process, with the column types DuckDB's frames have: an integer
-    or boolean column holding NULLs stays a nullable integer or boolean instead of becoming float or
+def pandas_types(schema: StructType) -> dict[str, str]:
+    """The pandas type of each integer and boolean column of ``schema`` as DuckDB's frames have it
+    (``Int32``, ``Int64``, ``boolean``): Arrow hands such a column holding NULLs to pandas as float or
     object."""
     from pyspark.sql.types import BooleanType, IntegerType, LongType
 
-    out = frame.toPandas()
-    for field in frame.schema.fields:
-        kind = {IntegerType: "Int32", LongType: "Int64", BooleanType: "boolean"}.get(type(field.dataType))
-        if kind is not None and out[field.name].dtype.kind in "fO":
-            out[field.name] = out[field.name].astype(kind)
-    return out
+    kinds = {IntegerType: "Int32", LongType: "Int64", BooleanType: "boolean"}
+    return {f.name: kinds[type(f.dataType)] for f in schema.fields if type(f.dataType) in kinds}
+
+
+def with_types(batch: pd.DataFrame, types: dict[str, str]) -> pd.DataFrame:
+    """``batch`` with the columns of ``types`` that arrived as float or object cast to those types."""
+    fix = {name: kind for name, kind in types.items() if batch[name].dtype.kind in "fO"}
+    return batch.astype(fix) if fix else batch
+
+
+def to_pandas(frame: DataFrame) -> pd.DataFrame:
+    """``frame`` collected to this process, with the column types DuckDB's frames have (an integer or
+    boolean column holding NULLs stays a nullable integer or boolean: :func:`pandas_types`)."""
+    return with_types(frame.toPandas(), pandas_types(frame.schema))
 
 
 def spark_training_set(tables: SparkTables, as_of_dates: Sequence[datetime], target: str, horizon_days: int,

@@ -4,7 +4,7 @@
 What runs where: the feature query runs on Spark (:func:`features.spark.spark_features`); the churn and
 propensity bundles are broadcast once; each partition's feature rows reach
 :func:`~training.scoring.score_features` on the executors as pandas batches (``mapInPandas``), with the
-column types DuckDB's frames have (:func:`nullable_types`), and its rows come back under
+column types DuckDB's frames have (:func:`features.spark.pandas_types`), and its rows come back under
 :func:`score_schema`. Nothing is collected on the driver, and the rows come in no particular order.
 
 pyspark is imported only when these functions run (the ``spark`` extra).
@@ -21,14 +21,13 @@ import pandas as pd
 from features.build import to_timestamp
 from features.errors import InputError
 from features.schema import CUSTOMER_ID
-from features.spark import spark_features
+from features.spark import pandas_types, spark_features, with_types
 from features.validate import ContractError
 from training.model import ModelBundle
 from training.scoring import CLV_FIELDS, REASONS, models_feature_config, score_features
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-    from pyspark.sql.types import StructType
 
     from features.spark import SparkTables
 
@@ -46,22 +45,6 @@ READ_COLUMNS = (CUSTOMER_ID, "orders_count", "rfm_segment", "lifecycle_stage")
 def score_schema() -> str:
     """The Spark schema (DDL) of :func:`score_spark`'s rows: score_features' columns, in its order."""
     return ", ".join(f"`{name}` {kind}" for name, kind in SCORE_TYPES.items())
-
-
-def nullable_types(schema: StructType) -> dict[str, str]:
-    """The pandas type of each integer and boolean column of ``schema`` as DuckDB's frames have it
-    (``Int32``, ``Int64``, ``boolean``): Arrow hands such a column holding NULLs to pandas as float or
-    object, as :func:`features.spark.to_pandas` mends after a collect."""
-    from pyspark.sql.types import BooleanType, IntegerType, LongType
-
-    kinds = {IntegerType: "Int32", LongType: "Int64", BooleanType: "boolean"}
-    return {f.name: kinds[type(f.dataType)] for f in schema.fields if type(f.dataType) in kinds}
-
-
-def with_types(batch: pd.DataFrame, types: dict[str, str]) -> pd.DataFrame:
-    """``batch`` with the columns of ``types`` that arrived as float or object cast to those types."""
-    fix = {name: kind for name, kind in types.items() if batch[name].dtype.kind in "fO"}
-    return batch.astype(fix) if fix else batch
 
 
 def check_feature_columns(columns: list[str], *bundles: ModelBundle) -> None:
@@ -82,7 +65,7 @@ def score_spark(features: DataFrame, churn: ModelBundle, propensity: ModelBundle
     :func:`score_schema`, one row per feature row, in no particular order. The CLV fields over
     ``clv_horizon_days`` (default: the CLV model's horizon)."""
     check_feature_columns(features.columns, churn, propensity)
-    types = nullable_types(features.schema)
+    types = pandas_types(features.schema)
     models = features.sparkSession.sparkContext.broadcast((churn, propensity))
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

@@ -27,10 +27,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from features.engines import engine
-from features.interactions import InteractionConfig, Interactions, interaction_pairs_sql
+from features.interactions import (
+    WEIGHT,
+    InteractionConfig,
+    Interactions,
+    interaction_pairs_sql,
+    interactions_from_pairs,
+)
 from features.schema import (
     COUNTRY,
     CUSTOMER_ID,
@@ -171,14 +176,8 @@ def batch_purchases(batch: pd.DataFrame) -> pd.DataFrame:
 def batch_interactions(batch: pd.DataFrame, product_ids: pd.Index, as_of: datetime) -> Interactions:
     """The batch's customers' rows of :func:`features.interactions.build_interactions` on
     ``product_ids``: products outside it ignored, customers left with no pair absent."""
-    long = _long(batch, ITEMS, WEIGHTS)
-    cols = product_ids.get_indexer(long[ITEMS].astype(str))
-    long, cols = long[cols >= 0], cols[cols >= 0]
-    customers = pd.Index(np.sort(long[CUSTOMER_ID].astype(str).unique()), name=CUSTOMER_ID)
-    rows = customers.get_indexer(long[CUSTOMER_ID].astype(str))
-    matrix = sp.csr_matrix((long[WEIGHTS].to_numpy(np.float32), (rows, cols)),
-                           shape=(len(customers), len(product_ids)), dtype=np.float32)
-    return Interactions(matrix, customers, pd.Index(product_ids, name=PRODUCT_ID), as_of)
+    long = _long(batch, ITEMS, WEIGHTS).rename(columns={ITEMS: PRODUCT_ID, WEIGHTS: WEIGHT})
+    return interactions_from_pairs(long, product_ids, as_of)
 
 
 def recommend_all_spark(tables: SparkTables, as_of: datetime, model: Recommender, k: int = 10,
