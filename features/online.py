@@ -7,7 +7,11 @@ customer's rows strictly before ``t`` (sources, windows, filters, lookups, rollu
 unions, derived expressions, compiled from the same portable SQL by :mod:`features.online_expr`)
 and ranks them against a population index for the features relative to all customers (RFM
 scores, the population median). The result equals :func:`features.build.build_features` over the
-tables with the same rows appended, at as_of ``t`` (the tests hold it to that).
+tables with the same rows appended, at as_of ``t`` (the tests hold it to that). One evaluation applies
+a filter that several features share once (``event_type = 'product_view'`` by looking the rows up by
+their event type), counts a window's rows by bisecting the filtered rows' sorted times, and the
+population median is kept until a ranking key changes: a customer's features cost a few passes over
+their rows, not one per feature.
 
 A customer's own rows are read lazily (a row-id range per table, from copies of the tables ordered by
 customer), the first time the customer is asked about or gets an event; :meth:`OnlineFeatures.prefetch`
@@ -111,6 +115,8 @@ class _Plan:
     reads: dict[str, frozenset[Table]]  # the contract tables each source's rows come from
     rank_inputs: frozenset[str]  # the features a ranking key or population filter reads (directly or not)
     rank_tables: frozenset[Table]  # the tables those features come from
+    sources: dict[str, Source]  # the registry's sources by name
+    outputs: tuple[str, ...]  # the registry's output features, in order
 
 
 def _names(text: str | None, names: list[str]) -> set[str]:
@@ -230,7 +236,7 @@ def _plan(reg: Registry) -> _Plan:
             pending += references(reg.by_name[name], names)
     rank_tables = frozenset().union(*(reads[reg.by_name[n].source] for n in inputs if reg.by_name[n].agg))
     return _Plan(reg, tables, tuple(f for f in ordered if f.agg is None), ranks, frozenset(needs_rank), windowed,
-                 reads, frozenset(inputs), rank_tables)
+                 reads, frozenset(inputs), rank_tables, {s.name: s for s in reg.sources}, tuple(reg.outputs))
 
 
 def _tables_of(reg: Registry, src: Source) -> set[Table]:
@@ -264,10 +270,13 @@ class _Evaluation:
         self.reg = plan.reg
         self.all_before = customer.last_at is None or customer.last_at < t
         self.sources: dict[str, list[dict]] = {}
+        self._passing: dict[tuple[str, str | None], list[dict]] = {}  # (source, filter) -> its rows passing
+        self._times: dict[tuple[str, str | None], list] = {}  # (source, filter) -> those rows' times, sorted
+        self._groups: dict[tuple[str, str], dict[object, list[dict]]] = {}  # (source, column) -> rows by value
 
     def source(self, name: str) -> list[dict]:
         if name not in self.sources:
-            src = self.reg.source(name)
+            src = self.plan.sources[name]
             cacheable = self.all_before and name not in self.plan.windowed
             if cacheable and name in self.customer.cache:
                 self.sources[name] = self.customer.cache[name]
@@ -301,7 +310,7 @@ class _Evaluation:
                     and (start is None or r[ts] >= start) and (where is None or where(r) is True)]
             rows = self._lookup(src, rows)
             if src.after_last_of is not None:
-                of = self.reg.source(src.after_last_of)
+                of = self.plan.sources[src.after_last_of]
                 last = max((r[of.time_column] for r in self.source(of.name)), default=None)
                 rows = [r for r in rows if last is None or r[ts] > last]
             if src.columns:
@@ -330,33 +339,30 @@ class _Evaluation:
                 out.append(row)
             return out
         if src.intervals_of is not None:
-            ts = self.reg.source(src.intervals_of).time_column
+            ts = self.plan.sources[src.intervals_of].time_column
             rows = sorted(self.source(src.intervals_of), key=lambda r: r[ts])
             return [{CUSTOMER_ID: r[CUSTOMER_ID],
                      "gap": None if i == 0 else days_between(rows[i - 1][ts], epoch_us(r[ts]))}
                     for i, r in enumerate(rows)]
         if src.union_of:
-            return [{CUSTOMER_ID: r[CUSTOMER_ID], "seen_at": r[self.reg.source(n).time_column]}
-                    for n in src.union_of for r in self.source(n)]
+            times = {n: self.plan.sources[n].time_column for n in src.union_of}
+            return [{CUSTOMER_ID: r[CUSTOMER_ID], "seen_at": r[times[n]]} for n in src.union_of for r in self.source(n)]
         raise RegistryError(f"source {src.name} says nowhere its rows come from")
 
     def aggregate(self, f: Feature) -> object:
         rows = self.source(f.source)
         if not rows:
             return None  # no row at all: NULL (the customer is not in the source's aggregate)
-        tc, start = self.reg.source(f.source).time_column, self._start(f.window_days)
-        where = compile_scalar(f.where).fn if f.where else None
-
-        def cond(r: dict) -> object:
-            w = True if where is None else where(r)
-            if start is not None and r[tc] < start:
-                return False
-            return w
-
+        tc, start = self.plan.sources[f.source].time_column, self._start(f.window_days)
+        chosen = self.passing(f.source, f.where)  # in the source's order (LATEST and TOP break ties by it)
         if f.agg is Agg.ANY:
-            values = [cond(r) for r in rows]
-            return True if True in values else False if False in values else None
-        chosen = [r for r in rows if cond(r) is True]
+            if any(start is None or not r[tc] < start for r in chosen):
+                return True
+            return False if self._fails(f, rows, start) else None
+        if start is not None:
+            if f.agg is Agg.COUNT:
+                return len(chosen) - bisect.bisect_left(self._sorted_times(f.source, f.where, tc), start)
+            chosen = [r for r in chosen if not r[tc] < start]
         if f.agg is Agg.COUNT:
             return len(chosen)
         if f.agg in (Agg.DAYS_SINCE_FIRST, Agg.DAYS_SINCE_LAST):
@@ -387,6 +393,59 @@ class _Evaluation:
             mean = math.fsum(values) / len(values)
             return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
         raise RegistryError(f"{f.name}: no online evaluation for aggregate {f.agg}")
+
+    def passing(self, source: str, where: str | None) -> list[dict]:
+        """The rows of ``source`` for which ``where`` is true (all without a filter), in the source's
+        order; computed once per evaluation (many features share a filter and differ by their window). A
+        filter ``column = 'value'`` looks its rows up among the source's rows grouped by that column."""
+        key = (source, where)
+        if key not in self._passing:
+            rows = self.source(source)
+            scalar = compile_scalar(where) if where else None
+            if scalar is None:
+                self._passing[key] = rows
+            elif scalar.equals is not None:
+                column, value = scalar.equals
+                self._passing[key] = self._grouped(source, column).get(value, [])
+            else:
+                self._passing[key] = [r for r in rows if scalar.fn(r) is True]
+        return self._passing[key]
+
+    def _grouped(self, source: str, column: str) -> dict[object, list[dict]]:
+        """The rows of ``source`` by their value of ``column`` (NULL: None), each group in the source's order."""
+        key = (source, column)
+        if key not in self._groups:
+            groups: dict[object, list[dict]] = {}
+            for row in self.source(source):
+                value = row[column]
+                group = groups.get(value)
+                if group is None:
+                    groups[value] = [row]
+                else:
+                    group.append(row)
+            self._groups[key] = groups
+        return self._groups[key]
+
+    def _sorted_times(self, source: str, where: str | None, column: str) -> list:
+        """The times (``column``) of the rows :meth:`passing` gives, sorted: a window's count by bisection."""
+        key = (source, where)
+        if key not in self._times:
+            self._times[key] = sorted(r[column] for r in self.passing(source, where))
+        return self._times[key]
+
+    def _fails(self, f: Feature, rows: list[dict], start: datetime | None) -> bool:
+        """Whether some row of ``f``'s source is out of its window or fails its filter (is false, not NULL):
+        ANY is then false rather than NULL."""
+        tc = self.plan.sources[f.source].time_column
+        if start is not None and any(r[tc] < start for r in rows):
+            return True
+        if not f.where:
+            return False
+        scalar = compile_scalar(f.where)
+        if scalar.equals is not None:  # false for a row with another value than the one asked, NULL for NULL
+            column, value = scalar.equals
+            return any(v is not None and v != value for v in self._grouped(f.source, column))
+        return any(scalar.fn(r) is False for r in rows)
 
     def known(self) -> bool:
         return bool(self.source(POPULATION_SOURCE))
@@ -427,6 +486,7 @@ class _Keys:
         self.added: list = []
         self.added_nulls = 0
         self.touched: dict[str, tuple[bool, object]] = {}
+        self._median: tuple[object] | None = None  # (the median,) until a key changes
 
     def current(self, customer_id: str, batch_index: int | None) -> tuple[bool, object]:
         if customer_id in self.touched:
@@ -446,6 +506,7 @@ class _Keys:
         self.touched[customer_id] = (member, key)
         if member:
             self._put(self.added, key, "added_nulls")
+        self._median = None
 
     def _put(self, keys: list, key: object, nulls: str) -> None:
         if key is None:
@@ -492,11 +553,18 @@ class _Keys:
             else:
                 lo = mid + 1
         candidates = [self.base[lo]] if lo < len(self.base) else []
-        candidates += [v for v in self.added if self.at_most(v) > k][:1]
+        first = bisect.bisect_left(range(len(self.added)), True, key=lambda i: self.at_most(self.added[i]) > k)
+        candidates += self.added[first:first + 1]  # the smallest added key with more than k at most it
         return min(candidates)
 
     def median(self) -> object:
-        """DuckDB's ``median`` (quantile_cont 0.5) of the non-NULL keys."""
+        """DuckDB's ``median`` (quantile_cont 0.5) of the non-NULL keys (kept until a key changes: every
+        fresh answer asks for it, few events change it)."""
+        if self._median is None:
+            self._median = (self._compute_median(),)
+        return self._median[0]
+
+    def _compute_median(self) -> object:
         n = self.non_null()
         if n == 0:
             return None
@@ -770,7 +838,7 @@ class OnlineFeatures:
             if not evaluation.known():
                 return None
             env = evaluation.values(lambda f, env: self._rank(f, customer_id, index))
-            return {name: env[name] for name in self._plan.reg.outputs}
+            return {name: env[name] for name in self._plan.outputs}
 
     def _rank(self, f: Feature, customer_id: str, index: int | None) -> object:
         rank, keys = self._plan.ranks[f.name], self._keys[f.name]

@@ -38,6 +38,7 @@ class Scalar:
     sql: str
     fn: Fn
     windows: tuple[tuple[str, Callable[[list[Env]], list[object]]], ...] = ()
+    equals: tuple[str, object] | None = None  # (column, literal) when the expression is ``column = literal``
 
     def add_to(self, rows: list[Env], name: str) -> None:
         """Add this expression as column ``name`` to every row of ``rows`` (one partition set)."""
@@ -65,8 +66,29 @@ def _parse(sql: str) -> exp.Expression:
 def compile_scalar(sql: str, windows: bool = False) -> Scalar:
     """``sql`` as a :class:`Scalar`; window functions only where ``windows`` (a source's added columns)."""
     found: list[tuple[str, Callable[[list[Env]], list[object]]]] = []
-    fn = _Compiler(sql, found if windows else None).node(_parse(sql))
-    return Scalar(sql, fn, tuple(found))
+    tree = _parse(sql)
+    fn = _Compiler(sql, found if windows else None).node(tree)
+    return Scalar(sql, fn, tuple(found), _equality(tree))
+
+
+def _equality(node: exp.Expression) -> tuple[str, object] | None:
+    """(column, value) of ``column = 'literal'`` (or ``literal = column``, numbers too): true exactly for
+    the rows whose column equals the value, so a filter can look them up instead of testing each row."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if not isinstance(node, exp.EQ):
+        return None
+    sides = (node.this, node.expression)
+    column = next((c for c in sides if isinstance(c, exp.Column) and not c.table), None)
+    literal = next((v for v in sides if isinstance(v, exp.Literal)), None)
+    if column is None or literal is None:
+        return None
+    return column.name, _literal(literal)
+
+
+def _literal(node: exp.Literal) -> object:
+    """A literal's value: the text, or an int or float."""
+    return node.this if node.is_string else (int(node.this) if node.is_int else float(node.this))
 
 
 @lru_cache(maxsize=1024)
@@ -194,7 +216,7 @@ class _Compiler:
             name = node.name
             return lambda env: env[name]
         if isinstance(node, exp.Literal):
-            value = node.this if node.is_string else (int(node.this) if node.is_int else float(node.this))
+            value = _literal(node)
             return lambda env: value
         if isinstance(node, exp.Boolean):
             value = node.this

@@ -261,11 +261,18 @@ class ClvModel:
     def predict_row(self, values: Mapping[str, Any], horizon_days: int | None = None,
                     as_of: datetime | str | pd.Timestamp | None = None) -> dict[str, Any]:
         """One customer's :meth:`predict` from their ``frequency``, ``recency``, ``T`` and
-        ``monetary_value``; ``next_order_date`` a Timestamp or None."""
-        row = self.predict(pd.DataFrame([{CUSTOMER_ID: values.get(CUSTOMER_ID), **{
-            c: float(values[c]) for c in SUMMARY_COLUMNS[1:5]}}]), horizon_days, as_of).iloc[0].to_dict()
-        row["next_order_date"] = None if pd.isna(row["next_order_date"]) else row["next_order_date"]
-        return {k: v for k, v in row.items() if k != CUSTOMER_ID}
+        ``monetary_value``; ``next_order_date`` a Timestamp or None. The same arithmetic on arrays of
+        one, without a frame (the service predicts one customer right after an event)."""
+        h = self.horizon_days if horizon_days is None else int(horizon_days)
+        if h < 1:
+            raise InputError(f"horizon_days must be at least 1. Got {h} instead.")
+        x, tx, T, z = (np.array([float(values[c])]) for c in SUMMARY_COLUMNS[1:5])
+        orders = self.expected_orders(x, tx, T, h)
+        start, date = to_timestamp(self.as_of if as_of is None else as_of), None
+        if orders[0] >= 1:  # else no date, without the bisection's 40 steps
+            date = pd.Timestamp(self._next_order_date(x, tx, T, orders >= 1, h, start)[0])
+        return {"expected_orders": float(orders[0]), "p_alive": float(self.p_alive(x, tx, T)[0]),
+                "predicted_clv": float((orders * self.spend_per_order(x, z))[0]), "next_order_date": date}
 
     def _next_order_date(self, x: np.ndarray, tx: np.ndarray, T: np.ndarray, reached: np.ndarray,
                          h: int, as_of: datetime) -> np.ndarray:
@@ -323,6 +330,25 @@ def features_summary(features: pd.DataFrame) -> pd.DataFrame:
         CUSTOMER_ID: buyers[CUSTOMER_ID].to_numpy(), "frequency": orders - 1,
         "recency": np.clip(first - buyers["recency_days"].to_numpy(float), 0, None), "T": first,
         "monetary_value": np.where(orders > 1, buyers["avg_order_value"].to_numpy(float), 0.0)})
+
+
+def features_summary_row(values: Mapping[str, Any]) -> dict[str, float] | None:
+    """:func:`features_summary` of one customer's feature ``values`` (a dict), None for a customer
+    without an order: the same arithmetic, without a frame."""
+    orders = _number(values.get("orders_count"))
+    if not orders > 0:  # NaN (missing) is no order, as features_summary's fillna(0)
+        return None
+    first = np.array([_number(values.get("days_since_first_order"))])
+    return {"frequency": orders - 1, "recency": float(np.clip(first - _number(values.get("recency_days")), 0, None)[0]),
+            "T": float(first[0]), "monetary_value": _number(values.get("avg_order_value")) if orders > 1 else 0.0}
+
+
+def _number(value: object) -> float:
+    """A feature value as features_summary reads a column: a float, NaN when missing or not a number."""
+    try:
+        return np.nan if value is None or value is pd.NA else float(value)
+    except (TypeError, ValueError):
+        return np.nan
 
 
 def fit_clv_features(features: pd.DataFrame, as_of: datetime | str | pd.Timestamp,

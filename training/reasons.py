@@ -52,6 +52,19 @@ def top_reasons(contributions: np.ndarray, matrix: np.ndarray, columns: list[str
     return out
 
 
+def top_reasons_row(contributions: np.ndarray, values: np.ndarray, columns: list[str], k: int = 3) -> list[str | None]:
+    """:func:`top_reasons` of one row (``contributions`` and ``values`` one-dimensional), as a list:
+    the same choice and words, without the per-feature array work that only pays off for many rows."""
+    contrib = contributions[: len(columns)]
+    depth = min(len(contrib), REASON_DEPTH * k)
+    order = np.argsort(-contrib, kind="stable")[:depth]
+    texts = [describe(columns[j], np.round(float(values[j]), 4)) if contrib[j] > 0 else None for j in order]
+    shown = [t for t in texts[:k] if t is not None]
+    if len(set(shown)) < len(shown):  # a phrase repeats: the next features make room
+        texts = list(dict.fromkeys(t for t in texts if t is not None))
+    return texts[:k] + [None] * (k - len(texts[:k]))
+
+
 def reasons_frame(reasons: np.ndarray) -> pd.DataFrame:
     """Columns ``reason_1`` .. ``reason_k`` from :func:`top_reasons`'s array."""
     return pd.DataFrame({f"reason_{i + 1}": reasons[:, i] for i in range(reasons.shape[1])})

@@ -5,10 +5,13 @@ metadata): expected orders and spend over the horizon, P(alive) and the next ord
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import ThreadpoolController
 
 from features.build import build_features, to_timestamp
 from features.config import FeatureConfig
@@ -16,10 +19,10 @@ from features.errors import InputError
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.validate import ContractError
-from training.clv import ClvModel, features_summary
+from training.clv import ClvModel, features_summary, features_summary_row
 from training.design import design_row, trained_feature_config
 from training.model import ModelBundle
-from training.reasons import reasons_frame, top_reasons
+from training.reasons import reasons_frame, top_reasons, top_reasons_row
 
 # churn_risk bands by churn probability: [0, 0.3) low, [0.3, 0.6) medium, [0.6, 1] high;
 # none for prospects (no order yet, so churn does not apply)
@@ -86,18 +89,49 @@ def score_features(features: pd.DataFrame, churn: ModelBundle, propensity: Model
 
 
 def score_row(values: dict, churn: ModelBundle, propensity: ModelBundle, at: datetime | None = None) -> dict:
-    """One customer's scores from their feature ``values`` at ``at``, as :func:`score_features` gives
-    their row (without a frame: the service scores one customer right after an event)."""
+    """One customer's scores from their feature ``values`` at ``at``, equal to the row
+    :func:`score_features` gives them, without a frame (the service scores one customer right after an
+    event): the models run on one OpenMP thread (:func:`_one_thread`), the reasons and the lifetime value
+    come from the one-row helpers (:func:`~training.reasons.top_reasons_row`,
+    :meth:`~training.clv.ClvModel.predict_row`)."""
     buyer = (values.get("orders_count") or 0) > 0
-    x_churn, x_prop = design_row(values, churn.columns)[None, :], design_row(values, propensity.columns)[None, :]
-    churn_p = float(churn.predict_proba(None, x_churn)[0]) if buyer else np.nan
+    x_prop = design_row(values, propensity.columns)[None, :]
+    x_churn = x_prop if churn.columns == propensity.columns else design_row(values, churn.columns)[None, :]
     model, x = (churn, x_churn) if buyer else (propensity, x_prop)
-    reasons = top_reasons(model.contributions(None, matrix=x), x, model.columns, REASONS)[0]
-    return {"churn_probability": churn_p, "purchase_probability": float(propensity.predict_proba(None, x_prop)[0]),
+    with _one_thread():
+        churn_p = float(churn.predict_proba(None, x_churn)[0]) if buyer else np.nan
+        purchase_p = float(propensity.predict_proba(None, x_prop)[0])
+        contributions = model.contributions(None, matrix=x)
+    reasons = top_reasons_row(contributions[0], x[0], model.columns, REASONS)
+    return {"churn_probability": churn_p, "purchase_probability": purchase_p,
             "churn_risk": risk_band(np.array([churn_p]))[0] if buyer else None,
             "rfm_segment": values.get("rfm_segment"), "lifecycle_stage": values.get("lifecycle_stage"),
-            **clv_columns(pd.DataFrame([{CUSTOMER_ID: "", **values}]), clv_model(churn), at=at).iloc[0].to_dict(),
+            **_clv_row(values, clv_model(churn), at),
             **{f"reason_{i + 1}": reason for i, reason in enumerate(reasons)}}
+
+
+@lru_cache(maxsize=1)
+def _openmp() -> ThreadpoolController:
+    """The process's OpenMP runtimes (XGBoost's), looked up once (a lookup takes milliseconds)."""
+    return ThreadpoolController().select(user_api="openmp")
+
+
+def _one_thread() -> AbstractContextManager:
+    """Run XGBoost on one OpenMP thread in this thread until the block ends (then as before). For one
+    row more threads only wait for each other, and, on a machine whose cores are busy, for the
+    scheduler: milliseconds per call. One row's predictions are the same on any number of threads."""
+    return _openmp().limit(limits=1)
+
+
+def _clv_row(values: dict, model: ClvModel | None, at: datetime | None) -> dict:
+    """:func:`clv_columns` of one customer's ``values``: :data:`CLV_FIELDS`, NaN and NaT for a customer
+    without an order or without a model."""
+    summary = None if model is None else features_summary_row(values)
+    if summary is None:
+        return {"expected_orders": np.nan, "predicted_clv": np.nan, "p_alive": np.nan, "next_order_date": pd.NaT}
+    predicted = model.predict_row(summary, None, at if at is not None else values.get("as_of"))
+    date = predicted["next_order_date"]
+    return {name: predicted[name] for name in CLV_FIELDS[:3]} | {"next_order_date": pd.NaT if date is None else date}
 
 
 def score_customers(tables: Tables, as_of: object, churn: ModelBundle, propensity: ModelBundle,
