@@ -58,21 +58,24 @@ def default_spark() -> SparkSettings:
 
 
 def is_directory_output(out: Path) -> bool:
-    """Whether ``out`` names a directory of Parquet files (no ``.parquet`` suffix) rather than one file."""
-    return out.suffix != ".parquet"
+    """Whether ``out`` names a directory of Parquet files (a path without a suffix) rather than one file."""
+    return not out.suffix
 
 
-def check_output(engine: EngineName, out: Path) -> None:
-    """An InputError when ``out`` is a directory and the engine writes one file only."""
-    if engine is EngineName.DUCKDB and is_directory_output(out):
-        raise InputError(f"--out {out}: with the duckdb engine the output is one .parquet file; a directory of "
-                         "Parquet files partitioned by as_of is written with --engine spark.")
+def check_output(engine: EngineName, out: Path, files: tuple[str, ...] = (".parquet",)) -> None:
+    """An InputError when ``out`` is neither one of the ``files`` suffixes nor, with Spark, a directory."""
+    if out.suffix in files or (engine is EngineName.SPARK and not out.suffix):
+        return
+    wanted = " or ".join(files)
+    raise InputError(f"--out {out}: with the {engine} engine the output is one {wanted} file"
+                     + ("; a directory of Parquet files is written with --engine spark." if engine is EngineName.DUCKDB
+                        else ", or a directory (a path without a suffix) of Parquet files written by Spark."))
 
 
-def write_partitioned(frame: DataFrame, out: Path, partition_by: str = AS_OF) -> None:
-    """Write ``frame`` as Parquet files under ``out``, partitioned by ``partition_by``, replacing the
-    directory whole: Spark writes a sibling folder, which is then swapped in (through Hadoop's file
-    system, so ``out`` may be any path Spark writes)."""
+def write_partitioned(frame: DataFrame, out: Path, partition_by: str | None = AS_OF) -> None:
+    """Write ``frame`` as Parquet files under ``out``, partitioned by ``partition_by`` (None: not
+    partitioned), replacing the directory whole: Spark writes a sibling folder, which is then swapped
+    in (through Hadoop's file system, so ``out`` may be any path Spark writes)."""
     jvm = frame.sparkSession.sparkContext._jvm
     hadoop = frame.sparkSession.sparkContext._jsc.hadoopConfiguration()
     target = jvm.org.apache.hadoop.fs.Path(str(out))
@@ -80,7 +83,8 @@ def write_partitioned(frame: DataFrame, out: Path, partition_by: str = AS_OF) ->
     staging = jvm.org.apache.hadoop.fs.Path(f"{out}.writing")
     previous = jvm.org.apache.hadoop.fs.Path(f"{out}.previous")
     fs.delete(staging, True)
-    frame.write.mode("error").partitionBy(partition_by).parquet(str(staging))
+    writer = frame.write.mode("error")
+    (writer.partitionBy(partition_by) if partition_by else writer).parquet(str(staging))
     if fs.exists(target):
         fs.delete(previous, True)
         if not fs.rename(target, previous):

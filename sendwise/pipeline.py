@@ -32,7 +32,7 @@ from features.io import (
 )
 from features.schema import AS_OF, CUSTOMER_ID, EMAIL_CONSENT, UNSUBSCRIBED, Table
 from features.snapshot import snapshot_as_of, write_snapshot
-from features.spark import sample_customers, spark_training_set
+from features.spark import sample_customers, spark_training_set, to_pandas
 from features.tables import Tables
 from features.training_set import (
     DEFAULT_HORIZON_DAYS,
@@ -55,8 +55,9 @@ from sendwise.engines import (
 from serving.consent import ConsentRule, emailable_line, may_email
 from training.promotion import DEFAULT_MARGIN, PromotionDecision, promote
 from training.recommenders.batch import check_k, recommend_all
-from training.recommenders.metrics import METRICS, SOURCE
+from training.recommenders.metrics import METRICS, RANK, SOURCE
 from training.recommenders.rules import BusinessRules
+from training.recommenders.spark_batch import recommend_all_spark
 from training.recommenders.store import REGISTERED_NAME, load_registered
 from training.recommenders.train import DEFAULT_WINDOW_DAYS
 from training.recommenders.train import train_recommender as fit_recommender
@@ -70,10 +71,14 @@ from training.registry import (
     registered_name,
 )
 from training.scoring import clv_model, models_feature_config, score_features
+from training.spark_scoring import score_customers_spark
 from training.tracking import configure_tracking
 from training.train import MODEL_NAMES, TrainResult, train_classifier
 
 if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from features.spark import SparkTables
     from sendwise.project import SparkSettings as SparkSettingsType
 
 # model name -> (headline holdout metric, logged baseline metric shown next to it)
@@ -408,7 +413,18 @@ def _write_table(frame: pd.DataFrame, out: Path) -> None:
         write_parquet(frame, out)
 
 
-def _moment(tables: Tables, as_of: datetime | None) -> pd.Timestamp:
+def _write_spark(frame: DataFrame, out: Path, order: list[str]) -> pd.DataFrame:
+    """Spark's rows in ``out``: a directory of Parquet files written by Spark (what is returned is then
+    read back from it), or one file collected here, sorted by ``order`` as the local path writes it."""
+    if is_directory_output(out):
+        write_partitioned(frame, out, partition_by=None)
+        return pd.read_parquet(out)
+    rows = to_pandas(frame).sort_values(order, ignore_index=True)
+    _write_table(rows, out)
+    return rows
+
+
+def _moment(tables: Tables | SparkTables, as_of: datetime | None) -> pd.Timestamp:
     """``as_of``, else just after the data's last row (as the snapshot); an error when it is not
     after the data's first row (nobody is known yet)."""
     when = to_timestamp(as_of) if as_of is not None else to_timestamp(snapshot_as_of(tables))
@@ -420,7 +436,8 @@ def _moment(tables: Tables, as_of: datetime | None) -> pd.Timestamp:
 
 def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = None, project: str | None = None,
           allow_foreign_models: bool = False, *, timezone: str | None = None, mlruns: Path | None = None,
-          consent: ConsentRule = ConsentRule.RECORDED, clv_horizon_days: int | None = None) -> None:
+          consent: ConsentRule = ConsentRule.RECORDED, clv_horizon_days: int | None = None,
+          engine: EngineName = EngineName.DUCKDB, spark: SparkSettingsType | None = None) -> None:
     """Churn and purchase probabilities, risk band, segment, stage, lifetime value over
     ``clv_horizon_days`` (default: the CLV model's, 365 or shorter for a short history; none when the
     churn model carries no CLV model) and top 3 reasons per customer at
@@ -428,12 +445,13 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
     global names) from the MLflow store of ``mlruns`` (default: ./mlruns); prints how many may be
     emailed under the ``consent`` rule. A champion registered for another project is refused unless
     ``allow_foreign_models``; without a project, one trained on another data directory is used with
-    a warning."""
-    if out.suffix not in (".csv", ".parquet"):
-        raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
+    a warning. With Spark, the project's scorer runs on every partition (the same rows); an ``out``
+    without a suffix is then a directory of Parquet files written by Spark, and the emailable count is
+    left out."""
+    check_output(engine, out, (".csv", ".parquet"))
     refuse_overwriting_inputs(out, data_dir=data)
     registered_name("churn", project)  # a bad project name fails before the data is read
-    tables = load(data, rejects, quiet=True, timezone=timezone)
+    tables = open_tables(engine, data, rejects, spark, timezone=timezone)
     when = _moment(tables, as_of)
     configure_tracking(mlruns)
     churn = load_bundle("churn", CHAMPION, TRAIN_HINT, project)
@@ -441,13 +459,21 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
     for bundle in (churn, propensity):
         check_model(registered_name(MODEL_NAMES[Target(bundle.target)], project), str(bundle.meta["version"]),
                     bundle_provenance(bundle), data, project, allow_foreign_models)
-    with progress_bar() as bar:
-        task = bar.add_task("scoring", total=None)
-        # the features of training.scoring.score_customers, kept for the consent line
-        features = build_features(tables.before(when), when, models_feature_config(churn, propensity))
-        scores = score_features(features, churn, propensity, progress=lambda done: bar.update(task, completed=done),
-                                clv_horizon_days=clv_horizon_days)
-    _write_table(scores, out)
+    if engine is EngineName.SPARK:
+        with progress_bar() as bar:
+            bar.add_task("Spark: scoring", total=None)
+            frame, _ = score_customers_spark(tables, when, churn, propensity, clv_horizon_days)
+            scores = _write_spark(frame, out, [CUSTOMER_ID])
+        features = None
+    else:
+        with progress_bar() as bar:
+            task = bar.add_task("scoring", total=None)
+            # the features of training.scoring.score_customers, kept for the consent line
+            features = build_features(tables.before(when), when, models_feature_config(churn, propensity))
+            scores = score_features(features, churn, propensity,
+                                    progress=lambda done: bar.update(task, completed=done),
+                                    clv_horizon_days=clv_horizon_days)
+        _write_table(scores, out)
     console.print(f"{len(scores):,} customers scored at {iso(when)} with churn v{churn.meta['version']} and "
                   f"propensity v{propensity.meta['version']}; written to {out}")
     clv = clv_model(churn)
@@ -457,35 +483,46 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
         console.print(f"lifetime value over {clv_horizon_days or clv.horizon_days} days (expected_orders, "
                       f"predicted_clv, p_alive, next_order_date; CLV model fitted at {iso(clv.as_of)})")
     console.print(scores["churn_risk"].value_counts().rename("customers").to_frame().T.to_string())
-    print_emailable(tables, features, consent)
+    if features is None:
+        console.print("emailable count: not computed with the spark engine (`sendwise segments export` has it)")
+    else:
+        print_emailable(tables, features, consent)
 
 
 def recommend(data: Path, as_of: datetime | None, out: Path, k: int = 10, alias: str = CHAMPION,
               rules: BusinessRules | None = None, rejects: Path | None = None, project: str | None = None,
               allow_foreign_models: bool = False, *, timezone: str | None = None,
-              mlruns: Path | None = None) -> None:
+              mlruns: Path | None = None, engine: EngineName = EngineName.DUCKDB,
+              spark: SparkSettingsType | None = None) -> None:
     """Top-k products at ``as_of`` (default: just after the data's last row) for every known customer
     with ``project``'s ``alias`` model (none: the global name) from the MLflow store of ``mlruns``
     (default: ./mlruns) and the business rules (default: :class:`BusinessRules`' defaults). A
     version registered for another project is refused unless ``allow_foreign_models``; without a
-    project, one trained on another data directory is used with a warning."""
-    if out.suffix not in (".csv", ".parquet"):
-        raise InputError(f"--out must end in .csv or .parquet; got {out.name}")
+    project, one trained on another data directory is used with a warning. With Spark, the project's
+    recommender and rules run on every partition of customers (the same rows); an ``out`` without a
+    suffix is then a directory of Parquet files written by Spark."""
+    check_output(engine, out, (".csv", ".parquet"))
     refuse_overwriting_inputs(out, data_dir=data)
     check_k(k)
     name = registered_name(REGISTERED_NAME, project)
     rules = rules or BusinessRules()
-    tables = load(data, rejects, quiet=True, timezone=timezone)
+    tables = open_tables(engine, data, rejects, spark, timezone=timezone)
     when = _moment(tables, as_of)
     configure_tracking(mlruns)
     loaded = load_registered(alias, RECOMMENDER_HINT, project)
     check_model(name, loaded.version, loaded.provenance, data, project, allow_foreign_models)
     model, version = loaded.model, loaded.version
-    with progress_bar() as bar:
-        task = bar.add_task("recommending", total=None)
-        recs = recommend_all(tables, when, model, k, rules,
-                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-    _write_table(recs, out)
+    if engine is EngineName.SPARK:
+        with progress_bar() as bar:
+            bar.add_task("Spark: recommending", total=None)
+            recs = _write_spark(recommend_all_spark(tables, when, model, k, rules), out,
+                                [CUSTOMER_ID, RANK])
+    else:
+        with progress_bar() as bar:
+            task = bar.add_task("recommending", total=None)
+            recs = recommend_all(tables, when, model, k, rules,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+        _write_table(recs, out)
     customers = recs[CUSTOMER_ID].nunique()
     console.print(f"{len(recs):,} recommendations for {customers:,} customers at {iso(when)} with {name} "
                   f"v{version} ({model.kind}); written to {out}")

@@ -110,3 +110,23 @@ def test_a_model_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
     run = mlflow.search_runs(search_all_experiments=True, filter_string="params.target = 'purchased'").iloc[0]
     assert run["params.sample_fraction"] == "0.75" and run["params.sample_of_customers"] == "400"
     assert 200 <= int(run["params.sample_customers"]) <= 400
+
+
+@pytest.mark.spark
+def test_score_and_recommend_on_spark_write_the_local_rows(spark: object, served_env: dict, demo_dir: Path,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(Path(served_env["SENDWISE_MLRUNS"]).parent)  # ./mlruns: the champions' store
+    for command, keys in (("score", ["customer_id"]), ("recommend", ["customer_id", "rank"])):
+        local, lake = tmp_path / f"{command}-local.parquet", tmp_path / f"{command}-lake"
+        invoke(command, "--data", demo_dir, "--out", local, "--engine", "duckdb")
+        output = invoke(command, "--data", demo_dir, "--out", lake, "--engine", "spark")
+        expected = pd.read_parquet(local).sort_values(keys, ignore_index=True)
+        written = pd.read_parquet(lake).sort_values(keys, ignore_index=True)[list(expected.columns)]
+        assert len(expected) > 300 and lake.is_dir()
+        # float32 scores of a matrix product over another batch of customers: equal to float32's precision
+        pd.testing.assert_frame_equal(written, expected, check_exact=False, rtol=1e-5, check_dtype=False)
+    assert "not computed with the spark engine" in output or "recommendations for" in output
+    result = runner.invoke(app, ["score", "--data", str(demo_dir), "--out", str(tmp_path / "s.txt"),
+                                 "--engine", "spark"])
+    assert result.exit_code != 0 and "one .csv or .parquet file" in " ".join(result.output.split())

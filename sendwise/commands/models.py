@@ -114,7 +114,9 @@ def promote_model(name: Annotated[str, typer.Argument(help="Model name: churn, p
 
 
 @reports_user_errors
-def score(out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output .csv or .parquet.")],
+def score(out: Annotated[Path, typer.Option("--out", metavar="PATH", help=(
+              "Output .csv or .parquet; with --engine spark, a path without a suffix is a directory of "
+              "Parquet files written by Spark."))],
           as_of: Annotated[datetime | None, date_option(
               "--as-of", help="Score from rows before this (default: just after the data's last row).")] = None,
           consent: Annotated[ConsentRule | None, typer.Option(
@@ -126,7 +128,8 @@ def score(out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Outpu
               metavar="DAYS", min=1, max=3650, show_default=False,
               help="Lifetime value over this many days (default: the CLV model's: 365, or 180 or 90 for a "
                    "short history).")] = None,
-          data: DataOption = None, rejects: RejectsOption = None, project: ProjectOption = None) -> None:
+          data: DataOption = None, rejects: RejectsOption = None, engine: EngineOption = None,
+          project: ProjectOption = None) -> None:
     """Churn and purchase probabilities, risk band, segment, stage, lifetime value (expected orders and
     spend, P(alive), next order date) and top 3 reasons per customer, and how many may be emailed."""
     run = resolve(project, data=data, rejects=rejects)
@@ -134,4 +137,4 @@ def score(out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Outpu
     run.use_tracking()
     pipeline.score(data, as_of, out, run.rejects, run.name, allow_foreign_models, timezone=run.timezone,
                    mlruns=run.mlruns, consent=run.pick(consent, lambda s: s.consent, ConsentRule.RECORDED),
-                   clv_horizon_days=clv_horizon)
+                   clv_horizon_days=clv_horizon, engine=run.engine(engine), spark=run.spark)

@@ -13,7 +13,14 @@ import typer
 
 from features.build import to_timestamp
 from sendwise import pipeline
-from sendwise.commands.common import DataOption, ProjectOption, RejectsOption, date_option, resolve
+from sendwise.commands.common import (
+    DataOption,
+    EngineOption,
+    ProjectOption,
+    RejectsOption,
+    date_option,
+    resolve,
+)
 from sendwise.commands.models import AllowForeign
 from sendwise.console import iso, progress_bar, reports_user_errors
 from sendwise.pipeline import load, print_metrics
@@ -92,7 +99,9 @@ def evaluate_recommender(
 
 @reports_user_errors
 def recommend(
-    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Output .csv or .parquet.")],
+    out: Annotated[Path, typer.Option("--out", metavar="PATH", help=(
+        "Output .csv or .parquet; with --engine spark, a path without a suffix is a directory of Parquet "
+        "files written by Spark."))],
     as_of: Annotated[datetime | None, date_option(
         "--as-of", help="Recommend from rows before this (default: just after the data's last row).")] = None,
     k: K = None,
@@ -110,7 +119,8 @@ def recommend(
     max_price: Annotated[float | None, typer.Option(help="Highest catalog price.")] = None,
     max_per_category: Annotated[int | None, typer.Option(help="At most this many per category.")] = None,
     allow_foreign_models: AllowForeign = False,
-    data: DataOption = None, rejects: RejectsOption = None, project: ProjectOption = None,
+    data: DataOption = None, rejects: RejectsOption = None, engine: EngineOption = None,
+    project: ProjectOption = None,
 ) -> None:
     """Top-k products for every known customer with the champion and the business rules."""
     rules = BusinessRules(exclude_purchased=not include_purchased, repurchase_after_days=repurchase_after,
@@ -121,4 +131,5 @@ def recommend(
     data = run.need_data()
     run.use_tracking()
     pipeline.recommend(data, as_of, out, run.pick(k, lambda s: s.run.k, 10), alias, rules, run.rejects, run.name,
-                       allow_foreign_models, timezone=run.timezone, mlruns=run.mlruns)
+                       allow_foreign_models, timezone=run.timezone, mlruns=run.mlruns, engine=run.engine(engine),
+                       spark=run.spark)
