@@ -53,9 +53,9 @@ _SPARK_TYPES = {"VARCHAR": "STRING", "DOUBLE": "DOUBLE", "BIGINT": "BIGINT", "TI
 
 
 def spark_session(master: str | None = None, conf: Mapping[str, str] | None = None) -> SparkSession:
-    """The active Spark session, or a new one on ``master`` (default: ``SPARK_MASTER`` or ``local[*]``)
-    with :data:`SESSION_DEFAULTS` and ``conf`` over them. An InputError naming what to install when
-    pyspark or Java is missing."""
+    """The active Spark session, or a new one on ``master`` (default: ``SPARK_MASTER``, else the master
+    ``spark-submit --master`` gave, else ``local[*]``) with :data:`SESSION_DEFAULTS` and ``conf`` over
+    them. An InputError naming what to install when pyspark or Java is missing."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:
@@ -65,7 +65,10 @@ def spark_session(master: str | None = None, conf: Mapping[str, str] | None = No
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName("sendwise").master(master or os.environ.get("SPARK_MASTER", "local[*]"))
+    builder = SparkSession.builder.appName("sendwise")
+    master = master or os.environ.get("SPARK_MASTER")
+    if master:  # otherwise spark-submit's --master, or Spark's own default, local[*]
+        builder = builder.master(master)
     for key, value in {**SESSION_DEFAULTS, **(conf or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
