@@ -14,6 +14,7 @@ import time.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -31,7 +32,7 @@ from features.config import FeatureConfig
 from features.engines import engine
 from features.errors import InputError
 from features.schema import CUSTOMER_ID, OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
-from features.tombstones import Tombstones
+from features.tombstones import DIGESTS_TABLE, Tombstones
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -63,15 +64,20 @@ def spark_session(master: str | None = None, conf: Mapping[str, str] | None = No
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise InputError(f"the spark engine needs Java (no java on PATH, JAVA_HOME unset): {SPARK_EXTRA}")
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName("sendwise")
     master = master or os.environ.get("SPARK_MASTER")
+    if master is None or master.startswith("local"):  # a cluster's executors have their own Python
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("sendwise")
     if master:  # otherwise spark-submit's --master, or Spark's own default, local[*]
         builder = builder.master(master)
     for key, value in {**SESSION_DEFAULTS, **(conf or {})}.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # py4j's errors: a JAVA_HOME without Java 17, a master that does not answer
+        raise InputError(f"could not start Spark on {master or 'its default master'}: {str(exc).splitlines()[0]} "
+                         f"(the spark engine needs {SPARK_EXTRA})") from exc
     session.sparkContext.setLogLevel("ERROR")
     zone = session.conf.get("spark.sql.session.timeZone")
     if zone != "UTC":
@@ -80,14 +86,16 @@ def spark_session(master: str | None = None, conf: Mapping[str, str] | None = No
     return session
 
 
-def _canonical_select(spec: TableSpec, view: str, present: set[str]) -> str:
-    """Spark SQL casting ``view``'s contract columns to the contract's types, NULL for absent ones."""
+def _canonical_select(spec: TableSpec, view: str, present: dict[str, str], zone: str = "UTC") -> str:
+    """Spark SQL casting ``view``'s contract columns (``present``: name -> Spark type) to the
+    contract's types, NULL for absent optional ones. A timestamp without a zone (TIMESTAMP_NTZ) is a
+    local time of ``zone``, converted to UTC as the DuckDB path converts it."""
     parts = []
     for col in spec.columns:
         kind = _SPARK_TYPES[col.sql_type]
         value = f"`{col.name}`" if col.name in present else "NULL"
-        if col.sql_type == "VARCHAR" and col.name in present:
-            value = f"CAST({value} AS STRING)"
+        if col.name in present and col.sql_type == "TIMESTAMP" and present[col.name] == "timestamp_ntz":
+            value = f"to_utc_timestamp({value}, '{zone}')" if zone != "UTC" else value
         parts.append(f"CAST({value} AS {kind}) AS {col.name}")
     return f"SELECT {', '.join(parts)} FROM {view}"
 
@@ -102,23 +110,19 @@ class SparkTables:
         self.spark = spark
 
     @classmethod
-    def from_sources(cls, spark: SparkSession, sources: Mapping[Table, str],
-                     tombstones: Tombstones | None = None) -> SparkTables:
+    def from_sources(cls, spark: SparkSession, sources: Mapping[Table, str], tombstones: Tombstones | None = None,
+                     timezone: str = "UTC") -> SparkTables:
         """Tables read from ``sources``: per table a Parquet file or folder (any path Spark reads:
-        ``s3a://``, ``hdfs://``, a local path) or ``table:<catalog name>``. Orders are required."""
+        ``s3a://``, ``hdfs://``, a local path) or ``table:<catalog name>``. Orders are required, and so
+        is each table's required columns; timestamps without a zone are local times of ``timezone``."""
         if Table.ORDERS not in sources:
             raise InputError("the spark engine needs an orders table: set spark.tables.orders in sendwise.yaml "
                              "(a Parquet path, or table:<name> for a catalog table).")
         tables = cls(spark)
         for table in Table:
             source = sources.get(table)
-            if source is None:
-                frame = None
-            elif source.startswith("table:"):
-                frame = spark.table(source.removeprefix("table:"))
-            else:
-                frame = spark.read.parquet(source)
-            tables._register(table, frame, tombstones)
+            frame = None if source is None else _read(spark, table, source)
+            tables._register(table, frame, tombstones, timezone)
         return tables
 
     @classmethod
@@ -126,6 +130,7 @@ class SparkTables:
         """The (already validated) tables of a DuckDB :class:`~features.tables.Tables`, handed over as
         Parquet files in a temporary folder that lives as long as the session."""
         folder = Path(tempfile.mkdtemp(prefix="sendwise-spark-"))
+        atexit.register(shutil.rmtree, folder, True)  # a copy of the shop: gone when this process ends
         sources: dict[Table, str] = {}
         for table in Table:
             if tables.count(table):
@@ -136,21 +141,31 @@ class SparkTables:
             raise InputError("the data has no orders; nothing to build features from.")
         return cls.from_sources(spark, sources)
 
-    def _register(self, table: Table, frame: DataFrame | None, tombstones: Tombstones | None) -> None:
+    def _register(self, table: Table, frame: DataFrame | None, tombstones: Tombstones | None,
+                  timezone: str = "UTC") -> None:
         spec = SPECS[table]
         view, raw = table.value, f"_{table.value}_raw"
         if frame is None:
             cols = ", ".join(f"CAST(NULL AS {_SPARK_TYPES[c.sql_type]}) AS {c.name}" for c in spec.columns)
             self.spark.sql(f"SELECT {cols} LIMIT 0").createOrReplaceTempView(view)
             return
+        present = {field.name: field.dataType.simpleString() for field in frame.schema.fields}
+        missing = [c.name for c in spec.columns if c.required and c.name not in present]
+        if missing:
+            raise InputError(f"spark.tables.{table.value} has no column {', '.join(missing)} (columns: "
+                             f"{', '.join(present) or 'none'}); the contract's {table.value} needs "
+                             f"{', '.join(c.name for c in spec.columns if c.required)} (docs/data-contract.md).")
         frame.createOrReplaceTempView(raw)
-        sql = _canonical_select(spec, raw, set(frame.columns))
+        sql = _canonical_select(spec, raw, present, timezone)
         customer = "customer_id"
         if tombstones is not None and len(tombstones) and customer in spec.column_names:
             digests = self.spark.createDataFrame([(d,) for d in sorted(tombstones.digests)], "digest STRING")
-            digests.createOrReplaceTempView("_forgotten_digests")
-            sql += (f" WHERE sha2(concat('{tombstones.salt}:', trim(CAST({customer} AS STRING))), 256) "
-                    "NOT IN (SELECT digest FROM _forgotten_digests)")
+            digests.createOrReplaceTempView(DIGESTS_TABLE)
+            salt = tombstones.salt if all(c in "0123456789abcdef" for c in tombstones.salt) else None
+            if salt is None:
+                raise InputError("the tombstones' salt must be a hex string")
+            sql += (f" WHERE sha2(concat('{salt}:', trim(CAST({customer} AS STRING))), 256) "
+                    f"NOT IN (SELECT digest FROM {DIGESTS_TABLE})")
         self.spark.sql(sql).createOrReplaceTempView(view)
 
     def sql(self, query: str, args: Mapping[str, Any] | None = None) -> DataFrame:
@@ -171,6 +186,17 @@ class SparkTables:
                   SELECT {ORDERED_AT} AS t FROM {Table.ORDERS.value}
                   UNION ALL SELECT {OCCURRED_AT} FROM {Table.EVENTS.value})""").collect()[0]
         return _from_micros(row[0]), _from_micros(row[1])
+
+
+def _read(spark: SparkSession, table: Table, source: str) -> DataFrame:
+    """The rows of one ``spark.tables`` entry; an InputError naming it when Spark cannot read it."""
+    try:
+        if source.startswith("table:"):
+            return spark.table(source.removeprefix("table:"))
+        return spark.read.parquet(source)
+    except Exception as exc:  # pyspark's AnalysisException: no such path or table
+        raise InputError(f"spark.tables.{table.value}: cannot read {source!r} ({str(exc).splitlines()[0]}); "
+                         "expected a Parquet file or folder Spark reads, or table:<catalog name>.") from exc
 
 
 def _from_micros(value: int | None) -> datetime | None:

@@ -11,12 +11,13 @@ this process and written as today.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from features.errors import InputError
-from features.io import Encoding, read_tombstones
+from features.io import Encoding, read_tombstones, refuse_overwriting_inputs
 from features.schema import AS_OF
 from features.tables import Tables
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
     from features.spark import SparkTables
     from sendwise.project import SparkSettings
+
+
+_FOLDED_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.*)$")  # a scheme of two letters or more (not C:)
 
 
 class EngineName(StrEnum):
@@ -43,10 +47,13 @@ def open_tables(engine: EngineName, data: Path, rejects: Path | None, spark: Spa
     from features.spark import SparkTables, spark_session
 
     settings = spark or default_spark()
+    if settings.tables and not data.is_dir():
+        raise InputError(f"{data}: no such directory. With spark.tables set, the project's data directory holds "
+                         "only the tombstones of forgotten customers (`sendwise privacy forget`), which Spark "
+                         "must honour: create it (empty is fine) or point `data:` at it.")
     session = spark_session(settings.master, settings.conf)
     if settings.tables:
-        tombstones = read_tombstones(data) if data.is_dir() else None
-        return SparkTables.from_sources(session, dict(settings.tables), tombstones)
+        return SparkTables.from_sources(session, dict(settings.tables), read_tombstones(data), timezone or "UTC")
     return SparkTables.from_tables(session, load(data, rejects, quiet=True, encoding=encoding, timezone=timezone))
 
 
@@ -57,13 +64,35 @@ def default_spark() -> SparkSettings:
     return SparkSettings()
 
 
+def output_location(out: Path) -> str:
+    """``out`` as Spark and Hadoop name it: a URI given on the command line (``s3a://bucket/x``), which
+    :class:`~pathlib.Path` folded to ``s3a:/bucket/x``, gets its ``//`` back."""
+    match = _FOLDED_URI.match(str(out))
+    return f"{match.group(1)}://{match.group(2)}" if match else str(out)
+
+
+def is_uri(out: Path) -> bool:
+    """Whether ``out`` names a location with a scheme (``s3a://``, ``hdfs://``), not a local path."""
+    return _FOLDED_URI.match(str(out)) is not None
+
+
+def local_inputs(spark: SparkSettings | None) -> list[Path]:
+    """The local paths of ``spark.tables``, which no command may write over."""
+    tables = {} if spark is None else spark.tables
+    return [Path(p) for p in tables.values() if not p.startswith("table:") and "://" not in p]
+
+
 def is_directory_output(out: Path) -> bool:
     """Whether ``out`` names a directory of Parquet files (a path without a suffix) rather than one file."""
     return not out.suffix
 
 
-def check_output(engine: EngineName, out: Path, files: tuple[str, ...] = (".parquet",)) -> None:
-    """An InputError when ``out`` is neither one of the ``files`` suffixes nor, with Spark, a directory."""
+def check_output(engine: EngineName, out: Path, files: tuple[str, ...] = (".parquet",),
+                 spark: SparkSettings | None = None) -> None:
+    """An InputError when ``out`` is neither one of the ``files`` suffixes nor, with Spark, a directory,
+    or when it would write over a table Spark reads (``spark.tables``)."""
+    if engine is EngineName.SPARK and not is_uri(out):
+        refuse_overwriting_inputs(out, inputs=local_inputs(spark))
     if out.suffix in files or (engine is EngineName.SPARK and not out.suffix):
         return
     wanted = " or ".join(files)
@@ -72,16 +101,20 @@ def check_output(engine: EngineName, out: Path, files: tuple[str, ...] = (".parq
                         else ", or a directory (a path without a suffix) of Parquet files written by Spark."))
 
 
-def write_partitioned(frame: DataFrame, out: Path, partition_by: str | None = AS_OF) -> None:
+def write_partitioned(frame: DataFrame, out: Path | str, partition_by: str | None = AS_OF) -> None:
     """Write ``frame`` as Parquet files under ``out``, partitioned by ``partition_by`` (None: not
     partitioned), replacing the directory whole: Spark writes a sibling folder, which is then swapped
     in (through Hadoop's file system, so ``out`` may be any path Spark writes)."""
     jvm = frame.sparkSession.sparkContext._jvm
     hadoop = frame.sparkSession.sparkContext._jsc.hadoopConfiguration()
-    target = jvm.org.apache.hadoop.fs.Path(str(out))
+    out = output_location(out)
+    target = jvm.org.apache.hadoop.fs.Path(out)
     fs = target.getFileSystem(hadoop)
     staging = jvm.org.apache.hadoop.fs.Path(f"{out}.writing")
     previous = jvm.org.apache.hadoop.fs.Path(f"{out}.previous")
+    if fs.exists(target) and not fs.exists(jvm.org.apache.hadoop.fs.Path(f"{out}/_SUCCESS")):
+        raise InputError(f"--out {out} exists and is not a directory Spark wrote (no _SUCCESS file in it); it is "
+                         "replaced whole, so choose a new path or remove it yourself.")
     fs.delete(staging, True)
     writer = frame.write.mode("error")
     (writer.partitionBy(partition_by) if partition_by else writer).parquet(str(staging))
@@ -94,4 +127,5 @@ def write_partitioned(frame: DataFrame, out: Path, partition_by: str | None = AS
     fs.delete(previous, True)
 
 
-__all__ = ["EngineName", "check_output", "default_spark", "is_directory_output", "open_tables", "write_partitioned"]
+__all__ = ["EngineName", "check_output", "default_spark", "is_directory_output", "is_uri", "local_inputs", "open_tables",
+           "output_location", "write_partitioned"]

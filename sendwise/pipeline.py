@@ -50,6 +50,7 @@ from sendwise.engines import (
     default_spark,
     is_directory_output,
     open_tables,
+    output_location,
     write_partitioned,
 )
 from serving.consent import ConsentRule, emailable_line, may_email
@@ -197,7 +198,7 @@ def training_set(data: Path, out: Path, target: Target = Target.CHURNED, horizon
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon); naive
     timestamps are local times of ``timezone`` (default: UTC). With Spark and an ``out`` without the
     ``.parquet`` suffix, nothing is collected: Spark writes Parquet files partitioned by as_of."""
-    check_output(engine, out)
+    check_output(engine, out, spark=spark)
     refuse_overwriting_inputs(out, data_dir=data)
     config = feature_config(settings)
     tables = open_tables(engine, data, rejects, spark, encoding=encoding, timezone=timezone)
@@ -208,7 +209,7 @@ def training_set(data: Path, out: Path, target: Target = Target.CHURNED, horizon
         with progress_bar() as bar:
             bar.add_task(f"Spark: {len(used)} as_of dates", total=None)
             write_partitioned(spark_training_set(tables, used, target, horizon_days, config), out)
-        written = tables.spark.read.parquet(str(out))
+        written = tables.spark.read.parquet(output_location(out))
         rates = f"SELECT {AS_OF}, count(*) AS size, avg(CAST({target.value} AS DOUBLE)) AS mean FROM written GROUP BY 1"
         written.createOrReplaceTempView("written")
         summary = tables.spark.sql(rates).toPandas().set_index(AS_OF).sort_index()
@@ -290,6 +291,9 @@ def train(target: Target, data: Path, as_of: datetime, horizon: int | None = Non
     config = feature_config(settings)
     tables = open_tables(engine, data, rejects, spark, timezone=timezone)
     run_params: dict[str, object] = {}
+    source = str(data.resolve())
+    if engine is EngineName.SPARK and spark is not None and spark.tables:  # the rows came from the lake
+        source = "; ".join(f"{table}={where}" for table, where in sorted(spark.tables.items()))
     if engine is EngineName.SPARK:
         limit = (spark or default_spark()).sample_customers
         with progress_bar() as bar:
@@ -302,7 +306,7 @@ def train(target: Target, data: Path, as_of: datetime, horizon: int | None = Non
         task = bar.add_task("training", total=None)
         result = train_classifier(tables, target, as_of, horizon, trials, periods, mlruns=mlruns,
                                   progress=lambda what: bar.update(task, description=what), feature_config=config,
-                                  project=project, data_source=str(data.resolve()), run_params=run_params)
+                                  project=project, data_source=source, run_params=run_params)
     print_training(result)
 
 
@@ -413,15 +417,18 @@ def _write_table(frame: pd.DataFrame, out: Path) -> None:
         write_parquet(frame, out)
 
 
-def _write_spark(frame: DataFrame, out: Path, order: list[str]) -> pd.DataFrame:
-    """Spark's rows in ``out``: a directory of Parquet files written by Spark (what is returned is then
-    read back from it), or one file collected here, sorted by ``order`` as the local path writes it."""
+def _write_spark(frame: DataFrame, out: Path, order: list[str], summary: str) -> tuple[pd.Series, int]:
+    """Spark's rows in ``out``: a directory of Parquet files written by Spark, or one file collected
+    here, sorted by ``order`` as the local path writes it. Returns the written rows counted per value
+    of ``summary``, and their distinct customers: nothing but counts reaches this process."""
     if is_directory_output(out):
         write_partitioned(frame, out, partition_by=None)
-        return pd.read_parquet(out)
+        written = frame.sparkSession.read.parquet(output_location(out))
+        counts = written.groupBy(summary).count().toPandas().set_index(summary)["count"]
+        return counts, written.select(CUSTOMER_ID).distinct().count()
     rows = to_pandas(frame).sort_values(order, ignore_index=True)
     _write_table(rows, out)
-    return rows
+    return rows[summary].value_counts(dropna=False), rows[CUSTOMER_ID].nunique()
 
 
 def _moment(tables: Tables | SparkTables, as_of: datetime | None) -> pd.Timestamp:
@@ -448,7 +455,7 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
     a warning. With Spark, the project's scorer runs on every partition (the same rows); an ``out``
     without a suffix is then a directory of Parquet files written by Spark, and the emailable count is
     left out."""
-    check_output(engine, out, (".csv", ".parquet"))
+    check_output(engine, out, (".csv", ".parquet"), spark)
     refuse_overwriting_inputs(out, data_dir=data)
     registered_name("churn", project)  # a bad project name fails before the data is read
     tables = open_tables(engine, data, rejects, spark, timezone=timezone)
@@ -463,7 +470,7 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
         with progress_bar() as bar:
             bar.add_task("Spark: scoring", total=None)
             frame, _ = score_customers_spark(tables, when, churn, propensity, clv_horizon_days)
-            scores = _write_spark(frame, out, [CUSTOMER_ID])
+            bands, customers = _write_spark(frame, out, [CUSTOMER_ID], "churn_risk")
         features = None
     else:
         with progress_bar() as bar:
@@ -474,7 +481,8 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
                                     progress=lambda done: bar.update(task, completed=done),
                                     clv_horizon_days=clv_horizon_days)
         _write_table(scores, out)
-    console.print(f"{len(scores):,} customers scored at {iso(when)} with churn v{churn.meta['version']} and "
+        bands, customers = scores["churn_risk"].value_counts(dropna=False), len(scores)
+    console.print(f"{customers:,} customers scored at {iso(when)} with churn v{churn.meta['version']} and "
                   f"propensity v{propensity.meta['version']}; written to {out}")
     clv = clv_model(churn)
     if clv is None:
@@ -482,7 +490,8 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
     else:
         console.print(f"lifetime value over {clv_horizon_days or clv.horizon_days} days (expected_orders, "
                       f"predicted_clv, p_alive, next_order_date; CLV model fitted at {iso(clv.as_of)})")
-    console.print(scores["churn_risk"].value_counts().rename("customers").to_frame().T.to_string())
+    bands = bands[bands.index.notna()].sort_values(ascending=False).rename("customers")
+    console.print(bands.to_frame().T.to_string())
     if features is None:
         console.print("emailable count: not computed with the spark engine (`sendwise segments export` has it)")
     else:
@@ -501,7 +510,7 @@ def recommend(data: Path, as_of: datetime | None, out: Path, k: int = 10, alias:
     project, one trained on another data directory is used with a warning. With Spark, the project's
     recommender and rules run on every partition of customers (the same rows); an ``out`` without a
     suffix is then a directory of Parquet files written by Spark."""
-    check_output(engine, out, (".csv", ".parquet"))
+    check_output(engine, out, (".csv", ".parquet"), spark)
     refuse_overwriting_inputs(out, data_dir=data)
     check_k(k)
     name = registered_name(REGISTERED_NAME, project)
@@ -515,18 +524,18 @@ def recommend(data: Path, as_of: datetime | None, out: Path, k: int = 10, alias:
     if engine is EngineName.SPARK:
         with progress_bar() as bar:
             bar.add_task("Spark: recommending", total=None)
-            recs = _write_spark(recommend_all_spark(tables, when, model, k, rules), out,
-                                [CUSTOMER_ID, RANK])
+            sources, customers = _write_spark(recommend_all_spark(tables, when, model, k, rules), out,
+                                              [CUSTOMER_ID, RANK], SOURCE)
     else:
         with progress_bar() as bar:
             task = bar.add_task("recommending", total=None)
             recs = recommend_all(tables, when, model, k, rules,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
         _write_table(recs, out)
-    customers = recs[CUSTOMER_ID].nunique()
-    console.print(f"{len(recs):,} recommendations for {customers:,} customers at {iso(when)} with {name} "
+        sources, customers = recs[SOURCE].value_counts(), recs[CUSTOMER_ID].nunique()
+    console.print(f"{int(sources.sum()):,} recommendations for {customers:,} customers at {iso(when)} with {name} "
                   f"v{version} ({model.kind}); written to {out}")
-    console.print(recs[SOURCE].value_counts().rename("rows").to_frame().T.to_string())
+    console.print(sources.rename("rows").to_frame().T.to_string())
 
 
 def promote_model(name: str, margin: float = DEFAULT_MARGIN, force: bool = False, data: Path | None = None,

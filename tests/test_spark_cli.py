@@ -65,13 +65,13 @@ def test_the_project_engine_builds_the_same_features_into_a_partitioned_director
     invoke("features", "build", "--data", demo_dir, "--as-of", AS_OF, "--out", local, "--engine", "duckdb")
     lake = tmp_path / "lake-features"
     output = invoke("features", "build", "--project", project, "--as-of", AS_OF, "--out", lake)
-    assert "computed by spark" in output and "partitioned by as_of" in " ".join(output.split())
+    assert "computed by Spark" in " ".join(output.split()) and "partitioned by as_of" in " ".join(output.split())
     assert [p.name for p in lake.iterdir() if p.is_dir()] == ["as_of=2025-09-01 00%3A00%3A00"]
     expected = pd.read_parquet(local)
     written = read_directory(lake, expected, ["customer_id"])
     pd.testing.assert_frame_equal(written, expected, check_exact=False, rtol=1e-9)
     again = invoke("features", "build", "--project", project, "--as-of", AS_OF, "--out", lake)  # replaced whole
-    assert "computed by spark" in again and not Path(f"{lake}.previous").exists()
+    assert "computed by Spark" in " ".join(again.split()) and not Path(f"{lake}.previous").exists()
     assert len(pd.read_parquet(lake)) == len(expected)
 
 
@@ -126,7 +126,73 @@ def test_score_and_recommend_on_spark_write_the_local_rows(spark: object, served
         assert len(expected) > 300 and lake.is_dir()
         # float32 scores of a matrix product over another batch of customers: equal to float32's precision
         pd.testing.assert_frame_equal(written, expected, check_exact=False, rtol=1e-5, check_dtype=False)
-    assert "not computed with the spark engine" in output or "recommendations for" in output
+        assert ("not computed with the spark engine" if command == "score" else "recommendations for 400") in output
     result = runner.invoke(app, ["score", "--data", str(demo_dir), "--out", str(tmp_path / "s.txt"),
                                  "--engine", "spark"])
     assert result.exit_code != 0 and "one .csv or .parquet file" in " ".join(result.output.split())
+
+
+# -- what a lake project must not lose or leak ---------------------------------------------------------------
+def test_a_uri_keeps_its_slashes_and_no_output_overwrites_a_table_spark_reads(tmp_path: Path) -> None:
+    from features.errors import InputError
+    from sendwise.engines import EngineName, check_output, output_location
+    from sendwise.project import SparkSettings
+
+    assert output_location(Path("s3a://lake/shop/features")) == "s3a://lake/shop/features"
+    assert output_location(Path("hdfs://nn:8020/x")) == "hdfs://nn:8020/x"
+    assert output_location(tmp_path / "features") == str(tmp_path / "features")
+    orders = tmp_path / "lake" / "orders"
+    orders.mkdir(parents=True)
+    settings = SparkSettings(tables={"orders": str(orders)})
+    for out in (orders, tmp_path / "lake"):
+        with pytest.raises(InputError, match="input"):
+            check_output(EngineName.SPARK, out, spark=settings)
+    check_output(EngineName.SPARK, tmp_path / "features", spark=settings)
+
+
+@pytest.fixture
+def lake(tiny_tables, tmp_path: Path) -> Path:
+    """The hand-made tables as a lake: one Parquet file per table, naive timestamps."""
+    from features.schema import Table
+
+    root = tmp_path / "lake"
+    root.mkdir()
+    for table in (Table.ORDERS, Table.EVENTS, Table.CUSTOMERS):
+        tiny_tables.con.execute(f"COPY {table.value} TO '{root / f'{table.value}.parquet'}' (FORMAT parquet)")
+    return root
+
+
+@pytest.mark.spark
+def test_a_lake_project_honours_its_tombstones_zone_and_contract(spark: object, lake: Path, tmp_path: Path) -> None:
+    from features.errors import InputError
+    from features.io import write_tombstones
+    from features.tombstones import Tombstones
+    from sendwise.engines import EngineName, open_tables, write_partitioned
+    from sendwise.project import SparkSettings
+
+    settings = SparkSettings(tables={t: str(lake / f"{t}.parquet") for t in ("orders", "events", "customers")})
+    data = tmp_path / "data"
+    with pytest.raises(InputError, match="tombstones"):
+        open_tables(EngineName.SPARK, data, None, settings)
+    data.mkdir()
+    write_tombstones(data, Tombstones().adding(["a"]))
+    tables = open_tables(EngineName.SPARK, data, None, settings)
+    assert set(tables.query("SELECT DISTINCT customer_id FROM orders")["customer_id"]) == {"b"}
+    utc = tables.time_range()[0]
+    # one shop per session: each open replaces the views, so each is read right after it is opened
+    london = open_tables(EngineName.SPARK, data, None, settings, timezone="Europe/London").time_range()[0]
+    tokyo = open_tables(EngineName.SPARK, data, None, settings, timezone="Asia/Tokyo").time_range()[0]
+    assert london == utc and (utc - tokyo).total_seconds() == 9 * 3600  # January: London is on UTC
+
+    broken = SparkSettings(tables={"orders": str(lake / "events.parquet")})
+    with pytest.raises(InputError, match="spark.tables.orders has no column order_id"):
+        open_tables(EngineName.SPARK, data, None, broken)
+    with pytest.raises(InputError, match="spark.tables.orders: cannot read"):
+        open_tables(EngineName.SPARK, data, None, SparkSettings(tables={"orders": str(lake / "nope.parquet")}))
+
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("not Spark's")
+    with pytest.raises(InputError, match="is not a directory Spark wrote"):
+        write_partitioned(tables.sql("SELECT * FROM orders"), keep, partition_by=None)
+    assert (keep / "notes.txt").read_text() == "not Spark's"

@@ -11,6 +11,7 @@ default) and Spark SQL (:mod:`features.engines.spark`). A new engine is one modu
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 # Aggregate functions an engine spells (Engine.aggregate); stddev is the sample standard deviation.
@@ -65,6 +66,8 @@ class Engine(ABC):
 def double(value: float) -> str:
     """A fractional literal every engine reads as DOUBLE (Spark reads ``3.0`` as DECIMAL, and a DECIMAL
     ratio is silently truncated)."""
+    if not math.isfinite(value):
+        raise ValueError(f"no SQL literal for {value!r}: expected a finite number")
     return f"CAST({float(value)!r} AS DOUBLE)"
 
 

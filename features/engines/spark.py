@@ -9,7 +9,7 @@ ratio is silently truncated.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from features.engines import AGGREGATES, Engine
 
@@ -48,7 +48,7 @@ class SparkEngine(Engine):
 
     def top(self, value: str, by: str, condition: str | None) -> str:
         # the largest ``by``, ties to the smallest value: the smallest (-by, value); rows without ``by`` last
-        return self._filtered(f"min_by({value}, struct({by} IS NULL, -{by}, {value}))", condition)
+        return self._filtered(f"min_by({value}, struct(({by}) IS NULL, -({by}), {value}))", condition)
 
     def parameters(self, as_of: object) -> dict[str, object]:
         return {"as_of": as_of_text(as_of)}
@@ -62,4 +62,6 @@ def as_of_text(as_of: object) -> str:
     """A naive-UTC timestamp as the text the query casts (microseconds kept)."""
     if not isinstance(as_of, datetime):
         raise TypeError(f"the as_of must be a datetime; got {type(as_of).__name__}")
+    if as_of.tzinfo is not None:
+        as_of = as_of.astimezone(UTC).replace(tzinfo=None)
     return as_of.strftime("%Y-%m-%d %H:%M:%S.%f")

@@ -30,7 +30,13 @@ from sendwise.commands.common import (
     resolve,
 )
 from sendwise.console import console, iso, reports_user_errors
-from sendwise.engines import check_output, is_directory_output, open_tables, write_partitioned
+from sendwise.engines import (
+    check_output,
+    is_directory_output,
+    open_tables,
+    output_location,
+    write_partitioned,
+)
 from sendwise.pipeline import feature_config, print_import
 
 data_app = typer.Typer(help="Validate, import and generate contract data.", no_args_is_help=True)
@@ -39,8 +45,8 @@ import_app = typer.Typer(help="Convert a shop's export (Shopify, any CSV of orde
 data_app.add_typer(import_app, name="import")
 features_app = typer.Typer(help="Point-in-time customer features, training sets, snapshots.", no_args_is_help=True)
 
-OUT_HELP = ("Output .parquet file; with --engine spark, a path without that suffix is a directory of Parquet "
-            "files partitioned by as_of, written by Spark.")
+OUT_HELP = ("Output .parquet file; with --engine spark, a path without a suffix (or a URI such as s3a://...) is "
+            "a directory of Parquet files partitioned by as_of, written by Spark and replaced whole.")
 # a required --data, for a command that reads no project (serve, until it does)
 DataDir = Annotated[Path, typer.Option("--data", metavar="DIR", help="Directory of contract tables (orders required).")]
 
@@ -152,7 +158,7 @@ def build(as_of: Annotated[datetime, date_option("--as-of", help="Features see o
     run = resolve(project, data=data, rejects=rejects, feature_config=settings)
     data = run.need_data()
     chosen = run.engine(engine)
-    check_output(chosen, out)
+    check_output(chosen, out, spark=run.spark)
     refuse_overwriting_inputs(out, data_dir=data)
     config = feature_config(run.feature_config)
     tables = open_tables(chosen, data, run.rejects, run.spark, encoding=encoding, timezone=run.timezone)
@@ -164,13 +170,13 @@ def build(as_of: Annotated[datetime, date_option("--as-of", help="Features see o
     if is_directory_output(out):  # Spark writes the files; nothing is collected here
         frame = spark_features(tables, when, config)
         write_partitioned(frame, out)
-        rows, columns = tables.spark.read.parquet(str(out)).count(), len(frame.columns)
-        where = f"{out} (Parquet files partitioned by as_of)"
+        rows, columns = tables.spark.read.parquet(output_location(out)).count(), len(frame.columns)
+        where = f"{output_location(out)} (Parquet files partitioned by as_of, computed by Spark)"
     else:
         features = build_features(tables, when, config)
         write_parquet(features, out)
-        (rows, columns), where = features.shape, str(out)
-    console.print(f"{rows:,} customers x {columns} columns at {iso(when)} computed by {chosen} written to {where}")
+        (rows, columns), where = features.shape, str(out) + (" (computed by Spark)" if chosen == "spark" else "")
+    console.print(f"{rows:,} customers x {columns} columns at {iso(when)} written to {where}")
 
 
 @features_app.command("training-set")
