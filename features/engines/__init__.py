@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 
 # Aggregate functions an engine spells (Engine.aggregate); stddev is the sample standard deviation.
 AGGREGATES = ("count", "count_distinct", "sum", "avg", "min", "max", "stddev", "median", "any")
+_SQL_NAMES = {"count_distinct": "count", "stddev": "stddev_samp", "any": "bool_or"}
+DAY_US = 86_400_000_000  # microseconds in a day
 
 
 class Engine(ABC):
@@ -43,11 +45,20 @@ class Engine(ABC):
     def days_after(self, days: int) -> str:
         """The timestamp ``days`` whole days after the as_of."""
 
-    @abstractmethod
     def aggregate(self, function: str, argument: str, condition: str | None = None) -> str:
         """An aggregate over the rows where ``condition`` holds (all rows when None). ``function`` is
         one of :data:`AGGREGATES`; ``any`` takes a condition as its argument (true when some row meets
-        it)."""
+        it). Standard SQL, which DuckDB and Spark both speak (``FILTER (WHERE ...)``)."""
+        if function not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {function!r}; expected one of {', '.join(AGGREGATES)}")
+        if function == "count_distinct":
+            argument = f"DISTINCT {argument}"
+        return self.filtered(f"{_SQL_NAMES.get(function, function)}({argument})", condition)
+
+    @staticmethod
+    def filtered(call: str, condition: str | None) -> str:
+        """An aggregate ``call`` over the rows where ``condition`` holds (all rows when None)."""
+        return f"{call} FILTER (WHERE {condition})" if condition else call
 
     @abstractmethod
     def latest(self, value: str, timestamp: str, condition: str | None) -> str:
@@ -83,4 +94,4 @@ def engine(name: str = "duckdb") -> Engine:
     return engines[name]()
 
 
-__all__ = ["AGGREGATES", "Engine", "double", "engine"]
+__all__ = ["AGGREGATES", "DAY_US", "Engine", "double", "engine"]

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from features.engines import AGGREGATES, Engine
-
-DAY_US = 86_400_000_000
-_NAMES = {"count_distinct": "count", "stddev": "stddev_samp", "any": "bool_or"}
+from features.engines import DAY_US, Engine
 
 
 class SparkEngine(Engine):
@@ -35,27 +32,16 @@ class SparkEngine(Engine):
     def days_after(self, days: int) -> str:
         return f"{self.as_of()} + make_interval(0, 0, 0, {int(days)})"
 
-    def aggregate(self, function: str, argument: str, condition: str | None = None) -> str:
-        if function not in AGGREGATES:
-            raise ValueError(f"unknown aggregate {function!r}; expected one of {', '.join(AGGREGATES)}")
-        if function == "count_distinct":
-            argument = f"DISTINCT {argument}"
-        return self._filtered(f"{_NAMES.get(function, function)}({argument})", condition)
-
     def latest(self, value: str, timestamp: str, condition: str | None) -> str:
         # max_by keeps a NULL value (unlike max): a change to NULL clears an attribute, as in DuckDB
-        return self._filtered(f"max_by({value}, {timestamp})", condition)
+        return self.filtered(f"max_by({value}, {timestamp})", condition)
 
     def top(self, value: str, by: str, condition: str | None) -> str:
         # the largest ``by``, ties to the smallest value: the smallest (-by, value); rows without ``by`` last
-        return self._filtered(f"min_by({value}, struct(({by}) IS NULL, -({by}), {value}))", condition)
+        return self.filtered(f"min_by({value}, struct(({by}) IS NULL, -({by}), {value}))", condition)
 
     def parameters(self, as_of: object) -> dict[str, object]:
         return {"as_of": as_of_text(as_of)}
-
-    @staticmethod
-    def _filtered(call: str, condition: str | None) -> str:
-        return f"{call} FILTER (WHERE {condition})" if condition else call
 
 
 def as_of_text(as_of: object) -> str:
