@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ SESSION_DEFAULTS: dict[str, str] = {
     "spark.sql.ansi.enabled": "false",  # NULL for a bad cast, as the contract's casts expect
 }
 EPOCH = datetime(1970, 1, 1)
+OWNER_CONF = "spark.sendwise.tables"  # which SparkTables the session's contract views belong to
 _SPARK_TYPES = {"VARCHAR": "STRING", "DOUBLE": "DOUBLE", "BIGINT": "BIGINT", "TIMESTAMP": "TIMESTAMP",
                 "BOOLEAN": "BOOLEAN"}
 
@@ -102,12 +104,23 @@ def _canonical_select(spec: TableSpec, view: str, present: dict[str, str], zone:
 
 class SparkTables:
     """The contract tables as temporary views of one Spark session, under their plain names (every
-    table exists; one not supplied is empty). A session holds one shop's tables at a time."""
+    table exists; one not supplied is empty). The views hold one shop's tables at a time: before each
+    query, these tables put their own views back if another SparkTables of the session replaced them."""
 
     engine = "spark"
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
+        self._frames: dict[Table, DataFrame] = {}
+        self._token = uuid.uuid4().hex
+
+    def _activate(self) -> None:
+        """Make the session's contract views these tables' (a no-op when they already are)."""
+        if self.spark.conf.get(OWNER_CONF, None) == self._token:
+            return
+        for table, frame in self._frames.items():
+            frame.createOrReplaceTempView(table.value)
+        self.spark.conf.set(OWNER_CONF, self._token)
 
     @classmethod
     def from_sources(cls, spark: SparkSession, sources: Mapping[Table, str], tombstones: Tombstones | None = None,
@@ -147,7 +160,8 @@ class SparkTables:
         view, raw = table.value, f"_{table.value}_raw"
         if frame is None:
             cols = ", ".join(f"CAST(NULL AS {_SPARK_TYPES[c.sql_type]}) AS {c.name}" for c in spec.columns)
-            self.spark.sql(f"SELECT {cols} LIMIT 0").createOrReplaceTempView(view)
+            self._frames[table] = self.spark.sql(f"SELECT {cols} LIMIT 0")
+            self._frames[table].createOrReplaceTempView(view)
             return
         present = {field.name: field.dataType.simpleString() for field in frame.schema.fields}
         missing = [c.name for c in spec.columns if c.required and c.name not in present]
@@ -166,9 +180,13 @@ class SparkTables:
                 raise InputError("the tombstones' salt must be a hex string")
             sql += (f" WHERE sha2(concat('{salt}:', trim(CAST({customer} AS STRING))), 256) "
                     f"NOT IN (SELECT digest FROM {DIGESTS_TABLE})")
-        self.spark.sql(sql).createOrReplaceTempView(view)
+        self._frames[table] = self.spark.sql(sql)
+        self._frames[table].createOrReplaceTempView(view)
+        self.spark.conf.set(OWNER_CONF, self._token)
 
     def sql(self, query: str, args: Mapping[str, Any] | None = None) -> DataFrame:
+        """``query`` on these tables (the views are resolved now: the DataFrame keeps reading them)."""
+        self._activate()
         return self.spark.sql(query, args=dict(args or {}))
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -176,12 +194,12 @@ class SparkTables:
         return to_pandas(self.sql(sql, params))
 
     def count(self, table: Table | str) -> int:
-        return self.spark.table(Table(table).value).count()
+        return self.sql(f"SELECT * FROM {Table(table).value}").count()
 
     def time_range(self) -> tuple[datetime | None, datetime | None]:
         """First and last timestamp over orders and events (None, None when both are empty); read as
         microseconds, since ``collect`` would convert timestamps to the driver's local zone."""
-        row = self.spark.sql(
+        row = self.sql(
             f"""SELECT unix_micros(min(t)), unix_micros(max(t)) FROM (
                   SELECT {ORDERED_AT} AS t FROM {Table.ORDERS.value}
                   UNION ALL SELECT {OCCURRED_AT} FROM {Table.EVENTS.value})""").collect()[0]

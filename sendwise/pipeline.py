@@ -198,8 +198,8 @@ def training_set(data: Path, out: Path, target: Target = Target.CHURNED, horizon
     """Features at several as_of dates, stacked, labelled from [as_of, as_of + horizon); naive
     timestamps are local times of ``timezone`` (default: UTC). With Spark and an ``out`` without the
     ``.parquet`` suffix, nothing is collected: Spark writes Parquet files partitioned by as_of."""
-    check_output(engine, out, spark=spark)
     refuse_overwriting_inputs(out, data_dir=data)
+    check_output(engine, out, spark=spark)
     config = feature_config(settings)
     tables = open_tables(engine, data, rejects, spark, encoding=encoding, timezone=timezone)
     horizon_days = horizon if horizon is not None else DEFAULT_HORIZON_DAYS[target]
@@ -455,8 +455,8 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
     a warning. With Spark, the project's scorer runs on every partition (the same rows); an ``out``
     without a suffix is then a directory of Parquet files written by Spark, and the emailable count is
     left out."""
-    check_output(engine, out, (".csv", ".parquet"), spark)
     refuse_overwriting_inputs(out, data_dir=data)
+    check_output(engine, out, (".csv", ".parquet"), spark)
     registered_name("churn", project)  # a bad project name fails before the data is read
     tables = open_tables(engine, data, rejects, spark, timezone=timezone)
     when = _moment(tables, as_of)
@@ -510,8 +510,8 @@ def recommend(data: Path, as_of: datetime | None, out: Path, k: int = 10, alias:
     project, one trained on another data directory is used with a warning. With Spark, the project's
     recommender and rules run on every partition of customers (the same rows); an ``out`` without a
     suffix is then a directory of Parquet files written by Spark."""
-    check_output(engine, out, (".csv", ".parquet"), spark)
     refuse_overwriting_inputs(out, data_dir=data)
+    check_output(engine, out, (".csv", ".parquet"), spark)
     check_k(k)
     name = registered_name(REGISTERED_NAME, project)
     rules = rules or BusinessRules()

@@ -173,3 +173,14 @@ def test_a_sample_keeps_whole_customers_and_is_the_same_each_time(spark_demo: ob
     assert len(sample.frame("orders")) == len(mine) > 0
     assert sample.count("products") == demo_tables.count("products")
     assert sample.fingerprint() != demo_tables.fingerprint()
+
+
+@pytest.mark.spark
+def test_two_shops_in_one_session_each_read_their_own_tables(spark: object, spark_demo: object, demo_tables: Tables,
+                                                             tiny_tables: Tables) -> None:
+    from features.spark import SparkTables
+
+    tiny = SparkTables.from_tables(spark, tiny_tables)  # replaces the session's views
+    assert spark_demo.count("orders") == demo_tables.count("orders")  # the demo's views come back
+    assert tiny.count("orders") == tiny_tables.count("orders") == 5
+    assert spark_demo.time_range() == demo_tables.time_range()
