@@ -75,6 +75,7 @@ def test_the_project_engine_builds_the_same_features_into_a_partitioned_director
     assert len(pd.read_parquet(lake)) == len(expected)
 
 
+@pytest.mark.slow  # the commands' wiring; the rows themselves are held equal in the default run
 @pytest.mark.spark
 def test_a_training_set_and_a_snapshot_on_spark(spark: object, project: Path, demo_dir: Path, tmp_path: Path) -> None:
     local = tmp_path / "ts.parquet"
@@ -95,6 +96,7 @@ def test_a_training_set_and_a_snapshot_on_spark(spark: object, project: Path, de
                                   check_dtype=False)
 
 
+@pytest.mark.slow  # the commands' wiring; the rows themselves are held equal in the default run
 @pytest.mark.spark
 def test_a_model_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
         spark: object, demo_dir: Path, tmp_path: Path) -> None:
@@ -112,6 +114,7 @@ def test_a_model_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
     assert 200 <= int(run["params.sample_customers"]) <= 400
 
 
+@pytest.mark.slow  # the commands' wiring; the rows themselves are held equal in the default run
 @pytest.mark.spark
 def test_score_and_recommend_on_spark_write_the_local_rows(spark: object, served_env: dict, demo_dir: Path,
                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
