@@ -14,6 +14,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from test_online_features import _differences as differences
 from threadpoolctl import ThreadpoolController
 
 from features.build import build_features
@@ -192,23 +193,6 @@ def test_the_population_median_is_kept_only_until_a_key_changes() -> None:
             assert keys.median() == _median([k for m, k in current.values() if m and k is not None]), step
 
 
-def _differences(batch: pd.DataFrame, store: OnlineFeatures, t: pd.Timestamp) -> list[str]:
-    """(customer, feature) pairs where the store differs from the batch frame (floats within 1e-9)."""
-    out = []
-    for row in batch.to_dict("records"):
-        online = store.features(row[CUSTOMER_ID], t)
-        for name, value in online.items():
-            want = row[name]
-            want = None if want is None or want is pd.NA or (isinstance(want, float) and math.isnan(want)) else (
-                want.item() if hasattr(want, "item") else want)
-            same = (value is None and want is None) if value is None or want is None else (
-                math.isclose(value, want, rel_tol=1e-9, abs_tol=1e-12)
-                if isinstance(want, float | int) and not isinstance(want, bool) else value == want)
-            if not same:
-                out.append(f"{row[CUSTOMER_ID]}.{name}: batch {want!r}, online {value!r}")
-    return out
-
-
 def test_fresh_features_equal_the_batch_while_events_arrive_and_windows_move(demo_tables: Tables) -> None:
     """The demo shop's last four days arrive as events, a day at a time, plus orders that move the
     population's median gap between orders; after each, every customer asked before and the touched ones
@@ -242,8 +226,8 @@ def test_fresh_features_equal_the_batch_while_events_arrive_and_windows_move(dem
                 "AND changed_at < $hi", span).fetchall():
             store.apply_change(cid, attribute, value, at)
         batch = build_features(demo_tables.before(hi), hi)
-        assert _differences(batch[batch[CUSTOMER_ID].isin(asked)], store, hi) == [], day
+        assert differences(batch[batch[CUSTOMER_ID].isin(asked)], store, hi, set()) == [], day
     later = end + timedelta(days=1)  # no new rows: windows of a day hold nothing any more
     batch = build_features(demo_tables.before(end), later)
-    assert _differences(batch[batch[CUSTOMER_ID].isin(asked)], store, later) == []
+    assert differences(batch[batch[CUSTOMER_ID].isin(asked)], store, later, set()) == []
     assert batch.loc[batch[CUSTOMER_ID].isin(asked), "views_1d"].sum() == 0
