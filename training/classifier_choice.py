@@ -19,9 +19,14 @@ from sklearn.metrics import roc_auc_score
 from training.fitting import fit_bundle, fit_logistic_bundle
 from training.model import LOGISTIC, XGBOOST, ModelBundle
 
-__all__ = ["KINDS", "ClassifierChoice", "choose_classifier", "fit_kind"]
+__all__ = ["KINDS", "ClassifierChoice", "candidate_kinds", "choose_classifier", "fit_kind"]
 
 KINDS = (XGBOOST, LOGISTIC)
+
+
+def candidate_kinds(label: str) -> tuple[str, ...]:
+    """The kinds compared for a classifier of ``label`` (churned or purchased)."""
+    return KINDS
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from features.validate import ContractError
 from training import plots
 from training.baselines import recency_rule
 from training.bootstrap import PairedDifference, paired_auc, paired_mean
-from training.classifier_choice import KINDS, choose_classifier, fit_kind
+from training.classifier_choice import candidate_kinds, choose_classifier, fit_kind
 from training.clv import DEFAULT_HORIZON_DAYS, fit_clv_features
 from training.design import FEATURE_CONFIG, feature_columns, trained_feature_config
 from training.fitting import choose_params
@@ -314,7 +314,7 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     columns = feature_columns(folds.train, config)
     say("choosing parameters" if settings.trials else "backtesting")
     params = choose_params(folds.train, folds.valid, columns, label, settings.trials, settings.random_state)
-    recipes = {kind: ClassifierRecipe(params if kind == XGBOOST else {}, horizon, config, kind) for kind in KINDS}
+    recipes = {kind: ClassifierRecipe(params if kind == XGBOOST else {}, horizon, config, kind) for kind in candidate_kinds(target.value)}
     candidates = {kind: _fit(folds, recipe, target, settings, {}) for kind, recipe in recipes.items()}
     choice = choose_classifier(candidates, folds.calibration, label)
     say(choice.reason)
