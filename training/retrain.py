@@ -314,7 +314,8 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     columns = feature_columns(folds.train, config)
     say("choosing parameters" if settings.trials else "backtesting")
     params = choose_params(folds.train, folds.valid, columns, label, settings.trials, settings.random_state)
-    recipes = {kind: ClassifierRecipe(params if kind == XGBOOST else {}, horizon, config, kind) for kind in candidate_kinds(target.value)}
+    recipes = {kind: ClassifierRecipe(params if kind == XGBOOST else {}, horizon, config, kind)
+               for kind in candidate_kinds(target.value)}
     candidates = {kind: _fit(folds, recipe, target, settings, {}) for kind, recipe in recipes.items()}
     choice = choose_classifier(candidates, folds.calibration, label)
     say(choice.reason)
