@@ -37,6 +37,16 @@ MOVIELENS = SHARED_DATA / "movielens-latest-small" / "ml-latest-small_ratings.cs
 SERVE_AS_OF = "2025-10-01"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """For pytest-xdist (``.ci/run`` runs the tests on every core with ``--dist loadgroup``): a file's
+    tests stay on one worker, so that its module fixtures are built once, and every test marked
+    ``spark`` runs on one worker, which starts the one Spark session. Without xdist the groups do nothing."""
+    for item in items:
+        group = "spark" if item.get_closest_marker("spark") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def ts(value: str) -> pd.Timestamp:
     return pd.Timestamp(value)
 
