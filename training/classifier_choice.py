@@ -1,12 +1,14 @@
-"""Which classifier a shop gets: XGBoost on every feature, or the logistic model on log-RFM
-(:mod:`training.linear`), whichever ranks the validation month better.
+"""Which classifier a shop gets: XGBoost on every feature, the logistic model on log-RFM
+(:mod:`training.linear`) or, for churn, the BG/NBD quantity P(no order in the horizon)
+(:mod:`training.bgnbd_classifier`), whichever ranks the validation month best.
 
-Both are fitted on the same folds (:class:`training.train.Folds`): XGBoost on the training folds with
-early stopping on the validation fold, the logistic model on both. Neither has seen the calibration
-fold (the latest labelled month before the holdout), so it is the validation month here: the kind with
-the higher ROC-AUC of its raw scores there is shipped (calibrated on that month afterwards, which keeps
-the ranking); on a tie the logistic model, the simpler one. On a shop where every feature but
-recency, frequency and spend is noise, the shop gets the model that does not learn the noise.
+All are fitted on the same folds (:class:`training.train.Folds`): XGBoost on the training folds with
+early stopping on the validation fold, the logistic model on both, BG/NBD on the training fold's latest
+as_of (no label). None has seen the calibration fold (the latest labelled month before the holdout), so
+it is the validation month here: the kind with the higher ROC-AUC of its raw scores there is shipped
+(calibrated on that month afterwards, which keeps the ranking); on a tie the simplest: logistic, then
+BG/NBD, then XGBoost. On a shop where every feature but recency, frequency and spend is noise, the shop
+gets a model that does not learn the noise; on one whose customers buy as BG/NBD assumes, BG/NBD.
 """
 
 from __future__ import annotations
@@ -16,17 +18,22 @@ from dataclasses import dataclass
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from training.fitting import fit_bundle, fit_logistic_bundle
-from training.model import LOGISTIC, XGBOOST, ModelBundle
+from features.errors import InputError
+from features.training_set import Target
+from training.fitting import fit_bgnbd_bundle, fit_bundle, fit_logistic_bundle
+from training.model import BGNBD, LOGISTIC, XGBOOST, ModelBundle
 
-__all__ = ["KINDS", "ClassifierChoice", "candidate_kinds", "choose_classifier", "fit_kind"]
+__all__ = ["KINDS", "SIMPLEST_FIRST", "ClassifierChoice", "candidate_kinds", "choose_classifier", "fit_kind"]
 
-KINDS = (XGBOOST, LOGISTIC)
+KINDS = (XGBOOST, LOGISTIC, BGNBD)
+SIMPLEST_FIRST = (LOGISTIC, BGNBD, XGBOOST)  # who wins a tie of validation ROC-AUC
 
 
 def candidate_kinds(label: str) -> tuple[str, ...]:
-    """The kinds compared for a classifier of ``label`` (churned or purchased)."""
-    return KINDS
+    """The kinds compared for a classifier of ``label`` (churned or purchased): every kind for churn;
+    no BG/NBD for purchase propensity, which scores every known customer while BG/NBD has nothing to say
+    about customers who never ordered."""
+    return KINDS if label == Target.CHURNED.value else (XGBOOST, LOGISTIC)
 
 
 @dataclass(frozen=True)
@@ -40,10 +47,14 @@ class ClassifierChoice:
 
 def fit_kind(kind: str, train: pd.DataFrame, valid: pd.DataFrame, calibration: pd.DataFrame, columns: list[str],
              label: str, horizon_days: int, params: dict, random_state: int, meta: dict) -> ModelBundle:
-    """One calibrated bundle of ``kind`` (``params``: XGBoost's)."""
+    """One calibrated bundle of ``kind`` (``params``: XGBoost's; ``columns``: XGBoost's inputs)."""
     if kind == LOGISTIC:
         return fit_logistic_bundle(train, valid, calibration, label, horizon_days, random_state, meta)
-    return fit_bundle(train, valid, calibration, columns, label, horizon_days, params, random_state, meta)[0]
+    if kind == BGNBD:
+        return fit_bgnbd_bundle(train, calibration, label, horizon_days, random_state, meta)
+    if kind == XGBOOST:
+        return fit_bundle(train, valid, calibration, columns, label, horizon_days, params, random_state, meta)[0]
+    raise InputError(f"The classifier kind must be one of {', '.join(KINDS)}. Got {kind!r} instead.")
 
 
 def choose_classifier(bundles: dict[str, ModelBundle], calibration: pd.DataFrame, label: str) -> ClassifierChoice:
@@ -52,7 +63,7 @@ def choose_classifier(bundles: dict[str, ModelBundle], calibration: pd.DataFrame
     if y.min() == y.max():
         return ClassifierChoice(XGBOOST, {}, f"the validation month has only one class of {label}: XGBoost kept")
     auc = {kind: float(roc_auc_score(y, bundle.raw_proba(calibration))) for kind, bundle in bundles.items()}
-    order = sorted(auc, key=lambda kind: (auc[kind], kind == LOGISTIC), reverse=True)
+    order = sorted(auc, key=lambda kind: (-auc[kind], SIMPLEST_FIRST.index(kind)))
     best, other = order[0], order[1:]
     versus = ", ".join(f"{kind} {auc[kind]:.4f}" for kind in other)
     return ClassifierChoice(best, auc, f"{best}: validation ROC-AUC {auc[best]:.4f} against {versus} "

@@ -135,24 +135,56 @@ def _maximise(loglik: Callable[[np.ndarray], float], n: int) -> np.ndarray:
     return np.exp(result.x)
 
 
-def fit_parameters(summary: pd.DataFrame) -> dict[str, float]:
-    """Maximum-likelihood BG/NBD (r, alpha, a, b) on every customer of ``summary`` and Gamma-Gamma (p,
-    q, v) on the repeat buyers with a positive mean value: what PyMC-Marketing's MAP fit with flat
-    priors gives (:func:`fit_library_models`), without compiling anything."""
-    repeat = _check_repeat_buyers(summary)
+def fit_bgnbd(summary: pd.DataFrame, min_repeat_buyers: int = MIN_REPEAT_BUYERS) -> dict[str, float]:
+    """Maximum-likelihood BG/NBD (r, alpha, a, b) on every customer of ``summary`` (``frequency``,
+    ``recency``, ``T``); an InputError with fewer than ``min_repeat_buyers`` repeat buyers."""
+    _check_repeat_buyers(summary, min_repeat_buyers)
     x, tx, T = (summary[c].to_numpy(float) for c in ("frequency", "recency", "T"))
     r, alpha, a, b = _maximise(lambda theta: _bgnbd_loglik(theta, x, tx, T), 4)
-    spenders = repeat[repeat["monetary_value"] > 0]
+    return {"r": float(r), "alpha": float(alpha), "a": float(a), "b": float(b)}
+
+
+def fit_parameters(summary: pd.DataFrame) -> dict[str, float]:
+    """Maximum-likelihood BG/NBD (r, alpha, a, b) on every customer of ``summary`` (:func:`fit_bgnbd`) and
+    Gamma-Gamma (p, q, v) on the repeat buyers with a positive mean value: what PyMC-Marketing's MAP fit
+    with flat priors gives (:func:`fit_library_models`), without compiling anything."""
+    bgnbd = fit_bgnbd(summary)
+    spenders = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
     p, q, scale = _maximise(lambda theta: _gamma_gamma_loglik(theta, spenders["frequency"].to_numpy(float),
                                                               spenders["monetary_value"].to_numpy(float)), 3)
-    return {"r": r, "alpha": alpha, "a": a, "b": b, "p": p, "q": q, "v": q * scale}
+    return {**bgnbd, "p": p, "q": q, "v": q * scale}
 
 
-def _check_repeat_buyers(summary: pd.DataFrame) -> pd.DataFrame:
+def dropout_log_odds(r: float, alpha: float, a: float, b: float, frequency: np.ndarray, recency: np.ndarray,
+                     T: np.ndarray) -> np.ndarray:
+    """BG/NBD log of P(dropped out) / P(alive) at T (Fader, Hardie & Lee 2008, "Computing P(alive)"):
+    ``log(a / (b + x - 1)) + (r + x) log((alpha + T) / (alpha + t_x))``; -inf without a repeat order (a
+    customer drops out only right after a repeat order)."""
+    x, tx, T = np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
+    log_odds = (r + x) * np.log((alpha + T) / (alpha + tx)) + np.log(a / (b + np.maximum(x, 1) - 1))
+    return np.where(x > 0, log_odds, -np.inf)
+
+
+def no_order_log_odds(r: float, alpha: float, a: float, b: float, frequency: np.ndarray, recency: np.ndarray,
+                      T: np.ndarray, t: float) -> np.ndarray:
+    """BG/NBD log-odds that a customer places no order in the ``t`` days after T (Fader, Hardie & Lee,
+    "Deriving the conditional PMF of the BG/NBD", the case of zero orders):
+
+    P(none) = (1 - P_alive) + P_alive ((alpha + T) / (alpha + T + t))^(r + x)
+
+    (alive at T, the purchase rate's posterior is Gamma(r + x, alpha + T), and nobody drops out without
+    an order). With d the :func:`dropout_log_odds` and log s = (r + x) log((alpha + T) / (alpha + T + t)),
+    the log-odds are ``logaddexp(d, log s) - log(1 - s)``, computed without forming P_alive."""
+    x, T = np.asarray(frequency, float), np.asarray(T, float)
+    log_s = -(r + x) * np.log1p(t / (alpha + T))
+    return np.logaddexp(dropout_log_odds(r, alpha, a, b, x, recency, T), log_s) - np.log(-np.expm1(log_s))
+
+
+def _check_repeat_buyers(summary: pd.DataFrame, minimum: int = MIN_REPEAT_BUYERS) -> pd.DataFrame:
     repeat = summary[summary["frequency"] > 0]
-    if len(repeat) < MIN_REPEAT_BUYERS:
+    if len(repeat) < minimum:
         raise InputError(f"Too few repeat buyers to fit the CLV models: {len(repeat)} customers ordered on more than "
-                         f"one day before the as_of; at least {MIN_REPEAT_BUYERS} are needed. Use a later --as-of "
+                         f"one day before the as_of; at least {minimum} are needed. Use a later --as-of "
                          "or more history.")
     return repeat
 
@@ -224,10 +256,7 @@ class ClvModel:
 
     def p_alive(self, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray) -> np.ndarray:
         """BG/NBD P(alive) at the as_of (Fader, Hardie & Lee 2008): 1 without a repeat order."""
-        x, tx, T = np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
-        log_odds = (self.r + x) * np.log((self.alpha + T) / (self.alpha + tx)) + np.log(
-            self.a / (self.b + np.maximum(x, 1) - 1))
-        return np.where(x == 0, 1.0, expit(-log_odds))
+        return expit(-dropout_log_odds(self.r, self.alpha, self.a, self.b, frequency, recency, T))
 
     def spend_per_order(self, frequency: np.ndarray, monetary_value: np.ndarray) -> np.ndarray:
         """Gamma-Gamma expected spend per order (Fader & Hardie 2013, eq. 5): the population mean for a
@@ -341,6 +370,18 @@ def features_summary_row(values: Mapping[str, Any]) -> dict[str, float] | None:
     first = np.array([_number(values.get("days_since_first_order"))])
     return {"frequency": orders - 1, "recency": float(np.clip(first - _number(values.get("recency_days")), 0, None)[0]),
             "T": float(first[0]), "monetary_value": _number(values.get("avg_order_value")) if orders > 1 else 0.0}
+
+
+def bgnbd_inputs(orders: np.ndarray, recency_days: np.ndarray,
+                 days_since_first_order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frequency, recency, T) of :func:`features_summary` from the three feature columns, for any row:
+    equal to it for a customer with an order, and defined for every other row (a missing or zero order
+    count is no order: frequency 0; a missing first order: T 0; a missing last order: recency 0;
+    recency kept within [0, T])."""
+    orders = np.nan_to_num(np.asarray(orders, float), nan=0.0)
+    T = np.clip(np.nan_to_num(np.asarray(days_since_first_order, float), nan=0.0), 0, None)
+    recency = np.clip(np.nan_to_num(T - np.asarray(recency_days, float), nan=0.0), 0, T)
+    return np.maximum(orders - 1, 0), recency, T
 
 
 def _number(value: object) -> float:
