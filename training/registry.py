@@ -199,8 +199,8 @@ def log_and_register(bundle: ModelBundle, name: str, example_features, example_p
 
 
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """A registered bundle (XGBoost or logistic) as an MLflow pyfunc: ``predict`` takes the bundle's
-    input columns and returns the calibrated probability (``mlflow.pyfunc.spark_udf`` too)."""
+    """A registered bundle (XGBoost, logistic or BG/NBD) as an MLflow pyfunc: ``predict`` takes the
+    bundle's input columns and returns the calibrated probability (``mlflow.pyfunc.spark_udf`` too)."""
 
     def load_context(self, context) -> None:
         self.bundle = ModelBundle.load(Path(context.artifacts[BUNDLE_ARTIFACT]).parent)
