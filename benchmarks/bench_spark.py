@@ -17,6 +17,11 @@ recorded as stopped while the run goes on. Steps:
   ``features.spark.spark_training_set`` (labels joined on Spark, written), else ``build_training_set``
   when its module takes SparkTables, else features at the same 3 as_of (stacked, written; no labels),
   which the record says.
+* ``train_full``: the churn model's fit (XGBoost with early stopping, then the calibrator) on every row of
+  ``train_classifier``'s folds at the features' as_of (12 monthly dates, built by DuckDB, untimed): the
+  local ``training.fitting.fit_bundle`` against ``training.spark_training.fit_bundle_spark``
+  (``SparkXGBClassifier``, one worker per core) on the same rows handed to Spark; each with its holdout
+  ROC-AUC.
 * ``rfm_approx`` (Spark): how much rfm_recency / rfm_frequency / rfm_monetary move when their ranks come
   from ``percentile_approx`` cut points or from ranks within hash partitions instead of one global
   ``percent_rank``.
@@ -94,6 +99,7 @@ STEPS: dict[str, tuple[str, ...]] = {
     "rfm_approx": (SPARK,),
     "score": (DUCKDB, SPARK),
     "recommend": (DUCKDB, SPARK),
+    "train_full": (DUCKDB, SPARK),
 }
 # where the Spark functions are looked for ("module:function"; --spark-scorer etc. override), each called as
 # its local twin is: scorer(spark_tables, as_of, churn, propensity), recommender(spark_tables, as_of, model,
@@ -236,6 +242,33 @@ class Child:
                 "what": f"recommend_all k={K} with default rules; ALS ({ALS_FACTORS} factors) fitted on one node, "
                         "fit timed apart"}
 
+    def train_folds(self) -> tuple[Any, list[str]]:
+        """``train_classifier``'s churn folds at the features' as_of, and the model's input columns."""
+        from features.training_set import Target
+        from training.design import feature_columns
+        from training.train import make_folds
+
+        tables = self.load()
+        emit("phase", phase="folds")
+        folds = make_folds(tables, Target.CHURNED, to_timestamp(FEATURES_AS_OF), CHURN_HORIZON_DAYS, periods=12)
+        return folds, feature_columns(folds.train)
+
+    def duckdb_train_full(self) -> dict:
+        from training.fitting import fit_bundle
+        from training.metrics import classification_metrics
+        from training.tuning import BASE_PARAMS
+
+        folds, columns = self.train_folds()
+        emit("phase", phase="fit")
+        runs, (bundle, _) = timed_runs(lambda: fit_bundle(
+            folds.train, folds.valid, folds.calibration, columns, "churned", CHURN_HORIZON_DAYS,
+            BASE_PARAMS | {"seed": 0}, 0, {}), self.repeats)
+        auc = classification_metrics(folds.holdout["churned"].to_numpy(int), bundle.predict_proba(folds.holdout))
+        return {"runs_s": runs, "rows": len(folds.train) + len(folds.valid) + len(folds.calibration),
+                "load_s": self.load_s, "roc_auc": auc["roc_auc"], "rounds": bundle.booster.num_boosted_rounds(),
+                "what": "fit_bundle (the local trainer's fit) on every row of the churn folds at "
+                        f"{FEATURES_AS_OF}, 12 monthly dates"}
+
     # Spark -------------------------------------------------------------------------------------------------
     def open_spark(self, cached: bool = False) -> Any:
         from features.spark import SparkTables, spark_session
@@ -353,6 +386,27 @@ class Child:
         runs, rows = timed_runs(lambda: self.write(fn(tables, as_of, model, k=K)), self.repeats)
         return {"runs_s": runs, "rows": self.written_rows(rows), **self.spark_facts(),
                 "what": f"{found} k={K} with the ALS fitted by the DuckDB step, written to Parquet"}
+
+    def spark_train_full(self) -> dict:
+        from training.metrics import classification_metrics
+        from training.spark_training import FoldDates, fit_bundle_spark, holdout_scores
+
+        folds, columns = self.train_folds()
+        self.open_spark()
+        stacked = self.spark.createDataFrame(
+            pd.concat([folds.train, folds.valid, folds.calibration, folds.holdout], ignore_index=True)).persist()
+        stacked.count()  # materialised before the timed runs
+        dates = FoldDates(tuple(folds.fit_dates[:-2]), folds.fit_dates[-2], folds.fit_dates[-1], folds.holdout_as_of)
+        emit("phase", phase="fit")
+        runs, fit = timed_runs(lambda: fit_bundle_spark(stacked, dates, columns, "churned", CHURN_HORIZON_DAYS),
+                               self.repeats)
+        scored, _ = holdout_scores(stacked, dates, fit.bundle, len(folds.holdout))
+        auc = classification_metrics(scored["label"].to_numpy(), scored["probability"].to_numpy())
+        return {"runs_s": runs, "rows": sum(fit.rows[f] for f in ("train", "valid", "calibration")),
+                "load_s": self.load_s, "roc_auc": auc["roc_auc"], "rounds": fit.bundle.booster.num_boosted_rounds(),
+                "num_workers": fit.num_workers, **self.spark_facts(),
+                "what": f"fit_bundle_spark (SparkXGBClassifier, {fit.num_workers} workers) on the same rows, handed "
+                        "to Spark as one persisted frame"}
 
     def spark_rfm_approx(self) -> dict:
         from features.spark import spark_features
