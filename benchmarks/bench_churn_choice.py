@@ -6,7 +6,7 @@ ROC-AUC (what the choice reads) and holdout ROC-AUC, next to the run's baselines
 
 Per data set, as ``sendwise run`` backtests churn (90 days, 12 monthly training dates, default XGBoost
 parameters, seed 0): the folds of :func:`training.train.make_folds` at the latest labelled as_of (Online
-Retail: 2011-09-10; the demo shop, ``generate_demo`` defaults, 10,000 customers: 2025-10-03); each kind of
+Retail: 2011-09-10; the demo shop, ``generate_demo`` defaults, 10,000 customers: 2025-10-02); each kind of
 ``candidate_kinds("churned")`` fitted by ``fit_kind``; ``choose_classifier`` on the calibration fold (its
 ROC-AUC of raw scores, the "validation" column); the holdout ROC-AUC of the calibrated probability (what
 the shop gets) and of the raw score. Baselines as the run computes them: the recency rule and the logistic
