@@ -25,6 +25,7 @@ from training.calibration import fit_calibrator
 from training.design import feature_columns
 from training.fitting import fit_bundle
 from training.metrics import classification_metrics
+from training.registry import latest_row_time
 from training.train import Folds, make_folds
 from training.tuning import BASE_PARAMS
 
@@ -54,6 +55,13 @@ def stacked(spark: object, folds: Folds) -> object:
     """The four folds as one Spark training set, as spark_training_set stacks them."""
     frame = pd.concat([folds.train, folds.valid, folds.calibration, folds.holdout], ignore_index=True)
     return spark.createDataFrame(frame).persist()
+
+
+@pytest.fixture(scope="module")
+def spark_tables(spark: object, demo_tables: Tables) -> object:
+    from features.spark import SparkTables
+
+    return SparkTables.from_tables(spark, demo_tables)
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +100,25 @@ def test_fold_rows_counted_in_spark_are_the_local_folds(stacked: object, dates: 
         assert (rows[name], positives[name]) == (len(fold), int(fold[LABEL].sum())), name
 
 
-def test_fold_dates_on_spark_tables_are_make_folds_dates(spark: object, demo_tables: Tables, folds: Folds) -> None:
+def test_fold_dates_on_spark_tables_are_make_folds_dates(spark_tables: object, demo_tables: Tables,
+                                                         folds: Folds) -> None:
     """At the serving as_of the data covers the holdout's label window; at December 1 it does not, and
     the holdout moves to the latest monthly as_of whose window closes by then."""
-    from features.spark import SparkTables
     from training.spark_training import fold_dates
 
-    spark_tables = SparkTables.from_tables(spark, demo_tables)
     got = fold_dates(spark_tables, AS_OF, HORIZON, periods=12)
     assert (got.fit, got.holdout) == (folds.fit_dates, folds.holdout_as_of)
     december = datetime(2025, 12, 1)
     local = make_folds(demo_tables, TARGET, december, HORIZON, periods=12)
     got = fold_dates(spark_tables, december, HORIZON, periods=12)
     assert local.holdout_as_of < december and (got.fit, got.holdout) == (local.fit_dates, local.holdout_as_of)
+
+
+def test_trained_through_is_the_latest_row_before_the_as_of(spark_tables: object, demo_tables: Tables) -> None:
+    from training.spark_training import trained_through
+
+    for moment in (AS_OF, datetime(2025, 3, 14, 12, 30)):
+        assert trained_through(spark_tables, moment) == latest_row_time(demo_tables.before(moment)).isoformat()
 
 
 def test_holdout_probabilities_per_partition_are_predict_proba(stacked: object, dates: object, fitted: object,
@@ -177,25 +191,24 @@ def test_changing_the_holdout_labels_changes_no_part_of_the_bundle(stacked: obje
 
 
 @pytest.mark.slow
-def test_train_classifier_spark_logs_and_registers_a_full_data_run(spark: object, demo_tables: Tables,
+def test_train_classifier_spark_logs_and_registers_a_full_data_run(spark_tables: object, demo_tables: Tables,
                                                                    tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end on Spark tables (the Spark training set, 5 feature queries): purchase propensity, whose
     folds have enough rows with 4 monthly dates. The fold rows are DuckDB's."""
-    from features.spark import SparkTables
     from training.registry import load_version
     from training.spark_training import TRAINING, train_classifier_spark
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     target, horizon = Target.PURCHASED, DEFAULT_HORIZON_DAYS[Target.PURCHASED]
     local = make_folds(demo_tables, target, AS_OF, horizon, periods=4)
-    result = train_classifier_spark(SparkTables.from_tables(spark, demo_tables), target, AS_OF, periods=4,
-                                    mlruns=tmp_path, project="shop")
+    result = train_classifier_spark(spark_tables, target, AS_OF, periods=4, mlruns=tmp_path, project="shop")
     params = mlflow.get_run(result.run_id).data.params
     assert params["training"] == TRAINING and params["num_workers"] == "2"
     for name in ("train", "valid", "calibration", "holdout"):
         assert params[f"rows_{name}"] == str(len(getattr(local, name))), name
     assert params["driver_fraction_holdout"] == "1.0" and result.holdout_rows == len(local.holdout)
-    assert result.name == "shop.propensity" and result.metrics["roc_auc"] > 0.6
+    assert result.bundle.meta["trained_through"] == latest_row_time(demo_tables.before(AS_OF)).isoformat()
+    assert result.name == "shop.propensity" and set(result.baselines) == {"recency_rule", "logistic_log_rfm"}
     loaded = load_version("propensity", result.version, "shop")
     np.testing.assert_array_equal(loaded.predict_proba(local.holdout), result.bundle.predict_proba(local.holdout))

@@ -57,6 +57,7 @@ MAX_DRIVER_ROWS = 2_000_000  # rows of one fold's scores brought to the driver; 
 EXAMPLE_ROWS = 2_000  # holdout feature rows on the driver: the importance plot and the registry's example
 FOLDS = ("train", "valid", "calibration", "holdout")
 FOLD, LABEL, RAW = "_fold", "label", "raw"
+MODEL_CHOICE = "xgboost: full-data training on Spark fits XGBoost only (no other kind compared)"
 SPARK_ONLY = ("nthread", "objective")  # SparkXGBClassifier sets them (spark.task.cpus; binary:logistic)
 
 
@@ -296,14 +297,16 @@ def holdout_scores(training_set: DataFrame, dates: FoldDates, bundle: ModelBundl
     return scored, sample
 
 
-def _trained_through(tables: SparkTables, before: datetime) -> str | None:
-    """The latest timestamp of any row before ``before`` (the provenance's ``trained_through``)."""
+def trained_through(tables: SparkTables, before: datetime) -> str | None:
+    """The latest timestamp of any row before ``before`` in ISO 8601 (the provenance's
+    ``trained_through``: :func:`training.registry.latest_row_time` of ``tables.before(before)``)."""
+    from features.engines.spark import as_of_text
     from features.schema import SPECS
 
-    parts = [f"SELECT max({spec.time_column}) AS t FROM {table.value} WHERE {spec.time_column} < :before"
-             for table, spec in SPECS.items() if spec.time_column]
+    parts = [f"SELECT max({spec.time_column}) AS t FROM {table.value} "
+             f"WHERE {spec.time_column} < CAST(:before AS TIMESTAMP)" for table, spec in SPECS.items() if spec.time_column]
     row = tables.sql(f"SELECT unix_micros(max(t)) AS t FROM ({' UNION ALL '.join(parts)})",
-                     {"before": before}).collect()[0]
+                     {"before": as_of_text(before)}).collect()[0]
     return None if row["t"] is None else (EPOCH + timedelta(microseconds=row["t"])).isoformat()
 
 
@@ -329,7 +332,8 @@ def train_classifier_spark(
     (they need the folds on one node): the default parameters. The logistic baseline is fitted on the
     fitting folds (a seeded sample of customers above ``max_driver_rows``). The version's provenance
     has no data fingerprint (that hashes every row; not computed over a lake): it records
-    ``data_source`` and the latest timestamp before ``as_of``."""
+    ``data_source`` and the latest timestamp before ``as_of``. Unlike ``train_classifier`` it compares
+    no other kind of classifier (:data:`MODEL_CHOICE`) and a churn model carries no CLV model."""
     from pyspark.sql import functions as F
 
     target = Target(target)
@@ -386,7 +390,7 @@ def train_classifier_spark(
             **fit.calibration_sample.params("calibration"), **holdout_sample.params("holdout"),
             **logistic_sample.params("logistic"), **(run_params or {}),
         })
-        provenance = ModelProvenance(project, None, _trained_through(tables, date), data_source)
+        provenance = ModelProvenance(project, None, trained_through(tables, date), data_source)
         mlflow.set_tags({"git_commit": git_commit(), "holdout_as_of": dates.holdout.isoformat(), "target": label,
                          "training": TRAINING, PROJECT_TAG: project or ""})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
@@ -404,6 +408,6 @@ def train_classifier_spark(
         example = examples.head(100)
         version = log_and_register(bundle, name, example, bundle.predict_proba(example), provenance.tags())
         bundle.meta.update(provenance.meta() | {"version": version})
-    return TrainResult(name, version, run.info.run_id, bundle, metrics, baselines, dates.holdout,
-                       rows["holdout"], positive_rates)
+    return TrainResult(name, version, run.info.run_id, bundle, metrics, baselines, dates.holdout, rows["holdout"],
+                       positive_rates, model_choice=MODEL_CHOICE)
 
