@@ -20,6 +20,7 @@ from features.config import FeatureConfig
 from features.engines import engine
 from features.engines.compiler import compile_features
 from features.registry import registry
+from features.rfm import APPROX_ACCURACY, RfmRanks
 from features.tables import Tables
 
 if TYPE_CHECKING:
@@ -27,10 +28,12 @@ if TYPE_CHECKING:
 
 
 @lru_cache(maxsize=32)
-def feature_sql(config: FeatureConfig | None = None, engine_name: str = "duckdb") -> str:
+def feature_sql(config: FeatureConfig | None = None, engine_name: str = "duckdb", ranks: RfmRanks = RfmRanks.EXACT,
+                accuracy: int = APPROX_ACCURACY) -> str:
     """The feature query of ``config`` (default: the current settings) in one engine's dialect; it
-    takes one parameter, the as_of."""
-    return compile_features(registry(config), engine(engine_name))
+    takes one parameter, the as_of. ``ranks``: exact RFM scores, or approximate ones (Spark) from
+    quantiles of that ``accuracy``."""
+    return compile_features(registry(config), engine(engine_name), ranks, accuracy)
 
 
 def build_features(tables: Tables | SparkTables, as_of: datetime | str | pd.Timestamp,

@@ -10,11 +10,21 @@ revenue first), tied customers sharing the lowest rank, and ``n`` the number of 
 Ties therefore always share a score (revenue is rounded to 6 decimals first, so that sums taken
 in a different order tie too). ``FM = ceil((F + M) / 2)``. Segments are the first row of
 :data:`SEGMENT_RULES` that matches; customers without an order have no scores and no segment.
+
+Two ways to compute the scores (:class:`RfmRanks`): ``exact``, the ``percent_rank`` window of
+:func:`score_sql` (every engine; on Spark a window without a partition, so one task sorts every
+buyer), and ``approximate`` (Spark's ``spark.rfm_ranks``), :func:`approximate_scores_sql`: cut points
+from one distributed ``percentile_approx`` aggregate, the same scores when its accuracy is above twice
+the number of buyers (plus 8).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+
+from features.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -72,3 +82,67 @@ def score_sql(column: str, descending: bool) -> str:
     return (
         f"CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY {column} {order} NULLS LAST))) AS INTEGER)"
     )
+
+
+class RfmRanks(StrEnum):
+    """How the feature query ranks the RFM scores."""
+
+    EXACT = "exact"  # percent_rank over every buyer
+    APPROXIMATE = "approximate"  # cut points from percentile_approx (Spark)
+
+
+APPROX_ACCURACY = 10_000  # percentile_approx's accuracy: a rank error of about buyers / 10,000
+_FRACTION_SLACK = 1e-12  # below k / 5, so that floating point cannot push ceil(p * N) past k * N / 5
+
+
+def parse_rfm_ranks(value: RfmRanks | str) -> RfmRanks:
+    """``value`` as an :class:`RfmRanks`; an InputError naming the setting and its values otherwise."""
+    try:
+        return RfmRanks(value)
+    except ValueError:
+        raise InputError(f"spark.rfm_ranks must be one of {', '.join(RfmRanks)}; got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class ScoreColumn:
+    """One score to compute: its name, the (portable SQL) value it ranks, and whether larger is worse."""
+
+    name: str
+    of: str
+    descending: bool = False
+
+
+def approximate_scores_sql(rows: str, where: str | None, scores: Sequence[ScoreColumn], key: str,
+                           quantile: Callable[[str, float, int], str], accuracy: int = APPROX_ACCURACY) -> str:
+    """SQL of ``key`` and the 1-5 ``scores`` of the ``rows`` where ``where`` holds, from cut points.
+
+    With ``v`` the value made "better is larger" (negated when ``descending``; NULL, last in the exact
+    order, as +infinity), n the rows and ``c_k = ceil(k (n - 1) / 5)``, :func:`score_sql` gives score
+    k + 1 or more exactly to the values above the ``c_k``-th smallest, so the score is 1 + the number of
+    the four cut points ``v`` is above (ties share a score; n = 1 scores 1, as percent_rank's 0). The
+    ``c_k``-th smallest of n values is the ``ceil(k N / 5)``-th smallest of N = n + 4 once k copies of
+    -infinity and 4 - k of +infinity are added, a position that no longer depends on n: so each cut
+    point is one ``quantile(value, k / 5, accuracy)`` over those rows, all of them in one aggregate over
+    every partition, cross-joined back. An ``accuracy`` above 2 N gives :func:`score_sql`'s scores: Spark's
+    summary then keeps every value without rank slack (at an accuracy of N + 1 some scores already
+    move, measured with Spark 4.3)."""
+    if accuracy < 1:
+        raise InputError(f"the accuracy of the approximate RFM ranks must be a positive integer; got {accuracy}")
+    inf, minus_inf = "CAST('Infinity' AS DOUBLE)", "CAST('-Infinity' AS DOUBLE)"
+    filtered = f" WHERE {where}" if where else ""
+    values = ", ".join(f"coalesce({'-' if s.descending else ''}CAST({s.of} AS DOUBLE), {inf}) AS {s.name}"
+                       for s in scores)
+    nulls = ", ".join(f"CAST(NULL AS DOUBLE) AS {s.name}" for s in scores)
+    cuts = ", ".join(
+        quantile(f"CASE WHEN _pad = 0 THEN {s.name} WHEN _pad <= {k} THEN {minus_inf} ELSE {inf} END",
+                 k / 5 - _FRACTION_SLACK, accuracy) + f" AS {s.name}_{k}"
+        for s in scores for k in range(1, 5))
+    picked = []
+    for s in scores:
+        above = " + ".join(f"CAST(v.{s.name} > c.{s.name}_{k} AS INT)" for k in range(1, 5))
+        picked.append(f"CASE WHEN c._n = 1 THEN 1 ELSE 1 + {above} END AS {s.name}")
+    buyers = f"SELECT {key}, {values} FROM {rows}{filtered}"
+    padded = (f"SELECT 0 AS _pad, {', '.join(s.name for s in scores)} FROM ({buyers}) b "
+              f"UNION ALL SELECT _pad, {nulls} FROM VALUES (1), (2), (3), (4) AS pads(_pad)")
+    aggregate = f"SELECT count_if(_pad = 0) AS _n, {cuts} FROM ({padded}) p"
+    return f"SELECT v.{key}, {', '.join(picked)} FROM ({buyers}) v CROSS JOIN ({aggregate}) c"

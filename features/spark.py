@@ -6,7 +6,8 @@ table as a temporary view (under its plain name: one shop per session), cast to 
 catalog table, or (tests, small shops) a DuckDB :class:`~features.tables.Tables`. Rows of forgotten
 customers (the data directory's tombstones) are filtered out as they are read, as
 :func:`features.io.load_data_dir` does. :func:`spark_features` runs the registry's feature query,
-compiled for :class:`~features.engines.spark.SparkEngine`, with the as_of as its one argument.
+compiled for :class:`~features.engines.spark.SparkEngine`, with the as_of as its one argument; its RFM
+scores rank as the tables' ``rfm_ranks`` says (the project's ``spark.rfm_ranks``: exact by default).
 
 pyspark (the ``spark`` extra) and Java 17 are needed only here; nothing else imports this module at
 import time.
@@ -32,6 +33,7 @@ import pandas as pd
 from features.config import FeatureConfig
 from features.engines import engine
 from features.errors import InputError
+from features.rfm import APPROX_ACCURACY, RfmRanks, parse_rfm_ranks
 from features.schema import CUSTOMER_ID, OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
 from features.tombstones import DIGESTS_TABLE, Tombstones
 
@@ -105,12 +107,15 @@ def _canonical_select(spec: TableSpec, view: str, present: dict[str, str], zone:
 class SparkTables:
     """The contract tables as temporary views of one Spark session, under their plain names (every
     table exists; one not supplied is empty). The views hold one shop's tables at a time: before each
-    query, these tables put their own views back if another SparkTables of the session replaced them."""
+    query, these tables put their own views back if another SparkTables of the session replaced them.
+    ``rfm_ranks``: how :func:`spark_features` ranks the RFM scores on these tables (exact, or from
+    approximate cut points: the project's ``spark.rfm_ranks``)."""
 
     engine = "spark"
 
-    def __init__(self, spark: SparkSession) -> None:
+    def __init__(self, spark: SparkSession, rfm_ranks: RfmRanks | str = RfmRanks.EXACT) -> None:
         self.spark = spark
+        self.rfm_ranks = parse_rfm_ranks(rfm_ranks)
         self._frames: dict[Table, DataFrame] = {}
         self._token = uuid.uuid4().hex
 
@@ -124,14 +129,14 @@ class SparkTables:
 
     @classmethod
     def from_sources(cls, spark: SparkSession, sources: Mapping[Table, str], tombstones: Tombstones | None = None,
-                     timezone: str = "UTC") -> SparkTables:
+                     timezone: str = "UTC", rfm_ranks: RfmRanks | str = RfmRanks.EXACT) -> SparkTables:
         """Tables read from ``sources``: per table a Parquet file or folder (any path Spark reads:
         ``s3a://``, ``hdfs://``, a local path) or ``table:<catalog name>``. Orders are required, and so
         is each table's required columns; timestamps without a zone are local times of ``timezone``."""
         if Table.ORDERS not in sources:
             raise InputError("the spark engine needs an orders table: set spark.tables.orders in sendwise.yaml "
                              "(a Parquet path, or table:<name> for a catalog table).")
-        tables = cls(spark)
+        tables = cls(spark, rfm_ranks)
         for table in Table:
             source = sources.get(table)
             frame = None if source is None else _read(spark, table, source)
@@ -139,7 +144,8 @@ class SparkTables:
         return tables
 
     @classmethod
-    def from_tables(cls, spark: SparkSession, tables: Tables) -> SparkTables:
+    def from_tables(cls, spark: SparkSession, tables: Tables, rfm_ranks: RfmRanks | str = RfmRanks.EXACT
+                    ) -> SparkTables:
         """The (already validated) tables of a DuckDB :class:`~features.tables.Tables`, handed over as
         Parquet files in a temporary folder that lives as long as the session."""
         folder = Path(tempfile.mkdtemp(prefix="sendwise-spark-"))
@@ -152,7 +158,7 @@ class SparkTables:
                 sources[table] = str(path)
         if Table.ORDERS not in sources:
             raise InputError("the data has no orders; nothing to build features from.")
-        return cls.from_sources(spark, sources)
+        return cls.from_sources(spark, sources, rfm_ranks=rfm_ranks)
 
     def _register(self, table: Table, frame: DataFrame | None, tombstones: Tombstones | None,
                   timezone: str = "UTC") -> None:
@@ -221,14 +227,17 @@ def _from_micros(value: int | None) -> datetime | None:
     return None if value is None else EPOCH + timedelta(microseconds=value)
 
 
-def spark_features(tables: SparkTables, as_of: datetime, config: FeatureConfig | None = None) -> DataFrame:
+def spark_features(tables: SparkTables, as_of: datetime, config: FeatureConfig | None = None,
+                   rfm_ranks: RfmRanks | str | None = None, accuracy: int = APPROX_ACCURACY) -> DataFrame:
     """The features of every customer known before ``as_of``, as a Spark DataFrame (lazy: nothing
-    runs until it is written or collected)."""
+    runs until it is written or collected). RFM scores rank as ``rfm_ranks`` says (default: the
+    tables'): exactly, or from ``percentile_approx`` cut points of that ``accuracy``
+    (:func:`features.rfm.approximate_scores_sql`)."""
     from features.build import feature_sql
 
-    sql = feature_sql(config or FeatureConfig.current(), "spark")
+    ranks = tables.rfm_ranks if rfm_ranks is None else parse_rfm_ranks(rfm_ranks)
+    sql = feature_sql(config or FeatureConfig.current(), "spark", ranks, accuracy)
     return tables.sql(sql, engine("spark").parameters(as_of))
-
 
 
 def pandas_types(schema: StructType) -> dict[str, str]:

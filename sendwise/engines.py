@@ -53,8 +53,10 @@ def open_tables(engine: EngineName, data: Path, rejects: Path | None, spark: Spa
                          "must honour: create it (empty is fine) or point `data:` at it.")
     session = spark_session(settings.master, settings.conf)
     if settings.tables:
-        return SparkTables.from_sources(session, dict(settings.tables), read_tombstones(data), timezone or "UTC")
-    return SparkTables.from_tables(session, load(data, rejects, quiet=True, encoding=encoding, timezone=timezone))
+        return SparkTables.from_sources(session, dict(settings.tables), read_tombstones(data), timezone or "UTC",
+                                        rfm_ranks=settings.rfm_ranks)
+    return SparkTables.from_tables(session, load(data, rejects, quiet=True, encoding=encoding, timezone=timezone),
+                                   rfm_ranks=settings.rfm_ranks)
 
 
 def default_spark() -> SparkSettings:

@@ -32,6 +32,7 @@ from features.importers import ImportFormat, run_import
 from features.importers.mapping import check_mapping
 from features.io import Encoding
 from features.redis_log import RedisLocation
+from features.rfm import RfmRanks
 from features.schema import Table
 from features.timezones import check_timezone
 from sendwise import pipeline
@@ -145,6 +146,8 @@ class SparkSettings(BaseModel):
     tables: dict[Table, str] = Field(default_factory=dict, description="per contract table a Parquet path (any "
                                      "path Spark reads) or table:<catalog name>; default: the project's data")
     sample_customers: int = Field(2_000_000, ge=100, description="customers copied to one node to train a model")
+    rfm_ranks: RfmRanks = Field(RfmRanks.EXACT, description="exact (percent_rank over every buyer, in one task) or "
+                                "approximate (cut points from one distributed percentile_approx; docs/scale.md)")
 
 
 class ProjectSettings(BaseModel):

@@ -58,6 +58,17 @@ def test_the_project_setting_is_checked() -> None:
         ProjectSettings.model_validate({"spark": {"tables": {"invoices": "x.parquet"}}})
 
 
+def test_rfm_ranks_are_exact_unless_the_project_says_approximate(tmp_path: Path) -> None:
+    from features.errors import InputError
+    from sendwise.project import ProjectSettings, load_project
+
+    assert ProjectSettings().spark.rfm_ranks == "exact"
+    assert ProjectSettings.model_validate({"spark": {"rfm_ranks": "approximate"}}).spark.rfm_ranks == "approximate"
+    (tmp_path / "sendwise.yaml").write_text(yaml.safe_dump({"engine": "spark", "spark": {"rfm_ranks": "fast"}}))
+    with pytest.raises(InputError, match="sendwise.yaml: spark.rfm_ranks: Input should be 'exact' or 'approximate'"):
+        load_project(tmp_path)
+
+
 @pytest.mark.spark
 def test_the_project_engine_builds_the_same_features_into_a_partitioned_directory(
         spark: object, project: Path, demo_dir: Path, tmp_path: Path) -> None:

@@ -69,6 +69,14 @@ class Engine(ABC):
     def top(self, value: str, by: str, condition: str | None) -> str:
         """An aggregate: ``value`` of the row with the largest ``by``, ties to the smallest ``value``."""
 
+    def approx_quantile(self, value: str, fraction: float, accuracy: int) -> str:
+        """An aggregate: the approximate ``fraction`` quantile of ``value``, the ``ceil(fraction * n)``-th
+        smallest of its n non-NULL values when ``accuracy`` is at least n (for approximate RFM ranks)."""
+        from features.errors import InputError
+
+        raise InputError(f"approximate RFM ranks are computed on Spark only (spark.rfm_ranks); the {self.name} "
+                         "engine ranks exactly")
+
     @abstractmethod
     def parameters(self, as_of: object) -> dict[str, object]:
         """The query's parameters for one as_of."""

@@ -9,14 +9,15 @@ The query has one parameter, the as_of. Its parts, as common table expressions:
 * ``layer_0``: the known customers (those with a row in the population source) joined to every
   aggregate, a customer without rows getting each feature's default;
 * ``layer_1`` .. ``layer_n``: derived features, population medians and scores, each layer computing
-  what only needs the layers before it.
+  what only needs the layers before it. Scores rank exactly (``percent_rank``) or, with
+  :attr:`~features.rfm.RfmRanks.APPROXIMATE`, from the engine's approximate quantiles.
 """
 
 from __future__ import annotations
 
 from features.engines import Engine, double
 from features.registry import POPULATION_SOURCE, Agg, Feature, Registry, RegistryError, Source, references
-from features.rfm import score_sql
+from features.rfm import APPROX_ACCURACY, RfmRanks, ScoreColumn, approximate_scores_sql, score_sql
 from features.schema import AS_OF, CUSTOMER_ID
 
 _LAST = "_last_at"  # an aggregate CTE's latest timestamp, for a source that keeps rows after it
@@ -40,8 +41,9 @@ def _literal(value: object) -> str:
 
 
 class _Query:
-    def __init__(self, reg: Registry, engine: Engine) -> None:
-        self.reg, self.engine = reg, engine
+    def __init__(self, reg: Registry, engine: Engine, ranks: RfmRanks = RfmRanks.EXACT,
+                 accuracy: int = APPROX_ACCURACY) -> None:
+        self.reg, self.engine, self.ranks, self.accuracy = reg, engine, RfmRanks(ranks), accuracy
         self.ctes: dict[str, str] = {}
         self.aggregates = {s.name: [f for f in reg.features if f.agg is not None and f.source == s.name]
                            for s in reg.sources}
@@ -206,9 +208,7 @@ class _Query:
                     by_population.setdefault(f.population, []).append(f)
             for i, (where, feats) in enumerate(by_population.items()):
                 cte = f"scores_{n}_{i}"
-                scores = ", ".join(f"{score_sql(f.score_of, descending=f.descending)} AS {f.name}" for f in feats)
-                self.ctes[cte] = (f"SELECT {CUSTOMER_ID}, {scores} FROM {previous}"
-                                  + (f" WHERE {where}" if where else ""))
+                self.ctes[cte] = self._scores(previous, where, feats)
                 score_joins.append(f"LEFT JOIN {cte} ON l.{CUSTOMER_ID} = {cte}.{CUSTOMER_ID}")
                 cols += [f"{cte}.{f.name}" for f in feats]
             self.ctes[f"layer_{n}"] = f"SELECT l.*, {', '.join(cols)} FROM {previous} l {' '.join(score_joins)}"
@@ -217,9 +217,21 @@ class _Query:
         return f"WITH\n{ctes}\nSELECT {outputs} FROM layer_{top} ORDER BY {CUSTOMER_ID}\n"
 
 
-def compile_features(reg: Registry, engine: Engine) -> str:
-    """The feature query of ``reg`` in ``engine``'s dialect; its one parameter is the as_of."""
-    return _Query(reg, engine).render()
+    def _scores(self, rows: str, where: str | None, feats: list[Feature]) -> str:
+        """The 1-5 scores of ``feats`` among the ``rows`` where ``where`` holds, per :attr:`ranks`."""
+        if self.ranks is RfmRanks.APPROXIMATE:
+            columns = [ScoreColumn(f.name, f.score_of, f.descending) for f in feats if f.score_of is not None]
+            return approximate_scores_sql(rows, where, columns, CUSTOMER_ID, self.engine.approx_quantile,
+                                          self.accuracy)
+        scores = ", ".join(f"{score_sql(f.score_of, descending=f.descending)} AS {f.name}" for f in feats)
+        return f"SELECT {CUSTOMER_ID}, {scores} FROM {rows}" + (f" WHERE {where}" if where else "")
+
+
+def compile_features(reg: Registry, engine: Engine, ranks: RfmRanks = RfmRanks.EXACT,
+                     accuracy: int = APPROX_ACCURACY) -> str:
+    """The feature query of ``reg`` in ``engine``'s dialect; its one parameter is the as_of. ``ranks``:
+    how its scores rank (approximate: ``accuracy`` for the engine's approximate quantiles)."""
+    return _Query(reg, engine, ranks, accuracy).render()
 
 
 __all__ = ["compile_features"]

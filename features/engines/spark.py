@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from features.engines import DAY_US, Engine
+from features.engines import DAY_US, Engine, double
 
 
 class SparkEngine(Engine):
@@ -39,6 +39,9 @@ class SparkEngine(Engine):
     def top(self, value: str, by: str, condition: str | None) -> str:
         # the largest ``by``, ties to the smallest value: the smallest (-by, value); rows without ``by`` last
         return self.filtered(f"min_by({value}, struct(({by}) IS NULL, -({by}), {value}))", condition)
+
+    def approx_quantile(self, value: str, fraction: float, accuracy: int) -> str:
+        return f"percentile_approx({value}, {double(fraction)}, {int(accuracy)})"
 
     def parameters(self, as_of: object) -> dict[str, object]:
         return {"as_of": as_of_text(as_of)}
