@@ -22,9 +22,11 @@ recorded as stopped while the run goes on. Steps:
   local ``training.fitting.fit_bundle`` against ``training.spark_training.fit_bundle_spark``
   (``SparkXGBClassifier``, one worker per core) on the same rows handed to Spark; each with its holdout
   ROC-AUC.
-* ``rfm_approx`` (Spark): how much rfm_recency / rfm_frequency / rfm_monetary move when their ranks come
-  from ``percentile_approx`` cut points or from ranks within hash partitions instead of one global
-  ``percent_rank``.
+* ``rfm_approx`` (Spark): the feature query with ``spark.rfm_ranks`` exact and approximate
+  (``spark_features(..., rfm_ranks=, accuracy=)``: cut points from ``percentile_approx``, per
+  ``--rfm-accuracy`` and with exact percentiles), each written to Parquet and timed, and how many buyers'
+  rfm_recency / rfm_frequency / rfm_monetary and segments move; also ranks within hash partitions (the
+  registry's ``percent_rank`` per partition, over the exact features: ranking alone timed).
 * ``score`` and ``recommend``: DuckDB ``score_customers`` and ``recommend_all`` (ALS, 64 factors, fitted
   on the shop: timed apart) for every customer; on Spark the project's functions when they exist (see
   ``SPARK_SCORERS``, ``SPARK_RECOMMENDERS``, or ``--spark-scorer``/``--spark-recommender``), else the step
@@ -71,7 +73,9 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from features.build import to_timestamp
+from features.config import FeatureConfig
 from features.demo import DemoShop, generate_demo
+from features.registry import registry
 from features.rfm import score_sql, segment_sql
 from features.schema import Table
 
@@ -89,8 +93,10 @@ SCORE_AS_OF = DemoShop.end  # after the last row: every customer is known
 MODELS_SHOP = 10_000  # churn / propensity models are trained once on this shop (as bench_models.py)
 ALS_FACTORS = 64
 K = 10
-RFM_SCORES = {"rfm_recency": ("recency_days", True), "rfm_frequency": ("orders_count", False),
-              "rfm_monetary": ("round(revenue, 6)", False)}  # features.registry's RFM inputs
+RFM_SCORES = {f.name: (f.score_of, f.descending) for f in registry(FeatureConfig()).features
+              if f.score_of is not None}  # the registry's RFM scores: name -> (value ranked, descending)
+RFM_EXACT = "spark.rfm_ranks: exact (3 un-partitioned percent_rank windows)"
+EXACT_PERCENTILES = 2**31 - 1  # percentile_approx's largest accuracy: exact at these sizes
 
 DUCKDB, SPARK, SPARK_CACHED = "duckdb", "spark", "spark_cached"
 STEPS: dict[str, tuple[str, ...]] = {
@@ -412,14 +418,26 @@ class Child:
         from features.spark import spark_features
 
         tables = self.open_spark()
-        emit("phase", phase="features")
-        start = time.perf_counter()
-        self.write(spark_features(tables, to_timestamp(FEATURES_AS_OF)), "features")
-        features_s = round(time.perf_counter() - start, 3)
-        self.spark.read.parquet(str(self.out / "features")).createOrReplaceTempView("exact")
+        as_of = to_timestamp(FEATURES_AS_OF)
+
+        def build(name: str, **ranks: Any) -> float:
+            emit("phase", phase=f"features {name}")
+            start = time.perf_counter()
+            self.write(spark_features(tables, as_of, **ranks), name)
+            seconds = round(time.perf_counter() - start, 3)
+            self.spark.read.parquet(str(self.out / name)).createOrReplaceTempView(name)
+            return seconds
+
+        seconds = {RFM_EXACT: build("exact", rfm_ranks="exact")}
+        approximate = {f"spark.rfm_ranks: approximate, accuracy {a:,}": a for a in self.settings["rfm_accuracies"]}
+        approximate["spark.rfm_ranks: approximate, exact percentiles (the rule alone)"] = EXACT_PERCENTILES
+        built = {}
+        for label, accuracy in approximate.items():
+            seconds[label] = build(f"approx_{accuracy}", rfm_ranks="approximate", accuracy=accuracy)
+            built[label] = f"SELECT * FROM approx_{accuracy}"
         emit("phase", phase="rfm")
-        return {**rfm_comparison(self.spark, self.settings["rfm_accuracies"], self.settings["rfm_partitions"]),
-                "features_s": features_s,
+        return {**rfm_comparison(self.spark, built, seconds, self.settings["rfm_partitions"]),
+                "what": "seconds: the feature query written to Parquet (partitions: the ranking alone, no-op sink)",
                 **self.spark_facts()}
 
     def run(self) -> dict:
@@ -441,63 +459,31 @@ def plan_scans(plan: str) -> dict[str, int]:
             "reused_exchanges": plan.count("ReusedExchange")}
 
 
-def cut_fractions(buyers: int) -> list[float]:
-    """The fractions at which ``percentile_approx`` gives the cut points of scores 2..5 over ``buyers``.
-
-    ``percent_rank`` gives score k + 1 or more to a value with at least ``c = ceil(k (n - 1) / 5)``
-    values below it, that is a value above the ``c``-th smallest, which is ``percentile_approx``'s
-    answer (exactly, when its accuracy allows) for any fraction in ``((c - 1) / n, c / n]``: the middle
-    one is taken, clear of rounding."""
-    n = max(buyers, 1)
-    return [(-(-k * (n - 1) // 5) - 0.5) / n for k in range(1, 5)]
-
-
-def approx_scores_sql(method: str, buyers: int, accuracy: int = 0, partitions: int = 0) -> str:
-    """Spark SQL of ``customer_id`` and approximate rfm_* scores of the ``buyers`` in view ``exact``.
-
-    ``cuts``: score = 1 + the number of the four cut points (:func:`cut_fractions`, from
-    ``percentile_approx`` of the better-is-larger value: recency negated) the value is above; ties share
-    a score, as with ``percent_rank``. ``partitions``: the registry's ``percent_rank`` expression within
-    hash partitions of customers."""
-    buyers_sql = "SELECT * FROM exact WHERE orders_count > 0"
-    if method == "partitions":
-        cols = [score_sql(column, descending).replace(
-            "OVER (", f"OVER (PARTITION BY pmod(xxhash64(customer_id), {partitions}) ") + f" AS {name}"
-            for name, (column, descending) in RFM_SCORES.items()]
-        return f"SELECT customer_id, orders_count, {', '.join(cols)} FROM ({buyers_sql})"
-    values = {name: (f"-({column})" if descending else f"CAST({column} AS DOUBLE)")
-              for name, (column, descending) in RFM_SCORES.items()}
-    fractions = ", ".join(f"CAST({f!r} AS DOUBLE)" for f in cut_fractions(buyers))
-    cut_cols = ", ".join(f"percentile_approx({v}, array({fractions}), {accuracy}) AS {n}_cuts"
-                         for n, v in values.items())
-    scores = ", ".join(
-        f"CASE WHEN {v} IS NULL THEN 5 ELSE 1 + " + " + ".join(f"CAST({v} > {n}_cuts[{i}] AS INT)" for i in range(4))
-        + f" END AS {n}" for n, v in values.items())
-    return (f"SELECT customer_id, orders_count, {scores} FROM ({buyers_sql}) "
-            f"CROSS JOIN (SELECT {cut_cols} FROM ({buyers_sql}))")
+def partition_scores_sql(partitions: int) -> str:
+    """Spark SQL of the buyers in view ``exact`` with the registry's ``percent_rank`` scores taken within
+    ``partitions`` hash partitions of customers, and the segment of those scores."""
+    cols = [score_sql(column, descending).replace(
+        "OVER (", f"OVER (PARTITION BY pmod(xxhash64(customer_id), {partitions}) ") + f" AS {name}"
+        for name, (column, descending) in RFM_SCORES.items()]
+    fm = "CAST(ceil((rfm_frequency + rfm_monetary) / CAST(2.0 AS DOUBLE)) AS INTEGER)"
+    scores = f"SELECT customer_id, orders_count, {', '.join(cols)} FROM exact WHERE orders_count > 0"
+    return f"SELECT *, {segment_sql('rfm_recency', fm, 'orders_count')} AS rfm_segment FROM ({scores})"
 
 
-def rfm_comparison(spark: Any, accuracies: Sequence[int], partitions: Sequence[int]) -> dict:
-    """Exact scores (the feature frame's) against approximate ones: per method, the share of buyers whose
-    score changed, by how much, and whose segment changed; the seconds of each ranking alone."""
+def rfm_comparison(spark: Any, approximate: dict[str, str], seconds: dict[str, float],
+                   partitions: Sequence[int]) -> dict:
+    """The exact features (view ``exact``) against each ``approximate`` query's scores and segments
+    (label -> SQL of customer_id, rfm_*, rfm_segment), and against ranks within hash partitions: per
+    method, the share of buyers whose score changed, by how much, and whose segment changed."""
     buyers = spark.sql("SELECT count(*) FROM exact WHERE orders_count > 0").collect()[0][0]
-    exact_cols = ", ".join(f"{score_sql(column, d)} AS {n}" for n, (column, d) in RFM_SCORES.items())
-    exact_sql = f"SELECT customer_id, {exact_cols} FROM exact WHERE orders_count > 0"
-    recomputed = spark.sql(f"SELECT count(*) FROM ({exact_sql}) r JOIN exact e USING (customer_id) WHERE "
-                           + " OR ".join(f"r.{n} != e.{n}" for n in RFM_SCORES)).collect()[0][0]
-    methods = {
-        **{f"percentile_approx cut points, accuracy {a:,}": approx_scores_sql("cuts", buyers, a) for a in accuracies},
-        "cut points, exact percentiles (the rule alone)": approx_scores_sql("cuts", buyers, 2**31 - 1),
-        **{f"percent_rank within {p} hash partitions (~{buyers // p:,} buyers each)":
-           approx_scores_sql("partitions", buyers, partitions=p) for p in partitions},
-    }
-    seconds = {"exact (3 un-partitioned percent_rank windows)": noop_seconds(spark, exact_sql)}
-    out: dict[str, Any] = {"buyers": buyers, "exact_recomputed_mismatches": recomputed,
-                           "cut_fractions": cut_fractions(buyers), "methods": {}}
-    fm = "CAST(ceil(({f} + {m}) / CAST(2.0 AS DOUBLE)) AS INTEGER)"
+    methods = dict(approximate)
+    seconds = dict(seconds)
+    for p in partitions:
+        label = f"percent_rank within {p} hash partitions (~{buyers // p:,} buyers each)"
+        methods[label] = partition_scores_sql(p)
+        seconds[label] = noop_seconds(spark, methods[label])
+    out: dict[str, Any] = {"buyers": buyers, "methods": {}}
     for label, sql in methods.items():
-        seconds[label] = noop_seconds(spark, sql)
-        a_seg = segment_sql("a.rfm_recency", fm.format(f="a.rfm_frequency", m="a.rfm_monetary"), "a.orders_count")
         parts = []
         for n in RFM_SCORES:
             d = f"abs(a.{n} - e.{n})"
@@ -506,8 +492,8 @@ def rfm_comparison(spark: Any, accuracies: Sequence[int], partitions: Sequence[i
         any_changed = " OR ".join(f"a.{n} != e.{n}" for n in RFM_SCORES)
         row = spark.sql(
             f"SELECT {', '.join(parts)}, avg(CAST({any_changed} AS DOUBLE)) AS any_score_changed, "
-            f"avg(CAST(({a_seg}) != e.rfm_segment AS DOUBLE)) AS segment_changed "
-            f"FROM ({sql}) a JOIN exact e USING (customer_id)").collect()[0].asDict()
+            f"avg(CAST(a.rfm_segment != e.rfm_segment AS DOUBLE)) AS segment_changed "
+            f"FROM ({sql}) a JOIN exact e USING (customer_id) WHERE e.orders_count > 0").collect()[0].asDict()
         out["methods"][label] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
     out["seconds"] = seconds
     return out
@@ -732,7 +718,8 @@ def render(records: list[dict]) -> RichTable:
 
 def render_rfm(records: list[dict]) -> RichTable | None:
     table = RichTable(title="RFM scores (1-5) moved by approximate ranks: share of buyers whose score changes "
-                            "(by 2 or more)", title_justify="left")
+                            "(by 2 or more); s: the feature query written (partitions: ranking alone)",
+                      title_justify="left")
     for col in ("customers", "buyers", "method", "recency", "frequency", "monetary", "any score", "segment", "s"):
         table.add_column(col, justify="left" if col == "method" else "right")
     rows = 0
@@ -741,7 +728,7 @@ def render_rfm(records: list[dict]) -> RichTable | None:
         if not r or r["status"] != "done":
             continue
         exact_label = next(iter(r["seconds"]))
-        table.add_row(f"{record['customers']:,}", f"{r['buyers']:,}", "exact (the feature query's)", "-", "-", "-",
+        table.add_row(f"{record['customers']:,}", f"{r['buyers']:,}", exact_label, "-", "-", "-",
                       "-", "-", f"{r['seconds'][exact_label]:.1f}")
         for label, m in r["methods"].items():
             cells = [f"{100 * m[f'{n}_changed']:.2f} % ({100 * m[f'{n}_by_2_or_more']:.2f} %)" for n in RFM_SCORES]
