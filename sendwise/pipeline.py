@@ -54,6 +54,7 @@ from sendwise.engines import (
     write_partitioned,
 )
 from serving.consent import ConsentRule, emailable_line, may_email
+from training.clv import DEFAULT_HORIZON_DAYS as DEFAULT_CLV_HORIZON_DAYS
 from training.promotion import DEFAULT_MARGIN, PromotionDecision, promote
 from training.recommenders.batch import check_k, recommend_all
 from training.recommenders.metrics import METRICS, RANK, SOURCE
@@ -254,11 +255,13 @@ def _compact(title: str) -> RichTable:
 
 
 def print_training(result: TrainResult) -> None:
-    """The holdout metrics of the model and its baselines, one row per metric (fits 80 columns)."""
+    """The kind shipped and why, the holdout metrics of the model and its baselines, one row per metric
+    (fits 80 columns), and for churn the CLV model it carries (its horizon) or why there is none."""
+    console.print(f"model: {result.model_choice}", highlight=False)
     table = _compact(f"{result.name} v{result.version}: holdout at {iso(result.holdout_as_of)} "
                      f"({result.holdout_rows:,} customers)")
     metrics = ["roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_at_10", "capture_at_10", "lift_at_20"]
-    models = {"xgboost (calibrated)": result.metrics} | result.baselines
+    models = {f"{result.bundle.kind} (calibrated)": result.metrics} | result.baselines
     table.add_column("metric")
     for name in models:
         table.add_column(name, justify="right")
@@ -267,6 +270,8 @@ def print_training(result: TrainResult) -> None:
     console.print(table)
     console.print("positives per fold (probabilities are calibrated to the calibration fold's): " + ", ".join(
         f"{fold} {rate:.1%}" for fold, rate in result.positive_rates.items()))
+    if result.clv is not None:
+        console.print(result.clv, highlight=False)
     console.print(f"MLflow run {result.run_id}; registered as {result.name} v{result.version} (alias challenger)")
     print_plots(result.run_id)
 
@@ -281,12 +286,17 @@ def print_plots(run_id: str) -> None:
 def train(target: Target, data: Path, as_of: datetime, horizon: int | None = None, trials: int = 0,
           periods: int = 12, rejects: Path | None = None, settings: Path | None = None,
           project: str | None = None, *, timezone: str | None = None, mlruns: Path | None = None,
-          engine: EngineName = EngineName.DUCKDB, spark: SparkSettingsType | None = None) -> None:
-    """A classifier for ``target`` on rows before ``as_of``, tracked in the MLflow store of ``mlruns``
-    (default: ./mlruns; ``MLFLOW_TRACKING_URI`` wins), registered as ``project``'s challenger (none:
-    the global names) with the data directory it was trained on; prints where its plots are. With
-    Spark, the model is trained on one node from a seeded sample of ``spark.sample_customers``
-    customers (each with their whole history), recorded with the run (``sample_*`` parameters)."""
+          engine: EngineName = EngineName.DUCKDB, spark: SparkSettingsType | None = None,
+          clv_horizon_days: int = DEFAULT_CLV_HORIZON_DAYS) -> None:
+    """A classifier for ``target`` on rows before ``as_of`` (the kind that ranks the latest labelled
+    month best; a churn model carries the CLV model over ``clv_horizon_days``, fitted at ``as_of``),
+    tracked in the MLflow store of ``mlruns`` (default: ./mlruns; ``MLFLOW_TRACKING_URI`` wins),
+    registered as ``project``'s challenger (none: the global names) with the data directory it was
+    trained on; prints the choice, the CLV line and where its plots are. With Spark, the model is
+    trained on one node from a seeded sample of ``spark.sample_customers`` customers (each with their
+    whole history), recorded with the run (``sample_*`` parameters); the CLV model is then fitted on
+    the sample's features (customers drawn by a hash of their id, each with their whole history: its
+    parameters estimate the shop's)."""
     registered_name(MODEL_NAMES[target], project)  # a bad project name fails before the data is read
     config = feature_config(settings)
     tables = open_tables(engine, data, rejects, spark, timezone=timezone)
@@ -306,17 +316,19 @@ def train(target: Target, data: Path, as_of: datetime, horizon: int | None = Non
         task = bar.add_task("training", total=None)
         result = train_classifier(tables, target, as_of, horizon, trials, periods, mlruns=mlruns,
                                   progress=lambda what: bar.update(task, description=what), feature_config=config,
-                                  project=project, data_source=source, run_params=run_params)
+                                  project=project, data_source=source, run_params=run_params,
+                                  clv_horizon_days=clv_horizon_days)
     print_training(result)
 
 
 def train_churn(data: Path, as_of: datetime, horizon: int = 90, trials: int = 0, periods: int = 12,
                 rejects: Path | None = None, settings: Path | None = None, project: str | None = None, *,
                 timezone: str | None = None, mlruns: Path | None = None, engine: EngineName = EngineName.DUCKDB,
-                spark: SparkSettingsType | None = None) -> None:
-    """Churn model (no order in the next ``horizon`` days) for customers with an order."""
+                spark: SparkSettingsType | None = None, clv_horizon_days: int = DEFAULT_CLV_HORIZON_DAYS) -> None:
+    """Churn model (no order in the next ``horizon`` days) for customers with an order, carrying the
+    CLV model over ``clv_horizon_days`` (180 or 90 for a short history)."""
     train(Target.CHURNED, data, as_of, horizon, trials, periods, rejects, settings, project, timezone=timezone,
-          mlruns=mlruns, engine=engine, spark=spark)
+          mlruns=mlruns, engine=engine, spark=spark, clv_horizon_days=clv_horizon_days)
 
 
 def train_propensity(data: Path, as_of: datetime, horizon: int = 30, trials: int = 0, periods: int = 12,
@@ -486,7 +498,8 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
                   f"propensity v{propensity.meta['version']}; written to {out}")
     clv = clv_model(churn)
     if clv is None:
-        console.print("no lifetime value: the churn model was trained without a CLV model (run `sendwise run`)")
+        console.print("no lifetime value: the churn model was trained without a CLV model (`sendwise run` "
+                      "and `sendwise train churn` fit one)")
     else:
         console.print(f"lifetime value over {clv_horizon_days or clv.horizon_days} days (expected_orders, "
                       f"predicted_clv, p_alive, next_order_date; CLV model fitted at {iso(clv.as_of)})")

@@ -41,9 +41,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from features.build import build_features
 from features.config import FeatureConfig
-from features.errors import InputError
 from features.schema import CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import Target, build_training_set, data_end, monthly_as_of_dates
@@ -52,7 +50,7 @@ from training import plots
 from training.baselines import recency_rule
 from training.bootstrap import PairedDifference, paired_auc, paired_mean
 from training.classifier_choice import candidate_kinds, choose_classifier, fit_kind
-from training.clv import DEFAULT_HORIZON_DAYS, fit_clv_features
+from training.clv import DEFAULT_HORIZON_DAYS
 from training.design import FEATURE_CONFIG, feature_columns, trained_feature_config
 from training.fitting import choose_params
 from training.holdout_scores import log_holdout_scores
@@ -79,7 +77,7 @@ from training.registry import (
 )
 from training.scoring import CLV_KEY
 from training.tracking import experiment_id, git_commit
-from training.train import MODEL_NAMES, Folds, NotEnoughDataError, check_rows, make_folds
+from training.train import MODEL_NAMES, Folds, NotEnoughDataError, check_rows, fit_clv_model, make_folds
 
 MIN_RECOMMENDER_CUSTOMERS = 20  # holdout customers the recommender's backtest needs (a bootstrap over fewer says little)
 CLASSIFIER_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_at_10", "capture_at_10")
@@ -221,18 +219,6 @@ def _fit(folds: Folds, recipe: ClassifierRecipe, target: Target, settings: Retra
                     meta | {FEATURE_CONFIG: recipe.feature_config.to_dict()})
 
 
-def _fit_clv(tables: Tables, end: datetime, config: FeatureConfig, horizon_days: int) -> tuple[dict | None, str]:
-    """The CLV model on every customer's features at the data's end (kept with the churn model), and a
-    line for the run's output; None with the reason when the shop's data cannot fit one."""
-    at = end + timedelta(microseconds=1)
-    try:
-        model = fit_clv_features(build_features(tables, at, config), at, horizon_days)
-    except InputError as exc:
-        return None, f"no CLV model: {exc}"
-    return model.to_dict(), (f"CLV: BG/NBD and Gamma-Gamma on {model.customers:,} customers "
-                             f"({model.repeat_buyers:,} repeat buyers), {model.report['horizon']}")
-
-
 def _classifier_plots(y: np.ndarray, scores: dict[str, np.ndarray], bundle: ModelBundle,
                       holdout: pd.DataFrame) -> dict[str, bytes]:
     return {
@@ -357,7 +343,7 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     notes = [choice.reason]
     if target is Target.CHURNED:
         say("fitting the CLV model")
-        clv, line = _fit_clv(tables, end, config, settings.clv_horizon_days)
+        clv, line = fit_clv_model(tables, end + timedelta(microseconds=1), config, settings.clv_horizon_days)
         notes.append(line)
         if clv is not None:
             meta[CLV_KEY] = clv

@@ -10,6 +10,11 @@ Time protocol for ``train_classifier(tables, target, as_of=DATE)``:
   covers that window (the protocol of the quality figures); otherwise it is the latest monthly
   as_of whose window closes by DATE, and the folds move one month earlier.
 
+Every kind of :func:`training.classifier_choice.candidate_kinds` is fitted on the same folds
+(XGBoost with the default or tuned parameters), and the kind whose raw scores rank the calibration
+fold (the latest labelled month before the holdout) best is shipped, as ``sendwise run`` chooses. A
+churn model carries the CLV model (:mod:`training.clv`) fitted on every customer's features at DATE.
+
 The model, two baselines (recency rule; logistic regression on log RFM) and their metrics on the
 holdout are logged to MLflow with plots, and the model is registered as the challenger of its
 project's name (:func:`training.registry.registered_name`) with its provenance: the fingerprint of
@@ -31,19 +36,24 @@ import pandas as pd
 
 from features.build import build_features, to_timestamp
 from features.config import FeatureConfig
+from features.errors import InputError
 from features.schema import AS_OF, CUSTOMER_ID
 from features.tables import Tables
 from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_set, monthly_as_of_dates
 from features.validate import ContractError
 from training import plots
 from training.baselines import recency_rule
+from training.classifier_choice import candidate_kinds, choose_classifier, fit_kind
+from training.clv import DEFAULT_HORIZON_DAYS as DEFAULT_CLV_HORIZON_DAYS
+from training.clv import fit_clv_features
 from training.design import FEATURE_CONFIG, feature_columns
-from training.fitting import choose_params, fit_bundle, matrix
+from training.fitting import choose_params
 from training.holdout_scores import log_holdout_scores
 from training.linear import LogRFMModel
 from training.metrics import classification_metrics
-from training.model import ModelBundle
+from training.model import XGBOOST, ModelBundle
 from training.registry import PROJECT_TAG, ModelProvenance, log_and_register, registered_name
+from training.scoring import CLV_KEY
 from training.tracking import configure_tracking, experiment_id, git_commit
 
 MODEL_NAMES = {Target.CHURNED: "churn", Target.PURCHASED: "propensity"}
@@ -75,6 +85,8 @@ class TrainResult:
     holdout_as_of: datetime
     holdout_rows: int
     positive_rates: dict[str, float]  # share of positives per fold (train, valid, calibration, holdout)
+    model_choice: str  # the kind shipped and why (training.classifier_choice)
+    clv: str | None = None  # churn: the CLV model fitted (its horizon), or why there is none
 
 
 def check_rows(name: str, frame: pd.DataFrame, label: str) -> None:
@@ -131,6 +143,18 @@ def make_folds(tables: Tables, target: Target, as_of: datetime, horizon: int, pe
     return folds
 
 
+def fit_clv_model(tables: Tables, at: datetime, config: FeatureConfig, horizon_days: int) -> tuple[dict | None, str]:
+    """The CLV model on every customer's features at ``at`` (from the rows before it), as the churn
+    model keeps it (:meth:`ClvModel.to_dict`), and a line for the output; None with the reason when
+    the shop's data cannot fit one (too few repeat buyers, a spend model without a mean)."""
+    try:
+        model = fit_clv_features(build_features(tables, at, config), at, horizon_days)
+    except InputError as exc:
+        return None, f"no CLV model: {exc}"
+    return model.to_dict(), (f"CLV: BG/NBD and Gamma-Gamma on {model.customers:,} customers "
+                             f"({model.repeat_buyers:,} repeat buyers), {model.report['horizon']}")
+
+
 def _log_plots(y: np.ndarray, scores: dict[str, np.ndarray], calibrated: dict[str, np.ndarray],
                bundle: ModelBundle, holdout: pd.DataFrame) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,11 +185,15 @@ def train_classifier(
     project: str | None = None,
     data_source: str | None = None,
     run_params: Mapping[str, object] | None = None,
+    clv_horizon_days: int = DEFAULT_CLV_HORIZON_DAYS,
 ) -> TrainResult:
-    """Fit, tune (``trials`` > 0), calibrate, evaluate against baselines, log and register as
-    ``project``'s model (none: today's global names). Features use ``feature_config`` (default:
+    """Fit every candidate kind, tune XGBoost (``trials`` > 0), calibrate, ship the kind that ranks the
+    calibration fold best, evaluate it against baselines, log and register it as ``project``'s model
+    (none: today's global names). Features use ``feature_config`` (default:
     :meth:`FeatureConfig.current`); the model records it, so that scoring and serving build the same
-    columns. ``data_source`` (the data directory, when known) is recorded on the version, and
+    columns. A churn model carries the CLV model over ``clv_horizon_days`` (shorter for a short
+    history) fitted on the features of every customer of ``tables`` at ``as_of``, when the data can
+    fit one. ``data_source`` (the data directory, when known) is recorded on the version, and
     ``run_params`` (say, how ``tables`` were sampled from a larger shop) with the run's parameters."""
     target = Target(target)
     name = registered_name(MODEL_NAMES[target], project)  # a bad project name fails before any work
@@ -190,16 +218,28 @@ def train_classifier(
                     mlflow.log_metric("valid_log_loss", loss)
             say(f"trial {trial.number + 1}/{trials}")
         params = choose_params(folds.train, folds.valid, columns, label, trials, random_state, log_trial)
-        say("fitting")
-        bundle, calibration_losses = fit_bundle(
-            folds.train, folds.valid, folds.calibration, columns, label, horizon, params, random_state,
-            {"trained_as_of": date.isoformat(), "holdout_as_of": folds.holdout_as_of.isoformat(),
-             FEATURE_CONFIG: feature_config.to_dict()})
-        booster, calibrator = bundle.booster, bundle.calibrator
+        meta = {"trained_as_of": date.isoformat(), "holdout_as_of": folds.holdout_as_of.isoformat(),
+                FEATURE_CONFIG: feature_config.to_dict()}
+        bundles = {}
+        for kind in candidate_kinds(label):
+            say(f"fitting {kind}")
+            bundles[kind] = fit_kind(kind, folds.train, folds.valid, folds.calibration, columns, label, horizon,
+                                     params if kind == XGBOOST else {}, random_state, dict(meta))
+        choice = choose_classifier(bundles, folds.calibration, label)
+        bundle = bundles[choice.kind]
+        validation_auc = {f"validation_roc_auc_{kind}": auc for kind, auc in choice.roc_auc.items()}
+        bundle.meta.update({"model_choice": choice.reason, **validation_auc})
+        clv_line, clv_params = None, {}
+        if target is Target.CHURNED:
+            say("fitting the CLV model")
+            clv, clv_line = fit_clv_model(tables, date, feature_config, clv_horizon_days)
+            clv_params = {"clv_horizon_days": clv_horizon_days, "clv": clv_line}
+            if clv is not None:
+                bundle.meta[CLV_KEY] = clv
 
         say("evaluating")
-        raw_holdout = booster.inplace_predict(matrix(folds.holdout, columns))
-        p_holdout = calibrator.apply(raw_holdout)
+        raw_holdout = bundle.raw_proba(folds.holdout)
+        p_holdout = bundle.predict_proba(folds.holdout)
         fitted = pd.concat([folds.train, folds.valid, folds.calibration], ignore_index=True)
         logistic = LogRFMModel.fit(fitted, fitted[label].to_numpy(int))
         baseline_scores = {
@@ -216,7 +256,9 @@ def train_classifier(
             "fit_as_of_dates": ",".join(f"{d:%Y-%m-%d}" for d in folds.fit_dates),
             "rows_train": len(folds.train), "rows_valid": len(folds.valid),
             "rows_calibration": len(folds.calibration), "rows_holdout": len(folds.holdout),
-            "calibration": calibrator.method, "best_round": booster.num_boosted_rounds(),
+            "calibration": bundle.calibrator.method, "model_kind": bundle.kind,
+            **({"best_round": bundle.booster.num_boosted_rounds()} if bundle.kind == XGBOOST else {}),
+            **clv_params,
             **{f"xgb_{k}": v for k, v in params.items()}, **(run_params or {}),
         })
         provenance = ModelProvenance.of_data(tables.before(date), project, data_source)
@@ -226,8 +268,9 @@ def train_classifier(
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
         for base, values in baselines.items():
             mlflow.log_metrics({f"baseline_{base}_{k}": v for k, v in values.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"calibration_oof_log_loss_{k}": v for k, v in calibration_losses.items()})
-        mlflow.log_metric("valid_log_loss", bundle.meta["valid_log_loss"])
+        mlflow.log_metrics(validation_auc)
+        if "valid_log_loss" in bundle.meta:  # XGBoost's, at its early-stopping round
+            mlflow.log_metric("valid_log_loss", bundle.meta["valid_log_loss"])
         positive_rates = {n: float(y[n].mean()) for n in ("train", "valid", "calibration", "holdout")}
         mlflow.log_metrics({f"positive_rate_{n}": v for n, v in positive_rates.items()})
         mlflow.log_text(json.dumps(columns, indent=1), "features.json")
@@ -239,4 +282,4 @@ def train_classifier(
         version = log_and_register(bundle, name, folds.holdout.head(100), p_holdout[:100], provenance.tags())
         bundle.meta.update(provenance.meta() | {"version": version})
     return TrainResult(name, version, run.info.run_id, bundle, metrics, baselines, folds.holdout_as_of,
-                       len(folds.holdout), positive_rates)
+                       len(folds.holdout), positive_rates, choice.reason, clv_line)

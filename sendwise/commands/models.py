@@ -22,6 +22,7 @@ from sendwise.commands.common import (
 )
 from sendwise.console import reports_user_errors
 from serving.consent import ConsentRule
+from training.clv import DEFAULT_HORIZON_DAYS as DEFAULT_CLV_HORIZON_DAYS
 from training.promotion import DEFAULT_MARGIN
 
 train_app = typer.Typer(help="Train models (tracked in MLflow, registered as challenger).", no_args_is_help=True)
@@ -42,18 +43,26 @@ def train_churn(as_of: AsOf,
                 horizon: Annotated[int | None, typer.Option(
                     show_default=False, help="Churn = no order within this many days (default: the project's "
                                              "run.churn_horizon_days, else 90).")] = None,
-                trials: Trials = None, periods: Periods = None, data: DataOption = None,
-                rejects: RejectsOption = None, settings: FeatureConfigOption = None,
+                trials: Trials = None, periods: Periods = None,
+                clv_horizon: Annotated[int | None, typer.Option(
+                    metavar="DAYS", min=7, max=3650, show_default=False,
+                    help="The CLV model the churn model carries predicts over this many days (default: the "
+                         f"project's run.clv_horizon_days, else {DEFAULT_CLV_HORIZON_DAYS}; 180 or 90 for a "
+                         "shorter history).")] = None,
+                data: DataOption = None, rejects: RejectsOption = None, settings: FeatureConfigOption = None,
                 engine: EngineOption = None, project: ProjectOption = None) -> None:
-    """Churn model (no order in the next HORIZON days) for customers with an order; a project's
-    is registered as <name>.churn."""
+    """Churn model (no order in the next HORIZON days) for customers with an order, of the kind that
+    ranks the latest labelled month best, carrying the CLV model (lifetime value, next order date)
+    fitted at --as-of; a project's is registered as <name>.churn."""
     run = resolve(project, data=data, rejects=rejects, feature_config=settings)
     data = run.need_data()
     run.use_tracking()
     pipeline.train_churn(data, as_of, run.pick(horizon, lambda s: s.run.churn_horizon_days, 90),
                          run.pick(trials, lambda s: s.run.trials, 0), run.pick(periods, lambda s: s.run.periods, 12),
                          run.rejects, run.feature_config, run.name, timezone=run.timezone, mlruns=run.mlruns,
-                         engine=run.engine(engine), spark=run.spark)
+                         engine=run.engine(engine), spark=run.spark,
+                         clv_horizon_days=run.pick(clv_horizon, lambda s: s.run.clv_horizon_days,
+                                                   DEFAULT_CLV_HORIZON_DAYS))
 
 
 @train_app.command("propensity")
@@ -65,8 +74,8 @@ def train_propensity(as_of: AsOf,
                      trials: Trials = None, periods: Periods = None, data: DataOption = None,
                      rejects: RejectsOption = None, settings: FeatureConfigOption = None,
                      engine: EngineOption = None, project: ProjectOption = None) -> None:
-    """Purchase-propensity model (an order in the next HORIZON days) for every known customer; a
-    project's is registered as <name>.propensity."""
+    """Purchase-propensity model (an order in the next HORIZON days) for every known customer, of the
+    kind that ranks the latest labelled month best; a project's is registered as <name>.propensity."""
     run = resolve(project, data=data, rejects=rejects, feature_config=settings)
     data = run.need_data()
     run.use_tracking()
