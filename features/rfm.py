@@ -124,8 +124,8 @@ def approximate_scores_sql(rows: str, where: str | None, scores: Sequence[ScoreC
     -infinity and 4 - k of +infinity are added, a position that no longer depends on n: so each cut
     point is one ``quantile(value, k / 5, accuracy)`` over those rows, all of them in one aggregate over
     every partition, cross-joined back. An ``accuracy`` above 2 N gives :func:`score_sql`'s scores: Spark's
-    summary then keeps every value without rank slack (at an accuracy of N + 1 some scores already
-    move, measured with Spark 4.3)."""
+    summary gives each value ``floor(2 N / accuracy)`` ranks of slack, none then (an accuracy just
+    above N is not enough)."""
     if accuracy < 1:
         raise InputError(f"the accuracy of the approximate RFM ranks must be a positive integer; got {accuracy}")
     inf, minus_inf = "CAST('Infinity' AS DOUBLE)", "CAST('-Infinity' AS DOUBLE)"
