@@ -68,7 +68,8 @@ def training_times(trials: int, mlruns: Path) -> dict:
 
 
 def scoring_time(customers: int, mlruns: Path) -> dict:
-    """Score ``customers`` precomputed feature rows; baseline: bare booster.inplace_predict."""
+    """Score ``customers`` precomputed feature rows; baseline: each model's bare raw predictions (for
+    XGBoost, booster.inplace_predict), whichever kind train_classifier chose."""
     small = WORK / "demo_10k"
     if not (small / "orders.parquet").exists():
         generate_demo(DemoShop(customers=10_000, seed=0), small)
@@ -82,9 +83,7 @@ def scoring_time(customers: int, mlruns: Path) -> dict:
     tables, _ = load_data_dir(big)
     features = build_features(tables, DemoShop.end)  # after the last row: every customer is known
     del tables
-    matrix = churn.matrix(features)
-    bare, bare_runs, _ = timed(lambda: (churn.booster.inplace_predict(matrix),
-                                        propensity.booster.inplace_predict(matrix)), repeats=3)
+    bare, bare_runs, _ = timed(lambda: (churn.raw_proba(features), propensity.raw_proba(features)), repeats=3)
     ours, our_runs, scores = timed(lambda: score_features(features, churn, propensity), repeats=3)
     return {
         "customers_scored": len(scores),
