@@ -296,14 +296,24 @@ def train(target: Target, data: Path, as_of: datetime, horizon: int | None = Non
     trained on one node from a seeded sample of ``spark.sample_customers`` customers (each with their
     whole history), recorded with the run (``sample_*`` parameters); the CLV model is then fitted on
     the sample's features (customers drawn by a hash of their id, each with their whole history: its
-    parameters estimate the shop's)."""
+    parameters estimate the shop's). With ``spark.training: full``, XGBoost on every row instead
+    (:func:`train_full_data`)."""
     registered_name(MODEL_NAMES[target], project)  # a bad project name fails before the data is read
+    full_data = engine is EngineName.SPARK and (spark or default_spark()).training == "full"
+    if full_data and trials:
+        raise InputError(f"trials is {trials}: full-data training (spark.training: full) fits XGBoost with its "
+                         "default parameters, and Optuna needs the folds on one node. Pass --trials 0 (or set "
+                         "run.trials: 0), or set spark.training: sample in sendwise.yaml.")
     config = feature_config(settings)
     tables = open_tables(engine, data, rejects, spark, timezone=timezone)
     run_params: dict[str, object] = {}
     source = str(data.resolve())
     if engine is EngineName.SPARK and spark is not None and spark.tables:  # the rows came from the lake
         source = "; ".join(f"{table}={where}" for table, where in sorted(spark.tables.items()))
+    if full_data:
+        train_full_data(tables, target, as_of, horizon, periods, spark or default_spark(), mlruns=mlruns,
+                        feature_config=config, project=project, data_source=source)
+        return
     if engine is EngineName.SPARK:
         limit = (spark or default_spark()).sample_customers
         with progress_bar() as bar:
@@ -318,6 +328,25 @@ def train(target: Target, data: Path, as_of: datetime, horizon: int | None = Non
                                   progress=lambda what: bar.update(task, description=what), feature_config=config,
                                   project=project, data_source=source, run_params=run_params,
                                   clv_horizon_days=clv_horizon_days)
+    print_training(result)
+
+
+def train_full_data(tables: SparkTables, target: Target, as_of: datetime, horizon: int | None, periods: int,
+                    spark: SparkSettingsType, *, mlruns: Path | None, feature_config: FeatureConfig,
+                    project: str | None, data_source: str) -> None:
+    """``spark.training: full``: XGBoost on every row with SparkXGBClassifier
+    (:func:`training.spark_training.train_classifier_spark`), the default parameters, no kind choice and
+    no CLV model (both need the folds on one node: ``spark.training: sample``)."""
+    from training.spark_training import train_classifier_spark  # pyspark: the spark extra
+
+    console.print("training on every row with SparkXGBClassifier (spark.training: full): XGBoost with its default "
+                  "parameters; no other kind compared" + ("" if target is Target.PURCHASED else ", no CLV model"))
+    with progress_bar() as bar:
+        task = bar.add_task("training on Spark", total=None)
+        result = train_classifier_spark(tables, target, as_of, horizon, periods, mlruns=mlruns,
+                                        progress=lambda what: bar.update(task, description=what),
+                                        feature_config=feature_config, project=project, data_source=data_source,
+                                        max_driver_rows=spark.driver_rows)
     print_training(result)
 
 

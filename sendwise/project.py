@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import yaml
@@ -136,6 +137,13 @@ class RunSettings(BaseModel):
         return value
 
 
+class SparkTraining(StrEnum):
+    """How ``sendwise train churn|propensity`` trains on Spark (docs/scale.md)."""
+
+    SAMPLE = "sample"  # a seeded sample of customers on one node, today's trainer (kind choice, CLV, trials)
+    FULL = "full"  # every row, SparkXGBClassifier (training.spark_training): XGBoost, default parameters
+
+
 class SparkSettings(BaseModel):
     """Where Spark runs and what it reads, for ``engine: spark`` (docs/scale.md)."""
 
@@ -146,6 +154,10 @@ class SparkSettings(BaseModel):
     tables: dict[Table, str] = Field(default_factory=dict, description="per contract table a Parquet path (any "
                                      "path Spark reads) or table:<catalog name>; default: the project's data")
     sample_customers: int = Field(2_000_000, ge=100, description="customers copied to one node to train a model")
+    training: SparkTraining = Field(SparkTraining.SAMPLE, description="sample (sample_customers on one node) or "
+                                    "full (every row, SparkXGBClassifier)")
+    driver_rows: int = Field(2_000_000, ge=1_000, description="full training: rows of a fold's scores brought to "
+                             "the driver to calibrate and evaluate; above it, a seeded sample of customers")
     rfm_ranks: RfmRanks = Field(RfmRanks.EXACT, description="exact (percent_rank over every buyer, in one task) or "
                                 "approximate (cut points from one distributed percentile_approx; docs/scale.md)")
 

@@ -125,6 +125,37 @@ def test_a_model_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
     assert 200 <= int(run["params.sample_customers"]) <= 400
 
 
+def test_full_data_training_is_a_setting_and_refuses_trials_before_reading_data(demo_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from sendwise.project import ProjectSettings, SparkTraining
+
+    assert ProjectSettings().spark.training == SparkTraining.SAMPLE
+    with pytest.raises(ValidationError, match="training"):
+        ProjectSettings.model_validate({"spark": {"training": "everything"}})
+    (tmp_path / "sendwise.yaml").write_text(yaml.safe_dump(
+        {"name": "full", "data": str(demo_dir), "engine": "spark", "spark": {"training": "full"}}))
+    refused = runner.invoke(app, ["train", "churn", "--project", str(tmp_path), "--as-of", "2025-10-01",
+                                  "--trials", "2"])
+    assert refused.exit_code != 0 and "spark.training: full" in " ".join(refused.output.split())
+    assert "training on every row" not in refused.output  # refused before the data is read
+
+
+@pytest.mark.slow  # the commands' wiring; fit_bundle_spark itself is tested in test_spark_training
+@pytest.mark.spark
+def test_spark_training_full_fits_every_row_with_spark_xgboost(spark: object, demo_dir: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    (tmp_path / "sendwise.yaml").write_text(yaml.safe_dump(
+        {"name": "full", "data": str(demo_dir), "engine": "spark", "spark": {"training": "full"}}))
+    output = " ".join(invoke("train", "churn", "--project", tmp_path, "--as-of", "2025-10-01").split())
+    assert "SparkXGBClassifier" in output and "no CLV model" in output and "full.churn v1" in output
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="params.target = 'churned'").iloc[0]
+    assert run["params.training"] == "spark_xgboost"
+
+
 @pytest.mark.slow  # the commands' wiring; the rows themselves are held equal in the default run
 @pytest.mark.spark
 def test_score_and_recommend_on_spark_write_the_local_rows(spark: object, served_env: dict, demo_dir: Path,
