@@ -68,7 +68,9 @@ def test_the_first_screen_holds_the_demo_and_the_test_command() -> None:
     assert any(b.strip() == "bash .ci/run" for b in blocks), blocks
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'pip install -q -e ".[test,spark]"' in ci and "openjdk-17-jre-headless" in ci and "redis-server" in ci
-    assert ci.rstrip().endswith("python -m pytest"), "the README's test command runs the tests last"
+    last = ci.rstrip().splitlines()[-1]
+    assert last.startswith(".venv/bin/python -m pytest "), "the README's test command runs the tests last"
+    assert "--dist loadgroup" in last  # the groups of tests/conftest.py: a file per worker, Spark on one
 
 
 def headline_rows() -> list[list[str]]:
