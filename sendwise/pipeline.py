@@ -527,8 +527,8 @@ def score(data: Path, as_of: datetime | None, out: Path, rejects: Path | None = 
                   f"propensity v{propensity.meta['version']}; written to {out}")
     clv = clv_model(churn)
     if clv is None:
-        console.print("no lifetime value: the churn model was trained without a CLV model (`sendwise run` "
-                      "and `sendwise train churn` fit one)")
+        console.print("no lifetime value: the churn model carries no CLV model (`sendwise run` and `sendwise "
+                      "train churn` fit one when the data has enough repeat buyers; spark.training: full does not)")
     else:
         console.print(f"lifetime value over {clv_horizon_days or clv.horizon_days} days (expected_orders, "
                       f"predicted_clv, p_alive, next_order_date; CLV model fitted at {iso(clv.as_of)})")

@@ -38,10 +38,12 @@ SERVE_AS_OF = "2025-10-01"
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """For pytest-xdist (``.ci/run`` runs the tests on every core with ``--dist loadgroup``): a file's
     tests stay on one worker, so that its module fixtures are built once, and every test marked
-    ``spark`` runs on one worker, which starts the one Spark session. Without xdist the groups do nothing."""
+    ``spark`` runs on one worker, which starts the one Spark session. Without xdist, nothing."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         group = "spark" if item.get_closest_marker("spark") else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))

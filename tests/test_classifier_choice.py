@@ -13,9 +13,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from training.classifier_choice import choose_classifier, fit_kind
+from features.errors import InputError
+from training.classifier_choice import choose_classifier, fit_candidates, fit_kind
 from training.linear import COLUMNS, LogRFMModel
-from training.model import LOGISTIC, XGBOOST, ModelBundle
+from training.model import BGNBD, LOGISTIC, XGBOOST, ModelBundle
 from training.registry import load_version, log_and_register
 from training.tracking import configure_tracking
 from training.tuning import BASE_PARAMS
@@ -89,3 +90,31 @@ def test_a_registered_logistic_bundle_loads_back_and_serves_calibrated_probabili
     assert np.allclose(np.asarray(served), bundle.predict_proba(frame))  # calibrated, as the service's
     with pytest.raises(ValueError, match="exactly one model"):
         ModelBundle(LABEL, 90, list(COLUMNS), None, bundle.calibrator)
+
+
+class _Scores:
+    """A stand-in bundle whose raw scores are one column of the frame."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+
+    def raw_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame[self.column].to_numpy(float)
+
+
+def test_a_kind_the_data_refuses_is_left_out_of_the_choice_and_named() -> None:
+    def fit(kind: str) -> _Scores:
+        if kind == BGNBD:
+            raise InputError("the BG/NBD likelihood has no finite maximum")
+        return _Scores("good" if kind == LOGISTIC else "noise")
+
+    bundles, failed = fit_candidates((XGBOOST, LOGISTIC, BGNBD), fit)
+    assert set(bundles) == {XGBOOST, LOGISTIC} and "no finite maximum" in failed[BGNBD]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    month = pd.DataFrame({"churned": y, "good": y + rng.normal(0, 0.5, 400), "noise": rng.random(400)})
+    choice = choose_classifier(bundles, month, "churned", failed)
+    assert choice.kind == LOGISTIC and set(choice.roc_auc) == {XGBOOST, LOGISTIC}
+    assert "bgnbd not fitted: the BG/NBD likelihood has no finite maximum" in choice.reason
+    with pytest.raises(InputError, match="No classifier kind could be fitted on this data: bgnbd: the BG/NBD"):
+        fit_candidates((BGNBD,), fit)

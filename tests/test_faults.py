@@ -69,8 +69,7 @@ def test_training_killed_while_writing_its_model_leaves_the_champion(served_env:
     assert alias_version("churn", CHAMPION) == version
     after = load_bundle("churn")
     x = np.random.default_rng(0).random((50, len(before.columns)), dtype=np.float32)
-    assert after.meta["version"] == version and np.array_equal(before.booster.inplace_predict(x),
-                                                               after.booster.inplace_predict(x))
+    assert after.meta["version"] == version and np.array_equal(before.raw_proba(None, x), after.raw_proba(None, x))
     load_champions(ServeConfig(data=demo_dir, mlruns=mlruns))  # the service can start
 
 

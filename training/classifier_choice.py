@@ -13,6 +13,7 @@ gets a model that does not learn the noise; on one whose customers buy as BG/NBD
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -23,7 +24,8 @@ from features.training_set import Target
 from training.fitting import fit_bgnbd_bundle, fit_bundle, fit_logistic_bundle
 from training.model import BGNBD, LOGISTIC, XGBOOST, ModelBundle
 
-__all__ = ["KINDS", "SIMPLEST_FIRST", "ClassifierChoice", "candidate_kinds", "choose_classifier", "fit_kind"]
+__all__ = ["KINDS", "SIMPLEST_FIRST", "ClassifierChoice", "candidate_kinds", "choose_classifier", "fit_candidates",
+           "fit_kind"]
 
 KINDS = (XGBOOST, LOGISTIC, BGNBD)
 SIMPLEST_FIRST = (LOGISTIC, BGNBD, XGBOOST)  # who wins a tie of validation ROC-AUC
@@ -57,14 +59,37 @@ def fit_kind(kind: str, train: pd.DataFrame, valid: pd.DataFrame, calibration: p
     raise InputError(f"The classifier kind must be one of {', '.join(KINDS)}. Got {kind!r} instead.")
 
 
-def choose_classifier(bundles: dict[str, ModelBundle], calibration: pd.DataFrame, label: str) -> ClassifierChoice:
-    """The kind of ``bundles`` (kind -> fitted bundle) whose raw scores rank ``calibration`` best."""
+def fit_candidates(kinds: tuple[str, ...], fit: Callable[[str], ModelBundle]) -> tuple[dict[str, ModelBundle],
+                                                                                       dict[str, str]]:
+    """``fit(kind)`` for each of ``kinds``: the bundles, and the kinds whose fit the shop's data refused
+    (an InputError: say, a BG/NBD likelihood without a finite maximum) with the reason. Those are left out
+    of the comparison rather than failing the command; an InputError naming every reason when none fits."""
+    bundles, failed = {}, {}
+    for kind in kinds:
+        try:
+            bundles[kind] = fit(kind)
+        except InputError as exc:
+            failed[kind] = str(exc)
+    if not bundles:
+        raise InputError("No classifier kind could be fitted on this data: "
+                         + "; ".join(f"{kind}: {why}" for kind, why in failed.items()))
+    return bundles, failed
+
+
+def choose_classifier(bundles: dict[str, ModelBundle], calibration: pd.DataFrame, label: str,
+                      failed: dict[str, str] | None = None) -> ClassifierChoice:
+    """The kind of ``bundles`` (kind -> fitted bundle) whose raw scores rank ``calibration`` best;
+    ``failed`` (kind -> why it was not fitted, from :func:`fit_candidates`) is named in the reason."""
     y = calibration[label].to_numpy(int)
+    left_out = "".join(f"; {kind} not fitted: {why}" for kind, why in (failed or {}).items())
     if y.min() == y.max():
-        return ClassifierChoice(XGBOOST, {}, f"the validation month has only one class of {label}: XGBoost kept")
+        kept = XGBOOST if XGBOOST in bundles else next(iter(bundles))
+        return ClassifierChoice(kept, {}, f"the validation month has only one class of {label}: {kept} kept"
+                                          + left_out)
     auc = {kind: float(roc_auc_score(y, bundle.raw_proba(calibration))) for kind, bundle in bundles.items()}
     order = sorted(auc, key=lambda kind: (-auc[kind], SIMPLEST_FIRST.index(kind)))
     best, other = order[0], order[1:]
-    versus = ", ".join(f"{kind} {auc[kind]:.4f}" for kind in other)
+    versus = ", ".join(f"{kind} {auc[kind]:.4f}" for kind in other) or "no other kind"
     return ClassifierChoice(best, auc, f"{best}: validation ROC-AUC {auc[best]:.4f} against {versus} "
-                                       f"({len(y):,} customers of the latest labelled month before the holdout)")
+                                       f"({len(y):,} customers of the latest labelled month before the holdout)"
+                                       + left_out)

@@ -49,7 +49,7 @@ from features.validate import ContractError
 from training import plots
 from training.baselines import recency_rule
 from training.bootstrap import PairedDifference, paired_auc, paired_mean
-from training.classifier_choice import candidate_kinds, choose_classifier, fit_kind
+from training.classifier_choice import candidate_kinds, choose_classifier, fit_candidates, fit_kind
 from training.clv import DEFAULT_HORIZON_DAYS
 from training.design import FEATURE_CONFIG, feature_columns, trained_feature_config
 from training.fitting import choose_params
@@ -302,8 +302,8 @@ def retrain_classifier(tables: Tables, target: Target, settings: RetrainSettings
     params = choose_params(folds.train, folds.valid, columns, label, settings.trials, settings.random_state)
     recipes = {kind: ClassifierRecipe(params if kind == XGBOOST else {}, horizon, config, kind)
                for kind in candidate_kinds(target.value)}
-    candidates = {kind: _fit(folds, recipe, target, settings, {}) for kind, recipe in recipes.items()}
-    choice = choose_classifier(candidates, folds.calibration, label)
+    candidates, failed = fit_candidates(tuple(recipes), lambda kind: _fit(folds, recipes[kind], target, settings, {}))
+    choice = choose_classifier(candidates, folds.calibration, label, failed)
     say(choice.reason)
     challenger, backtest_bundle = recipes[choice.kind], candidates[choice.kind]
     scores = {"challenger": backtest_bundle.predict_proba(folds.holdout)}

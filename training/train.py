@@ -43,7 +43,7 @@ from features.training_set import DEFAULT_HORIZON_DAYS, Target, build_training_s
 from features.validate import ContractError
 from training import plots
 from training.baselines import recency_rule
-from training.classifier_choice import candidate_kinds, choose_classifier, fit_kind
+from training.classifier_choice import candidate_kinds, choose_classifier, fit_candidates, fit_kind
 from training.clv import DEFAULT_HORIZON_DAYS as DEFAULT_CLV_HORIZON_DAYS
 from training.clv import fit_clv_features
 from training.design import FEATURE_CONFIG, feature_columns
@@ -220,12 +220,13 @@ def train_classifier(
         params = choose_params(folds.train, folds.valid, columns, label, trials, random_state, log_trial)
         meta = {"trained_as_of": date.isoformat(), "holdout_as_of": folds.holdout_as_of.isoformat(),
                 FEATURE_CONFIG: feature_config.to_dict()}
-        bundles = {}
-        for kind in candidate_kinds(label):
+
+        def fit(kind: str) -> ModelBundle:
             say(f"fitting {kind}")
-            bundles[kind] = fit_kind(kind, folds.train, folds.valid, folds.calibration, columns, label, horizon,
-                                     params if kind == XGBOOST else {}, random_state, dict(meta))
-        choice = choose_classifier(bundles, folds.calibration, label)
+            return fit_kind(kind, folds.train, folds.valid, folds.calibration, columns, label, horizon,
+                            params if kind == XGBOOST else {}, random_state, dict(meta))
+        bundles, failed = fit_candidates(candidate_kinds(label), fit)
+        choice = choose_classifier(bundles, folds.calibration, label, failed)
         bundle = bundles[choice.kind]
         validation_auc = {f"validation_roc_auc_{kind}": auc for kind, auc in choice.roc_auc.items()}
         bundle.meta.update({"model_choice": choice.reason, **validation_auc})
@@ -264,7 +265,7 @@ def train_classifier(
         provenance = ModelProvenance.of_data(tables.before(date), project, data_source)
         mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": provenance.data_fingerprint,
                          "holdout_as_of": folds.holdout_as_of.isoformat(), "target": label,
-                         PROJECT_TAG: project or ""})
+                         "model_choice": choice.reason, PROJECT_TAG: project or ""})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)})
         for base, values in baselines.items():
             mlflow.log_metrics({f"baseline_{base}_{k}": v for k, v in values.items() if np.isfinite(v)})

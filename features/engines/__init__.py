@@ -71,7 +71,8 @@ class Engine(ABC):
 
     def approx_quantile(self, value: str, fraction: float, accuracy: int) -> str:
         """An aggregate: the approximate ``fraction`` quantile of ``value``, the ``ceil(fraction * n)``-th
-        smallest of its n non-NULL values when ``accuracy`` is at least n (for approximate RFM ranks)."""
+        smallest of its n non-NULL values when ``accuracy`` is above 2n (Spark's sketch; see
+        :func:`features.rfm.approximate_scores_sql`), for approximate RFM ranks."""
         from features.errors import InputError
 
         raise InputError(f"approximate RFM ranks are computed on Spark only (spark.rfm_ranks); the {self.name} "
