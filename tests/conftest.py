@@ -20,6 +20,10 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 # process-wide tracking URI (serving/reload.py), and one landing in another test's training run made
 # its next call look for the run in the wrong store. The tests of reloading set their own interval.
 os.environ.setdefault("SENDWISE_RELOAD_SECONDS", "0")
+# pytest-xdist starts its workers with COLUMNS=80; the commands' output is checked as a pipe receives it
+# (sendwise/console.py: 160 columns without a terminal or COLUMNS), so a worker runs them the same way
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
 
 from redis_server import free_port, start_redis, stop_redis
 
@@ -35,18 +39,6 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ONLINE_RETAIL = SHARED_DATA / "online-retail" / "online_retail.csv.gz"
 MOVIELENS = SHARED_DATA / "movielens-latest-small" / "ml-latest-small_ratings.csv.gz"
 SERVE_AS_OF = "2025-10-01"
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For pytest-xdist (``.ci/run`` runs the tests on every core with ``--dist loadgroup``): a file's
-    tests stay on one worker, so that its module fixtures are built once, and every test marked
-    ``spark`` runs on one worker, which starts the one Spark session. Without xdist, nothing."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        group = "spark" if item.get_closest_marker("spark") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def ts(value: str) -> pd.Timestamp:
@@ -114,8 +106,8 @@ def tiny_tables(tiny_frames: dict[str, pd.DataFrame]) -> Tables:
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
-    """One local[2] Spark session for the whole run (tests marked ``spark``); skipped, saying why, where
-    pyspark or Java is absent (``.ci/run`` installs both)."""
+    """One local[2] Spark session for the whole run, one per xdist worker (tests marked ``spark``);
+    skipped, saying why, where pyspark or Java is absent (``.ci/run`` installs both)."""
     from features.errors import InputError
     from features.spark import spark_session
 

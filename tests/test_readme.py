@@ -70,7 +70,7 @@ def test_the_first_screen_holds_the_demo_and_the_test_command() -> None:
     assert 'pip install -q -e ".[test,spark]"' in ci and "openjdk-17-jre-headless" in ci and "redis-server" in ci
     last = ci.rstrip().splitlines()[-1]
     assert last.startswith(".venv/bin/python -m pytest "), "the README's test command runs the tests last"
-    assert "--dist loadgroup" in last  # the groups of tests/conftest.py: a file per worker, Spark on one
+    assert "--dist loadfile" in last  # a file's tests on one worker: its module fixtures are built once
 
 
 def headline_rows() -> list[list[str]]:
