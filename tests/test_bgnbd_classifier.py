@@ -243,6 +243,7 @@ def test_a_registered_bgnbd_bundle_serves_calibrated_probabilities_and_its_recip
         tmp_path: Path, folds: dict[str, pd.DataFrame], bundles: dict[str, ModelBundle]) -> None:
     frame, bundle = folds["calibration"], bundles[BGNBD]
     configure_tracking(tmp_path / "mlruns")
+    mlflow.set_experiment("bgnbd-classifier")  # this store's: not the experiment another test's store left active
     with mlflow.start_run():
         version = log_and_register(bundle, "churn", frame.head(20), bundle.predict_proba(frame.head(20)))
     loaded = load_version("churn", version)

@@ -80,6 +80,7 @@ def test_a_registered_logistic_bundle_loads_back_and_serves_calibrated_probabili
     frame = _customers(1_500, 6, "rfm")
     bundle = fit_kind(LOGISTIC, frame, frame, frame, list(COLUMNS), LABEL, 90, {}, 0, {"trained_as_of": "2026-01-01"})
     configure_tracking(tmp_path / "mlruns")
+    mlflow.set_experiment("classifier-choice")  # this store's: not the experiment another test's store left active
     with mlflow.start_run():
         version = log_and_register(bundle, "churn", frame.head(20), bundle.predict_proba(frame.head(20)))
     loaded = load_version("churn", version)
