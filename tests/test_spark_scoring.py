@@ -9,6 +9,7 @@ CLV model, so the lifetime-value columns (next_order_date too) are compared as w
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from conftest import SERVE_AS_OF
 
 from features.build import build_features
 from features.errors import InputError
+from features.interactions import build_interactions
 from features.schema import CUSTOMER_ID, PRODUCT_ID
 from features.tables import Tables
 from features.training_set import Target
@@ -129,8 +131,14 @@ def test_features_without_the_models_inputs_are_refused_on_the_driver(
 # -- recommendations --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def recommenders(demo_tables: Tables) -> dict[str, Recommender]:
-    return {kind: make_recommender(kind, **params).fit_tables(demo_tables, AS_OF)
-            for kind, params in RECOMMENDERS.items()}
+    """The models of RECOMMENDERS, and ALS fitted on every other customer (the rest are folded in)."""
+    models = {kind: make_recommender(kind, **params).fit_tables(demo_tables, AS_OF)
+              for kind, params in RECOMMENDERS.items()}
+    interactions = build_interactions(demo_tables, AS_OF)
+    even = np.arange(len(interactions.customer_ids)) % 2 == 0
+    models["als-sample"] = make_recommender("als", **RECOMMENDERS["als"]).fit(
+        replace(interactions, matrix=interactions.matrix[even], customer_ids=interactions.customer_ids[even]))
+    return models
 
 
 @pytest.fixture
@@ -148,7 +156,8 @@ def country_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("kind", "rules"), [
     ("als", BusinessRules()),
     ("itemknn", BusinessRules(repurchase_after_days=60, require_image=True, max_per_category=2)),
-], ids=["als-default-rules", "itemknn-repurchase-image-diversity"])
+    ("als-sample", BusinessRules()),
+], ids=["als-default-rules", "itemknn-repurchase-image-diversity", "als-fitted-on-half-the-rest-folded-in"])
 def test_recommendations_on_spark_are_recommend_all(spark_demo: object, demo_tables: Tables,
                                                      recommenders: dict[str, Recommender], kind: str,
                                                      rules: BusinessRules) -> None:

@@ -37,7 +37,7 @@ from features.schema import (
 )
 from features.tables import Tables
 from training.recommenders.metrics import RANK, SCORE, SOURCE
-from training.recommenders.models import Recommender
+from training.recommenders.models import UNKNOWN, Recommender
 from training.recommenders.rules import BusinessRules, blocked_products, catalog
 
 FALLBACK_DAYS = 90
@@ -72,8 +72,9 @@ def known_customers(tables: Tables, as_of: datetime) -> pd.DataFrame:
 
 def top_k_frame(model: Recommender, customer_ids: pd.Index, model_rows: np.ndarray, user_items: sp.csr_matrix,
                 k: int, exclude: sp.csr_matrix | None = None, blocked: np.ndarray | None = None) -> pd.DataFrame:
-    """The model's top ``k`` for the customers with ``model_rows >= 0``, as a long frame."""
-    known = model_rows >= 0
+    """The model's top ``k`` for the customers it can score (``model_rows`` not :data:`UNKNOWN`), as a
+    long frame."""
+    known = model_rows != UNKNOWN
     if not known.any():
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
                              zip(OUTPUT_COLUMNS, ["str", "int64", "str", "float32", "str"], strict=True)})
@@ -129,13 +130,13 @@ def _anti_join(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
 
 class RecommendationContext:
     """Everything recommending at one as_of needs, prepared once: known customers and countries,
-    catalog, purchases, fallback lists and (for models that score from history) interactions.
+    catalog, purchases, fallback lists and (for models that read them: scoring from history, folding in) interactions.
     ``sendwise recommend`` uses one for all customers; the service keeps one for its lifetime."""
 
     def __init__(self, tables: Tables, as_of: datetime, model: Recommender,
                  base_config: InteractionConfig | None = None) -> None:
         interactions = None
-        if model.scores_from_history:
+        if model.reads_interactions:
             interactions = build_interactions(tables, as_of, model.interaction_config(base_config),
                                               product_ids=model.product_ids_)
         self._set(model, as_of, known_customers(tables, as_of), catalog(tables, model.product_ids_),

@@ -7,6 +7,9 @@ Every model follows one contract (scikit-learn style: the constructor only store
 * ``fit_tables(tables, as_of)`` learns from the rows before ``as_of``; every model but the reranker
   does so through ``fit(interactions)``, which learns from an
   :class:`~features.interactions.Interactions` matrix;
+* ``rows_for(customer_ids, interactions)`` gives each customer's row for ``top_k``: :data:`UNKNOWN`
+  for a customer the model cannot score, :data:`FOLD_IN` for one a factor model was not fitted on but
+  folds in from their current interactions (ALS);
 * ``top_k(rows, user_items, k, exclude, blocked)`` returns the ``k`` best product columns and scores
   for the given customer rows, never a product in ``exclude`` (a 0/1 matrix, one row per customer)
   or ``blocked`` (product columns nobody may get); -1 pads a row with fewer candidates.
@@ -51,6 +54,8 @@ ARRAYS_FILE = "recommender.npz"
 SCORE_CHUNK = 2048
 FILTERED_SCORE = np.finfo(np.float32).min
 EXCLUDE_SLACK = 64  # see _factor_top_k  # customers scored at once by models without factors
+UNKNOWN = -1  # rows_for: a customer the model cannot score (they get the fallback)
+FOLD_IN = -2  # rows_for: a customer the model was not fitted on, scored from their current interactions
 
 
 class Recommender:
@@ -89,8 +94,14 @@ class Recommender:
     def _fit(self, matrix: sp.csr_matrix) -> None:
         raise NotImplementedError
 
+    @property
+    def reads_interactions(self) -> bool:
+        """Whether :meth:`rows_for` and :meth:`top_k` need the customers' current interactions (to
+        score from them, or to fold in customers the model was not fitted on)."""
+        return self.scores_from_history
+
     def rows_for(self, customer_ids: pd.Index, interactions: Interactions | None) -> np.ndarray:
-        """Each customer's row for :meth:`top_k` (-1: unknown to the model): by default the row of
+        """Each customer's row for :meth:`top_k` (:data:`UNKNOWN`: none): by default the row of
         the current ``interactions``, which these models score directly."""
         return interactions.rows(customer_ids)
 
@@ -423,9 +434,44 @@ class _Factors(Recommender):
 
 
 class ALSRecommender(_Factors):
+    """implicit's ALS. A customer it was not fitted on (fitted on a sample of customers, or new since
+    the fit) is folded in from their current interactions with the plain weighting: their factors are
+    solved against the fitted item factors (implicit's ``recalculate_user``, the least-squares step of
+    the fit itself), so they get the model's list rather than the fallback. With ``bm25`` or ``tfidf``
+    a row's weights depend on the whole matrix, which the model does not keep: no fold-in."""
+
     kind = "als"
     defaults: ClassVar[dict] = {"factors": 100, "regularization": 0.01, "alpha": 1.0, "iterations": 15,
                                 "weighting": "plain", "half_life_days": None, "random_state": 0}
+
+    @property
+    def reads_interactions(self) -> bool:
+        return self.params["weighting"] == "plain"
+
+    def rows_for(self, customer_ids, interactions):
+        """The customer's row of the fitted user factors, else :data:`FOLD_IN` when they have
+        interactions to fold in."""
+        rows = super().rows_for(customer_ids, interactions)
+        if interactions is not None and self.reads_interactions:
+            current = interactions.rows(customer_ids)
+            pairs = np.diff(interactions.matrix.indptr)[np.maximum(current, 0)]
+            rows[(rows == UNKNOWN) & (current >= 0) & (pairs > 0)] = FOLD_IN
+        return rows
+
+    def _vectors(self, rows, user_items):
+        fold = rows == FOLD_IN
+        query = self.user_factors_[np.where(fold, 0, rows)]  # fancy indexing: a copy
+        if fold.any():
+            query[fold] = self.fold_in(user_items[fold])
+        return query, self.item_factors_
+
+    def fold_in(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """User factors for interaction rows (on this model's products) the model was not fitted on."""
+        solver = self._implicit_model()
+        solver.item_factors = self.item_factors_
+        with threadpool_limits(1, "blas"):
+            factors = solver.recalculate_user(np.arange(user_items.shape[0]), sp.csr_matrix(user_items, dtype=np.float32))
+        return np.asarray(factors, np.float32)
 
     def _implicit_model(self):
         from implicit.cpu.als import AlternatingLeastSquares

@@ -7,7 +7,7 @@ What runs where:
   and :func:`features.interactions.purchases`; the interactions are
   :func:`features.interactions.interaction_pairs_sql`'s): one row per known customer with their
   country, their purchases (product ids and last purchase times, when the rules exclude purchases) and,
-  for a model that scores from history, their interaction weights; and the products most bought in the
+  for a model that reads them (scoring from history, folding in), their interaction weights; and the products most bought in the
   last :data:`~.batch.FALLBACK_DAYS` days, ranked per country and over all countries.
 * The driver collects what is small and shared by all: the catalog (products table), the products the
   rules block and the fallback lists (:func:`~.batch.fallback_length` products per list), and
@@ -135,7 +135,7 @@ def customer_rows(tables: SparkTables, as_of: datetime, known: DataFrame, model:
     """One row per known customer: ``customer_id``, ``country``, and the arrays of their purchases
     (:data:`BOUGHT` product ids, :data:`BOUGHT_US` last purchase times in microseconds; only when the
     rules exclude purchases) and of their interactions (:data:`ITEMS`, :data:`WEIGHTS`; only for a model
-    that scores from history)."""
+    that reads them)."""
     from pyspark.sql import functions as F
 
     params = engine("spark").parameters(as_of)
@@ -150,7 +150,7 @@ def customer_rows(tables: SparkTables, as_of: datetime, known: DataFrame, model:
     if rules.exclude_purchased:
         bought = tables.sql(purchases_sql(), params).withColumn("_us", F.unix_micros(ORDERED_AT))
         rows = rows.join(gathered(bought, {BOUGHT: PRODUCT_ID, BOUGHT_US: "_us"}), CUSTOMER_ID, "left")
-    if model.scores_from_history:
+    if model.reads_interactions:
         sql, weights = interaction_pairs_sql(model.interaction_config(base_config), "spark")
         pairs = tables.sql(sql, weights | params)
         rows = rows.join(gathered(pairs, {ITEMS: PRODUCT_ID, WEIGHTS: "weight"}), CUSTOMER_ID, "left")
@@ -192,7 +192,7 @@ def recommend_all_spark(tables: SparkTables, as_of: datetime, model: Recommender
     blocked = model.product_ids_[blocked_products(products, rules)].to_numpy()
     lists = fallback_lists_spark(tables, as_of, known, blocked, fallback_length(k))
     shared = tables.spark.sparkContext.broadcast((model, products, lists))
-    from_history = model.scores_from_history
+    from_history = model.reads_interactions
 
     def recommend(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         recommender, catalog_rows, fallback = shared.value
