@@ -80,7 +80,7 @@ from training.train import MODEL_NAMES, TrainResult, train_classifier
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-    from features.spark import SparkTables
+    from features.spark import CustomerSample, SparkTables
     from sendwise.project import SparkSettings as SparkSettingsType
 
 # model name -> (headline holdout metric, logged baseline metric shown next to it)
@@ -307,21 +307,14 @@ def train(target: Target, data: Path, as_of: datetime, horizon: int | None = Non
     config = feature_config(settings)
     tables = open_tables(engine, data, rejects, spark, timezone=timezone)
     run_params: dict[str, object] = {}
-    source = str(data.resolve())
-    if engine is EngineName.SPARK and spark is not None and spark.tables:  # the rows came from the lake
-        source = "; ".join(f"{table}={where}" for table, where in sorted(spark.tables.items()))
+    source = data_source(data, engine, spark)
     if full_data:
         train_full_data(tables, target, as_of, horizon, periods, spark or default_spark(), mlruns=mlruns,
                         feature_config=config, project=project, data_source=source)
         return
     if engine is EngineName.SPARK:
-        limit = (spark or default_spark()).sample_customers
-        with progress_bar() as bar:
-            bar.add_task(f"Spark: sampling up to {limit:,} customers", total=None)
-            tables, sample = sample_customers(tables, limit)
+        tables, sample = sample_to_one_node(tables, spark)
         run_params = sample.params()
-        console.print(f"training on {sample.sampled:,} of {sample.customers:,} customers (a {sample.fraction:.1%} "
-                      f"sample, seed {sample.seed}), each with their whole history")
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
         result = train_classifier(tables, target, as_of, horizon, trials, periods, mlruns=mlruns,
@@ -329,6 +322,27 @@ def train(target: Target, data: Path, as_of: datetime, horizon: int | None = Non
                                   project=project, data_source=source, run_params=run_params,
                                   clv_horizon_days=clv_horizon_days)
     print_training(result)
+
+
+def data_source(data: Path, engine: EngineName, spark: SparkSettingsType | None) -> str:
+    """Where a model's rows came from, recorded on its version: the data directory, or with Spark
+    reading the lake (``spark.tables``), each table and its location."""
+    if engine is EngineName.SPARK and spark is not None and spark.tables:
+        return "; ".join(f"{table}={where}" for table, where in sorted(spark.tables.items()))
+    return str(data.resolve())
+
+
+def sample_to_one_node(tables: SparkTables, spark: SparkSettingsType | None) -> tuple[Tables, CustomerSample]:
+    """A seeded sample of ``spark.sample_customers`` customers of the Spark shop copied to DuckDB on this
+    node, each with their whole history (:func:`features.spark.sample_customers`); prints how many of
+    how many customers a model trained on it sees."""
+    limit = (spark or default_spark()).sample_customers
+    with progress_bar() as bar:
+        bar.add_task(f"Spark: sampling up to {limit:,} customers", total=None)
+        sampled, sample = sample_customers(tables, limit)
+    console.print(f"training on {sample.sampled:,} of {sample.customers:,} customers (a {sample.fraction:.1%} "
+                  f"sample, seed {sample.seed}), each with their whole history")
+    return sampled, sample
 
 
 def train_full_data(tables: SparkTables, target: Target, as_of: datetime, horizon: int | None, periods: int,
@@ -388,17 +402,24 @@ def print_metrics(table: pd.DataFrame, k: int, title: str) -> None:
 def train_recommender(data: Path, as_of: datetime, model: str = "als", trials: int = 0, k: int = 10,
                       window: int = DEFAULT_WINDOW_DAYS, rejects: Path | None = None,
                       project: str | None = None, *, timezone: str | None = None,
-                      mlruns: Path | None = None) -> None:
+                      mlruns: Path | None = None, engine: EngineName = EngineName.DUCKDB,
+                      spark: SparkSettingsType | None = None) -> None:
     """Recommender on rows before ``as_of``; tuned, evaluated, logged to the MLflow store of
     ``mlruns`` (default: ./mlruns) and registered as ``project``'s (none: the global name) with the
-    data directory it was trained on; prints where its plots are."""
+    data directory it was trained on; prints where its plots are. With Spark, it is trained on this
+    node from a seeded sample of ``spark.sample_customers`` customers (each with their whole history),
+    recorded with the run (``sample_*`` parameters), whatever ``spark.training`` says."""
     name = registered_name(REGISTERED_NAME, project)
-    tables = load(data, rejects, quiet=True, timezone=timezone)
+    tables = open_tables(engine, data, rejects, spark, timezone=timezone)
+    run_params: dict[str, object] = {}
+    if engine is EngineName.SPARK:
+        tables, sample = sample_to_one_node(tables, spark)
+        run_params = sample.params()
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
         result = fit_recommender(tables, as_of, model, trials, k, window, mlruns=mlruns,
                                  progress=lambda what: bar.update(task, description=what), project=project,
-                                 data_source=str(data.resolve()))
+                                 data_source=data_source(data, engine, spark), run_params=run_params)
     if result.choice is not None:
         console.print(result.choice.render(), highlight=False)
     print_metrics(result.table, k, f"{name} v{result.version} ({result.kind}): holdout "

@@ -60,6 +60,11 @@ def test_flags_choices_and_arguments_read_as_typed() -> None:
     assert "FORGET [OPTIONS] CUSTOMER_IDS..." in help_of(("privacy", "forget")).upper()
 
 
+def test_every_training_command_takes_an_engine() -> None:
+    for model in ("churn", "propensity", "recommender"):
+        assert "--engine [duckdb|spark]" in " ".join(help_of(("train", model)).split()), model
+
+
 @pytest.mark.parametrize(("when", "shown"), [
     ("2011-12-09", "2011-12-09"), ("2011-12-09T12:50:00", "2011-12-09T12:50:00"),
     ("2011-12-09T12:50:00.000001", "2011-12-09T12:50:00"), (None, "-"),

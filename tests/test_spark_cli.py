@@ -125,6 +125,26 @@ def test_a_model_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
     assert 200 <= int(run["params.sample_customers"]) <= 400
 
 
+@pytest.mark.spark
+def test_a_recommender_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
+        spark: object, demo_dir: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    (tmp_path / "sendwise.yaml").write_text(yaml.safe_dump(
+        {"name": "sampled", "data": str(demo_dir), "engine": "spark", "spark": {"sample_customers": 300}}))
+    output = " ".join(invoke("train", "recommender", "--project", tmp_path, "--as-of", "2025-10-01",
+                             "--model", "als").split())
+    assert "customers (a 75.0% sample, seed 0), each with their whole history" in output
+    assert "sampled.recommender v1" in output
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="params.model = 'als'").iloc[0]
+    assert run["params.sample_fraction"] == "0.75" and run["params.sample_of_customers"] == "400"
+    assert run["params.sample_seed"] == "0"
+    sampled = int(run["params.sample_customers"])
+    assert 200 <= sampled <= 400 and f"training on {sampled:,} of 400 customers" in output
+    assert int(run["params.customers"]) <= sampled  # fitted on the sample's customers only
+
+
 def test_full_data_training_is_a_setting_and_refuses_trials_before_reading_data(demo_dir: Path,
                                                                                 tmp_path: Path) -> None:
     from pydantic import ValidationError

@@ -58,10 +58,12 @@ def train_recommender_command(
     window: Annotated[int | None, typer.Option(
         show_default=False, help="Days in the tuning fold, and the holdout when the data stops at --as-of "
                                  f"(default: the project's run.window_days, else {DEFAULT_WINDOW_DAYS}).")] = None,
-    data: DataOption = None, rejects: RejectsOption = None, project: ProjectOption = None,
+    data: DataOption = None, rejects: RejectsOption = None, engine: EngineOption = None,
+    project: ProjectOption = None,
 ) -> None:
     """Recommender on rows before --as-of; tuned, evaluated, logged to MLflow and registered (a
-    project's as <name>.recommender)."""
+    project's as <name>.recommender). With Spark, fitted on this machine from a sample of
+    spark.sample_customers customers, each with their whole history."""
     run = resolve(project, data=data, rejects=rejects)
     data = run.need_data()
     run.use_tracking()
@@ -69,7 +71,8 @@ def train_recommender_command(
     pipeline.train_recommender(data, as_of, kind, run.pick(trials, lambda s: s.run.trials, 0),
                                run.pick(k, lambda s: s.run.k, 10),
                                run.pick(window, lambda s: s.run.window_days, DEFAULT_WINDOW_DAYS), run.rejects,
-                               run.name, timezone=run.timezone, mlruns=run.mlruns)
+                               run.name, timezone=run.timezone, mlruns=run.mlruns, engine=run.engine(engine),
+                               spark=run.spark)
 
 
 @evaluate_app.command("recommender")

@@ -22,7 +22,7 @@ latest timestamp among them.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -173,10 +173,12 @@ def train_recommender(tables: Tables, as_of: object, kind: str = AUTO, trials: i
                       window_days: int = DEFAULT_WINDOW_DAYS, params: dict | None = None,
                       base_config: InteractionConfig | None = None, random_state: int = 0,
                       mlruns=None, progress: Callable[[str], None] | None = None, project: str | None = None,
-                      data_source: str | None = None, budget_s: float = DEFAULT_BUDGET_S) -> RecommenderTrainResult:
+                      data_source: str | None = None, budget_s: float = DEFAULT_BUDGET_S,
+                      run_params: Mapping[str, object] | None = None) -> RecommenderTrainResult:
     """Choose (``kind`` auto, within ``budget_s`` seconds) or tune (``trials`` > 0), fit, evaluate
     against baselines, log to MLflow and register as ``project``'s recommender (none: the global
-    name); ``data_source`` (the data directory, when known) is recorded on the version."""
+    name); ``data_source`` (the data directory, when known) is recorded on the version, and
+    ``run_params`` (say, how ``tables`` were sampled from a larger shop) with the run's parameters."""
     if kind not in (AUTO, *TUNABLE):
         raise InputError(f"--model must be one of {', '.join((AUTO, *TUNABLE))}; got {kind!r}")
     if kind == AUTO and params:
@@ -226,7 +228,8 @@ def train_recommender(tables: Tables, as_of: object, kind: str = AUTO, trials: i
                            "protocol": protocol, "protocol_reason": protocol_reason[:500],
                            "trials": trials, "k": k, **{f"rec_{p}": v for p, v in chosen.items()},
                            **{f"interactions_{p}": v for p, v in (base_config or InteractionConfig()).model_dump().items()},
-                           "customers": len(final.customer_ids_), "products": len(final.product_ids_)})
+                           "customers": len(final.customer_ids_), "products": len(final.product_ids_),
+                           **(run_params or {})})
         provenance = ModelProvenance.of_data(cut, project, data_source)
         mlflow.set_tags({"git_commit": git_commit(), "data_fingerprint": provenance.data_fingerprint,
                          "holdout_as_of": test.as_of.isoformat(), "model_kind": kind, PROJECT_TAG: project or ""})
