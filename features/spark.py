@@ -2,10 +2,13 @@
 
 :func:`spark_session` starts (or joins) the session with the settings features need: time zone UTC,
 the venv's Python for the workers, no console progress. :class:`SparkTables` registers each contract
-table as a temporary view (under its plain name: one shop per session), cast to the contract's column types, from Parquet files or folders, a
-catalog table, or (tests, small shops) a DuckDB :class:`~features.tables.Tables`. Rows of forgotten
-customers (the data directory's tombstones) are filtered out as they are read, as
-:func:`features.io.load_data_dir` does. :func:`spark_features` runs the registry's feature query,
+table as a temporary view (under its plain name: one shop per session), in the contract's column types,
+from Parquet files or folders or a catalog table, validated row by row with the contract's rules (its
+clean rows in the view, its rejected rows written with their reason to a rejects folder, as
+:func:`features.validate.validate_raw` does for DuckDB), or from a DuckDB
+:class:`~features.tables.Tables` (tests, small shops; validated already). Rows of forgotten customers
+(the data directory's tombstones) are left out as they are read, as :func:`features.io.load_data_dir`
+does. :func:`spark_features` runs the registry's feature query,
 compiled for :class:`~features.engines.spark.SparkEngine`, with the as_of as its one argument; its RFM
 scores rank as the tables' ``rfm_ranks`` says (the project's ``spark.rfm_ranks``: exact by default).
 
@@ -33,11 +36,27 @@ import pandas as pd
 from features.config import FeatureConfig
 from features.engines import engine
 from features.errors import InputError
+from features.io import refuse_overwriting_inputs
 from features.rfm import APPROX_ACCURACY, RfmRanks, parse_rfm_ranks
-from features.schema import CUSTOMER_ID, OCCURRED_AT, ORDERED_AT, SPECS, Table, TableSpec
-from features.tombstones import DIGESTS_TABLE, Tombstones
+from features.schema import (
+    CUSTOMER_ID,
+    DUPLICATE_REASON,
+    OCCURRED_AT,
+    ORDERED_AT,
+    REJECT_REASON,
+    SOURCE_ROW,
+    SPECS,
+    Column,
+    Table,
+    TableSpec,
+    boolean_sql,
+)
+from features.timezones import _GLUE_OFFSET, _HAS_ZONE, SHIFTED_FROM, SHIFTED_UNTIL, check_timezone
+from features.tombstones import Tombstones
+from features.validate import TableReport, is_type_error, now_utc, rule_checks, type_error
 
 if TYPE_CHECKING:
+    from pyspark.sql import Column as SparkColumn
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
@@ -53,6 +72,10 @@ SESSION_DEFAULTS: dict[str, str] = {
 }
 EPOCH = datetime(1970, 1, 1)
 OWNER_CONF = "spark.sendwise.tables"  # which SparkTables the session's contract views belong to
+ROW_FILE, ROW_INDEX = "_file", "_index"  # a row's place in its source: file, 0-based row in it
+ROW_REASON = "_reason"  # the first row rule a row breaks
+SOURCE_FILE = "source_file"  # in a rejects folder: the file a rejected row was read from
+REASONS_KEPT = 100  # reasons counted in a report (the most frequent; its ``rejected`` counts them all)
 _SPARK_TYPES = {"VARCHAR": "STRING", "DOUBLE": "DOUBLE", "BIGINT": "BIGINT", "TIMESTAMP": "TIMESTAMP",
                 "BOOLEAN": "BOOLEAN"}
 
@@ -90,17 +113,13 @@ def spark_session(master: str | None = None, conf: Mapping[str, str] | None = No
     return session
 
 
-def _canonical_select(spec: TableSpec, view: str, present: dict[str, str], zone: str = "UTC") -> str:
+def _canonical_select(spec: TableSpec, view: str, present: dict[str, str]) -> str:
     """Spark SQL casting ``view``'s contract columns (``present``: name -> Spark type) to the
-    contract's types, NULL for absent optional ones. A timestamp without a zone (TIMESTAMP_NTZ) is a
-    local time of ``zone``, converted to UTC as the DuckDB path converts it."""
+    contract's types, NULL for absent optional ones: for tables validated already (naive UTC)."""
     parts = []
     for col in spec.columns:
-        kind = _SPARK_TYPES[col.sql_type]
         value = f"`{col.name}`" if col.name in present else "NULL"
-        if col.name in present and col.sql_type == "TIMESTAMP" and present[col.name] == "timestamp_ntz":
-            value = f"to_utc_timestamp({value}, '{zone}')" if zone != "UTC" else value
-        parts.append(f"CAST({value} AS {kind}) AS {col.name}")
+        parts.append(f"CAST({value} AS {_SPARK_TYPES[col.sql_type]}) AS {col.name}")
     return f"SELECT {', '.join(parts)} FROM {view}"
 
 
@@ -118,6 +137,8 @@ class SparkTables:
         self.rfm_ranks = parse_rfm_ranks(rfm_ranks)
         self._frames: dict[Table, DataFrame] = {}
         self._token = uuid.uuid4().hex
+        self.reports: list[TableReport] = []  # one per table read and validated (from_sources)
+        self.rejects_dir: str | None = None
 
     def _activate(self) -> None:
         """Make the session's contract views these tables' (a no-op when they already are)."""
@@ -129,66 +150,85 @@ class SparkTables:
 
     @classmethod
     def from_sources(cls, spark: SparkSession, sources: Mapping[Table, str], tombstones: Tombstones | None = None,
-                     timezone: str = "UTC", rfm_ranks: RfmRanks | str = RfmRanks.EXACT) -> SparkTables:
+                     timezone: str = "UTC", rfm_ranks: RfmRanks | str = RfmRanks.EXACT,
+                     rejects: str | Path | None = None, now: datetime | None = None) -> SparkTables:
         """Tables read from ``sources``: per table a Parquet file or folder (any path Spark reads:
         ``s3a://``, ``hdfs://``, a local path) or ``table:<catalog name>``. Orders are required, and so
-        is each table's required columns; timestamps without a zone are local times of ``timezone``."""
+        is each table's required columns; timestamps without a zone are local times of ``timezone``.
+
+        Every row is validated as :func:`features.validate.validate_raw` validates a data directory
+        (:func:`_validate`): the views hold the clean rows, and each table's rejected rows, with their
+        ``reason``, are written as a Parquet folder ``<rejects>/<table>`` (None: a temporary folder,
+        removed when this process ends); :attr:`reports` counts them. Timestamps after ``now``
+        (default: now, UTC) are rejected."""
         if Table.ORDERS not in sources:
             raise InputError("the spark engine needs an orders table: set spark.tables.orders in sendwise.yaml "
                              "(a Parquet path, or table:<name> for a catalog table).")
+        if rejects is None:
+            rejects = tempfile.mkdtemp(prefix="sendwise-rejects-")
+            atexit.register(shutil.rmtree, rejects, True)
         tables = cls(spark, rfm_ranks)
+        tables.rejects_dir = str(rejects)
+        moment, zone = (now or now_utc()).replace(tzinfo=None), check_timezone(timezone)
+        local = [p for p in sources.values() if not p.startswith("table:") and "://" not in p]
         for table in Table:
             source = sources.get(table)
-            frame = None if source is None else _read(spark, table, source)
-            tables._register(table, frame, tombstones, timezone)
+            if source is None:
+                tables._register(table, None)
+                continue
+            target = f"{str(rejects).rstrip('/')}/{table.value}"
+            if "://" not in target:
+                refuse_overwriting_inputs(target, inputs=local, option="the rejects folder")
+            frame, report = _validate(spark, table, _read(spark, table, source), source, target, moment,
+                                      tombstones, zone)
+            tables.reports.append(report)
+            tables._frames[table] = frame
+            frame.createOrReplaceTempView(table.value)
+        spark.conf.set(OWNER_CONF, tables._token)
+        orders = tables.reports[0]
+        if orders.loaded == 0 and orders.rejected:
+            reasons = "; ".join(f"{n:,} {r}" for r, n in list(orders.reasons.items())[:3])
+            raise InputError(f"{orders.source}: orders has no rows left: all {orders.rejected:,} were rejected "
+                             f"({reasons}); see {rejects}/{Table.ORDERS.value}.")
         return tables
+
+    @property
+    def rejected(self) -> int:
+        """Rows rejected by the validation of the tables read (0 for tables handed over from DuckDB)."""
+        return sum(r.rejected for r in self.reports)
 
     @classmethod
     def from_tables(cls, spark: SparkSession, tables: Tables, rfm_ranks: RfmRanks | str = RfmRanks.EXACT
                     ) -> SparkTables:
         """The (already validated) tables of a DuckDB :class:`~features.tables.Tables`, handed over as
-        Parquet files in a temporary folder that lives as long as the session."""
+        Parquet files in a temporary folder that lives as long as the session; read as they are."""
         folder = Path(tempfile.mkdtemp(prefix="sendwise-spark-"))
         atexit.register(shutil.rmtree, folder, True)  # a copy of the shop: gone when this process ends
-        sources: dict[Table, str] = {}
+        if not tables.count(Table.ORDERS):
+            raise InputError("the data has no orders; nothing to build features from.")
+        handed = cls(spark, rfm_ranks)
         for table in Table:
+            frame = None
             if tables.count(table):
                 path = folder / f"{table.value}.parquet"
                 tables.con.execute(f"COPY {table.value} TO '{path}' (FORMAT parquet)")
-                sources[table] = str(path)
-        if Table.ORDERS not in sources:
-            raise InputError("the data has no orders; nothing to build features from.")
-        return cls.from_sources(spark, sources, rfm_ranks=rfm_ranks)
+                frame = _read(spark, table, str(path))
+            handed._register(table, frame)
+        spark.conf.set(OWNER_CONF, handed._token)
+        return handed
 
-    def _register(self, table: Table, frame: DataFrame | None, tombstones: Tombstones | None,
-                  timezone: str = "UTC") -> None:
+    def _register(self, table: Table, frame: DataFrame | None) -> None:
+        """Register ``frame`` (validated rows: cast only) or, for None, an empty table, as ``table``'s view."""
         spec = SPECS[table]
-        view, raw = table.value, f"_{table.value}_raw"
         if frame is None:
             cols = ", ".join(f"CAST(NULL AS {_SPARK_TYPES[c.sql_type]}) AS {c.name}" for c in spec.columns)
             self._frames[table] = self.spark.sql(f"SELECT {cols} LIMIT 0")
-            self._frames[table].createOrReplaceTempView(view)
-            return
-        present = {field.name: field.dataType.simpleString() for field in frame.schema.fields}
-        missing = [c.name for c in spec.columns if c.required and c.name not in present]
-        if missing:
-            raise InputError(f"spark.tables.{table.value} has no column {', '.join(missing)} (columns: "
-                             f"{', '.join(present) or 'none'}); the contract's {table.value} needs "
-                             f"{', '.join(c.name for c in spec.columns if c.required)} (docs/data-contract.md).")
-        frame.createOrReplaceTempView(raw)
-        sql = _canonical_select(spec, raw, present, timezone)
-        customer = "customer_id"
-        if tombstones is not None and len(tombstones) and customer in spec.column_names:
-            digests = self.spark.createDataFrame([(d,) for d in sorted(tombstones.digests)], "digest STRING")
-            digests.createOrReplaceTempView(DIGESTS_TABLE)
-            salt = tombstones.salt if all(c in "0123456789abcdef" for c in tombstones.salt) else None
-            if salt is None:
-                raise InputError("the tombstones' salt must be a hex string")
-            sql += (f" WHERE sha2(concat('{salt}:', trim(CAST({customer} AS STRING))), 256) "
-                    f"NOT IN (SELECT digest FROM {DIGESTS_TABLE})")
-        self._frames[table] = self.spark.sql(sql)
-        self._frames[table].createOrReplaceTempView(view)
-        self.spark.conf.set(OWNER_CONF, self._token)
+        else:
+            raw = f"_{table.value}_raw"
+            frame.createOrReplaceTempView(raw)
+            present = {field.name: field.dataType.simpleString() for field in frame.schema.fields}
+            self._frames[table] = self.spark.sql(_canonical_select(spec, raw, present))
+        self._frames[table].createOrReplaceTempView(table.value)
 
     def sql(self, query: str, args: Mapping[str, Any] | None = None) -> DataFrame:
         """``query`` on these tables (the views are resolved now: the DataFrame keeps reading them)."""
@@ -221,6 +261,218 @@ def _read(spark: SparkSession, table: Table, source: str) -> DataFrame:
     except Exception as exc:  # pyspark's AnalysisException: no such path or table
         raise InputError(f"spark.tables.{table.value}: cannot read {source!r} ({str(exc).splitlines()[0]}); "
                          "expected a Parquet file or folder Spark reads, or table:<catalog name>.") from exc
+
+
+def _row_ids(frame: DataFrame) -> DataFrame:
+    """``frame`` with each row's place in its source: the file and 0-based row in it (Parquet's
+    ``_metadata``), or, for a source without file metadata, Spark's ``monotonically_increasing_id``."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    try:
+        return frame.select("*", F.col("_metadata.file_path").alias(ROW_FILE),
+                            F.col("_metadata.row_index").alias(ROW_INDEX))
+    except AnalysisException:
+        return frame.select("*", F.lit(None).cast("string").alias(ROW_FILE),
+                            F.monotonically_increasing_id().alias(ROW_INDEX))
+
+
+def _typed(col: Column, name: str, source_type: str, zone: str | None) -> SparkColumn:
+    """Input column ``name`` (of Spark type ``source_type``) as ``col``'s contract type, NULL where it does not parse:
+    the Spark twin of :func:`features.validate._typed_expr` (text trimmed, blank is NULL, numbers finite,
+    booleans as :func:`features.schema.boolean_sql`, timestamps to UTC as :mod:`features.timezones`)."""
+    from pyspark.sql import functions as F
+
+    raw = F.col(f"`{name}`")
+    text = F.trim(raw.cast("string"))
+    if col.sql_type == "VARCHAR":
+        return F.nullif(text, F.lit(""))
+    if col.sql_type == "BOOLEAN":
+        return raw if source_type == "boolean" else F.expr(boolean_sql(f"trim(CAST(`{name}` AS STRING))"))
+    if col.sql_type in ("DOUBLE", "BIGINT"):
+        kind = _SPARK_TYPES[col.sql_type].lower()
+        # Java's parser, unlike DuckDB's, reads a trailing d or f ("1.5d"): not a number here
+        value = raw.cast(kind) if source_type != "string" else F.when(~F.lower(text).rlike("[df]$"), text.cast(kind))
+        return F.when(~F.isnan(value) & (F.abs(value) != float("inf")), value) if kind == "double" else value
+    if source_type == "timestamp":
+        return raw
+    if source_type in ("timestamp_ntz", "date"):
+        naive = raw.cast("timestamp")
+        return _local_to_utc(naive, zone) if zone else naive
+    glued = F.regexp_replace(text, _GLUE_OFFSET, "$1$2")
+    value = F.when(glued.rlike(r"^\d{4}-\d{1,2}-\d{1,2}"), glued.cast("timestamp"))  # not "2024" alone
+    return F.when(glued.rlike(_HAS_ZONE), value).otherwise(_local_to_utc(value, zone)) if zone else value
+
+
+def _local_to_utc(local: SparkColumn, zone: str) -> SparkColumn:
+    """``local`` (a wall-clock time read as UTC) as a local time of ``zone``, in UTC, as
+    :mod:`features.timezones` reads it: a time skipped by the clocks going forward takes the offset
+    before the change (Spark's ``to_utc_timestamp`` does so); a time the clocks repeat is the later of
+    the two (Spark takes the earlier: read 3 hours on, where there is one answer, and step back)."""
+    from pyspark.sql import functions as F
+
+    later = F.to_utc_timestamp(local + F.expr("INTERVAL 3 HOURS"), zone) - F.expr("INTERVAL 3 HOURS")
+    shifted = F.when(F.from_utc_timestamp(later, zone) == local, later).otherwise(F.to_utc_timestamp(local, zone))
+    return F.when(local.between(F.lit(SHIFTED_FROM).cast("timestamp"), F.lit(SHIFTED_UNTIL).cast("timestamp")),
+                  shifted).otherwise(local)
+
+
+def _spark_literal(text: str) -> str:
+    """``text`` as a Spark SQL string literal (Spark's parser reads backslash escapes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _flagged(frame: DataFrame, spec: TableSpec, moment: datetime, zone: str | None) -> tuple[DataFrame, list[str]]:
+    """``frame`` (with row ids) as the rows the rules read: the input columns as ``_raw<i>``, the typed
+    contract columns, ``<name>__given`` and ``<name>__bad`` flags, and :data:`ROW_REASON`, the first row
+    rule the row breaks (NULL: none), as :func:`features.validate.validate_raw` builds them. Also the
+    input's column names, in the order of ``_raw<i>``."""
+    from pyspark.sql import functions as F
+
+    found = [f.name for f in frame.schema.fields if f.name not in (ROW_FILE, ROW_INDEX)]
+    types = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
+    raw = {name: F.col(f"`{name}`") for name in found}
+    parsed = [c for c in spec.columns if c.name in found and c.sql_type != "VARCHAR"]
+    cols = [F.col(ROW_FILE), F.col(ROW_INDEX)]
+    cols += [raw[name].alias(f"_raw{i}") for i, name in enumerate(found)]
+    cols += [(_typed(c, c.name, types[c.name], zone) if c.name in found else
+              F.lit(None).cast(_SPARK_TYPES[c.sql_type].lower())).alias(c.name) for c in spec.columns]
+    cols += [(F.nullif(F.trim(raw[c.name]), F.lit("")).isNotNull() if types[c.name] == "string"
+              else raw[c.name].isNotNull()).alias(f"{c.name}__given") for c in parsed]
+    typed = frame.select(*cols)
+    flags = [(F.col(f"{c.name}__given") & F.col(c.name).isNull()).alias(f"{c.name}__bad") for c in parsed]
+    flags += [F.lit(False).alias(f"{c.name}__bad") for c in spec.columns if c not in parsed]
+    flagged = typed.select("*", *flags)
+    case = " ".join(f"WHEN {failing} THEN {_spark_literal(reason)}" for failing, reason in rule_checks(spec, moment))
+    return flagged.withColumn(ROW_REASON, F.expr(f"CASE {case} END")), found
+
+
+def _validate(spark: SparkSession, table: Table, frame: DataFrame, source: str, target: str, moment: datetime,
+              tombstones: Tombstones | None, zone: str | None) -> tuple[DataFrame, TableReport]:
+    """The clean rows of ``frame`` in contract types, and the report of its validation; the rejected
+    rows (the input as text, with ``source_file``, ``source_row`` and ``reason``) written to ``target``.
+
+    The rules are :mod:`features.schema`'s, in :func:`features.validate.validate_raw`'s order: row
+    rules, exact duplicates, group rules, then repeats of the unique key. One pass reads the input
+    (kept on the executors while the rules run); the clean rows are the input's rows that break no row
+    rule and are not among the rejects written (their ids, read back). Nothing is collected but counts."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    spec = SPECS[table]
+    found = [f.name for f in frame.schema.fields]
+    if missing := [c.name for c in spec.columns if c.required and c.name not in found]:
+        raise InputError(f"spark.tables.{table.value} has no column {', '.join(missing)} (columns: "
+                         f"{', '.join(found) or 'none'}); the contract's {table.value} needs "
+                         f"{', '.join(c.name for c in spec.columns if c.required)} (docs/data-contract.md).")
+    frame = _row_ids(frame)
+    if tombstones is not None and len(tombstones) and CUSTOMER_ID in found:
+        if any(c not in "0123456789abcdef" for c in tombstones.salt):
+            raise InputError("the tombstones' salt must be a hex string")
+        digests = spark.createDataFrame([(d,) for d in sorted(tombstones.digests)], "digest STRING")
+        digest = F.sha2(F.concat(F.lit(f"{tombstones.salt}:"), F.trim(F.col(CUSTOMER_ID).cast("string"))), 256)
+        frame = frame.join(F.broadcast(digests), digest == digests["digest"], "left_anti").drop("digest")
+    flagged, found = _flagged(frame, spec, moment, zone)
+    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        report = _reject(spark, spec, flagged, found, source, target)
+    finally:
+        flagged.unpersist()
+    clean, _ = _flagged(frame, spec, moment, zone)
+    clean = clean.where(F.col(ROW_REASON).isNull())
+    if report.rejected:
+        row_reasons = [reason for _, reason in rule_checks(spec, moment)]
+        others = spark.read.parquet(target).where(~F.col(REJECT_REASON).isin(row_reasons))
+        same = (clean[ROW_FILE].eqNullSafe(others[SOURCE_FILE])) & (clean[ROW_INDEX] + 1 == others[SOURCE_ROW])
+        clean = clean.join(others, same, "left_anti")
+    return clean.select(*spec.column_names), report
+
+
+def _reject(spark: SparkSession, spec: TableSpec, flagged: DataFrame, found: list[str], source: str,
+            target: str) -> TableReport:
+    """Check the column types of ``flagged`` (a ContractError when most values of one do not parse),
+    write its rejected rows to ``target`` and count them."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    parsed = [c for c in spec.columns if c.name in found and c.sql_type != "VARCHAR"]
+    first = f"struct({ROW_FILE}, {ROW_INDEX})"
+    counts = [F.count(F.lit(1)).alias("read")]
+    for c in parsed:
+        counts += [F.count_if(F.col(f"{c.name}__given")).alias(f"{c.name}__given"),
+                   F.count_if(F.col(f"{c.name}__bad")).alias(f"{c.name}__bad"),
+                   F.expr(f"min_by(CAST(_raw{found.index(c.name)} AS STRING), {first}) "
+                          f"FILTER (WHERE `{c.name}__bad`)").alias(f"{c.name}__example")]
+    row = flagged.agg(*counts).collect()[0]
+    for c in parsed:
+        if is_type_error(row[f"{c.name}__given"], row[f"{c.name}__bad"]):
+            raise type_error(source, c.name, c, row[f"{c.name}__given"], row[f"{c.name}__bad"],
+                             row[f"{c.name}__example"])
+
+    reason = F.col(ROW_REASON)
+    parts = [flagged.where(reason.isNotNull())]
+    remaining = flagged.where(reason.isNull())
+    same_row = spec.column_names + [f"_raw{i}" for i, name in enumerate(found) if name not in spec.column_names]
+    ranked = remaining.withColumn("_n", F.row_number().over(Window.partitionBy(*same_row).orderBy(ROW_FILE, ROW_INDEX)))
+    parts.append(ranked.where("_n > 1").drop("_n").withColumn(ROW_REASON, F.lit(DUPLICATE_REASON)))
+    remaining = ranked.where("_n = 1").drop("_n")
+    for group in spec.group_rules:  # every row of a key whose rows disagree
+        keys = [k.strip() for k in group.key.split(",")]
+        conflicting = remaining.groupBy(*keys).agg(F.expr(group.disagree_sql).alias("_d")).where("_d").drop("_d")
+        parts.append(remaining.join(conflicting, keys, "left_semi").withColumn(ROW_REASON, F.lit(group.reason)))
+        remaining = remaining.join(conflicting, keys, "left_anti")
+    if spec.unique_key:
+        first_row = F.min(F.struct(ROW_FILE, ROW_INDEX)).over(Window.partitionBy(spec.unique_key))
+        repeated = remaining.withColumn("_first", first_row).where(F.struct(ROW_FILE, ROW_INDEX) != F.col("_first"))
+        in_file = F.when(~F.col("_first")[ROW_FILE].eqNullSafe(F.col(ROW_FILE)),  # another file: name it
+                         F.concat(F.lit(" of "), F.col("_first")[ROW_FILE])).otherwise(F.lit(""))
+        shown = F.concat(F.lit(f"duplicate {spec.unique_key} (first in row "),
+                         (F.col("_first")[ROW_INDEX] + 1).cast("string"), in_file, F.lit(")"))
+        parts.append(repeated.withColumn(ROW_REASON, shown).drop("_first"))
+    rejected = parts[0]
+    for part in parts[1:]:
+        rejected = rejected.unionByName(part)
+    rejected = rejected.select(F.col(ROW_FILE).alias(SOURCE_FILE), (F.col(ROW_INDEX) + 1).alias(SOURCE_ROW),
+                               F.col(ROW_REASON).alias(REJECT_REASON),
+                               *[F.col(f"_raw{i}").cast("string").alias(name) for i, name in enumerate(found)])
+    _write_replacing(rejected, target)
+    written = spark.read.parquet(target)
+    total = written.count()
+    reasons = {r[REJECT_REASON]: r["count"] for r in written.groupBy(REJECT_REASON).count()
+               .orderBy(F.desc("count"), REJECT_REASON).limit(REASONS_KEPT).collect()}
+    if not total:  # as DuckDB's validation: a table without rejects writes nothing
+        _delete(spark, target)
+    return TableReport(spec.table.value, source, row["read"], row["read"] - total, total, reasons)
+
+
+def _hadoop(spark: SparkSession, location: str) -> tuple[Any, Any]:
+    """The Hadoop file system holding ``location``, and its path there."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(location)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def _delete(spark: SparkSession, location: str) -> None:
+    fs, path = _hadoop(spark, location)
+    fs.delete(path, True)
+
+
+def _write_replacing(frame: DataFrame, target: str) -> None:
+    """Write ``frame`` as Parquet files in folder ``target``, replacing a folder Spark wrote there
+    before: Spark writes ``<target>.writing`` (its ``_SUCCESS`` last), renamed to ``target`` once
+    complete, so a crash never leaves a half folder under ``target``'s name. A ``target`` Spark did not
+    write (no ``_SUCCESS``) is an InputError."""
+    spark = frame.sparkSession
+    fs, path = _hadoop(spark, target)
+    staging = _hadoop(spark, f"{target}.writing")[1]
+    if fs.exists(path) and not fs.exists(_hadoop(spark, f"{target}/_SUCCESS")[1]):
+        raise InputError(f"cannot write rejects to {target}: it exists and is not a folder of rejects Spark wrote "
+                         "(no _SUCCESS file in it). Choose another rejects folder (--rejects DIR) or remove it.")
+    fs.delete(staging, True)
+    frame.write.mode("error").parquet(f"{target}.writing")
+    fs.delete(path, True)
+    if not fs.rename(staging, path):
+        raise OSError(f"could not move {target}.writing to {target}")
 
 
 def _from_micros(value: int | None) -> datetime | None:

@@ -104,6 +104,27 @@ def check_columns(spec: TableSpec, found: list[str], source: str) -> None:
             )
 
 
+def is_type_error(total: int, failed: int) -> bool:
+    """Whether ``failed`` unparseable values of ``total`` given make the column the wrong type (an
+    error) rather than a column with a few bad rows (rejects)."""
+    return bool(failed) and failed >= TYPE_ERROR_SHARE * total
+
+
+def type_error(source: str, shown: str, col: Column, total: int, failed: int, example: object) -> ContractError:
+    """The error for column ``col`` (named ``shown`` to the user) whose values mostly do not parse."""
+    return ContractError(
+        f"{source}: column '{shown}' should hold {col.expected}, but {failed:,} of "
+        f"{total:,} values are not, for example {example!r}."
+    )
+
+
+def rule_checks(spec: TableSpec, moment: datetime, rename=lambda text: text) -> list[tuple[str, str]]:
+    """``spec``'s row rules as (failing SQL, reason), in order, with :data:`NOW` replaced by ``moment``:
+    portable SQL (DuckDB and Spark) over the typed columns and their ``<name>__bad`` flags."""
+    return [(r.failing_sql.replace(NOW, moment.isoformat(" ")),
+             rename(r.reason.replace(NOW, f"{moment:%Y-%m-%dT%H:%M:%S}Z"))) for r in spec.rules]
+
+
 def _check_types(con: duckdb.DuckDBPyConnection, typed: str, raw: str, source: str,
                  parsed: list[Column], rename=lambda text: text) -> None:
     for col in parsed:
@@ -111,16 +132,13 @@ def _check_types(con: duckdb.DuckDBPyConnection, typed: str, raw: str, source: s
             f"SELECT count(*) FILTER (WHERE {col.name}__given), count(*) FILTER (WHERE {col.name}__bad) "
             f"FROM {typed}"
         ).fetchall()[0]
-        if failed and failed >= TYPE_ERROR_SHARE * total:
+        if is_type_error(total, failed):
             example = con.execute(
                 f"""SELECT CAST(r."{col.name}" AS VARCHAR) FROM {raw} r
                     SEMI JOIN (SELECT {ROW_ID} FROM {typed} WHERE {col.name}__bad LIMIT 1) b
                     ON r.{ROW_ID} = b.{ROW_ID}"""
             ).fetchall()[0][0]
-            raise ContractError(
-                f"{source}: column '{rename(col.name)}' should hold {col.expected}, but {failed:,} of "
-                f"{total:,} values are not, for example {example!r}."
-            )
+            raise type_error(source, rename(col.name), col, total, failed, example)
 
 
 def validate_raw(
@@ -159,13 +177,8 @@ def validate_raw(
     con.execute(f"CREATE OR REPLACE TEMP VIEW {typed}_flags AS SELECT *, {', '.join(bad_flags)} FROM {typed}")
     _check_types(con, f"{typed}_flags", raw, source, parsed, rename)
 
-    def with_now(text: str, shown: str) -> str:
-        return text.replace(NOW, shown)
-
-    rule_case = " ".join(
-        f"WHEN {with_now(r.failing_sql, moment.isoformat(' '))} "
-        f"THEN {sql_literal(rename(with_now(r.reason, f'{moment:%Y-%m-%dT%H:%M:%S}Z')))}"
-        for r in spec.rules)
+    rule_case = " ".join(f"WHEN {failing} THEN {sql_literal(reason)}"
+                         for failing, reason in rule_checks(spec, moment, rename))
     rejected = f"_rejected_{name}"
     # Rows breaking a rule, then exact duplicates (every column equal) of an earlier passing row.
     con.execute(

@@ -2,11 +2,12 @@
 
 DuckDB, the default, validates the project's data directory and computes in this process. Spark
 (``engine: spark``) reads the tables named in the project's ``spark.tables`` (Parquet paths or catalog
-tables, as they are: validate them upstream, see docs/scale.md), or, when none are named, the validated
-data directory handed over as Parquet; either way the directory's tombstones are honoured. A Spark
-output without a ``.parquet`` suffix is a directory of Parquet files partitioned by as_of, written by
-Spark and swapped in whole (a crash leaves the previous directory); a ``.parquet`` file is collected to
-this process and written as today.
+tables, validated row by row as DuckDB validates a directory, rejects written by Spark under the rejects
+folder, see docs/scale.md), or, when none are named, the validated data directory handed over as
+Parquet; either way the directory's tombstones are honoured. A Spark output without a ``.parquet``
+suffix is a directory of Parquet files partitioned by as_of, written by Spark and swapped in whole (a
+crash leaves the previous directory); a ``.parquet`` file is collected to this process and written as
+today.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from features.errors import InputError
-from features.io import Encoding, read_tombstones, refuse_overwriting_inputs
+from features.io import (
+    REJECTS_DIRNAME,
+    Encoding,
+    ValidationReport,
+    read_tombstones,
+    refuse_overwriting_inputs,
+)
 from features.schema import AS_OF
 from features.tables import Tables
 
@@ -40,7 +47,7 @@ def open_tables(engine: EngineName, data: Path, rejects: Path | None, spark: Spa
                 encoding: Encoding | str = Encoding.UTF_8, timezone: str | None = None) -> Tables | SparkTables:
     """The shop's tables in ``engine``: DuckDB's validated ``data``, or Spark's tables (``spark``'s
     ``tables`` when it names any, else ``data`` validated and handed over)."""
-    from sendwise.pipeline import load
+    from sendwise.pipeline import load, print_validation
 
     if engine is EngineName.DUCKDB:
         return load(data, rejects, quiet=True, encoding=encoding, timezone=timezone)
@@ -53,8 +60,14 @@ def open_tables(engine: EngineName, data: Path, rejects: Path | None, spark: Spa
                          "must honour: create it (empty is fine) or point `data:` at it.")
     session = spark_session(settings.master, settings.conf)
     if settings.tables:
-        return SparkTables.from_sources(session, dict(settings.tables), read_tombstones(data), timezone or "UTC",
-                                        rfm_ranks=settings.rfm_ranks)
+        folder = rejects or data / REJECTS_DIRNAME
+        if not is_uri(folder):
+            refuse_overwriting_inputs(folder, inputs=local_inputs(settings), data_dir=data, option="--rejects")
+        tables = SparkTables.from_sources(session, dict(settings.tables), read_tombstones(data), timezone or "UTC",
+                                          rfm_ranks=settings.rfm_ranks, rejects=output_location(folder))
+        if tables.rejected:
+            print_validation(ValidationReport(tables.reports, folder))
+        return tables
     return SparkTables.from_tables(session, load(data, rejects, quiet=True, encoding=encoding, timezone=timezone),
                                    rfm_ranks=settings.rfm_ranks)
 
