@@ -71,17 +71,18 @@ class Interactions:
         return self.matrix.shape
 
 
-def _signals_sql(config: InteractionConfig, e: Engine) -> str:
+def _signals_sql(config: InteractionConfig, e: Engine, only: str | None = None) -> str:
     decay = double(1) if config.half_life_days is None else (
         f"pow(CAST(0.5 AS DOUBLE), {e.days_between('t', e.as_of())} / {double(config.half_life_days)})")
     returns = "" if config.subtract_returns else f"AND {QUANTITY} > 0"
     purchase, add_to_cart, product_view = (e.parameter(n) for n in ("purchase", "add_to_cart", "product_view"))
+    among = f"AND {CUSTOMER_ID} IN (SELECT {CUSTOMER_ID} FROM {only})" if only else ""
     return f"""
         WITH lines AS (
             SELECT {CUSTOMER_ID}, {PRODUCT_ID}, min({ORDERED_AT}) AS t,
                    CASE WHEN sum({QUANTITY}) > 0 THEN {purchase} ELSE -{purchase} END AS w
             FROM {Table.ORDERS.value}
-            WHERE {ORDERED_AT} < {e.as_of()} AND {QUANTITY} <> 0 {returns}
+            WHERE {ORDERED_AT} < {e.as_of()} AND {QUANTITY} <> 0 {returns} {among}
             GROUP BY {ORDER_ID}, {CUSTOMER_ID}, {PRODUCT_ID}
         ), browsing AS (
             SELECT {CUSTOMER_ID}, {PRODUCT_ID}, {OCCURRED_AT} AS t,
@@ -89,7 +90,7 @@ def _signals_sql(config: InteractionConfig, e: Engine) -> str:
                                      ELSE {product_view} END AS w
             FROM {Table.EVENTS.value}
             WHERE {OCCURRED_AT} < {e.as_of()} AND {PRODUCT_ID} IS NOT NULL
-              AND {EVENT_TYPE} IN ('{EventType.ADD_TO_CART.value}', '{EventType.PRODUCT_VIEW.value}')
+              AND {EVENT_TYPE} IN ('{EventType.ADD_TO_CART.value}', '{EventType.PRODUCT_VIEW.value}') {among}
         )
         SELECT {CUSTOMER_ID}, {PRODUCT_ID}, sum(w * {decay}) AS {WEIGHT}
         FROM (SELECT * FROM lines UNION ALL SELECT * FROM browsing) signals
@@ -97,12 +98,14 @@ def _signals_sql(config: InteractionConfig, e: Engine) -> str:
     """
 
 
-def interaction_pairs_sql(config: InteractionConfig, engine_name: str) -> tuple[str, dict[str, float]]:
+def interaction_pairs_sql(config: InteractionConfig, engine_name: str,
+                          only: str | None = None) -> tuple[str, dict[str, float]]:
     """The weighted (customer_id, product_id, weight) query of ``config`` in an engine's dialect, and
-    its parameters other than the as_of."""
+    its parameters other than the as_of; ``only``: a relation whose ``customer_id`` column lists the
+    customers to read (none: every customer)."""
     params = {"purchase": float(config.purchase), "add_to_cart": float(config.add_to_cart),
               "product_view": float(config.product_view)}
-    return _signals_sql(config, engine(engine_name)), params
+    return _signals_sql(config, engine(engine_name), only), params
 
 
 def catalog_ids(tables: Tables | SparkTables) -> pd.Index:
@@ -115,12 +118,13 @@ def catalog_ids(tables: Tables | SparkTables) -> pd.Index:
 
 
 def build_interactions(tables: Tables | SparkTables, as_of: datetime, config: InteractionConfig | None = None,
-                       product_ids: pd.Index | None = None) -> Interactions:
-    """The interaction matrix at ``as_of``: rows are customers with a positive total, columns are
-    ``product_ids`` (default: :func:`catalog_ids`; products outside it are ignored). The weights are
-    summed by the engine holding ``tables`` (DuckDB, or Spark)."""
+                       product_ids: pd.Index | None = None, only: str | None = None) -> Interactions:
+    """The interaction matrix at ``as_of``: rows are customers with a positive total (``only``: of
+    those listed in that relation's ``customer_id``), columns are ``product_ids`` (default:
+    :func:`catalog_ids`; products outside it are ignored). The weights are summed by the engine holding
+    ``tables`` (DuckDB, or Spark)."""
     config = config or InteractionConfig()
-    sql, params = interaction_pairs_sql(config, tables.engine)
+    sql, params = interaction_pairs_sql(config, tables.engine, only)
     pairs = tables.query(sql, params | engine(tables.engine).parameters(as_of))
     products = catalog_ids(tables) if product_ids is None else pd.Index(product_ids, name=PRODUCT_ID)
     return interactions_from_pairs(pairs, products, as_of)

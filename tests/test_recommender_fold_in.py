@@ -91,3 +91,16 @@ def test_bm25_weighted_als_does_not_fold_in(interactions: Interactions) -> None:
     model = make_recommender("als", **PARAMS, weighting="bm25").fit(subset(interactions, even))
     assert not model.reads_interactions
     assert (model.rows_for(interactions.customer_ids[~even][:5], interactions) == UNKNOWN).all()
+
+
+def test_interactions_of_only_some_customers_are_their_rows_of_the_whole_matrix(
+        demo_tables: Tables, interactions: Interactions) -> None:
+    some = interactions.customer_ids[::3]
+    demo_tables.con.register("_some", pd.DataFrame({CUSTOMER_ID: list(some) + ["nobody"]}))
+    try:
+        only = build_interactions(demo_tables, AS_OF, product_ids=interactions.product_ids, only="_some")
+    finally:
+        demo_tables.con.unregister("_some")
+    assert list(only.customer_ids) == list(some)
+    want = select_rows(interactions.matrix, interactions.rows(some))
+    assert (only.matrix != want).nnz == 0

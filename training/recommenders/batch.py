@@ -9,6 +9,7 @@ countries when fewer than ``MIN_COUNTRY_BUYERS`` of that country bought in that 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -128,6 +129,20 @@ def _anti_join(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     return marked[marked["_drop"].isna()].drop(columns="_drop")
 
 
+def _fold_in_interactions(tables: Tables, as_of: datetime, model: Recommender, known: pd.DataFrame,
+                          base_config: InteractionConfig | None) -> Interactions:
+    """The interactions of the known customers ``model`` was not fitted on (a million-customer shop
+    fitted on every customer reads next to nothing here)."""
+    outside = known.loc[~known[CUSTOMER_ID].isin(model.customer_ids_), [CUSTOMER_ID]]
+    view = f"_fold_in_{uuid.uuid4().hex}"
+    tables.con.register(view, outside)
+    try:
+        return build_interactions(tables, as_of, model.interaction_config(base_config),
+                                  product_ids=model.product_ids_, only=view)
+    finally:
+        tables.con.unregister(view)
+
+
 class RecommendationContext:
     """Everything recommending at one as_of needs, prepared once: known customers and countries,
     catalog, purchases, fallback lists and (for models that read them: scoring from history, folding in) interactions.
@@ -135,12 +150,15 @@ class RecommendationContext:
 
     def __init__(self, tables: Tables, as_of: datetime, model: Recommender,
                  base_config: InteractionConfig | None = None) -> None:
+        known = known_customers(tables, as_of)
         interactions = None
-        if model.reads_interactions:
+        if model.scores_from_history:
             interactions = build_interactions(tables, as_of, model.interaction_config(base_config),
                                               product_ids=model.product_ids_)
-        self._set(model, as_of, known_customers(tables, as_of), catalog(tables, model.product_ids_),
-                  purchases(tables, None, as_of), interactions)
+        elif model.reads_interactions:  # folds in: only the customers the model was not fitted on
+            interactions = _fold_in_interactions(tables, as_of, model, known, base_config)
+        self._set(model, as_of, known, catalog(tables, model.product_ids_), purchases(tables, None, as_of),
+                  interactions)
         since = as_of - timedelta(days=FALLBACK_DAYS)
         recent = self._bought[self._bought[ORDERED_AT] >= since]
         if recent.empty:  # a quiet spell: use all history

@@ -454,8 +454,9 @@ class ALSRecommender(_Factors):
         rows = super().rows_for(customer_ids, interactions)
         if interactions is not None and self.reads_interactions:
             current = interactions.rows(customer_ids)
-            pairs = np.diff(interactions.matrix.indptr)[np.maximum(current, 0)]
-            rows[(rows == UNKNOWN) & (current >= 0) & (pairs > 0)] = FOLD_IN
+            has_pairs = current >= 0
+            has_pairs[has_pairs] = np.diff(interactions.matrix.indptr)[current[has_pairs]] > 0
+            rows[(rows == UNKNOWN) & has_pairs] = FOLD_IN
         return rows
 
     def _vectors(self, rows, user_items):
