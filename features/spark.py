@@ -8,7 +8,8 @@ clean rows in the view, its rejected rows written with their reason to a rejects
 :func:`features.validate.validate_raw` does for DuckDB), or from a DuckDB
 :class:`~features.tables.Tables` (tests, small shops; validated already). Rows of forgotten customers
 (the data directory's tombstones) are left out as they are read, as :func:`features.io.load_data_dir`
-does. :func:`spark_features` runs the registry's feature query,
+does. The clean rows of a validated table are computed once and kept on the executors
+(:meth:`SparkTables.close` releases them). :func:`spark_features` runs the registry's feature query,
 compiled for :class:`~features.engines.spark.SparkEngine`, with the as_of as its one argument; its RFM
 scores rank as the tables' ``rfm_ranks`` says (the project's ``spark.rfm_ranks``: exact by default).
 
@@ -29,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import pandas as pd
 
@@ -138,7 +139,7 @@ class SparkTables:
         self._frames: dict[Table, DataFrame] = {}
         self._token = uuid.uuid4().hex
         self.reports: list[TableReport] = []  # one per table read and validated (from_sources)
-        self.rejects_dir: str | None = None
+        self._kept: list[DataFrame] = []  # validated clean rows, persisted until close()
 
     def _activate(self) -> None:
         """Make the session's contract views these tables' (a no-op when they already are)."""
@@ -148,10 +149,24 @@ class SparkTables:
             frame.createOrReplaceTempView(table.value)
         self.spark.conf.set(OWNER_CONF, self._token)
 
+    def close(self) -> None:
+        """Release the validated clean rows these tables keep on the executors (their views then
+        validate again if read). Without it, they live as long as the Spark session."""
+        for frame in self._kept:
+            frame.unpersist()
+        self._kept.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @classmethod
     def from_sources(cls, spark: SparkSession, sources: Mapping[Table, str], tombstones: Tombstones | None = None,
                      timezone: str = "UTC", rfm_ranks: RfmRanks | str = RfmRanks.EXACT,
-                     rejects: str | Path | None = None, now: datetime | None = None) -> SparkTables:
+                     rejects: str | Path | None = None, now: datetime | None = None,
+                     data_dir: Path | None = None) -> SparkTables:
         """Tables read from ``sources``: per table a Parquet file or folder (any path Spark reads:
         ``s3a://``, ``hdfs://``, a local path) or ``table:<catalog name>``. Orders are required, and so
         is each table's required columns; timestamps without a zone are local times of ``timezone``.
@@ -160,33 +175,43 @@ class SparkTables:
         (:func:`_validate`): the views hold the clean rows, and each table's rejected rows, with their
         ``reason``, are written as a Parquet folder ``<rejects>/<table>`` (None: a temporary folder,
         removed when this process ends); :attr:`reports` counts them. Timestamps after ``now``
-        (default: now, UTC) are rejected."""
+        (default: now, UTC) are rejected. A local ``rejects`` folder that is, or holds, an input (a
+        local source, or ``data_dir``: the data directory whose tombstones are read) is refused first.
+
+        Each table's clean rows are computed once, in the pass that writes its rejects, and kept
+        (persisted on the executors, memory then disk) until :meth:`close`: every query on a view reads
+        those typed rows, never the source or the rules again."""
         if Table.ORDERS not in sources:
             raise InputError("the spark engine needs an orders table: set spark.tables.orders in sendwise.yaml "
                              "(a Parquet path, or table:<name> for a catalog table).")
         if rejects is None:
             rejects = tempfile.mkdtemp(prefix="sendwise-rejects-")
             atexit.register(shutil.rmtree, rejects, True)
+        if "://" not in str(rejects):
+            local = [p for p in sources.values() if not p.startswith("table:") and "://" not in p]
+            refuse_overwriting_inputs(rejects, inputs=local, data_dir=data_dir, option="the rejects folder")
         tables = cls(spark, rfm_ranks)
-        tables.rejects_dir = str(rejects)
         moment, zone = (now or now_utc()).replace(tzinfo=None), check_timezone(timezone)
-        local = [p for p in sources.values() if not p.startswith("table:") and "://" not in p]
         for table in Table:
             source = sources.get(table)
             if source is None:
                 tables._register(table, None)
                 continue
             target = f"{str(rejects).rstrip('/')}/{table.value}"
-            if "://" not in target:
-                refuse_overwriting_inputs(target, inputs=local, option="the rejects folder")
-            frame, report = _validate(spark, table, _read(spark, table, source), source, target, moment,
-                                      tombstones, zone)
+            try:
+                frame, report = _validate(spark, table, _read(spark, table, source), source, target, moment,
+                                          tombstones, zone)
+            except BaseException:
+                tables.close()
+                raise
             tables.reports.append(report)
             tables._frames[table] = frame
+            tables._kept.append(frame)
             frame.createOrReplaceTempView(table.value)
         spark.conf.set(OWNER_CONF, tables._token)
         orders = tables.reports[0]
         if orders.loaded == 0 and orders.rejected:
+            tables.close()
             reasons = "; ".join(f"{n:,} {r}" for r, n in list(orders.reasons.items())[:3])
             raise InputError(f"{orders.source}: orders has no rows left: all {orders.rejected:,} were rejected "
                              f"({reasons}); see {rejects}/{Table.ORDERS.value}.")
@@ -349,13 +374,14 @@ def _flagged(frame: DataFrame, spec: TableSpec, moment: datetime, zone: str | No
 
 def _validate(spark: SparkSession, table: Table, frame: DataFrame, source: str, target: str, moment: datetime,
               tombstones: Tombstones | None, zone: str | None) -> tuple[DataFrame, TableReport]:
-    """The clean rows of ``frame`` in contract types, and the report of its validation; the rejected
-    rows (the input as text, with ``source_file``, ``source_row`` and ``reason``) written to ``target``.
+    """The clean rows of ``frame`` in contract types, persisted and computed already, and the report
+    of its validation; the rejected rows (the input as text, with ``source_file``, ``source_row`` and
+    ``reason``) written to ``target``.
 
     The rules are :mod:`features.schema`'s, in :func:`features.validate.validate_raw`'s order: row
     rules, exact duplicates, group rules, then repeats of the unique key. One pass reads the input
-    (kept on the executors while the rules run); the clean rows are the input's rows that break no row
-    rule and are not among the rejects written (their ids, read back). Nothing is collected but counts."""
+    (kept on the executors while the rules run) and decides every row (:func:`_decide`); nothing is
+    collected but counts."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -375,23 +401,27 @@ def _validate(spark: SparkSession, table: Table, frame: DataFrame, source: str, 
     flagged, found = _flagged(frame, spec, moment, zone)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        report = _reject(spark, spec, flagged, found, source, target)
+        return _decide(spark, spec, flagged, found, source, target)
     finally:
         flagged.unpersist()
-    clean, _ = _flagged(frame, spec, moment, zone)
-    clean = clean.where(F.col(ROW_REASON).isNull())
-    if report.rejected:
-        row_reasons = [reason for _, reason in rule_checks(spec, moment)]
-        others = spark.read.parquet(target).where(~F.col(REJECT_REASON).isin(row_reasons))
-        same = (clean[ROW_FILE].eqNullSafe(others[SOURCE_FILE])) & (clean[ROW_INDEX] + 1 == others[SOURCE_ROW])
-        clean = clean.join(others, same, "left_anti")
-    return clean.select(*spec.column_names), report
 
 
-def _reject(spark: SparkSession, spec: TableSpec, flagged: DataFrame, found: list[str], source: str,
-            target: str) -> TableReport:
+def _decide(spark: SparkSession, spec: TableSpec, flagged: DataFrame, found: list[str], source: str,
+            target: str) -> tuple[DataFrame, TableReport]:
     """Check the column types of ``flagged`` (a ContractError when most values of one do not parse),
-    write its rejected rows to ``target`` and count them."""
+    decide each of its rows (clean, or rejected with a reason), write the rejected rows to ``target``,
+    count them, and return the clean rows in contract types with the report.
+
+    The decided rows are persisted while the rejects are counted and written and the clean rows taken
+    from them, so the rules run once. The clean rows are persisted too (``MEMORY_AND_DISK``, filled by
+    their count) and the views read them: Spark's cached columnar batches keep column pruning for the
+    many reads of the feature query, spill to the executors' disks rather than drop, and never read the
+    source or re-run the rules again. Only a lost executor recomputes its blocks from the lineage: this
+    whole pass (clean and rejected rows decided together, never matched against the written rejects),
+    on the source as it is then. Chosen over ``localCheckpoint`` (row-based: no column pruning; a lost
+    executor fails the query) and over Parquet staged beside the rejects (a second copy of the lake
+    written and kept on the shared file system, and a lifetime to manage there)."""
+    from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -423,26 +453,35 @@ def _reject(spark: SparkSession, spec: TableSpec, flagged: DataFrame, found: lis
         remaining = remaining.join(conflicting, keys, "left_anti")
     if spec.unique_key:
         first_row = F.min(F.struct(ROW_FILE, ROW_INDEX)).over(Window.partitionBy(spec.unique_key))
-        repeated = remaining.withColumn("_first", first_row).where(F.struct(ROW_FILE, ROW_INDEX) != F.col("_first"))
+        ranked = remaining.withColumn("_first", first_row)
+        repeated = ranked.where(F.struct(ROW_FILE, ROW_INDEX) != F.col("_first"))
         in_file = F.when(~F.col("_first")[ROW_FILE].eqNullSafe(F.col(ROW_FILE)),  # another file: name it
                          F.concat(F.lit(" of "), F.col("_first")[ROW_FILE])).otherwise(F.lit(""))
         shown = F.concat(F.lit(f"duplicate {spec.unique_key} (first in row "),
                          (F.col("_first")[ROW_INDEX] + 1).cast("string"), in_file, F.lit(")"))
         parts.append(repeated.withColumn(ROW_REASON, shown).drop("_first"))
-    rejected = parts[0]
-    for part in parts[1:]:
-        rejected = rejected.unionByName(part)
-    rejected = rejected.select(F.col(ROW_FILE).alias(SOURCE_FILE), (F.col(ROW_INDEX) + 1).alias(SOURCE_ROW),
-                               F.col(ROW_REASON).alias(REJECT_REASON),
-                               *[F.col(f"_raw{i}").cast("string").alias(name) for i, name in enumerate(found)])
-    _write_replacing(rejected, target)
-    written = spark.read.parquet(target)
-    total = written.count()
-    reasons = {r[REJECT_REASON]: r["count"] for r in written.groupBy(REJECT_REASON).count()
-               .orderBy(F.desc("count"), REJECT_REASON).limit(REASONS_KEPT).collect()}
-    if not total:  # as DuckDB's validation: a table without rejects writes nothing
-        _delete(spark, target)
-    return TableReport(spec.table.value, source, row["read"], row["read"] - total, total, reasons)
+        remaining = ranked.where(F.struct(ROW_FILE, ROW_INDEX) == F.col("_first")).drop("_first")
+    decided = parts[0]
+    for part in [*parts[1:], remaining]:
+        decided = decided.unionByName(part)
+    decided = decided.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        rejected = decided.where(reason.isNotNull())
+        by_reason = rejected.groupBy(ROW_REASON).count()  # fills the decided rows
+        total = by_reason.agg(F.sum("count")).collect()[0][0] or 0
+        reasons = {r[ROW_REASON]: r["count"] for r in by_reason.orderBy(F.desc("count"), ROW_REASON)
+                   .limit(REASONS_KEPT).collect()}
+        _write_replacing(rejected.select(F.col(ROW_FILE).alias(SOURCE_FILE), (F.col(ROW_INDEX) + 1).alias(SOURCE_ROW),
+                                         F.col(ROW_REASON).alias(REJECT_REASON),
+                                         *[F.col(f"_raw{i}").cast("string").alias(name)
+                                           for i, name in enumerate(found)]), target)
+        if not total:  # as DuckDB's validation: a table without rejects writes nothing
+            _delete(spark, target)
+        clean = decided.where(reason.isNull()).select(*spec.column_names).persist(StorageLevel.MEMORY_AND_DISK)
+        loaded = clean.count()  # fills the clean rows, before the decided ones are released
+    finally:
+        decided.unpersist()
+    return clean, TableReport(spec.table.value, source, row["read"], loaded, total, reasons)
 
 
 def _hadoop(spark: SparkSession, location: str) -> tuple[Any, Any]:

@@ -60,11 +60,10 @@ def open_tables(engine: EngineName, data: Path, rejects: Path | None, spark: Spa
                          "must honour: create it (empty is fine) or point `data:` at it.")
     session = spark_session(settings.master, settings.conf)
     if settings.tables:
-        folder = rejects or data / REJECTS_DIRNAME
-        if not is_uri(folder):
-            refuse_overwriting_inputs(folder, inputs=local_inputs(settings), data_dir=data, option="--rejects")
+        folder = rejects or data / REJECTS_DIRNAME  # checked against the inputs where it is written
         tables = SparkTables.from_sources(session, dict(settings.tables), read_tombstones(data), timezone or "UTC",
-                                          rfm_ranks=settings.rfm_ranks, rejects=output_location(folder))
+                                          rfm_ranks=settings.rfm_ranks, rejects=output_location(folder),
+                                          data_dir=data)
         if tables.rejected:
             print_validation(ValidationReport(tables.reports, folder))
         return tables

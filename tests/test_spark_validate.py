@@ -118,6 +118,29 @@ def test_features_over_the_clean_rows_equal_duckdbs(validated: tuple) -> None:
 
 
 @pytest.mark.spark
+def test_the_views_read_the_clean_rows_kept_not_the_source_nor_the_rules(validated: tuple) -> None:
+    """The clean rows are computed once, with the rejects: a query on a view scans them (cached), not
+    the lake's files, the rules or the rejects written."""
+    _, _, remote, _ = validated
+    for table in (Table.ORDERS, Table.CUSTOMERS):
+        plan = remote.sql(f"SELECT count(*) FROM {table.value}")._jdf.queryExecution().sparkPlan()
+        leaves = plan.collectLeaves()
+        assert [leaves.apply(i).nodeName() for i in range(leaves.size())] == ["InMemoryTableScan"], table
+
+
+@pytest.mark.spark
+def test_closing_the_tables_releases_the_rows_they_keep(spark: object, tmp_path: Path) -> None:
+    from features.spark import SparkTables
+
+    paths = write_lake(tmp_path / "lake", {Table.ORDERS: LAKE[Table.ORDERS]})
+    with SparkTables.from_sources(spark, paths, rejects=tmp_path / "rejects", now=NOW) as remote:
+        kept = remote._frames[Table.ORDERS]
+        assert kept.storageLevel.useMemory and kept.storageLevel.useDisk
+        assert remote.count(Table.ORDERS) == remote.reports[0].loaded == 6
+    assert not kept.is_cached
+
+
+@pytest.mark.spark
 def test_a_column_that_mostly_fails_to_parse_is_the_same_error(spark: object, tmp_path: Path) -> None:
     from features.spark import SparkTables
 
@@ -143,12 +166,14 @@ def test_rejects_never_overwrite_an_input_nor_a_folder_spark_did_not_write(spark
     data = tmp_path / "data"
     data.mkdir()
     settings = SparkSettings(tables={"orders": paths[Table.ORDERS]})
-    with pytest.raises(InputError, match="--rejects"):
+    with pytest.raises(InputError, match="the rejects folder .* holds .* an input of this command"):
         open_tables(EngineName.SPARK, data, tmp_path / "lake", settings)
+    with pytest.raises(InputError, match="is the data directory this command reads"):
+        open_tables(EngineName.SPARK, data, data, settings)
     folder = tmp_path / "shared" / "orders"  # a lake table as a folder, where the rejects would go
     folder.mkdir(parents=True)
     (folder / "part-0.parquet").write_bytes(Path(paths[Table.ORDERS]).read_bytes())
-    with pytest.raises(InputError, match="is an input of this command"):
+    with pytest.raises(InputError, match="an input of this command"):
         SparkTables.from_sources(spark, {Table.ORDERS: str(folder)}, rejects=tmp_path / "shared", now=NOW)
     theirs = tmp_path / "rejects" / "orders"
     theirs.mkdir(parents=True)
