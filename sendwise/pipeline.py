@@ -58,10 +58,12 @@ from training.clv import DEFAULT_HORIZON_DAYS as DEFAULT_CLV_HORIZON_DAYS
 from training.promotion import DEFAULT_MARGIN, PromotionDecision, promote
 from training.recommenders.batch import check_k, recommend_all
 from training.recommenders.metrics import METRICS, RANK, SOURCE
+from training.recommenders.models import make_recommender
 from training.recommenders.rules import BusinessRules
+from training.recommenders.selection import AUTO
 from training.recommenders.spark_batch import recommend_all_spark
 from training.recommenders.store import REGISTERED_NAME, load_registered
-from training.recommenders.train import DEFAULT_WINDOW_DAYS
+from training.recommenders.train import DEFAULT_WINDOW_DAYS, serving_candidates
 from training.recommenders.train import train_recommender as fit_recommender
 from training.registry import (
     CHAMPION,
@@ -360,7 +362,7 @@ def train_full_data(tables: SparkTables, target: Target, as_of: datetime, horizo
         result = train_classifier_spark(tables, target, as_of, horizon, periods, mlruns=mlruns,
                                         progress=lambda what: bar.update(task, description=what),
                                         feature_config=feature_config, project=project, data_source=data_source,
-                                        max_driver_rows=spark.driver_rows)
+                                        max_driver_rows=spark.driver_rows, num_workers=spark.xgboost_workers)
     print_training(result)
 
 
@@ -412,14 +414,22 @@ def train_recommender(data: Path, as_of: datetime, model: str = "als", trials: i
     name = registered_name(REGISTERED_NAME, project)
     tables = open_tables(engine, data, rejects, spark, timezone=timezone)
     run_params: dict[str, object] = {}
+    sampled = False
     if engine is EngineName.SPARK:
         tables, sample = sample_to_one_node(tables, spark)
-        run_params = sample.params()
+        run_params, sampled = sample.params(), sample.fraction < 1
+        if sampled and model == AUTO:
+            console.print("auto compares only the models that serve the customers outside the sample: "
+                          + ", ".join(c.name for c in serving_candidates(window)), highlight=False)
+        elif sampled and not make_recommender(model).serves_customers_outside_fit:
+            console.print(f"warning: {model} does not serve customers outside its fit; the customers outside the "
+                          "sample will get the popular fallback (als, itemknn and ease serve them)", highlight=False)
     with progress_bar() as bar:
         task = bar.add_task("training", total=None)
         result = fit_recommender(tables, as_of, model, trials, k, window, mlruns=mlruns,
                                  progress=lambda what: bar.update(task, description=what), project=project,
-                                 data_source=data_source(data, engine, spark), run_params=run_params)
+                                 data_source=data_source(data, engine, spark), run_params=run_params,
+                                 sampled=sampled)
     if result.choice is not None:
         console.print(result.choice.render(), highlight=False)
     print_metrics(result.table, k, f"{name} v{result.version} ({result.kind}): holdout "

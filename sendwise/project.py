@@ -158,6 +158,8 @@ class SparkSettings(BaseModel):
                                     "full (every row, SparkXGBClassifier)")
     driver_rows: int = Field(2_000_000, ge=1_000, description="full training: rows of a fold's scores brought to "
                              "the driver to calibrate and evaluate; above it, a seeded sample of customers")
+    xgboost_workers: int | None = Field(None, ge=1, description="full training: SparkXGBClassifier's num_workers "
+                                        "(default: the session's default parallelism)")
     rfm_ranks: RfmRanks = Field(RfmRanks.EXACT, description="exact (percent_rank over every buyer, in one task) or "
                                 "approximate (cut points from one distributed percentile_approx; docs/scale.md)")
 

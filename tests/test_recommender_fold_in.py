@@ -4,12 +4,14 @@ list instead of the popular fallback."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from conftest import SERVE_AS_OF
 
 from features.interactions import Interactions, build_interactions, select_rows
@@ -18,6 +20,7 @@ from features.tables import Tables
 from training.recommenders.batch import recommend_all
 from training.recommenders.metrics import SOURCE
 from training.recommenders.models import FOLD_IN, UNKNOWN, ALSRecommender, make_recommender
+from training.recommenders.train import serving_candidates
 
 AS_OF = datetime.fromisoformat(SERVE_AS_OF)
 PARAMS = {"factors": 8, "iterations": 5, "regularization": 0.05, "alpha": 2.0}
@@ -104,3 +107,31 @@ def test_interactions_of_only_some_customers_are_their_rows_of_the_whole_matrix(
     assert list(only.customer_ids) == list(some)
     want = select_rows(interactions.matrix, interactions.rows(some))
     assert (only.matrix != want).nnz == 0
+
+
+def test_a_customer_with_an_empty_row_is_not_folded_in(interactions: Interactions,
+                                                       half: tuple[ALSRecommender, np.ndarray]) -> None:
+    model, left_out = half
+    ids = interactions.customer_ids[left_out][:2]
+    empty = Interactions(sp.csr_matrix((2, len(interactions.product_ids)), dtype=np.float32), ids,
+                         interactions.product_ids, AS_OF)
+    assert (model.rows_for(ids, empty) == UNKNOWN).all()
+
+
+def test_the_solver_is_made_once_and_left_out_of_a_pickle(interactions: Interactions,
+                                                           half: tuple[ALSRecommender, np.ndarray]) -> None:
+    model, left_out = half
+    rows = select_rows(interactions.matrix, interactions.rows(interactions.customer_ids[left_out][:5]))
+    first = model.fold_in(rows)
+    solver = model._solver
+    np.testing.assert_array_equal(model.fold_in(rows), first)
+    assert model._solver is solver
+    copy = pickle.loads(pickle.dumps(model))  # a Spark broadcast
+    assert not hasattr(copy, "_solver")
+    np.testing.assert_array_equal(copy.fold_in(rows), first)
+
+
+def test_a_sample_fitted_auto_compares_only_models_that_serve_the_rest() -> None:
+    names = [c.name for c in serving_candidates(90)]
+    assert names[0] == "popular" and "als" in names and "ease" in names and "itemknn-cosine" in names
+    assert "bpr" not in names and "reranker" not in names

@@ -154,6 +154,9 @@ def test_full_data_training_is_a_setting_and_refuses_trials_before_reading_data(
     assert ProjectSettings().spark.training == SparkTraining.SAMPLE
     with pytest.raises(ValidationError, match="training"):
         ProjectSettings.model_validate({"spark": {"training": "everything"}})
+    assert ProjectSettings().spark.xgboost_workers is None
+    with pytest.raises(ValidationError, match="xgboost_workers"):
+        ProjectSettings.model_validate({"spark": {"xgboost_workers": 0}})
     (tmp_path / "sendwise.yaml").write_text(yaml.safe_dump(
         {"name": "full", "data": str(demo_dir), "engine": "spark", "spark": {"training": "full"}}))
     refused = runner.invoke(app, ["train", "churn", "--project", str(tmp_path), "--as-of", "2025-10-01",
@@ -168,12 +171,14 @@ def test_spark_training_full_fits_every_row_with_spark_xgboost(spark: object, de
     import mlflow
 
     (tmp_path / "sendwise.yaml").write_text(yaml.safe_dump(
-        {"name": "full", "data": str(demo_dir), "engine": "spark", "spark": {"training": "full"}}))
+        {"name": "full", "data": str(demo_dir), "engine": "spark",
+         "spark": {"training": "full", "xgboost_workers": 1}}))
     output = " ".join(invoke("train", "churn", "--project", tmp_path, "--as-of", "2025-10-01").split())
     assert "SparkXGBClassifier" in output and "no CLV model" in output and "full.churn v1" in output
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     run = mlflow.search_runs(search_all_experiments=True, filter_string="params.target = 'churned'").iloc[0]
     assert run["params.training"] == "spark_xgboost"
+    assert run["params.num_workers"] == "1"  # spark.xgboost_workers, not the session's parallelism (2)
 
 
 @pytest.mark.slow  # the commands' wiring; the rows themselves are held equal in the default run

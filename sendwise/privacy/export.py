@@ -99,7 +99,7 @@ def export_customer(customer_id: str, data_dir: Path | str, mlruns: Path | str |
             loaded = load_registered(CHAMPION, project=project)
             check_provenance(registered_name(REGISTERED_NAME, project), loaded.version, loaded.provenance, project)
             recommender, version = loaded.model, loaded.version
-            context = RecommendationContext(tables, as_of, recommender)
+            context = RecommendationContext(tables, as_of, recommender, customer_ids=pd.Index([customer_id]))
             recs = context.recommend(pd.Index([customer_id]), k, BusinessRules())
             doc["recommendations"] = _records(recs.drop(columns=[CUSTOMER_ID]).assign(model_version=version))
         except LookupError as exc:

@@ -130,10 +130,13 @@ def _anti_join(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fold_in_interactions(tables: Tables, as_of: datetime, model: Recommender, known: pd.DataFrame,
-                          base_config: InteractionConfig | None) -> Interactions:
-    """The interactions of the known customers ``model`` was not fitted on (a million-customer shop
-    fitted on every customer reads next to nothing here)."""
-    outside = known.loc[~known[CUSTOMER_ID].isin(model.customer_ids_), [CUSTOMER_ID]]
+                          base_config: InteractionConfig | None, asked: pd.Index | None) -> Interactions:
+    """The interactions of the known customers (of ``asked``, when given) ``model`` was not fitted on
+    (a million-customer shop fitted on every customer reads next to nothing here)."""
+    wanted = ~known[CUSTOMER_ID].isin(model.customer_ids_)
+    if asked is not None:
+        wanted &= known[CUSTOMER_ID].isin(asked)
+    outside = known.loc[wanted, [CUSTOMER_ID]]
     view = f"_fold_in_{uuid.uuid4().hex}"
     tables.con.register(view, outside)
     try:
@@ -149,14 +152,16 @@ class RecommendationContext:
     ``sendwise recommend`` uses one for all customers; the service keeps one for its lifetime."""
 
     def __init__(self, tables: Tables, as_of: datetime, model: Recommender,
-                 base_config: InteractionConfig | None = None) -> None:
+                 base_config: InteractionConfig | None = None, customer_ids: pd.Index | None = None) -> None:
+        """``customer_ids``: the only customers it will be asked about, when known (a privacy export:
+        one), so that a model folding customers in reads only theirs."""
         known = known_customers(tables, as_of)
         interactions = None
         if model.scores_from_history:
             interactions = build_interactions(tables, as_of, model.interaction_config(base_config),
                                               product_ids=model.product_ids_)
         elif model.reads_interactions:  # folds in: only the customers the model was not fitted on
-            interactions = _fold_in_interactions(tables, as_of, model, known, base_config)
+            interactions = _fold_in_interactions(tables, as_of, model, known, base_config, customer_ids)
         self._set(model, as_of, known, catalog(tables, model.product_ids_), purchases(tables, None, as_of),
                   interactions)
         since = as_of - timedelta(days=FALLBACK_DAYS)

@@ -100,6 +100,12 @@ class Recommender:
         score from them, or to fold in customers the model was not fitted on)."""
         return self.scores_from_history
 
+    @property
+    def serves_customers_outside_fit(self) -> bool:
+        """Whether a customer the model was not fitted on gets its list (from their interactions, or
+        the same list as everyone) rather than the fallback: what a model fitted on a sample needs."""
+        return self.reads_interactions
+
     def rows_for(self, customer_ids: pd.Index, interactions: Interactions | None) -> np.ndarray:
         """Each customer's row for :meth:`top_k` (:data:`UNKNOWN`: none): by default the row of
         the current ``interactions``, which these models score directly."""
@@ -461,18 +467,26 @@ class ALSRecommender(_Factors):
 
     def _vectors(self, rows, user_items):
         fold = rows == FOLD_IN
-        query = self.user_factors_[np.where(fold, 0, rows)]  # fancy indexing: a copy
+        query = np.empty((len(rows), self.item_factors_.shape[1]), np.float32)
+        query[~fold] = self.user_factors_[rows[~fold]]
         if fold.any():
             query[fold] = self.fold_in(user_items[fold])
         return query, self.item_factors_
 
     def fold_in(self, user_items: sp.csr_matrix) -> np.ndarray:
         """User factors for interaction rows (on this model's products) the model was not fitted on."""
-        solver = self._implicit_model()
-        solver.item_factors = self.item_factors_
-        with threadpool_limits(1, "blas"):
-            factors = solver.recalculate_user(np.arange(user_items.shape[0]), sp.csr_matrix(user_items, dtype=np.float32))
+        solver = getattr(self, "_solver", None)
+        if solver is None or solver.item_factors is not self.item_factors_:  # made once per item factors
+            solver = self._implicit_model()
+            solver.item_factors = self.item_factors_
+            solver.YtY  # noqa: B018  (computed now, once, not on the first request)
+            self._solver = solver
+        factors = solver.recalculate_user(np.arange(user_items.shape[0]), sp.csr_matrix(user_items, dtype=np.float32))
         return np.asarray(factors, np.float32)
+
+    def __getstate__(self) -> dict:
+        """Pickled (a Spark broadcast) without the cached solver, which each worker makes again."""
+        return {k: v for k, v in self.__dict__.items() if k != "_solver"}
 
     def _implicit_model(self):
         from implicit.cpu.als import AlternatingLeastSquares
@@ -606,6 +620,10 @@ class PopularRecommender(Recommender):
 
     def _fit(self, matrix: sp.csr_matrix) -> None:
         self.item_scores_ = np.asarray((matrix > 0).sum(axis=0), np.float32).ravel()
+
+    @property
+    def serves_customers_outside_fit(self) -> bool:
+        return True
 
     def rows_for(self, customer_ids, interactions):
         """Everybody gets the same list: no customer is unknown."""

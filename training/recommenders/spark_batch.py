@@ -153,6 +153,9 @@ def customer_rows(tables: SparkTables, as_of: datetime, known: DataFrame, model:
     if model.reads_interactions:
         sql, weights = interaction_pairs_sql(model.interaction_config(base_config), "spark")
         pairs = tables.sql(sql, weights | params)
+        if not model.scores_from_history:  # folds in: only the customers outside the fit
+            fitted = tables.spark.createDataFrame(pd.DataFrame({CUSTOMER_ID: model.customer_ids_.astype(str)}))
+            pairs = pairs.join(F.broadcast(fitted), CUSTOMER_ID, "left_anti")
         rows = rows.join(gathered(pairs, {ITEMS: PRODUCT_ID, WEIGHTS: "weight"}), CUSTOMER_ID, "left")
     return rows
 

@@ -43,7 +43,15 @@ from training.protocols import LEAVE_LATEST_OUT, choose_protocol, leave_latest_o
 from training.recommenders import evaluation
 from training.recommenders.evaluation import NEW_ITEMS, Holdout, holdout
 from training.recommenders.models import TUNABLE, Recommender, make_recommender
-from training.recommenders.selection import AUTO, DEFAULT_BUDGET_S, ModelChoice, choose_model, log_choice
+from training.recommenders.selection import (
+    AUTO,
+    DEFAULT_BUDGET_S,
+    Candidate,
+    ModelChoice,
+    candidates,
+    choose_model,
+    log_choice,
+)
 from training.recommenders.store import REGISTERED_NAME, log_and_register
 from training.registry import PROJECT_TAG, ModelProvenance, registered_name
 from training.tracking import configure_tracking, experiment_id, git_commit
@@ -169,16 +177,26 @@ def _metrics(rows: list[dict], prefix: str, k: int) -> dict[str, float]:
     return out
 
 
+def serving_candidates(window_days: int) -> tuple[Candidate, ...]:
+    """Auto's candidates that give a customer they were not fitted on their own list (or everyone's):
+    what a model fitted on a sample of the shop must do for the rest."""
+    return tuple(c for c in candidates(window_days)
+                 if make_recommender(c.kind, **c.params).serves_customers_outside_fit)
+
+
 def train_recommender(tables: Tables, as_of: object, kind: str = AUTO, trials: int = 0, k: int = 10,
                       window_days: int = DEFAULT_WINDOW_DAYS, params: dict | None = None,
                       base_config: InteractionConfig | None = None, random_state: int = 0,
                       mlruns=None, progress: Callable[[str], None] | None = None, project: str | None = None,
                       data_source: str | None = None, budget_s: float = DEFAULT_BUDGET_S,
-                      run_params: Mapping[str, object] | None = None) -> RecommenderTrainResult:
+                      run_params: Mapping[str, object] | None = None,
+                      sampled: bool = False) -> RecommenderTrainResult:
     """Choose (``kind`` auto, within ``budget_s`` seconds) or tune (``trials`` > 0), fit, evaluate
     against baselines, log to MLflow and register as ``project``'s recommender (none: the global
     name); ``data_source`` (the data directory, when known) is recorded on the version, and
-    ``run_params`` (say, how ``tables`` were sampled from a larger shop) with the run's parameters."""
+    ``run_params`` (say, how ``tables`` were sampled from a larger shop) with the run's parameters.
+    ``sampled``: ``tables`` hold a sample of the shop's customers, so auto compares only the
+    candidates that serve customers outside their fit (:func:`serving_candidates`)."""
     if kind not in (AUTO, *TUNABLE):
         raise InputError(f"--model must be one of {', '.join((AUTO, *TUNABLE))}; got {kind!r}")
     if kind == AUTO and params:
@@ -196,7 +214,8 @@ def train_recommender(tables: Tables, as_of: object, kind: str = AUTO, trials: i
     with mlflow.start_run(run_name=f"{kind}-{date:%Y-%m-%d}") as run:
         choice, name, base = None, kind, {}
         if kind == AUTO:
-            choice = choose_model(cut, fold, k, budget_s, window_days, protocol_reason, say)
+            pool = serving_candidates(window_days) if sampled else None
+            choice = choose_model(cut, fold, k, budget_s, window_days, protocol_reason, say, pool)
             log_choice(choice)
             name, kind, base = choice.chosen.name, choice.chosen.kind, choice.chosen.params
         # the reranker's ranker learns from windows as long as the one it is evaluated on
