@@ -141,6 +141,53 @@ def test_closing_the_tables_releases_the_rows_they_keep(spark: object, tmp_path:
 
 
 @pytest.mark.spark
+def test_typed_columns_in_a_folder_of_files_are_validated_as_duckdb_validates_them(spark: object,
+                                                                                  tmp_path: Path) -> None:
+    """Parquet's own types (bigint, double, timestamp with and without a zone, boolean), each table a
+    folder of two files: the same clean rows and counts as DuckDB's validation of the rows as one file;
+    a key repeated in the second file names the first's row and file."""
+    from features.spark import SparkTables
+
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text)
+
+    orders = pa.table({"order_id": ["o1", "o2", "o3", "o4"], "customer_id": ["a", "a", "b", "b"],
+                       "product_id": ["p1", "p2", "p1", "p1"], "quantity": pa.array([2, -1, 0, 1], pa.int64()),
+                       "unit_price": [10.0, 5.0, 5.0, 5.0],
+                       "ordered_at": pa.array([at("2024-01-01 10:00"), at("2024-01-02 11:00"), at("2024-01-03 12:00"),
+                                               at("2999-01-01 00:00")], pa.timestamp("us", tz="UTC"))})
+    customers = pa.table({"customer_id": ["a", "b", "a"],
+                          "signup_at": pa.array([at("2023-12-01 08:00"), at("2023-12-02 09:30"), at("2023-12-03")],
+                                                pa.timestamp("us")),  # no zone: TIMESTAMP_NTZ in Spark
+                          "country": ["France", "Spain", "France"], "email_consent": [True, False, True]})
+    lake, data = tmp_path / "lake", tmp_path / "data"
+    data.mkdir()
+    for name, table, split in (("orders", orders, 2), ("customers", customers, 2)):
+        (lake / name).mkdir(parents=True)
+        pq.write_table(table.slice(0, split), lake / name / "part-0.parquet")
+        pq.write_table(table.slice(split), lake / name / "part-1.parquet")
+        pq.write_table(table, data / f"{name}.parquet")
+    tables, report = load_data_dir(data, tmp_path / "duckdb_rejects", now=NOW)
+    remote = SparkTables.from_sources(spark, {Table.ORDERS: str(lake / "orders"),
+                                              Table.CUSTOMERS: str(lake / "customers")},
+                                      rejects=tmp_path / "spark_rejects", now=NOW)
+    assert [(r.table, r.read, r.loaded, r.rejected) for r in remote.reports] == \
+        [(r.table, r.read, r.loaded, r.rejected) for r in report.tables]
+    assert [r.rejected for r in remote.reports[:2]] == [2, 1]
+    for table in (Table.ORDERS, Table.CUSTOMERS):
+        clean = rows(tables.query(f"SELECT * FROM {table.value}"))
+        assert rows(remote.query(f"SELECT * FROM {table.value}")) == clean, table
+    assert ("a", "2023-12-01T08:00:00", "France", True) in clean
+    written = spark.read.parquet(str(tmp_path / "spark_rejects" / "customers")).toPandas()
+    [(source, row, reason)] = rows(written[["source_file", SOURCE_ROW, "reason"]])
+    assert source.endswith("customers/part-1.parquet") and row == 1
+    assert reason.startswith("duplicate customer_id (first in row 1 of ") and reason.endswith("part-0.parquet)")
+    orders_rejects = spark.read.parquet(str(tmp_path / "spark_rejects" / "orders")).toPandas()
+    assert rows(orders_rejects[["order_id", "reason"]]) == \
+        rows(tables.con.execute("SELECT order_id, reason FROM orders_rejects").df())
+
+
+@pytest.mark.spark
 def test_a_column_that_mostly_fails_to_parse_is_the_same_error(spark: object, tmp_path: Path) -> None:
     from features.spark import SparkTables
 
