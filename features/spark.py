@@ -70,6 +70,9 @@ SESSION_DEFAULTS: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.ansi.enabled": "false",  # NULL for a bad cast, as the contract's casts expect
+    # let adaptive execution coalesce the shuffles of plans being cached (validation's): otherwise each runs
+    # spark.sql.shuffle.partitions tasks however small the data
+    "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
 }
 EPOCH = datetime(1970, 1, 1)
 OWNER_CONF = "spark.sendwise.tables"  # which SparkTables the session's contract views belong to
@@ -398,16 +401,17 @@ def _validate(spark: SparkSession, table: Table, frame: DataFrame, source: str, 
         digests = spark.createDataFrame([(d,) for d in sorted(tombstones.digests)], "digest STRING")
         digest = F.sha2(F.concat(F.lit(f"{tombstones.salt}:"), F.trim(F.col(CUSTOMER_ID).cast("string"))), 256)
         frame = frame.join(F.broadcast(digests), digest == digests["digest"], "left_anti").drop("digest")
+    partitions = frame.rdd.getNumPartitions()  # the source's splits, planned without a job
     flagged, found = _flagged(frame, spec, moment, zone)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _decide(spark, spec, flagged, found, source, target)
+        return _decide(spark, spec, flagged, found, source, target, partitions)
     finally:
         flagged.unpersist()
 
 
 def _decide(spark: SparkSession, spec: TableSpec, flagged: DataFrame, found: list[str], source: str,
-            target: str) -> tuple[DataFrame, TableReport]:
+            target: str, partitions: int) -> tuple[DataFrame, TableReport]:
     """Check the column types of ``flagged`` (a ContractError when most values of one do not parse),
     decide each of its rows (clean, or rejected with a reason), write the rejected rows to ``target``,
     count them, and return the clean rows in contract types with the report.
@@ -420,7 +424,9 @@ def _decide(spark: SparkSession, spec: TableSpec, flagged: DataFrame, found: lis
     whole pass (clean and rejected rows decided together, never matched against the written rejects),
     on the source as it is then. Chosen over ``localCheckpoint`` (row-based: no column pruning; a lost
     executor fails the query) and over Parquet staged beside the rejects (a second copy of the lake
-    written and kept on the shared file system, and a lifetime to manage there)."""
+    written and kept on the shared file system, and a lifetime to manage there). The clean rows keep
+    the source's number of ``partitions``: out of the rules' shuffles they would have
+    ``spark.sql.shuffle.partitions`` small ones, and every later scan would pay a task for each."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -477,7 +483,8 @@ def _decide(spark: SparkSession, spec: TableSpec, flagged: DataFrame, found: lis
                                            for i, name in enumerate(found)]), target)
         if not total:  # as DuckDB's validation: a table without rejects writes nothing
             _delete(spark, target)
-        clean = decided.where(reason.isNull()).select(*spec.column_names).persist(StorageLevel.MEMORY_AND_DISK)
+        clean = (decided.where(reason.isNull()).select(*spec.column_names).coalesce(max(1, partitions))
+                 .persist(StorageLevel.MEMORY_AND_DISK))
         loaded = clean.count()  # fills the clean rows, before the decided ones are released
     finally:
         decided.unpersist()
