@@ -118,3 +118,16 @@ def test_evaluate_names_a_model_over_its_catalog_cap(clustered: Tables) -> None:
     skipped = table[table["model"].str.startswith("ease (skipped: EASE keeps a dense")]
     assert len(skipped) == 2 and skipped["ndcg"].isna().all()
     assert table.loc[table["model"] == "popular", "ndcg"].notna().all()
+
+
+def test_on_a_sample_auto_compares_only_the_models_that_serve_customers_outside_it(
+        clustered: Tables, tmp_path, monkeypatch) -> None:
+    from training.recommenders.train import train_recommender
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    as_of = AS_OF - timedelta(days=100)
+    result = train_recommender(clustered, as_of, AUTO, budget_s=0.0, mlruns=tmp_path / "mlruns", sampled=True)
+    compared = [r.candidate.name for r in result.choice.results]
+    assert compared == [c.name for c in candidates() if c.kind not in ("bpr", "reranker")]
+    whole = train_recommender(clustered, as_of, AUTO, budget_s=0.0, mlruns=tmp_path / "mlruns")
+    assert [r.candidate.name for r in whole.choice.results] == [c.name for c in candidates()]
