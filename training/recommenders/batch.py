@@ -133,9 +133,10 @@ def _fold_in_interactions(tables: Tables, as_of: datetime, model: Recommender, k
                           base_config: InteractionConfig | None, asked: pd.Index | None) -> Interactions:
     """The interactions of the known customers (of ``asked``, when given) ``model`` was not fitted on
     (a million-customer shop fitted on every customer reads next to nothing here)."""
-    wanted = ~known[CUSTOMER_ID].isin(model.customer_ids_)
+    ids = pd.Index(known[CUSTOMER_ID])
+    wanted = model.customer_ids_.get_indexer(ids) < 0  # a hash lookup: isin on Arrow strings is 10x slower
     if asked is not None:
-        wanted &= known[CUSTOMER_ID].isin(asked)
+        wanted &= pd.Index(asked).unique().get_indexer(ids) >= 0
     outside = known.loc[wanted, [CUSTOMER_ID]]
     view = f"_fold_in_{uuid.uuid4().hex}"
     tables.con.register(view, outside)
