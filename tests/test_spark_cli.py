@@ -125,6 +125,7 @@ def test_a_model_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
     assert 200 <= int(run["params.sample_customers"]) <= 400
 
 
+@pytest.mark.slow  # the command's wiring (a minute); sampling and a sampled auto are tested in the default run
 @pytest.mark.spark
 def test_a_recommender_trains_on_a_sample_of_the_spark_shop_recorded_with_its_run(
         spark: object, demo_dir: Path, tmp_path: Path) -> None:
