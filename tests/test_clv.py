@@ -112,6 +112,9 @@ def test_metrics_pinned() -> None:
     got = evaluate_clv(holdout, {"m": frame})["m"]
     assert got["mae"] == pytest.approx(4.3) and got["total_ratio"] == pytest.approx(0.825)
     assert got["top_decile_share"] == 0.25
+    # orders: predicted 3.3 over 2 actual; spend per order: 33 / 3.3 = 10 predicted over 40 / 2 = 20 actual
+    assert got["orders_ratio"] == pytest.approx(1.65) and got["spend_per_order_ratio"] == pytest.approx(0.5)
+    assert got["orders_ratio"] * got["spend_per_order_ratio"] == pytest.approx(got["total_ratio"])
     with pytest.raises(InputError, match="lack holdout customers, e.g. 'c9'"):
         evaluate_clv(holdout, {"m": frame.iloc[:9]})
 
