@@ -80,8 +80,9 @@ def test_summary_equals_pymc_marketing_rfm_summary(pinned: Tables) -> None:
 
 def test_holdout_pinned(pinned: Tables) -> None:
     got = clv_holdout(pinned, AS_OF, 10)
-    assert got.to_dict("records") == [{CUSTOMER_ID: "A", "actual_orders": 2.0, "actual_spend": 15.0},
-                                      {CUSTOMER_ID: "B", "actual_orders": 0.0, "actual_spend": 0.0}]
+    assert got.to_dict("records") == [
+        {CUSTOMER_ID: "A", "actual_orders": 2.0, "actual_orders_placed": 3.0, "actual_spend": 15.0},
+        {CUSTOMER_ID: "B", "actual_orders": 0.0, "actual_orders_placed": 0.0, "actual_spend": 0.0}]
     with pytest.raises(InputError, match=r"\[2024-01-11, 2024-02-10\) is not inside the data"):
         clv_holdout(pinned, AS_OF, 30)
 
@@ -115,6 +116,9 @@ def test_metrics_pinned() -> None:
     # orders: predicted 3.3 over 2 actual; spend per order: 33 / 3.3 = 10 predicted over 40 / 2 = 20 actual
     assert got["orders_ratio"] == pytest.approx(1.65) and got["spend_per_order_ratio"] == pytest.approx(0.5)
     assert got["orders_ratio"] * got["spend_per_order_ratio"] == pytest.approx(got["total_ratio"])
+    # the served model counts orders, not order days: compared with the orders placed when asked
+    placed = holdout.assign(actual_orders_placed=2.0 * actual.astype(bool))
+    assert evaluate_clv(placed, {"m": frame}, orders="actual_orders_placed")["m"]["orders_ratio"] == pytest.approx(0.825)
     with pytest.raises(InputError, match="lack holdout customers, e.g. 'c9'"):
         evaluate_clv(holdout, {"m": frame.iloc[:9]})
 

@@ -453,12 +453,15 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator > 0 else float("nan")
 
 
-def evaluate_clv(holdout: pd.DataFrame, predictions: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+def evaluate_clv(holdout: pd.DataFrame, predictions: Mapping[str, pd.DataFrame],
+                 orders: str = "actual_orders") -> dict[str, dict[str, Any]]:
     """Each named prediction frame (``customer_id``, ``expected_orders``, ``predicted_clv``) against the
     holdout of :func:`training.protocols.clv_holdout`: spend ``mae``, ``spearman``, ``top_decile_share`` of the holdout
     spend, ``total_ratio`` (predicted over actual total spend) and its two factors, ``orders_ratio``
     (expected over actual orders) times ``spend_per_order_ratio`` (predicted over actual spend per order),
-    ``orders_mae`` and the ``calibration`` of expected orders (records of :func:`orders_calibration`)."""
+    ``orders_mae`` and the ``calibration`` of expected orders (records of :func:`orders_calibration`).
+    ``orders``: the holdout's column that expected orders are compared with (order days by default;
+    ``actual_orders_placed`` for a model that counts orders)."""
     results = {}
     for name, predicted in predictions.items():
         joined = holdout.merge(predicted, on=CUSTOMER_ID, how="left", validate="one_to_one")
@@ -467,16 +470,16 @@ def evaluate_clv(holdout: pd.DataFrame, predictions: Mapping[str, pd.DataFrame])
             raise InputError(f"The {name} predictions lack holdout customers, e.g. {missing!r}: predict every "
                              "customer of clv_holdout.")
         spend, clv = joined["actual_spend"].to_numpy(float), joined["predicted_clv"].to_numpy(float)
-        orders, actual_orders = joined["expected_orders"].to_numpy(float), joined["actual_orders"].to_numpy(float)
+        expected, actual_orders = joined["expected_orders"].to_numpy(float), joined[orders].to_numpy(float)
         results[name] = {
             "customers": len(joined),
             "mae": float(np.mean(np.abs(clv - spend))),
             "spearman": float(spearmanr(clv, spend).statistic),
             "top_decile_share": top_decile_share(clv, spend),
             "total_ratio": _ratio(clv.sum(), spend.sum()),
-            "orders_ratio": _ratio(orders.sum(), actual_orders.sum()),
-            "spend_per_order_ratio": _ratio(_ratio(clv.sum(), orders.sum()), _ratio(spend.sum(), actual_orders.sum())),
-            "orders_mae": float(np.mean(np.abs(orders - actual_orders))),
-            "calibration": orders_calibration(orders, actual_orders).to_dict("records"),
+            "orders_ratio": _ratio(expected.sum(), actual_orders.sum()),
+            "spend_per_order_ratio": _ratio(_ratio(clv.sum(), expected.sum()), _ratio(spend.sum(), actual_orders.sum())),
+            "orders_mae": float(np.mean(np.abs(expected - actual_orders))),
+            "calibration": orders_calibration(expected, actual_orders).to_dict("records"),
         }
     return results

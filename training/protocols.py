@@ -10,8 +10,8 @@
   sessions), where few customers buy on both sides of any one date.
 * :func:`choose_protocol` ``(tables, window_days)``: which of the two suits the data, with the reason.
 * :func:`clv_holdout` ``(tables, as_of, horizon_days)``: lifetime value's protocol: the orders before
-  ``as_of`` are the input, each of those customers' order days and spend in the next ``horizon_days``
-  the truth (:mod:`training.clv`).
+  ``as_of`` are the input, each of those customers' order days, orders and spend in the next
+  ``horizon_days`` the truth (:mod:`training.clv`).
 
 Both return a :class:`Holdout`; truth comes in two variants: *new items* (products the customer had
 not bought in the input) and *all items* (repurchases count). A test customer bought something in
@@ -151,13 +151,14 @@ def validation_fold(tables: Tables, test: Holdout, window_days: int) -> Holdout:
     return replace(time_split(cut, test.as_of - timedelta(days=window_days), test.as_of), inputs=cut)
 
 
-HOLDOUT_COLUMNS = (CUSTOMER_ID, "actual_orders", "actual_spend")
+HOLDOUT_COLUMNS = (CUSTOMER_ID, "actual_orders", "actual_orders_placed", "actual_spend")
 
 
 def clv_holdout(tables: Tables, as_of: datetime | str | pd.Timestamp, horizon_days: int) -> pd.DataFrame:
     """The CLV evaluation protocol: calibration = orders before ``as_of``; holdout = the next
     ``horizon_days`` days. One row per calibration customer (an order before ``as_of``):
-    ``actual_orders`` (days with an order in ``[as_of, as_of + horizon)``, the unit the model predicts)
+    ``actual_orders`` (days with an order in ``[as_of, as_of + horizon)``, the library summary's unit),
+    ``actual_orders_placed`` (the orders themselves, the features' unit, which the served model counts)
     and ``actual_spend`` (those orders' value). An InputError when the data ends before the window."""
     when = to_timestamp(as_of)
     end = when + pd.Timedelta(days=int(horizon_days))
@@ -173,6 +174,7 @@ def clv_holdout(tables: Tables, as_of: datetime | str | pd.Timestamp, horizon_da
         calibration AS (SELECT DISTINCT {CUSTOMER_ID} FROM purchases WHERE placed < $as_of)
         SELECT c.{CUSTOMER_ID},
                CAST(count(DISTINCT date_trunc('day', p.placed)) AS DOUBLE) AS actual_orders,
+               CAST(count(p.placed) AS DOUBLE) AS actual_orders_placed,
                CAST(coalesce(sum(p.value), 0) AS DOUBLE) AS actual_spend
         FROM calibration c LEFT JOIN purchases p ON p.{CUSTOMER_ID} = c.{CUSTOMER_ID} AND p.placed >= $as_of
         GROUP BY c.{CUSTOMER_ID} ORDER BY c.{CUSTOMER_ID}"""
