@@ -44,6 +44,7 @@ from training.recommenders.rules import BusinessRules, blocked_products, catalog
 FALLBACK_DAYS = 90
 MIN_COUNTRY_BUYERS = 30
 CHUNK = 100_000
+FEW_CUSTOMERS = 1000  # up to this many (a service request), a customer's purchases are sliced, not looked up
 MAX_K = 100
 OUTPUT_COLUMNS = [CUSTOMER_ID, RANK, PRODUCT_ID, SCORE, SOURCE]
 
@@ -191,14 +192,18 @@ class RecommendationContext:
         self.customers = customers.set_index(CUSTOMER_ID)
         bought = bought.sort_values(CUSTOMER_ID, kind="stable", ignore_index=True)
         self._bought, self._bought_ids = bought, bought[CUSTOMER_ID].to_numpy()
+        # integer codes of the buyers, so that a chunk's purchases are a numeric lookup, not a string isin
+        codes, buyers = pd.factorize(bought[CUSTOMER_ID])
+        self._buyer_codes, self._buyers = codes, pd.Index(buyers)
         self._lists: dict[tuple, dict[str | None, pd.DataFrame]] = {}
 
     def excluded(self, customer_ids: pd.Index, rules: BusinessRules) -> pd.DataFrame:
         """(customer_id, product_id) pairs the purchase rules exclude for these customers."""
         if not rules.exclude_purchased:
             return self._bought.iloc[:0]
-        if len(customer_ids) > 1000:
-            pairs = self._bought[self._bought[CUSTOMER_ID].isin(customer_ids)]
+        if len(customer_ids) > FEW_CUSTOMERS:
+            wanted = self._buyers.get_indexer(customer_ids)
+            pairs = self._bought[np.isin(self._buyer_codes, wanted[wanted >= 0])]
         else:  # a few customers (a service request): slice the sorted purchases
             lo = np.searchsorted(self._bought_ids, customer_ids.to_numpy(), "left")
             hi = np.searchsorted(self._bought_ids, customer_ids.to_numpy(), "right")

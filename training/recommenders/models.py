@@ -26,6 +26,7 @@ import stat
 from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -51,9 +52,9 @@ from training.recommenders import reranking
 
 MODEL_FILE = "recommender.json"
 ARRAYS_FILE = "recommender.npz"
-SCORE_CHUNK = 2048
+SCORE_CHUNK = 2048  # customers scored at once by models without factors
 FILTERED_SCORE = np.finfo(np.float32).min
-EXCLUDE_SLACK = 64  # see _factor_top_k  # customers scored at once by models without factors
+EXCLUDE_SLACK = 64  # see _factor_top_k
 UNKNOWN = -1  # rows_for: a customer the model cannot score (they get the fallback)
 FOLD_IN = -2  # rows_for: a customer the model was not fitted on, scored from their current interactions
 
@@ -331,10 +332,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _RowIndices:
+    """A CSR matrix as implicit's ``topk`` reads ``filter_query_items`` (``matrix[row].indices`` for one
+    row at a time), without scipy building a one-row matrix per customer."""
+
+    def __init__(self, matrix: sp.csr_matrix) -> None:
+        self._indptr, self._indices = matrix.indptr, matrix.indices
+
+    def __getitem__(self, row: int) -> SimpleNamespace:
+        return SimpleNamespace(indices=self._indices[self._indptr[row]:self._indptr[row + 1]])
+
+
 def _implicit_top_k(items: np.ndarray, query: np.ndarray, k: int, exclude: sp.csr_matrix | None,
                     blocked: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     ids, scores = topk(items, np.ascontiguousarray(query, dtype=np.float32), k,
-                       filter_query_items=exclude, filter_items=blocked)
+                       filter_query_items=None if exclude is None else _RowIndices(exclude), filter_items=blocked)
     filtered = scores <= FILTERED_SCORE  # implicit pads with filtered items at -FLT_MAX
     ids, scores = ids.astype(np.int64), scores.astype(np.float32)
     ids[filtered], scores[filtered] = -1, -np.inf
