@@ -54,6 +54,7 @@ WARN_EVERY_SECONDS = 10.0  # a log that cannot be read is logged at most this of
 RETRY_SECONDS = 5.0  # after a failed read of the shared log, answers skip it this long
 CLOCK_SECONDS = 1.0  # how often a worker takes the shared data clock's origin again
 RESCORE_SECONDS = 0.02  # the rescorer waits this long after an event for the batch's others (one model call)
+RESCORE_SHARE = 0.25  # the rescorer works at most this share of the time (it holds the GIL: answers wait)
 
 Listener = Callable[[list[Event]], None]
 T = TypeVar("T")
@@ -240,15 +241,19 @@ class LiveProfiles:
             self._touched.wait()
             if self._stop.wait(RESCORE_SECONDS):  # the rest of the batch, the next batches of a burst
                 return
+            started = time.monotonic()
             try:
                 self.rescore()
             except Exception:  # never let the rescorer die: answers compute what it did not
                 logger.exception("live profiles: rescoring the touched customers failed")
+            if self._stop.wait((time.monotonic() - started) * (1 - RESCORE_SHARE) / RESCORE_SHARE):
+                return
 
     def rescore(self) -> int:
-        """Score the customers events touched since the last call under every table's models, in one
-        model call per table, and cache the answers with the version they reflect; returns how many
-        customers. A customer's version is taken before their features, so a cached answer never
+        """Score the customers events touched since the last call whose answer a table holds from the
+        last :data:`FRESH_SECONDS` (those asked lately; the others are computed when asked) under every
+        table's models, in one model call per table, and cache the answers with the version they
+        reflect; returns how many customers. A customer's version is taken before their features, so a cached answer never
         reflects fewer events than its version says (an event applied meanwhile makes it older than
         the customer's version: an answer then computes it). Answers older than
         :data:`FRESH_SECONDS` are dropped from the caches every so often (they are not served)."""
@@ -268,8 +273,9 @@ class LiveProfiles:
         now = self.clock.now()
         ids, known, rows = [], [], []
         for customer_id, version in zip(touched, versions, strict=True):
-            if all(table.fresh.get(customer_id, (-1,))[0] >= version for table in tables):
-                continue  # answered since the event (computed then)
+            cached = [table.fresh.get(customer_id) for table in tables]
+            if not any(c is not None and c[0] < version and computed - c[1] < FRESH_SECONDS for c in cached):
+                continue  # answered since the event, or not asked lately (an answer computes it)
             values = self.features(customer_id, now)
             if values is not None:
                 ids.append(customer_id)
