@@ -47,6 +47,7 @@ CHUNK = 100_000
 FEW_CUSTOMERS = 1000  # up to this many (a service request), a customer's purchases are sliced, not looked up
 MAX_K = 100
 OUTPUT_COLUMNS = [CUSTOMER_ID, RANK, PRODUCT_ID, SCORE, SOURCE]
+AT = "_at"
 
 
 def check_k(k: object) -> int:
@@ -76,10 +77,17 @@ def top_k_frame(model: Recommender, customer_ids: pd.Index, model_rows: np.ndarr
                 k: int, exclude: sp.csr_matrix | None = None, blocked: np.ndarray | None = None) -> pd.DataFrame:
     """The model's top ``k`` for the customers it can score (``model_rows`` not :data:`UNKNOWN`), as a
     long frame."""
+    return _model_lists(model, customer_ids, model_rows, user_items, k, exclude, blocked)[OUTPUT_COLUMNS]
+
+
+def _model_lists(model: Recommender, customer_ids: pd.Index, model_rows: np.ndarray, user_items: sp.csr_matrix,
+                 k: int, exclude: sp.csr_matrix | None, blocked: np.ndarray | None) -> pd.DataFrame:
+    """:func:`top_k_frame` and, in column ``_at``, the position of each row's customer in ``customer_ids``
+    (for counting and picking customers by number rather than by string id)."""
     known = model_rows != UNKNOWN
     if not known.any():
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
-                             zip(OUTPUT_COLUMNS, ["str", "int64", "str", "float32", "str"], strict=True)})
+                             zip([*OUTPUT_COLUMNS, AT], ["str", "int64", "str", "float32", "str", "int64"], strict=True)})
     ids, scores = model.top_k(model_rows[known], user_items[known], k,
                               None if exclude is None else exclude[known], blocked)
     k_got = ids.shape[1]
@@ -90,6 +98,7 @@ def top_k_frame(model: Recommender, customer_ids: pd.Index, model_rows: np.ndarr
         PRODUCT_ID: model.product_ids_.to_numpy()[ids.ravel()[valid]],
         SCORE: scores.ravel()[valid],
         SOURCE: model.source,
+        AT: np.repeat(np.flatnonzero(known), k_got)[valid],
     })
 
 
@@ -241,12 +250,13 @@ class RecommendationContext:
         else:
             user_items = sp.csr_matrix((len(ids), len(model.product_ids_)), dtype=np.float32)
         fetch = k * 3 if rules.max_per_category else k
-        recs = top_k_frame(model, ids, model.rows_for(ids, self.interactions), user_items, fetch, exclude, blocked)
+        recs = _model_lists(model, ids, model.rows_for(ids, self.interactions), user_items, fetch, exclude, blocked)
         recs = _cap_per_category(recs, categories, rules.max_per_category)
-        counts = recs.groupby(CUSTOMER_ID).size().reindex(ids, fill_value=0)
-        if rules.max_per_category or (counts < k).any():
-            short = counts.index[counts < k]
-            keep, fill = recs[~recs[CUSTOMER_ID].isin(short)], recs[recs[CUSTOMER_ID].isin(short)]
+        at = recs.pop(AT).to_numpy()
+        is_short = np.bincount(at, minlength=len(ids)) < k  # ids are unique (pairs_matrix needs them so)
+        if rules.max_per_category or is_short.any():
+            short, in_short = ids[is_short], is_short[at]
+            keep, fill = recs[~in_short], recs[in_short]
             countries = self.customers[COUNTRY].reindex(short)
             candidates = _fallback_candidates(pd.DataFrame({CUSTOMER_ID: short, COUNTRY: countries.to_numpy()}), lists)
             candidates = _anti_join(candidates, excluded[excluded[CUSTOMER_ID].isin(short)])
