@@ -7,13 +7,10 @@ feature store (:class:`features.online.OnlineFeatures`), which evaluates the fea
 declarations per customer, equal to the batch build at the same time.
 
 A customer touched by an event is answered from their online features at the service's clock
-(:mod:`serving.clock`), scored with the arm's models; the answer is cached until another event of
-theirs arrives or :data:`FRESH_SECONDS` pass (windows expire as time goes by). A background thread
-(:meth:`LiveProfiles.rescore`) scores the customers the events touched, in batches, off the request
-path, for every table that answers through :meth:`LiveProfiles.fresh_view`: a send-time request
-finds the answer ready. One that comes before the thread got to the customer (or after the cache
-expired) computes it itself, so the very next answer reflects the event. Everyone else is answered
-from the snapshot. After a restart the log is replayed over the data the service loaded, so every
+(:mod:`serving.clock`): the next ``/score`` or ``/next_best_action`` computes their features, scores
+them with the arm's models and caches the answer until another event of theirs arrives or
+:data:`FRESH_SECONDS` pass (windows expire as time goes by). Everyone else is answered from the
+snapshot. After a restart the log is replayed over the data the service loaded, so every
 acknowledged event is applied again.
 
 With several workers or replicas the log is shared (:class:`features.redis_log.RedisEventLog`, the
@@ -28,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
@@ -44,7 +40,7 @@ from serving.clock import ServiceClock
 if TYPE_CHECKING:
     from serving.state import CustomerTable
 
-__all__ = ["FOLLOW_SECONDS", "FRESH_SECONDS", "RESCORE_SECONDS", "LiveProfiles"]
+__all__ = ["FOLLOW_SECONDS", "FRESH_SECONDS", "LiveProfiles"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +49,6 @@ FOLLOW_SECONDS = 0.05  # how often a worker on a shared log looks for the other 
 WARN_EVERY_SECONDS = 10.0  # a log that cannot be read is logged at most this often
 RETRY_SECONDS = 5.0  # after a failed read of the shared log, answers skip it this long
 CLOCK_SECONDS = 1.0  # how often a worker takes the shared data clock's origin again
-RESCORE_SECONDS = 0.02  # the rescorer waits this long after an event for the batch's others (one model call)
-RESCORE_SHARE = 0.25  # the rescorer works at most this share of the time (it holds the GIL: answers wait)
 
 Listener = Callable[[list[Event]], None]
 T = TypeVar("T")
@@ -64,7 +58,7 @@ class LiveProfiles:
     """The event log, the online features and the version (events applied) of each touched customer."""
 
     def __init__(self, log: EventLogLike, online: OnlineFeatures, clock: ServiceClock, tables: Tables) -> None:
-        self.log, self.online, self.clock, self._data = log, online, clock, tables
+        self.log, self.online, self.clock, self._tables = log, online, clock, tables
         self._versions: dict[str, int] = {}
         self._lock = threading.Lock()  # the log's order is the order events are applied and handed on in
         self._listeners: list[Listener] = []
@@ -74,11 +68,6 @@ class LiveProfiles:
         self._warned = -WARN_EVERY_SECONDS  # when the log could not be read was last logged
         self._retry_at = 0.0  # answers do not read the shared log before this (it just failed)
         self._reading = threading.Lock()  # one read of the shared log at a time
-        self._dirty: dict[str, None] = {}  # customers an event touched since the rescorer last looked (in order)
-        self._touched = threading.Event()  # set when _dirty gets a customer
-        self._tables: weakref.WeakSet[CustomerTable] = weakref.WeakSet()  # those answering: rescored
-        self._rescorer: threading.Thread | None = None
-        self._pruned = time.monotonic()  # when the rescorer last dropped expired answers
 
     @classmethod
     def open(cls, log: EventLogLike, online: OnlineFeatures, clock: ServiceClock, tables: Tables,
@@ -107,22 +96,15 @@ class LiveProfiles:
         return live
 
     def start_following(self) -> None:
-        """Start the background threads: the rescorer (:meth:`rescore` after events) and, on a shared log,
-        the follower (apply the other workers' events every :data:`FOLLOW_SECONDS`)."""
-        if self._rescorer is None:
-            self._rescorer = threading.Thread(target=self._rescore_loop, name="sendwise-rescore", daemon=True)
-            self._rescorer.start()
+        """On a shared log: apply the other workers' events every :data:`FOLLOW_SECONDS` in a thread."""
         if self.log.shared and self._follower is None:
             self._follower = threading.Thread(target=self._follow_loop, name="sendwise-follow", daemon=True)
             self._follower.start()
 
     def stop_following(self) -> None:
-        """Stop the background threads (waiting for them)."""
         self._stop.set()
-        self._touched.set()
-        for thread in (self._follower, self._rescorer):
-            if thread is not None:
-                thread.join(timeout=10)
+        if self._follower is not None:
+            self._follower.join(timeout=10)
 
     def _follow_loop(self) -> None:
         clock_checked = time.monotonic()
@@ -187,13 +169,10 @@ class LiveProfiles:
         if not events:
             return
         late = [e for e in events if e.occurred_at < self.online.as_of]
-        held = held_rows(self._data.con.cursor(), [e.model_dump(mode="json") for e in late]) if late else set()
+        held = held_rows(self._tables.con.cursor(), [e.model_dump(mode="json") for e in late]) if late else set()
         for event in events:
             if event.event_id not in held:
                 self._apply(event)
-                self._dirty[event.customer_id] = None
-        if self._dirty:
-            self._touched.set()
         for listener in self._listeners:
             listener(events)
 
@@ -215,12 +194,8 @@ class LiveProfiles:
         return self.online.features(customer_id, at or self.clock.now())
 
     def fresh_view(self, table: CustomerTable, customer_id: str) -> tuple[dict, dict] | None:
-        """(scores, signals) of a touched customer under ``table``'s models, taken from ``table``'s cache
-        when it holds their current version (the rescorer's, or an earlier answer's), else computed now;
-        None for a customer without events (the snapshot answers). From now on the rescorer keeps
-        ``table``'s cache (until the table is dropped: a reload swapped it out)."""
-        if table not in self._tables:
-            self._tables.add(table)
+        """(scores, signals) of a touched customer under ``table``'s models, computed now or taken from
+        ``table``'s cache; None for a customer without events (the snapshot answers)."""
         version = self._versions.get(customer_id)
         if version is None:
             return None
@@ -235,57 +210,3 @@ class LiveProfiles:
         scores, signals = table.score_one(customer_id, values, now)
         table.fresh[customer_id] = (version, computed, scores, signals)
         return scores, signals
-
-    def _rescore_loop(self) -> None:
-        while not self._stop.is_set():
-            self._touched.wait()
-            if self._stop.wait(RESCORE_SECONDS):  # the rest of the batch, the next batches of a burst
-                return
-            started = time.monotonic()
-            try:
-                self.rescore()
-            except Exception:  # never let the rescorer die: answers compute what it did not
-                logger.exception("live profiles: rescoring the touched customers failed")
-            if self._stop.wait((time.monotonic() - started) * (1 - RESCORE_SHARE) / RESCORE_SHARE):
-                return
-
-    def rescore(self) -> int:
-        """Score the customers events touched since the last call whose answer a table holds from the
-        last :data:`FRESH_SECONDS` (those asked lately; the others are computed when asked) under every
-        table's models, in one model call per table, and cache the answers with the version they
-        reflect; returns how many customers. A customer's version is taken before their features, so a cached answer never
-        reflects fewer events than its version says (an event applied meanwhile makes it older than
-        the customer's version: an answer then computes it). Answers older than
-        :data:`FRESH_SECONDS` are dropped from the caches every so often (they are not served)."""
-        with self._lock:
-            self._touched.clear()
-            touched, self._dirty = list(self._dirty), {}
-            versions = [self._versions[c] for c in touched]
-        tables = list(self._tables)
-        computed = time.monotonic()
-        if computed - self._pruned > FRESH_SECONDS:
-            self._pruned = computed
-            for table in tables:
-                for customer_id in [c for c, cached in list(table.fresh.items()) if computed - cached[1] >= FRESH_SECONDS]:
-                    table.fresh.pop(customer_id, None)
-        if not touched or not tables:
-            return 0
-        now = self.clock.now()
-        ids, known, rows = [], [], []
-        for customer_id, version in zip(touched, versions, strict=True):
-            cached = [table.fresh.get(customer_id) for table in tables]
-            if not any(c is not None and c[0] < version and computed - c[1] < FRESH_SECONDS for c in cached):
-                continue  # answered since the event, or not asked lately (an answer computes it)
-            values = self.features(customer_id, now)
-            if values is not None:
-                ids.append(customer_id)
-                known.append(version)
-                rows.append(values)
-            time.sleep(0)  # let a waiting answer run between customers (the GIL)
-        for table in tables:
-            for customer_id, version, (scores, signals) in zip(ids, known, table.score_many(ids, rows, now),
-                                                               strict=True):
-                cached = table.fresh.get(customer_id)
-                if cached is None or cached[0] < version or (cached[0] == version and cached[1] < computed):
-                    table.fresh[customer_id] = (version, computed, scores, signals)
-        return len(ids)

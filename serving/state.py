@@ -49,7 +49,7 @@ from training.registry import (
     registered_name,
     version_provenance,
 )
-from training.scoring import CLV_FIELDS, REASONS, score_features, score_rows
+from training.scoring import CLV_FIELDS, REASONS, score_features, score_row
 from training.tracking import configure_tracking
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ class CustomerTable:
         signals = features[[CUSTOMER_ID, *signal_features(config)]].reset_index(drop=True)
         if current is not None:  # consent and country as of today: checked at send time
             signals = with_current_attributes(signals, current)
-        self._today = None if current is None else (  # the attributes on record today: the index, the columns
-            pd.Index(current[CUSTOMER_ID]), {n: current[n].to_numpy(object) for n in CURRENT_ATTRIBUTES if n in current})
-        self._signal_names = signal_features(config)
+        self._today = current.set_index(CUSTOMER_ID) if current is not None else None
         combined = scores[list(SCORE_FIELDS)].join(signals.drop(columns=CUSTOMER_ID))
         combined["next_order_date"] = combined["next_order_date"].dt.date  # a day, as /score answers it
         self.columns = {c: combined[c].astype(object).where(combined[c].notna(), None).to_numpy()
@@ -127,32 +125,18 @@ class CustomerTable:
     def score_one(self, customer_id: str, values: dict, at: datetime | None = None) -> tuple[dict, dict]:
         """(scores, signals) of one customer from their feature ``values`` at ``at``, as the snapshot's
         rows are: attributes as of today where on record."""
-        return self.score_many([customer_id], [values], at)[0]
-
-    def score_many(self, customer_ids: list[str], values: list[dict],
-                   at: datetime | None = None) -> list[tuple[dict, dict]]:
-        """:meth:`score_one` of each customer, the models run once on them all (:func:`score_rows`)."""
-        out = []
-        for customer_id, row, scored in zip(customer_ids, values, score_rows(values, self.churn, self.propensity, at),
-                                            strict=True):
-            record = {c: _plain(scored[c]) for c in SCORE_FIELDS}
-            if record["next_order_date"] is not None:
-                record["next_order_date"] = record["next_order_date"].date()
-            signals = {c: _plain(row.get(c)) for c in self._signal_names}
-            for name, today in self._on_record(customer_id).items():
-                if name in signals:
+        scored = score_row(values, self.churn, self.propensity, at)
+        record = {c: _plain(scored[c]) for c in SCORE_FIELDS}
+        if record["next_order_date"] is not None:
+            record["next_order_date"] = record["next_order_date"].date()
+        signals = {c: _plain(values.get(c)) for c in signal_features(self.config)}
+        if self._today is not None and customer_id in self._today.index:
+            for name in CURRENT_ATTRIBUTES:
+                today = self._today.at[customer_id, name] if name in self._today else None
+                if name in signals and _plain(today) is not None:
                     signals[name] = today
-            reasons = [scored[f"reason_{i + 1}"] for i in range(REASONS)]
-            out.append((record | {"reasons": [r for r in reasons if isinstance(r, str)]}, record | signals))
-        return out
-
-    def _on_record(self, customer_id: str) -> dict:
-        """The customer's attributes on record today (not missing); empty for one without a record."""
-        if self._today is None or customer_id not in self._today[0]:
-            return {}
-        index, columns = self._today
-        row = index.get_loc(customer_id)
-        return {name: column[row] for name, column in columns.items() if _plain(column[row]) is not None}
+        reasons = [scored[f"reason_{i + 1}"] for i in range(REASONS)]
+        return record | {"reasons": [r for r in reasons if isinstance(r, str)]}, record | signals
 
 
 LiveView = Callable[[CustomerTable, str], "tuple[dict, dict] | None"]

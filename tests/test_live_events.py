@@ -5,7 +5,6 @@ online store in Redis that several workers share."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -261,69 +260,3 @@ def test_a_log_that_cannot_take_events_is_a_503_and_answers_go_on(live, monkeypa
                             "occurred_at": _now(client).isoformat() + "Z"})
     assert answer.status_code == 503 and "nothing of it was acknowledged: send it again" in answer.json()["error"]
     assert client.post("/next_best_action", json={"customer_id": cid}).status_code == 200
-
-
-def _wait_for(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def test_the_touched_customers_are_rescored_off_the_request_path(live) -> None:
-    """After an event the rescorer (a thread) caches the customer's scores at their new version without any
-    request of theirs; the cached answer is what an answer computed now gives, and the next answer serves it."""
-    service, client, _ = live
-    table = service.state.customers
-    asked, cid = list(table.row)[5], list(table.row)[6]
-    assert client.post("/score", json={"customer_id": asked}).status_code == 200  # the table answers: it is kept
-    _post(client, {"event_id": f"rescored-{cid}", "customer_id": cid, "event_type": "add_to_cart",
-                   "product_id": str(service.state.lookup.product_ids[3]), "occurred_at": _now(client).isoformat() + "Z"})
-    version = service.profiles.version(cid)
-    assert _wait_for(lambda: table.fresh.get(cid, (None,))[0] == version), table.fresh.get(cid)
-    cached = table.fresh[cid]
-    scores, signals = table.score_one(cid, service.profiles.features(cid), service.profiles.clock.now())
-    assert cached[2] == scores and cached[3] == signals and signals["cart_abandoned_1d"] is True
-    table.fresh[cid] = (version, cached[1], {**scores, "marker": 1}, signals)  # the next answer reads the cache
-    assert service.profiles.fresh_view(table, cid)[0]["marker"] == 1
-
-
-def test_an_answer_never_serves_a_rescore_older_than_the_customers_events(live) -> None:
-    """A rescore that took a customer's version before their latest event leaves a cache of the older
-    version: the next answer computes the scores itself (the very next answer reflects the event)."""
-    service, client, _ = live
-    table, profiles = service.state.customers, service.profiles
-    cid = _emailable_newsletter_customer(service)
-    assert _action(client, cid) != "cart_recovery"
-    before = table.score_one(cid, profiles.features(cid), profiles.clock.now())
-    cart = {"event_id": f"late-cart-{cid}", "customer_id": cid, "event_type": "add_to_cart",
-            "product_id": str(service.state.lookup.product_ids[4]), "occurred_at": _now(client).isoformat() + "Z"}
-    assert _post(client, cart).json()["accepted"] == 1
-    version = profiles.version(cid)
-    table.fresh[cid] = (version - 1, time.monotonic(), *before)  # what such a rescore would have cached
-    assert _action(client, cid) == "cart_recovery"
-    assert table.fresh[cid][0] == version
-
-
-def test_the_rescorer_scores_many_customers_as_answers_do_one(live) -> None:
-    """A batch through CustomerTable.score_many equals score_one of each customer: buyers and prospects."""
-    service = live[0]
-    table = service.state.customers
-    ids = list(table.row)[:80]
-    now = service.profiles.clock.now()
-    values = [service.profiles.features(cid, now) for cid in ids]
-    many = table.score_many(ids, values, now)
-    assert {m[0]["churn_risk"] is None for m in many} == {True, False}  # both kinds
-    for cid, v, (scores, signals) in zip(ids, values, many, strict=True):
-        one = table.score_one(cid, v, now)
-        assert _close(scores, one[0]), cid
-        assert _close(signals, one[1]), cid
-
-
-def _close(got: dict, want: dict) -> bool:
-    """Equal dicts, floats within 1e-9 (relative)."""
-    return got.keys() == want.keys() and all(
-        g == w or (isinstance(w, float) and isinstance(g, float) and abs(g - w) <= 1e-9 * abs(w)) for g, w in
-        ((got[k], want[k]) for k in want))
