@@ -76,12 +76,15 @@ class ModelBundle:
                       matrix: np.ndarray | None = None) -> np.ndarray:
         """Per-feature contributions to the log-odds (last column: bias). ``exact`` uses TreeSHAP;
         the default (Saabas approximation) is many times faster and ranks the same top reasons in
-        most rows. A formula model's contributions are exact whatever ``exact`` says."""
+        most rows. A formula model's contributions are exact whatever ``exact`` says. A ``matrix`` (the
+        model's columns in its order, as :meth:`matrix` makes them) is neither named nor checked against
+        the booster's columns: a third of a one-row call, which the service makes after every event."""
         x = self.matrix(features) if matrix is None else matrix
         if self.formula is not None:
             return self.formula.contributions(x)
-        dmatrix = xgb.DMatrix(x, feature_names=self.columns, missing=np.nan)
-        return self.booster.predict(dmatrix, pred_contribs=True, approx_contribs=not exact)
+        dmatrix = xgb.DMatrix(x, feature_names=self.columns if matrix is None else None, missing=np.nan)
+        return self.booster.predict(dmatrix, pred_contribs=True, approx_contribs=not exact,
+                                    validate_features=matrix is None)
 
     def descriptor(self) -> dict:
         return {"target": self.target, "horizon_days": self.horizon_days, "columns": self.columns,

@@ -11,7 +11,6 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 from threadpoolctl import ThreadpoolController
 
 from features.build import build_features, to_timestamp
@@ -92,8 +91,8 @@ def score_features(features: pd.DataFrame, churn: ModelBundle, propensity: Model
 def score_row(values: dict, churn: ModelBundle, propensity: ModelBundle, at: datetime | None = None) -> dict:
     """One customer's scores from their feature ``values`` at ``at``, equal to the row
     :func:`score_features` gives them, without a frame (the service scores one customer right after an
-    event): the models run on one OpenMP thread (:func:`_one_thread`), the contributions skip the column
-    names (:func:`_contributions`), the reasons and the lifetime value come from the one-row helpers (:func:`~training.reasons.top_reasons_row`,
+    event): the models run on one OpenMP thread (:func:`_one_thread`), the reasons and the lifetime value
+    come from the one-row helpers (:func:`~training.reasons.top_reasons_row`,
     :meth:`~training.clv.ClvModel.predict_row`)."""
     buyer = (values.get("orders_count") or 0) > 0
     x_prop = design_row(values, propensity.columns)[None, :]
@@ -102,24 +101,13 @@ def score_row(values: dict, churn: ModelBundle, propensity: ModelBundle, at: dat
     with _one_thread():
         churn_p = float(churn.predict_proba(None, x_churn)[0]) if buyer else np.nan
         purchase_p = float(propensity.predict_proba(None, x_prop)[0])
-        contributions = _contributions(model, x)
+        contributions = model.contributions(None, matrix=x)
     reasons = top_reasons_row(contributions[0], x[0], model.columns, REASONS)
     return {"churn_probability": churn_p, "purchase_probability": purchase_p,
             "churn_risk": risk_band(np.array([churn_p]))[0] if buyer else None,
             "rfm_segment": values.get("rfm_segment"), "lifecycle_stage": values.get("lifecycle_stage"),
             **_clv_row(values, clv_model(churn), at),
             **{f"reason_{i + 1}": reason for i, reason in enumerate(reasons)}}
-
-
-def _contributions(model: ModelBundle, x: np.ndarray) -> np.ndarray:
-    """:meth:`ModelBundle.contributions` of the rows ``x`` (the model's columns in its order, as
-    :func:`~training.design.design_row` makes them): for an XGBoost model without naming the columns
-    and checking them against the booster's on every call (about 0.1 ms of a one-row call, a third of
-    it), the same numbers."""
-    if model.booster is None:
-        return model.contributions(None, matrix=x)
-    return model.booster.predict(xgb.DMatrix(x, missing=np.nan), pred_contribs=True, approx_contribs=True,
-                                 validate_features=False)
 
 
 @lru_cache(maxsize=1)
