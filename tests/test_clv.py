@@ -119,6 +119,8 @@ def test_metrics_pinned() -> None:
     # the served model counts orders, not order days: compared with the orders placed when asked
     placed = holdout.assign(actual_orders_placed=2.0 * actual.astype(bool))
     assert evaluate_clv(placed, {"m": frame}, orders="actual_orders_placed")["m"]["orders_ratio"] == pytest.approx(0.825)
+    with pytest.raises(InputError, match="no column 'orders_placed'.* expected one of actual_orders"):
+        evaluate_clv(holdout, {"m": frame}, orders="orders_placed")
     with pytest.raises(InputError, match="lack holdout customers, e.g. 'c9'"):
         evaluate_clv(holdout, {"m": frame.iloc[:9]})
 

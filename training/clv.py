@@ -462,6 +462,9 @@ def evaluate_clv(holdout: pd.DataFrame, predictions: Mapping[str, pd.DataFrame],
     ``orders_mae`` and the ``calibration`` of expected orders (records of :func:`orders_calibration`).
     ``orders``: the holdout's column that expected orders are compared with (order days by default;
     ``actual_orders_placed`` for a model that counts orders)."""
+    if orders not in holdout.columns:
+        raise InputError(f"The holdout has no column {orders!r} to compare expected orders with; expected one of "
+                         f"{', '.join(c for c in holdout.columns if c.startswith('actual_orders'))}.")
     results = {}
     for name, predicted in predictions.items():
         joined = holdout.merge(predicted, on=CUSTOMER_ID, how="left", validate="one_to_one")

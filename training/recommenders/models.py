@@ -56,7 +56,7 @@ SCORE_CHUNK = 2048  # customers scored at once by models without factors
 FILTERED_SCORE = np.finfo(np.float32).min
 EXCLUDE_SLACK = 64  # see _factor_top_k
 # implicit's topk threads (0: one per core) hold the GIL outside BLAS and its BLAS calls start threads of their
-# own; one topk thread with multi-threaded BLAS gives the same scores bit for bit, 1.2x faster on 2 cores
+# own; one topk thread with multi-threaded BLAS gives the same scores bit for bit, and was faster on 2 cores
 TOPK_THREADS = 1
 UNKNOWN = -1  # rows_for: a customer the model cannot score (they get the fallback)
 FOLD_IN = -2  # rows_for: a customer the model was not fitted on, scored from their current interactions
