@@ -114,7 +114,7 @@ def test_score_row_runs_the_models_on_one_openmp_thread_and_leaves_the_setting(s
 
 def test_score_row_names_no_columns_per_call(shop, models, monkeypatch: pytest.MonkeyPatch) -> None:
     """The one-row XGBoost contributions skip naming the columns and checking them against the booster's
-    (a third of that call); the numbers are held to score_features above."""
+    (much of that call's cost); the numbers are held to score_features above."""
     features, at = shop
     churn, propensity = models
     if churn.kind != XGBOOST:

@@ -78,7 +78,7 @@ class ModelBundle:
         the default (Saabas approximation) is many times faster and ranks the same top reasons in
         most rows. A formula model's contributions are exact whatever ``exact`` says. A ``matrix`` (the
         model's columns in its order, as :meth:`matrix` makes them) is neither named nor checked against
-        the booster's columns: a third of a one-row call, which the service makes after every event."""
+        the booster's columns, which costs much of a one-row call (the service makes one after each event)."""
         x = self.matrix(features) if matrix is None else matrix
         if self.formula is not None:
             return self.formula.contributions(x)
