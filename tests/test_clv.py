@@ -4,6 +4,7 @@ PyMC-Marketing's own on one fitted model (a 400-customer generated shop, fitted 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -228,6 +229,26 @@ def test_next_order_date_is_when_expected_orders_reach_one(fitted: tuple[ClvMode
     # below one expected order at the start of that day, at least one by its end
     assert (model.expected_orders(x, tx, T, days) < 1).all()
     assert (model.expected_orders(x, tx, T, days + 1) >= 1).all()
+
+
+def test_next_order_date_takes_a_whole_day_bisection(fitted: tuple[ClvModel, pd.DataFrame],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The date is a whole day: the service dates one customer after each of their events in
+    ceil(log2(horizon)) evaluations of the expected orders, not a bisection down to fractions of a second."""
+    model, summary = fitted
+    frame = model.predict(summary)
+    i = int(np.argmax(frame["expected_orders"]))
+    assert frame["next_order_date"].notna().iloc[i]
+    calls, evaluate = [], ClvModel.expected_orders
+
+    def counted(self: ClvModel, *args: object) -> np.ndarray:
+        calls.append(1)
+        return evaluate(self, *args)
+
+    monkeypatch.setattr(ClvModel, "expected_orders", counted)
+    got = model.predict_row(summary.iloc[i].to_dict())
+    assert got["next_order_date"] == frame["next_order_date"].iloc[i]
+    assert len(calls) <= 1 + math.ceil(math.log2(model.horizon_days))  # the horizon's orders, then the days
 
 
 def test_recent_buyer_ranks_above_lapsed_one(fitted: tuple[ClvModel, pd.DataFrame]) -> None:

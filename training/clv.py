@@ -55,7 +55,6 @@ PARAMETERS = ("r", "alpha", "a", "b", "p", "q", "v")
 SUMMARY_COLUMNS = (CUSTOMER_ID, "frequency", "recency", "T", "monetary_value", "spend")
 PREDICTION_COLUMNS = (CUSTOMER_ID, "expected_orders", "p_alive", "predicted_clv", "next_order_date")
 COMPILE_MODE = "FAST_COMPILE"
-_BISECTIONS = 40  # halvings of the horizon when solving for the next order date: far below a minute
 
 
 def _day_sql(column: str) -> str:
@@ -298,23 +297,25 @@ class ClvModel:
         x, tx, T, z = (np.array([float(values[c])]) for c in SUMMARY_COLUMNS[1:5])
         orders = self.expected_orders(x, tx, T, h)
         start, date = to_timestamp(self.as_of if as_of is None else as_of), None
-        if orders[0] >= 1:  # else no date, without the bisection's 40 steps
+        if orders[0] >= 1:  # else no date, without the bisection
             date = pd.Timestamp(self._next_order_date(x, tx, T, orders >= 1, h, start)[0])
         return {"expected_orders": float(orders[0]), "p_alive": float(self.p_alive(x, tx, T)[0]),
                 "predicted_clv": float((orders * self.spend_per_order(x, z))[0]), "next_order_date": date}
 
     def _next_order_date(self, x: np.ndarray, tx: np.ndarray, T: np.ndarray, reached: np.ndarray,
                          h: int, as_of: datetime) -> np.ndarray:
-        """Bisection on the expected orders (increasing in t) for the t where they reach one."""
+        """The last whole day after ``as_of`` with fewer than one expected order by its start (the day
+        they reach one), by bisection over whole days: about log2(h) steps, the expected orders
+        increasing in t, none at t = 0 and at least one at ``h`` where ``reached``."""
         lo, hi = np.zeros(int(reached.sum())), np.full(int(reached.sum()), float(h))
         xs, txs, Ts = x[reached], tx[reached], T[reached]
-        for _ in range(_BISECTIONS):
-            mid = (lo + hi) / 2
+        while (hi - lo > 1).any():
+            mid = np.floor((lo + hi) / 2)
             below = self.expected_orders(xs, txs, Ts, mid) < 1
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
         dates = np.full(len(x), np.datetime64("NaT"), dtype="datetime64[ns]")
         start = np.datetime64(pd.Timestamp(as_of).normalize().to_datetime64(), "ns")
-        dates[reached] = start + (np.floor(hi) * 86_400e9).astype("timedelta64[ns]")
+        dates[reached] = start + (lo * 86_400e9).astype("timedelta64[ns]")
         return dates
 
     def to_dict(self) -> dict[str, Any]:
