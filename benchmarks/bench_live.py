@@ -15,8 +15,10 @@ for the generated shop) serves, one phase after the other (2 shared cores: nothi
   Baseline in the same run: the same customers' ``/next_best_action`` before their event.
 - **Send-time latency under ingestion**: single ``/next_best_action`` one after another on one keep-alive
   connection, half for customers that the ingestion touches, half for customers it never touches; idle
-  windows and windows while a feeder posts 100-event batches every 0.1 s (open loop: 1,000 events/s)
-  alternate. The feeder is a process of its own (``multiprocessing``, spawn: it shares no GIL with the
+  windows, control windows and windows while a feeder posts 100-event batches every 0.1 s (open loop:
+  1,000 events/s) alternate. In a control window the batches are ones the service acknowledged just
+  before it (each touched customer answered since): the same requests, received, validated and answered,
+  nothing applied, nothing computed fresh; what the feed costs an answer before any event is applied. The feeder is a process of its own (``multiprocessing``, spawn: it shares no GIL with the
   measuring client), its bodies encoded before the window; it sends the 2xx time of each batch back through
   a queue that the measuring loop drains, without waiting, between requests. Before an idle window each
   touched customer is answered once (idle then reads cached answers). p50 / p99 per window, medians over
@@ -357,9 +359,9 @@ def freshness(base: str, clock: ServiceClock, customers: list[str], products: li
     return out
 
 
-def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, acks: Queue) -> None:
+def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, acks: Queue, new: int = 100) -> None:
     """The busy windows' feeder, run in a process of its own (``spawn``): posts ``bodies`` (100 events
-    each) one every 0.1 s from its start, on a connection to a worker other than ``avoid`` when given;
+    each, ``new`` of them new to the service) one every 0.1 s from its start, on a connection to a worker other than ``avoid`` when given;
     puts ``("ready", worker)``, then ``("ack", index, perf_counter)`` at each 2xx, then
     ``("done", events posted, seconds fed, max lag s)`` once ``stop`` is set or the bodies are spent."""
     client, worker = connect(base, avoid=avoid)
@@ -371,7 +373,7 @@ def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, ack
             if (wait > 0 and stop.wait(wait)) or stop.is_set():
                 break
             lag = max(lag, -wait)
-            post_events(client, body, 100)
+            post_events(client, body, new)
             acks.put(("ack", i, time.perf_counter()))  # CLOCK_MONOTONIC on Linux: the same in both processes
             posted += 100
         acks.put(("done", posted, time.perf_counter() - start, lag))
@@ -411,26 +413,32 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
             client.close()
             client, _ = connect(base, worker=measured)
 
-    def window(busy: bool) -> dict:
+    def window(mode: str) -> dict:
+        """One window: ``idle``, ``busy`` (new events fed) or ``repeats`` (events the service acknowledged
+        before the window fed again: received, validated and ignored, nothing applied)."""
         stay()
-        if not busy:  # every touched customer answered once since their last event: idle reads cached answers
+        busy = mode != "idle"
+        bodies = feeder.bodies(int(seconds * 10) + 20, 100, clock.now()) if busy else []  # encoded before
+        if mode == "repeats":
+            for body in bodies:
+                post_events(client, body, 100)
+        if mode != "busy":  # every touched customer answered since their last event: cached answers
             for customer in touched:
                 nba(client, customer)
         process, acks, stop, fed = None, spawn.Queue(), spawn.Event(), {}
         if busy:
-            bodies = feeder.bodies(int(seconds * 10) + 20, 100, clock.now())  # encoded before the window
             batch_customers = [[e["customer_id"] for e in json.loads(body)["events"]] for body in bodies]
-            process = spawn.Process(target=feed, args=(base, bodies, measured if workers > 1 else None, stop, acks),
-                                    daemon=True)
+            process = spawn.Process(target=feed, args=(base, bodies, measured if workers > 1 else None, stop, acks,
+                                                       100 if mode == "busy" else 0), daemon=True)
             process.start()
-            kind, fed["worker"] = receive(process, acks, "'ready'")
-            if kind != "ready":
-                raise RuntimeError(f"the feeder process sent {kind!r}; expected 'ready' first")
+            message, fed["worker"] = receive(process, acks, "'ready'")
+            if message != "ready":
+                raise RuntimeError(f"the feeder process sent {message!r}; expected 'ready' first")
             time.sleep(0.3)  # the feed runs before the first measured request
             stay()  # the connection idled while the feeder process started
 
         def take(message: tuple) -> None:
-            if message[0] == "ack":
+            if message[0] == "ack" and mode == "busy":  # a repeat changes nobody
                 for customer in batch_customers[message[1]]:
                     last_event[customer] = message[2]
             elif message[0] == "done":
@@ -473,7 +481,7 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
                "not_fresh_p50_ms": round(statistics.median(other_times), 2),
                "not_fresh_p99_ms": round(percentile(other_times, 99), 2)}
         if busy:
-            out |= {"events_per_s": round(fed["posted"] / fed["seconds"]),
+            out |= {"fed": mode, "events_per_s": round(fed["posted"] / fed["seconds"]),
                     "feeder_max_lag_ms": round(fed["lag"] * 1000, 1),
                     "fresh_share": round(len(fresh_times) / len(times), 3),
                     "fresh_p50_ms": round(statistics.median(fresh_times), 2) if fresh_times else None,
@@ -488,11 +496,12 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
             out["measured_worker"] = measured
         return out
 
-    idle, busy = [], []
+    idle, busy, repeats = [], [], []
     try:
         for _ in range(rounds):
-            idle.append(window(False))
-            busy.append(window(True))
+            idle.append(window("idle"))
+            repeats.append(window("repeats"))
+            busy.append(window("busy"))
     finally:
         client.close()
 
@@ -503,14 +512,18 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
            "feeder": "a process of its own (multiprocessing, spawn): bodies encoded before the window, each "
                      "acknowledged batch's 2xx time sent back through a queue drained between requests",
            "touched_customers": len(touched), "untouched_customers": len(untouched),
-           "idle": idle, "busy": busy,
+           "repeats_window": "the feeder posts, at the same rate, batches the service acknowledged before the "
+                             "window: each is received, validated and answered, nothing is applied",
+           "idle": idle, "repeats": repeats, "busy": busy,
            "idle_p50_ms": med(idle, "p50_ms"), "idle_p99_ms": med(idle, "p99_ms"),
            "busy_p50_ms": med(busy, "p50_ms"), "busy_p99_ms": med(busy, "p99_ms"),
            "busy_events_per_s": med(busy, "events_per_s"), "busy_fresh_share": med(busy, "fresh_share"),
            "busy_fresh_p50_ms": med(busy, "fresh_p50_ms"), "busy_fresh_p99_ms": med(busy, "fresh_p99_ms"),
            "idle_untouched_p50_ms": med(idle, "untouched_p50_ms"), "idle_untouched_p99_ms": med(idle, "untouched_p99_ms"),
            "busy_untouched_p50_ms": med(busy, "untouched_p50_ms"), "busy_untouched_p99_ms": med(busy, "untouched_p99_ms"),
-           "busy_not_fresh_p50_ms": med(busy, "not_fresh_p50_ms"), "busy_not_fresh_p99_ms": med(busy, "not_fresh_p99_ms")}
+           "busy_not_fresh_p50_ms": med(busy, "not_fresh_p50_ms"), "busy_not_fresh_p99_ms": med(busy, "not_fresh_p99_ms"),
+           "repeats_p50_ms": med(repeats, "p50_ms"), "repeats_p99_ms": med(repeats, "p99_ms"),
+           "repeats_events_per_s": med(repeats, "events_per_s"), "repeats_fresh_share": med(repeats, "fresh_share")}
     if workers > 1:
         out["workers"] = "the measured connection stays with one worker; the feeder posts to another one"
     return out
@@ -740,6 +753,11 @@ def figures(results: dict) -> list[tuple[str, str, str, bool | None]]:
                      "-", None))
     rows.append(("  computed fresh under ingestion, p50 / p99",
                  f"{lat['busy_fresh_p50_ms']} / {lat['busy_fresh_p99_ms']} ms", "-", None))
+    if "repeats_p50_ms" in lat:  # the control: the same feed, received and validated, nothing applied
+        for q in ("p50", "p99"):
+            idle, fed = lat[f"idle_{q}_ms"], lat[f"repeats_{q}_ms"]
+            rows.append((f"NBA {q} at {lat['repeats_events_per_s']:,.0f} repeated events/s (nothing applied) vs idle",
+                         f"{fed} ms vs {idle} ms ({fed / idle:.2f}x)", "-", None))
     if "skipped" in rs:
         rows.append(("restart", rs["skipped"], "-", None))
         return rows
