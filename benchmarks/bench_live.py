@@ -398,11 +398,13 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
     next-best-actions on one connection; with several workers the feeder posts to another worker."""
     feeder = Events("busy", touched, products, seed=2)
     last_event: dict[str, float] = {}  # customer -> perf_counter of the 2xx of their latest event
+    last_answer: dict[str, float] = {}  # customer -> perf_counter when their latest answer was asked
     spawn = multiprocessing.get_context("spawn")
     client, measured = connect(base)
     for body in feeder.bodies(len(touched) // 100 + 1, 100, clock.now()):  # touch and answer each once
         post_events(client, body, 100)
     for customer in touched + untouched[:200]:
+        last_answer[customer] = time.perf_counter()
         nba(client, customer)
 
     def stay() -> None:
@@ -424,6 +426,7 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
                 post_events(client, body, 100)
         if mode != "busy":  # every touched customer answered since their last event: cached answers
             for customer in touched:
+                last_answer[customer] = time.perf_counter()
                 nba(client, customer)
         process, acks, stop, fed = None, spawn.Queue(), spawn.Event(), {}
         if busy:
@@ -452,7 +455,7 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
                     return
 
         rng = random.Random(int(busy))
-        times, fresh_times, other_times, untouched_times, last_answer = [], [], [], [], {}
+        times, fresh_times, other_times, untouched_times = [], [], [], []
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
             if busy:

@@ -1,0 +1,153 @@
+"""What one fresh answer costs, in-process (no HTTP): the work a customer's event makes necessary.
+
+    python benchmarks/bench_fresh_answer.py            # 10,000 customers, 1,000 touched; results/fresh_answer.json
+    python benchmarks/bench_fresh_answer.py --quick    # 2,000 customers, 300 touched; results/fresh_answer_quick.json
+
+The service (``Sendwise.inner()``, as the tests build it; the same settings as bench_live.py) on the
+generated shop and models of bench_service.py. Each touched customer gets events (bench_live.py's mix)
+through the service's ingestion; then, per touched customer, one after another in this thread:
+
+- **cached answer**: the service's view of a customer whose answer is cached (what an idle
+  ``/next_best_action`` reads), for reference;
+- **online features**: the customer's features at the clock's now from the online store;
+- **scores of one row**: ``score_row`` on those features (both models on one thread, three reasons,
+  lifetime value and next order date), as the service calls it;
+- **fresh view**: the whole recomputation the service makes for a touched customer (features, scores,
+  signals), its cache cleared first;
+
+and, for the same customers at once, ``score_features`` on a frame of their features (batched
+scoring: what a rescoring ahead of the answers could use), per customer. Medians of ``--repeats``
+passes, each the median over the customers. The table ends with what rescoring every touched customer
+ahead of their answers would take at 1,000 events/s (each event a different customer, as in
+bench_live.py's busy windows): 1,000 x (online features + batched scores per customer) core-seconds
+per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from bench_live import Events, machine, shop_ids
+from bench_service import prepare
+
+from features.event_log import parse_events
+from features.schema import CUSTOMER_ID
+from training.scoring import _one_thread, score_features, score_row
+
+RESULTS = ROOT / "benchmarks" / "results"
+EVENTS_PER_S = 1_000  # bench_live.py's busy windows
+console = Console()
+
+
+def service(data: Path, mlruns: Path, work: Path):
+    """The service in this process on ``data``, with bench_live.py's settings."""
+    os.environ.update({"SENDWISE_DATA": str(data), "SENDWISE_MLRUNS": str(mlruns),
+                       "SENDWISE_EXPOSURE_LOG": str(work / "exposures.jsonl"), "SENDWISE_RELOAD_SECONDS": "0",
+                       "SENDWISE_CLOCK": "auto", "SENDWISE_EVENT_LOG": str(work / "events.jsonl")})
+    from serving.service import Sendwise
+
+    return Sendwise.inner()
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e6
+
+
+def one_pass(svc, customers: list[str]) -> dict[str, float]:
+    """Per-customer microseconds of each part (medians over ``customers``) and the batched scores."""
+    table = svc.live.current.state.customers
+    churn, propensity, profiles = svc.live.current.state.churn, svc.live.current.state.propensity, svc.profiles
+    now = profiles.clock.now()
+    parts: dict[str, list[float]] = {"cached answer": [], "online features": [], "scores of one row": [],
+                                     "fresh view": []}
+    rows = []
+    for customer in customers:
+        profiles.fresh_view(table, customer)  # cached from here on
+        parts["cached answer"].append(timed(lambda c=customer: profiles.fresh_view(table, c)))
+        values = profiles.features(customer, now)
+        parts["online features"].append(timed(lambda c=customer: profiles.features(c, now)))
+        with _one_thread():
+            parts["scores of one row"].append(timed(lambda v=values: score_row(v, churn, propensity, now)))
+        table.fresh.pop(customer, None)
+        parts["fresh view"].append(timed(lambda c=customer: profiles.fresh_view(table, c)))
+        rows.append({CUSTOMER_ID: customer, **values})
+    frame = pd.DataFrame(rows)
+    batched = timed(lambda: score_features(frame, churn, propensity)) / len(customers)
+    return {name: statistics.median(values) for name, values in parts.items()} | {
+        f"batched scores ({len(customers):,} customers at once), per customer": batched}
+
+
+def run(quick: bool, repeats: int) -> dict:
+    customers_n, touched_n, per_customer = (2_000, 300, 5) if quick else (10_000, 1_000, 5)
+    data, mlruns = prepare(customers_n)
+    work = Path(tempfile.mkdtemp(prefix="sendwise-bench-fresh-"))
+    svc = service(data, mlruns, work)
+    ids, products = shop_ids(data)
+    random.Random(0).shuffle(ids)
+    touched = ids[:touched_n]
+    feeder = Events("fresh", touched, products, seed=3)
+    now = svc.profiles.clock.now()
+    for body in feeder.bodies(touched_n * per_customer // 100, 100, now):
+        svc._ingest(parse_events(json.loads(body), now=now))
+    touched = [c for c in touched if svc.profiles.version(c) is not None]
+    passes = [one_pass(svc, touched) for _ in range(repeats)]
+    parts = {name: round(statistics.median(p[name] for p in passes), 1) for name in passes[0]}
+    features_us = parts["online features"]
+    batched_us = next(v for k, v in parts.items() if k.startswith("batched"))
+    ahead = EVENTS_PER_S * (features_us + batched_us) / 1e6
+    return {"machine": machine(), "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": "python benchmarks/bench_fresh_answer.py" + (" --quick" if quick else ""),
+            "customers": customers_n, "touched_customers": len(touched), "events_per_touched_customer": per_customer,
+            "repeats": repeats, "per_customer_us": parts, "passes": passes,
+            "rescore_ahead_at_1000_events_per_s_core_seconds_per_s": round(ahead, 2)}
+
+
+def show(results: dict) -> None:
+    table = Table(title=f"One fresh answer in-process, {results['customers']:,} customers, "
+                        f"{results['touched_customers']:,} touched, {results['machine']['cpus']} cores",
+                  title_justify="left")
+    table.add_column("part, per customer")
+    table.add_column("median", justify="right")
+    for name, us in results["per_customer_us"].items():
+        table.add_row(name, f"{us / 1000:.3f} ms")
+    table.add_row(f"rescoring every touched customer ahead, at {EVENTS_PER_S:,} events/s",
+                  f"{results['rescore_ahead_at_1000_events_per_s_core_seconds_per_s']:.2f} core-s/s")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    results = run(args.quick, args.repeats)
+    show(results)
+    out = RESULTS / ("fresh_answer_quick.json" if args.quick else "fresh_answer.json")
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    console.print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
