@@ -7,8 +7,8 @@ The service (``Sendwise.inner()``, as the tests build it; the same settings as b
 generated shop and models of bench_service.py. Each touched customer gets events (bench_live.py's mix)
 through the service's ingestion; then, per touched customer, one after another in this thread:
 
-- **cached answer**: the service's view of a customer whose answer is cached (what an idle
-  ``/next_best_action`` reads), for reference;
+- **cached view**: the service's view of a touched customer answered since their last event (a
+  cache hit: what an idle ``/next_best_action`` reads for them), for reference;
 - **online features**: the customer's features at the clock's now from the online store;
 - **scores of one row**: ``score_row`` on those features (both models on one thread, three reasons,
   lifetime value and next order date), as the service calls it;
@@ -80,12 +80,12 @@ def one_pass(svc, customers: list[str]) -> dict[str, float]:
     table = svc.live.current.state.customers
     churn, propensity, profiles = svc.live.current.state.churn, svc.live.current.state.propensity, svc.profiles
     now = profiles.clock.now()
-    parts: dict[str, list[float]] = {"cached answer": [], "online features": [], "scores of one row": [],
+    parts: dict[str, list[float]] = {"cached view": [], "online features": [], "scores of one row": [],
                                      "fresh view": []}
     rows = []
     for customer in customers:
         profiles.fresh_view(table, customer)  # cached from here on
-        parts["cached answer"].append(timed(lambda c=customer: profiles.fresh_view(table, c)))
+        parts["cached view"].append(timed(lambda c=customer: profiles.fresh_view(table, c)))
         values = profiles.features(customer, now)
         parts["online features"].append(timed(lambda c=customer: profiles.features(c, now)))
         with _one_thread():

@@ -17,8 +17,8 @@ for the generated shop) serves, one phase after the other (2 shared cores: nothi
   connection, half for customers that the ingestion touches, half for customers it never touches; idle
   windows, control windows and windows while a feeder posts 100-event batches every 0.1 s (open loop:
   1,000 events/s) alternate: six rounds of 5 s windows (``--quick``: three of 2 s), the order rotated
-  each round so that every kind comes first, second and third alike (this machine's speed drifts by a
-  quarter over minutes; a fixed order would favour whichever kind comes first). In a control window the batches are ones the service acknowledged just
+  each round so that every kind comes first, second and third alike (a shared machine's speed drifts
+  over minutes; a fixed order would favour whichever kind comes first). In a control window the batches are ones the service acknowledged just
   before it (each touched customer answered since): the same requests, received, validated and answered,
   nothing applied, nothing computed fresh; what the feed costs an answer before any event is applied. The feeder is a process of its own (``multiprocessing``, spawn: it shares no GIL with the
   measuring client), its bodies encoded before the window; it sends the 2xx time of each batch back through
@@ -504,7 +504,7 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
     idle, busy, repeats = [], [], []
     try:
         kinds = {"idle": idle, "repeats": repeats, "busy": busy}
-        for i in range(rounds):  # each kind in each place of the order alike: the machine's speed drifts
+        for i in range(rounds):  # each kind in each place of the order alike: a machine's speed drifts
             for mode in list(kinds)[i % 3:] + list(kinds)[:i % 3]:
                 kinds[mode].append(window(mode))
     finally:
