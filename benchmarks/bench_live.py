@@ -14,19 +14,19 @@ for the generated shop) serves, one phase after the other (2 shared cores: nothi
   the time from the 2xx to that answer, and the share answered ``cart_recovery`` on the first try.
   Baseline in the same run: the same customers' ``/next_best_action`` before their event.
 - **Send-time latency under ingestion**: single ``/next_best_action`` one after another on one keep-alive
-  connection, half for customers that the ingestion touches, half for customers it never touches; idle
-  windows, control windows and windows while a feeder posts 100-event batches every 0.1 s (open loop:
-  1,000 events/s) alternate: six rounds of 5 s windows (``--quick``: three of 2 s), the order rotated
-  each round so that every kind comes first, second and third alike (a shared machine's speed drifts
-  over minutes; a fixed order would favour whichever kind comes first). In a control window the batches are ones the service acknowledged just
-  before it (each touched customer answered since): the same requests, received, validated and answered,
-  nothing applied, nothing computed fresh; what the feed costs an answer before any event is applied. The feeder is a process of its own (``multiprocessing``, spawn: it shares no GIL with the
-  measuring client), its bodies encoded before the window; it sends the 2xx time of each batch back through
-  a queue that the measuring loop drains, without waiting, between requests. Before an idle window each
-  touched customer is answered once (idle then reads cached answers). p50 / p99 per window, medians over
-  the windows, also for the untouched half alone; the share of busy requests for a customer with an event
-  acknowledged since their previous answer (computed fresh by the service, not a cached answer) and their
-  p50 / p99.
+  connection, half for customers that the ingestion touches, half for customers it never touches. Three
+  kinds of window: idle; busy, while a feeder posts 100-event batches every 0.1 s (open loop: 1,000
+  events/s); control, the same feed of batches the service acknowledged just before the window (the same
+  requests, received, validated and answered; nothing applied, nothing logged, nothing computed fresh).
+  Six rounds of 5 s windows (``--quick``: three of 2 s), the order rotated each round so that every kind
+  comes first, second and third alike (a shared machine's speed drifts over minutes; a fixed order would
+  favour whichever kind comes first). The feeder is a process of its own (``multiprocessing``, spawn: it
+  shares no GIL with the measuring client), its bodies encoded before the window; it sends the 2xx time
+  of each batch back through a queue that the measuring loop drains, without waiting, between requests.
+  Before an idle or control window each touched customer is answered once (they then read cached
+  answers). p50 / p99 per window, medians over the windows, also for the untouched half alone; the share
+  of busy requests for a customer with an event acknowledged since their previous answer (computed fresh
+  by the service, not a cached answer) and their p50 / p99.
 - **Ingestion**: first, cold, one event for each customer of the pool (each one's first event since the
   start: the service reads that customer's rows then), batches of 500; then events/s acknowledged through
   ``/events`` batches of 500 and 100, from 1 and 2 concurrent clients, for a fixed time each, median of 3
@@ -361,11 +361,13 @@ def freshness(base: str, clock: ServiceClock, customers: list[str], products: li
     return out
 
 
-def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, acks: Queue, new: int = 100) -> None:
-    """The busy windows' feeder, run in a process of its own (``spawn``): posts ``bodies`` (100 events
-    each, ``new`` of them new to the service) one every 0.1 s from its start, on a connection to a worker other than ``avoid`` when given;
-    puts ``("ready", worker)``, then ``("ack", index, perf_counter)`` at each 2xx, then
-    ``("done", events posted, seconds fed, max lag s)`` once ``stop`` is set or the bodies are spent."""
+def feed(base: str, bodies: list[bytes], avoid: int | None, stop: EventType, acks: Queue,
+         new: int = 100) -> None:
+    """The busy and control windows' feeder, run in a process of its own (``spawn``): posts ``bodies`` (100
+    events each, ``new`` of them new to the service) one every 0.1 s from its start, on a connection to a
+    worker other than ``avoid`` when given; puts ``("ready", worker)``, then ``("ack", index,
+    perf_counter)`` at each 2xx, then ``("done", events posted, seconds fed, max lag s)`` once ``stop`` is
+    set or the bodies are spent."""
     client, worker = connect(base, avoid=avoid)
     try:
         acks.put(("ready", worker))
@@ -396,8 +398,9 @@ def receive(process: multiprocessing.Process, acks: Queue, waiting_for: str) -> 
 
 def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouched: list[str], products: list[str],
                     rounds: int, seconds: float, workers: int) -> dict:
-    """Alternating idle and busy (1,000 events/s posted by another process) windows of single
-    next-best-actions on one connection; with several workers the feeder posts to another worker."""
+    """Rotating idle, control and busy windows (1,000 events/s posted by another process: acknowledged
+    before, or new) of single next-best-actions on one connection; with several workers the feeder posts
+    to another worker."""
     feeder = Events("busy", touched, products, seed=2)
     last_event: dict[str, float] = {}  # customer -> perf_counter of the 2xx of their latest event
     last_answer: dict[str, float] = {}  # customer -> perf_counter when their latest answer was asked
@@ -423,9 +426,12 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
         stay()
         busy = mode != "idle"
         bodies = feeder.bodies(int(seconds * 10) + 20, 100, clock.now()) if busy else []  # encoded before
-        if mode == "repeats":
+        if mode == "repeats":  # acknowledged now (by another worker, with several): repeats in the window
+            poster = connect(base, avoid=measured)[0] if workers > 1 else client
             for body in bodies:
-                post_events(client, body, 100)
+                post_events(poster, body, 100)
+            if poster is not client:
+                poster.close()
         if mode != "busy":  # every touched customer answered since their last event: cached answers
             for customer in touched:
                 last_answer[customer] = time.perf_counter()
@@ -433,8 +439,9 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
         process, acks, stop, fed = None, spawn.Queue(), spawn.Event(), {}
         if busy:
             batch_customers = [[e["customer_id"] for e in json.loads(body)["events"]] for body in bodies]
-            process = spawn.Process(target=feed, args=(base, bodies, measured if workers > 1 else None, stop, acks,
-                                                       100 if mode == "busy" else 0), daemon=True)
+            new = 100 if mode == "busy" else 0
+            process = spawn.Process(target=feed, daemon=True,
+                                    args=(base, bodies, measured if workers > 1 else None, stop, acks, new))
             process.start()
             message, fed["worker"] = receive(process, acks, "'ready'")
             if message != "ready":
@@ -487,12 +494,13 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
                "not_fresh_p99_ms": round(percentile(other_times, 99), 2)}
         if busy:
             out |= {"fed": mode, "events_per_s": round(fed["posted"] / fed["seconds"]),
-                    "feeder_max_lag_ms": round(fed["lag"] * 1000, 1),
-                    "fresh_share": round(len(fresh_times) / len(times), 3),
-                    "fresh_p50_ms": round(statistics.median(fresh_times), 2) if fresh_times else None,
-                    "fresh_p99_ms": round(percentile(fresh_times, 99), 2) if fresh_times else None}
+                    "feeder_max_lag_ms": round(fed["lag"] * 1000, 1)}
             if workers > 1:
                 out["feeder_worker"] = fed["worker"]
+        if mode == "busy":
+            out |= {"fresh_share": round(len(fresh_times) / len(times), 3),
+                    "fresh_p50_ms": round(statistics.median(fresh_times), 2) if fresh_times else None,
+                    "fresh_p99_ms": round(percentile(fresh_times, 99), 2) if fresh_times else None}
         out["seconds"] = round(elapsed, 1)
         if worker_of(client) != measured:
             raise RuntimeError(f"the measuring connection left worker {measured} during a window; expected it "
@@ -517,8 +525,8 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
            "feeder": "a process of its own (multiprocessing, spawn): bodies encoded before the window, each "
                      "acknowledged batch's 2xx time sent back through a queue drained between requests",
            "touched_customers": len(touched), "untouched_customers": len(untouched),
-           "repeats_window": "the feeder posts, at the same rate, batches the service acknowledged before the "
-                             "window: each is received, validated and answered, nothing is applied",
+           "repeats_window": "control: the feeder posts, at the same rate, batches the service acknowledged "
+                             "before the window: each is received, validated and answered, nothing applied",
            "idle": idle, "repeats": repeats, "busy": busy,
            "idle_p50_ms": med(idle, "p50_ms"), "idle_p99_ms": med(idle, "p99_ms"),
            "busy_p50_ms": med(busy, "p50_ms"), "busy_p99_ms": med(busy, "p99_ms"),
@@ -526,9 +534,10 @@ def latency_windows(base: str, clock: ServiceClock, touched: list[str], untouche
            "busy_fresh_p50_ms": med(busy, "fresh_p50_ms"), "busy_fresh_p99_ms": med(busy, "fresh_p99_ms"),
            "idle_untouched_p50_ms": med(idle, "untouched_p50_ms"), "idle_untouched_p99_ms": med(idle, "untouched_p99_ms"),
            "busy_untouched_p50_ms": med(busy, "untouched_p50_ms"), "busy_untouched_p99_ms": med(busy, "untouched_p99_ms"),
-           "busy_not_fresh_p50_ms": med(busy, "not_fresh_p50_ms"), "busy_not_fresh_p99_ms": med(busy, "not_fresh_p99_ms"),
+           "busy_not_fresh_p50_ms": med(busy, "not_fresh_p50_ms"),
+           "busy_not_fresh_p99_ms": med(busy, "not_fresh_p99_ms"),
            "repeats_p50_ms": med(repeats, "p50_ms"), "repeats_p99_ms": med(repeats, "p99_ms"),
-           "repeats_events_per_s": med(repeats, "events_per_s"), "repeats_fresh_share": med(repeats, "fresh_share")}
+           "repeats_events_per_s": med(repeats, "events_per_s")}
     if workers > 1:
         out["workers"] = "the measured connection stays with one worker; the feeder posts to another one"
     return out
@@ -761,7 +770,9 @@ def figures(results: dict) -> list[tuple[str, str, str, bool | None]]:
     if "repeats_p50_ms" in lat:  # the control: the same feed, received and validated, nothing applied
         for q in ("p50", "p99"):
             idle, fed = lat[f"idle_{q}_ms"], lat[f"repeats_{q}_ms"]
-            rows.append((f"NBA {q} at {lat['repeats_events_per_s']:,.0f} repeated events/s (nothing applied) vs idle",
+            rate = f"{lat['repeats_events_per_s']:,.0f}"
+            name = f"NBA {q} at {rate} repeated events/s (control, nothing applied)"
+            rows.append((f"{name} vs idle",
                          f"{fed} ms vs {idle} ms ({fed / idle:.2f}x)", "-", None))
     if "skipped" in rs:
         rows.append(("restart", rs["skipped"], "-", None))

@@ -304,9 +304,9 @@ class ClvModel:
 
     def _next_order_date(self, x: np.ndarray, tx: np.ndarray, T: np.ndarray, reached: np.ndarray,
                          h: int, as_of: datetime) -> np.ndarray:
-        """The last whole day after ``as_of`` with fewer than one expected order by its start (the day
-        they reach one), by bisection over whole days: about log2(h) steps, the expected orders
-        increasing in t, none at t = 0 and at least one at ``h`` where ``reached``."""
+        """The last whole day, counted from ``as_of``'s day (day 0), with fewer than one expected order by
+        its start (the day they reach one), by bisection over whole days: about log2(h) steps, the
+        expected orders increasing in t, none at t = 0 and at least one at ``h`` where ``reached``."""
         lo, hi = np.zeros(int(reached.sum())), np.full(int(reached.sum()), float(h))
         xs, txs, Ts = x[reached], tx[reached], T[reached]
         while (hi - lo > 1).any():
